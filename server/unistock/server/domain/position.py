@@ -1,0 +1,205 @@
+"""A stock position: one SKU at one location, the unit of state and of concurrency.
+
+Every method is a plain synchronous state change. The object is slotted and keeps rare state
+(reservation holds, source marks, count ids) in small tuples or None, because a server keeps a
+million of them resident (see bench B4).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from unistock.server.domain.values import Movement, MovementType, StockKey
+
+#: How many recent count ids a position remembers to recognise movements that preceded them.
+RECENT_COUNTS = 4
+
+
+class Outcome(enum.Enum):
+    """What applying a movement did."""
+
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    #: A movement that happened before a count already applied here: the count superseded it,
+    #: so it only corrects the count's variance.
+    COUNT_CORRECTION = "count_correction"
+
+
+@dataclass(frozen=True, slots=True)
+class MovementResult:
+    """The outcome of one movement on one position, with what callers must report."""
+
+    outcome: Outcome
+    #: count - on_hand_before for a COUNT; for a COUNT_CORRECTION, the change to that variance.
+    variance: int = 0
+    #: Units of a reservation consumed by a SALE that named it.
+    picked_up: int = 0
+    #: on_hand fell below reserved: some reservations on this position are at risk.
+    at_risk: bool = False
+
+
+class Position:
+    """The authoritative levels of one stock position and its idempotency marks."""
+
+    __slots__ = (
+        "counts",
+        "holds",
+        "key",
+        "marks",
+        "on_hand",
+        "reserved",
+        "safety_stock",
+        "version",
+    )
+
+    def __init__(
+        self,
+        key: StockKey,
+        *,
+        on_hand: int = 0,
+        safety_stock: int = 0,
+        version: int = 0,
+        marks: tuple[tuple[str, int], ...] = (),
+        holds: tuple[tuple[str, int], ...] = (),
+        counts: tuple[str, ...] = (),
+    ) -> None:
+        self.key = key
+        self.on_hand = on_hand
+        self.safety_stock = safety_stock
+        self.version = version
+        self.marks: tuple[tuple[str, int], ...] | None = marks or None
+        self.holds: dict[str, int] | None = dict(holds) if holds else None
+        self.reserved = sum(q for _, q in holds)
+        self.counts: tuple[str, ...] | None = counts or None
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    @property
+    def sku(self) -> str:
+        """The SKU."""
+        return self.key[0]
+
+    @property
+    def location_id(self) -> str:
+        """The location."""
+        return self.key[1]
+
+    @property
+    def available(self) -> int:
+        """What a channel may still promise: max(0, on_hand - reserved - safety_stock)."""
+        free = self.on_hand - self.reserved - self.safety_stock
+        return free if free > 0 else 0
+
+    @property
+    def negative(self) -> bool:
+        """on_hand went below zero through facts the server must not refuse: investigate."""
+        return self.on_hand < 0
+
+    @property
+    def at_risk(self) -> bool:
+        """Reservations promise more than is physically here."""
+        return self.on_hand < self.reserved
+
+    def mark(self, source_id: str) -> int:
+        """Highest seq applied here from source_id (0 when none)."""
+        if self.marks is not None:
+            for src, seq in self.marks:
+                if src == source_id:
+                    return seq
+        return 0
+
+    def held(self, reservation_id: str) -> int:
+        """Units held here by reservation_id."""
+        return 0 if self.holds is None else self.holds.get(reservation_id, 0)
+
+    def hold_items(self) -> tuple[tuple[str, int], ...]:
+        """Every (reservation_id, units) held here."""
+        return () if self.holds is None else tuple(self.holds.items())
+
+    # -- movements -----------------------------------------------------------------------------
+
+    def apply(self, m: Movement) -> MovementResult:
+        """Apply a validated movement once; a (source_id, seq) seen before changes nothing."""
+        if m.seq <= self.mark(m.source_id):
+            return MovementResult(Outcome.DUPLICATE)
+        self._set_mark(m.source_id, m.seq)
+        if m.type is MovementType.COUNT:
+            if self.counts is not None and m.count_id in self.counts:
+                # The same count sent again under another seq: it changes nothing.
+                return MovementResult(Outcome.DUPLICATE)
+            variance = m.quantity - self.on_hand
+            self.on_hand = m.quantity
+            self.counts = ((self.counts or ()) + (m.count_id,))[-RECENT_COUNTS:]
+            self.version += 1
+            return MovementResult(Outcome.APPLIED, variance=variance, at_risk=self.at_risk)
+        delta = m.signed_quantity
+        if m.count_id and self.counts is not None and m.count_id in self.counts:
+            # It happened before a count that already set on_hand: the count saw its effect on
+            # the shelf, so only the count's variance was misstated by it.
+            return MovementResult(Outcome.COUNT_CORRECTION, variance=-delta)
+        picked = 0
+        if m.reservation_id:
+            picked = min(self.held(m.reservation_id), m.quantity)
+            if picked:
+                self._take_hold(m.reservation_id, picked)
+        self.on_hand += delta
+        self.version += 1
+        return MovementResult(Outcome.APPLIED, picked_up=picked, at_risk=self.at_risk)
+
+    def _set_mark(self, source_id: str, seq: int) -> None:
+        marks = self.marks
+        if marks is None:
+            self.marks = ((source_id, seq),)
+            return
+        for i, (src, _) in enumerate(marks):
+            if src == source_id:
+                self.marks = (*marks[:i], (source_id, seq), *marks[i + 1 :])
+                return
+        self.marks = (*marks, (source_id, seq))
+
+    # -- reservation holds ---------------------------------------------------------------------
+
+    def fits(self, quantity: int) -> bool:
+        """Whether quantity more units can be promised now."""
+        return quantity <= self.available
+
+    def hold(self, reservation_id: str, quantity: int) -> None:
+        """Hold units for a reservation; the caller checked fits() for every line first."""
+        if self.holds is None:
+            self.holds = {}
+        self.holds[reservation_id] = self.holds.get(reservation_id, 0) + quantity
+        self.reserved += quantity
+        self.version += 1
+
+    def release(self, reservation_id: str, quantity: int | None = None) -> int:
+        """Stop holding units of a reservation (all when quantity is None); returns units freed."""
+        held = self.held(reservation_id)
+        freed = held if quantity is None else min(held, quantity)
+        if freed:
+            self._take_hold(reservation_id, freed)
+            self.version += 1
+        return freed
+
+    def _take_hold(self, reservation_id: str, quantity: int) -> None:
+        assert self.holds is not None
+        left = self.holds[reservation_id] - quantity
+        if left > 0:
+            self.holds[reservation_id] = left
+        else:
+            del self.holds[reservation_id]
+            if not self.holds:
+                self.holds = None
+        self.reserved -= quantity
+
+    def set_safety_stock(self, units: int) -> None:
+        """Keep units back from remote channels."""
+        if units != self.safety_stock:
+            self.safety_stock = units
+            self.version += 1
+
+    def __repr__(self) -> str:
+        return (
+            f"Position({self.key[0]!r}@{self.key[1]!r} on_hand={self.on_hand} "
+            f"reserved={self.reserved} safety={self.safety_stock} v{self.version})"
+        )

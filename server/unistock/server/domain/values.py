@@ -1,0 +1,158 @@
+"""Value types of the domain: identifiers, movements, reservation lines. Pure, no I/O."""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+
+from unistock.server.domain.errors import InvalidArgument
+
+#: Largest quantity accepted in one movement or reservation line. Beyond it a figure is a typo
+#: or an attack (and would overflow the int64 fields of the wire contract after a few sums).
+MAX_QUANTITY = 1_000_000_000
+
+_ID_RE = re.compile(r"[!-{}~]{1,128}")  # printable ASCII, no whitespace, no '|' (0x7c)
+
+
+def check_id(field_name: str, value: str) -> str:
+    """Return value if it is a valid identifier, else raise InvalidArgument naming the field."""
+    if not value:
+        raise InvalidArgument(field_name, "must not be empty")
+    if _ID_RE.fullmatch(value) is None:
+        raise InvalidArgument(
+            field_name,
+            "must be 1-128 printable ASCII characters without spaces or '|'",
+        )
+    return value
+
+
+def check_quantity(field_name: str, value: int, *, minimum: int = 0) -> int:
+    """Return value if minimum <= value <= MAX_QUANTITY, else raise InvalidArgument."""
+    if value < minimum:
+        raise InvalidArgument(field_name, f"must be >= {minimum}, got {value}")
+    if value > MAX_QUANTITY:
+        raise InvalidArgument(field_name, f"must be <= {MAX_QUANTITY}, got {value}")
+    return value
+
+
+class MovementType(enum.IntEnum):
+    """What physically happened. Values equal the wire enum's numbers."""
+
+    SALE = 1
+    RETURN = 2
+    RECEIPT = 3
+    ADJUSTMENT = 4
+    TRANSFER_OUT = 5
+    TRANSFER_IN = 6
+    COUNT = 7
+
+
+class AdjustmentSign(enum.IntEnum):
+    """Direction of an ADJUSTMENT. Values equal the wire enum's numbers."""
+
+    INCREASE = 1
+    DECREASE = 2
+
+
+_DECREASING = frozenset({MovementType.SALE, MovementType.TRANSFER_OUT})
+_INCREASING = frozenset({MovementType.RETURN, MovementType.RECEIPT, MovementType.TRANSFER_IN})
+
+StockKey = tuple[str, str]
+"""A stock position's identity: (sku, location_id)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Movement:
+    """One physical fact about stock; idempotent on (source_id, seq)."""
+
+    source_id: str
+    seq: int
+    sku: str
+    location_id: str
+    type: MovementType
+    quantity: int
+    reservation_id: str = ""
+    count_id: str = ""
+    transfer_id: str = ""
+    reason: str = ""
+    adjustment_sign: AdjustmentSign | None = None
+    epcs: tuple[str, ...] = field(default=())
+
+    @property
+    def key(self) -> StockKey:
+        """The position this movement applies to."""
+        return (self.sku, self.location_id)
+
+    @property
+    def signed_quantity(self) -> int:
+        """The change to on_hand (not meaningful for COUNT, which sets on_hand)."""
+        if self.type in _DECREASING:
+            return -self.quantity
+        if self.type in _INCREASING:
+            return self.quantity
+        if self.type is MovementType.ADJUSTMENT:
+            return (
+                self.quantity if self.adjustment_sign is AdjustmentSign.INCREASE else -self.quantity
+            )
+        return 0
+
+    def validate(self, prefix: str = "") -> Movement:
+        """Check every field; raise InvalidArgument naming the first bad one."""
+        check_id(prefix + "source_id", self.source_id)
+        if self.seq < 1:
+            raise InvalidArgument(prefix + "seq", f"must be >= 1, got {self.seq}")
+        check_id(prefix + "sku", self.sku)
+        check_id(prefix + "location_id", self.location_id)
+        check_quantity(prefix + "quantity", self.quantity)
+        if self.type is MovementType.ADJUSTMENT and self.adjustment_sign is None:
+            raise InvalidArgument(
+                prefix + "adjustment_sign", "an ADJUSTMENT needs INCREASE or DECREASE"
+            )
+        if self.type is MovementType.COUNT and not self.count_id:
+            raise InvalidArgument(prefix + "count_id", "a COUNT needs a count_id")
+        if self.type in (MovementType.TRANSFER_OUT, MovementType.TRANSFER_IN):
+            check_id(prefix + "transfer_id", self.transfer_id)
+        if self.reservation_id:
+            if self.type is not MovementType.SALE:
+                raise InvalidArgument(
+                    prefix + "reservation_id", "only a SALE can pick up a reservation"
+                )
+            check_id(prefix + "reservation_id", self.reservation_id)
+        if self.count_id:
+            check_id(prefix + "count_id", self.count_id)
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """Units of one SKU at one location, as a reservation line."""
+
+    sku: str
+    location_id: str
+    quantity: int
+
+    @property
+    def key(self) -> StockKey:
+        """The position this line holds units of."""
+        return (self.sku, self.location_id)
+
+
+def validate_lines(
+    lines: list[Line], field_name: str = "lines", *, allow_empty: bool = False
+) -> tuple[Line, ...]:
+    """Check reservation lines: valid ids, quantity >= 1, one line per position."""
+    if not lines and not allow_empty:
+        raise InvalidArgument(field_name, "at least one line is required")
+    seen: set[StockKey] = set()
+    for i, line in enumerate(lines):
+        check_id(f"{field_name}[{i}].sku", line.sku)
+        check_id(f"{field_name}[{i}].location_id", line.location_id)
+        check_quantity(f"{field_name}[{i}].quantity", line.quantity, minimum=1)
+        if line.key in seen:
+            raise InvalidArgument(
+                f"{field_name}[{i}]",
+                f"duplicate line for sku {line.sku!r} at {line.location_id!r}; merge the quantities",
+            )
+        seen.add(line.key)
+    return tuple(lines)
