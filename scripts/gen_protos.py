@@ -39,7 +39,9 @@ def generate(out_dir: pathlib.Path) -> list[pathlib.Path]:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    return sorted(p.relative_to(out_dir) for p in out_dir.rglob("*") if p.name.endswith(GENERATED_SUFFIXES))
+    return sorted(
+        p.relative_to(out_dir) for p in out_dir.rglob("*") if p.name.endswith(GENERATED_SUFFIXES)
+    )
 
 
 def main() -> int:
@@ -52,7 +54,8 @@ def main() -> int:
         stale = [
             f
             for f in files
-            if not (PROTO_ROOT / f).exists() or (PROTO_ROOT / f).read_bytes() != (out / f).read_bytes()
+            if not (PROTO_ROOT / f).exists()
+            or (PROTO_ROOT / f).read_bytes() != (out / f).read_bytes()
         ]
         if args.check:
             for f in stale:

@@ -126,7 +126,8 @@ class Position:
         self._set_mark(m.source_id, m.seq)
         if m.type is MovementType.COUNT:
             if self.counts is not None and m.count_id in self.counts:
-                # The same count sent again under another seq: it changes nothing.
+                # The same count sent again under another seq: its levels change nothing, only
+                # the source's mark moved (written with the position's next change).
                 return MovementResult(Outcome.DUPLICATE)
             variance = m.quantity - self.on_hand
             self.on_hand = m.quantity
@@ -136,7 +137,9 @@ class Position:
         delta = m.signed_quantity
         if m.count_id and self.counts is not None and m.count_id in self.counts:
             # It happened before a count that already set on_hand: the count saw its effect on
-            # the shelf, so only the count's variance was misstated by it.
+            # the shelf, so only the count's variance was misstated by it. The version still
+            # moves: the position's state (its mark) changed and must be written.
+            self.version += 1
             return MovementResult(Outcome.COUNT_CORRECTION, variance=-delta)
         picked = 0
         if m.reservation_id:

@@ -105,6 +105,11 @@ class Reservation:
     customer_id: str = ""
     #: Units fulfilled so far, per position.
     fulfilled: tuple[Line, ...] = field(default=())
+    #: Increases with every transition; storage refuses to overwrite a newer revision.
+    revision: int = 1
+
+    def _next(self, **changes: object) -> Reservation:
+        return replace(self, revision=self.revision + 1, **changes)  # type: ignore[arg-type]
 
     @property
     def active(self) -> bool:
@@ -126,7 +131,7 @@ class Reservation:
 
     def ended(self, state: ReservationState) -> Reservation:
         """This reservation in a terminal state."""
-        return replace(self, state=state)
+        return self._next(state=state)
 
     def release(self) -> Reservation:
         """Cancel it. Releasing a released reservation is a no-op (retries are safe)."""
@@ -140,7 +145,7 @@ class Reservation:
         self._require_active("extend")
         if expires_at <= now:
             raise InvalidArgument("expires_at", "must be in the future")
-        return replace(self, expires_at=expires_at)
+        return self._next(expires_at=expires_at)
 
     def expire(self, now: float) -> Reservation | None:
         """The expired reservation if its hold ran out by now, else None."""
@@ -154,11 +159,8 @@ class Reservation:
             return self
         self._require_active("fulfil")
         if not lines:
-            return replace(
-                self,
-                state=ReservationState.FULFILLED,
-                fulfilled=_add(self.fulfilled, self.lines),
-                lines=self.lines,
+            return self._next(
+                state=ReservationState.FULFILLED, fulfilled=_add(self.fulfilled, self.lines)
             )
         remaining = {ln.key: ln for ln in self.lines}
         for i, ln in enumerate(lines):
@@ -184,8 +186,8 @@ class Reservation:
         )
         done = _add(self.fulfilled, lines)
         if left:
-            return replace(self, lines=left, fulfilled=done)
-        return replace(self, state=ReservationState.FULFILLED, fulfilled=done)
+            return self._next(lines=left, fulfilled=done)
+        return self._next(state=ReservationState.FULFILLED, fulfilled=done)
 
 
 def _add(acc: tuple[Line, ...], more: Sequence[Line]) -> tuple[Line, ...]:

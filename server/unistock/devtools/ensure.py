@@ -1,0 +1,46 @@
+"""Make sure the external services needed for tests and ``make run`` are installed.
+
+Usage: ``python -m unistock.devtools.ensure`` (this is what ``make services`` runs).
+On Debian as root, missing packages are installed with ``apt-get``; otherwise a clear
+error explains which package to install.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from unistock.devtools.services import ServiceNotFoundError, ensure_binary
+
+#: (binary, Debian package, flag printing the version) required by tests and the dev runner.
+REQUIRED: tuple[tuple[str, str, str], ...] = (
+    ("redis-server", "redis-server", "--version"),
+    ("mosquitto", "mosquitto", "-h"),
+)
+
+
+def _version(path: str, flag: str) -> str:
+    try:
+        out = subprocess.run([path, flag], capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown version"
+    text = (out.stdout or out.stderr).strip()
+    return text.splitlines()[0] if text else "unknown version"
+
+
+def main() -> int:
+    """Check / install every required binary; return a process exit code."""
+    failed = False
+    for binary, package, version_flag in REQUIRED:
+        try:
+            path = ensure_binary(binary, package)
+        except ServiceNotFoundError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed = True
+            continue
+        print(f"{binary}: {path} ({_version(path, version_flag)})")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Prometheus metrics of the server. Names start with `unistock_` (contract.md).
+
+Every metric lives in one registry owned by `Metrics`, so tests and several servers in one
+process do not collide on the global default registry.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+
+class Metrics:
+    """Every metric the server exports."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.movements = Counter(
+            "unistock_movements_total",
+            "Movements received, by type and outcome (applied, duplicate, count_correction, rejected).",
+            ["type", "outcome"],
+            registry=r,
+        )
+        self.movements_rejected = Counter(
+            "unistock_movements_rejected_total",
+            "Movements rejected, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.count_variance = Counter(
+            "unistock_count_variance_units_total",
+            "Sum of absolute count variances (shrinkage and finds), by direction.",
+            ["direction"],
+            registry=r,
+        )
+        self.at_risk = Counter(
+            "unistock_reservations_at_risk_total",
+            "Times a movement or count left on_hand below reserved on a position.",
+            registry=r,
+        )
+        self.reservations = Counter(
+            "unistock_reservations_total",
+            "Reservation operations by operation, kind and outcome.",
+            ["operation", "kind", "outcome"],
+            registry=r,
+        )
+        self.reservations_expired = Counter(
+            "unistock_reservations_expired_total",
+            "Reservations whose hold ran out.",
+            registry=r,
+        )
+        self.resident_actors = Gauge(
+            "unistock_resident_actors",
+            "Stock positions resident in memory.",
+            registry=r,
+        )
+        self.activations = Counter(
+            "unistock_actor_activations_total",
+            "Positions loaded from Redis into memory.",
+            registry=r,
+        )
+        self.passivations = Counter(
+            "unistock_actor_passivations_total",
+            "Clean positions dropped from memory (idle or over the resident cap).",
+            registry=r,
+        )
+        self.holds_reconciled = Counter(
+            "unistock_orphan_hold_units_total",
+            "Units of holds found without an ACTIVE reservation record at activation and freed.",
+            registry=r,
+        )
+        self.flush_batch = Histogram(
+            "unistock_flush_batch_positions",
+            "Positions written per group-commit flush.",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.flush_latency = Histogram(
+            "unistock_flush_duration_seconds",
+            "Duration of a group-commit flush (one pipelined, fenced write).",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.flush_stale = Counter(
+            "unistock_flush_stale_writes_total",
+            "Writes the flush script skipped because Redis held a newer version.",
+            registry=r,
+        )
+        self.redis_errors = Counter(
+            "unistock_redis_errors_total",
+            "Redis operations that failed, by operation.",
+            ["operation"],
+            registry=r,
+        )
+        self.watch_subscribers = Gauge(
+            "unistock_watch_subscribers",
+            "Open WatchAvailability streams.",
+            registry=r,
+        )
+        self.watch_updates = Counter(
+            "unistock_watch_updates_total",
+            "Position updates offered to watch subscribers, by outcome (queued, coalesced).",
+            ["outcome"],
+            registry=r,
+        )
+        self.watch_dropped = Counter(
+            "unistock_watch_subscribers_dropped_total",
+            "Watch streams cut because they fell too far behind.",
+            registry=r,
+        )
+        self.grpc_latency = Histogram(
+            "unistock_grpc_request_duration_seconds",
+            "gRPC request latency by method and status code (streams: until the stream ends).",
+            ["method", "code"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )

@@ -1,0 +1,188 @@
+"""Byte formats of stored positions and reservation records.
+
+A stored position is
+
+    0x01 | version (8 bytes, big-endian) | varint len(level) | level | private
+
+`version` lets the flush script refuse to overwrite a newer value with an older one (a flush
+retried on a new connection after a timeout may race the old one). `level` is a serialised
+`unistock.v1.StockLevel` without sku and location_id (they are the hash field), so a snapshot
+builds wire messages from stored bytes without parsing them. `private` is a
+`unistock.storage.v1.PositionPrivate`. A reservation record is `0x01 | revision (8 bytes) |
+ReservationRecord`.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from unistock.server.domain import (
+    Line,
+    Position,
+    Reservation,
+    ReservationKind,
+    ReservationState,
+    StockKey,
+)
+from unistock.storage.v1 import storage_pb2 as spb
+from unistock.v1 import inventory_pb2 as pb
+
+FORMAT = 1
+_HEADER = struct.Struct(">BQ")
+
+
+def varint(n: int) -> bytes:
+    """Protobuf base-128 varint of a non-negative int."""
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+
+
+def level_bytes(p: Position) -> bytes:
+    """The StockLevel of p without sku and location_id, serialised."""
+    return pb.StockLevel(
+        on_hand=p.on_hand,
+        reserved=p.reserved,
+        safety_stock=p.safety_stock,
+        available=p.available,
+        version=p.version,
+    ).SerializeToString()
+
+
+def encode_position(p: Position) -> bytes:
+    """The stored form of a position."""
+    return encode_position_with_level(p)[1]
+
+
+def encode_position_with_level(p: Position) -> tuple[bytes, bytes]:
+    """(level, stored form) of a position: the level part is also what watchers receive."""
+    private = spb.PositionPrivate(
+        marks=[spb.SourceMark(source_id=s, seq=q) for s, q in (p.marks or ())],
+        holds=[spb.Hold(reservation_id=r, quantity=q) for r, q in p.hold_items()],
+        recent_count_ids=p.counts or (),
+    ).SerializeToString()
+    level = level_bytes(p)
+    return level, _HEADER.pack(FORMAT, p.version) + varint(len(level)) + level + private
+
+
+def split_position(data: bytes) -> tuple[bytes, bytes]:
+    """(level, private) parts of a stored position, unparsed."""
+    if data[0] != FORMAT:
+        raise ValueError(f"unknown stored position format {data[0]}")
+    n, start = _read_varint(data, _HEADER.size)
+    return data[start : start + n], data[start + n :]
+
+
+def decode_position(key: StockKey, data: bytes) -> Position:
+    """A Position from its stored form."""
+    level_b, private_b = split_position(data)
+    level = pb.StockLevel.FromString(level_b)
+    private = spb.PositionPrivate.FromString(private_b)
+    return Position(
+        key,
+        on_hand=level.on_hand,
+        safety_stock=level.safety_stock,
+        version=level.version,
+        marks=tuple((m.source_id, m.seq) for m in private.marks),
+        holds=tuple((h.reservation_id, h.quantity) for h in private.holds),
+        counts=tuple(private.recent_count_ids),
+    )
+
+
+def stock_level_entry(sku: bytes, location_id: bytes, level: bytes) -> bytes:
+    """A `levels` entry (field 1) of WatchAvailabilityResponse / GetAvailabilityResponse.
+
+    Concatenating entries yields a valid message with several levels: protobuf merges
+    repeated fields by concatenation, so snapshots and fan-out serialise each level once.
+    """
+    inner = b"\x0a" + varint(len(sku)) + sku + b"\x12" + varint(len(location_id)) + location_id
+    inner += level
+    return b"\x0a" + varint(len(inner)) + inner
+
+
+def position_entry(p: Position) -> bytes:
+    """stock_level_entry of a live position."""
+    return stock_level_entry(p.key[0].encode(), p.key[1].encode(), level_bytes(p))
+
+
+# -- reservations ------------------------------------------------------------------------------
+
+
+def _ts(seconds: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def _lines(lines: tuple[Line, ...]) -> list[pb.ReservationLine]:
+    return [
+        pb.ReservationLine(sku=ln.sku, location_id=ln.location_id, quantity=ln.quantity)
+        for ln in lines
+    ]
+
+
+def reservation_message(r: Reservation) -> pb.Reservation:
+    """The wire form of a reservation."""
+    msg = pb.Reservation(
+        reservation_id=r.reservation_id,
+        state=int(r.state),  # type: ignore[arg-type]
+        lines=_lines(r.lines),
+        kind=int(r.kind),  # type: ignore[arg-type]
+        channel=r.channel,
+        customer_id=r.customer_id,
+        fulfilled=_lines(r.fulfilled),
+    )
+    if r.expires_at is not None:
+        msg.expires_at.CopyFrom(_ts(r.expires_at))
+    msg.created_at.CopyFrom(_ts(r.created_at))
+    return msg
+
+
+def encode_reservation(r: Reservation) -> bytes:
+    """The stored form of a reservation record."""
+    record = spb.ReservationRecord(
+        reservation=reservation_message(r), request_fingerprint=r.fingerprint
+    )
+    return _HEADER.pack(FORMAT, r.revision) + record.SerializeToString()
+
+
+def decode_reservation(data: bytes) -> Reservation:
+    """A Reservation from its stored form."""
+    fmt, revision = _HEADER.unpack_from(data)
+    if fmt != FORMAT:
+        raise ValueError(f"unknown stored reservation format {fmt}")
+    record = spb.ReservationRecord.FromString(data[_HEADER.size :])
+    m = record.reservation
+
+    def lines(src: object) -> tuple[Line, ...]:
+        return tuple(Line(ln.sku, ln.location_id, ln.quantity) for ln in src)  # type: ignore[attr-defined]
+
+    return Reservation(
+        reservation_id=m.reservation_id,
+        state=ReservationState(m.state),
+        kind=ReservationKind(m.kind),
+        lines=lines(m.lines),
+        created_at=m.created_at.ToNanoseconds() / 1e9,
+        expires_at=m.expires_at.ToNanoseconds() / 1e9 if m.HasField("expires_at") else None,
+        fingerprint=record.request_fingerprint,
+        channel=m.channel,
+        customer_id=m.customer_id,
+        fulfilled=lines(m.fulfilled),
+        revision=revision,
+    )

@@ -1,0 +1,238 @@
+"""Group commit: the changes of many actors written to Redis together, replies after durability.
+
+Turns mark positions and reservation records as changed and get back the future of the current
+window. The flusher takes the whole window at once (several changes to one position in a window
+become one write of its latest state), encodes it, writes it in one pipeline of fenced
+per-partition script calls and resolves the window's future when Redis has it durably
+(`appendfsync always`). While a flush is in flight the next window fills up, so batches grow
+with load and latency stays one round trip when idle.
+
+Order inside a flush, for crash safety of reservations (see domain.reservation):
+  1. records of reservations that end or shrink (their holds become invalid first),
+  2. positions,
+  3. records of new reservations and other updates (their holds exist first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from unistock.server.domain import Fenced, Position, Reservation, StockKey, Unavailable
+from unistock.server.metrics import Metrics
+from unistock.server.persistence.codec import encode_position_with_level, encode_reservation
+from unistock.server.persistence.keys import position_field
+from unistock.server.persistence.store import PartitionWrite, Phase, RedisStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DurableLevel:
+    """A position level that is now durable, as flushed."""
+
+    key: StockKey
+    version: int
+    #: Serialised StockLevel without sku and location_id (see codec.stock_level_entry).
+    level: bytes
+
+
+Listener = Callable[[list[DurableLevel]], None]
+
+
+class GroupCommit:
+    """Collects changed positions and reservations and flushes them in windows."""
+
+    def __init__(
+        self,
+        store: RedisStore,
+        metrics: Metrics,
+        *,
+        linger: float = 0.0005,
+        max_positions: int = 8192,
+        retention: float = 7 * 86400,
+        retry_backoff: float = 0.05,
+    ) -> None:
+        self._store = store
+        self._ks = store.keyspace
+        self._metrics = metrics
+        self.linger = linger
+        self.max_positions = max_positions
+        self._retention_ms = str(int(retention * 1000))
+        self._backoff = retry_backoff
+        self._positions: dict[StockKey, Position] = {}
+        self._ending: dict[str, Reservation] = {}
+        self._other: dict[str, Reservation] = {}
+        self._inflight_positions: dict[StockKey, Position] = {}
+        self._inflight_reservations: set[str] = set()
+        self._window: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inflight: asyncio.Future[None] | None = None
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._known_locations: set[str] = set()
+        self.listeners: list[Listener] = []
+        self.fenced: Fenced | None = None
+
+    # -- called by turns (synchronous) ---------------------------------------------------------
+
+    def position_changed(self, position: Position) -> asyncio.Future[None]:
+        """Schedule position's current state for writing; the future resolves when durable."""
+        self._positions[position.key] = position
+        self._wake.set()
+        return self._window
+
+    def reservation_changed(
+        self, reservation: Reservation, *, shrinks: bool
+    ) -> asyncio.Future[None]:
+        """Schedule a reservation record for writing; shrinks: it holds fewer units than before."""
+        rid = reservation.reservation_id
+        if rid in self._other:
+            # Not yet written even once in this window: keep it after the positions, whatever
+            # it became, so that a record never exists before its holds.
+            self._other[rid] = reservation
+        elif shrinks:
+            self._ending[rid] = reservation
+        else:
+            self._other[rid] = reservation
+        self._wake.set()
+        return self._window
+
+    def is_dirty(self, key: StockKey) -> bool:
+        """Whether a position has changes not yet durable (it must stay resident)."""
+        return key in self._positions or key in self._inflight_positions
+
+    def reservation_dirty(self, reservation_id: str) -> bool:
+        """Whether a reservation record has changes not yet durable."""
+        return (
+            reservation_id in self._ending
+            or reservation_id in self._other
+            or reservation_id in self._inflight_reservations
+        )
+
+    def barrier(self) -> asyncio.Future[None]:
+        """A future resolved once every change made so far is durable."""
+        if self._positions or self._ending or self._other:
+            return self._window
+        if self._inflight is not None:
+            return self._inflight
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    # -- the flusher ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Flush windows until close(); raises Fenced when another process took a partition."""
+        while True:
+            await self._wake.wait()
+            if self.linger and not self._closing:
+                await asyncio.sleep(self.linger)
+            self._wake.clear()
+            if not (self._positions or self._ending or self._other):
+                if self._closing:
+                    return
+                continue
+            if not await self._flush_once():
+                await asyncio.sleep(self._backoff)
+                self._backoff = min(self._backoff * 2, 1.0)
+                self._wake.set()
+
+    async def close(self) -> None:
+        """Let the flusher write what is pending and stop (run() returns)."""
+        self._closing = True
+        self._wake.set()
+
+    async def _flush_once(self) -> bool:
+        window, self._window = self._window, asyncio.get_running_loop().create_future()
+        positions, self._positions = self._positions, {}
+        ending, self._ending = self._ending, {}
+        other, self._other = self._other, {}
+        self._inflight_positions = positions
+        self._inflight_reservations = set(ending) | set(other)
+        self._inflight = window
+        started = time.perf_counter()
+        try:
+            phases, durable, new_locations = self._encode(positions, ending, other)
+            _, stale = await self._store.flush(phases)
+        except Unavailable as exc:
+            self._metrics.redis_errors.labels("flush").inc()
+            log.warning("flush of %d positions failed, will retry: %s", len(positions), exc)
+            self._requeue(positions, ending, other)
+            _fail(window, exc)
+            return False
+        except Fenced as exc:
+            log.critical("fenced: %s", exc)
+            self.fenced = exc
+            _fail(window, Unavailable("this server lost ownership of its partitions"))
+            raise
+        finally:
+            self._inflight_positions = {}
+            self._inflight_reservations = set()
+            self._inflight = None
+        self._backoff = 0.05
+        self._known_locations |= new_locations
+        self._metrics.flush_latency.observe(time.perf_counter() - started)
+        self._metrics.flush_batch.observe(len(positions))
+        if stale:
+            self._metrics.flush_stale.inc(stale)
+        window.set_result(None)
+        for listener in self.listeners:
+            try:
+                listener(durable)
+            except Exception:
+                log.exception("durability listener failed")
+        return True
+
+    def _encode(
+        self,
+        positions: dict[StockKey, Position],
+        ending: dict[str, Reservation],
+        other: dict[str, Reservation],
+    ) -> tuple[list[Phase], list[DurableLevel], set[str]]:
+        ks = self._ks
+        first: Phase = defaultdict(PartitionWrite)
+        middle: Phase = defaultdict(PartitionWrite)
+        last: Phase = defaultdict(PartitionWrite)
+        durable: list[DurableLevel] = []
+        new_locations: set[str] = set()
+        for key, p in positions.items():
+            level, value = encode_position_with_level(p)
+            w = middle[ks.location_partition(key[1])]
+            w.positions.append(position_field(key))
+            w.positions.append(value)
+            if key[1] not in self._known_locations and key[1] not in new_locations:
+                new_locations.add(key[1])
+                w.locations.append(key[1])
+            durable.append(DurableLevel(key, p.version, level))
+        for records, phase in ((ending, first), (other, last)):
+            for rid, r in records.items():
+                active = r.active and r.expires_at is not None
+                score = str(int(r.expires_at * 1000)) if active and r.expires_at else ""
+                keep = "0" if r.active else self._retention_ms
+                phase[ks.reservation_partition(rid)].reservations.append(
+                    (rid, encode_reservation(r), score, keep)
+                )
+        return [ph for ph in (first, middle, last) if ph], durable, new_locations
+
+    def _requeue(
+        self,
+        positions: dict[StockKey, Position],
+        ending: dict[str, Reservation],
+        other: dict[str, Reservation],
+    ) -> None:
+        # Changes made since the failed flush are newer: keep them, add back the rest.
+        for key, p in positions.items():
+            self._positions.setdefault(key, p)
+        for records, target in ((ending, self._ending), (other, self._other)):
+            for rid, r in records.items():
+                if rid not in self._ending and rid not in self._other:
+                    target[rid] = r
+
+
+def _fail(future: asyncio.Future[None], exc: BaseException) -> None:
+    future.set_exception(exc)
+    future.exception()  # retrieved: a window nobody waits for must not log "never retrieved"

@@ -1,0 +1,78 @@
+"""The Redis key layout, partitioned from day one.
+
+Every key carries a hash tag `{p<n>}` naming its partition, so all keys of a partition live in
+one Redis Cluster slot and one script call can write them atomically. Positions are partitioned
+by location (crc32 of location_id), reservations by crc32 of reservation_id. A process owns a
+set of partitions; each partition has an owner epoch that every write checks (the fence).
+
+    us:meta                       hash: layout version, partition count
+    us:{p<n>}:epoch               owner epoch (INCR on takeover)
+    us:{p<n>}:pos                 hash: "<location_id>|<sku>" -> encoded position
+    us:{p<n>}:locs                set: location ids with positions in this partition
+    us:{p<n>}:res:<reservation>   encoded reservation record (terminal ones expire)
+    us:{p<n>}:exp                 sorted set: ACTIVE reservation id -> expiry (ms since epoch)
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+from unistock.server.domain import StockKey
+
+LAYOUT_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Keyspace:
+    """Names every key; partitions is fixed when a keyspace is first created."""
+
+    prefix: str = "us"
+    partitions: int = 64
+
+    @property
+    def meta(self) -> str:
+        """Layout description, checked at start-up."""
+        return f"{self.prefix}:meta"
+
+    def location_partition(self, location_id: str) -> int:
+        """The partition owning a location's positions."""
+        return zlib.crc32(location_id.encode()) % self.partitions
+
+    def reservation_partition(self, reservation_id: str) -> int:
+        """The partition owning a reservation's record."""
+        return zlib.crc32(reservation_id.encode()) % self.partitions
+
+    def _tag(self, partition: int) -> str:
+        return f"{self.prefix}:{{p{partition}}}"
+
+    def epoch(self, partition: int) -> str:
+        """Owner epoch of a partition."""
+        return f"{self._tag(partition)}:epoch"
+
+    def positions(self, partition: int) -> str:
+        """Hash of a partition's positions."""
+        return f"{self._tag(partition)}:pos"
+
+    def locations(self, partition: int) -> str:
+        """Set of the location ids stored in a partition."""
+        return f"{self._tag(partition)}:locs"
+
+    def reservation(self, partition: int, reservation_id: str) -> str:
+        """Key of one reservation record."""
+        return f"{self._tag(partition)}:res:{reservation_id}"
+
+    def expiries(self, partition: int) -> str:
+        """Sorted set of a partition's ACTIVE reservations by expiry."""
+        return f"{self._tag(partition)}:exp"
+
+
+def position_field(key: StockKey) -> str:
+    """The hash field of a position: location first, so one location's fields share a prefix."""
+    return f"{key[1]}|{key[0]}"
+
+
+def parse_position_field(field: str) -> StockKey:
+    """The (sku, location_id) of a hash field."""
+    location_id, _, sku = field.partition("|")
+    return (sku, location_id)
