@@ -1,0 +1,139 @@
+"""The directory of resident positions: lazy activation, LRU and idle passivation.
+
+A position is activated on first use: the turns that need it wait (in arrival order) while it
+is loaded; every position asked for during one loop pass is loaded in one pipeline. A clean
+position is passivated when the resident count exceeds the cap (least recently used first) or
+when idle; a position with changes not yet durable never is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+
+from unistock.server.actors.loader import BatchLoader
+from unistock.server.domain import Position, StockKey
+from unistock.server.metrics import Metrics
+from unistock.server.persistence.codec import decode_position
+from unistock.server.persistence.group_commit import GroupCommit
+from unistock.server.persistence.store import RedisStore
+
+log = logging.getLogger(__name__)
+
+_SENTINEL_KEY: StockKey = ("", "")  # no valid sku is empty: never a real position
+
+
+class Directory:
+    """Resident positions by key, in least-recently-used order."""
+
+    def __init__(
+        self,
+        store: RedisStore,
+        commit: GroupCommit,
+        metrics: Metrics,
+        *,
+        max_resident: int = 2_000_000,
+    ) -> None:
+        self._store = store
+        self._commit = commit
+        self._metrics = metrics
+        self.max_resident = max_resident
+        self._resident: dict[StockKey, Position] = {}
+        self._loader: BatchLoader[StockKey] = BatchLoader(self._fetch)
+        self._sentinel = Position(_SENTINEL_KEY)
+        self._has_sentinel = False
+        #: Called with newly activated positions that hold units, before they become visible;
+        #: it checks their holds against reservation records (see ReservationBook).
+        self.reconcile: Callable[[list[Position]], asyncio.Future[None]] | None = None
+
+    def __len__(self) -> int:
+        return len(self._resident) - self._has_sentinel
+
+    def get(self, key: StockKey) -> Position | None:
+        """The resident position, marked as just used; None when not resident."""
+        p = self._resident.pop(key, None)
+        if p is not None:
+            self._resident[key] = p
+        return p
+
+    def peek(self, key: StockKey) -> Position | None:
+        """The resident position without marking it used."""
+        return self._resident.get(key)
+
+    def missing(self, keys: Iterable[StockKey]) -> list[StockKey]:
+        """The keys that are not resident."""
+        return [k for k in keys if k not in self._resident]
+
+    async def activate(self, keys: Iterable[StockKey]) -> None:
+        """Make keys resident (loading them from Redis); raises Unavailable."""
+        futures = self._loader.load(self.missing(keys))
+        if futures:
+            await asyncio.gather(*futures)
+
+    async def _fetch(self, keys: list[StockKey]) -> None:
+        keys = self.missing(keys)
+        if not keys:
+            return
+        stored = await self._store.load_positions(keys)
+        loaded: list[Position] = []
+        for key, data in zip(keys, stored, strict=True):
+            if key in self._resident:  # activated by another batch meanwhile: keep that one
+                continue
+            loaded.append(Position(key) if data is None else decode_position(key, data))
+        with_holds = [p for p in loaded if p.holds]
+        if with_holds and self.reconcile is not None:
+            await self.reconcile(with_holds)
+        for p in loaded:
+            self._resident.setdefault(p.key, p)
+        self._metrics.activations.inc(len(loaded))
+        self.enforce_cap()
+        self._metrics.resident_actors.set(len(self))
+
+    def enforce_cap(self) -> int:
+        """Passivate clean positions, least recently used first, down to the cap."""
+        excess = len(self) - self.max_resident
+        if excess <= 0:
+            return 0
+        victims = []
+        for key in self._resident:
+            if key is _SENTINEL_KEY or self._commit.is_dirty(key):
+                continue
+            victims.append(key)
+            if len(victims) >= excess:
+                break
+        return self._drop(victims)
+
+    def passivate_idle(self) -> int:
+        """Passivate clean positions unused since the previous call; call it every idle period.
+
+        A sentinel entry marks the most recent end of the LRU order at each call: everything
+        still in front of it at the next call was not used in between.
+        """
+        victims: list[StockKey] = []
+        if self._has_sentinel:
+            for key in self._resident:
+                if key == _SENTINEL_KEY:
+                    break
+                if not self._commit.is_dirty(key):
+                    victims.append(key)
+            del self._resident[_SENTINEL_KEY]
+        self._resident[_SENTINEL_KEY] = self._sentinel
+        self._has_sentinel = True
+        return self._drop(victims)
+
+    def _drop(self, keys: list[StockKey]) -> int:
+        for key in keys:
+            del self._resident[key]
+        if keys:
+            self._metrics.passivations.inc(len(keys))
+            self._metrics.resident_actors.set(len(self))
+        return len(keys)
+
+    def resident(self) -> list[Position]:
+        """Every resident position (a copy, for reports)."""
+        return [p for k, p in self._resident.items() if k != _SENTINEL_KEY]
+
+    async def close(self) -> None:
+        """Stop loads in progress."""
+        await self._loader.close()

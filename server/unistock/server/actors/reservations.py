@@ -1,0 +1,88 @@
+"""The reservation book: records loaded from Redis on demand, cached, written by group commit."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+from unistock.server.actors.loader import BatchLoader
+from unistock.server.domain import Position, Reservation, reconcile_holds
+from unistock.server.metrics import Metrics
+from unistock.server.persistence.codec import decode_reservation
+from unistock.server.persistence.group_commit import GroupCommit
+from unistock.server.persistence.store import RedisStore
+
+_ABSENT = None
+
+
+class ReservationBook:
+    """Reservation records by id; None marks an id known not to exist."""
+
+    def __init__(
+        self, store: RedisStore, commit: GroupCommit, metrics: Metrics, *, max_cached: int = 200_000
+    ) -> None:
+        self._store = store
+        self._commit = commit
+        self._metrics = metrics
+        self.max_cached = max_cached
+        self._cache: dict[str, Reservation | None] = {}
+        self._loader: BatchLoader[str] = BatchLoader(self._fetch)
+
+    def loaded(self, reservation_id: str) -> bool:
+        """Whether the record (or its absence) is known."""
+        return reservation_id in self._cache
+
+    def get(self, reservation_id: str) -> Reservation | None:
+        """The cached record; call only once loaded()."""
+        return self._cache[reservation_id]
+
+    def put(self, reservation: Reservation, *, shrinks: bool) -> asyncio.Future[None]:
+        """Store a new state of a record; the future resolves when it is durable."""
+        self._cache[reservation.reservation_id] = reservation
+        return self._commit.reservation_changed(reservation, shrinks=shrinks)
+
+    async def load(self, ids: Iterable[str]) -> None:
+        """Make ids known (loading them from Redis); raises Unavailable."""
+        futures = self._loader.load([i for i in ids if i not in self._cache])
+        if futures:
+            await asyncio.gather(*futures)
+
+    async def _fetch(self, ids: list[str]) -> None:
+        ids = [i for i in ids if i not in self._cache]
+        if not ids:
+            return
+        stored = await self._store.load_reservations(ids)
+        for rid, data in zip(ids, stored, strict=True):
+            self._cache.setdefault(rid, _ABSENT if data is None else decode_reservation(data))
+        self._trim()
+
+    def _trim(self) -> None:
+        excess = len(self._cache) - self.max_cached
+        if excess <= 0:
+            return
+        victims = []
+        for rid in self._cache:  # oldest first; a record with unwritten changes stays
+            if not self._commit.reservation_dirty(rid):
+                victims.append(rid)
+                if len(victims) >= excess:
+                    break
+        for rid in victims:
+            del self._cache[rid]
+
+    def reconcile(self, positions: list[Position]) -> asyncio.Future[None]:
+        """Free holds of freshly loaded positions that no ACTIVE record backs (see domain)."""
+        return asyncio.ensure_future(self._reconcile(positions))
+
+    async def _reconcile(self, positions: list[Position]) -> None:
+        ids = {rid for p in positions for rid, _ in p.hold_items()}
+        await self.load(ids)
+        for p in positions:
+            records = {rid: self._cache.get(rid) for rid, _ in p.hold_items()}
+            freed = reconcile_holds(p, records)
+            if freed:
+                self._metrics.holds_reconciled.inc(freed)
+                self._commit.position_changed(p)
+
+    async def close(self) -> None:
+        """Stop loads in progress."""
+        await self._loader.close()
