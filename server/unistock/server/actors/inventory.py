@@ -104,6 +104,18 @@ class Inventory:
 
     async def apply_movements(self, movements: Sequence[Movement]) -> BatchResult:
         """Apply validated movements in order; returns once every effect is durable."""
+        result, durable = await self.submit_movements(movements)
+        await durable
+        return result
+
+    async def submit_movements(
+        self, movements: Sequence[Movement]
+    ) -> tuple[BatchResult, asyncio.Future[None]]:
+        """Apply validated movements in order; the future resolves once every effect is durable.
+
+        Callers that pipeline batches (a stream) submit the next batch while this one is being
+        written; their acks follow the futures in order.
+        """
         await self._ready(
             {m.key for m in movements}, {m.reservation_id for m in movements if m.reservation_id}
         )
@@ -130,8 +142,7 @@ class Inventory:
         for (mtype, outcome), n in outcomes.items():
             self.metrics.movements.labels(mtype, outcome).inc(n)
         # Duplicates too: the original may still be on its way to Redis.
-        await self.commit.barrier()
-        return out
+        return out, self.commit.barrier()
 
     def _picked_up(self, m: Movement, units: int) -> None:
         record = self.reservations.get(m.reservation_id)

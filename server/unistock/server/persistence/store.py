@@ -244,6 +244,33 @@ class RedisStore:
             if cursor == 0:
                 return
 
+    async def scan_levels(
+        self, skus: frozenset[str], locations: frozenset[str], known_locations: set[str]
+    ) -> AsyncIterator[list[tuple[bytes, bytes]]]:
+        """Stored positions matching a watch filter, in chunks of (field, stored value)."""
+        ks = self.keyspace
+        if skus:
+            locs = sorted(locations or known_locations)
+            fields = [(loc, sku) for loc in locs for sku in sorted(skus)]
+            for start in range(0, len(fields), 2000):
+                chunk = fields[start : start + 2000]
+                keys = [(sku, loc) for loc, sku in chunk]
+                values = await self.load_positions(keys)
+                yield [
+                    (position_field(k).encode(), v)
+                    for k, v in zip(keys, values, strict=True)
+                    if v is not None
+                ]
+        elif locations:
+            for loc in sorted(locations):
+                match = _glob_escape(loc) + "|*"
+                async for found in self.scan_positions(ks.location_partition(loc), match):
+                    yield found
+        else:
+            for p in range(ks.partitions):
+                async for found in self.scan_positions(p):
+                    yield found
+
     async def _execute(self, pipe: aioredis.client.Pipeline) -> list[Any]:
         try:
             async with asyncio.timeout(self.command_timeout):
@@ -260,3 +287,13 @@ class RedisStore:
         except (RedisError, OSError, TimeoutError) as exc:
             raise Unavailable(f"redis ping failed: {exc!r}") from exc
         return time.perf_counter() - start
+
+
+def _glob_escape(text: str) -> str:
+    """text as a literal in a Redis MATCH pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def stored_version(value: bytes) -> int:
+    """The version in a stored position's header, without decoding it."""
+    return int.from_bytes(value[1:9], "big")

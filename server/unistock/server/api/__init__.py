@@ -1,0 +1,1 @@
+"""Transports: the gRPC API (service, authentication, watch fan-out, error mapping)."""

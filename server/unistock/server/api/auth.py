@@ -1,0 +1,179 @@
+"""Bearer-token authentication with roles, as a grpc.aio server interceptor.
+
+Roles:
+  channel     read levels, watch, and make/read/end reservations (web shop, app, order manager)
+  backoffice  send movements, read levels and reservations, watch (warehouse, back office)
+  admin       everything
+
+Tokens come from a file (one `<role> <token> [<name>]` per line, `#` comments) and/or the
+environment variable UNISTOCK_TOKENS (`role:token,role:token`). Tokens are compared by their
+SHA-256 digest, never stored or logged in clear beyond start-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import pathlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc import aio
+
+log = logging.getLogger(__name__)
+
+SERVICE = "unistock.v1.InventoryService"
+
+ROLES: dict[str, frozenset[str]] = {
+    "channel": frozenset(
+        {
+            "GetAvailability",
+            "WatchAvailability",
+            "Reserve",
+            "ReleaseReservation",
+            "FulfilReservation",
+            "ExtendReservation",
+            "GetReservation",
+        }
+    ),
+    "backoffice": frozenset(
+        {"ApplyMovements", "GetAvailability", "WatchAvailability", "GetReservation"}
+    ),
+    "admin": frozenset(
+        {
+            "GetAvailability",
+            "WatchAvailability",
+            "ApplyMovements",
+            "Reserve",
+            "ReleaseReservation",
+            "FulfilReservation",
+            "ExtendReservation",
+            "GetReservation",
+        }
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a token belongs to."""
+
+    role: str
+    name: str
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+class TokenStore:
+    """Known tokens and their principals."""
+
+    def __init__(self) -> None:
+        self._tokens: dict[bytes, Principal] = {}
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def add(self, token: str, role: str, name: str = "") -> None:
+        """Register a token; raises ValueError for an unknown role or a short token."""
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; roles are {', '.join(sorted(ROLES))}")
+        if len(token) < 16:
+            raise ValueError(f"token for {name or role!r} is shorter than 16 characters")
+        self._tokens[_digest(token)] = Principal(role, name or role)
+
+    def load_file(self, path: pathlib.Path) -> None:
+        """Read `<role> <token> [<name>]` lines."""
+        for n, raw in enumerate(path.read_text().splitlines(), 1):
+            line = raw.split("#", 1)[0].strip()
+            if not line:
+                continue
+            parts = line.split()
+            if len(parts) < 2:
+                raise ValueError(f"{path}:{n}: expected '<role> <token> [<name>]'")
+            try:
+                self.add(parts[1], parts[0], parts[2] if len(parts) > 2 else "")
+            except ValueError as exc:
+                raise ValueError(f"{path}:{n}: {exc}") from None
+
+    def load_env(self, value: str) -> None:
+        """Read `role:token,role:token`."""
+        for item in filter(None, (v.strip() for v in value.split(","))):
+            role, sep, token = item.partition(":")
+            if not sep:
+                raise ValueError("UNISTOCK_TOKENS entries must look like role:token")
+            self.add(token, role)
+
+    def lookup(self, authorization: str | None) -> Principal | None:
+        """The principal of an `authorization: Bearer <token>` value."""
+        if not authorization:
+            return None
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return None
+        return self._tokens.get(_digest(token.strip()))
+
+
+def _denied(
+    handler: grpc.RpcMethodHandler[Any, Any], code: grpc.StatusCode, message: str
+) -> grpc.RpcMethodHandler[Any, Any]:
+    async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(code, message)
+
+    async def stream(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(code, message)
+
+    kwargs = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(stream, **kwargs)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(stream, **kwargs)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(unary, **kwargs)
+    return grpc.unary_unary_rpc_method_handler(unary, **kwargs)
+
+
+class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Refuses calls to the inventory service without a valid token for the method's role."""
+
+    def __init__(self, tokens: TokenStore) -> None:
+        self._tokens = tokens
+        self._prefix = f"/{SERVICE}/"
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        method: str = details.method
+        handler = await continuation(details)
+        if handler is None or not method.startswith(self._prefix):
+            return handler  # health, reflection, unknown methods
+        auth = None
+        for key, value in details.invocation_metadata or ():
+            if key == "authorization" and isinstance(value, str):
+                auth = value
+                break
+        principal = self._tokens.lookup(auth)
+        if principal is None:
+            return _denied(
+                handler,
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing or unknown bearer token (metadata 'authorization: Bearer <token>')",
+            )
+        name = method[len(self._prefix) :]
+        if name not in ROLES[principal.role]:
+            return _denied(
+                handler,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"role {principal.role!r} may not call {name}",
+            )
+        return handler

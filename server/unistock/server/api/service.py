@@ -1,0 +1,287 @@
+"""The gRPC InventoryService: transports requests to inventory turns.
+
+Handlers are registered with serialisers that pass pre-serialised bytes through, so a level
+fanned out to many watchers, or a snapshot read from Redis, is serialised once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from grpc import aio
+
+from unistock.server.actors import Inventory
+from unistock.server.api.convert import (
+    batch_from_wire,
+    keys_from_wire,
+    levels_message,
+    lines_from_wire,
+    reserve_from_wire,
+)
+from unistock.server.api.errors import status_code, to_status
+from unistock.server.api.watch import WatchHub
+from unistock.server.domain import InvalidArgument, UnistockError, check_id, validate_lines
+from unistock.server.persistence.codec import reservation_message, split_position, stock_level_entry
+from unistock.server.persistence.keys import parse_position_field
+from unistock.server.persistence.store import stored_version
+from unistock.v1 import inventory_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+SERVICE = "unistock.v1.InventoryService"
+Context = aio.ServicerContext[Any, Any]
+R = TypeVar("R")
+
+#: Levels per message of a watch stream.
+WATCH_BATCH = 512
+#: Batches of one ApplyMovements stream being written at once (acks follow in order).
+MOVEMENT_WINDOW = 64
+_SNAPSHOT_COMPLETE = pb.WatchAvailabilityResponse(snapshot_complete=True).SerializeToString()
+
+
+def _serialize(message: Any) -> bytes:
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+def rpc(
+    fn: Callable[[InventoryService, Any, Context], Awaitable[R]],
+) -> Callable[[InventoryService, Any, Context], Awaitable[R]]:
+    """Map domain errors to statuses (in one place) and record latency by method and code."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    async def wrapper(self: InventoryService, request: Any, context: Context) -> R:
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            return await fn(self, request, context)
+        except UnistockError as exc:
+            code = status_code(exc).name
+            await context.abort_with_status(to_status(exc))  # type: ignore[attr-defined]
+            raise  # not reached: abort raises
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except aio.AbortError:
+            c = context.code()
+            code = c.name if isinstance(c, grpc.StatusCode) else "ABORTED"
+            raise
+        except Exception:
+            code = "INTERNAL"
+            log.exception("%s failed", name)
+            raise
+        finally:
+            self._latency(name, code).observe(time.perf_counter() - started)
+
+    return wrapper
+
+
+class InventoryService:
+    """Implements unistock.v1.InventoryService on an Inventory and a WatchHub."""
+
+    def __init__(self, inventory: Inventory, hub: WatchHub) -> None:
+        self.inventory = inventory
+        self.hub = hub
+        self._metrics = inventory.metrics
+        self._latencies: dict[tuple[str, str], Any] = {}
+
+    def _latency(self, method: str, code: str) -> Any:
+        key = (method, code)
+        h = self._latencies.get(key)
+        if h is None:
+            h = self._latencies[key] = self._metrics.grpc_latency.labels(method, code)
+        return h
+
+    # -- levels --------------------------------------------------------------------------------
+
+    @rpc
+    async def GetAvailability(self, request: pb.GetAvailabilityRequest, context: Context) -> bytes:
+        if request.keys and request.sku:
+            raise InvalidArgument("sku", "give either keys or sku, not both")
+        if request.keys:
+            positions = await self.inventory.levels(keys_from_wire(request.keys))
+        elif request.sku:
+            positions = await self.inventory.levels_of_sku(check_id("sku", request.sku))
+        else:
+            raise InvalidArgument("keys", "give keys or a sku")
+        return levels_message(positions)
+
+    @rpc
+    async def WatchAvailability(
+        self, request: pb.WatchAvailabilityRequest, context: Context
+    ) -> None:
+        skus = frozenset(check_id(f"skus[{i}]", s) for i, s in enumerate(request.skus))
+        locations = frozenset(
+            check_id(f"location_ids[{i}]", s) for i, s in enumerate(request.location_ids)
+        )
+        known = {
+            (check_id(f"known_versions[{i}].sku", k.sku), k.location_id): k.version
+            for i, k in enumerate(request.known_versions)
+        }
+        sub = self.hub.subscribe(skus, locations)
+        try:
+            await self._snapshot(sub.pending, skus, locations, known, context)
+            await context.write(_SNAPSHOT_COMPLETE)
+            while True:
+                await sub.event.wait()
+                if sub.overflowed:
+                    if self.hub.closing:
+                        await context.abort(
+                            grpc.StatusCode.UNAVAILABLE,
+                            "server shutting down; reconnect with known_versions to resume",
+                        )
+                    await context.abort(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        "watcher fell too far behind; reconnect with known_versions to resume",
+                    )
+                entries = sub.take(WATCH_BATCH)
+                if entries:
+                    await context.write(b"".join(entries))
+        finally:
+            sub.close()
+
+    async def _snapshot(
+        self,
+        pending: dict[tuple[str, str], tuple[int, bytes]],
+        skus: frozenset[str],
+        locations: frozenset[str],
+        known: dict[tuple[str, str], int],
+        context: Context,
+    ) -> None:
+        # Levels come from Redis (durable); a change buffered meanwhile that is as new or newer
+        # wins (it is sent after the snapshot); an older one is dropped.
+        store = self.inventory.store
+        out: list[bytes] = []
+        async for chunk in store.scan_levels(skus, locations, self.inventory.locations):
+            for field, value in chunk:
+                key = parse_position_field(field.decode())
+                version = stored_version(value)
+                if known.get(key, -1) >= version:
+                    continue
+                buffered = pending.get(key)
+                if buffered is not None:
+                    if buffered[0] >= version:
+                        continue
+                    del pending[key]
+                level, _ = split_position(value)
+                out.append(stock_level_entry(key[0].encode(), key[1].encode(), level))
+                if len(out) >= WATCH_BATCH:
+                    await context.write(b"".join(out))
+                    out = []
+        if out:
+            await context.write(b"".join(out))
+
+    # -- movements -----------------------------------------------------------------------------
+
+    @rpc
+    async def ApplyMovements(
+        self, requests: AsyncIterator[pb.MovementBatch], context: Context
+    ) -> None:
+        acks: asyncio.Queue[tuple[asyncio.Future[None], pb.MovementAck] | None] = asyncio.Queue(
+            MOVEMENT_WINDOW
+        )
+
+        async def send_acks() -> None:
+            while (item := await acks.get()) is not None:
+                durable, ack = item
+                await durable
+                await context.write(ack)
+
+        writer = asyncio.create_task(send_acks(), name="apply-movements-acks")
+        try:
+            async for batch in requests:
+                movements, rejected = batch_from_wire(batch)
+                for r in rejected:
+                    self._metrics.movements_rejected.labels(pb.RejectReason.Name(r.reason)).inc()
+                if movements:
+                    result, durable = await self.inventory.submit_movements(movements)
+                    applied, duplicates = result.applied, result.duplicates
+                else:
+                    durable = self.inventory.commit.barrier()
+                    applied = duplicates = 0
+                top = max((m.seq for m in batch.movements), default=0)
+                ack = pb.MovementAck(
+                    sources=[pb.SourceAck(source_id=batch.source_id, seq=top)] if top else [],
+                    rejections=rejected,
+                    batch_id=batch.batch_id,
+                    applied=applied,
+                    duplicates=duplicates,
+                )
+                if writer.done():
+                    break
+                await acks.put((durable, ack))
+            await acks.put(None)
+            await writer
+        finally:
+            if not writer.done():
+                writer.cancel()
+                await asyncio.gather(writer, return_exceptions=True)
+
+    # -- reservations --------------------------------------------------------------------------
+
+    @rpc
+    async def Reserve(self, request: pb.ReserveRequest, context: Context) -> pb.ReserveResponse:
+        reservation, replayed = await self.inventory.reserve(reserve_from_wire(request))
+        return pb.ReserveResponse(reservation=reservation_message(reservation), replayed=replayed)
+
+    @rpc
+    async def ReleaseReservation(
+        self, request: pb.ReleaseReservationRequest, context: Context
+    ) -> pb.Reservation:
+        rid = check_id("reservation_id", request.reservation_id)
+        return reservation_message(await self.inventory.release(rid))
+
+    @rpc
+    async def FulfilReservation(
+        self, request: pb.FulfilReservationRequest, context: Context
+    ) -> pb.Reservation:
+        rid = check_id("reservation_id", request.reservation_id)
+        lines = validate_lines(lines_from_wire(request.lines), allow_empty=True)
+        return reservation_message(await self.inventory.fulfil(rid, lines))
+
+    @rpc
+    async def ExtendReservation(
+        self, request: pb.ExtendReservationRequest, context: Context
+    ) -> pb.Reservation:
+        rid = check_id("reservation_id", request.reservation_id)
+        if request.HasField("expires_at"):
+            at = request.expires_at.ToNanoseconds() / 1e9
+        elif request.ttl_seconds:
+            at = self.inventory.clock() + request.ttl_seconds
+        else:
+            raise InvalidArgument("expires_at", "give expires_at or ttl_seconds")
+        return reservation_message(await self.inventory.extend(rid, at))
+
+    @rpc
+    async def GetReservation(
+        self, request: pb.GetReservationRequest, context: Context
+    ) -> pb.Reservation:
+        rid = check_id("reservation_id", request.reservation_id)
+        return reservation_message(await self.inventory.get_reservation(rid))
+
+    # -- registration --------------------------------------------------------------------------
+
+    def handler(self) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
+        """The generic handler serving every method of the service."""
+        d = pb.DESCRIPTOR.services_by_name["InventoryService"]
+        handlers = {}
+        for method in d.methods:
+            impl = getattr(self, method.name)
+            req_cls = getattr(pb, method.input_type.name)
+            kwargs = {
+                "request_deserializer": req_cls.FromString,
+                "response_serializer": _serialize,
+            }
+            if method.client_streaming and method.server_streaming:
+                handlers[method.name] = grpc.stream_stream_rpc_method_handler(impl, **kwargs)
+            elif method.server_streaming:
+                handlers[method.name] = grpc.unary_stream_rpc_method_handler(impl, **kwargs)
+            else:
+                handlers[method.name] = grpc.unary_unary_rpc_method_handler(impl, **kwargs)
+        return grpc.method_handlers_generic_handler(SERVICE, handlers)

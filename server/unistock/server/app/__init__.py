@@ -1,0 +1,1 @@
+"""App wiring: settings, the server's lifecycle, the command line."""

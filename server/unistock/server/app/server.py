@@ -1,0 +1,200 @@
+"""The server's lifecycle: start everything in order, serve, stop gracefully (safe twice)."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import secrets
+from collections.abc import Coroutine
+from types import TracebackType
+from typing import Any
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from unistock.server.actors import Inventory
+from unistock.server.api.auth import AuthInterceptor, TokenStore
+from unistock.server.api.service import SERVICE, InventoryService
+from unistock.server.api.watch import WatchHub
+from unistock.server.app.settings import Settings
+from unistock.server.metrics import Metrics
+from unistock.server.persistence.group_commit import GroupCommit
+from unistock.server.persistence.keys import Keyspace
+from unistock.server.persistence.store import RedisStore
+
+log = logging.getLogger(__name__)
+
+
+class State(enum.Enum):
+    """Lifecycle of a server object."""
+
+    NEW = "new"
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+def load_tokens(settings: Settings, env_tokens: str = "") -> tuple[TokenStore, str | None]:
+    """Configured tokens; with none configured, a generated admin token (returned) for dev."""
+    tokens = TokenStore()
+    if settings.tokens_file is not None:
+        tokens.load_file(settings.tokens_file)
+    if env_tokens:
+        tokens.load_env(env_tokens)
+    if len(tokens):
+        return tokens, None
+    dev = secrets.token_urlsafe(24)
+    tokens.add(dev, "admin", "dev")
+    return tokens, dev
+
+
+class UnistockServer:
+    """Redis store, group commit, actors, gRPC API, metrics and background loops."""
+
+    def __init__(
+        self, settings: Settings, tokens: TokenStore, metrics: Metrics | None = None
+    ) -> None:
+        self.settings = settings
+        self.tokens = tokens
+        self.metrics = metrics or Metrics()
+        self.state = State.NEW
+        self.grpc_port = 0
+        self.metrics_port = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._grpc: aio.Server | None = None
+        self._metrics_http: Any = None
+        self._done = asyncio.Event()
+        self._stop_lock = asyncio.Lock()
+
+    async def __aenter__(self) -> UnistockServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Connect, take ownership of the partitions, start serving."""
+        if self.state is not State.NEW:
+            raise RuntimeError(f"cannot start a server that is {self.state.value}")
+        s = self.settings
+        self.store = RedisStore.from_url(
+            s.redis_url,
+            Keyspace(s.key_prefix, s.partitions),
+            command_timeout=s.redis_timeout_s,
+        )
+        await self.store.open()
+        self.commit = GroupCommit(
+            self.store,
+            self.metrics,
+            linger=s.flush_linger_ms / 1000,
+            max_positions=s.flush_max_positions,
+            retention=s.reservation_retention_s,
+        )
+        self.inventory = Inventory(
+            self.store, self.commit, self.metrics, max_resident=s.max_resident
+        )
+        await self.inventory.start()
+        self.hub = WatchHub(self.metrics, max_pending=s.watch_max_pending)
+        self.commit.listeners.append(self.hub.publish)
+        self._spawn(self._run_commit(), "group-commit")
+        self._spawn(self.inventory.run_expiry(s.expiry_interval_s), "reservation-expiry")
+        if s.idle_passivation_s > 0:
+            self._spawn(
+                self.inventory.run_idle_passivation(s.idle_passivation_s), "idle-passivation"
+            )
+
+        server = self._grpc = aio.server(
+            interceptors=[AuthInterceptor(self.tokens)],
+            options=[
+                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ],
+        )
+        self.service = InventoryService(self.inventory, self.hub)
+        server.add_generic_rpc_handlers((self.service.handler(),))
+        self.health = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        address = f"{s.grpc_host}:{s.grpc_port}"
+        if s.tls_cert and s.tls_key:
+            creds = grpc.ssl_server_credentials([(s.tls_key.read_bytes(), s.tls_cert.read_bytes())])
+            self.grpc_port = server.add_secure_port(address, creds)
+        else:
+            self.grpc_port = server.add_insecure_port(address)
+        await server.start()
+        for name in ("", SERVICE):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if s.metrics_port:
+            self._metrics_http, _ = start_http_server(
+                s.metrics_port, addr=s.grpc_host, registry=self.metrics.registry
+            )
+            self.metrics_port = self._metrics_http.server_port
+        self.state = State.RUNNING
+        log.info(
+            "serving gRPC on %s:%d (%s), metrics on :%d, redis %s",
+            s.grpc_host,
+            self.grpc_port,
+            "TLS" if s.tls_cert else "plaintext",
+            self.metrics_port,
+            s.redis_url,
+        )
+
+    def _spawn(self, coro: Coroutine[object, object, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.critical("background task %s failed: %r; stopping", task.get_name(), exc)
+            self._done.set()
+
+    async def _run_commit(self) -> None:
+        await self.commit.run()
+
+    async def wait(self) -> None:
+        """Until a background task fails (e.g. the partitions were taken over) or stop()."""
+        await self._done.wait()
+
+    @property
+    def failed(self) -> bool:
+        """Whether a background task failed (the process should exit non-zero)."""
+        return any(t.done() and not t.cancelled() and t.exception() for t in self._tasks)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting calls, let in-flight ones finish, flush, close. Safe to call twice."""
+        async with self._stop_lock:
+            if self.state is not State.RUNNING:
+                self.state = State.STOPPED
+                return
+            grace = self.settings.shutdown_grace_s if grace is None else grace
+            await self.health.enter_graceful_shutdown()
+            self.hub.shutdown()
+            assert self._grpc is not None
+            await self._grpc.stop(grace)
+            for task in self._tasks:
+                if task.get_name() != "group-commit":
+                    task.cancel()
+            await self.commit.close()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.inventory.close()
+            await self.store.close()
+            if self._metrics_http is not None:
+                self._metrics_http.shutdown()
+                self._metrics_http.server_close()
+            self.state = State.STOPPED
+            self._done.set()
+            log.info("stopped")

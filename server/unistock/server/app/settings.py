@@ -1,0 +1,109 @@
+"""Settings: one typed, frozen object built from flags and UNISTOCK_* environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the server needs to start. Every field has a flag and an env variable."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    mqtt_url: str = ""
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 50051
+    metrics_port: int = 9464
+    data_dir: pathlib.Path = pathlib.Path("var")
+    tokens_file: pathlib.Path | None = None
+    tls_cert: pathlib.Path | None = None
+    tls_key: pathlib.Path | None = None
+    key_prefix: str = "us"
+    partitions: int = 64
+    flush_linger_ms: float = 0.5
+    flush_max_positions: int = 8192
+    max_resident: int = 2_000_000
+    idle_passivation_s: float = 900.0
+    expiry_interval_s: float = 1.0
+    reservation_retention_s: float = 7 * 86400
+    watch_max_pending: int = 100_000
+    redis_timeout_s: float = 5.0
+    shutdown_grace_s: float = 5.0
+    log_level: str = "INFO"
+
+    @classmethod
+    def parse(
+        cls, argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Settings from flags, falling back to UNISTOCK_<NAME> variables, then defaults."""
+        env = os.environ if env is None else env
+        parser = build_parser(env)
+        ns = parser.parse_args(argv)
+        values = {}
+        for f in fields(cls):
+            v = getattr(ns, f.name)
+            if v is not None and f.name in ("data_dir", "tokens_file", "tls_cert", "tls_key"):
+                v = pathlib.Path(v)
+            values[f.name] = v
+        s = cls(**values)
+        if bool(s.tls_cert) != bool(s.tls_key):
+            parser.error("--tls-cert and --tls-key go together")
+        if s.partitions < 1:
+            parser.error("--partitions must be >= 1")
+        return s
+
+
+_HELP = {
+    "redis_url": "Redis holding the positions (AOF with appendfsync always recommended)",
+    "mqtt_url": "MQTT broker of the store edge agents (mqtt://user:pass@host:port)",
+    "grpc_host": "address the gRPC API listens on",
+    "grpc_port": "gRPC API port (0: any free port)",
+    "metrics_port": "Prometheus /metrics port (0: disabled)",
+    "data_dir": "directory for local state (dev token)",
+    "tokens_file": "bearer tokens, one '<role> <token> [<name>]' per line; "
+    "also UNISTOCK_TOKENS=role:token,...",
+    "tls_cert": "PEM certificate chain: serve gRPC over TLS",
+    "tls_key": "PEM private key for --tls-cert",
+    "key_prefix": "prefix of every Redis key",
+    "partitions": "partitions of the keyspace (fixed once the keyspace exists)",
+    "flush_linger_ms": "how long a group commit waits for more changes before writing",
+    "flush_max_positions": "most positions in one group commit",
+    "max_resident": "most positions kept in memory (LRU passivation beyond)",
+    "idle_passivation_s": "passivate positions unused for this long (0: never)",
+    "expiry_interval_s": "how often expired reservations are released",
+    "reservation_retention_s": "how long ended reservations stay readable (idempotent replays)",
+    "watch_max_pending": "positions a watcher may lag behind before it is cut",
+    "redis_timeout_s": "deadline of one Redis round trip before UNAVAILABLE",
+    "shutdown_grace_s": "time in-flight calls get to finish on SIGTERM",
+    "log_level": "DEBUG, INFO, WARNING or ERROR",
+}
+
+
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    """The argument parser; each default comes from UNISTOCK_<NAME> when set."""
+    parser = argparse.ArgumentParser(
+        prog="unistock-server",
+        description="Unistock: real-time inventory server (gRPC API, Redis persistence).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for f in fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        envname = "UNISTOCK_" + f.name.upper()
+        fallback: object = f.default
+        default = env.get(envname, fallback)
+        kind: Any = type(fallback) if fallback is not None else str
+        if issubclass(kind, pathlib.PurePath):
+            kind = str
+        parser.add_argument(
+            flag,
+            dest=f.name,
+            type=kind,
+            default=None if default is None else kind(default),
+            help=f"{_HELP[f.name]} [env {envname}]",
+        )
+    return parser
