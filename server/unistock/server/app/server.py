@@ -188,7 +188,7 @@ class UnistockServer:
             for task in self._tasks:
                 if task.get_name() != "group-commit":
                     task.cancel()
-            await self.commit.close()
+            await self.commit.close(grace)
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await self.inventory.close()
             await self.store.close()

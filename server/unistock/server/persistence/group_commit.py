@@ -73,6 +73,7 @@ class GroupCommit:
         self._inflight: asyncio.Future[None] | None = None
         self._wake = asyncio.Event()
         self._closing = False
+        self._give_up_at = 0.0
         self._known_locations: set[str] = set()
         self.listeners: list[Listener] = []
         self.fenced: Fenced | None = None
@@ -137,13 +138,23 @@ class GroupCommit:
                     return
                 continue
             if not await self._flush_once():
+                if self._closing and time.monotonic() >= self._give_up_at:
+                    # Nothing here was acknowledged (acks wait for durability); the sources
+                    # resend it to whichever server runs next.
+                    log.error(
+                        "giving up on %d unwritten positions and %d reservation records at shutdown",
+                        len(self._positions),
+                        len(self._ending) + len(self._other),
+                    )
+                    return
                 await asyncio.sleep(self._backoff)
                 self._backoff = min(self._backoff * 2, 1.0)
                 self._wake.set()
 
-    async def close(self) -> None:
-        """Let the flusher write what is pending and stop (run() returns)."""
+    async def close(self, timeout: float = 5.0) -> None:
+        """Let the flusher write what is pending (trying for up to timeout s) and stop."""
         self._closing = True
+        self._give_up_at = time.monotonic() + timeout
         self._wake.set()
 
     async def _flush_once(self) -> bool:

@@ -9,6 +9,7 @@ before its first write: a Lua script that fails half way does not roll back.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections import defaultdict
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from unistock.server.domain import Fenced, StockKey, Unavailable
 from unistock.server.persistence.keys import LAYOUT_VERSION, Keyspace, position_field
@@ -34,7 +35,7 @@ if epoch ~= ARGV[1] then
                            ', this writer has ' .. ARGV[1])
 end
 local i = 2
-local written = stale = 0, 0
+local written, stale = 0, 0
 local npos = tonumber(ARGV[i]); i = i + 1
 for _ = 1, npos do
   local f, v = ARGV[i], ARGV[i + 1]; i = i + 2
@@ -89,7 +90,7 @@ class RedisStore:
         self.keyspace = keyspace
         self.command_timeout = command_timeout
         self.epochs: dict[int, int] = {}
-        self._flush = client.register_script(FLUSH_SCRIPT)
+        self._flush_sha = hashlib.sha1(FLUSH_SCRIPT.encode()).hexdigest()
 
     @classmethod
     def from_url(cls, url: str, keyspace: Keyspace, *, command_timeout: float = 5.0) -> RedisStore:
@@ -146,6 +147,19 @@ class RedisStore:
     # -- writes --------------------------------------------------------------------------------
 
     async def flush(self, phases: list[Phase]) -> tuple[int, int]:
+        """Write phases in order; see _flush. Loads the script when Redis lost it (restart)."""
+        try:
+            return await self._flush(phases)
+        except NoScriptError:
+            try:
+                async with asyncio.timeout(self.command_timeout):
+                    await self.client.script_load(FLUSH_SCRIPT)
+            except (RedisError, OSError, TimeoutError) as exc:
+                raise Unavailable(f"redis script load failed: {exc!r}") from exc
+            # Safe to repeat: the script never replaces a newer version with an older one.
+            return await self._flush(phases)
+
+    async def _flush(self, phases: list[Phase]) -> tuple[int, int]:
         """Write phases in order in one pipeline; returns (records written, stale skipped).
 
         One Redis applies a pipeline's commands in order and appends them to its AOF in that
@@ -167,7 +181,7 @@ class RedisStore:
                 for rid, value, score, keep in w.reservations:
                     keys.append(ks.reservation(p, rid))
                     args.extend((rid, value, score, keep))
-                self._flush(keys=keys, args=args, client=pipe)  # type: ignore[unused-coroutine]  # queued on the pipeline
+                pipe.evalsha(self._flush_sha, len(keys), *keys, *args)
         try:
             async with asyncio.timeout(self.command_timeout):
                 results = await pipe.execute(raise_on_error=False)
@@ -175,6 +189,8 @@ class RedisStore:
             raise Unavailable(f"redis flush failed: {exc!r}") from exc
         written = stale = 0
         for r in results:
+            if isinstance(r, NoScriptError):
+                raise r
             if isinstance(r, ResponseError) and str(r).startswith("FENCED"):
                 raise Fenced(str(r))
             if isinstance(r, Exception):

@@ -1,0 +1,1 @@
+"""Unistock benchmark harness (``python -m bench``). See ``bench/harness.py``."""

@@ -1,0 +1,1 @@
+"""Baselines: plain-Python/gRPC/Redis/PostgreSQL reference designs the scenarios compare against."""

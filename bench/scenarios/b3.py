@@ -1,0 +1,55 @@
+"""B3 — reservations/s (unary Reserve + ReleaseReservation), 64 concurrent callers.
+
+Baseline: an empty grpc.aio unary call (bytes in/out) against a server subprocess, one channel,
+64 looping tasks. Compared per RPC: Unistock's Reserve and ReleaseReservation each count as one
+op (``LoadStats.ops``), so its reservations/s = ops/s / 2 (reported in extra).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from bench.baselines import grpc_unary
+from bench.harness import Config, Result, prefixed, row, scenario, try_unistock
+from bench.load import LoadStats
+
+ID = "B3"
+NAME = "reservations/s (unary Reserve + ReleaseReservation), 64 concurrent callers"
+TARGET = "≥ 0.7 × baseline, p99 ≤ 2 × baseline p99"
+CONCURRENCY = 64
+
+
+def duration(cfg: Config) -> float:
+    return cfg.n(5.0, 1.5)
+
+
+async def baseline(cfg: Config) -> LoadStats:
+    return await grpc_unary.baseline(concurrency=CONCURRENCY, duration_s=duration(cfg))
+
+
+async def unistock(cfg: Config) -> LoadStats:
+    """TODO(unistock): start the Unistock server in a subprocess (with its own private
+    redis-server, see ``bench._procs.RedisProc``), seed stock, then ``bench.load.closed_loop``
+    with ``CONCURRENCY`` workers over one channel, each op = one RPC alternating
+    Reserve(1 unit) → ReleaseReservation, for ``duration(cfg)`` s. Pass
+    ``CpuMeter(server=pid, redis=redis_pid)`` so ``cpu_s`` covers client, server and redis."""
+    raise NotImplementedError("pending server")
+
+
+@scenario(ID, NAME, target=TARGET)
+async def run(cfg: Config) -> list[Result]:
+    base = await baseline(cfg)
+    uni, status, note = await try_unistock(unistock, cfg)
+    cpu = prefixed("baseline", base.cpu_s) | prefixed("unistock", uni.cpu_s if uni else None)
+    extra: dict[str, Any] = {"baseline": asdict(base), "unistock": asdict(uni) if uni else None}
+    if uni:
+        extra["unistock_reservations_per_s"] = uni.ops_per_s / 2
+    return [
+        row(ID, "RPCs/s (Reserve|Release vs empty unary)", "ops/s",
+            uni.ops_per_s if uni else None, base.ops_per_s,
+            status=status, note=note, extra=extra, cpu_s=cpu, target="≥ 0.7 × baseline"),
+        row(ID, "p99 latency per RPC", "ms", uni.p99_ms if uni else None, base.p99_ms,
+            status=status, note=note, target="≤ 2 × baseline p99",
+            extra={"p50_ms": {"baseline": base.p50_ms, "unistock": uni.p50_ms if uni else None}}),
+    ]  # fmt: skip

@@ -1,0 +1,222 @@
+"""The async gRPC client."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+import grpc
+from grpc import aio
+from grpc_status import rpc_status
+
+from unistock.v1 import inventory_pb2 as pb
+from unistock.v1 import inventory_pb2_grpc as pb_grpc
+
+Line = tuple[str, str, int]
+"""(sku, location_id, quantity)"""
+
+
+class UnistockClientError(Exception):
+    """A call failed; `code` is the gRPC status code, `details` the server's message."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self.code = code
+        self.details = details
+        super().__init__(f"{code.name}: {details}")
+
+
+class InsufficientStockError(UnistockClientError):
+    """Reserve refused: `short_lines` says which lines fell short and by how much."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, short: list[pb.ShortLine]) -> None:
+        super().__init__(code, details)
+        self.short_lines = short
+
+
+def _error(exc: aio.AioRpcError) -> UnistockClientError:
+    code = exc.code()
+    status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+    if status is not None:
+        for detail in status.details:
+            if detail.Is(pb.InsufficientStock.DESCRIPTOR):
+                info = pb.InsufficientStock()
+                detail.Unpack(info)
+                return InsufficientStockError(code, exc.details() or "", list(info.lines))
+    return UnistockClientError(code, exc.details() or "")
+
+
+def _lines(lines: Iterable[Line]) -> list[pb.ReservationLine]:
+    return [pb.ReservationLine(sku=s, location_id=loc, quantity=q) for s, loc, q in lines]
+
+
+class UnistockClient:
+    """A channel to a Unistock server with a bearer token."""
+
+    def __init__(
+        self,
+        target: str,
+        token: str,
+        *,
+        root_certificates: bytes | None = None,
+        tls: bool = False,
+        timeout: float | None = 10.0,
+    ) -> None:
+        if tls or root_certificates is not None:
+            creds = grpc.ssl_channel_credentials(root_certificates)
+            self.channel = aio.secure_channel(target, creds)
+        else:
+            self.channel = aio.insecure_channel(target)
+        self.stub = pb_grpc.InventoryServiceStub(self.channel)
+        self.metadata = (("authorization", f"Bearer {token}"),)
+        self.timeout = timeout
+
+    async def __aenter__(self) -> UnistockClient:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self.channel.close(None)
+
+    async def _unary(self, method: Any, request: Any) -> Any:
+        try:
+            return await method(request, metadata=self.metadata, timeout=self.timeout)
+        except aio.AioRpcError as exc:
+            raise _error(exc) from None
+
+    async def get_availability(
+        self, keys: Sequence[tuple[str, str]] = (), sku: str = ""
+    ) -> list[pb.StockLevel]:
+        """Levels of (sku, location_id) keys, or of one sku at every location."""
+        req = pb.GetAvailabilityRequest(
+            keys=[pb.StockKey(sku=s, location_id=loc) for s, loc in keys], sku=sku
+        )
+        resp: pb.GetAvailabilityResponse = await self._unary(self.stub.GetAvailability, req)
+        return list(resp.levels)
+
+    async def reserve(
+        self,
+        reservation_id: str,
+        lines: Iterable[Line],
+        *,
+        kind: str | int = "CART",
+        ttl_seconds: int = 0,
+        channel: str = "",
+        customer_id: str = "",
+    ) -> pb.ReserveResponse:
+        """Hold every line or none; raises InsufficientStockError with the short lines."""
+        req = pb.ReserveRequest(
+            reservation_id=reservation_id,
+            lines=_lines(lines),
+            kind=pb.ReservationKind.Value(kind) if isinstance(kind, str) else kind,  # type: ignore[arg-type]
+            ttl_seconds=ttl_seconds,
+            channel=channel,
+            customer_id=customer_id,
+        )
+        resp: pb.ReserveResponse = await self._unary(self.stub.Reserve, req)
+        return resp
+
+    async def release(self, reservation_id: str) -> pb.Reservation:
+        """Cancel a reservation."""
+        req = pb.ReleaseReservationRequest(reservation_id=reservation_id)
+        resp: pb.Reservation = await self._unary(self.stub.ReleaseReservation, req)
+        return resp
+
+    async def fulfil(self, reservation_id: str, lines: Iterable[Line] = ()) -> pb.Reservation:
+        """The reserved units left physically (all, or the given lines)."""
+        req = pb.FulfilReservationRequest(reservation_id=reservation_id, lines=_lines(lines))
+        resp: pb.Reservation = await self._unary(self.stub.FulfilReservation, req)
+        return resp
+
+    async def extend(self, reservation_id: str, ttl_seconds: int) -> pb.Reservation:
+        """Move a reservation's expiry to ttl_seconds from now."""
+        req = pb.ExtendReservationRequest(reservation_id=reservation_id, ttl_seconds=ttl_seconds)
+        resp: pb.Reservation = await self._unary(self.stub.ExtendReservation, req)
+        return resp
+
+    async def get_reservation(self, reservation_id: str) -> pb.Reservation:
+        """A reservation's current state."""
+        req = pb.GetReservationRequest(reservation_id=reservation_id)
+        resp: pb.Reservation = await self._unary(self.stub.GetReservation, req)
+        return resp
+
+    async def apply_movements(
+        self, batches: AsyncIterable[pb.MovementBatch] | Iterable[pb.MovementBatch]
+    ) -> AsyncIterator[pb.MovementAck]:
+        """Send batches on one stream; yields one ack per batch once it is durable."""
+        call = self.stub.ApplyMovements(batches, metadata=self.metadata)  # type: ignore[arg-type]
+        try:
+            async for ack in call:
+                yield ack
+        except aio.AioRpcError as exc:
+            raise _error(exc) from None
+
+    async def watch(
+        self,
+        skus: Sequence[str] = (),
+        location_ids: Sequence[str] = (),
+        known_versions: dict[tuple[str, str], int] | None = None,
+    ) -> AsyncIterator[pb.WatchAvailabilityResponse]:
+        """One watch stream: the snapshot, then changes. See Watcher for a resuming one."""
+        req = pb.WatchAvailabilityRequest(
+            skus=skus,
+            location_ids=location_ids,
+            known_versions=[
+                pb.KnownVersion(sku=s, location_id=loc, version=v)
+                for (s, loc), v in (known_versions or {}).items()
+            ],
+        )
+        call = self.stub.WatchAvailability(req, metadata=self.metadata)
+        try:
+            async for msg in call:
+                yield msg
+        except aio.AioRpcError as exc:
+            raise _error(exc) from None
+        finally:
+            call.cancel()
+
+
+class Watcher:
+    """A watch that keeps the latest level per position and resumes after disconnects.
+
+    Levels older than or equal to what it has are ignored, so consumers see each position's
+    versions in increasing order, across reconnects.
+    """
+
+    def __init__(
+        self,
+        client: UnistockClient,
+        skus: Sequence[str] = (),
+        location_ids: Sequence[str] = (),
+        *,
+        retry_delay: float = 0.5,
+    ) -> None:
+        self.client = client
+        self.skus = skus
+        self.location_ids = location_ids
+        self.retry_delay = retry_delay
+        self.levels: dict[tuple[str, str], pb.StockLevel] = {}
+
+    async def __aiter__(self) -> AsyncIterator[pb.StockLevel]:
+        """Yields every new level, forever, reconnecting on UNAVAILABLE/RESOURCE_EXHAUSTED."""
+        retry = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+        while True:
+            known = {k: lvl.version for k, lvl in self.levels.items()}
+            try:
+                async for msg in self.client.watch(self.skus, self.location_ids, known):
+                    for lvl in msg.levels:
+                        key = (lvl.sku, lvl.location_id)
+                        have = self.levels.get(key)
+                        if have is None or lvl.version > have.version:
+                            self.levels[key] = lvl
+                            yield lvl
+            except UnistockClientError as exc:
+                if exc.code not in retry:
+                    raise
+            await asyncio.sleep(self.retry_delay)
