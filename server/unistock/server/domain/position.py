@@ -99,7 +99,7 @@ class Position:
     @property
     def at_risk(self) -> bool:
         """Reservations promise more than is physically here."""
-        return self.on_hand < self.reserved
+        return self.reserved > 0 and self.on_hand < self.reserved
 
     def mark(self, source_id: str) -> int:
         """Highest seq applied here from source_id (0 when none)."""

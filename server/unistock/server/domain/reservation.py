@@ -92,7 +92,10 @@ class ReserveRequest:
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
-    """A reservation's record. Immutable: each transition returns a new value."""
+    """A reservation's record. Immutable: each transition returns a new value.
+
+    Times are seconds since the epoch, kept to the millisecond (as stored).
+    """
 
     reservation_id: str
     state: ReservationState
@@ -145,7 +148,7 @@ class Reservation:
         self._require_active("extend")
         if expires_at <= now:
             raise InvalidArgument("expires_at", "must be in the future")
-        return self._next(expires_at=expires_at)
+        return self._next(expires_at=round(expires_at, 3))
 
     def expire(self, now: float) -> Reservation | None:
         """The expired reservation if its hold ran out by now, else None."""
@@ -158,6 +161,8 @@ class Reservation:
         if self.state is ReservationState.FULFILLED and not lines:
             return self
         self._require_active("fulfil")
+        if lines:
+            validate_lines(list(lines))
         if not lines:
             return self._next(
                 state=ReservationState.FULFILLED, fulfilled=_add(self.fulfilled, self.lines)
@@ -226,8 +231,8 @@ def reserve(
         state=ReservationState.ACTIVE,
         kind=request.kind,
         lines=request.lines,
-        created_at=now,
-        expires_at=None if request.ttl_seconds is None else now + request.ttl_seconds,
+        created_at=round(now, 3),
+        expires_at=None if request.ttl_seconds is None else round(now + request.ttl_seconds, 3),
         fingerprint=fingerprint(request.lines),
         channel=request.channel,
         customer_id=request.customer_id,

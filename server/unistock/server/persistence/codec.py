@@ -126,7 +126,7 @@ def position_entry(p: Position) -> bytes:
 
 def _ts(seconds: float) -> Timestamp:
     ts = Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
+    ts.FromMilliseconds(round(seconds * 1000))  # the domain keeps times to the millisecond
     return ts
 
 
@@ -178,8 +178,8 @@ def decode_reservation(data: bytes) -> Reservation:
         state=ReservationState(m.state),
         kind=ReservationKind(m.kind),
         lines=lines(m.lines),
-        created_at=m.created_at.ToNanoseconds() / 1e9,
-        expires_at=m.expires_at.ToNanoseconds() / 1e9 if m.HasField("expires_at") else None,
+        created_at=m.created_at.ToMilliseconds() / 1000,
+        expires_at=m.expires_at.ToMilliseconds() / 1000 if m.HasField("expires_at") else None,
         fingerprint=record.request_fingerprint,
         channel=m.channel,
         customer_id=m.customer_id,

@@ -151,10 +151,10 @@ class GroupCommit:
                 self._backoff = min(self._backoff * 2, 1.0)
                 self._wake.set()
 
-    async def close(self, timeout: float = 5.0) -> None:
-        """Let the flusher write what is pending (trying for up to timeout s) and stop."""
+    async def close(self, grace: float = 5.0) -> None:
+        """Let the flusher write what is pending (trying for up to grace s) and stop."""
         self._closing = True
-        self._give_up_at = time.monotonic() + timeout
+        self._give_up_at = time.monotonic() + grace
         self._wake.set()
 
     async def _flush_once(self) -> bool:

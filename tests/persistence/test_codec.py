@@ -1,0 +1,106 @@
+"""Stored formats round-trip, and stored levels are valid wire messages without parsing."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from unistock.server.domain import Line, Position, ReservationKind, ReserveRequest, reserve
+from unistock.server.persistence.codec import (
+    decode_position,
+    decode_reservation,
+    encode_position,
+    encode_reservation,
+    position_entry,
+    split_position,
+    stock_level_entry,
+)
+from unistock.server.persistence.store import stored_version
+from unistock.v1 import inventory_pb2 as pb
+
+ids = st.text(alphabet="abcXYZ019-_.:", min_size=1, max_size=20)
+
+
+@given(
+    on_hand=st.integers(-(10**9), 10**9),
+    safety=st.integers(0, 1000),
+    version=st.integers(0, 2**40),
+    marks=st.dictionaries(ids, st.integers(1, 2**40), max_size=4),
+    holds=st.dictionaries(ids, st.integers(1, 1000), max_size=4),
+    counts=st.lists(ids, max_size=4),
+)
+def test_position_round_trip(
+    on_hand: int,
+    safety: int,
+    version: int,
+    marks: dict[str, int],
+    holds: dict[str, int],
+    counts: list[str],
+) -> None:
+    p = Position(
+        ("SKU-1", "store-1"),
+        on_hand=on_hand,
+        safety_stock=safety,
+        version=version,
+        marks=tuple(marks.items()),
+        holds=tuple(holds.items()),
+        counts=tuple(counts),
+    )
+    data = encode_position(p)
+    q = decode_position(p.key, data)
+    assert (q.on_hand, q.reserved, q.safety_stock, q.version) == (
+        p.on_hand,
+        p.reserved,
+        p.safety_stock,
+        p.version,
+    )
+    assert q.marks == p.marks
+    assert q.hold_items() == p.hold_items()
+    assert q.counts == p.counts
+    assert stored_version(data) == version
+
+
+def test_stored_level_is_a_wire_stock_level() -> None:
+    p = Position(("SKU-9", "store-3"), on_hand=7, safety_stock=2, version=42, holds=(("r", 3),))
+    level, _ = split_position(encode_position(p))
+    entry = stock_level_entry(b"SKU-9", b"store-3", level)
+    msg = pb.WatchAvailabilityResponse.FromString(entry + position_entry(p))
+    assert len(msg.levels) == 2
+    for lv in msg.levels:
+        assert (lv.sku, lv.location_id, lv.on_hand, lv.reserved, lv.safety_stock) == (
+            "SKU-9",
+            "store-3",
+            7,
+            3,
+            2,
+        )
+        assert (lv.available, lv.version) == (2, 42)
+
+
+def test_long_ids_encode_multi_byte_lengths() -> None:
+    sku = "S" * 128
+    loc = "L" * 128
+    p = Position((sku, loc), on_hand=1, version=1)
+    msg = pb.GetAvailabilityResponse.FromString(position_entry(p))
+    assert msg.levels[0].sku == sku
+    assert msg.levels[0].location_id == loc
+
+
+def test_reservation_round_trip() -> None:
+    positions = {
+        ("A", "s1"): Position(("A", "s1"), on_hand=5),
+        ("B", "s2"): Position(("B", "s2"), on_hand=5),
+    }
+    req = ReserveRequest.build(
+        "r-1",
+        [Line("A", "s1", 2), Line("B", "s2", 1)],
+        ReservationKind.E_RESERVATION,
+        0,
+        "web",
+        "c9",
+    )
+    r = reserve(req, positions, now=1_700_000_000.25)
+    partial = r.fulfil([Line("A", "s1", 1)])
+    for value in (r, partial, partial.release()):
+        back = decode_reservation(encode_reservation(value))
+        assert back == value
