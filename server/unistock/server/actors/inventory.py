@@ -18,6 +18,7 @@ from unistock.server.domain import (
     Line,
     Movement,
     MovementResult,
+    MovementType,
     Outcome,
     Position,
     Reservation,
@@ -123,6 +124,7 @@ class Inventory:
         outcomes: Counter[tuple[str, str]] = Counter()
         for m in movements:
             p = self._position(m.key)
+            was_at_risk = p.at_risk
             r = p.apply(m)
             out.results.append(r)
             outcomes[(m.type.name, r.outcome.value)] += 1
@@ -132,10 +134,10 @@ class Inventory:
                 self.locations.add(m.key[1])
             if r.picked_up:
                 self._picked_up(m, r.picked_up)
-            if r.at_risk:
+            if r.at_risk and not was_at_risk:
                 self.metrics.at_risk.inc()
-                log.warning("reservations at risk on %s: %r", m.key, p)
-            if m.type.name == "COUNT" or r.outcome is Outcome.COUNT_CORRECTION:
+                log.warning("reservations at risk (on_hand below reserved): %r", p)
+            if m.type is MovementType.COUNT or r.outcome is Outcome.COUNT_CORRECTION:
                 direction = "gain" if r.variance > 0 else "loss"
                 self.metrics.count_variance.labels(direction).inc(abs(r.variance))
             self.commit.position_changed(p)

@@ -194,6 +194,17 @@ class InventoryService:
                 await context.write(ack)
 
         writer = asyncio.create_task(send_acks(), name="apply-movements-acks")
+
+        async def enqueue(item: tuple[asyncio.Future[None], pb.MovementAck] | None) -> bool:
+            # Wait for room in the window, unless the ack writer ended (client gone, or a
+            # write failed): then stop reading and let `await writer` report why.
+            put = asyncio.ensure_future(acks.put(item))
+            await asyncio.wait((put, writer), return_when=asyncio.FIRST_COMPLETED)
+            if not put.done():
+                put.cancel()
+                return False
+            return True
+
         try:
             async for batch in requests:
                 movements, rejected = batch_from_wire(batch)
@@ -213,10 +224,9 @@ class InventoryService:
                     applied=applied,
                     duplicates=duplicates,
                 )
-                if writer.done():
+                if not await enqueue((durable, ack)):
                     break
-                await acks.put((durable, ack))
-            await acks.put(None)
+            await enqueue(None)
             await writer
         finally:
             if not writer.done():

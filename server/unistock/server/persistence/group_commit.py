@@ -16,6 +16,7 @@ Order inside a flush, for crash safety of reservations (see domain.reservation):
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import defaultdict
@@ -158,10 +159,22 @@ class GroupCommit:
         self._wake.set()
 
     async def _flush_once(self) -> bool:
-        window, self._window = self._window, asyncio.get_running_loop().create_future()
-        positions, self._positions = self._positions, {}
-        ending, self._ending = self._ending, {}
-        other, self._other = self._other, {}
+        window = self._window
+        if len(self._positions) > self.max_positions:
+            # A burst larger than one flush: write it in chunks under the same window, which
+            # resolves with the last chunk. Shrinking records go first, new records last.
+            positions = dict(itertools.islice(self._positions.items(), self.max_positions))
+            for key in positions:
+                del self._positions[key]
+            ending, self._ending = self._ending, {}
+            other: dict[str, Reservation] = {}
+            final = False
+        else:
+            self._window = asyncio.get_running_loop().create_future()
+            positions, self._positions = self._positions, {}
+            ending, self._ending = self._ending, {}
+            other, self._other = self._other, {}
+            final = True
         self._inflight_positions = positions
         self._inflight_reservations = set(ending) | set(other)
         self._inflight = window
@@ -173,6 +186,8 @@ class GroupCommit:
             self._metrics.redis_errors.labels("flush").inc()
             log.warning("flush of %d positions failed, will retry: %s", len(positions), exc)
             self._requeue(positions, ending, other)
+            if window is self._window:  # a chunk failed: later turns get a fresh window
+                self._window = asyncio.get_running_loop().create_future()
             _fail(window, exc)
             return False
         except Fenced as exc:
@@ -190,7 +205,10 @@ class GroupCommit:
         self._metrics.flush_batch.observe(len(positions))
         if stale:
             self._metrics.flush_stale.inc(stale)
-        window.set_result(None)
+        if final:
+            window.set_result(None)
+        else:
+            self._wake.set()
         for listener in self.listeners:
             try:
                 listener(durable)

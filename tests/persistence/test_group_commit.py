@@ -1,0 +1,106 @@
+"""Group commit against a real redis-server: coalescing, chunking, failure and retry."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from unistock.devtools.services import RedisServer
+from unistock.server.domain import Position, Unavailable
+from unistock.server.metrics import Metrics
+from unistock.server.persistence.codec import decode_position
+from unistock.server.persistence.group_commit import DurableLevel, GroupCommit
+from unistock.server.persistence.keys import Keyspace
+from unistock.server.persistence.store import RedisStore
+
+KS = Keyspace("gc", 4)
+
+
+async def committer(url: str, **kw: float) -> tuple[RedisStore, GroupCommit, asyncio.Task[None]]:
+    store = RedisStore.from_url(url, KS, command_timeout=1.0)
+    await store.open()
+    commit = GroupCommit(store, Metrics(), retry_backoff=0.01, **kw)  # type: ignore[arg-type]
+    return store, commit, asyncio.create_task(commit.run())
+
+
+@pytest.fixture
+async def gc(clean_redis_url: str) -> AsyncIterator[tuple[RedisStore, GroupCommit]]:
+    store, commit, task = await committer(clean_redis_url)
+    yield store, commit
+    await commit.close()
+    await task
+    await store.close()
+
+
+def samples(commit: GroupCommit, name: str) -> float:
+    value = commit._metrics.registry.get_sample_value(name)
+    return 0.0 if value is None else value
+
+
+async def test_changes_in_one_window_become_one_write(gc: tuple[RedisStore, GroupCommit]) -> None:
+    store, commit = gc
+    seen: list[list[DurableLevel]] = []
+    commit.listeners.append(seen.append)
+    p = Position(("SKU", "store-1"))
+    futures = []
+    for i in range(100):
+        p.on_hand += 1
+        p.version = i + 1
+        futures.append(commit.position_changed(p))
+    assert len(set(map(id, futures))) == 1
+    await futures[0]
+    assert samples(commit, "unistock_flush_batch_positions_count") == 1
+    assert samples(commit, "unistock_flush_batch_positions_sum") == 1
+    [[level]] = seen
+    assert level.version == 100
+    [data] = await store.load_positions([p.key])
+    assert decode_position(p.key, data).on_hand == 100  # type: ignore[arg-type]
+
+
+async def test_a_burst_is_written_in_chunks_under_one_window(clean_redis_url: str) -> None:
+    store, commit, task = await committer(clean_redis_url, max_positions=10)
+    try:
+        positions = [
+            Position((f"SKU-{i}", f"store-{i % 3}"), on_hand=i, version=1) for i in range(35)
+        ]
+        futures = {id(commit.position_changed(p)) for p in positions}
+        assert len(futures) == 1
+        await commit.barrier()
+        assert samples(commit, "unistock_flush_batch_positions_count") == 4
+        stored = await store.load_positions([p.key for p in positions])
+        assert [
+            decode_position(p.key, d).on_hand for p, d in zip(positions, stored, strict=True)
+        ] == [  # type: ignore[arg-type]
+            p.on_hand for p in positions
+        ]
+    finally:
+        await commit.close()
+        await task
+        await store.close()
+
+
+@pytest.mark.slow
+async def test_a_failed_flush_fails_its_window_and_is_retried(redis_server: RedisServer) -> None:
+    store, commit, task = await committer(redis_server.url)
+    try:
+        p = Position(("SKU", "store-1"), on_hand=5, version=1)
+        await commit.position_changed(p)
+        redis_server.kill()
+        p.on_hand, p.version = 6, 2
+        with pytest.raises(Unavailable):
+            await commit.position_changed(p)
+        assert commit.is_dirty(p.key)  # kept for the next attempt, never dropped
+        written = asyncio.Event()
+        commit.listeners.append(lambda levels: written.set())
+        redis_server.restart()
+        async with asyncio.timeout(30):
+            await written.wait()
+        assert not commit.is_dirty(p.key)
+        [data] = await store.load_positions([p.key])
+        assert decode_position(p.key, data).on_hand == 6  # type: ignore[arg-type]
+    finally:
+        await commit.close()
+        await task
+        await store.close()
