@@ -9,8 +9,9 @@ when idle; a position with changes not yet durable never is.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from unistock.server.actors.loader import BatchLoader
 from unistock.server.domain import Position, StockKey
@@ -41,6 +42,7 @@ class Directory:
         self.max_resident = max_resident
         self._resident: dict[StockKey, Position] = {}
         self._loader: BatchLoader[StockKey] = BatchLoader(self._fetch)
+        self._pinned: dict[StockKey, int] = {}
         self._sentinel = Position(_SENTINEL_KEY)
         self._has_sentinel = False
         #: Called with newly activated positions that hold units, before they become visible;
@@ -65,11 +67,34 @@ class Directory:
         """The keys that are not resident."""
         return [k for k in keys if k not in self._resident]
 
+    @contextlib.contextmanager
+    def pinned(self, keys: list[StockKey]) -> Iterator[None]:
+        """Keep keys from passivation by the cap while a turn waits for its other positions
+        (or records) to load; without it a turn needing many positions could be undone
+        forever. The caller's synchronous turn must follow without awaiting anything else."""
+        pins = self._pinned
+        for k in keys:
+            pins[k] = pins.get(k, 0) + 1
+        try:
+            yield
+        finally:
+            for k in keys:
+                n = pins[k] - 1
+                if n:
+                    pins[k] = n
+                else:
+                    del pins[k]
+
     async def activate(self, keys: Iterable[StockKey]) -> None:
-        """Make keys resident (loading them from Redis); raises Unavailable."""
-        futures = self._loader.load(self.missing(keys))
-        if futures:
-            await asyncio.gather(*futures)
+        """Make keys resident together (loading them from Redis); raises Unavailable."""
+        keys = list(keys)
+        missing = self.missing(keys)
+        if not missing:
+            return
+        with self.pinned(keys):
+            while missing:
+                await asyncio.gather(*self._loader.load(missing))
+                missing = self.missing(keys)
 
     async def _fetch(self, keys: list[StockKey]) -> None:
         keys = self.missing(keys)
@@ -91,13 +116,17 @@ class Directory:
         self._metrics.resident_actors.set(len(self))
 
     def enforce_cap(self) -> int:
-        """Passivate clean positions, least recently used first, down to the cap."""
+        """Passivate clean, unpinned positions, least recently used first, down to the cap.
+
+        The cap is soft: positions with unwritten changes, or pinned by a turn waiting for its
+        other positions, stay.
+        """
         excess = len(self) - self.max_resident
         if excess <= 0:
             return 0
         victims = []
         for key in self._resident:
-            if key is _SENTINEL_KEY or self._commit.is_dirty(key):
+            if key == _SENTINEL_KEY or key in self._pinned or self._commit.is_dirty(key):
                 continue
             victims.append(key)
             if len(victims) >= excess:
@@ -115,7 +144,7 @@ class Directory:
             for key in self._resident:
                 if key == _SENTINEL_KEY:
                     break
-                if not self._commit.is_dirty(key):
+                if key not in self._pinned and not self._commit.is_dirty(key):
                     victims.append(key)
             del self._resident[_SENTINEL_KEY]
         self._resident[_SENTINEL_KEY] = self._sentinel

@@ -87,14 +87,13 @@ class Inventory:
         await self.reservations.close()
 
     async def _ready(self, keys: Iterable[StockKey], ids: Iterable[str] = ()) -> None:
-        # Loop: a position made resident for us may be passivated while we wait for another.
+        # Every position and record of the turn resident at once; the turn runs right after.
         keys, ids = list(keys), list(ids)
-        while True:
-            missing = self.positions.missing(keys)
-            unknown = [i for i in ids if not self.reservations.loaded(i)]
-            if not missing and not unknown:
-                return
-            await asyncio.gather(self.positions.activate(missing), self.reservations.load(unknown))
+        if not self.positions.missing(keys) and all(map(self.reservations.loaded, ids)):
+            return
+        with self.positions.pinned(keys):
+            while self.positions.missing(keys) or not all(map(self.reservations.loaded, ids)):
+                await asyncio.gather(self.positions.activate(keys), self.reservations.load(ids))
 
     def _position(self, key: StockKey) -> Position:
         p = self.positions.get(key)

@@ -42,10 +42,14 @@ class ReservationBook:
         return self._commit.reservation_changed(reservation, shrinks=shrinks)
 
     async def load(self, ids: Iterable[str]) -> None:
-        """Make ids known (loading them from Redis); raises Unavailable."""
-        futures = self._loader.load([i for i in ids if i not in self._cache])
-        if futures:
-            await asyncio.gather(*futures)
+        """Make ids known (loading them from Redis); raises Unavailable.
+
+        Loops until every id is cached at once: another batch may trim what an earlier one
+        loaded. The caller must use them without awaiting anything else.
+        """
+        ids = list(ids)
+        while missing := [i for i in ids if i not in self._cache]:
+            await asyncio.gather(*self._loader.load(missing))
 
     async def _fetch(self, ids: list[str]) -> None:
         ids = [i for i in ids if i not in self._cache]
