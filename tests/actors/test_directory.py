@@ -78,7 +78,7 @@ async def test_turns_waiting_for_an_activation_run_in_arrival_order(r: Rig) -> N
     await asyncio.gather(*tasks)
     p = r.inv.positions.peek(("SKU-cold", "store-1"))
     assert p is not None
-    assert [src for src, _ in p.marks or ()] == [f"src-{i}" for i in range(5)]
+    assert [src for src, _ in p.marks] == [f"src-{i}" for i in range(5)]
     assert (p.on_hand, p.version) == (5, 5)
 
 

@@ -12,14 +12,16 @@ K = TypeVar("K", bound=Hashable)
 class BatchLoader(Generic[K]):
     """Coalesces concurrent loads: callers await one future per key, in the order they asked.
 
-    `fetch(keys)` loads and installs a batch (it must make every key resident or raise).
+    One fetch runs at a time; keys asked for meanwhile form the next batch. So the number of
+    Redis connections used by loads stays at one per loader however bursty the load, and
+    batches grow when Redis is slow. `fetch(keys)` loads and installs a batch (or raises).
     """
 
     def __init__(self, fetch: Callable[[list[K]], Awaitable[None]]) -> None:
         self._fetch = fetch
         self._waiting: dict[K, asyncio.Future[None]] = {}
         self._queued: list[K] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._runner: asyncio.Task[None] | None = None
 
     def load(self, keys: Iterable[K]) -> list[asyncio.Future[None]]:
         """Futures that resolve once each key is loaded (one shared future per key)."""
@@ -29,29 +31,34 @@ class BatchLoader(Generic[K]):
             if fut is None:
                 fut = self._waiting[key] = asyncio.get_running_loop().create_future()
                 self._queued.append(key)
-                if len(self._queued) == 1:
-                    task = asyncio.get_running_loop().create_task(self._run())
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
             futures.append(fut)
+        if self._queued and self._runner is None:
+            self._runner = asyncio.get_running_loop().create_task(self._run())
         return futures
 
     async def _run(self) -> None:
-        await asyncio.sleep(0)  # let the rest of this loop pass queue their keys
-        batch, self._queued = self._queued, []
+        try:
+            await asyncio.sleep(0)  # let the rest of this loop pass queue their keys
+            while self._queued:
+                batch, self._queued = self._queued, []
+                await self._load_batch(batch)
+        finally:
+            self._runner = None
+
+    async def _load_batch(self, batch: list[K]) -> None:
         try:
             await self._fetch(batch)
-        except BaseException as exc:
+        except Exception as exc:
             for key in batch:
                 fut = self._waiting.pop(key)
                 if not fut.done():
-                    fut.set_exception(
-                        exc if isinstance(exc, Exception) else asyncio.CancelledError()
-                    )
-                    fut.exception()
-            if not isinstance(exc, Exception):
-                raise
+                    fut.set_exception(exc)
+                    fut.exception()  # retrieved: its waiters may have given up
             return
+        except BaseException:
+            for key in batch:
+                self._waiting.pop(key).cancel()
+            raise
         for key in batch:
             fut = self._waiting.pop(key)
             if not fut.done():
@@ -59,6 +66,11 @@ class BatchLoader(Generic[K]):
 
     async def close(self) -> None:
         """Cancel loads in progress."""
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        runner = self._runner
+        if runner is not None:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+        for fut in self._waiting.values():
+            fut.cancel()
+        self._waiting.clear()
+        self._queued.clear()

@@ -43,10 +43,10 @@ class Position:
     """The authoritative levels of one stock position and its idempotency marks."""
 
     __slots__ = (
+        "_marks",
         "counts",
         "holds",
         "key",
-        "marks",
         "on_hand",
         "reserved",
         "safety_stock",
@@ -68,7 +68,10 @@ class Position:
         self.on_hand = on_hand
         self.safety_stock = safety_stock
         self.version = version
-        self.marks: tuple[tuple[str, int], ...] | None = marks or None
+        # Flat (source, seq, source, seq, ...): one tuple instead of one per source.
+        self._marks: tuple[str | int, ...] | None = (
+            tuple(x for pair in marks for x in pair) if marks else None
+        )
         self.holds: dict[str, int] | None = dict(holds) if holds else None
         self.reserved = sum(q for _, q in holds)
         self.counts: tuple[str, ...] | None = counts or None
@@ -101,12 +104,19 @@ class Position:
         """Reservations promise more than is physically here."""
         return self.reserved > 0 and self.on_hand < self.reserved
 
+    @property
+    def marks(self) -> tuple[tuple[str, int], ...]:
+        """(source_id, highest seq applied) per source, in first-seen order."""
+        m = self._marks or ()
+        return tuple((m[i], m[i + 1]) for i in range(0, len(m), 2))  # type: ignore[misc]
+
     def mark(self, source_id: str) -> int:
         """Highest seq applied here from source_id (0 when none)."""
-        if self.marks is not None:
-            for src, seq in self.marks:
-                if src == source_id:
-                    return seq
+        m = self._marks
+        if m is not None:
+            for i in range(0, len(m), 2):
+                if m[i] == source_id:
+                    return m[i + 1]  # type: ignore[return-value]
         return 0
 
     def held(self, reservation_id: str) -> int:
@@ -135,31 +145,34 @@ class Position:
             self.version += 1
             return MovementResult(Outcome.APPLIED, variance=variance, at_risk=self.at_risk)
         delta = m.signed_quantity
+        picked = 0
+        if m.reservation_id:
+            # A pickup consumes its hold whether or not a count already saw the unit gone.
+            picked = min(self.held(m.reservation_id), m.quantity)
+            if picked:
+                self._take_hold(m.reservation_id, picked)
         if m.count_id and self.counts is not None and m.count_id in self.counts:
             # It happened before a count that already set on_hand: the count saw its effect on
             # the shelf, so only the count's variance was misstated by it. The version still
             # moves: the position's state (its mark) changed and must be written.
             self.version += 1
-            return MovementResult(Outcome.COUNT_CORRECTION, variance=-delta)
-        picked = 0
-        if m.reservation_id:
-            picked = min(self.held(m.reservation_id), m.quantity)
-            if picked:
-                self._take_hold(m.reservation_id, picked)
+            return MovementResult(
+                Outcome.COUNT_CORRECTION, variance=-delta, picked_up=picked, at_risk=self.at_risk
+            )
         self.on_hand += delta
         self.version += 1
         return MovementResult(Outcome.APPLIED, picked_up=picked, at_risk=self.at_risk)
 
     def _set_mark(self, source_id: str, seq: int) -> None:
-        marks = self.marks
-        if marks is None:
-            self.marks = ((source_id, seq),)
+        m = self._marks
+        if m is None:
+            self._marks = (source_id, seq)
             return
-        for i, (src, _) in enumerate(marks):
-            if src == source_id:
-                self.marks = (*marks[:i], (source_id, seq), *marks[i + 1 :])
+        for i in range(0, len(m), 2):
+            if m[i] == source_id:
+                self._marks = (*m[: i + 1], seq, *m[i + 2 :])
                 return
-        self.marks = (*marks, (source_id, seq))
+        self._marks = (*m, source_id, seq)
 
     # -- reservation holds ---------------------------------------------------------------------
 

@@ -73,7 +73,7 @@ def encode_position(p: Position) -> bytes:
 def encode_position_with_level(p: Position) -> tuple[bytes, bytes]:
     """(level, stored form) of a position: the level part is also what watchers receive."""
     private = spb.PositionPrivate(
-        marks=[spb.SourceMark(source_id=s, seq=q) for s, q in (p.marks or ())],
+        marks=[spb.SourceMark(source_id=s, seq=q) for s, q in p.marks],
         holds=[spb.Hold(reservation_id=r, quantity=q) for r, q in p.hold_items()],
         recent_count_ids=p.counts or (),
     ).SerializeToString()

@@ -96,15 +96,18 @@ class RedisStore:
     def from_url(cls, url: str, keyspace: Keyspace, *, command_timeout: float = 5.0) -> RedisStore:
         """A store on a Redis URL. No per-command socket timeout: redis-py wraps each command
         in wait_for for it (1.3-1.5x slower); deadlines are applied per batch instead."""
-        client = aioredis.Redis.from_url(
+        # A blocking pool: a burst waits for a connection (within the batch deadline) instead
+        # of failing with MaxConnectionsError while Redis is merely slow.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
             socket_timeout=None,
             socket_connect_timeout=command_timeout,
             health_check_interval=10,
             max_connections=64,
+            timeout=command_timeout,
             decode_responses=False,
         )
-        return cls(client, keyspace, command_timeout=command_timeout)
+        return cls(aioredis.Redis(connection_pool=pool), keyspace, command_timeout=command_timeout)
 
     async def __aenter__(self) -> RedisStore:
         return self
@@ -115,6 +118,7 @@ class RedisStore:
     async def close(self) -> None:
         """Close every connection."""
         await self.client.aclose()
+        await self.client.connection_pool.disconnect()
 
     # -- ownership -----------------------------------------------------------------------------
 
