@@ -22,6 +22,8 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from unistock.v1 import inventory_pb2 as pb
+
 log = logging.getLogger(__name__)
 
 SERVICE = "unistock.v1.InventoryService"
@@ -41,18 +43,8 @@ ROLES: dict[str, frozenset[str]] = {
     "backoffice": frozenset(
         {"ApplyMovements", "GetAvailability", "WatchAvailability", "GetReservation"}
     ),
-    "admin": frozenset(
-        {
-            "GetAvailability",
-            "WatchAvailability",
-            "ApplyMovements",
-            "Reserve",
-            "ReleaseReservation",
-            "FulfilReservation",
-            "ExtendReservation",
-            "GetReservation",
-        }
-    ),
+    # Every method of the service, including ones added later.
+    "admin": frozenset(m.name for m in pb.DESCRIPTOR.services_by_name["InventoryService"].methods),
 }
 
 
