@@ -160,17 +160,18 @@ class InventoryService:
         out: list[bytes] = []
         async for chunk in store.scan_levels(skus, locations, self.inventory.locations):
             for field, value in chunk:
-                key = parse_position_field(field.decode())
-                version = stored_version(value)
-                if known.get(key, -1) >= version:
-                    continue
-                buffered = pending.get(key)
-                if buffered is not None:
-                    if buffered[0] >= version:
+                if known or pending:
+                    key = parse_position_field(field.decode())
+                    version = stored_version(value)
+                    if known.get(key, -1) >= version:
                         continue
-                    del pending[key]
-                level, _ = split_position(value)
-                out.append(stock_level_entry(key[0].encode(), key[1].encode(), level))
+                    buffered = pending.get(key)
+                    if buffered is not None:
+                        if buffered[0] >= version:
+                            continue
+                        del pending[key]
+                location_id, _, sku = field.partition(b"|")
+                out.append(stock_level_entry(sku, location_id, split_position(value)[0]))
                 if len(out) >= WATCH_BATCH:
                     await context.write(b"".join(out))
                     out = []

@@ -33,8 +33,13 @@ FORMAT = 1
 _HEADER = struct.Struct(">BQ")
 
 
+_SMALL = [bytes((i,)) for i in range(0x80)]
+
+
 def varint(n: int) -> bytes:
     """Protobuf base-128 varint of a non-negative int."""
+    if n < 0x80:
+        return _SMALL[n]
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
@@ -85,6 +90,10 @@ def split_position(data: bytes) -> tuple[bytes, bytes]:
     """(level, private) parts of a stored position, unparsed."""
     if data[0] != FORMAT:
         raise ValueError(f"unknown stored position format {data[0]}")
+    n = data[_HEADER.size]
+    if n < 0x80:  # the usual case: a level is a few bytes long
+        start = _HEADER.size + 1
+        return data[start : start + n], data[start + n :]
     n, start = _read_varint(data, _HEADER.size)
     return data[start : start + n], data[start + n :]
 
