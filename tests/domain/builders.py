@@ -23,6 +23,7 @@ def mv(
         fields["count_id"] = "C1"
     if type_ is MovementType.ADJUSTMENT:
         fields["adjustment_sign"] = AdjustmentSign.INCREASE
+        fields["reason"] = "found"
     if type_ in (MovementType.TRANSFER_OUT, MovementType.TRANSFER_IN):
         fields["transfer_id"] = "TR-1"
     fields.update(kw)

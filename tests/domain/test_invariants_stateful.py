@@ -108,7 +108,7 @@ class DomainMachine(RuleBasedStateMachine):
         else:
             assert p.version == version + 1
         if res.outcome is Outcome.APPLIED:
-            assert res.at_risk == (p.on_hand < p.reserved)
+            assert res.at_risk == (p.reserved > 0 and p.on_hand < p.reserved)
         return res
 
     def _snapshot(self) -> object:
@@ -263,12 +263,15 @@ class DomainMachine(RuleBasedStateMachine):
         available = {k: p.available for k, p in self.positions.items()}
         short = [(k, q) for k, q in lines if q > available[k]]
         before = self._snapshot()
+        refused: InsufficientStock | None = None
         try:
             record = reserve(request, self.positions, self.now)
         except InsufficientStock as e:
+            refused = e
+        if refused is not None:
             assert short, "refused although every line fitted"
-            assert [((s.sku, s.location_id), s.requested) for s in e.lines] == short
-            for s in e.lines:
+            assert [((s.sku, s.location_id), s.requested) for s in refused.lines] == short
+            for s in refused.lines:
                 assert s.available == available[(s.sku, s.location_id)]
                 assert s.shortfall > 0
             assert self._snapshot() == before, "a refused reservation held something"
@@ -360,14 +363,26 @@ class DomainMachine(RuleBasedStateMachine):
                 self.records[rid] = expired
 
     @precondition(lambda self: self.records)
-    @rule(data=st.data(), source=sources_st, extra=st.integers(-3, 2))
-    def sale_picking_up(self, data: st.DataObject, source: str, extra: int) -> None:
-        """A SALE naming a reservation (click & collect pickup), possibly of more than held."""
+    @rule(
+        data=st.data(),
+        source=sources_st,
+        extra=st.integers(-3, 2),
+        before_count=st.booleans(),
+    )
+    def sale_picking_up(
+        self, data: st.DataObject, source: str, extra: int, before_count: bool
+    ) -> None:
+        """A SALE naming a reservation (click & collect pickup), possibly of more than held.
+
+        before_count: the till was offline and the pickup precedes the position's last count.
+        """
         rid = data.draw(st.sampled_from(sorted(self.records)))
         record = self.records[rid]
         key = data.draw(st.sampled_from([ln.key for ln in record.lines]))
         held = self.active.get(rid, {}).get(key, 0)
         quantity = max(1, held + extra)
+        model = self.model[key]
+        count_id = model.recent_counts[-1] if before_count and model.recent_counts else ""
         m = Movement(
             source_id=source,
             seq=self._next_seq(source),
@@ -376,12 +391,18 @@ class DomainMachine(RuleBasedStateMachine):
             type=T.SALE,
             quantity=quantity,
             reservation_id=rid,
+            count_id=count_id,
         )
-        model = self.model[key]
         res = self._deliver(m)
-        assert res.outcome is Outcome.APPLIED
-        model.apply_once(m)
-        model.since_count -= quantity  # the unit physically left, reserved or not
+        if count_id:
+            # the count already saw the units gone: on_hand stays, the hold is still consumed
+            assert res.outcome is Outcome.COUNT_CORRECTION
+            assert res.variance == quantity
+        else:
+            assert res.outcome is Outcome.APPLIED
+            model.apply_once(m)
+            model.since_count -= quantity  # the unit physically left, reserved or not
+        assert res.at_risk == (self.positions[key].at_risk)
         assert res.picked_up == min(held, quantity)
         if res.picked_up:
             # the runtime updates the record with what the till picked up
@@ -427,7 +448,7 @@ class DomainMachine(RuleBasedStateMachine):
             assert p.reserved == from_model == from_records, key
             assert p.reserved == sum(q for _, q in p.hold_items())
             assert all(q > 0 for _, q in p.hold_items())
-            assert p.at_risk == (p.on_hand < p.reserved)
+            assert p.at_risk == (p.reserved > 0 and p.on_hand < p.reserved)
         for rid, record in self.records.items():
             assert record.active == (rid in self.active)
             if record.active:

@@ -345,14 +345,6 @@ def test_duplicate_pickup_consumes_nothing_more() -> None:
     assert p.on_hand == 9
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: a SALE picking up a reservation that preceded an applied count is a "
-        "COUNT_CORRECTION that leaves the reservation's hold in place: the unit is gone "
-        "(the count did not see it) but stays reserved"
-    ),
-)
 def test_pickup_preceding_a_count_still_consumes_the_hold() -> None:
     p = pos(10)
     p.hold("R1", 2)
@@ -360,18 +352,27 @@ def test_pickup_preceding_a_count_still_consumes_the_hold() -> None:
     p.apply(mv(T.COUNT, 8, seq=1, source_id="agent", count_id="C1"))
     res = p.apply(mv(T.SALE, 2, seq=1, source_id="till", reservation_id="R1", count_id="C1"))
     assert res.outcome is Outcome.COUNT_CORRECTION
+    assert res.variance == 2
     assert p.on_hand == 8
     assert res.picked_up == 2
     assert p.reserved == 0
+    assert not res.at_risk
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG?: at_risk is on_hand < reserved, so a negative position with nothing reserved "
-        "reports at_risk=True (no reservation is at risk)"
-    ),
-)
+def test_pickup_preceding_a_count_that_left_it_at_risk() -> None:
+    p = pos(10)
+    p.hold("R1", 3)
+    p.hold("R2", 4)
+    p.apply(mv(T.COUNT, 5, seq=1, source_id="agent", count_id="C1"))
+    assert p.at_risk
+    res = p.apply(mv(T.SALE, 2, seq=1, source_id="till", reservation_id="R1", count_id="C1"))
+    assert res.outcome is Outcome.COUNT_CORRECTION
+    assert res.picked_up == 2
+    assert p.on_hand == 5
+    assert p.reserved == 5
+    assert not res.at_risk
+
+
 def test_negative_position_without_reservations_is_not_at_risk() -> None:
     p = pos(1)
     res = p.apply(mv(T.SALE, 3))

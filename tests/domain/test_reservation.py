@@ -396,29 +396,20 @@ def test_fulfil_ended_is_refused(state: ReservationState) -> None:
         r.fulfil([Line("A", "L1", 1)])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: fulfil() does not validate quantities; a negative line grows the held units",
-)
-def test_fulfil_negative_quantity_is_refused() -> None:
+@pytest.mark.parametrize("quantity", [0, -2])
+def test_fulfil_non_positive_quantity_is_refused(quantity: int) -> None:
     r = active([Line("A", "L1", 3)])
     with pytest.raises(InvalidArgument) as ei:
-        r.fulfil([Line("A", "L1", -2)])  # today: lines become A:5, more than the position holds
-    assert ei.value.field == "lines[0].quantity"
+        r.fulfil([Line("B", "L1", 1), Line("A", "L1", quantity)])
+    assert ei.value.field == "lines[1].quantity"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: fulfil() accepts duplicate lines for one position: each is checked alone, "
-        "take() keeps only the last, fulfilled counts both"
-    ),
-)
 def test_fulfil_duplicate_lines_are_refused() -> None:
+    """Checked one by one they would fit; together they exceed what is held."""
     r = active([Line("A", "L1", 3)])
-    with pytest.raises(InvalidArgument):
-        # today: lines become A:1 and fulfilled A:4, i.e. 5 units accounted out of 3
+    with pytest.raises(InvalidArgument) as ei:
         r.fulfil([Line("A", "L1", 2), Line("A", "L1", 2)])
+    assert ei.value.field == "lines[1]"
 
 
 def test_take_from_pickup() -> None:
@@ -480,3 +471,10 @@ def test_reconcile_holds_never_grows_a_hold() -> None:
     ps[A1].release("R1", 3)  # position written before the record
     assert reconcile_holds(ps[A1], {"R1": r}) == 0
     assert ps[A1].held("R1") == 1
+
+
+def test_times_are_kept_to_the_millisecond() -> None:
+    r = reserve(req(kind=K.CART), positions(), 1000.123456)
+    assert r.created_at == 1000.123
+    assert r.expires_at == 1900.123
+    assert r.extend(2000.98765, 1000.2).expires_at == 2000.988

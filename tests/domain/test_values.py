@@ -243,3 +243,16 @@ def test_validate_lines_duplicate_message_says_merge() -> None:
     with pytest.raises(InvalidArgument) as ei:
         validate_lines([Line("A", "L", 1), Line("A", "L", 1)])
     assert "duplicate" in ei.value.problem
+
+
+def test_zero_units_are_only_valid_for_a_count() -> None:
+    with pytest.raises(InvalidArgument) as err:
+        mv(T.SALE, quantity=0).validate("movements[2].")
+    assert err.value.field == "movements[2].quantity"
+    assert mv(T.COUNT, quantity=0).validate() is not None
+
+
+def test_an_adjustment_needs_a_reason() -> None:
+    with pytest.raises(InvalidArgument) as err:
+        mv(T.ADJUSTMENT, reason="").validate()
+    assert err.value.field == "reason"

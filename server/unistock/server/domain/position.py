@@ -190,6 +190,8 @@ class Position:
 
     def release(self, reservation_id: str, quantity: int | None = None) -> int:
         """Stop holding units of a reservation (all when quantity is None); returns units freed."""
+        if quantity is not None and quantity < 0:
+            raise ValueError(f"cannot release {quantity} units")
         held = self.held(reservation_id)
         freed = held if quantity is None else min(held, quantity)
         if freed:
@@ -210,6 +212,8 @@ class Position:
 
     def set_safety_stock(self, units: int) -> None:
         """Keep units back from remote channels."""
+        if units < 0:
+            raise ValueError(f"safety stock cannot be negative ({units})")
         if units != self.safety_stock:
             self.safety_stock = units
             self.version += 1

@@ -104,11 +104,18 @@ class Movement:
             raise InvalidArgument(prefix + "seq", f"must be >= 1, got {self.seq}")
         check_id(prefix + "sku", self.sku)
         check_id(prefix + "location_id", self.location_id)
-        check_quantity(prefix + "quantity", self.quantity)
-        if self.type is MovementType.ADJUSTMENT and self.adjustment_sign is None:
-            raise InvalidArgument(
-                prefix + "adjustment_sign", "an ADJUSTMENT needs INCREASE or DECREASE"
-            )
+        # A count of zero is a fact (an empty shelf); any other movement of zero units is noise.
+        minimum = 0 if self.type is MovementType.COUNT else 1
+        check_quantity(prefix + "quantity", self.quantity, minimum=minimum)
+        if self.type is MovementType.ADJUSTMENT:
+            if self.adjustment_sign is None:
+                raise InvalidArgument(
+                    prefix + "adjustment_sign", "an ADJUSTMENT needs INCREASE or DECREASE"
+                )
+            if not self.reason:
+                raise InvalidArgument(
+                    prefix + "reason", "an ADJUSTMENT needs a reason (damage, theft, found...)"
+                )
         if self.type is MovementType.COUNT and not self.count_id:
             raise InvalidArgument(prefix + "count_id", "a COUNT needs a count_id")
         if self.type in (MovementType.TRANSFER_OUT, MovementType.TRANSFER_IN):
