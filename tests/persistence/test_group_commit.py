@@ -44,13 +44,11 @@ async def test_changes_in_one_window_become_one_write(gc: tuple[RedisStore, Grou
     seen: list[list[DurableLevel]] = []
     commit.listeners.append(seen.append)
     p = Position(("SKU", "store-1"))
-    futures = []
     for i in range(100):
         p.on_hand += 1
         p.version = i + 1
-        futures.append(commit.position_changed(p))
-    assert len(set(map(id, futures))) == 1
-    await futures[0]
+        commit.position_changed(p)
+    await commit.barrier()
     assert samples(commit, "unistock_flush_batch_positions_count") == 1
     assert samples(commit, "unistock_flush_batch_positions_sum") == 1
     [[level]] = seen
@@ -65,8 +63,8 @@ async def test_a_burst_is_written_in_chunks_under_one_window(clean_redis_url: st
         positions = [
             Position((f"SKU-{i}", f"store-{i % 3}"), on_hand=i, version=1) for i in range(35)
         ]
-        futures = {id(commit.position_changed(p)) for p in positions}
-        assert len(futures) == 1
+        for p in positions:
+            commit.position_changed(p)
         await commit.barrier()
         assert samples(commit, "unistock_flush_batch_positions_count") == 4
         stored = await store.load_positions([p.key for p in positions])
@@ -86,11 +84,13 @@ async def test_a_failed_flush_fails_its_window_and_is_retried(redis_server: Redi
     store, commit, task = await committer(redis_server.url)
     try:
         p = Position(("SKU", "store-1"), on_hand=5, version=1)
-        await commit.position_changed(p)
+        commit.position_changed(p)
+        await commit.barrier()
         redis_server.kill()
         p.on_hand, p.version = 6, 2
+        commit.position_changed(p)
         with pytest.raises(Unavailable):
-            await commit.position_changed(p)
+            await commit.barrier()
         assert commit.is_dirty(p.key)  # kept for the next attempt, never dropped
         written = asyncio.Event()
         commit.listeners.append(lambda levels: written.set())
@@ -104,3 +104,19 @@ async def test_a_failed_flush_fails_its_window_and_is_retried(redis_server: Redi
         await commit.close()
         await task
         await store.close()
+
+
+async def test_a_caller_giving_up_does_not_cancel_the_window(
+    gc: tuple[RedisStore, GroupCommit],
+) -> None:
+    _, commit = gc
+    p = Position(("SKU", "store-1"), on_hand=1, version=1)
+    commit.position_changed(p)
+    impatient = asyncio.ensure_future(commit.barrier())
+    patient = asyncio.ensure_future(commit.barrier())
+    impatient.cancel()
+    await patient  # the flush went on and the other waiter saw it durable
+    assert not commit.is_dirty(p.key)
+    p.version = 2
+    commit.position_changed(p)
+    await commit.barrier()  # the flusher survived

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from unistock.v1 import inventory_pb2 as unistock_dot_v1_dot_inventory__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!unistock/storage/v1/storage.proto\x12\x13unistock.storage.v1\x1a\x1bunistock/v1/inventory.proto\",\n\nSourceMark\x12\x11\n\tsource_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"0\n\x04Hold\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"\x9f\x01\n\x0fPositionPrivate\x12.\n\x05marks\x18\x01 \x03(\x0b\x32\x1f.unistock.storage.v1.SourceMark\x12(\n\x05holds\x18\x02 \x03(\x0b\x32\x19.unistock.storage.v1.Hold\x12\x18\n\x10recent_count_ids\x18\x03 \x03(\t\x12\x18\n\x10safety_stock_set\x18\x04 \x01(\x08\"_\n\x11ReservationRecord\x12-\n\x0breservation\x18\x01 \x01(\x0b\x32\x18.unistock.v1.Reservation\x12\x1b\n\x13request_fingerprint\x18\x02 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!unistock/storage/v1/storage.proto\x12\x13unistock.storage.v1\x1a\x1bunistock/v1/inventory.proto\",\n\nSourceMark\x12\x11\n\tsource_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"0\n\x04Hold\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"\x9f\x01\n\x0fPositionPrivate\x12.\n\x05marks\x18\x01 \x03(\x0b\x32\x1f.unistock.storage.v1.SourceMark\x12(\n\x05holds\x18\x02 \x03(\x0b\x32\x19.unistock.storage.v1.Hold\x12\x18\n\x10recent_count_ids\x18\x03 \x03(\t\x12\x18\n\x10safety_stock_set\x18\x04 \x01(\x08\"\x91\x01\n\x11ReservationRecord\x12-\n\x0breservation\x18\x01 \x01(\x0b\x32\x18.unistock.v1.Reservation\x12\x1b\n\x13request_fingerprint\x18\x02 \x01(\x0c\x12\x30\n\x07pickups\x18\x03 \x03(\x0b\x32\x1f.unistock.storage.v1.SourceMarkb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,6 +38,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HOLD']._serialized_end=181
   _globals['_POSITIONPRIVATE']._serialized_start=184
   _globals['_POSITIONPRIVATE']._serialized_end=343
-  _globals['_RESERVATIONRECORD']._serialized_start=345
-  _globals['_RESERVATIONRECORD']._serialized_end=440
+  _globals['_RESERVATIONRECORD']._serialized_start=346
+  _globals['_RESERVATIONRECORD']._serialized_end=491
 # @@protoc_insertion_point(module_scope)

@@ -115,21 +115,27 @@ class ReservationRecord(_message.Message):
 
     RESERVATION_FIELD_NUMBER: _builtins.int
     REQUEST_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    PICKUPS_FIELD_NUMBER: _builtins.int
     request_fingerprint: _builtins.bytes
     """Fingerprint of the original request's lines, to answer a repeated request (same lines) and
     refuse a reused id (other lines).
     """
     @_builtins.property
     def reservation(self) -> _inventory_pb2.Reservation: ...
+    @_builtins.property
+    def pickups(self) -> _containers.RepeatedCompositeFieldContainer[Global___SourceMark]:
+        """The SALE movements (source_id, seq) that picked units up from it."""
+
     def __init__(
         self,
         *,
         reservation: _inventory_pb2.Reservation | None = ...,
         request_fingerprint: _builtins.bytes = ...,
+        pickups: _abc.Iterable[Global___SourceMark] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["reservation", b"reservation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_fingerprint", b"request_fingerprint", "reservation", b"reservation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pickups", b"pickups", "request_fingerprint", b"request_fingerprint", "reservation", b"reservation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

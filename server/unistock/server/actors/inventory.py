@@ -6,6 +6,7 @@ then waits for its changes to be durable before answering.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import Counter
@@ -123,6 +124,12 @@ class Inventory:
         outcomes: Counter[tuple[str, str]] = Counter()
         for m in movements:
             p = self._position(m.key)
+            if m.reservation_id:
+                record = self.reservations.get(m.reservation_id)
+                if record is not None and record.picked_up_by(m.source_id, m.seq):
+                    # Resent after a crash that kept the record but not the position: the
+                    # reservation already gave these units; apply it as a plain sale.
+                    m = dataclasses.replace(m, reservation_id="")
             was_at_risk = p.at_risk
             r = p.apply(m)
             out.results.append(r)
@@ -148,7 +155,8 @@ class Inventory:
     def _picked_up(self, m: Movement, units: int) -> None:
         record = self.reservations.get(m.reservation_id)
         if record is not None and record.active:
-            self.reservations.put(record.take([Line(m.sku, m.location_id, units)]), shrinks=True)
+            taken = record.take([Line(m.sku, m.location_id, units)], pickup=(m.source_id, m.seq))
+            self.reservations.put(taken, shrinks=True)
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -187,7 +195,8 @@ class Inventory:
             raise
         for p in positions.values():
             self.commit.position_changed(p)
-        await self.reservations.put(made, shrinks=False)
+        self.reservations.put(made, shrinks=False)
+        await self.commit.barrier()
         self.metrics.reservations.labels("reserve", kind, "held").inc()
         return made, False
 
@@ -251,7 +260,8 @@ class Inventory:
             p = self._position(ln.key)
             if p.release(reservation_id, ln.quantity):
                 self.commit.position_changed(p)
-        await self.reservations.put(after, shrinks=True)
+        self.reservations.put(after, shrinks=True)
+        await self.commit.barrier()
         self.metrics.reservations.labels(operation, kind, "ok").inc()
         return after
 
@@ -259,7 +269,8 @@ class Inventory:
         """Move an ACTIVE reservation's expiry."""
         record = await self._record(reservation_id, keys_of=False)
         after = record.extend(expires_at, self.clock())
-        await self.reservations.put(after, shrinks=False)
+        self.reservations.put(after, shrinks=False)
+        await self.commit.barrier()
         self.metrics.reservations.labels("extend", record.kind.name, "ok").inc()
         return after
 

@@ -36,10 +36,10 @@ class ReservationBook:
         """The cached record; call only once loaded()."""
         return self._cache[reservation_id]
 
-    def put(self, reservation: Reservation, *, shrinks: bool) -> asyncio.Future[None]:
-        """Store a new state of a record; the future resolves when it is durable."""
+    def put(self, reservation: Reservation, *, shrinks: bool) -> None:
+        """Store a new state of a record (durable after the group commit's barrier)."""
         self._cache[reservation.reservation_id] = reservation
-        return self._commit.reservation_changed(reservation, shrinks=shrinks)
+        self._commit.reservation_changed(reservation, shrinks=shrinks)
 
     async def load(self, ids: Iterable[str]) -> None:
         """Make ids known (loading them from Redis); raises Unavailable.

@@ -110,6 +110,13 @@ class Reservation:
     fulfilled: tuple[Line, ...] = field(default=())
     #: Increases with every transition; storage refuses to overwrite a newer revision.
     revision: int = 1
+    #: (source_id, seq) of the SALE movements that picked units up, so that a pickup resent
+    #: after a crash (record written, position not) is not taken from the reservation twice.
+    pickups: tuple[tuple[str, int], ...] = field(default=())
+
+    def picked_up_by(self, source_id: str, seq: int) -> bool:
+        """Whether the movement (source_id, seq) already picked units up from this reservation."""
+        return (source_id, seq) in self.pickups
 
     def _next(self, **changes: object) -> Reservation:
         return replace(self, revision=self.revision + 1, **changes)  # type: ignore[arg-type]
@@ -181,8 +188,13 @@ class Reservation:
                 )
         return self.take(lines)
 
-    def take(self, lines: Sequence[Line]) -> Reservation:
-        """Remove fulfilled units from the held lines; FULFILLED once nothing is held."""
+    def take(self, lines: Sequence[Line], pickup: tuple[str, int] | None = None) -> Reservation:
+        """Remove fulfilled units from the held lines; FULFILLED once nothing is held.
+
+        pickup: the (source_id, seq) of the SALE that took them, remembered for idempotency.
+        """
+        if pickup is not None:
+            return replace(self, pickups=(*self.pickups, pickup)).take(lines)
         taken = {ln.key: ln.quantity for ln in lines}
         left = tuple(
             replace(ln, quantity=ln.quantity - taken.get(ln.key, 0))

@@ -166,7 +166,9 @@ def reservation_message(r: Reservation) -> pb.Reservation:
 def encode_reservation(r: Reservation) -> bytes:
     """The stored form of a reservation record."""
     record = spb.ReservationRecord(
-        reservation=reservation_message(r), request_fingerprint=r.fingerprint
+        reservation=reservation_message(r),
+        request_fingerprint=r.fingerprint,
+        pickups=[spb.SourceMark(source_id=s, seq=q) for s, q in r.pickups],
     )
     return _HEADER.pack(FORMAT, r.revision) + record.SerializeToString()
 
@@ -194,4 +196,5 @@ def decode_reservation(data: bytes) -> Reservation:
         customer_id=m.customer_id,
         fulfilled=lines(m.fulfilled),
         revision=revision,
+        pickups=tuple((p.source_id, p.seq) for p in record.pickups),
     )

@@ -81,15 +81,12 @@ class GroupCommit:
 
     # -- called by turns (synchronous) ---------------------------------------------------------
 
-    def position_changed(self, position: Position) -> asyncio.Future[None]:
-        """Schedule position's current state for writing; the future resolves when durable."""
+    def position_changed(self, position: Position) -> None:
+        """Schedule position's current state for writing (await barrier() for durability)."""
         self._positions[position.key] = position
         self._wake.set()
-        return self._window
 
-    def reservation_changed(
-        self, reservation: Reservation, *, shrinks: bool
-    ) -> asyncio.Future[None]:
+    def reservation_changed(self, reservation: Reservation, *, shrinks: bool) -> None:
         """Schedule a reservation record for writing; shrinks: it holds fewer units than before."""
         rid = reservation.reservation_id
         if rid in self._other:
@@ -101,7 +98,6 @@ class GroupCommit:
         else:
             self._other[rid] = reservation
         self._wake.set()
-        return self._window
 
     def is_dirty(self, key: StockKey) -> bool:
         """Whether a position has changes not yet durable (it must stay resident)."""
@@ -116,11 +112,17 @@ class GroupCommit:
         )
 
     def barrier(self) -> asyncio.Future[None]:
-        """A future resolved once every change made so far is durable."""
+        """A future resolved once every change made so far is durable (failed: Unavailable).
+
+        Shielded: a caller that gives up (deadline, client gone) cancels its own wait, never
+        the window that other turns wait for.
+        """
+        if self.fenced is not None:
+            return _failed(Unavailable("this server lost ownership of its partitions"))
         if self._positions or self._ending or self._other:
-            return self._window
+            return asyncio.shield(self._window)
         if self._inflight is not None:
-            return self._inflight
+            return asyncio.shield(self._inflight)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done
@@ -193,7 +195,9 @@ class GroupCommit:
         except Fenced as exc:
             log.critical("fenced: %s", exc)
             self.fenced = exc
-            _fail(window, Unavailable("this server lost ownership of its partitions"))
+            lost = Unavailable("this server lost ownership of its partitions")
+            _fail(window, lost)
+            _fail(self._window, lost)  # nobody will flush the windows after this one
             raise
         finally:
             self._inflight_positions = {}
@@ -205,7 +209,7 @@ class GroupCommit:
         self._metrics.flush_batch.observe(len(positions))
         if stale:
             self._metrics.flush_stale.inc(stale)
-        if final:
+        if final and not window.done():
             window.set_result(None)
         else:
             self._wake.set()
@@ -263,5 +267,12 @@ class GroupCommit:
 
 
 def _fail(future: asyncio.Future[None], exc: BaseException) -> None:
-    future.set_exception(exc)
-    future.exception()  # retrieved: a window nobody waits for must not log "never retrieved"
+    if not future.done():
+        future.set_exception(exc)
+        future.exception()  # retrieved: a window nobody waits for must not log "never retrieved"
+
+
+def _failed(exc: BaseException) -> asyncio.Future[None]:
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    _fail(future, exc)
+    return future

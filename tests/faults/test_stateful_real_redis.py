@@ -1,0 +1,345 @@
+"""F12: random interleavings against the real server on a real Redis, checked against a model.
+
+Rules: receipt, sale, return, transfer, count, pickup (a SALE naming a reservation), multi-line
+reserve (and its replay), release, fulfil, duplicate delivery of an earlier batch, and restart of
+the server on the same Redis. After every step every level and every reservation must be what
+the model says, and reserved must equal the sum of the ACTIVE reservation lines per position.
+
+The state machine is synchronous (hypothesis drives it); async calls run on one dedicated event
+loop for the whole test, and one private redis-server (AOF, fsync always) is emptied before each
+example.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import grpc
+import pytest
+import redis
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from tests.fixtures.server import TOKENS, token_store
+from unistock.client import UnistockClient, UnistockClientError
+from unistock.devtools.services import RedisServer
+from unistock.server.app.server import UnistockServer
+from unistock.server.app.settings import Settings
+from unistock.v1 import inventory_pb2 as pb
+
+pytestmark = pytest.mark.slow
+
+Key = tuple[str, str]
+SKUS = ("S1", "S2")
+LOCS = ("L1", "L2")
+KEYS: list[Key] = [(s, loc) for s in SKUS for loc in LOCS]
+SOURCE = "edge-A"
+SIGN = {"RECEIPT": 1, "RETURN": 1, "SALE": -1, "TRANSFER_OUT": -1, "TRANSFER_IN": 1}
+
+keys_st = st.sampled_from(KEYS)
+qty_st = st.integers(min_value=1, max_value=6)
+
+
+@dataclass
+class ResModel:
+    lines: dict[Key, int]  # units still held while ACTIVE
+    request: list[tuple[str, str, int]]  # the original request, for replays
+    state: int = pb.ACTIVE
+    fulfilled: Counter[Key] = field(default_factory=Counter)
+
+
+class RealServerMachine(RuleBasedStateMachine):
+    loop: ClassVar[asyncio.AbstractEventLoop]
+    redis: ClassVar[RedisServer]
+    data_dir: ClassVar[Path]
+
+    def __init__(self) -> None:
+        super().__init__()
+        r = redis.Redis.from_url(self.redis.url, socket_timeout=5)
+        try:
+            r.flushall()
+        finally:
+            r.close()
+        self.srv: UnistockServer | None = None
+        self.client: UnistockClient | None = None
+        self.run(self._start())
+        self.on_hand: Counter[Key] = Counter()
+        self.reservations: dict[str, ResModel] = {}
+        self.seq = 0
+        self.batches: list[pb.MovementBatch] = []
+        self.next_id = 0
+        self.steps_since_restart = 0
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def run(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(coro)
+
+    async def _start(self) -> None:
+        s = Settings(
+            redis_url=self.redis.url,
+            grpc_port=0,
+            metrics_port=0,
+            data_dir=self.data_dir,
+            shutdown_grace_s=1.0,
+            redis_timeout_s=2.0,
+        )
+        self.srv = UnistockServer(s, token_store())
+        await self.srv.start()
+        self.client = UnistockClient(f"127.0.0.1:{self.srv.grpc_port}", TOKENS["admin"], timeout=10)
+
+    async def _stop(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
+        if self.srv is not None:
+            await self.srv.stop()
+            assert not self.srv.failed
+            self.srv = None
+
+    def teardown(self) -> None:
+        self.run(self._stop())
+
+    @property
+    def c(self) -> UnistockClient:
+        assert self.client is not None
+        return self.client
+
+    def reserved(self, key: Key) -> int:
+        return sum(r.lines.get(key, 0) for r in self.reservations.values() if r.state == pb.ACTIVE)
+
+    def available(self, key: Key) -> int:
+        return max(0, self.on_hand[key] - self.reserved(key))
+
+    def send(self, movements: list[pb.Movement]) -> pb.MovementAck:
+        for m in movements:
+            self.seq += 1
+            m.seq = self.seq
+        batch = pb.MovementBatch(source_id=SOURCE, movements=movements)
+        self.batches.append(batch)
+        acks: list[pb.MovementAck] = self.run(_collect(self.c.apply_movements([batch])))
+        [ack] = acks
+        assert not ack.rejections, ack
+        assert (ack.applied, ack.duplicates) == (len(movements), 0)
+        assert ack.sources[0].seq == self.seq
+        return ack
+
+    def active(self) -> list[str]:
+        return [rid for rid, r in self.reservations.items() if r.state == pb.ACTIVE]
+
+    # -- movements -------------------------------------------------------------------------
+
+    @initialize(stock=st.lists(st.integers(min_value=0, max_value=25), min_size=4, max_size=4))
+    def receive_stock(self, stock: list[int]) -> None:
+        moves = [(k, q) for k, q in zip(KEYS, stock, strict=True) if q]
+        if moves:
+            self.send(
+                [
+                    pb.Movement(sku=k[0], location_id=k[1], type=pb.RECEIPT, quantity=q)
+                    for k, q in moves
+                ]
+            )
+        for k, q in moves:
+            self.on_hand[k] += q
+
+    @rule(
+        moves=st.lists(
+            st.tuples(st.sampled_from(["RECEIPT", "SALE", "RETURN"]), keys_st, qty_st),
+            min_size=1,
+            max_size=4,
+        )
+    )
+    def movements(self, moves: list[tuple[str, Key, int]]) -> None:
+        wire = [
+            pb.Movement(sku=k[0], location_id=k[1], type=pb.MovementType.Value(kind), quantity=q)
+            for kind, k, q in moves
+        ]
+        self.send(wire)
+        for kind, k, q in moves:
+            self.on_hand[k] += SIGN[kind] * q
+
+    @rule(sku=st.sampled_from(SKUS), q=qty_st, forward=st.booleans())
+    def transfer(self, sku: str, q: int, forward: bool) -> None:
+        src, dst = LOCS if forward else LOCS[::-1]
+        tid = f"t-{self.seq + 1}"
+        self.send(
+            [
+                pb.Movement(
+                    sku=sku, location_id=src, type=pb.TRANSFER_OUT, quantity=q, transfer_id=tid
+                ),
+                pb.Movement(
+                    sku=sku, location_id=dst, type=pb.TRANSFER_IN, quantity=q, transfer_id=tid
+                ),
+            ]
+        )
+        self.on_hand[(sku, src)] -= q
+        self.on_hand[(sku, dst)] += q
+
+    @rule(key=keys_st, counted=st.integers(min_value=0, max_value=15))
+    def count(self, key: Key, counted: int) -> None:
+        self.send(
+            [
+                pb.Movement(
+                    sku=key[0],
+                    location_id=key[1],
+                    type=pb.COUNT,
+                    quantity=counted,
+                    count_id=f"c-{self.seq + 1}",
+                )
+            ]
+        )
+        self.on_hand[key] = counted
+
+    @precondition(lambda self: self.batches)
+    @rule(data=st.data())
+    def duplicate_delivery(self, data: st.DataObject) -> None:
+        batch = data.draw(st.sampled_from(self.batches), label="batch")
+        [ack] = self.run(_collect(self.c.apply_movements([batch])))
+        assert (ack.applied, ack.duplicates) == (0, len(batch.movements)), ack
+
+    @precondition(lambda self: self.active())
+    @rule(data=st.data(), q=qty_st)
+    def pickup(self, data: st.DataObject, q: int) -> None:
+        rid = data.draw(st.sampled_from(self.active()), label="rid")
+        r = self.reservations[rid]
+        key = data.draw(st.sampled_from(sorted(r.lines)), label="line")
+        self.send(
+            [
+                pb.Movement(
+                    sku=key[0], location_id=key[1], type=pb.SALE, quantity=q, reservation_id=rid
+                )
+            ]
+        )
+        self.on_hand[key] -= q
+        picked = min(q, r.lines[key])
+        r.fulfilled[key] += picked
+        r.lines[key] -= picked
+        if r.lines[key] == 0:
+            del r.lines[key]
+        if not r.lines:
+            r.state = pb.FULFILLED
+
+    # -- reservations ----------------------------------------------------------------------
+
+    @rule(
+        lines=st.lists(
+            st.tuples(keys_st, st.integers(min_value=1, max_value=5)),
+            min_size=1,
+            max_size=3,
+            unique_by=lambda t: t[0],
+        )
+    )
+    def reserve(self, lines: list[tuple[Key, int]]) -> None:
+        rid = f"r-{self.next_id}"
+        self.next_id += 1
+        request = [(k[0], k[1], q) for k, q in lines]
+        fits = all(q <= self.available(k) for k, q in lines)
+        try:
+            resp = self.run(self.c.reserve(rid, request, kind="ORDER"))
+        except UnistockClientError as exc:
+            refused: UnistockClientError | None = exc
+        else:
+            refused = None
+        if refused is not None:
+            assert not fits, f"refused although every line fits: {refused}"
+            assert refused.code == grpc.StatusCode.FAILED_PRECONDITION, refused
+            return
+        assert fits, "granted beyond available"
+        assert not resp.replayed
+        assert resp.reservation.state == pb.ACTIVE
+        self.reservations[rid] = ResModel(dict(lines), request)
+
+    @precondition(lambda self: self.reservations)
+    @rule(data=st.data())
+    def replay_reserve(self, data: st.DataObject) -> None:
+        rid = data.draw(st.sampled_from(sorted(self.reservations)), label="rid")
+        r = self.reservations[rid]
+        resp = self.run(self.c.reserve(rid, r.request, kind="ORDER"))
+        assert resp.replayed
+        assert resp.reservation.state == r.state
+
+    @precondition(lambda self: self.active())
+    @rule(data=st.data())
+    def release(self, data: st.DataObject) -> None:
+        rid = data.draw(st.sampled_from(self.active()), label="rid")
+        assert self.run(self.c.release(rid)).state == pb.RELEASED
+        self.reservations[rid].state = pb.RELEASED
+
+    @precondition(lambda self: self.active())
+    @rule(data=st.data())
+    def fulfil(self, data: st.DataObject) -> None:
+        rid = data.draw(st.sampled_from(self.active()), label="rid")
+        assert self.run(self.c.fulfil(rid)).state == pb.FULFILLED
+        r = self.reservations[rid]
+        r.fulfilled.update(r.lines)
+        r.state = pb.FULFILLED
+
+    # -- faults ----------------------------------------------------------------------------
+
+    @precondition(lambda self: self.steps_since_restart >= 3)
+    @rule()
+    def restart(self) -> None:
+        self.run(self._stop())
+        self.run(self._start())
+        self.steps_since_restart = 0
+
+    # -- invariants ------------------------------------------------------------------------
+
+    @invariant()
+    def levels_match_the_model(self) -> None:
+        self.steps_since_restart += 1
+        got = {(lv.sku, lv.location_id): lv for lv in self.run(self.c.get_availability(keys=KEYS))}
+        for k in KEYS:
+            lv = got[k]
+            want = (self.on_hand[k], self.reserved(k), self.available(k))
+            assert (lv.on_hand, lv.reserved, lv.available) == want, (k, lv)
+            assert lv.available >= 0
+
+    @invariant()
+    def reservations_match_the_model(self) -> None:
+        for rid, r in self.reservations.items():
+            got = self.run(self.c.get_reservation(rid))
+            assert got.state == r.state, (rid, got)
+            if r.state == pb.ACTIVE:
+                held = {(ln.sku, ln.location_id): ln.quantity for ln in got.lines}
+                assert held == r.lines, (rid, got)
+            done = {(ln.sku, ln.location_id): ln.quantity for ln in got.fulfilled}
+            assert done == {k: v for k, v in r.fulfilled.items() if v}, (rid, got)
+
+
+async def _collect(acks: Any) -> list[pb.MovementAck]:
+    return [a async for a in acks]
+
+
+def test_stateful_against_real_redis(tmp_path_factory: pytest.TempPathFactory) -> None:
+    loop = asyncio.new_event_loop()
+    server = RedisServer(tmp_path_factory.mktemp("stateful-redis"))
+    with server:
+        RealServerMachine.loop = loop
+        RealServerMachine.redis = server
+        RealServerMachine.data_dir = tmp_path_factory.mktemp("stateful-var")
+        try:
+            run_state_machine_as_test(
+                RealServerMachine,
+                settings=settings(
+                    max_examples=25,
+                    stateful_step_count=40,
+                    deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+                ),
+            )
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
