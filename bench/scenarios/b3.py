@@ -11,13 +11,16 @@ from dataclasses import asdict
 from typing import Any
 
 from bench.baselines import grpc_unary
-from bench.harness import Config, Result, prefixed, row, scenario, try_unistock
+from bench.harness import Config, CpuMeter, Result, prefixed, row, scenario, try_unistock
 from bench.load import LoadStats
+from bench.unistock_side import channel, oversell_check, reservation_load, unistock_server
 
 ID = "B3"
 NAME = "reservations/s (unary Reserve + ReleaseReservation), 64 concurrent callers"
 TARGET = "≥ 0.7 × baseline, p99 ≤ 2 × baseline p99"
 CONCURRENCY = 64
+POSITIONS = 10_000  # well-stocked positions the reserves pick from at random
+OVERSELL_ATTEMPTS = 1000
 
 
 def duration(cfg: Config) -> float:
@@ -29,12 +32,23 @@ async def baseline(cfg: Config) -> LoadStats:
 
 
 async def unistock(cfg: Config) -> LoadStats:
-    """TODO(unistock): start the Unistock server in a subprocess (with its own private
-    redis-server, see ``bench._procs.RedisProc``), seed stock, then ``bench.load.closed_loop``
-    with ``CONCURRENCY`` workers over one channel, each op = one RPC alternating
-    Reserve(1 unit) → ReleaseReservation, for ``duration(cfg)`` s. Pass
-    ``CpuMeter(server=pid, redis=redis_pid)`` so ``cpu_s`` covers client, server and redis."""
-    raise NotImplementedError("pending server")
+    """The Unistock server in a subprocess (with its own private redis-server, AOF
+    ``appendfsync always``), ``POSITIONS`` positions seeded by ApplyMovements RECEIPT, then
+    ``bench.load.closed_loop`` with ``CONCURRENCY`` workers over one channel, each op = one RPC
+    alternating Reserve(1 unit, unique id) → ReleaseReservation, for ``duration(cfg)`` s;
+    ``cpu_s`` covers client, server and redis. Then the zero-oversell check: ``OVERSELL_ATTEMPTS``
+    concurrent Reserve(1) on a position holding 1 unit (in ``extra``)."""
+    async with unistock_server() as (srv, redis), channel(srv.target) as stub:
+        stats = await reservation_load(
+            stub,
+            positions=POSITIONS,
+            concurrency=CONCURRENCY,
+            duration_s=duration(cfg),
+            cpu=CpuMeter(server=srv.pid, redis=redis.pid),
+        )
+        over = await oversell_check(stub, OVERSELL_ATTEMPTS, 1, "b3")
+    stats.extra.update({f"oversell_{k}": float(v) for k, v in asdict(over).items()})
+    return stats
 
 
 @scenario(ID, NAME, target=TARGET)
@@ -52,4 +66,9 @@ async def run(cfg: Config) -> list[Result]:
         row(ID, "p99 latency per RPC", "ms", uni.p99_ms if uni else None, base.p99_ms,
             status=status, note=note, target="≤ 2 × baseline p99",
             extra={"p50_ms": {"baseline": base.p50_ms, "unistock": uni.p50_ms if uni else None}}),
+        row(ID, f"oversold units ({OVERSELL_ATTEMPTS:,} × reserve 1 of 1)", "units",
+            uni.extra.get("oversell_oversold") if uni else None, None,
+            status=status, note=note, target="0 (exactly 1 succeeds)",
+            extra={k: v for k, v in (uni.extra if uni else {}).items()
+                   if k.startswith("oversell_")}),
     ]  # fmt: skip

@@ -9,8 +9,20 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import psutil  # type: ignore[import-untyped,unused-ignore]
+
+from bench import unistock_memory
+from bench._procs import RedisProc
 from bench.baselines import actor_memory, redis_positions
 from bench.harness import Config, Result, row, scenario, try_unistock
+from bench.unistock_side import (
+    channel,
+    levels,
+    partition_of,
+    stored_value,
+    unistock_server,
+    write_layout,
+)
 
 ID = "B4"
 NAME = "memory per resident stock position"
@@ -37,6 +49,11 @@ class B4Unistock:
     server_rss_bytes_per_position: float  # server process RSS delta / n
     redis_bytes_per_position: float  # used_memory delta / n with real encoded values
     server_tracemalloc_bytes_per_position: float | None = None
+    own_strings_rss_bytes_per_position: float | None = None
+    own_strings_tracemalloc_bytes_per_position: float | None = None
+    stored_value_bytes: int = 0
+    redis_populate_s: float = 0.0
+    real_server_rss_bytes_per_position: float | None = None
 
 
 async def baseline(cfg: Config) -> B4Baseline:
@@ -47,12 +64,57 @@ async def baseline(cfg: Config) -> B4Baseline:
 
 
 async def unistock(cfg: Config) -> B4Unistock:
-    """TODO(unistock): server side — start a fresh server subprocess, note its RSS
-    (``psutil.Process(pid).memory_info().rss``), make ``n_redis(cfg)`` positions resident (load
-    them through the API or from a Redis pre-filled with ``populate_positions``), RSS delta / n.
-    Redis side — ``redis_positions.redis_memory_per_position(n_redis(cfg),
-    value_fn=<real encoder>, partition_fn=<server partitioning>)``."""
-    raise NotImplementedError("pending server")
+    """Server side — in fresh interpreters (``bench.unistock_memory``), ``n_redis(cfg)`` real
+    ``Position`` objects, each changed once by a RECEIPT from a store agent (source mark +
+    version), in a ``dict[StockKey, Position]`` as the server's ``Directory`` keeps them, with
+    sku/location strings shared between positions: RSS delta / n and tracemalloc delta / n. For
+    information, the same with every key owning its strings (``extra``: what the server pays when
+    keys come from request bytes without interning). Redis side —
+    ``redis_positions.redis_memory_per_position(n_redis(cfg), value_fn=<encode_position>,
+    partition_fn=<crc32(location_id) % 64>)``."""
+    n = n_redis(cfg)
+    shared = unistock_memory.measure(n, "shared")
+    own = unistock_memory.measure(n, "own")
+    real = await server_resident_rss(n)
+    redis = await redis_positions.redis_memory_per_position(
+        n, value_fn=stored_value, partition_fn=partition_of
+    )
+    return B4Unistock(
+        n=n,
+        server_rss_bytes_per_position=shared.rss_bytes_per_position,
+        redis_bytes_per_position=redis.bytes_per_position,
+        server_tracemalloc_bytes_per_position=shared.tracemalloc_bytes_per_position,
+        own_strings_rss_bytes_per_position=own.rss_bytes_per_position,
+        own_strings_tracemalloc_bytes_per_position=own.tracemalloc_bytes_per_position,
+        stored_value_bytes=len(stored_value(0, "store-0000", "SKU-0000000")),
+        redis_populate_s=redis.populate_s,
+        real_server_rss_bytes_per_position=real,
+    )
+
+
+async def server_resident_rss(n: int, chunk: int = 10_000) -> float:
+    """The real server process: Redis pre-filled with n encoded positions; GetAvailability of
+    every key in chunks (lazy activation makes each one resident); server RSS delta / positions
+    after the first (warm-up) chunk. Keys come from the wire, so each owns its strings."""
+    r = RedisProc().start()
+    try:
+        await redis_positions.populate_positions(
+            r.url, n, value_fn=stored_value, partition_fn=partition_of
+        )
+        await write_layout(r.url, [f"store-{i:04d}" for i in range(redis_positions.STORES)])
+        async with unistock_server(redis=r) as (srv, _), channel(srv.target) as stub:
+            server = psutil.Process(srv.pid)
+            rss0 = 0
+            for start in range(0, n, chunk):
+                ids = [redis_positions.position_ids(i) for i in range(start, min(n, start + chunk))]
+                got = await levels(stub, [(sku, loc) for loc, sku in ids])
+                assert all(lvl.version > 0 for lvl in got), "a position was not found"
+                if start == 0:
+                    rss0 = server.memory_info().rss
+            rss1 = server.memory_info().rss
+    finally:
+        r.stop()
+    return float(rss1 - rss0) / (n - chunk)
 
 
 @scenario(ID, NAME, target=TARGET)
@@ -72,4 +134,7 @@ async def run(cfg: Config) -> list[Result]:
             uni.redis_bytes_per_position if uni else None, base.redis.bytes_per_position,
             status=status, note=note,
             target="≤ 150 B (baseline = 30 B random values)"),
+        row(ID, "real server RSS per position (GetAvailability)", "B",
+            uni.real_server_rss_bytes_per_position if uni else None, a.rss_bytes_per_actor,
+            status=status, note=note, target="(info) ≤ 400 B"),
     ]  # fmt: skip

@@ -7,10 +7,21 @@ pipelined full HSCAN (COUNT 1000) of all 64 hashes from redis-py asyncio + hired
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 
+from bench._procs import RedisProc
 from bench.baselines import redis_positions
-from bench.harness import Config, Result, prefixed, row, scenario, try_unistock
+from bench.harness import Config, CpuMeter, Result, log, prefixed, row, scenario, try_unistock
+from bench.unistock_side import (
+    METADATA,
+    ServerProc,
+    channel,
+    partition_of,
+    stored_value,
+    write_layout,
+)
+from unistock.v1 import inventory_pb2 as pb
 
 ID = "B5"
 NAME = "cold start with 1M persisted positions: ready, and a full snapshot stream"
@@ -35,10 +46,41 @@ async def baseline(cfg: Config) -> redis_positions.ColdStartBaseline:
 
 
 async def unistock(cfg: Config) -> B5Unistock:
-    """TODO(unistock): private redis (``RedisProc``) + ``populate_positions(url, n,
-    value_fn=<real encoder>, partition_fn=<server partitioning>)``; start the server subprocess
-    and time exec → ready; then time a full snapshot stream over gRPC."""
-    raise NotImplementedError("pending server")
+    """Private redis (``RedisProc``) + ``populate_positions(url, n, value_fn=<encode_position>,
+    partition_fn=<crc32 partitioning>)`` + ``us:meta`` and the ``us:{p}:locs`` sets; restart
+    redis (as the baseline does), then spawn the server subprocess and time exec → its gRPC port
+    answering a GetAvailability; then time a full ``WatchAvailability`` snapshot (empty filter)
+    from the request to the message with ``snapshot_complete``, counting the levels."""
+    n = n_positions(cfg)
+    r = RedisProc().start()
+    srv: ServerProc | None = None
+    try:
+        st = await redis_positions.populate_positions(
+            r.url, n, value_fn=stored_value, partition_fn=partition_of
+        )
+        await write_layout(r.url, [f"store-{i:04d}" for i in range(redis_positions.STORES)])
+        r.restart()
+        srv = ServerProc(r.url, r.dir)
+        srv.spawn()
+        ready_s = await srv.wait_ready()
+        async with channel(srv.target) as stub:
+            cpu = CpuMeter(server=srv.pid, redis=r.pid).start()
+            t0 = time.perf_counter()
+            count = 0
+            call = stub.WatchAvailability(pb.WatchAvailabilityRequest(), metadata=METADATA)
+            async for msg in call:
+                count += len(msg.levels)
+                if msg.snapshot_complete:
+                    break
+            snapshot_s = time.perf_counter() - t0
+            cpu_s = cpu.stop()
+            call.cancel()
+    finally:
+        if srv is not None:
+            srv.stop()
+        r.stop()
+    log(f"B5 unistock: populated {n:,} in {st.seconds:.1f}s; snapshot {count:,} levels")
+    return B5Unistock(n, round(ready_s, 3), round(snapshot_s, 3), count, cpu_s)
 
 
 @scenario(ID, NAME, target=TARGET)

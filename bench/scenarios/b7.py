@@ -13,7 +13,8 @@ from dataclasses import asdict
 from bench.baselines import sql_locks
 from bench.baselines.pg import postgres_url
 from bench.baselines.sql_locks import ReservationRun
-from bench.harness import Config, Result, log, prefixed, row, scenario, try_unistock
+from bench.harness import Config, CpuMeter, Result, log, prefixed, row, scenario, try_unistock
+from bench.unistock_side import channel, oversell_check, reservation_load, unistock_server
 
 ID = "B7"
 NAME = "Unistock vs SQL row locks"
@@ -42,11 +43,28 @@ async def baseline(cfg: Config) -> ReservationRun | None:
 
 
 async def unistock(cfg: Config) -> ReservationRun:
-    """TODO(unistock): same workload against the Unistock server (see B3's ``unistock``: 64
+    """Same workload against the Unistock server (subprocess + private redis, AOF always): 64
     workers alternating Reserve → ReleaseReservation over ``ROWS`` positions for ``duration(cfg)``
-    s → ``LoadStats``), then the oversell check: a position with on_hand 10, ``OVERSELL_ATTEMPTS``
-    concurrent Reserve(1) → ``sql_locks.OversellCheck`` (count successes; read back reserved)."""
-    raise NotImplementedError("pending server")
+    s (see B3), then the oversell check: a position with on_hand 10, ``OVERSELL_ATTEMPTS``
+    concurrent Reserve(1) → ``sql_locks.OversellCheck`` (successes; ``reserved`` read back;
+    ``reservation_rows`` = reservations the server acknowledged)."""
+    async with unistock_server() as (srv, redis), channel(srv.target) as stub:
+        load = await reservation_load(
+            stub,
+            positions=ROWS,
+            concurrency=CONCURRENCY,
+            duration_s=duration(cfg),
+            cpu=CpuMeter(server=srv.pid, redis=redis.pid),
+        )
+        o = await oversell_check(stub, OVERSELL_ATTEMPTS, 10, "b7")
+    check = sql_locks.OversellCheck(
+        o.attempts, o.on_hand, o.succeeded, o.reserved_after, o.succeeded, o.oversold, o.seconds
+    )
+    return ReservationRun(
+        load, load.ops_per_s / 2, check, ROWS, CONCURRENCY,
+        backend="unistock server subprocess + private redis-server (AOF appendfsync always)",
+        extra={"oversell_refused": o.refused, "oversell_other_errors": o.other_errors},
+    )  # fmt: skip
 
 
 @scenario(ID, NAME, target=TARGET)

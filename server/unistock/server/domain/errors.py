@@ -84,7 +84,8 @@ class ReservationNotActive(UnistockError):
 
 
 class Unavailable(UnistockError):
-    """A dependency is down or too slow; the request changed nothing durable. Safe to retry."""
+    """A dependency is down or too slow; the outcome is unknown (the change may still become
+    durable when the dependency is back). Retry with the same ids: every write is idempotent."""
 
 
 class Fenced(UnistockError):
