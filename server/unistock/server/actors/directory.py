@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import Callable, Iterable, Iterator
 
 from unistock.server.actors.loader import BatchLoader
@@ -105,6 +106,9 @@ class Directory:
         for key, data in zip(keys, stored, strict=True):
             if key in self._resident:  # activated by another batch meanwhile: keep that one
                 continue
+            # A SKU is held at many locations and a location holds many SKUs: share the
+            # strings (~60 B per position at a million positions).
+            key = (sys.intern(key[0]), sys.intern(key[1]))
             loaded.append(Position(key) if data is None else decode_position(key, data))
         with_holds = [p for p in loaded if p.holds]
         if with_holds and self.reconcile is not None:

@@ -38,8 +38,9 @@ SERVICE = "unistock.v1.InventoryService"
 Context = aio.ServicerContext[Any, Any]
 R = TypeVar("R")
 
-#: Levels per message of a watch stream.
+#: Levels per message of a watch stream: live changes, and the initial snapshot.
 WATCH_BATCH = 512
+SNAPSHOT_BATCH = 2048
 #: Batches of one ApplyMovements stream being written at once (acks follow in order).
 MOVEMENT_WINDOW = 64
 _SNAPSHOT_COMPLETE = pb.WatchAvailabilityResponse(snapshot_complete=True).SerializeToString()
@@ -156,27 +157,42 @@ class InventoryService:
     ) -> None:
         # Levels come from Redis (durable); a change buffered meanwhile that is as new or newer
         # wins (it is sent after the snapshot); an older one is dropped.
-        store = self.inventory.store
-        out: list[bytes] = []
-        async for chunk in store.scan_levels(skus, locations, self.inventory.locations):
-            for field, value in chunk:
-                if known or pending:
-                    key = parse_position_field(field.decode())
-                    version = stored_version(value)
-                    if known.get(key, -1) >= version:
-                        continue
-                    buffered = pending.get(key)
-                    if buffered is not None:
-                        if buffered[0] >= version:
+        # Reading the next chunk from Redis overlaps with encoding and sending this one.
+        chunks: asyncio.Queue[list[tuple[bytes, bytes]] | None] = asyncio.Queue(2)
+
+        async def read() -> None:
+            async for chunk in self.inventory.store.scan_levels(
+                skus, locations, self.inventory.locations
+            ):
+                await chunks.put(chunk)
+            await chunks.put(None)
+
+        reader = asyncio.create_task(read(), name="watch-snapshot-reader")
+        try:
+            out: list[bytes] = []
+            while (chunk := await chunks.get()) is not None:
+                for field, value in chunk:
+                    if known or pending:
+                        key = parse_position_field(field.decode())
+                        version = stored_version(value)
+                        if known.get(key, -1) >= version:
                             continue
-                        del pending[key]
-                location_id, _, sku = field.partition(b"|")
-                out.append(stock_level_entry(sku, location_id, split_position(value)[0]))
-                if len(out) >= WATCH_BATCH:
-                    await context.write(b"".join(out))
-                    out = []
-        if out:
-            await context.write(b"".join(out))
+                        buffered = pending.get(key)
+                        if buffered is not None:
+                            if buffered[0] >= version:
+                                continue
+                            del pending[key]
+                    location_id, _, sku = field.partition(b"|")
+                    out.append(stock_level_entry(sku, location_id, split_position(value)[0]))
+                    if len(out) >= SNAPSHOT_BATCH:
+                        await context.write(b"".join(out))
+                        out = []
+            if out:
+                await context.write(b"".join(out))
+            await reader  # re-raises a read failure
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
 
     # -- movements -----------------------------------------------------------------------------
 

@@ -47,13 +47,13 @@ class Subscription:
         if old is not None:
             if old[0] < version:
                 pending[key] = (version, entry)
-            self._hub.coalesced.inc()
+            self._hub.n_coalesced += 1
             return
         if len(pending) >= self.max_pending:
             self.cut()
             return
         pending[key] = (version, entry)
-        self._hub.queued.inc()
+        self._hub.n_queued += 1
         self.event.set()
 
     def take(self, limit: int) -> list[bytes]:
@@ -89,8 +89,11 @@ class WatchHub:
     def __init__(self, metrics: Metrics, *, max_pending: int = 100_000) -> None:
         self.metrics = metrics
         self.max_pending = max_pending
-        self.queued = metrics.watch_updates.labels("queued")
-        self.coalesced = metrics.watch_updates.labels("coalesced")
+        self._queued = metrics.watch_updates.labels("queued")
+        self._coalesced = metrics.watch_updates.labels("coalesced")
+        # Counted in plain ints per publish, added to the (locked) counters once per publish.
+        self.n_queued = 0
+        self.n_coalesced = 0
         self._all: set[Subscription] = set()
         self._by_sku: dict[str, set[Subscription]] = {}
         self._by_location: dict[str, set[Subscription]] = {}
@@ -164,3 +167,9 @@ class WatchHub:
             entry = stock_level_entry(sku.encode(), loc.encode(), d.level)
             for sub in targets:
                 sub.offer(d.key, d.version, entry)
+        if self.n_queued:
+            self._queued.inc(self.n_queued)
+            self.n_queued = 0
+        if self.n_coalesced:
+            self._coalesced.inc(self.n_coalesced)
+            self.n_coalesced = 0

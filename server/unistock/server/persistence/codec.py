@@ -15,6 +15,7 @@ ReservationRecord`.
 from __future__ import annotations
 
 import struct
+import sys
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -108,7 +109,7 @@ def decode_position(key: StockKey, data: bytes) -> Position:
         on_hand=level.on_hand,
         safety_stock=level.safety_stock,
         version=level.version,
-        marks=tuple((m.source_id, m.seq) for m in private.marks),
+        marks=tuple((sys.intern(m.source_id), m.seq) for m in private.marks),
         holds=tuple((h.reservation_id, h.quantity) for h in private.holds),
         counts=tuple(private.recent_count_ids),
     )

@@ -247,22 +247,32 @@ class RedisStore:
         return {loc.decode() for locs in await self._execute(pipe) for loc in locs}
 
     async def scan_positions(
-        self, partition: int, match: str | None = None, count: int = 2000
+        self, scans: list[tuple[int, str | None]], count: int = 1000, parallel: int = 16
     ) -> AsyncIterator[list[tuple[bytes, bytes]]]:
-        """The stored positions of a partition, in chunks of (field, value)."""
-        cursor = 0
-        key = self.keyspace.positions(partition)
-        while True:
-            try:
-                async with asyncio.timeout(self.command_timeout):
-                    cursor, raw = await self.client.hscan(key, cursor, match=match, count=count)
-            except (RedisError, OSError, TimeoutError) as exc:
-                raise Unavailable(f"redis scan failed: {exc!r}") from exc
-            chunk = cast(dict[bytes, bytes], raw)
+        """Stored positions of (partition, MATCH pattern) scans, in chunks of (field, value).
+
+        Each round pipelines one HSCAN per unfinished scan (up to `parallel` of them), so a
+        full snapshot costs one round trip per `parallel * count` positions.
+        """
+        ks = self.keyspace
+        pending = list(scans)
+        active: dict[tuple[int, str | None], int] = {}
+        while pending or active:
+            while pending and len(active) < parallel:
+                active[pending.pop(0)] = 0
+            items = list(active.items())
+            pipe = self.client.pipeline(transaction=False)
+            for (partition, match), cursor in items:
+                pipe.hscan(ks.positions(partition), cursor, match=match, count=count)
+            chunk: list[tuple[bytes, bytes]] = []
+            for (scan, _), (cursor, found) in zip(items, await self._execute(pipe), strict=True):
+                chunk.extend(cast(dict[bytes, bytes], found).items())
+                if cursor == 0:
+                    del active[scan]
+                else:
+                    active[scan] = cursor
             if chunk:
-                yield list(chunk.items())
-            if cursor == 0:
-                return
+                yield chunk
 
     async def scan_levels(
         self, skus: frozenset[str], locations: frozenset[str], known_locations: set[str]
@@ -281,15 +291,17 @@ class RedisStore:
                     for k, v in zip(keys, values, strict=True)
                     if v is not None
                 ]
-        elif locations:
-            for loc in sorted(locations):
-                match = _glob_escape(loc) + "|*"
-                async for found in self.scan_positions(ks.location_partition(loc), match):
-                    yield found
         else:
-            for p in range(ks.partitions):
-                async for found in self.scan_positions(p):
-                    yield found
+            scans: list[tuple[int, str | None]] = (
+                [
+                    (ks.location_partition(loc), _glob_escape(loc) + "|*")
+                    for loc in sorted(locations)
+                ]
+                if locations
+                else [(p, None) for p in range(ks.partitions)]
+            )
+            async for found in self.scan_positions(scans):
+                yield found
 
     async def _execute(self, pipe: aioredis.client.Pipeline) -> list[Any]:
         try:
