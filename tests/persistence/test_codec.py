@@ -14,6 +14,7 @@ from unistock.server.persistence.codec import (
     position_entry,
     split_position,
     stock_level_entry,
+    stored_entry,
 )
 from unistock.server.persistence.store import stored_version
 from unistock.v1 import inventory_pb2 as pb
@@ -104,3 +105,17 @@ def test_reservation_round_trip() -> None:
     for value in (r, partial, partial.release()):
         back = decode_reservation(encode_reservation(value))
         assert back == value
+
+
+@given(
+    sku=st.text(alphabet="AZ09-", min_size=1, max_size=128),
+    loc=ids,
+    on_hand=st.integers(-5, 10**12),
+)
+def test_stored_entry_matches_the_general_encoding(sku: str, loc: str, on_hand: int) -> None:
+    p = Position((sku, loc), on_hand=on_hand, version=on_hand % 1000 + 1)
+    value = encode_position(p)
+    entry = stored_entry(f"{loc}|{sku}".encode(), value)
+    assert entry == position_entry(p)
+    [level] = pb.WatchAvailabilityResponse.FromString(entry).levels
+    assert (level.sku, level.location_id, level.on_hand) == (sku, loc, on_hand)

@@ -27,7 +27,7 @@ from unistock.server.api.convert import (
 from unistock.server.api.errors import status_code, to_status
 from unistock.server.api.watch import WatchHub
 from unistock.server.domain import InvalidArgument, UnistockError, check_id, validate_lines
-from unistock.server.persistence.codec import reservation_message, split_position, stock_level_entry
+from unistock.server.persistence.codec import reservation_message, stored_entry
 from unistock.server.persistence.keys import parse_position_field
 from unistock.server.persistence.store import stored_version
 from unistock.v1 import inventory_pb2 as pb
@@ -182,8 +182,7 @@ class InventoryService:
                             if buffered[0] >= version:
                                 continue
                             del pending[key]
-                    location_id, _, sku = field.partition(b"|")
-                    out.append(stock_level_entry(sku, location_id, split_position(value)[0]))
+                    out.append(stored_entry(field, value))
                     if len(out) >= SNAPSHOT_BATCH:
                         await context.write(b"".join(out))
                         out = []

@@ -15,7 +15,7 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
@@ -91,6 +91,9 @@ class RedisStore:
         self.command_timeout = command_timeout
         self.epochs: dict[int, int] = {}
         self._flush_sha = hashlib.sha1(FLUSH_SCRIPT.encode()).hexdigest()
+        # HSCAN replies stay flat [cursor, [field, value, ...]]: a snapshot of a million
+        # positions need not build redis-py's dict of every chunk first.
+        client.set_response_callback("HSCAN", lambda response, **options: response)
 
     @classmethod
     def from_url(cls, url: str, keyspace: Keyspace, *, command_timeout: float = 5.0) -> RedisStore:
@@ -247,7 +250,7 @@ class RedisStore:
         return {loc.decode() for locs in await self._execute(pipe) for loc in locs}
 
     async def scan_positions(
-        self, scans: list[tuple[int, str | None]], count: int = 1000, parallel: int = 16
+        self, scans: list[tuple[int, str | None]], count: int = 1000, parallel: int = 64
     ) -> AsyncIterator[list[tuple[bytes, bytes]]]:
         """Stored positions of (partition, MATCH pattern) scans, in chunks of (field, value).
 
@@ -265,8 +268,10 @@ class RedisStore:
             for (partition, match), cursor in items:
                 pipe.hscan(ks.positions(partition), cursor, match=match, count=count)
             chunk: list[tuple[bytes, bytes]] = []
-            for (scan, _), (cursor, found) in zip(items, await self._execute(pipe), strict=True):
-                chunk.extend(cast(dict[bytes, bytes], found).items())
+            for (scan, _), (cursor, flat) in zip(items, await self._execute(pipe), strict=True):
+                pairs = iter(flat)
+                chunk.extend(zip(pairs, pairs, strict=False))  # (field, value) pairs
+                cursor = int(cursor)
                 if cursor == 0:
                     del active[scan]
                 else:
