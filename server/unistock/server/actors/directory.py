@@ -94,7 +94,7 @@ class Directory:
             return
         with self.pinned(keys):
             while missing:
-                await asyncio.gather(*self._loader.load(missing))
+                await self._loader.wait(missing)
                 missing = self.missing(keys)
 
     async def _fetch(self, keys: list[StockKey]) -> None:

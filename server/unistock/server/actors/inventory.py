@@ -90,11 +90,20 @@ class Inventory:
     async def _ready(self, keys: Iterable[StockKey], ids: Iterable[str] = ()) -> None:
         # Every position and record of the turn resident at once; the turn runs right after.
         keys, ids = list(keys), list(ids)
-        if not self.positions.missing(keys) and all(map(self.reservations.loaded, ids)):
+        missing = self.positions.missing(keys)
+        unknown = not all(map(self.reservations.loaded, ids))
+        if not missing and not unknown:
             return
         with self.positions.pinned(keys):
-            while self.positions.missing(keys) or not all(map(self.reservations.loaded, ids)):
-                await asyncio.gather(self.positions.activate(keys), self.reservations.load(ids))
+            while missing or unknown:
+                if missing and unknown:
+                    await asyncio.gather(self.positions.activate(keys), self.reservations.load(ids))
+                elif missing:
+                    await self.positions.activate(keys)
+                else:
+                    await self.reservations.load(ids)
+                missing = self.positions.missing(keys)
+                unknown = not all(map(self.reservations.loaded, ids))
 
     def _position(self, key: StockKey) -> Position:
         p = self.positions.get(key)

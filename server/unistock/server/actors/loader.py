@@ -36,6 +36,14 @@ class BatchLoader(Generic[K]):
             self._runner = asyncio.get_running_loop().create_task(self._run())
         return futures
 
+    async def wait(self, keys: Iterable[K]) -> None:
+        """Load keys and wait for all of them (one future: no gather)."""
+        futures = self.load(keys)
+        if len(futures) == 1:
+            await futures[0]
+        elif futures:
+            await asyncio.gather(*futures)
+
     async def _run(self) -> None:
         try:
             await asyncio.sleep(0)  # let the rest of this loop pass queue their keys

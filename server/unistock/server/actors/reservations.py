@@ -49,7 +49,7 @@ class ReservationBook:
         """
         ids = list(ids)
         while missing := [i for i in ids if i not in self._cache]:
-            await asyncio.gather(*self._loader.load(missing))
+            await self._loader.wait(missing)
 
     async def _fetch(self, ids: list[str]) -> None:
         ids = [i for i in ids if i not in self._cache]

@@ -25,7 +25,7 @@ class Settings:
     tls_key: pathlib.Path | None = None
     key_prefix: str = "us"
     partitions: int = 64
-    flush_linger_ms: float = 0.5
+    flush_linger_ms: float = 2.0
     flush_max_positions: int = 8192
     max_resident: int = 2_000_000
     idle_passivation_s: float = 900.0
@@ -71,7 +71,8 @@ _HELP = {
     "tls_key": "PEM private key for --tls-cert",
     "key_prefix": "prefix of every Redis key",
     "partitions": "partitions of the keyspace (fixed once the keyspace exists)",
-    "flush_linger_ms": "how long a group commit waits for more changes before writing",
+    "flush_linger_ms": "how long a busy group commit waits for more changes before writing "
+    "(not when idle)",
     "flush_max_positions": "most positions in one group commit",
     "max_resident": "most positions kept in memory (LRU passivation beyond)",
     "idle_passivation_s": "passivate positions unused for this long (0: never)",
