@@ -126,7 +126,8 @@ async def test_idle_positions_are_passivated_and_used_ones_kept(clean_redis_url:
     try:
         await x.inv.levels([(f"SKU-{i}", "store-1") for i in range(10)])
         assert x.inv.positions.passivate_idle() == 0  # first call only marks
-        await x.inv.levels([("SKU-3", "store-1")])
+        await x.inv.apply_movements([receipt("wms", 1, "SKU-3")])  # a turn uses SKU-3
+        await x.inv.levels([("SKU-5", "store-1")])  # reads do not count as use
         assert x.inv.positions.passivate_idle() == 9
         assert x.inv.positions.peek(("SKU-3", "store-1")) is not None
         assert len(x.inv.positions) == 1

@@ -2,8 +2,8 @@
 
 A position is activated on first use: the turns that need it wait (in arrival order) while it
 is loaded; every position asked for during one loop pass is loaded in one pipeline. A clean
-position is passivated when the resident count exceeds the cap (least recently used first) or
-when idle; a position with changes not yet durable never is.
+position is passivated when the resident count exceeds the cap (least recently changed first;
+reads do not reorder) or when idle; a position with changes not yet durable never is.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 from unistock.server.actors.directory import Directory
 from unistock.server.actors.reservations import ReservationBook
@@ -170,9 +171,15 @@ class Inventory:
     # -- reads ---------------------------------------------------------------------------------
 
     async def levels(self, keys: Sequence[StockKey]) -> list[Position]:
-        """The positions of keys (never-seen positions have version 0)."""
+        """The positions of keys (never-seen positions have version 0).
+
+        Reads do not refresh the LRU order (only turns that change a position do): moving an
+        entry leaves a hole in the directory's dict until it is resized, and reads are many.
+        """
         await self._ready(keys)
-        return [self._position(k) for k in keys]
+        found = list(map(self.positions.peek, keys))
+        assert None not in found, "read ran before its positions were resident"
+        return cast(list[Position], found)
 
     async def levels_of_sku(self, sku: str) -> list[Position]:
         """Every position of sku that exists, one per location."""
