@@ -107,3 +107,10 @@ async def test_script_is_reloaded_after_redis_forgets_it(
         await client.aclose()
     p = Position(("SKU", "store-1"), on_hand=1, version=1)
     assert await store.flush([pos_write(p)]) == (1, 0)
+
+
+async def test_source_progress_is_only_ever_raised(store: RedisStore) -> None:
+    part = KS.source_partition("agent-7")
+    await store.flush([{part: PartitionWrite(sources=[("agent-7", 120)])}])
+    await store.flush([{part: PartitionWrite(sources=[("agent-7", 80)])}])
+    assert await store.load_sources(["agent-7", "never-seen"]) == [120, 0]

@@ -71,6 +71,7 @@ class GroupCommit:
         self._positions: dict[StockKey, Position] = {}
         self._ending: dict[str, Reservation] = {}
         self._other: dict[str, Reservation] = {}
+        self._sources: dict[str, int] = {}
         self._inflight_positions: dict[StockKey, Position] = {}
         self._inflight_reservations: set[str] = set()
         self._window: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -102,6 +103,13 @@ class GroupCommit:
             self._other[rid] = reservation
         self._wake.set()
 
+    def source_progress(self, source_id: str, seq: int) -> None:
+        """Record that every movement of source_id up to seq is applied (written last, so it
+        never claims more than the positions written before it)."""
+        if seq > self._sources.get(source_id, 0):
+            self._sources[source_id] = seq
+            self._wake.set()
+
     def is_dirty(self, key: StockKey) -> bool:
         """Whether a position has changes not yet durable (it must stay resident)."""
         return key in self._positions or key in self._inflight_positions
@@ -122,7 +130,7 @@ class GroupCommit:
         """
         if self.fenced is not None:
             return _failed(Unavailable("this server lost ownership of its partitions"))
-        if self._positions or self._ending or self._other:
+        if self._positions or self._ending or self._other or self._sources:
             return asyncio.shield(self._window)
         if self._inflight is not None:
             return asyncio.shield(self._inflight)
@@ -142,7 +150,7 @@ class GroupCommit:
             if self.linger and self._last_batch >= self.busy_batch and not self._closing:
                 await asyncio.sleep(self.linger)
             self._wake.clear()
-            if not (self._positions or self._ending or self._other):
+            if not (self._positions or self._ending or self._other or self._sources):
                 if self._closing:
                     return
                 continue
@@ -176,24 +184,26 @@ class GroupCommit:
                 del self._positions[key]
             ending, self._ending = self._ending, {}
             other: dict[str, Reservation] = {}
+            sources: dict[str, int] = {}
             final = False
         else:
             self._window = asyncio.get_running_loop().create_future()
             positions, self._positions = self._positions, {}
             ending, self._ending = self._ending, {}
             other, self._other = self._other, {}
+            sources, self._sources = self._sources, {}
             final = True
         self._inflight_positions = positions
         self._inflight_reservations = set(ending) | set(other)
         self._inflight = window
         started = time.perf_counter()
         try:
-            phases, durable, new_locations = self._encode(positions, ending, other)
+            phases, durable, new_locations = self._encode(positions, ending, other, sources)
             _, stale = await self._store.flush(phases)
         except Unavailable as exc:
             self._metrics.redis_errors.labels("flush").inc()
             log.warning("flush of %d positions failed, will retry: %s", len(positions), exc)
-            self._requeue(positions, ending, other)
+            self._requeue(positions, ending, other, sources)
             if window is self._window:  # a chunk failed: later turns get a fresh window
                 self._window = asyncio.get_running_loop().create_future()
             _fail(window, exc)
@@ -232,6 +242,7 @@ class GroupCommit:
         positions: dict[StockKey, Position],
         ending: dict[str, Reservation],
         other: dict[str, Reservation],
+        sources: dict[str, int],
     ) -> tuple[list[Phase], list[DurableLevel], set[str]]:
         ks = self._ks
         first: Phase = defaultdict(PartitionWrite)
@@ -256,6 +267,8 @@ class GroupCommit:
                 phase[ks.reservation_partition(rid)].reservations.append(
                     (rid, encode_reservation(r), score, keep)
                 )
+        for source_id, seq in sources.items():
+            last[ks.source_partition(source_id)].sources.append((source_id, seq))
         return [ph for ph in (first, middle, last) if ph], durable, new_locations
 
     def _requeue(
@@ -263,8 +276,12 @@ class GroupCommit:
         positions: dict[StockKey, Position],
         ending: dict[str, Reservation],
         other: dict[str, Reservation],
+        sources: dict[str, int],
     ) -> None:
         # Changes made since the failed flush are newer: keep them, add back the rest.
+        for source_id, seq in sources.items():
+            if seq > self._sources.get(source_id, 0):
+                self._sources[source_id] = seq
         for key, p in positions.items():
             self._positions.setdefault(key, p)
         for records, target in ((ending, self._ending), (other, self._other)):

@@ -11,6 +11,7 @@ set of partitions; each partition has an owner epoch that every write checks (th
     us:{p<n>}:locs                set: location ids with positions in this partition
     us:{p<n>}:res:<reservation>   encoded reservation record (terminal ones expire)
     us:{p<n>}:exp                 sorted set: ACTIVE reservation id -> expiry (ms since epoch)
+    us:{p<n>}:src                 hash: source id -> highest contiguous durable seq (MQTT acks)
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ class Keyspace:
         """The partition owning a reservation's record."""
         return zlib.crc32(reservation_id.encode()) % self.partitions
 
+    def source_partition(self, source_id: str) -> int:
+        """The partition owning a movement source's progress."""
+        return zlib.crc32(source_id.encode()) % self.partitions
+
     def _tag(self, partition: int) -> str:
         return f"{self.prefix}:{{p{partition}}}"
 
@@ -61,6 +66,10 @@ class Keyspace:
     def reservation(self, partition: int, reservation_id: str) -> str:
         """Key of one reservation record."""
         return f"{self._tag(partition)}:res:{reservation_id}"
+
+    def sources(self, partition: int) -> str:
+        """Hash of the sources' highest contiguous durable seq."""
+        return f"{self._tag(partition)}:src"
 
     def expiries(self, partition: int) -> str:
         """Sorted set of a partition's ACTIVE reservations by expiry."""

@@ -26,9 +26,10 @@ from unistock.server.persistence.keys import LAYOUT_VERSION, Keyspace, position_
 log = logging.getLogger(__name__)
 
 FLUSH_SCRIPT = """
--- KEYS: epoch, positions hash, locations set, expiry zset, reservation keys...
--- ARGV: epoch, #positions, (field, value)..., #locations, location..., then per reservation
---       key: (reservation_id, value, expiry score or '', retention ms or '0')
+-- KEYS: epoch, positions hash, locations set, expiry zset, sources hash, reservation keys...
+-- ARGV: epoch, #positions, (field, value)..., #locations, location..., #sources,
+--       (source_id, seq)..., then per reservation key:
+--       (reservation_id, value, expiry score or '', retention ms or '0')
 local epoch = redis.call('GET', KEYS[1])
 if epoch ~= ARGV[1] then
   return redis.error_reply('FENCED partition owned by epoch ' .. tostring(epoch) ..
@@ -48,7 +49,13 @@ for _ = 1, npos do
 end
 local nloc = tonumber(ARGV[i]); i = i + 1
 for _ = 1, nloc do redis.call('SADD', KEYS[3], ARGV[i]); i = i + 1 end
-for k = 5, #KEYS do
+local nsrc = tonumber(ARGV[i]); i = i + 1
+for _ = 1, nsrc do
+  local src, seq = ARGV[i], tonumber(ARGV[i + 1]); i = i + 2
+  local old = tonumber(redis.call('HGET', KEYS[5], src) or '0')
+  if seq > old then redis.call('HSET', KEYS[5], src, seq) end
+end
+for k = 6, #KEYS do
   local rid, v, score, keep = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]; i = i + 4
   local old = redis.call('GET', KEYS[k])
   if old and string.sub(old, 2, 9) > string.sub(v, 2, 9) then
@@ -69,6 +76,8 @@ class PartitionWrite:
 
     positions: list[bytes | str] = field(default_factory=list)  # field, value, field, value...
     locations: list[str] = field(default_factory=list)
+    #: (source_id, highest contiguous durable seq): only ever raised
+    sources: list[tuple[str, int]] = field(default_factory=list)
     #: (reservation_id, value, expiry score or "", retention ms or "0")
     reservations: list[tuple[str, bytes, str, str]] = field(default_factory=list)
 
@@ -177,7 +186,13 @@ class RedisStore:
         pipe = self.client.pipeline(transaction=False)
         for phase in phases:
             for p, w in phase.items():
-                keys: list[str] = [ks.epoch(p), ks.positions(p), ks.locations(p), ks.expiries(p)]
+                keys: list[str] = [
+                    ks.epoch(p),
+                    ks.positions(p),
+                    ks.locations(p),
+                    ks.expiries(p),
+                    ks.sources(p),
+                ]
                 args: list[bytes | str | int] = [
                     self.epochs[p],
                     len(w.positions) // 2,
@@ -185,6 +200,9 @@ class RedisStore:
                 ]
                 args.append(len(w.locations))
                 args.extend(w.locations)
+                args.append(len(w.sources))
+                for source_id, seq in w.sources:
+                    args.extend((source_id, seq))
                 for rid, value, score, keep in w.reservations:
                     keys.append(ks.reservation(p, rid))
                     args.extend((rid, value, score, keep))
@@ -201,7 +219,7 @@ class RedisStore:
             if isinstance(r, ResponseError) and str(r).startswith("FENCED"):
                 raise Fenced(str(r))
             if isinstance(r, Exception):
-                raise Unavailable(f"redis flush failed: {r!r}")
+                raise Unavailable(f"redis flush failed: {r}")
             written += int(r[0])
             stale += int(r[1])
         return written, stale
@@ -224,6 +242,14 @@ class RedisStore:
             for i, v in zip(idx, values, strict=True):
                 out[i] = v
         return out
+
+    async def load_sources(self, ids: list[str]) -> list[int]:
+        """Highest contiguous durable seq of each source (0 when never seen)."""
+        ks = self.keyspace
+        pipe = self.client.pipeline(transaction=False)
+        for sid in ids:
+            pipe.hget(ks.sources(ks.source_partition(sid)), sid)
+        return [int(v or 0) for v in await self._execute(pipe)]
 
     async def load_reservations(self, ids: list[str]) -> list[bytes | None]:
         """Stored reservation records (None where absent), in one pipeline."""
