@@ -112,6 +112,35 @@ class Metrics:
             "Watch streams cut because they fell too far behind.",
             registry=r,
         )
+        self.mqtt_messages = Counter(
+            "unistock_mqtt_messages_total",
+            "MQTT movement messages by outcome (received, applied, nothing_new, unparseable, "
+            "out_of_order).",
+            ["outcome"],
+            registry=r,
+        )
+        self.mqtt_movements = Counter(
+            "unistock_mqtt_movements_received_total",
+            "Movements received over MQTT (before validation and deduplication).",
+            registry=r,
+        )
+        self.mqtt_ingest_latency = Histogram(
+            "unistock_mqtt_ingest_to_durable_seconds",
+            "From an MQTT message's arrival to its ack being published (durable).",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.mqtt_store_last_seen = Gauge(
+            "unistock_mqtt_store_last_seen_timestamp_seconds",
+            "When a store's agent last sent movements (Unix time).",
+            ["store"],
+            registry=r,
+        )
+        self.mqtt_connected = Gauge(
+            "unistock_mqtt_connected",
+            "1 while the server is connected and subscribed to the broker.",
+            registry=r,
+        )
         self.grpc_latency = Histogram(
             "unistock_grpc_request_duration_seconds",
             "gRPC request latency by method and status code (streams: until the stream ends).",

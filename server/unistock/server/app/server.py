@@ -23,6 +23,7 @@ from unistock.server.api.service import SERVICE, InventoryService
 from unistock.server.api.watch import WatchHub
 from unistock.server.app.settings import Settings
 from unistock.server.metrics import Metrics
+from unistock.server.mqtt import LocationDirectory, MqttIngestor
 from unistock.server.persistence.group_commit import GroupCommit
 from unistock.server.persistence.keys import Keyspace
 from unistock.server.persistence.store import RedisStore
@@ -105,6 +106,18 @@ class UnistockServer:
         self.commit.listeners.append(self.hub.publish)
         self._spawn(self._run_commit(), "group-commit")
         self._spawn(self.inventory.run_expiry(s.expiry_interval_s), "reservation-expiry")
+        if s.mqtt_url:
+            locations = (
+                LocationDirectory.from_csv(s.locations_file)
+                if s.locations_file
+                else LocationDirectory()
+            )
+            self.ingestor: MqttIngestor | None = MqttIngestor(
+                s.mqtt_url, self.inventory, self.metrics, locations
+            )
+            self._spawn(self.ingestor.run(), "mqtt-ingest")
+        else:
+            self.ingestor = None
         if s.idle_passivation_s > 0:
             self._spawn(
                 self.inventory.run_idle_passivation(s.idle_passivation_s), "idle-passivation"

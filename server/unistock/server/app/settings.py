@@ -21,6 +21,7 @@ class Settings:
     metrics_port: int = 9464
     data_dir: pathlib.Path = pathlib.Path("var")
     tokens_file: pathlib.Path | None = None
+    locations_file: pathlib.Path | None = None
     tls_cert: pathlib.Path | None = None
     tls_key: pathlib.Path | None = None
     key_prefix: str = "us"
@@ -47,7 +48,13 @@ class Settings:
         values = {}
         for f in fields(cls):
             v = getattr(ns, f.name)
-            if v is not None and f.name in ("data_dir", "tokens_file", "tls_cert", "tls_key"):
+            if v is not None and f.name in (
+                "data_dir",
+                "tokens_file",
+                "locations_file",
+                "tls_cert",
+                "tls_key",
+            ):
                 v = pathlib.Path(v)
             values[f.name] = v
         s = cls(**values)
@@ -60,13 +67,16 @@ class Settings:
 
 _HELP = {
     "redis_url": "Redis holding the positions (AOF with appendfsync always recommended)",
-    "mqtt_url": "MQTT broker of the store edge agents (mqtt://user:pass@host:port)",
+    "mqtt_url": "MQTT broker of the store edge agents (mqtt[s]://user:pass@host:port); "
+    "empty: no MQTT ingestion",
     "grpc_host": "address the gRPC API listens on",
     "grpc_port": "gRPC API port (0: any free port)",
     "metrics_port": "Prometheus /metrics port (0: disabled)",
     "data_dir": "directory for local state (dev token)",
     "tokens_file": "bearer tokens, one '<role> <token> [<name>]' per line; "
     "also UNISTOCK_TOKENS=role:token,...",
+    "locations_file": "CSV 'location_id,store_id': which store may report each location "
+    "over MQTT (default: a store's only location has the store's id)",
     "tls_cert": "PEM certificate chain: serve gRPC over TLS",
     "tls_key": "PEM private key for --tls-cert",
     "key_prefix": "prefix of every Redis key",

@@ -1,0 +1,291 @@
+"""Ingestion of movement batches published by store edge agents over MQTT.
+
+    unistock/v1/stores/{store_id}/movements   edge -> server, QoS 1, MovementBatch
+    unistock/v1/stores/{store_id}/acks        server -> edge, QoS 1, MovementAck
+
+A broker's PUBACK is not durability (Mosquitto keeps QoS 1 in memory, and aiomqtt acks a
+message before our code runs), so the agent keeps every movement in its outbox until our own
+MovementAck covers its seq, and we publish that ack only once the movement is durable in Redis.
+
+Acks are cumulative ("every seq up to N is done"), so a source's movements must be applied
+without gaps: per source we keep the highest contiguous seq applied (durable in Redis, written
+after the positions in the same flush). A batch that starts beyond it (an earlier message was
+lost between the broker's PUBACK and our durable write) is not applied; the ack repeats the
+old seq, and the agent resends from there (go-back-N). Inside a batch, processing stops at
+the first gap. Seqs at or below it are duplicates (redelivery, replay) and change nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiomqtt
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from unistock.server.actors import Inventory
+from unistock.server.api.convert import batch_from_wire, rejection
+from unistock.server.domain import InvalidArgument, Movement, Unavailable
+from unistock.server.metrics import Metrics
+from unistock.server.mqtt.locations import LocationDirectory
+from unistock.v1 import inventory_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+TOPIC_ROOT = "unistock/v1/stores"
+MOVEMENTS_TOPIC = f"{TOPIC_ROOT}/+/movements"
+JSON = "application/json"
+#: Larger payloads are refused unparsed (the broker should refuse them first: see deploy/).
+MAX_PAYLOAD = 1024 * 1024
+
+
+@dataclass(slots=True)
+class StoreBatch:
+    """What one MQTT message did, and the ack to publish once `durable` resolves."""
+
+    store_id: str
+    ack: pb.MovementAck
+    durable: asyncio.Future[None] | None = None
+    received_at: float = field(default_factory=time.perf_counter)
+
+
+def store_of(topic: str) -> str | None:
+    """The store id of a movements topic, or None if the topic is not one."""
+    parts = topic.split("/")
+    if len(parts) == 5 and "/".join(parts[:3]) == TOPIC_ROOT and parts[4] == "movements":
+        return parts[3] or None
+    return None
+
+
+def _unparseable(store_id: str, detail: str) -> StoreBatch:
+    return StoreBatch(
+        store_id,
+        pb.MovementAck(
+            rejections=[pb.Rejection(reason=pb.UNPARSEABLE, detail=detail)],
+        ),
+    )
+
+
+class MqttIngestor:
+    """Subscribes to every store's movements and applies them through the inventory."""
+
+    def __init__(
+        self,
+        url: str,
+        inventory: Inventory,
+        metrics: Metrics,
+        locations: LocationDirectory,
+        *,
+        client_id: str = "unistock-server",
+        session_expiry: int = 7 * 86400,
+    ) -> None:
+        self.url = url
+        self.inventory = inventory
+        self.metrics = metrics
+        self.locations = locations
+        self.client_id = client_id
+        self.session_expiry = session_expiry
+        self._progress: dict[str, int] = {}
+        self.connected = asyncio.Event()
+
+    # -- one message -----------------------------------------------------------------------------
+
+    async def ingest(self, topic: str, payload: bytes, content_type: str = "") -> StoreBatch | None:
+        """Apply one message; returns the ack to publish once durable (None: not a store topic)."""
+        store_id = store_of(topic)
+        if store_id is None:
+            log.warning("ignoring message on unexpected topic %r", topic)
+            return None
+        m = self.metrics
+        m.mqtt_messages.labels("received").inc()
+        m.mqtt_store_last_seen.labels(store_id).set(time.time())
+        if len(payload) > MAX_PAYLOAD:
+            return self._refused(
+                store_id, f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD} bytes"
+            )
+        batch = pb.MovementBatch()
+        try:
+            if content_type == JSON:
+                json_format.Parse(payload, batch)
+            else:
+                batch.ParseFromString(payload)
+        except (DecodeError, json_format.ParseError, UnicodeDecodeError, ValueError) as exc:
+            return self._refused(store_id, f"cannot parse MovementBatch: {exc}"[:500])
+        m.mqtt_movements.inc(len(batch.movements))
+        return await self._apply(store_id, batch)
+
+    def _refused(self, store_id: str, detail: str) -> StoreBatch:
+        self.metrics.mqtt_messages.labels("unparseable").inc()
+        self.metrics.movements_rejected.labels("UNPARSEABLE").inc()
+        log.warning("store %s: rejected a message: %s", store_id, detail)
+        return _unparseable(store_id, detail)
+
+    async def _apply(self, store_id: str, batch: pb.MovementBatch) -> StoreBatch:
+        valid, rejected = batch_from_wire(batch)
+        source = batch.source_id
+        ack = pb.MovementAck(batch_id=batch.batch_id)
+        if not batch.movements or (rejected and not valid and not source):
+            ack.rejections.extend(rejected)
+            return StoreBatch(store_id, ack)
+        by_seq: dict[int, Movement] = {}
+        for mv in valid:
+            if self.locations.belongs(mv.location_id, store_id):
+                by_seq[mv.seq] = mv
+            else:
+                exc = InvalidArgument(
+                    "location_id",
+                    f"location {mv.location_id!r} does not belong to store {store_id!r}",
+                )
+                r = rejection(source, mv.seq, exc)
+                r.reason = pb.WRONG_STORE
+                rejected.append(r)
+        final = {r.seq: r for r in rejected}
+        done = await self._load_progress(source)
+        # Walk the batch's seqs in order from the first one not yet done; stop at a gap.
+        seqs = sorted({wm.seq for wm in batch.movements})
+        expected = done + 1
+        apply: list[Movement] = []
+        duplicates = 0
+        for seq in seqs:
+            if seq < expected:
+                duplicates += 1
+            elif seq == expected:
+                if seq in by_seq:
+                    apply.append(by_seq[seq])
+                elif seq in final:
+                    ack.rejections.append(final[seq])
+                expected += 1
+            else:
+                self.metrics.mqtt_messages.labels("out_of_order").inc()
+                log.info(
+                    "store %s source %s: seq %d after %d; waiting for a resend from %d",
+                    store_id,
+                    source,
+                    seq,
+                    expected - 1,
+                    expected,
+                )
+                break
+        for r in ack.rejections:
+            self.metrics.movements_rejected.labels(pb.RejectReason.Name(r.reason)).inc()
+        if apply:
+            result, _ = await self.inventory.submit_movements(apply)
+            ack.applied = result.applied
+            ack.duplicates = duplicates + result.duplicates
+        else:
+            ack.duplicates = duplicates
+        top = expected - 1
+        if top > self._progress.get(source, 0):
+            self._progress[source] = top
+            self.inventory.commit.source_progress(source, top)
+        # Taken after the progress is recorded: the ack waits for both to be durable.
+        durable = self.inventory.commit.barrier()
+        ack.sources.append(pb.SourceAck(source_id=source, seq=top))
+        self.metrics.mqtt_messages.labels("applied" if apply else "nothing_new").inc()
+        return StoreBatch(store_id, ack, durable)
+
+    async def _load_progress(self, source: str) -> int:
+        done = self._progress.get(source)
+        if done is None:
+            [stored] = await self.inventory.store.load_sources([source])
+            done = self._progress.setdefault(source, stored)
+        return done
+
+    # -- the connection ----------------------------------------------------------------------
+
+    def _client(self) -> aiomqtt.Client:
+        u = urllib.parse.urlsplit(self.url)
+        if u.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(
+                f"--mqtt-url must be mqtt://host:port or mqtts://host:port, got {self.url!r}"
+            )
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self.session_expiry
+        kwargs: dict[str, Any] = {}
+        if u.scheme == "mqtts":
+            kwargs["tls_params"] = aiomqtt.TLSParameters()
+        return aiomqtt.Client(
+            u.hostname or "localhost",
+            u.port or (8883 if u.scheme == "mqtts" else 1883),
+            username=urllib.parse.unquote(u.username) if u.username else None,
+            password=urllib.parse.unquote(u.password) if u.password else None,
+            identifier=self.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,  # a persistent session: the broker queues for us while we are away
+            properties=props,
+            max_inflight_messages=1000,
+            # Small QoS 1 packets and their acks must not wait for Nagle's algorithm (~40 ms
+            # per round trip with delayed ACKs).
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            **kwargs,
+        )
+
+    async def run(self) -> None:
+        """Consume and ack until cancelled, reconnecting with jittered backoff."""
+        backoff = 0.2
+        while True:
+            try:
+                async with self._client() as client:
+                    await client.subscribe(MOVEMENTS_TOPIC, qos=1)
+                    self.metrics.mqtt_connected.set(1)
+                    self.connected.set()
+                    backoff = 0.2
+                    log.info("mqtt: subscribed to %s on %s", MOVEMENTS_TOPIC, _redact(self.url))
+                    await self._serve(client)
+            except aiomqtt.MqttError as exc:
+                log.warning("mqtt: connection lost (%s); reconnecting in %.1f s", exc, backoff)
+            finally:
+                self.metrics.mqtt_connected.set(0)
+                self.connected.clear()
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, 10.0)
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        acks: asyncio.Queue[StoreBatch] = asyncio.Queue(1000)
+
+        async def publish_acks() -> None:
+            # In arrival order: a later ack never overtakes an earlier one of the same store.
+            while True:
+                done = await acks.get()
+                if done.durable is not None:
+                    try:
+                        await done.durable
+                    except Unavailable as exc:
+                        log.warning("store %s: not acked, not durable: %s", done.store_id, exc)
+                        continue
+                self.metrics.mqtt_ingest_latency.observe(time.perf_counter() - done.received_at)
+                await client.publish(
+                    f"{TOPIC_ROOT}/{done.store_id}/acks", done.ack.SerializeToString(), qos=1
+                )
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(publish_acks(), name="mqtt-acks")
+            async for message in client.messages:
+                props = message.properties
+                content_type = getattr(props, "ContentType", "") if props is not None else ""
+                payload = message.payload
+                data = payload if isinstance(payload, bytes) else str(payload).encode()
+                try:
+                    done = await self.ingest(str(message.topic), data, content_type)
+                except Unavailable as exc:
+                    # Redis is down: no ack; the agent resends after its ack timeout.
+                    log.warning("mqtt: message not applied: %s", exc)
+                    continue
+                if done is not None:
+                    await acks.put(done)
+
+
+def _redact(url: str) -> str:
+    u = urllib.parse.urlsplit(url)
+    if u.password:
+        return url.replace(f":{u.password}@", ":***@")
+    return url
