@@ -1,0 +1,1 @@
+"""Tests for the store edge agent's pure logic: EPC decoding, catalogue, count sessions."""

@@ -1,0 +1,374 @@
+"""RFID count sessions: the count is true at its position in the agent's ordered stream.
+
+Cases from domain.md, "Counts and the movements around them".
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from unistock.edge.catalogue import Catalogue
+from unistock.edge.counting import CountResult, CountSession, ReadOutcome, precedes_count
+from unistock.edge.epc import encode_sgtin96, gtin_check_digit
+
+T0 = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
+COMPANY_PREFIX = "0614141"
+
+# Item references (indicator digit first) → SKU; UNLISTED_ITEM is a valid GTIN the catalogue lacks.
+ITEMS = {"012345": "SKU-A", "054321": "SKU-B", "011111": "SKU-C"}
+UNLISTED_ITEM = "099999"
+
+
+def gtin14(item_reference: str) -> str:
+    body = item_reference[0] + COMPANY_PREFIX + item_reference[1:]
+    return body + str(gtin_check_digit(body))
+
+
+CATALOGUE = Catalogue({gtin14(ir): sku for ir, sku in ITEMS.items()})
+ITEM_OF = {sku: ir for ir, sku in ITEMS.items()}
+
+
+def tag(sku: str, serial: int) -> str:
+    """The EPC of unit ``serial`` of ``sku``."""
+    return encode_sgtin96(1, COMPANY_PREFIX, ITEM_OF[sku], serial)
+
+
+def session(
+    scope: frozenset[str] | None = None, started_at: datetime = T0, count_id: str = "CNT-1"
+) -> CountSession:
+    return CountSession(count_id, "STORE-1", scope, started_at, catalogue=CATALOGUE)
+
+
+def quantities(results: list[CountResult]) -> dict[str, int]:
+    return {r.sku: r.quantity for r in results}
+
+
+# -- reads ------------------------------------------------------------------------------------
+
+
+def test_a_tag_read_50_times_counts_once() -> None:
+    s = session()
+    outcomes = [s.read(tag("SKU-A", 1), "R1", 1 + i % 4, T0) for i in range(50)]
+    s.read(tag("SKU-A", 2), "R2", 1, T0)
+    assert outcomes[0] is ReadOutcome.COUNTED
+    assert set(outcomes[1:]) == {ReadOutcome.DUPLICATE}
+    assert s.stop() == [
+        CountResult("SKU-A", 2, frozenset({tag("SKU-A", 1), tag("SKU-A", 2)})),
+    ]
+    assert s.total_reads == 51
+    assert s.reads_by_antenna == {
+        ("R1", 1): 13,
+        ("R1", 2): 13,
+        ("R1", 3): 12,
+        ("R1", 4): 12,
+        ("R2", 1): 1,
+    }
+
+
+def test_epc_case_does_not_make_a_second_unit() -> None:
+    s = session()
+    assert s.read(tag("SKU-A", 7).lower(), "R1", 1, T0) is ReadOutcome.COUNTED
+    assert s.read(tag("SKU-A", 7), "R1", 1, T0) is ReadOutcome.DUPLICATE
+    [result] = s.stop()
+    assert result.distinct_epcs == {tag("SKU-A", 7)}  # stored upper-case
+
+
+def test_scope_skus_without_reads_count_zero_and_other_skus_are_ignored() -> None:
+    s = session(scope=frozenset({"SKU-A", "SKU-B", "SKU-Z"}))
+    s.read(tag("SKU-A", 1), "R1", 1, T0)
+    assert s.read(tag("SKU-C", 1), "R1", 1, T0) is ReadOutcome.OUT_OF_SCOPE
+    assert s.read(tag("SKU-C", 1), "R1", 1, T0) is ReadOutcome.OUT_OF_SCOPE
+    assert s.stop() == [
+        CountResult("SKU-A", 1, frozenset({tag("SKU-A", 1)})),
+        CountResult("SKU-B", 0, frozenset()),
+        CountResult("SKU-Z", 0, frozenset()),  # in scope but not in the catalogue: still 0
+    ]
+    assert s.out_of_scope_reads == 2
+
+
+def test_no_scope_counts_every_sku_seen_and_only_those() -> None:
+    s = session(scope=None)
+    s.read(tag("SKU-C", 1), "R1", 1, T0)
+    s.read(tag("SKU-A", 1), "R1", 1, T0)
+    s.read(tag("SKU-A", 2), "R1", 1, T0)
+    assert quantities(s.stop()) == {"SKU-A": 2, "SKU-C": 1}
+    assert [r.sku for r in s.stop()] == ["SKU-A", "SKU-C"]  # sorted
+
+
+def test_empty_scope_gives_no_results() -> None:
+    s = session(scope=frozenset())
+    assert s.read(tag("SKU-A", 1), "R1", 1, T0) is ReadOutcome.OUT_OF_SCOPE
+    assert s.stop() == []
+
+
+@pytest.mark.parametrize(
+    "epc",
+    [
+        "31" + tag("SKU-A", 1)[2:],  # SSCC-96 header
+        tag("SKU-A", 1)[:-1],  # truncated
+        "E28011606000020D4AB1C2D3",  # a TID, not an EPC
+        "not hex at all, 24 char!",
+    ],
+)
+def test_undecodable_reads_are_tallied_not_raised(epc: str) -> None:
+    s = session(scope=frozenset({"SKU-A"}))
+    assert s.read(epc, "R1", 1, T0) is ReadOutcome.BAD
+    assert s.read(epc, "R1", 1, T0) is ReadOutcome.BAD
+    s.read(tag("SKU-A", 1), "R1", 1, T0)
+    assert quantities(s.stop()) == {"SKU-A": 1}
+    assert s.bad_reads == 2
+    assert s.unknown_reads == 0
+
+
+def test_gtins_missing_from_the_catalogue_are_tallied_and_listed() -> None:
+    s = session()
+    unlisted = encode_sgtin96(1, COMPANY_PREFIX, UNLISTED_ITEM, 1)
+    assert s.read(unlisted, "R1", 1, T0) is ReadOutcome.UNKNOWN
+    assert s.read(unlisted, "R1", 1, T0) is ReadOutcome.UNKNOWN
+    s.read(tag("SKU-B", 1), "R1", 1, T0)
+    assert quantities(s.stop()) == {"SKU-B": 1}
+    assert s.unknown_reads == 2
+    assert s.unknown_gtins == {gtin14(UNLISTED_ITEM)}
+
+
+# -- sales during the session -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("when", ["read before sale", "read after sale", "never read"])
+def test_sale_naming_the_epc_during_the_session_is_not_counted(when: str) -> None:
+    s = session(scope=frozenset({"SKU-A"}))
+    sold = tag("SKU-A", 1)
+    s.read(tag("SKU-A", 2), "R1", 1, T0)
+    if when == "read before sale":
+        s.read(sold, "R1", 1, T0)
+    s.sale_recorded("SKU-A", [sold.lower()])
+    if when == "read after sale":
+        s.read(sold, "R9", 1, T0)  # e.g. a reader near the till sees the bag on its way out
+    assert s.stop() == [CountResult("SKU-A", 1, frozenset({tag("SKU-A", 2)}))]
+    assert s.sales_without_epc == 0
+
+
+def test_sale_without_epc_does_not_reduce_the_count() -> None:
+    # Nothing says whether the sold unit was read before it left; the count is what was read
+    # minus what provably left.
+    s = session(scope=frozenset({"SKU-A"}))
+    s.read(tag("SKU-A", 1), "R1", 1, T0)
+    s.read(tag("SKU-A", 2), "R1", 1, T0)
+    s.sale_recorded("SKU-A", [])
+    assert quantities(s.stop()) == {"SKU-A": 2}
+    assert s.sales_without_epc == 1
+
+
+def test_sale_excludes_the_epc_whatever_sku_the_till_says() -> None:
+    s = session()
+    s.read(tag("SKU-A", 1), "R1", 1, T0)
+    s.sale_recorded("SKU-B", [tag("SKU-A", 1)])
+    assert s.stop() == [CountResult("SKU-A", 0, frozenset())]  # seen, then provably gone
+
+
+def test_sale_with_several_epcs() -> None:
+    s = session(scope=frozenset({"SKU-A", "SKU-B"}))
+    for n in range(1, 6):
+        s.read(tag("SKU-A", n), "R1", 1, T0)
+        s.read(tag("SKU-B", n), "R1", 1, T0)
+    s.sale_recorded("SKU-A", [tag("SKU-A", 1), tag("SKU-A", 2)])
+    s.sale_recorded("SKU-B", (e for e in [tag("SKU-B", 5)]))
+    assert quantities(s.stop()) == {"SKU-A": 3, "SKU-B": 4}
+
+
+@given(
+    shelf=st.sets(st.tuples(st.sampled_from(sorted(ITEM_OF)), st.integers(1, 40)), max_size=40),
+    events=st.lists(
+        st.tuples(st.sampled_from(["read", "sell"]), st.integers(0, 1000)), max_size=80
+    ),
+)
+def test_count_equals_the_shelf_at_stop_when_every_sale_names_its_epc(
+    shelf: set[tuple[str, int]], events: list[tuple[str, int]]
+) -> None:
+    """The domain promise: the count is true at its position in the stream (after the sales)."""
+    on_shelf = {tag(sku, n) for sku, n in shelf}
+    skus = {sku for sku, _ in shelf}
+    s = session(scope=None)
+    for action, pick in events:
+        if not on_shelf:
+            break
+        epc = sorted(on_shelf)[pick % len(on_shelf)]
+        if action == "read":
+            s.read(epc, "R1", 1, T0)
+        else:
+            s.sale_recorded("?", [epc])
+            on_shelf.discard(epc)
+    for epc in sorted(on_shelf):  # the sweep finishes: every remaining tag is read at least once
+        s.read(epc, "R2", 1, T0)
+    results = s.stop()
+    assert {r.sku for r in results} <= skus
+    for r in results:
+        assert r.quantity == len(r.distinct_epcs)
+        assert r.distinct_epcs == {tag(sku, n) for sku, n in shelf if sku == r.sku} & on_shelf
+    assert set().union(*(r.distinct_epcs for r in results)) == on_shelf
+
+
+@given(
+    reads=st.lists(st.tuples(st.sampled_from(sorted(ITEM_OF)), st.integers(1, 8)), max_size=40),
+    sold=st.sets(st.tuples(st.sampled_from(sorted(ITEM_OF)), st.integers(1, 8)), max_size=8),
+    rng=st.randoms(use_true_random=False),
+)
+def test_interleaving_of_reads_and_sales_does_not_matter(
+    reads: list[tuple[str, int]], sold: set[tuple[str, int]], rng: random.Random
+) -> None:
+    events: list[tuple[str, tuple[str, int]]] = [("read", r) for r in reads] + [
+        ("sell", u) for u in sold
+    ]
+    scope = frozenset({"SKU-A", "SKU-B"})
+    expected = {
+        sku: len({n for k, n in reads if k == sku} - {n for k, n in sold if k == sku})
+        for sku in scope
+    }
+    for _ in range(3):
+        rng.shuffle(events)
+        s = session(scope=scope)
+        for kind, (sku, n) in events:
+            if kind == "read":
+                s.read(tag(sku, n), "R1", 1, T0)
+            else:
+                s.sale_recorded(sku, [tag(sku, n)])
+        assert quantities(s.stop()) == expected
+
+
+# -- the same count sent twice ----------------------------------------------------------------
+
+
+def test_stop_is_idempotent_and_late_input_changes_nothing() -> None:
+    s = session(scope=frozenset({"SKU-A", "SKU-B"}))
+    s.read(tag("SKU-A", 1), "R1", 1, T0)
+    first = s.stop()
+    assert s.stopped
+    # Reader reports still in flight, and a sale that follows the COUNT in the stream.
+    assert s.read(tag("SKU-A", 2), "R1", 1, T0) is ReadOutcome.LATE
+    assert s.read(tag("SKU-B", 1), "R1", 1, T0) is ReadOutcome.LATE
+    s.sale_recorded("SKU-A", [tag("SKU-A", 1)])
+    second = s.stop()
+    assert second == first
+    assert second is not first  # callers may mutate their list without touching the session
+    assert s.late_reads == 2
+    # Resending the count emits the same count_id: that is what lets the server dedup it.
+    assert {(s.count_id, r.sku, r.quantity) for r in first} == {
+        (s.count_id, r.sku, r.quantity) for r in second
+    }
+
+
+# -- movements around the count (the till offline from the agent) ------------------------------
+
+
+def test_till_offline_sale_before_the_count_arriving_after_it_is_marked() -> None:
+    """The till sold a unit at 08:50, lost its link, and reconnects after the 09:00 count."""
+    shelf_before = {tag("SKU-A", n) for n in range(1, 11)}  # server on_hand = 10
+    sold_offline = tag("SKU-A", 3)
+    sold_at = T0 - timedelta(minutes=10)
+    s = session(scope=frozenset({"SKU-A"}))
+    for epc in sorted(shelf_before - {sold_offline}):  # the unit already left: not read
+        s.read(epc, "R1", 1, T0 + timedelta(minutes=5))
+
+    # Arriving while the session is open, it would simply go into the stream before the COUNT.
+    assert not precedes_count(sold_at, s)
+    [result] = s.stop()
+    assert result.quantity == 9
+    # Arriving after the COUNT: the count already reflects it, so it carries the count_id.
+    assert precedes_count(sold_at, s)
+
+    # What the server then does with it (domain.md): on_hand is set by the count, the variance
+    # is recorded, and the marked sale only corrects the variance.
+    on_hand, variance = 10, 0
+    on_hand, variance = result.quantity, result.quantity - on_hand
+    assert (on_hand, variance) == (9, -1)  # looks like shrinkage…
+    variance += 1  # …until the marked sale explains it, without touching on_hand
+    assert (on_hand, variance) == (9, 0)
+
+
+@pytest.mark.parametrize(
+    ("occurred", "marked"),
+    [
+        (T0 - timedelta(days=1), True),
+        (T0 - timedelta(microseconds=1), True),
+        (T0, False),  # at the start: treated as during the session, applied on top
+        (T0 + timedelta(minutes=1), False),
+        (T0 + timedelta(hours=3), False),
+    ],
+)
+def test_precedence_rule_compares_with_started_at_after_stop(
+    occurred: datetime, marked: bool
+) -> None:
+    s = session()
+    s.stop()
+    assert precedes_count(occurred, s) is marked
+
+
+def test_precedence_compares_instants_across_time_zones() -> None:
+    s = session()
+    s.stop()
+    paris = timezone(timedelta(hours=1))
+    assert precedes_count(datetime(2025, 3, 1, 9, 59, tzinfo=paris), s)  # 08:59 UTC
+    assert not precedes_count(datetime(2025, 3, 1, 10, 0, tzinfo=paris), s)
+
+
+@pytest.mark.parametrize("skew", [timedelta(hours=-2), timedelta(hours=2)])
+def test_clock_off_by_two_hours_changes_nothing(skew: timedelta) -> None:
+    def run(
+        agent_clock_offset: timedelta, reader_offset: timedelta
+    ) -> tuple[list[CountResult], list[bool]]:
+        start = T0 + agent_clock_offset
+        s = session(scope=frozenset({"SKU-A", "SKU-B"}), started_at=start)
+        for n in range(1, 6):
+            # Reader timestamps may lie before the session start or hours after it: ignored.
+            s.read(tag("SKU-A", n), "R1", 1, start + reader_offset + timedelta(seconds=n))
+        s.sale_recorded("SKU-A", [tag("SKU-A", 2)])
+        s.sale_recorded("SKU-A", [])
+        results = s.stop()
+        # Till movements stamped by the same (skewed) agent clock.
+        marks = [precedes_count(start + timedelta(minutes=m), s) for m in (-30, -1, 0, 1, 30)]
+        return results, marks
+
+    baseline = run(timedelta(0), timedelta(0))
+    assert run(skew, timedelta(0)) == baseline  # the whole agent clock is off
+    assert run(timedelta(0), skew) == baseline  # only the readers' clocks are off
+    assert quantities(baseline[0]) == {"SKU-A": 4, "SKU-B": 0}
+    assert baseline[1] == [True, True, False, False, False]
+
+
+# -- construction -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("count_id", "location_id", "started_at", "problem"),
+    [
+        ("", "STORE-1", T0, "count_id"),
+        ("CNT-1", "", T0, "location_id"),
+        ("CNT-1", "STORE-1", datetime(2025, 3, 1, 9, 0), "timezone-aware"),
+    ],
+)
+def test_rejects_bad_construction(
+    count_id: str, location_id: str, started_at: datetime, problem: str
+) -> None:
+    with pytest.raises(ValueError, match=problem):
+        CountSession(count_id, location_id, None, started_at, catalogue=CATALOGUE)
+
+
+def test_precedes_count_rejects_naive_times() -> None:
+    s = session()
+    s.stop()
+    with pytest.raises(ValueError, match="timezone-aware"):
+        precedes_count(datetime(2025, 3, 1, 8, 0), s)
+
+
+def test_session_keeps_its_identity_for_the_count_movements() -> None:
+    s = session(scope=frozenset({"SKU-A"}), count_id="CNT-42")
+    assert (s.count_id, s.location_id, s.started_at) == ("CNT-42", "STORE-1", T0)
+    assert not s.stopped
+    t = T0 + timedelta(seconds=3)
+    s.read(tag("SKU-A", 1), "R1", 1, t)
+    assert s.last_read_at == t
