@@ -491,6 +491,79 @@ class MovementAck(_message.Message):
 Global___MovementAck: _TypeAlias = MovementAck  # noqa: Y015
 
 @_typing.final
+class AgentStatus(_message.Message):
+    """A store edge agent's status, retained on unistock/v1/stores/{store_id}/status (its last will
+    publishes the OFFLINE state when it disappears without saying goodbye).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _State:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[AgentStatus._State.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATE_UNSPECIFIED: AgentStatus._State.ValueType  # 0
+        """Never sent."""
+        ONLINE: AgentStatus._State.ValueType  # 1
+        """Connected to the broker."""
+        OFFLINE: AgentStatus._State.ValueType  # 2
+        """Gone (last will, or a clean shutdown)."""
+
+    class State(_State, metaclass=_StateEnumTypeWrapper):
+        """Whether the agent is connected."""
+
+    STATE_UNSPECIFIED: AgentStatus.State.ValueType  # 0
+    """Never sent."""
+    ONLINE: AgentStatus.State.ValueType  # 1
+    """Connected to the broker."""
+    OFFLINE: AgentStatus.State.ValueType  # 2
+    """Gone (last will, or a clean shutdown)."""
+
+    STORE_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    OUTBOX_DEPTH_FIELD_NUMBER: _builtins.int
+    LAST_ACKED_SEQ_FIELD_NUMBER: _builtins.int
+    OLDEST_UNACKED_AGE_SECONDS_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    store_id: _builtins.str
+    """The store."""
+    source_id: _builtins.str
+    """The agent's movement source id."""
+    state: Global___AgentStatus.State.ValueType
+    """Online or offline."""
+    outbox_depth: _builtins.int
+    """Movements in the outbox not yet acknowledged by the server."""
+    last_acked_seq: _builtins.int
+    """Highest seq the server acknowledged."""
+    oldest_unacked_age_seconds: _builtins.float
+    """Age of the oldest unacknowledged movement, seconds (0 when none)."""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """When the agent published this status."""
+
+    def __init__(
+        self,
+        *,
+        store_id: _builtins.str = ...,
+        source_id: _builtins.str = ...,
+        state: Global___AgentStatus.State.ValueType = ...,
+        outbox_depth: _builtins.int = ...,
+        last_acked_seq: _builtins.int = ...,
+        oldest_unacked_age_seconds: _builtins.float = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "last_acked_seq", b"last_acked_seq", "oldest_unacked_age_seconds", b"oldest_unacked_age_seconds", "outbox_depth", b"outbox_depth", "source_id", b"source_id", "state", b"state", "store_id", b"store_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentStatus: _TypeAlias = AgentStatus  # noqa: Y015
+
+@_typing.final
 class ReservationLine(_message.Message):
     """One line of a reservation: units of one SKU at one location."""
 
