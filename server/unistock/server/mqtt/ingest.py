@@ -241,8 +241,12 @@ class MqttIngestor:
                     backoff = 0.2
                     log.info("mqtt: subscribed to %s on %s", MOVEMENTS_TOPIC, _redact(self.url))
                     await self._serve(client)
-            except aiomqtt.MqttError as exc:
-                log.warning("mqtt: connection lost (%s); reconnecting in %.1f s", exc, backoff)
+            except* aiomqtt.MqttError as group:  # from the subscribe, or the TaskGroup of _serve
+                log.warning(
+                    "mqtt: connection lost (%s); reconnecting in %.1f s",
+                    group.exceptions[0],
+                    backoff,
+                )
             finally:
                 self.metrics.mqtt_connected.set(0)
                 self.connected.clear()

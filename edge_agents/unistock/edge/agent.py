@@ -1,0 +1,412 @@
+"""The store edge agent: local intake for tills and RFID readers, durable outbox, MQTT uplink.
+
+    tills, readers ──gRPC StoreIntake──▶ StoreAgent ──append (SQLite, synchronous=FULL)──▶ Outbox
+                                              │                                         │
+                                              └── Sender: MovementBatch, QoS 1 ◀──pending┘
+                                                  MovementAck (server, after durable) ──▶ settle
+
+A till's call returns once its movement is durable in the outbox; from there it reaches the
+server exactly once (resent until the server's own ack covers it; the server deduplicates).
+The agent keeps taking sales while the broker or the server is away, for hours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import random
+import socket
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc import aio
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+from unistock.edge.catalogue import Catalogue
+from unistock.edge.counting import CountSession, precedes_count
+from unistock.edge.outbox import Outbox
+from unistock.edge.sender import Sender, status_topic
+from unistock.intake.v1 import intake_pb2 as ipb
+from unistock.intake.v1 import intake_pb2_grpc as ipb_grpc
+from unistock.v1 import inventory_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSettings:
+    """What one store's agent needs."""
+
+    store_id: str
+    mqtt_url: str
+    data_dir: Path = Path("var/agent")
+    location_id: str = ""  # default: the store id
+    source_id: str = ""  # default: agent-<store id>
+    intake_host: str = "127.0.0.1"
+    intake_port: int = 50061
+    metrics_port: int = 9465
+    catalogue: Path | None = None
+    batch_size: int = 100
+    window: int = 8
+    ack_timeout: float = 10.0
+    status_interval: float = 10.0
+
+    @property
+    def location(self) -> str:
+        """The store's default location."""
+        return self.location_id or self.store_id
+
+    @property
+    def source(self) -> str:
+        """The agent's movement source id."""
+        return self.source_id or f"agent-{self.store_id}"
+
+
+class AgentMetrics:
+    """The agent's own /metrics."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.depth = Gauge("unistock_agent_outbox_depth", "Movements not yet acked.", registry=r)
+        self.oldest = Gauge(
+            "unistock_agent_oldest_unacked_age_seconds",
+            "Age of the oldest movement not yet acknowledged by the server.",
+            registry=r,
+        )
+        self.recorded = Counter(
+            "unistock_agent_movements_recorded_total", "Movements taken in.", ["type"], registry=r
+        )
+        self.acked = Counter(
+            "unistock_agent_movements_acked_total", "Movements the server acknowledged.", registry=r
+        )
+        self.connected = Gauge(
+            "unistock_agent_connected", "1 while connected to the broker.", registry=r
+        )
+
+
+def _now_ts() -> Timestamp:
+    ts = Timestamp()
+    ts.GetCurrentTime()
+    return ts
+
+
+def _mqtt_client(settings: AgentSettings, will: aiomqtt.Will) -> aiomqtt.Client:
+    u = urllib.parse.urlsplit(settings.mqtt_url)
+    if u.scheme not in ("mqtt", "mqtts"):
+        raise ValueError(f"--mqtt-url must be mqtt:// or mqtts://, got {settings.mqtt_url!r}")
+    kwargs: dict[str, Any] = {}
+    if u.scheme == "mqtts":
+        kwargs["tls_params"] = aiomqtt.TLSParameters()
+    return aiomqtt.Client(
+        u.hostname or "localhost",
+        u.port or (8883 if u.scheme == "mqtts" else 1883),
+        username=urllib.parse.unquote(u.username) if u.username else None,
+        password=urllib.parse.unquote(u.password) if u.password else None,
+        identifier=f"unistock-agent-{settings.store_id}",
+        protocol=aiomqtt.ProtocolVersion.V5,  # only MQTT 5 reports an ACL refusal (reason 135)
+        will=will,
+        # Small QoS 1 packets must not wait for Nagle's algorithm (~40 ms per round trip).
+        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+        **kwargs,
+    )
+
+
+@dataclass
+class _Counts:
+    running: dict[str, CountSession] = field(default_factory=dict)
+    #: Recently stopped sessions: movements that happened before them are marked with their id.
+    stopped: list[CountSession] = field(default_factory=list)
+
+
+class StoreAgent:
+    """One store's agent. Use as an async context manager; `run()` until cancelled."""
+
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+        self.metrics = AgentMetrics()
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.outbox = Outbox(
+            settings.data_dir / f"outbox-{settings.store_id}.sqlite", settings.source
+        )
+        self.catalogue = (
+            Catalogue.from_csv(settings.catalogue) if settings.catalogue else Catalogue({})
+        )
+        self.sender: Sender | None = None
+        self.connected = asyncio.Event()
+        self.intake_port = 0
+        self.metrics_port = 0
+        self._counts = _Counts()
+        self._grpc: aio.Server | None = None
+        self._metrics_http: Any = None
+        self._lock = asyncio.Lock()  # appends are serialised: seq order = arrival order
+        self._drained = asyncio.Event()  # set while the outbox is empty
+
+    async def __aenter__(self) -> StoreAgent:
+        s = self.settings
+        self._grpc = aio.server()
+        ipb_grpc.add_StoreIntakeServicer_to_server(_Intake(self), self._grpc)
+        self.intake_port = self._grpc.add_insecure_port(f"{s.intake_host}:{s.intake_port}")
+        await self._grpc.start()
+        if s.metrics_port:
+            self._metrics_http, _ = start_http_server(
+                s.metrics_port, addr=s.intake_host, registry=self.metrics.registry
+            )
+            self.metrics_port = self._metrics_http.server_port
+        self._refresh_gauges()
+        log.info("store %s: intake on :%d", s.store_id, self.intake_port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._grpc is not None:
+            await self._grpc.stop(2)
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+        self.outbox.close()
+
+    # -- intake ------------------------------------------------------------------------------
+
+    async def record(self, movements: list[pb.Movement]) -> list[int]:
+        """Store movements durably in the outbox (in order) and wake the sender."""
+        for m in movements:
+            if not m.HasField("occurred_at"):
+                m.occurred_at.CopyFrom(_now_ts())
+            if not m.location_id:
+                m.location_id = self.settings.location
+            if not m.count_id and m.type != pb.COUNT:
+                m.count_id = self._preceded_count(m)
+        async with self._lock:
+            seqs = await asyncio.to_thread(self.outbox.append, movements)
+        for m in movements:
+            self.metrics.recorded.labels(pb.MovementType.Name(m.type)).inc()
+        self._drained.clear()
+        if self.sender is not None:
+            self.sender.notify()
+        self._refresh_gauges()
+        return seqs
+
+    async def wait_drained(self) -> None:
+        """Until the server has acknowledged everything in the outbox."""
+        if self.outbox.depth() == 0:
+            return
+        await self._drained.wait()
+
+    def _preceded_count(self, m: pb.Movement) -> str:
+        # A movement that happened before a count of its location, and reaches us after that
+        # count was emitted (a till that was offline from the agent), is marked: the server then
+        # treats it as a correction of the count's variance, not as a second change of on_hand.
+        occurred = m.occurred_at.ToDatetime(tzinfo=datetime.UTC)
+        for session in reversed(self._counts.stopped):
+            if session.location_id == m.location_id and precedes_count(occurred, session):
+                return session.count_id
+        return ""
+
+    def _refresh_gauges(self) -> None:
+        depth = self.outbox.depth()
+        if depth == 0:
+            self._drained.set()
+        self.metrics.depth.set(depth)
+        self.metrics.oldest.set(self.outbox.oldest_unacked_age() or 0.0)
+
+    def status(self, state: int) -> pb.AgentStatus:
+        """The status message to publish."""
+        return pb.AgentStatus(
+            store_id=self.settings.store_id,
+            source_id=self.settings.source,
+            state=state,  # type: ignore[arg-type]
+            outbox_depth=self.outbox.depth(),
+            last_acked_seq=self.outbox.last_acked,
+            oldest_unacked_age_seconds=self.outbox.oldest_unacked_age() or 0.0,
+            at=_now_ts(),
+        )
+
+    # -- uplink ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect, send, settle acks, publish status; reconnect with backoff; until cancelled."""
+        s = self.settings
+        backoff = 0.2
+        topic = status_topic(s.store_id)
+        while True:
+            will = aiomqtt.Will(
+                topic, self.status(pb.AgentStatus.OFFLINE).SerializeToString(), qos=1, retain=True
+            )
+            try:
+                async with _mqtt_client(s, will) as client:
+                    sender = Sender(
+                        self.outbox,
+                        client,
+                        s.store_id,
+                        batch_size=s.batch_size,
+                        window=s.window,
+                        ack_timeout=s.ack_timeout,
+                    )
+                    self.sender = sender
+                    self.connected.set()
+                    self.metrics.connected.set(1)
+                    backoff = 0.2
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(sender.run(), name="agent-sender")
+                        tg.create_task(self._publish_status(client, topic), name="agent-status")
+                        async for message in client.messages:
+                            if message.topic.matches(sender.acks_topic):
+                                before = self.outbox.last_acked
+                                await sender.handle_ack(message.payload)
+                                self.metrics.acked.inc(max(0, self.outbox.last_acked - before))
+                                self._refresh_gauges()
+            except* aiomqtt.MqttError as group:  # from connect, or from the TaskGroup
+                log.warning(
+                    "store %s: broker connection lost (%s)", s.store_id, group.exceptions[0]
+                )
+            finally:
+                self.sender = None
+                self.connected.clear()
+                self.metrics.connected.set(0)
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, 10.0)
+
+    async def _publish_status(self, client: aiomqtt.Client, topic: str) -> None:
+        while True:
+            await client.publish(
+                topic, self.status(pb.AgentStatus.ONLINE).SerializeToString(), qos=1, retain=True
+            )
+            await asyncio.sleep(self.settings.status_interval)
+
+    # -- counts ------------------------------------------------------------------------------
+
+    def start_count(self, req: ipb.StartCountRequest) -> None:
+        """Open an RFID count session."""
+        self._counts.running[req.count_id] = CountSession(
+            req.count_id,
+            req.location_id or self.settings.location,
+            frozenset(req.skus) or None,
+            datetime.datetime.now(datetime.UTC),
+            catalogue=self.catalogue,
+        )
+
+    async def stop_count(self, count_id: str) -> list[pb.Movement]:
+        """Close a session: one COUNT per SKU in scope, appended at this point of the stream."""
+        session = self._counts.running.pop(count_id)
+        counts = [
+            pb.Movement(
+                sku=r.sku,
+                location_id=session.location_id,
+                type=pb.COUNT,
+                quantity=r.quantity,
+                count_id=count_id,
+                epc=sorted(r.distinct_epcs),
+            )
+            for r in session.stop()
+        ]
+        if counts:
+            seqs = await self.record(counts)
+            for m, seq in zip(counts, seqs, strict=True):
+                m.seq = seq
+                m.source_id = self.settings.source
+        self._counts.stopped = [*self._counts.stopped[-15:], session]
+        return counts
+
+
+class _Intake(ipb_grpc.StoreIntakeServicer):
+    """gRPC StoreIntake on top of a StoreAgent."""
+
+    def __init__(self, agent: StoreAgent) -> None:
+        self.agent = agent
+
+    async def _receipt(
+        self, m: pb.Movement, context: aio.ServicerContext[Any, Any]
+    ) -> ipb.IntakeReceipt:
+        if not m.sku:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "sku: must not be empty")
+        if m.quantity < (0 if m.type == pb.COUNT else 1):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "quantity: must be >= 1")
+        [seq] = await self.agent.record([m])
+        return ipb.IntakeReceipt(
+            source_id=self.agent.settings.source, seq=seq, outbox_depth=self.agent.outbox.depth()
+        )
+
+    def _sale_seen(self, m: pb.Movement) -> None:
+        for session in self.agent._counts.running.values():
+            if session.location_id == m.location_id:
+                session.sale_recorded(m.sku, list(m.epc))
+
+    async def RecordSale(self, request: ipb.SaleRequest, context: Any) -> ipb.IntakeReceipt:
+        m = pb.Movement(
+            sku=request.sku,
+            type=pb.SALE,
+            quantity=request.quantity,
+            reservation_id=request.reservation_id,
+            epc=request.epc,
+            location_id=request.location_id or self.agent.settings.location,
+        )
+        if request.HasField("occurred_at"):
+            m.occurred_at.CopyFrom(request.occurred_at)
+        self._sale_seen(m)
+        return await self._receipt(m, context)
+
+    async def RecordReturn(self, request: ipb.ReturnRequest, context: Any) -> ipb.IntakeReceipt:
+        m = pb.Movement(
+            sku=request.sku,
+            type=pb.RETURN,
+            quantity=request.quantity,
+            epc=request.epc,
+            location_id=request.location_id,
+        )
+        if request.HasField("occurred_at"):
+            m.occurred_at.CopyFrom(request.occurred_at)
+        return await self._receipt(m, context)
+
+    async def RecordMovement(
+        self, request: ipb.RecordMovementRequest, context: Any
+    ) -> ipb.IntakeReceipt:
+        m = pb.Movement()
+        m.CopyFrom(request.movement)
+        if m.source_id or m.seq:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "movement.source_id/seq: assigned by the agent, leave them empty",
+            )
+        return await self._receipt(m, context)
+
+    async def StartCount(
+        self, request: ipb.StartCountRequest, context: Any
+    ) -> ipb.StartCountRequest:
+        if not request.count_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "count_id: must not be empty")
+        self.agent.start_count(request)
+        return request
+
+    async def RecordTagReads(self, request_iterator: Any, context: Any) -> ipb.TagReadSummary:
+        summary = ipb.TagReadSummary()
+        async for read in request_iterator:
+            session = self.agent._counts.running.get(read.count_id)
+            summary.reads += 1
+            if session is None:
+                summary.bad_reads += 1
+                continue
+            before_bad, before_unknown = session.bad_reads, session.unknown_reads
+            session.read(
+                read.epc, read.reader_id, read.antenna, read.read_at.ToDatetime(tzinfo=datetime.UTC)
+            )
+            summary.bad_reads += session.bad_reads - before_bad
+            summary.unknown_reads += session.unknown_reads - before_unknown
+        return summary
+
+    async def StopCount(self, request: ipb.StopCountRequest, context: Any) -> ipb.StopCountResponse:
+        if request.count_id not in self.agent._counts.running:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no running count {request.count_id!r}")
+        return ipb.StopCountResponse(counts=await self.agent.stop_count(request.count_id))
+
+
+async def serve(settings: AgentSettings) -> None:
+    """Run one agent until cancelled."""
+    async with StoreAgent(settings) as agent:
+        with contextlib.suppress(asyncio.CancelledError):
+            await agent.run()

@@ -1,0 +1,111 @@
+"""`unistock-edge-agent`: one store's edge agent (local intake, durable outbox, MQTT uplink)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from unistock.edge.agent import AgentSettings, StoreAgent
+
+
+def parse(argv: Sequence[str] | None = None) -> AgentSettings:
+    """Settings from flags, each defaulting to its UNISTOCK_AGENT_* variable."""
+    env = os.environ
+    p = argparse.ArgumentParser(
+        prog="unistock-edge-agent",
+        description="Unistock store edge agent: tills and RFID readers in, MQTT to the server.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--store-id",
+        default=env.get("UNISTOCK_AGENT_STORE_ID"),
+        required="UNISTOCK_AGENT_STORE_ID" not in env,
+        help="this store's id [env UNISTOCK_AGENT_STORE_ID]",
+    )
+    p.add_argument(
+        "--mqtt-url",
+        default=env.get("UNISTOCK_MQTT_URL", "mqtt://127.0.0.1:1883"),
+        help="broker, mqtt[s]://user:pass@host:port [env UNISTOCK_MQTT_URL]",
+    )
+    p.add_argument(
+        "--data-dir",
+        default=env.get("UNISTOCK_AGENT_DATA_DIR", "var/agent"),
+        help="outbox directory [env UNISTOCK_AGENT_DATA_DIR]",
+    )
+    p.add_argument(
+        "--location-id",
+        default=env.get("UNISTOCK_AGENT_LOCATION_ID", ""),
+        help="default location (the store id) [env UNISTOCK_AGENT_LOCATION_ID]",
+    )
+    p.add_argument(
+        "--intake-port",
+        type=int,
+        default=int(env.get("UNISTOCK_AGENT_INTAKE_PORT", "50061")),
+        help="local gRPC intake port for tills/readers [env UNISTOCK_AGENT_INTAKE_PORT]",
+    )
+    p.add_argument(
+        "--intake-host",
+        default=env.get("UNISTOCK_AGENT_INTAKE_HOST", "127.0.0.1"),
+        help="local intake address [env UNISTOCK_AGENT_INTAKE_HOST]",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(env.get("UNISTOCK_AGENT_METRICS_PORT", "9465")),
+        help="/metrics port, 0: off [env UNISTOCK_AGENT_METRICS_PORT]",
+    )
+    p.add_argument(
+        "--catalogue",
+        default=env.get("UNISTOCK_AGENT_CATALOGUE"),
+        help="GTIN->SKU CSV for RFID counts [env UNISTOCK_AGENT_CATALOGUE]",
+    )
+    p.add_argument("--batch-size", type=int, default=100, help="movements per MQTT message")
+    p.add_argument("--window", type=int, default=8, help="unacked batches in flight")
+    p.add_argument("--log-level", default=env.get("UNISTOCK_LOG_LEVEL", "INFO"))
+    a = p.parse_args(argv)
+    logging.basicConfig(
+        level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return AgentSettings(
+        store_id=a.store_id,
+        mqtt_url=a.mqtt_url,
+        data_dir=Path(a.data_dir),
+        location_id=a.location_id,
+        intake_host=a.intake_host,
+        intake_port=a.intake_port,
+        metrics_port=a.metrics_port,
+        catalogue=Path(a.catalogue) if a.catalogue else None,
+        batch_size=a.batch_size,
+        window=a.window,
+    )
+
+
+async def _main(settings: AgentSettings) -> None:
+    async with StoreAgent(settings) as agent:
+        task = asyncio.create_task(agent.run())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        print(
+            f"unistock-edge-agent {settings.store_id}: intake on port {agent.intake_port}",
+            flush=True,
+        )
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point."""
+    asyncio.run(_main(parse(argv)))
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

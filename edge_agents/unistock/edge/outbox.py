@@ -1,0 +1,448 @@
+"""Durable outbox of a store's movements, in SQLite.
+
+A movement recorded at a till is a fact the server must eventually apply exactly once. The
+edge agent therefore writes every movement here *before* anything is sent: once
+:meth:`Outbox.append` returns, the movement has its ``seq`` and survives a ``kill -9`` of the
+agent or a power cut. A movement leaves the outbox only when the server's own ``MovementAck``
+covers its ``seq`` (:meth:`Outbox.ack`) or rejects it (:meth:`Outbox.reject`); an MQTT broker's
+PUBACK never removes anything (see ``/work/shared/spec/contract.md``).
+
+Schema (one file per source):
+
+* ``movement(seq INTEGER PRIMARY KEY, payload BLOB, occurred_at, appended_at, state)``: the
+  unacknowledged movements, ``payload`` being the serialized ``pb.Movement`` (with its
+  ``source_id`` and ``seq`` set).
+* ``meta``: one row with the ``source_id``, the ``next_seq`` to assign and the ``last_acked``
+  seq. ``next_seq`` is what keeps seqs from ever being reused: rows are deleted on ack, so
+  ``max(seq)`` alone would hand out an acknowledged seq again after the outbox drained, and the
+  server would drop the new movement as a duplicate.
+* ``rejected``: movements the server refused, with its reason, kept for the back office.
+
+Every connection runs ``PRAGMA journal_mode=WAL`` (readers never block the writer) and
+``PRAGMA synchronous=FULL`` (in WAL mode ``NORMAL`` may lose the last commits on power loss).
+
+The API is synchronous and each call is one short transaction; async callers wrap the calls in
+:func:`asyncio.to_thread` (every commit is an fsync). The object is thread-safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Engine,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from unistock.v1 import inventory_pb2 as pb
+
+__all__ = ["Outbox", "OutboxError", "RejectedMovement", "reject_reason_name"]
+
+_log = logging.getLogger(__name__)
+
+#: State of every row in ``movement``: acknowledged rows are deleted and rejected ones moved to
+#: ``rejected``, so a row that exists is waiting for the server. The column is kept so that a
+#: later state (e.g. a movement held back until a count closes) needs no schema change.
+STATE_PENDING = "pending"
+
+_metadata = MetaData()
+
+movement_table = Table(
+    "movement",
+    _metadata,
+    # INTEGER PRIMARY KEY is SQLite's rowid: seq-ordered scans and range deletes are B-tree walks.
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("payload", LargeBinary, nullable=False),
+    # Microseconds since the epoch at the source (the till's clock; informational only).
+    Column("occurred_at", BigInteger, nullable=True),
+    # Seconds since the epoch on the agent's clock when the movement entered the outbox: the
+    # outbox's lag is measured with it, since a till's occurred_at may be hours old or skewed.
+    Column("appended_at", Float, nullable=False),
+    Column("state", String(16), nullable=False, default=STATE_PENDING),
+)
+
+meta_table = Table(
+    "meta",
+    _metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("source_id", String, nullable=False),
+    Column("next_seq", Integer, nullable=False),
+    Column("last_acked", Integer, nullable=False),
+)
+
+rejected_table = Table(
+    "rejected",
+    _metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    # NULL when the rejection named a seq that was no longer in the outbox.
+    Column("payload", LargeBinary, nullable=True),
+    Column("reason", Integer, nullable=False),
+    Column("detail", String, nullable=False, default=""),
+    Column("rejected_at", Float, nullable=False),
+)
+
+_META_ID = 1
+
+
+class OutboxError(RuntimeError):
+    """The outbox file cannot be used (e.g. it belongs to another source)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedMovement:
+    """A movement the server refused, as kept for the store's back office."""
+
+    seq: int
+    movement: pb.Movement | None
+    reason: int
+    """A ``pb.RejectReason`` value."""
+    detail: str
+    rejected_at: float
+    """Seconds since the epoch (agent clock) when the rejection was recorded."""
+
+    @property
+    def reason_name(self) -> str:
+        """The ``pb.RejectReason`` name, or the number if this build does not know it."""
+        return reject_reason_name(self.reason)
+
+
+def reject_reason_name(reason: int) -> str:
+    """Return the ``pb.RejectReason`` name of ``reason``, or its number if unknown.
+
+    A newer server may send a reason this build does not know (proto3 enums are open); that
+    must not break ack handling.
+    """
+    try:
+        return pb.RejectReason.Name(reason)  # type: ignore[arg-type]
+    except ValueError:
+        return str(reason)
+
+
+def _on_connect(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+    # Take transaction control away from the sqlite3 module (which would otherwise BEGIN lazily
+    # and only before DML) so that the "begin" listener decides how each transaction starts.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        # The sender's thread and the ack handler's thread may write at the same moment.
+        cursor.execute("PRAGMA busy_timeout=10000")
+    finally:
+        cursor.close()
+
+
+def _on_begin(conn: Connection) -> None:
+    # Writers take the write lock up front (IMMEDIATE): a deferred transaction that reads
+    # next_seq and then upgrades to a writer could fail with SQLITE_BUSY half way through.
+    mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+    conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _to_micros(movement: pb.Movement) -> int | None:
+    if not movement.HasField("occurred_at"):
+        return None
+    ts = movement.occurred_at
+    return int(ts.seconds) * 1_000_000 + int(ts.nanos) // 1_000
+
+
+class Outbox:
+    """The durable, seq-assigning outbox of one source (one store edge agent).
+
+    Args:
+        path: the SQLite file (created with its tables if missing).
+        source_id: the ``source_id`` stamped on every movement; an existing file created for
+            another source is refused, since mixing two sources' seqs in one file would lose
+            movements.
+    """
+
+    def __init__(self, path: Path | str, source_id: str) -> None:
+        if not source_id:
+            raise ValueError("source_id must not be empty")
+        self.path = Path(path)
+        self.source_id = source_id
+        self._engine: Engine = create_engine(
+            f"sqlite:///{self.path}",
+            # Calls arrive from asyncio.to_thread workers; the lock below serialises writers.
+            connect_args={"check_same_thread": False},
+        )
+        event.listen(self._engine, "connect", _on_connect)
+        event.listen(self._engine, "begin", _on_begin)
+        self._write_lock = threading.Lock()
+        _metadata.create_all(self._engine)
+        self._next_seq, self._last_acked = self._load_meta()
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def _writer(self) -> Connection:
+        return self._engine.connect().execution_options(sqlite_begin="IMMEDIATE")
+
+    def _load_meta(self) -> tuple[int, int]:
+        with self._write_lock, self._writer() as conn, conn.begin():
+            row = conn.execute(
+                select(meta_table.c.source_id, meta_table.c.next_seq, meta_table.c.last_acked)
+            ).one_or_none()
+            if row is None:
+                conn.execute(
+                    insert(meta_table).values(
+                        id=_META_ID, source_id=self.source_id, next_seq=1, last_acked=0
+                    )
+                )
+                return 1, 0
+            if row.source_id != self.source_id:
+                raise OutboxError(
+                    f"{self.path} is the outbox of source {row.source_id!r}, not {self.source_id!r}"
+                )
+            # next_seq is authoritative, but never trust it to be below a seq that exists: a
+            # reused seq would be dropped by the server as a duplicate.
+            highest = max(
+                conn.execute(select(func.max(movement_table.c.seq))).scalar_one() or 0,
+                conn.execute(select(func.max(rejected_table.c.seq))).scalar_one() or 0,
+                int(row.last_acked),
+            )
+            next_seq = max(int(row.next_seq), highest + 1)
+            if next_seq != row.next_seq:
+                conn.execute(update(meta_table).values(next_seq=next_seq))
+            return next_seq, int(row.last_acked)
+
+    def close(self) -> None:
+        """Release the database connections (the data is already durable)."""
+        self._engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ---- writes ----------------------------------------------------------------------------
+
+    def append(self, movements: Sequence[pb.Movement]) -> list[int]:
+        """Assign the next seqs to ``movements`` and store them durably, in one transaction.
+
+        Each movement is updated in place (``source_id`` and ``seq`` set) so that the caller
+        sees its seq. When this returns the movements are on disk (fsynced): a sale recorded
+        at a till is safe from then on.
+
+        Returns:
+            The seqs assigned, in the order of ``movements`` (strictly increasing).
+        """
+        if not movements:
+            return []
+        now = time.time()
+        with self._write_lock, self._writer() as conn, conn.begin():
+            first = self._next_seq
+            rows: list[dict[str, Any]] = []
+            for offset, movement in enumerate(movements):
+                movement.source_id = self.source_id
+                movement.seq = first + offset
+                rows.append(
+                    {
+                        "seq": first + offset,
+                        "payload": movement.SerializeToString(),
+                        "occurred_at": _to_micros(movement),
+                        "appended_at": now,
+                        "state": STATE_PENDING,
+                    }
+                )
+            next_seq = first + len(rows)
+            conn.execute(insert(movement_table), rows)
+            conn.execute(update(meta_table).values(next_seq=next_seq))
+        # Only after the commit: a failed transaction must not burn (or worse, skip) seqs in
+        # memory that the file does not know about.
+        self._next_seq = next_seq
+        return list(range(first, next_seq))
+
+    def ack(self, seq: int) -> int:
+        """Remove every movement with ``seq`` at or below ``seq``: the server holds them durably.
+
+        Returns:
+            The number of movements removed.
+        """
+        return self.settle(seq, ())
+
+    def reject(self, seq: int, reason: int, detail: str = "") -> bool:
+        """Move the movement ``seq`` to the ``rejected`` table: the server refused it for good.
+
+        Args:
+            seq: the rejected movement.
+            reason: a ``pb.RejectReason`` value.
+            detail: the server's human-readable detail.
+
+        Returns:
+            Whether a pending movement was moved (``False`` for a repeated rejection).
+        """
+        return self.settle(None, [(seq, reason, detail)]) > 0
+
+    def settle(self, acked_seq: int | None, rejections: Iterable[tuple[int, int, str]]) -> int:
+        """Apply one server ack: record its rejections, then remove everything it covers.
+
+        Both happen in one transaction, rejections first: a ``MovementAck``'s seq also covers
+        the movements it rejects, so deleting first would lose the rejected payloads that the
+        back office needs.
+
+        Args:
+            acked_seq: the highest seq the server holds durably, or ``None``.
+            rejections: ``(seq, reason, detail)`` of each rejected movement.
+
+        Returns:
+            The number of movements that left the outbox (acknowledged or rejected).
+        """
+        rejections = [r for r in rejections if r[0] > 0]
+        if (acked_seq is None or acked_seq <= self._last_acked) and not rejections:
+            # A redelivered or stale ack: skip the write (and its fsync).
+            return 0
+        now = time.time()
+        removed = 0
+        with self._write_lock, self._writer() as conn, conn.begin():
+            for seq, reason, detail in rejections:
+                payload = conn.execute(
+                    select(movement_table.c.payload).where(movement_table.c.seq == seq)
+                ).scalar_one_or_none()
+                already = conn.execute(
+                    select(rejected_table.c.seq).where(rejected_table.c.seq == seq)
+                ).scalar_one_or_none()
+                if payload is None and (already is not None or seq <= self._last_acked):
+                    continue  # repeated rejection, or of a movement already acknowledged
+                if already is None:
+                    conn.execute(
+                        insert(rejected_table).values(
+                            seq=seq,
+                            payload=payload,
+                            reason=int(reason),
+                            detail=detail,
+                            rejected_at=now,
+                        )
+                    )
+                removed += conn.execute(
+                    delete(movement_table).where(movement_table.c.seq == seq)
+                ).rowcount
+            last_acked = self._last_acked
+            next_seq = self._next_seq
+            if acked_seq is not None and acked_seq > last_acked:
+                removed += conn.execute(
+                    delete(movement_table).where(movement_table.c.seq <= acked_seq)
+                ).rowcount
+                last_acked = acked_seq
+                if acked_seq >= next_seq:
+                    # The server knows seqs this outbox never assigned: the file was lost or
+                    # restored from an old copy. New movements must continue above them, or the
+                    # server would drop them as duplicates.
+                    _log.warning(
+                        "server acked seq %d of %s but the outbox only assigned up to %d; "
+                        "continuing at %d",
+                        acked_seq,
+                        self.source_id,
+                        next_seq - 1,
+                        acked_seq + 1,
+                    )
+                    next_seq = acked_seq + 1
+                conn.execute(update(meta_table).values(last_acked=last_acked, next_seq=next_seq))
+        self._last_acked = last_acked
+        self._next_seq = next_seq
+        return removed
+
+    # ---- reads -----------------------------------------------------------------------------
+
+    def pending(self, after_seq: int = 0, *, limit: int = 1000) -> list[pb.Movement]:
+        """Return up to ``limit`` unacknowledged movements with ``seq > after_seq``, in seq order."""
+        with self._engine.connect() as conn:
+            payloads = conn.execute(
+                select(movement_table.c.payload)
+                .where(movement_table.c.seq > after_seq)
+                .order_by(movement_table.c.seq)
+                .limit(limit)
+            ).scalars()
+            return [pb.Movement.FromString(p) for p in payloads]
+
+    def settled_through(self) -> int:
+        """Return the highest seq below which nothing is pending (acknowledged or rejected).
+
+        Unlike :attr:`last_acked` this also moves past rejected movements.
+        """
+        with self._engine.connect() as conn:
+            lowest = conn.execute(select(func.min(movement_table.c.seq))).scalar_one()
+        return (self._next_seq if lowest is None else int(lowest)) - 1
+
+    def depth(self) -> int:
+        """Return the number of movements waiting for the server's ack."""
+        with self._engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(movement_table)).scalar_one())
+
+    def oldest_unacked_age(self, now: float | None = None) -> float | None:
+        """Return how long (s) the oldest pending movement has waited, ``None`` if none waits.
+
+        Args:
+            now: seconds since the epoch (default: ``time.time()``).
+        """
+        with self._engine.connect() as conn:
+            appended = conn.execute(
+                select(movement_table.c.appended_at).order_by(movement_table.c.seq).limit(1)
+            ).scalar_one_or_none()
+        if appended is None:
+            return None
+        return max(0.0, (time.time() if now is None else now) - float(appended))
+
+    def is_rejected(self, seq: int) -> bool:
+        """Return whether ``seq`` is recorded as rejected by the server."""
+        with self._engine.connect() as conn:
+            return (
+                conn.execute(
+                    select(rejected_table.c.seq).where(rejected_table.c.seq == seq)
+                ).scalar_one_or_none()
+                is not None
+            )
+
+    def rejected(self) -> list[RejectedMovement]:
+        """Return the movements the server rejected, in seq order (for the back office)."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(select(rejected_table).order_by(rejected_table.c.seq)).all()
+        return [
+            RejectedMovement(
+                seq=int(row.seq),
+                movement=None if row.payload is None else pb.Movement.FromString(row.payload),
+                reason=int(row.reason),
+                detail=str(row.detail),
+                rejected_at=float(row.rejected_at),
+            )
+            for row in rows
+        ]
+
+    @property
+    def last_acked(self) -> int:
+        """The highest seq the server has acknowledged as durable (0 before the first ack)."""
+        return self._last_acked
+
+    @property
+    def next_seq(self) -> int:
+        """The seq the next appended movement will get."""
+        return self._next_seq

@@ -1,0 +1,302 @@
+"""Sends a store's outbox to the server over MQTT, with a bounded window of unacked batches.
+
+The sender publishes the outbox's pending movements as ``MovementBatch`` messages on
+``unistock/v1/stores/{store_id}/movements`` (QoS 1, seq order) and keeps at most ``window``
+batches that the *server* has not acknowledged yet. The server's ``MovementAck`` arrives on
+``unistock/v1/stores/{store_id}/acks``; the agent's message dispatcher hands it to
+:meth:`Sender.handle_ack`, which settles the outbox and wakes the loop. A broker PUBACK is never
+taken as delivery: Mosquitto acknowledges QoS 1 from memory and loses it on a crash.
+
+Recovery is by resending from the outbox, never from memory: every :meth:`Sender.run` (one per
+MQTT connection) starts from the lowest unsettled seq, and when no ack progress is seen for
+``ack_timeout`` seconds with batches in flight, the window is thrown away and sent again from
+there. The server deduplicates on ``(source_id, seq)``, so a resend costs bandwidth only.
+
+The MQTT client is created, connected and reconnected by the agent; a typical session::
+
+    async with client:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(sender.run())  # subscribes to the acks topic, then sends
+            async for message in client.messages:
+                if message.topic.matches(sender.acks_topic):
+                    await sender.handle_ack(message.payload)
+
+When the connection drops, ``client.publish`` (in ``run``) or the message iterator raises
+:class:`aiomqtt.MqttError`; the task group ends, and the agent reconnects and runs both again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from dataclasses import dataclass, field
+
+import aiomqtt
+from google.protobuf.message import DecodeError
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from unistock.edge.outbox import Outbox, reject_reason_name
+from unistock.v1 import inventory_pb2 as pb
+
+__all__ = [
+    "CONTENT_TYPE",
+    "Sender",
+    "SenderStats",
+    "acks_topic",
+    "movements_topic",
+    "status_topic",
+]
+
+_log = logging.getLogger(__name__)
+
+#: MQTT 5 content type of a binary protobuf payload (the server also accepts the JSON mapping).
+CONTENT_TYPE = "application/x-protobuf"
+
+
+def movements_topic(store_id: str) -> str:
+    """Topic on which a store's agent publishes its ``MovementBatch`` messages."""
+    return f"unistock/v1/stores/{store_id}/movements"
+
+
+def acks_topic(store_id: str) -> str:
+    """Topic on which the server publishes its ``MovementAck`` messages for a store."""
+    return f"unistock/v1/stores/{store_id}/acks"
+
+
+def status_topic(store_id: str) -> str:
+    """Retained topic of a store agent's status (and its last will)."""
+    return f"unistock/v1/stores/{store_id}/status"
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """A published batch waiting for the server's ack."""
+
+    first_seq: int
+    last_seq: int
+
+
+@dataclass(slots=True)
+class SenderStats:
+    """Counters for the agent's metrics (monotonic over the sender's life)."""
+
+    batches_published: int = 0
+    movements_published: int = 0
+    acks_received: int = 0
+    movements_settled: int = 0
+    rejections: int = 0
+    resends: int = 0
+    """Windows thrown away and sent again after ``ack_timeout`` without progress."""
+    invalid_acks: int = 0
+    max_in_flight: int = 0
+    """Highest number of unacked batches seen at once; never above ``window``."""
+    reject_reasons: collections.Counter[str] = field(default_factory=collections.Counter)
+
+
+class Sender:
+    """Publishes one outbox over an MQTT connection owned by the agent.
+
+    Args:
+        outbox: the store agent's durable outbox.
+        client: an ``aiomqtt.Client`` speaking MQTT 5; the agent connects and reconnects it.
+        store_id: the store whose topics are used.
+        batch_size: maximum movements per ``MovementBatch`` message.
+        window: maximum batches published and not yet acknowledged by the server.
+        ack_timeout: seconds without any ack progress, while batches are in flight, after
+            which the window is resent from the lowest unsettled seq.
+        publish_timeout: seconds to wait for the broker's PUBACK of one publish (``None``:
+            the client's own timeout); a timeout raises ``aiomqtt.MqttError`` out of
+            :meth:`run`, the agent's cue to reconnect.
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        client: aiomqtt.Client,
+        store_id: str,
+        *,
+        batch_size: int = 100,
+        window: int = 8,
+        ack_timeout: float = 10.0,
+        publish_timeout: float | None = None,
+    ) -> None:
+        if batch_size < 1 or window < 1:
+            raise ValueError("batch_size and window must be at least 1")
+        if not ack_timeout > 0:
+            raise ValueError("ack_timeout must be positive")
+        self.outbox = outbox
+        self.client = client
+        self.store_id = store_id
+        self.batch_size = batch_size
+        self.window = window
+        self.ack_timeout = ack_timeout
+        self.publish_timeout = publish_timeout
+        self.movements_topic = movements_topic(store_id)
+        self.acks_topic = acks_topic(store_id)
+        self.stats = SenderStats()
+        self._in_flight: collections.deque[_Batch] = collections.deque()
+        # Set by every ack, rejection and append; the loop sleeps on it instead of polling.
+        self._wake = asyncio.Event()
+        self._properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        self._properties.ContentType = CONTENT_TYPE
+
+    # ---- what the agent calls --------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        """Number of published batches the server has not acknowledged yet."""
+        return len(self._in_flight)
+
+    def notify(self) -> None:
+        """Tell the loop that the outbox changed (new movements appended)."""
+        self._wake.set()
+
+    async def submit(self, movements: list[pb.Movement]) -> list[int]:
+        """Append ``movements`` durably to the outbox and wake the loop.
+
+        Returns:
+            The seqs assigned; the movements are safe on disk when this returns.
+        """
+        seqs = await asyncio.to_thread(self.outbox.append, movements)
+        self.notify()
+        return seqs
+
+    async def handle_ack(self, payload: bytes | bytearray) -> pb.MovementAck | None:
+        """Settle the outbox from a server ``MovementAck`` and wake the loop.
+
+        Rejections are recorded in the outbox's ``rejected`` table (they are final: never
+        resent); every movement at or below the acked seq leaves the outbox. Entries for other
+        sources are ignored. An unparseable payload is logged and counted, never raised: one
+        bad message must not stop the agent's dispatcher.
+
+        Returns:
+            The parsed ack, or ``None`` if the payload was not a ``MovementAck``.
+        """
+        try:
+            ack = pb.MovementAck.FromString(bytes(payload))
+        except DecodeError:
+            self.stats.invalid_acks += 1
+            _log.warning("ignoring an unparseable MovementAck (%d bytes)", len(payload))
+            return None
+        source_id = self.outbox.source_id
+        acked: int | None = None
+        for source in ack.sources:
+            if source.source_id == source_id:
+                acked = source.seq if acked is None else max(acked, source.seq)
+        rejections: list[tuple[int, int, str]] = []
+        for rejection in ack.rejections:
+            if rejection.source_id == source_id and rejection.seq > 0:
+                rejections.append((rejection.seq, rejection.reason, rejection.detail))
+            elif not rejection.source_id or rejection.seq == 0:
+                # A whole payload the server could not read: nothing in the outbox can be
+                # settled by it; what it contained is resent after the ack timeout.
+                _log.warning(
+                    "server rejected a payload it could not attribute: %s %s",
+                    reject_reason_name(rejection.reason),
+                    rejection.detail,
+                )
+        self.stats.acks_received += 1
+        if acked is None and not rejections:
+            return ack
+        removed = await asyncio.to_thread(self.outbox.settle, acked, rejections)
+        self.stats.movements_settled += removed
+        self.stats.rejections += len(rejections)
+        for _, reason, detail in rejections:
+            self.stats.reject_reasons[reject_reason_name(reason)] += 1
+            _log.warning(
+                "movement rejected by the server: %s %s", reject_reason_name(reason), detail
+            )
+        self._wake.set()
+        return ack
+
+    async def run(self) -> None:
+        """Subscribe to the acks topic and send the outbox for as long as the connection lasts.
+
+        Runs until cancelled, or until the client raises ``aiomqtt.MqttError`` (connection
+        lost, PUBACK timeout), which propagates so that the agent reconnects. Each call starts
+        afresh from the lowest unsettled seq: whatever was in flight on an earlier connection
+        is sent again.
+        """
+        # Subscribe before the first publish, so that no ack for this session is missed.
+        await self.client.subscribe(self.acks_topic, qos=1)
+        self._in_flight.clear()
+        self._wake.set()
+        loop = asyncio.get_running_loop()
+        cursor = 0  # highest seq published on this connection (or settled)
+        last_progress = loop.time()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while True:
+                # Re-read before every publish: acks settle the outbox while we wait for a
+                # PUBACK, and a stale count would shrink the window for no reason.
+                settled = await asyncio.to_thread(self.outbox.settled_through)
+                while self._in_flight and self._in_flight[0].last_seq <= settled:
+                    self._in_flight.popleft()
+                    last_progress = loop.time()
+                if not self._in_flight:
+                    # Nothing outstanding: the timeout clock only runs while acks are owed.
+                    last_progress = loop.time()
+                cursor = max(cursor, settled)
+                if len(self._in_flight) >= self.window:
+                    break
+                movements = await asyncio.to_thread(
+                    self.outbox.pending, cursor, limit=self.batch_size
+                )
+                if not movements:
+                    break
+                await self._publish(movements)
+                cursor = movements[-1].seq
+            if self._in_flight:
+                await self._wait_for_progress(last_progress + self.ack_timeout)
+                if not self._wake.is_set():
+                    # ack_timeout elapsed with no progress: the batches, or their acks, were
+                    # lost (broker crash, server restart, a publish the broker refused). Resend
+                    # from the lowest unsettled seq.
+                    self.stats.resends += 1
+                    _log.info(
+                        "no ack for %.1f s with %d batches in flight; resending from seq %d",
+                        self.ack_timeout,
+                        len(self._in_flight),
+                        settled + 1,
+                    )
+                    self._in_flight.clear()
+                    cursor = 0
+                    last_progress = loop.time()
+                    self._wake.set()
+
+    # ---- internals -------------------------------------------------------------------------
+
+    async def _wait_for_progress(self, deadline: float) -> None:
+        """Wait for the wake event until the loop time ``deadline`` (leaving it set if it fires)."""
+        if deadline <= asyncio.get_running_loop().time():
+            return
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+
+    async def _publish(self, movements: list[pb.Movement]) -> None:
+        batch = _Batch(first_seq=movements[0].seq, last_seq=movements[-1].seq)
+        message = pb.MovementBatch(
+            source_id=self.outbox.source_id,
+            movements=movements,
+            batch_id=f"{batch.first_seq}-{batch.last_seq}",
+        )
+        # Counted as in flight before the await: the server's ack can overtake our PUBACK.
+        self._in_flight.append(batch)
+        self.stats.max_in_flight = max(self.stats.max_in_flight, len(self._in_flight))
+        # aiomqtt's publish returns once the broker's PUBACK arrives (QoS 1). That only paces the
+        # sender to the broker; delivery is decided by the server's MovementAck.
+        await self.client.publish(
+            self.movements_topic,
+            message.SerializeToString(),
+            qos=1,
+            properties=self._properties,
+            timeout=self.publish_timeout,
+        )
+        self.stats.batches_published += 1
+        self.stats.movements_published += len(movements)

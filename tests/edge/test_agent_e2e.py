@@ -1,0 +1,161 @@
+"""The edge agent end to end: tills -> agent intake -> outbox -> MQTT -> server -> Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc import aio
+
+from tests.fixtures.server import MakeServer
+from unistock.devtools.services import MosquittoBroker
+from unistock.edge.agent import AgentSettings, StoreAgent
+from unistock.intake.v1 import intake_pb2 as ipb
+from unistock.intake.v1 import intake_pb2_grpc as ipb_grpc
+from unistock.server.app.server import UnistockServer
+from unistock.v1 import inventory_pb2 as pb
+
+
+@pytest.fixture
+async def server(
+    make_server: MakeServer, clean_redis_url: str, mosquitto_broker: MosquittoBroker
+) -> UnistockServer:
+    srv = await make_server(clean_redis_url, mqtt_url=mosquitto_broker.url)
+    assert srv.ingestor is not None
+    async with asyncio.timeout(20):
+        await srv.ingestor.connected.wait()
+    return srv
+
+
+async def start_agent(
+    tmp_path: Path, broker: MosquittoBroker, store: str = "s1"
+) -> tuple[StoreAgent, asyncio.Task[None]]:
+    settings = AgentSettings(
+        store_id=store,
+        mqtt_url=broker.url,
+        data_dir=tmp_path / f"agent-{store}",
+        intake_port=0,
+        metrics_port=0,
+        ack_timeout=2.0,
+        status_interval=0.5,
+    )
+    agent = await StoreAgent(settings).__aenter__()
+    return agent, asyncio.create_task(agent.run())
+
+
+@pytest.fixture
+async def agent(
+    tmp_path: Path, mosquitto_broker: MosquittoBroker, server: UnistockServer
+) -> AsyncIterator[StoreAgent]:
+    a, task = await start_agent(tmp_path, mosquitto_broker)
+    yield a
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await a.__aexit__(None, None, None)
+
+
+@pytest.fixture
+async def till(agent: StoreAgent) -> AsyncIterator[ipb_grpc.StoreIntakeStub]:
+    async with aio.insecure_channel(f"127.0.0.1:{agent.intake_port}") as ch:
+        yield ipb_grpc.StoreIntakeStub(ch)
+
+
+async def drained(agent: StoreAgent, limit: float = 60) -> None:
+    """Until the server acknowledged everything in the outbox."""
+    async with asyncio.timeout(limit):
+        await agent.wait_drained()
+
+
+async def on_hand(srv: UnistockServer, sku: str, loc: str = "s1") -> int:
+    [p] = await srv.inventory.levels([(sku, loc)])
+    return p.on_hand
+
+
+async def test_sales_and_returns_reach_the_server_once(
+    server: UnistockServer, agent: StoreAgent, till: ipb_grpc.StoreIntakeStub
+) -> None:
+    await till.RecordMovement(
+        ipb.RecordMovementRequest(movement=pb.Movement(sku="SHOE", type=pb.RECEIPT, quantity=10))
+    )
+    for _ in range(3):
+        r = await till.RecordSale(ipb.SaleRequest(till_id="t1", sku="SHOE", quantity=1))
+    assert r.seq == 4
+    await till.RecordReturn(ipb.ReturnRequest(till_id="t1", sku="SHOE", quantity=1))
+    await drained(agent)
+    assert await on_hand(server, "SHOE") == 8
+    assert agent.outbox.last_acked == 5
+
+
+async def test_bad_intake_is_refused_naming_the_field(till: ipb_grpc.StoreIntakeStub) -> None:
+    with pytest.raises(aio.AioRpcError) as err:
+        await till.RecordSale(ipb.SaleRequest(till_id="t1", sku="", quantity=1))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "sku" in (err.value.details() or "")
+
+
+@pytest.mark.slow
+async def test_offline_for_a_while_then_everything_lands_once_in_order(
+    server: UnistockServer, tmp_path: Path, mosquitto_broker: MosquittoBroker
+) -> None:
+    mosquitto_broker.stop()  # the store loses its uplink
+    agent, task = await start_agent(tmp_path, mosquitto_broker)
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{agent.intake_port}") as ch:
+            stub = ipb_grpc.StoreIntakeStub(ch)
+            await stub.RecordMovement(
+                ipb.RecordMovementRequest(
+                    movement=pb.Movement(sku="BAG", type=pb.RECEIPT, quantity=100_000)
+                )
+            )
+            await stub.RecordSale(ipb.SaleRequest(till_id="t1", sku="BAG", quantity=1))
+        # Hours of trading at many tills: 50k sales, recorded as the intake does (in chunks,
+        # to keep the test fast: each append is one fsync'd SQLite transaction).
+        n = 50_000
+        for start in range(1, n, 1000):
+            await agent.record(
+                [
+                    pb.Movement(sku="BAG", type=pb.SALE, quantity=1)
+                    for _ in range(min(1000, n - start))
+                ]
+            )
+        assert agent.outbox.depth() == n + 1
+        mosquitto_broker.start()
+        await drained(agent)
+        assert await on_hand(server, "BAG") == 100_000 - n
+        [p] = await server.inventory.levels([("BAG", "s1")])
+        assert p.version == n + 1  # every movement applied exactly once
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await agent.__aexit__(None, None, None)
+
+
+@pytest.mark.slow
+async def test_mosquitto_killed_with_movements_in_flight_loses_nothing(
+    server: UnistockServer, tmp_path: Path, mosquitto_broker: MosquittoBroker
+) -> None:
+    agent, task = await start_agent(tmp_path, mosquitto_broker)
+    try:
+        n = 1_000
+        async with aio.insecure_channel(f"127.0.0.1:{agent.intake_port}") as ch:
+            stub = ipb_grpc.StoreIntakeStub(ch)
+            for i in range(n):
+                await stub.RecordMovement(
+                    ipb.RecordMovementRequest(
+                        movement=pb.Movement(sku="HAT", type=pb.RECEIPT, quantity=1)
+                    )
+                )
+                if i == n // 2:
+                    mosquitto_broker.kill()
+                    mosquitto_broker.restart()
+        await drained(agent)
+        assert await on_hand(server, "HAT") == n
+        [p] = await server.inventory.levels([("HAT", "s1")])
+        assert p.version == n
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await agent.__aexit__(None, None, None)
