@@ -30,6 +30,8 @@ from typing import Any, TypeVar
 import psutil  # type: ignore[import-untyped,unused-ignore]
 
 SCENARIO_MODULES = (
+    "bench.scenarios.b1",
+    "bench.scenarios.b2",
     "bench.scenarios.b3",
     "bench.scenarios.b4",
     "bench.scenarios.b5",
