@@ -76,12 +76,11 @@ def mqtt_client(broker: MosquittoBroker, identifier: str, **kwargs: object) -> a
 
 
 def reraise_if_cancelling() -> None:
-    """Re-raise a cancellation that aiomqtt turned into an ``MqttError``.
+    """Re-raise a cancellation that an aiomqtt call swallowed or turned into ``MqttError``.
 
-    Cancelled inside ``async with client``, aiomqtt's ``__aexit__`` waits (up to the client's
-    ``timeout``) for the DISCONNECT to complete and may raise ``MqttError("Operation timed
-    out")`` instead of the ``CancelledError``: a reconnect loop that swallows ``MqttError``
-    would then never stop.
+    aiomqtt awaits through ``asyncio.wait_for``, which on Python 3.11 drops a cancellation
+    that coincides with the call completing (CPython gh-86296), and its ``__aexit__`` may raise
+    ``MqttError`` while a cancellation is pending: a loop that carries on would never stop.
     """
     task = asyncio.current_task()
     if task is not None and task.cancelling():
@@ -138,7 +137,9 @@ class AckingTestPeer:
                     await client.subscribe(MOVEMENTS_WILDCARD, qos=1)
                     self.connected.set()
                     async for message in client.messages:
+                        reraise_if_cancelling()
                         await self._on_batch(client, message)
+                        reraise_if_cancelling()
             except aiomqtt.MqttError:
                 reraise_if_cancelling()
             finally:
@@ -208,6 +209,7 @@ async def run_agent(sender: Sender, server_ready: asyncio.Event | None = None) -
                     await server_ready.wait()
                 tg.create_task(sender.run())
                 async for message in sender.client.messages:
+                    reraise_if_cancelling()
                     if message.topic.matches(sender.acks_topic):
                         await sender.handle_ack(as_bytes(message.payload))
         except* aiomqtt.MqttError:

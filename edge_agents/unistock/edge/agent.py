@@ -269,6 +269,11 @@ class StoreAgent:
                 self.sender = None
                 self.connected.clear()
                 self.metrics.connected.set(0)
+            # aiomqtt (asyncio.wait_for on 3.11) can turn our cancellation into an MqttError:
+            # a cancelled task must stop, not reconnect.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, 10.0)
 

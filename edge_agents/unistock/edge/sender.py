@@ -23,6 +23,9 @@ The MQTT client is created, connected and reconnected by the agent; a typical se
 
 When the connection drops, ``client.publish`` (in ``run``) or the message iterator raises
 :class:`aiomqtt.MqttError`; the task group ends, and the agent reconnects and runs both again.
+Create the client with ``protocol=ProtocolVersion.V5`` and
+``socket_options=[(IPPROTO_TCP, TCP_NODELAY, 1)]``: neither aiomqtt nor paho disables Nagle,
+and each small QoS 1 round trip then stalls for ~40 ms.
 """
 
 from __future__ import annotations
@@ -68,6 +71,19 @@ def acks_topic(store_id: str) -> str:
 def status_topic(store_id: str) -> str:
     """Retained topic of a store agent's status (and its last will)."""
     return f"unistock/v1/stores/{store_id}/status"
+
+
+def _reraise_swallowed_cancel() -> None:
+    """Raise ``CancelledError`` if this task was cancelled during an aiomqtt call that returned.
+
+    aiomqtt awaits every publish/subscribe through ``asyncio.wait_for``, which on Python 3.11
+    returns the result and drops the cancellation when both happen in the same loop pass
+    (CPython gh-86296, fixed in 3.12). The agent's TaskGroup would then wait for ever for this
+    task to stop after the dispatcher failed.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +237,7 @@ class Sender:
         """
         # Subscribe before the first publish, so that no ack for this session is missed.
         await self.client.subscribe(self.acks_topic, qos=1)
+        _reraise_swallowed_cancel()
         self._in_flight.clear()
         self._wake.set()
         loop = asyncio.get_running_loop()
@@ -298,5 +315,6 @@ class Sender:
             properties=self._properties,
             timeout=self.publish_timeout,
         )
+        _reraise_swallowed_cancel()
         self.stats.batches_published += 1
         self.stats.movements_published += len(movements)
