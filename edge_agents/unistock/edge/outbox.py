@@ -259,27 +259,29 @@ class Outbox:
         if not movements:
             return []
         now = time.time()
-        with self._write_lock, self._writer() as conn, conn.begin():
-            first = self._next_seq
-            rows: list[dict[str, Any]] = []
-            for offset, movement in enumerate(movements):
-                movement.source_id = self.source_id
-                movement.seq = first + offset
-                rows.append(
-                    {
-                        "seq": first + offset,
-                        "payload": movement.SerializeToString(),
-                        "occurred_at": _to_micros(movement),
-                        "appended_at": now,
-                        "state": STATE_PENDING,
-                    }
-                )
-            next_seq = first + len(rows)
-            conn.execute(insert(movement_table), rows)
-            conn.execute(update(meta_table).values(next_seq=next_seq))
-        # Only after the commit: a failed transaction must not burn (or worse, skip) seqs in
-        # memory that the file does not know about.
-        self._next_seq = next_seq
+        with self._write_lock:
+            with self._writer() as conn, conn.begin():
+                first = self._next_seq
+                rows: list[dict[str, Any]] = []
+                for offset, movement in enumerate(movements):
+                    movement.source_id = self.source_id
+                    movement.seq = first + offset
+                    rows.append(
+                        {
+                            "seq": first + offset,
+                            "payload": movement.SerializeToString(),
+                            "occurred_at": _to_micros(movement),
+                            "appended_at": now,
+                            "state": STATE_PENDING,
+                        }
+                    )
+                next_seq = first + len(rows)
+                conn.execute(insert(movement_table), rows)
+                conn.execute(update(meta_table).values(next_seq=next_seq))
+            # Only after the commit: a failed transaction must not burn (or worse, skip) seqs in
+            # memory that the file does not know about. Still under the lock: settled_through()
+            # must never see the new row without the new next_seq.
+            self._next_seq = next_seq
         return list(range(first, next_seq))
 
     def ack(self, seq: int) -> int:
@@ -323,52 +325,55 @@ class Outbox:
             return 0
         now = time.time()
         removed = 0
-        with self._write_lock, self._writer() as conn, conn.begin():
-            for seq, reason, detail in rejections:
-                payload = conn.execute(
-                    select(movement_table.c.payload).where(movement_table.c.seq == seq)
-                ).scalar_one_or_none()
-                already = conn.execute(
-                    select(rejected_table.c.seq).where(rejected_table.c.seq == seq)
-                ).scalar_one_or_none()
-                if payload is None and (already is not None or seq <= self._last_acked):
-                    continue  # repeated rejection, or of a movement already acknowledged
-                if already is None:
-                    conn.execute(
-                        insert(rejected_table).values(
-                            seq=seq,
-                            payload=payload,
-                            reason=int(reason),
-                            detail=detail,
-                            rejected_at=now,
+        with self._write_lock:
+            with self._writer() as conn, conn.begin():
+                for seq, reason, detail in rejections:
+                    payload = conn.execute(
+                        select(movement_table.c.payload).where(movement_table.c.seq == seq)
+                    ).scalar_one_or_none()
+                    already = conn.execute(
+                        select(rejected_table.c.seq).where(rejected_table.c.seq == seq)
+                    ).scalar_one_or_none()
+                    if payload is None and (already is not None or seq <= self._last_acked):
+                        continue  # repeated rejection, or of a movement already acknowledged
+                    if already is None:
+                        conn.execute(
+                            insert(rejected_table).values(
+                                seq=seq,
+                                payload=payload,
+                                reason=int(reason),
+                                detail=detail,
+                                rejected_at=now,
+                            )
                         )
+                    removed += conn.execute(
+                        delete(movement_table).where(movement_table.c.seq == seq)
+                    ).rowcount
+                last_acked = self._last_acked
+                next_seq = self._next_seq
+                if acked_seq is not None and acked_seq > last_acked:
+                    removed += conn.execute(
+                        delete(movement_table).where(movement_table.c.seq <= acked_seq)
+                    ).rowcount
+                    last_acked = acked_seq
+                    if acked_seq >= next_seq:
+                        # The server knows seqs this outbox never assigned: the file was lost or
+                        # restored from an old copy. New movements must continue above them, or the
+                        # server would drop them as duplicates.
+                        _log.warning(
+                            "server acked seq %d of %s but the outbox only assigned up to %d; "
+                            "continuing at %d",
+                            acked_seq,
+                            self.source_id,
+                            next_seq - 1,
+                            acked_seq + 1,
+                        )
+                        next_seq = acked_seq + 1
+                    conn.execute(
+                        update(meta_table).values(last_acked=last_acked, next_seq=next_seq)
                     )
-                removed += conn.execute(
-                    delete(movement_table).where(movement_table.c.seq == seq)
-                ).rowcount
-            last_acked = self._last_acked
-            next_seq = self._next_seq
-            if acked_seq is not None and acked_seq > last_acked:
-                removed += conn.execute(
-                    delete(movement_table).where(movement_table.c.seq <= acked_seq)
-                ).rowcount
-                last_acked = acked_seq
-                if acked_seq >= next_seq:
-                    # The server knows seqs this outbox never assigned: the file was lost or
-                    # restored from an old copy. New movements must continue above them, or the
-                    # server would drop them as duplicates.
-                    _log.warning(
-                        "server acked seq %d of %s but the outbox only assigned up to %d; "
-                        "continuing at %d",
-                        acked_seq,
-                        self.source_id,
-                        next_seq - 1,
-                        acked_seq + 1,
-                    )
-                    next_seq = acked_seq + 1
-                conn.execute(update(meta_table).values(last_acked=last_acked, next_seq=next_seq))
-        self._last_acked = last_acked
-        self._next_seq = next_seq
+            self._last_acked = last_acked
+            self._next_seq = next_seq
         return removed
 
     # ---- reads -----------------------------------------------------------------------------
@@ -389,9 +394,11 @@ class Outbox:
 
         Unlike :attr:`last_acked` this also moves past rejected movements.
         """
-        with self._engine.connect() as conn:
+        # Under the write lock: the lowest pending seq and next_seq must come from one state,
+        # or a movement appended in between would count as settled and never be sent.
+        with self._write_lock, self._engine.connect() as conn:
             lowest = conn.execute(select(func.min(movement_table.c.seq))).scalar_one()
-        return (self._next_seq if lowest is None else int(lowest)) - 1
+            return (self._next_seq if lowest is None else int(lowest)) - 1
 
     def depth(self) -> int:
         """Return the number of movements waiting for the server's ack."""

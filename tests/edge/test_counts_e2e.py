@@ -1,0 +1,350 @@
+"""RFID counts end to end: readers and tills -> agent intake -> outbox -> MQTT -> server -> Redis.
+
+Real mosquitto, real redis-server, the server and the agent in this process; the agent is driven
+only through its gRPC intake, as tills and readers would (domain.md, "Counts and the movements
+around them").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import sys
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc import aio
+
+from tests.fixtures.server import MakeServer
+from unistock.devtools.services import MosquittoBroker
+from unistock.edge.agent import AgentSettings, StoreAgent
+from unistock.edge.epc import decode_sgtin96, encode_sgtin96
+from unistock.intake.v1 import intake_pb2 as ipb
+from unistock.intake.v1 import intake_pb2_grpc as ipb_grpc
+from unistock.server.app.server import UnistockServer
+from unistock.v1 import inventory_pb2 as pb
+
+COMPANY = "0614141"
+ITEM_A = "812345"  # SKU A
+ITEM_B = "812346"  # SKU B (in the catalogue, out of the counts' scope)
+FOREIGN = "E280116060000209F8C1C0A1"  # not an SGTIN-96 (TID-like): a bad read
+
+
+def epc(item: str, serial: int) -> str:
+    return encode_sgtin96(1, COMPANY, item, serial)
+
+
+def ts(at: datetime.datetime) -> Timestamp:
+    t = Timestamp()
+    t.FromDatetime(at)
+    return t
+
+
+def utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+# -- fixtures (as in test_agent_e2e.py, plus a catalogue) ----------------------------------------
+
+
+@pytest.fixture
+async def server(
+    make_server: MakeServer, clean_redis_url: str, mosquitto_broker: MosquittoBroker
+) -> UnistockServer:
+    srv = await make_server(clean_redis_url, mqtt_url=mosquitto_broker.url)
+    assert srv.ingestor is not None
+    async with asyncio.timeout(20):
+        await srv.ingestor.connected.wait()
+    return srv
+
+
+@pytest.fixture
+def catalogue(tmp_path: Path) -> Path:
+    path = tmp_path / "catalogue.csv"
+    gtin_a = decode_sgtin96(epc(ITEM_A, 1)).gtin14
+    gtin_b = decode_sgtin96(epc(ITEM_B, 1)).gtin14
+    path.write_text(f"gtin,sku\n{gtin_a},A\n{gtin_b},B\n", encoding="utf-8")
+    return path
+
+
+#: The run() task of each agent: a crash of it must fail the test, not stall it.
+_RUNS: dict[int, asyncio.Task[None]] = {}
+
+
+async def start_agent(
+    tmp_path: Path, broker: MosquittoBroker, catalogue: Path, store: str = "s1"
+) -> tuple[StoreAgent, asyncio.Task[None]]:
+    settings = AgentSettings(
+        store_id=store,
+        mqtt_url=broker.url,
+        data_dir=tmp_path / f"agent-{store}",
+        intake_port=0,
+        metrics_port=0,
+        catalogue=catalogue,
+        ack_timeout=2.0,
+        status_interval=0.5,
+    )
+    agent = await StoreAgent(settings).__aenter__()
+    task = asyncio.create_task(agent.run())
+    _RUNS[id(agent)] = task
+    return agent, task
+
+
+@pytest.fixture
+async def agent(
+    tmp_path: Path, mosquitto_broker: MosquittoBroker, server: UnistockServer, catalogue: Path
+) -> AsyncIterator[StoreAgent]:
+    a, task = await start_agent(tmp_path, mosquitto_broker, catalogue)
+    yield a
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await a.__aexit__(None, None, None)
+
+
+@pytest.fixture
+async def till(agent: StoreAgent) -> AsyncIterator[ipb_grpc.StoreIntakeStub]:
+    async with aio.insecure_channel(f"127.0.0.1:{agent.intake_port}") as ch:
+        yield ipb_grpc.StoreIntakeStub(ch)
+
+
+async def drained(agent: StoreAgent, limit: float = 20) -> None:
+    """Until the server acknowledged everything in the outbox (or the agent's run() died)."""
+    run = _RUNS[id(agent)]
+    wait = asyncio.ensure_future(agent.wait_drained())
+    try:
+        await asyncio.wait({wait, run}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        wait.cancel()
+    if run.done():
+        raise AssertionError("the agent's run() task ended") from run.exception()
+    if not wait.done() or wait.cancelled():
+        raise TimeoutError(f"outbox not drained after {limit} s: depth {agent.outbox.depth()}")
+
+
+async def level(srv: UnistockServer, sku: str, loc: str = "s1") -> tuple[int, int]:
+    """(on_hand, version) of a position on the server."""
+    [p] = await srv.inventory.levels([(sku, loc)])
+    return p.on_hand, p.version
+
+
+def variance(srv: UnistockServer, direction: str) -> float:
+    v = srv.metrics.registry.get_sample_value(
+        "unistock_count_variance_units_total", {"direction": direction}
+    )
+    return v or 0.0
+
+
+def outcomes(srv: UnistockServer, mtype: str, outcome: str) -> float:
+    v = srv.metrics.registry.get_sample_value(
+        "unistock_movements_total", {"type": mtype, "outcome": outcome}
+    )
+    return v or 0.0
+
+
+async def receipt(till: ipb_grpc.StoreIntakeStub, sku: str, quantity: int) -> int:
+    r = await till.RecordMovement(
+        ipb.RecordMovementRequest(movement=pb.Movement(sku=sku, type=pb.RECEIPT, quantity=quantity))
+    )
+    return r.seq
+
+
+async def read_tags(
+    till: ipb_grpc.StoreIntakeStub, count_id: str, epcs: list[str], times: int = 3
+) -> ipb.TagReadSummary:
+    """Stream reads like a fixed reader does: every tag seen `times` times, on two antennas."""
+    now = ts(utcnow())
+    reads = [
+        ipb.TagRead(count_id=count_id, epc=e, reader_id="r1", antenna=1 + k % 2, read_at=now)
+        for k in range(times)
+        for e in epcs
+    ]
+    return await till.RecordTagReads(iter(reads))
+
+
+# -- 1. a count session --------------------------------------------------------------------------
+
+
+async def test_count_session_sets_on_hand_net_of_sales_naming_an_epc(
+    server: UnistockServer, agent: StoreAgent, till: ipb_grpc.StoreIntakeStub
+) -> None:
+    assert await receipt(till, "A", 10) == 1
+    await till.StartCount(ipb.StartCountRequest(count_id="c1", skus=["A"]))
+    on_shelf = [epc(ITEM_A, s) for s in range(1, 9)]  # 8 distinct tags of A
+    summary = await read_tags(till, "c1", [*on_shelf, epc(ITEM_B, 1), FOREIGN])
+    assert summary.reads == 30
+    assert summary.bad_reads == 3
+    assert summary.unknown_reads == 0
+
+    # During the session: a sale naming one of the read tags (it provably left the shelf) and a
+    # sale without EPC (nothing says whether its unit was read: it does not reduce the count).
+    r1 = await till.RecordSale(
+        ipb.SaleRequest(till_id="t1", sku="A", quantity=1, epc=[on_shelf[0]])
+    )
+    r2 = await till.RecordSale(ipb.SaleRequest(till_id="t1", sku="A", quantity=1))
+    assert (r1.seq, r2.seq) == (2, 3)
+
+    stop = await till.StopCount(ipb.StopCountRequest(count_id="c1"))
+    [count] = stop.counts  # one COUNT, for A only (B was read but is out of scope)
+    assert (count.sku, count.type, count.quantity, count.count_id) == ("A", pb.COUNT, 7, "c1")
+    assert count.seq == 4
+    assert sorted(count.epc) == sorted(on_shelf[1:])
+
+    await drained(agent)
+    # The stream is RECEIPT 10 (seq 1), SALE epc (2), SALE (3), COUNT 7 (4). The server applies
+    # it in seq order: 10 -> 9 -> 8, then the COUNT states what the shelf held at its position
+    # and supersedes everything before it: on_hand = 7 (not 7 - 2: both sales are already
+    # reflected in what the readers saw, or in the EPC left out of the count).
+    # Variance = count - on_hand_before = 7 - 8 = -1: one unit of shrinkage (the sale without
+    # EPC whose unit was read anyway, or a real loss: the next count tells).
+    assert await level(server, "A") == (7, 4)
+    assert variance(server, "loss") == 1
+    assert variance(server, "gain") == 0
+    assert outcomes(server, "COUNT", "applied") == 1
+    assert await level(server, "B") == (0, 0)  # out of scope: no COUNT for B
+
+
+# -- 2. a till offline during the count ---------------------------------------------------------
+
+
+async def test_sale_before_the_count_arriving_after_it_only_corrects_the_variance(
+    server: UnistockServer, agent: StoreAgent, till: ipb_grpc.StoreIntakeStub
+) -> None:
+    await receipt(till, "A", 10)
+    sold_offline_at = utcnow() - datetime.timedelta(minutes=5)  # before the session starts
+    await till.StartCount(ipb.StartCountRequest(count_id="c2", skus=["A"]))
+    await read_tags(till, "c2", [epc(ITEM_A, s) for s in range(1, 9)])
+    [count] = (await till.StopCount(ipb.StopCountRequest(count_id="c2"))).counts
+    assert count.quantity == 8
+    await drained(agent)
+    assert await level(server, "A") == (8, 2)
+    assert variance(server, "loss") == 2  # 8 - 10
+
+    # The till was offline from the agent: its sale (before the count) lands only now. The unit
+    # was not on the shelf when the readers passed, so the count already reflects it.
+    late = await till.RecordSale(
+        ipb.SaleRequest(till_id="t9", sku="A", quantity=1, occurred_at=ts(sold_offline_at))
+    )
+    assert late.seq == 3
+    await drained(agent)
+    # COUNT_CORRECTION: on_hand unchanged, version moves (the source mark changed), and the
+    # count's variance is corrected: the true shrinkage was 1 (loss 2, then gain 1).
+    assert await level(server, "A") == (8, 3)
+    assert outcomes(server, "SALE", "count_correction") == 1
+    assert variance(server, "loss") == 2
+    assert variance(server, "gain") == 1
+
+    # A sale that happens after the count applies on top of it.
+    await till.RecordSale(ipb.SaleRequest(till_id="t1", sku="A", quantity=1))
+    await drained(agent)
+    assert await level(server, "A") == (7, 4)
+    assert outcomes(server, "SALE", "applied") == 1
+    assert (variance(server, "loss"), variance(server, "gain")) == (2, 1)
+
+
+# -- 3. the same count sent twice ---------------------------------------------------------------
+
+
+async def test_the_same_count_twice_changes_nothing(
+    server: UnistockServer, agent: StoreAgent, till: ipb_grpc.StoreIntakeStub
+) -> None:
+    await receipt(till, "A", 10)
+    await till.StartCount(ipb.StartCountRequest(count_id="c3", skus=["A"]))
+    await read_tags(till, "c3", [epc(ITEM_A, s) for s in range(1, 9)])
+    [count] = (await till.StopCount(ipb.StopCountRequest(count_id="c3"))).counts
+    assert count.quantity == 8
+
+    # At the agent: the session is closed, a second stop is refused.
+    with pytest.raises(aio.AioRpcError) as err:
+        await till.StopCount(ipb.StopCountRequest(count_id="c3"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "c3" in (err.value.details() or "")
+
+    await drained(agent)
+    assert await level(server, "A") == (8, 2)
+    assert variance(server, "loss") == 2
+
+    # At the server: the same count_id under a new seq (and another quantity) changes nothing.
+    again = await till.RecordMovement(
+        ipb.RecordMovementRequest(
+            movement=pb.Movement(sku="A", type=pb.COUNT, quantity=5, count_id="c3")
+        )
+    )
+    assert again.seq == 3
+    await drained(agent)
+    assert agent.outbox.last_acked == 3
+    assert await level(server, "A") == (8, 2)
+    assert outcomes(server, "COUNT", "duplicate") == 1
+    assert (variance(server, "loss"), variance(server, "gain")) == (2, 0)
+
+    # The stream goes on after it: the next movement applies normally (seq 4 > the mark).
+    await till.RecordSale(ipb.SaleRequest(till_id="t1", sku="A", quantity=1))
+    await drained(agent)
+    assert await level(server, "A") == (7, 3)
+
+
+# -- 4. a till whose clock is off ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("skew_hours", [-2, 2])
+async def test_till_clock_off_by_two_hours_without_a_count_applies_in_seq_order(
+    server: UnistockServer, agent: StoreAgent, till: ipb_grpc.StoreIntakeStub, skew_hours: int
+) -> None:
+    skew = datetime.timedelta(hours=skew_hours)
+    await receipt(till, "A", 10)
+    # Sales stamped by a till whose clock is 2 h off, one of them stamped "before" the receipt
+    # (on the skewed clock): no count is running or was ever stopped, so nothing is marked and
+    # the server orders by seq, not by time.
+    for k in range(3):
+        r = await till.RecordSale(
+            ipb.SaleRequest(
+                till_id="t-skew",
+                sku="A",
+                quantity=1,
+                occurred_at=ts(utcnow() + skew + datetime.timedelta(seconds=k)),
+            )
+        )
+    assert r.seq == 4
+    await till.RecordReturn(
+        ipb.ReturnRequest(till_id="t-skew", sku="A", quantity=1, occurred_at=ts(utcnow() + skew))
+    )
+    await drained(agent)
+    assert await level(server, "A") == (8, 5)
+    assert outcomes(server, "SALE", "applied") == 3
+    assert outcomes(server, "SALE", "count_correction") == 0
+    assert (variance(server, "loss"), variance(server, "gain")) == (0, 0)
+
+
+# -- the stall seen while writing these tests ---------------------------------------------------
+
+
+def test_settled_through_never_covers_a_movement_appended_concurrently(tmp_path: Path) -> None:
+    """settled_through() must read the lowest pending seq and next_seq from one state: a
+    movement appended in between once counted as settled and was never sent (the drain after
+    StopCount stalled ~1 run in 30)."""
+    from unistock.edge.outbox import Outbox
+
+    ob = Outbox(tmp_path / "o.sqlite", "agent-s1")
+    ob.append([pb.Movement(sku="A", type=pb.RECEIPT, quantity=10, location_id="s1")])
+    ob.settle(1, [])  # empty outbox: settled through 1, nothing after it ever is here
+    stop = threading.Event()
+
+    def tills() -> None:
+        while not stop.is_set():
+            ob.append([pb.Movement(sku="A", type=pb.SALE, quantity=1, location_id="s1")])
+
+    t = threading.Thread(target=tills)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, so the interleaving actually happens
+    t.start()
+    try:
+        seen = {ob.settled_through() for _ in range(2000)}
+    finally:
+        stop.set()
+        t.join()
+        sys.setswitchinterval(interval)
+    assert seen == {1}
+    ob.close()
