@@ -10,7 +10,6 @@ import grpc
 import pytest
 from grpc import aio
 
-from tests.fixtures.server import MakeServer
 from unistock.devtools.services import MosquittoBroker
 from unistock.edge.agent import AgentSettings, StoreAgent
 from unistock.intake.v1 import intake_pb2 as ipb
@@ -20,14 +19,8 @@ from unistock.v1 import inventory_pb2 as pb
 
 
 @pytest.fixture
-async def server(
-    make_server: MakeServer, clean_redis_url: str, mosquitto_broker: MosquittoBroker
-) -> UnistockServer:
-    srv = await make_server(clean_redis_url, mqtt_url=mosquitto_broker.url)
-    assert srv.ingestor is not None
-    async with asyncio.timeout(20):
-        await srv.ingestor.connected.wait()
-    return srv
+def server(mqtt_server: UnistockServer) -> UnistockServer:
+    return mqtt_server
 
 
 async def start_agent(

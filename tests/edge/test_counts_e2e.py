@@ -19,7 +19,6 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 
-from tests.fixtures.server import MakeServer
 from unistock.devtools.services import MosquittoBroker
 from unistock.edge.agent import AgentSettings, StoreAgent
 from unistock.edge.epc import decode_sgtin96, encode_sgtin96
@@ -52,14 +51,8 @@ def utcnow() -> datetime.datetime:
 
 
 @pytest.fixture
-async def server(
-    make_server: MakeServer, clean_redis_url: str, mosquitto_broker: MosquittoBroker
-) -> UnistockServer:
-    srv = await make_server(clean_redis_url, mqtt_url=mosquitto_broker.url)
-    assert srv.ingestor is not None
-    async with asyncio.timeout(20):
-        await srv.ingestor.connected.wait()
-    return srv
+def server(mqtt_server: UnistockServer) -> UnistockServer:
+    return mqtt_server
 
 
 @pytest.fixture

@@ -56,14 +56,8 @@ def batch(source: str, first: int, n: int, loc: str, *, sku: str = "SKU-1", qty:
 
 
 @pytest.fixture
-async def server(
-    make_server: MakeServer, clean_redis_url: str, mosquitto_broker: MosquittoBroker
-) -> UnistockServer:
-    srv = await make_server(clean_redis_url, mqtt_url=mosquitto_broker.url)
-    assert srv.ingestor is not None
-    async with asyncio.timeout(20):
-        await srv.ingestor.connected.wait()
-    return srv
+def server(mqtt_server: UnistockServer) -> UnistockServer:
+    return mqtt_server
 
 
 @pytest.fixture
