@@ -17,8 +17,6 @@ import contextlib
 import datetime
 import logging
 import random
-import socket
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
+from unistock.client.mqtt import broker_args
 from unistock.edge.catalogue import Catalogue
 from unistock.edge.counting import CountSession, precedes_count
 from unistock.edge.outbox import Outbox
@@ -98,23 +97,10 @@ def _now_ts() -> Timestamp:
 
 
 def _mqtt_client(settings: AgentSettings, will: aiomqtt.Will) -> aiomqtt.Client:
-    u = urllib.parse.urlsplit(settings.mqtt_url)
-    if u.scheme not in ("mqtt", "mqtts"):
-        raise ValueError(f"--mqtt-url must be mqtt:// or mqtts://, got {settings.mqtt_url!r}")
-    kwargs: dict[str, Any] = {}
-    if u.scheme == "mqtts":
-        kwargs["tls_params"] = aiomqtt.TLSParameters()
     return aiomqtt.Client(
-        u.hostname or "localhost",
-        u.port or (8883 if u.scheme == "mqtts" else 1883),
-        username=urllib.parse.unquote(u.username) if u.username else None,
-        password=urllib.parse.unquote(u.password) if u.password else None,
+        **broker_args(settings.mqtt_url),
         identifier=f"unistock-agent-{settings.store_id}",
-        protocol=aiomqtt.ProtocolVersion.V5,  # only MQTT 5 reports an ACL refusal (reason 135)
         will=will,
-        # Small QoS 1 packets must not wait for Nagle's algorithm (~40 ms per round trip).
-        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-        **kwargs,
     )
 
 

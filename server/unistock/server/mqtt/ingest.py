@@ -20,11 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import socket
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiomqtt
 from google.protobuf import json_format
@@ -32,6 +30,7 @@ from google.protobuf.message import DecodeError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from unistock.client.mqtt import broker_args
 from unistock.server.actors import Inventory
 from unistock.server.api.convert import batch_from_wire, rejection
 from unistock.server.domain import InvalidArgument, Movement, Unavailable
@@ -203,30 +202,14 @@ class MqttIngestor:
     # -- the connection ----------------------------------------------------------------------
 
     def _client(self) -> aiomqtt.Client:
-        u = urllib.parse.urlsplit(self.url)
-        if u.scheme not in ("mqtt", "mqtts"):
-            raise ValueError(
-                f"--mqtt-url must be mqtt://host:port or mqtts://host:port, got {self.url!r}"
-            )
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.session_expiry
-        kwargs: dict[str, Any] = {}
-        if u.scheme == "mqtts":
-            kwargs["tls_params"] = aiomqtt.TLSParameters()
         return aiomqtt.Client(
-            u.hostname or "localhost",
-            u.port or (8883 if u.scheme == "mqtts" else 1883),
-            username=urllib.parse.unquote(u.username) if u.username else None,
-            password=urllib.parse.unquote(u.password) if u.password else None,
+            **broker_args(self.url),
             identifier=self.client_id,
-            protocol=aiomqtt.ProtocolVersion.V5,
             clean_start=False,  # a persistent session: the broker queues for us while we are away
             properties=props,
             max_inflight_messages=1000,
-            # Small QoS 1 packets and their acks must not wait for Nagle's algorithm (~40 ms
-            # per round trip with delayed ACKs).
-            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-            **kwargs,
         )
 
     async def run(self) -> None:
