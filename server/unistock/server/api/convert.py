@@ -136,16 +136,3 @@ def keys_from_wire(keys: Sequence[pb.StockKey]) -> list[StockKey]:
 def levels_message(positions: Sequence[Position]) -> bytes:
     """A serialised GetAvailabilityResponse / WatchAvailabilityResponse with these levels."""
     return b"".join(position_entry(p) for p in positions)
-
-
-def level_to_wire(p: Position) -> pb.StockLevel:
-    """The wire StockLevel of a position."""
-    return pb.StockLevel(
-        sku=p.key[0],
-        location_id=p.key[1],
-        on_hand=p.on_hand,
-        reserved=p.reserved,
-        safety_stock=p.safety_stock,
-        available=p.available,
-        version=p.version,
-    )

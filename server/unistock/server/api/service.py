@@ -27,6 +27,7 @@ from unistock.server.api.convert import (
 from unistock.server.api.errors import status_code, to_status
 from unistock.server.api.watch import WatchHub
 from unistock.server.domain import InvalidArgument, UnistockError, check_id, validate_lines
+from unistock.server.domain.reservation import check_reservation_id
 from unistock.server.persistence.codec import reservation_message, stored_entry
 from unistock.server.persistence.keys import parse_position_field
 from unistock.server.persistence.store import stored_version
@@ -260,14 +261,14 @@ class InventoryService:
     async def ReleaseReservation(
         self, request: pb.ReleaseReservationRequest, context: Context
     ) -> pb.Reservation:
-        rid = check_id("reservation_id", request.reservation_id)
+        rid = check_reservation_id(request.reservation_id)
         return reservation_message(await self.inventory.release(rid))
 
     @rpc
     async def FulfilReservation(
         self, request: pb.FulfilReservationRequest, context: Context
     ) -> pb.Reservation:
-        rid = check_id("reservation_id", request.reservation_id)
+        rid = check_reservation_id(request.reservation_id)
         lines = validate_lines(lines_from_wire(request.lines), allow_empty=True)
         return reservation_message(await self.inventory.fulfil(rid, lines))
 
@@ -275,7 +276,7 @@ class InventoryService:
     async def ExtendReservation(
         self, request: pb.ExtendReservationRequest, context: Context
     ) -> pb.Reservation:
-        rid = check_id("reservation_id", request.reservation_id)
+        rid = check_reservation_id(request.reservation_id)
         if request.HasField("expires_at"):
             at = request.expires_at.ToNanoseconds() / 1e9
         elif request.ttl_seconds:
@@ -288,7 +289,7 @@ class InventoryService:
     async def GetReservation(
         self, request: pb.GetReservationRequest, context: Context
     ) -> pb.Reservation:
-        rid = check_id("reservation_id", request.reservation_id)
+        rid = check_reservation_id(request.reservation_id)
         return reservation_message(await self.inventory.get_reservation(rid))
 
     # -- registration --------------------------------------------------------------------------
