@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import sys
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import aiomqtt
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 
+from unistock.client.mqtt import broker_args
 from unistock.devtools.services import MosquittoBroker
 from unistock.edge.agent import AgentSettings, StoreAgent
 from unistock.edge.epc import decode_sgtin96, encode_sgtin96
@@ -69,7 +73,7 @@ _RUNS: dict[int, asyncio.Task[None]] = {}
 
 
 async def start_agent(
-    tmp_path: Path, broker: MosquittoBroker, catalogue: Path, store: str = "s1"
+    tmp_path: Path, broker: MosquittoBroker, catalogue: Path, store: str = "s1", **overrides: Any
 ) -> tuple[StoreAgent, asyncio.Task[None]]:
     settings = AgentSettings(
         store_id=store,
@@ -80,6 +84,7 @@ async def start_agent(
         catalogue=catalogue,
         ack_timeout=2.0,
         status_interval=0.5,
+        **overrides,
     )
     agent = await StoreAgent(settings).__aenter__()
     task = asyncio.create_task(agent.run())
@@ -309,6 +314,111 @@ async def test_till_clock_off_by_two_hours_without_a_count_applies_in_seq_order(
     assert outcomes(server, "SALE", "applied") == 3
     assert outcomes(server, "SALE", "count_correction") == 0
     assert (variance(server, "loss"), variance(server, "gain")) == (0, 0)
+
+
+# -- 5. fixed readers publishing tag reads on the store's MQTT broker ---------------------------
+
+
+def zebra(epc_hex: str, antenna: int = 1, n: int = 1) -> dict[str, Any]:
+    """A Zebra FX IoT Connector tag data event."""
+    return {
+        "data": {
+            "idHex": epc_hex.lower(),
+            "antenna": antenna,
+            "peakRssi": -55,
+            "eventNum": n,
+            "format": "epc",
+        },
+        "timestamp": "2021-03-24T16:22:35.342+0000",  # a reader clock years off: irrelevant
+        "type": "SIMPLE",
+    }
+
+
+def tag_reads(agent: StoreAgent, outcome: str) -> float:
+    v = agent.metrics.registry.get_sample_value(
+        "unistock_agent_tag_reads_total", {"outcome": outcome}
+    )
+    return v or 0.0
+
+
+@pytest.fixture
+async def reader_agent(
+    tmp_path: Path, mosquitto_broker: MosquittoBroker, server: UnistockServer, catalogue: Path
+) -> AsyncIterator[StoreAgent]:
+    """An agent that also takes tag reads from readers on the (same) broker."""
+    a, task = await start_agent(
+        tmp_path,
+        mosquitto_broker,
+        catalogue,
+        reader_mqtt_url=mosquitto_broker.url,
+        reader_locations={"fx-backroom": "s1-backroom"},
+    )
+    assert a.readers is not None
+    async with asyncio.timeout(10):
+        await a.readers.connected.wait()
+    yield a
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await a.__aexit__(None, None, None)
+
+
+async def test_zebra_reads_over_mqtt_make_the_count(
+    server: UnistockServer,
+    reader_agent: StoreAgent,
+    mosquitto_broker: MosquittoBroker,
+) -> None:
+    agent = reader_agent
+    async with aio.insecure_channel(f"127.0.0.1:{agent.intake_port}") as ch:
+        till = ipb_grpc.StoreIntakeStub(ch)
+        await receipt(till, "A", 10)
+        await till.StartCount(ipb.StartCountRequest(count_id="c5", skus=["A"]))
+        on_shelf = [epc(ITEM_A, s) for s in range(1, 9)]
+        topic = "unistock/v1/stores/s1/readers/{}/tags"
+        messages: list[tuple[str, bytes]] = []
+        # Every tag three times on two antennas, one event per message and in arrays.
+        for k in range(3):
+            for e in on_shelf:
+                messages.append((topic.format("fx-door"), json.dumps(zebra(e, 1 + k % 2)).encode()))
+        messages.append(
+            (topic.format("fx-door"), json.dumps([zebra(e, 2) for e in on_shelf]).encode())
+        )
+        messages += [
+            (topic.format("fx-door"), json.dumps(zebra(epc(ITEM_B, 1))).encode()),  # out of scope
+            (topic.format("fx-door"), json.dumps(zebra(FOREIGN)).encode()),  # not an SGTIN-96
+            (topic.format("fx-door"), b"{not json"),
+            (topic.format("fx-door"), json.dumps({"data": {"antenna": 1}}).encode()),  # no EPC
+            # The Unistock form, naming its reader (the topic's level is a placeholder).
+            (
+                topic.format("any"),
+                json.dumps({"epc": on_shelf[0], "reader_id": "hh-1", "antenna": 0}).encode(),
+            ),
+            # A reader of another location: its tags are not on the counted shelf.
+            (topic.format("fx-backroom"), json.dumps(zebra(epc(ITEM_A, 99))).encode()),
+        ]
+        async with aiomqtt.Client(
+            **broker_args(mosquitto_broker.url), identifier="fx-readers"
+        ) as readers:
+            # All published concurrently, each accepted by the broker (PUBACK), then StopCount
+            # at once: the agent must count every read the broker accepted before the stop.
+            await asyncio.gather(*(readers.publish(t, p, qos=1) for t, p in messages))
+            [count] = (await till.StopCount(ipb.StopCountRequest(count_id="c5"))).counts
+            assert (count.sku, count.quantity) == ("A", 8)
+            assert sorted(count.epc) == sorted(on_shelf)
+            # After the stop, a read belongs to no session.
+            await readers.publish(topic.format("fx-door"), json.dumps(zebra(on_shelf[0])), qos=1)
+            assert agent.readers is not None
+            assert await agent.readers.sync(5)  # the late read is handled: no race below
+        await drained(agent)
+    assert await level(server, "A") == (8, 2)
+    assert variance(server, "loss") == 2
+    assert await level(server, "B") == (0, 0)
+    assert tag_reads(agent, "counted") == 8
+    assert tag_reads(agent, "duplicate") == 3 * 8 + 1
+    assert tag_reads(agent, "out_of_scope") == 1
+    assert tag_reads(agent, "bad") == 1
+    assert tag_reads(agent, "unparseable") == 2
+    assert tag_reads(agent, "no_session") == 2  # the backroom read, the read after the stop
+    assert agent.metrics.registry.get_sample_value("unistock_agent_reader_broker_connected") == 1
 
 
 # -- the stall seen while writing these tests ---------------------------------------------------

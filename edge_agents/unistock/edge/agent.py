@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import datetime
 import logging
-import random
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 
 from unistock.client.mqtt import broker_args
 from unistock.edge.catalogue import Catalogue
-from unistock.edge.counting import CountSession, precedes_count
+from unistock.edge.counting import CountSession, ReadOutcome, precedes_count
 from unistock.edge.outbox import Outbox
+from unistock.edge.readers import (
+    DEFAULT_READER_TOPIC,
+    PayloadError,
+    ReaderListener,
+    parse_tag_reads,
+    reader_from_topic,
+)
+from unistock.edge.reconnect import reconnecting
 from unistock.edge.sender import Sender, status_topic
 from unistock.intake.v1 import intake_pb2 as ipb
 from unistock.intake.v1 import intake_pb2_grpc as ipb_grpc
@@ -56,6 +64,14 @@ class AgentSettings:
     window: int = 8
     ack_timeout: float = 10.0
     status_interval: float = 10.0
+    #: The store's reader broker (RFID tag reads over MQTT); empty: no MQTT readers.
+    reader_mqtt_url: str = ""
+    #: Topic filters readers publish tag reads on; ``{store_id}`` is replaced.
+    reader_topics: tuple[str, ...] = (DEFAULT_READER_TOPIC,)
+    #: reader id -> location it reads; readers not listed read the store's location.
+    reader_locations: Mapping[str, str] = field(default_factory=dict)
+    #: How long StopCount waits for the reader broker round trip (ReaderListener.sync).
+    reader_sync_timeout: float = 5.0
 
     @property
     def location(self) -> str:
@@ -66,6 +82,10 @@ class AgentSettings:
     def source(self) -> str:
         """The agent's movement source id."""
         return self.source_id or f"agent-{self.store_id}"
+
+    def reader_location(self, reader_id: str) -> str:
+        """The location a reader's tag reads count for."""
+        return self.reader_locations.get(reader_id) or self.location
 
 
 class AgentMetrics:
@@ -87,6 +107,18 @@ class AgentMetrics:
         )
         self.connected = Gauge(
             "unistock_agent_connected", "1 while connected to the broker.", registry=r
+        )
+        self.reader_connected = Gauge(
+            "unistock_agent_reader_broker_connected",
+            "1 while connected to the reader broker (MQTT tag reads).",
+            registry=r,
+        )
+        self.tag_reads = Counter(
+            "unistock_agent_tag_reads_total",
+            "RFID tag reads received (gRPC or MQTT), by outcome; a read fed to two running "
+            "sessions of its location counts twice.",
+            ["outcome"],
+            registry=r,
         )
 
 
@@ -133,6 +165,16 @@ class StoreAgent:
         self._metrics_http: Any = None
         self._lock = asyncio.Lock()  # appends are serialised: seq order = arrival order
         self._drained = asyncio.Event()  # set while the outbox is empty
+        self.readers: ReaderListener | None = None
+        if settings.reader_mqtt_url:
+            self.readers = ReaderListener(
+                settings.reader_mqtt_url,
+                [t.replace("{store_id}", settings.store_id) for t in settings.reader_topics],
+                identifier=f"unistock-agent-{settings.store_id}-readers",
+                sync_topic=f"unistock/v1/stores/{settings.store_id}/agent/reader-sync",
+                on_message=self._reader_message,
+            )
+        self._reader_warned_at = -1e9  # loop time of the last unparseable-payload warning
 
     async def __aenter__(self) -> StoreAgent:
         s = self.settings
@@ -216,52 +258,66 @@ class StoreAgent:
     # -- uplink ------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Connect, send, settle acks, publish status; reconnect with backoff; until cancelled."""
+        """Uplink, and the reader broker if configured, each reconnecting with backoff.
+
+        Until cancelled.
+        """
         s = self.settings
-        backoff = 0.2
+        uplink = reconnecting(self._uplink_session, f"store {s.store_id}")
+        if self.readers is None:
+            await uplink
+            return
+        readers = reconnecting(self._reader_session, f"store {s.store_id}: reader broker")
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(uplink, name="agent-uplink")
+            tg.create_task(readers, name="agent-readers")
+
+    async def _uplink_session(self, on_connected: Callable[[], None]) -> None:
+        """One uplink connection: send, settle acks, publish status, until it fails."""
+        s = self.settings
         topic = status_topic(s.store_id)
-        while True:
-            will = aiomqtt.Will(
-                topic, self.status(pb.AgentStatus.OFFLINE).SerializeToString(), qos=1, retain=True
-            )
-            try:
-                async with _mqtt_client(s, will) as client:
-                    sender = Sender(
-                        self.outbox,
-                        client,
-                        s.store_id,
-                        batch_size=s.batch_size,
-                        window=s.window,
-                        ack_timeout=s.ack_timeout,
-                    )
-                    self.sender = sender
-                    self.connected.set()
-                    self.metrics.connected.set(1)
-                    backoff = 0.2
-                    async with asyncio.TaskGroup() as tg:
-                        tg.create_task(sender.run(), name="agent-sender")
-                        tg.create_task(self._publish_status(client, topic), name="agent-status")
-                        async for message in client.messages:
-                            if message.topic.matches(sender.acks_topic):
-                                before = self.outbox.last_acked
-                                await sender.handle_ack(message.payload)
-                                self.metrics.acked.inc(max(0, self.outbox.last_acked - before))
-                                self._refresh_gauges()
-            except* aiomqtt.MqttError as group:  # from connect, or from the TaskGroup
-                log.warning(
-                    "store %s: broker connection lost (%s)", s.store_id, group.exceptions[0]
+        will = aiomqtt.Will(
+            topic, self.status(pb.AgentStatus.OFFLINE).SerializeToString(), qos=1, retain=True
+        )
+        try:
+            async with _mqtt_client(s, will) as client:
+                sender = Sender(
+                    self.outbox,
+                    client,
+                    s.store_id,
+                    batch_size=s.batch_size,
+                    window=s.window,
+                    ack_timeout=s.ack_timeout,
                 )
-            finally:
-                self.sender = None
-                self.connected.clear()
-                self.metrics.connected.set(0)
-            # aiomqtt (asyncio.wait_for on 3.11) can turn our cancellation into an MqttError:
-            # a cancelled task must stop, not reconnect.
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise asyncio.CancelledError
-            await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, 10.0)
+                self.sender = sender
+                self.connected.set()
+                self.metrics.connected.set(1)
+                on_connected()
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(sender.run(), name="agent-sender")
+                    tg.create_task(self._publish_status(client, topic), name="agent-status")
+                    async for message in client.messages:
+                        if message.topic.matches(sender.acks_topic):
+                            before = self.outbox.last_acked
+                            await sender.handle_ack(message.payload)
+                            self.metrics.acked.inc(max(0, self.outbox.last_acked - before))
+                            self._refresh_gauges()
+        finally:
+            self.sender = None
+            self.connected.clear()
+            self.metrics.connected.set(0)
+
+    async def _reader_session(self, on_connected: Callable[[], None]) -> None:
+        assert self.readers is not None
+
+        def connected() -> None:
+            self.metrics.reader_connected.set(1)
+            on_connected()
+
+        try:
+            await self.readers.session(connected)
+        finally:
+            self.metrics.reader_connected.set(0)
 
     async def _publish_status(self, client: aiomqtt.Client, topic: str) -> None:
         while True:
@@ -283,7 +339,25 @@ class StoreAgent:
         )
 
     async def stop_count(self, count_id: str) -> list[pb.Movement]:
-        """Close a session: one COUNT per SKU in scope, appended at this point of the stream."""
+        """Close a session: one COUNT per SKU in scope, appended at this point of the stream.
+
+        With MQTT readers, first waits (up to ``reader_sync_timeout``) until every tag read the
+        reader broker accepted before this call has been fed to the session
+        (:meth:`ReaderListener.sync`); reads the broker accepts after that are late.
+
+        Raises:
+            KeyError: no running session ``count_id`` (also when a concurrent stop won).
+        """
+        if count_id not in self._counts.running:
+            raise KeyError(count_id)
+        if self.readers is not None and not await self.readers.sync(
+            self.settings.reader_sync_timeout
+        ):
+            log.warning(
+                "count %s: reader broker %s; reads it still holds will be late for the count",
+                count_id,
+                "did not answer in time" if self.readers.connected.is_set() else "not connected",
+            )
         session = self._counts.running.pop(count_id)
         counts = [
             pb.Movement(
@@ -303,6 +377,50 @@ class StoreAgent:
                 m.source_id = self.settings.source
         self._counts.stopped = [*self._counts.stopped[-15:], session]
         return counts
+
+    # -- tag reads ---------------------------------------------------------------------------
+
+    def feed_read(
+        self, session: CountSession, epc: str, reader_id: str, antenna: int, at: datetime.datetime
+    ) -> ReadOutcome:
+        """One tag read into one session, counted in ``unistock_agent_tag_reads_total``."""
+        outcome = session.read(epc, reader_id, antenna, at)
+        self.metrics.tag_reads.labels(outcome.value).inc()
+        return outcome
+
+    def _reader_message(self, topic: str, payload: bytes) -> None:
+        """A message from the reader broker: its reads go to the sessions of the reader's location."""
+        assert self.readers is not None
+        topic_reader = topic
+        for topic_filter in self.readers.topic_filters:
+            if aiomqtt.Topic(topic).matches(topic_filter):
+                topic_reader = reader_from_topic(topic, topic_filter)
+                break
+        now = datetime.datetime.now(datetime.UTC)
+        try:
+            reads, bad = parse_tag_reads(payload, topic_reader, now)
+        except PayloadError as e:
+            reads, bad = [], 1
+            self._reader_payload_warning(topic, str(e))
+        if bad:
+            self.metrics.tag_reads.labels("unparseable").inc(bad)
+        for read in reads:
+            location = self.settings.reader_location(read.reader_id)
+            sessions = [s for s in self._counts.running.values() if s.location_id == location]
+            if not sessions:
+                self.metrics.tag_reads.labels("no_session").inc()
+            for session in sessions:
+                self.feed_read(session, read.epc, read.reader_id, read.antenna, read.read_at)
+
+    def _reader_payload_warning(self, topic: str, error: str) -> None:
+        # A misconfigured reader sends many bad messages a second: warn once a minute, the
+        # rest at debug; unistock_agent_tag_reads_total{outcome="unparseable"} has them all.
+        now = asyncio.get_running_loop().time()
+        if now - self._reader_warned_at >= 60:
+            self._reader_warned_at = now
+            log.warning("ignoring a reader message on %s: %s (more at debug)", topic, error)
+        else:
+            log.debug("ignoring a reader message on %s: %s", topic, error)
 
 
 class _Intake(ipb_grpc.StoreIntakeServicer):
@@ -380,20 +498,26 @@ class _Intake(ipb_grpc.StoreIntakeServicer):
             session = self.agent._counts.running.get(read.count_id)
             summary.reads += 1
             if session is None:
+                self.agent.metrics.tag_reads.labels("no_session").inc()
                 summary.bad_reads += 1
                 continue
-            before_bad, before_unknown = session.bad_reads, session.unknown_reads
-            session.read(
-                read.epc, read.reader_id, read.antenna, read.read_at.ToDatetime(tzinfo=datetime.UTC)
+            outcome = self.agent.feed_read(
+                session,
+                read.epc,
+                read.reader_id,
+                read.antenna,
+                read.read_at.ToDatetime(tzinfo=datetime.UTC),
             )
-            summary.bad_reads += session.bad_reads - before_bad
-            summary.unknown_reads += session.unknown_reads - before_unknown
+            summary.bad_reads += outcome is ReadOutcome.BAD
+            summary.unknown_reads += outcome is ReadOutcome.UNKNOWN
         return summary
 
     async def StopCount(self, request: ipb.StopCountRequest, context: Any) -> ipb.StopCountResponse:
-        if request.count_id not in self.agent._counts.running:
+        try:
+            counts = await self.agent.stop_count(request.count_id)
+        except KeyError:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no running count {request.count_id!r}")
-        return ipb.StopCountResponse(counts=await self.agent.stop_count(request.count_id))
+        return ipb.StopCountResponse(counts=counts)
 
 
 async def serve(settings: AgentSettings) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from unistock.edge.agent import AgentSettings, StoreAgent
+from unistock.edge.readers import DEFAULT_READER_TOPIC
 
 
 def parse(argv: Sequence[str] | None = None) -> AgentSettings:
@@ -66,10 +67,38 @@ def parse(argv: Sequence[str] | None = None) -> AgentSettings:
         default=env.get("UNISTOCK_AGENT_CATALOGUE"),
         help="GTIN->SKU CSV for RFID counts [env UNISTOCK_AGENT_CATALOGUE]",
     )
+    p.add_argument(
+        "--reader-mqtt-url",
+        default=env.get("UNISTOCK_READER_MQTT_URL", ""),
+        help="the store's reader broker, where fixed RFID readers publish tag reads (may be "
+        "the --mqtt-url broker); empty: no MQTT readers [env UNISTOCK_READER_MQTT_URL]",
+    )
+    p.add_argument(
+        "--reader-topic",
+        action="append",
+        metavar="FILTER",
+        help="topic filter of reader tag reads, repeatable; '{store_id}' is replaced, the level "
+        "of the first '+' is the reader id (e.g. zebra/+/data) "
+        f"[default: {DEFAULT_READER_TOPIC}; env UNISTOCK_READER_TOPIC]",
+    )
+    p.add_argument(
+        "--reader-location",
+        action="append",
+        default=[],
+        metavar="READER=LOCATION",
+        help="the location a reader counts, repeatable (default: the store's location)",
+    )
     p.add_argument("--batch-size", type=int, default=100, help="movements per MQTT message")
     p.add_argument("--window", type=int, default=8, help="unacked batches in flight")
     p.add_argument("--log-level", default=env.get("UNISTOCK_LOG_LEVEL", "INFO"))
     a = p.parse_args(argv)
+    reader_locations: dict[str, str] = {}
+    for item in a.reader_location:
+        reader, sep, location = item.partition("=")
+        if not (sep and reader and location):
+            p.error(f"--reader-location: expected READER=LOCATION, got {item!r}")
+        reader_locations[reader] = location
+    topics = a.reader_topic or [env.get("UNISTOCK_READER_TOPIC") or DEFAULT_READER_TOPIC]
     logging.basicConfig(
         level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -84,6 +113,9 @@ def parse(argv: Sequence[str] | None = None) -> AgentSettings:
         catalogue=Path(a.catalogue) if a.catalogue else None,
         batch_size=a.batch_size,
         window=a.window,
+        reader_mqtt_url=a.reader_mqtt_url,
+        reader_topics=tuple(topics),
+        reader_locations=reader_locations,
     )
 
 
