@@ -11,42 +11,43 @@ from unistock.server.persistence.codec import (
     decode_reservation,
     encode_position,
     encode_reservation,
+    level_bytes,
     position_entry,
+    private_bytes,
     split_position,
     stock_level_entry,
     stored_entry,
 )
 from unistock.server.persistence.store import stored_version
+from unistock.storage.v1 import storage_pb2 as spb
 from unistock.v1 import inventory_pb2 as pb
 
 ids = st.text(alphabet="abcXYZ019-_.:", min_size=1, max_size=20)
 
 
-@given(
-    on_hand=st.integers(-(10**9), 10**9),
-    safety=st.integers(0, 1000),
-    version=st.integers(0, 2**40),
-    marks=st.dictionaries(ids, st.integers(1, 2**40), max_size=4),
-    holds=st.dictionaries(ids, st.integers(1, 1000), max_size=4),
-    counts=st.lists(ids, max_size=4),
-)
-def test_position_round_trip(
-    on_hand: int,
-    safety: int,
-    version: int,
-    marks: dict[str, int],
-    holds: dict[str, int],
-    counts: list[str],
-) -> None:
-    p = Position(
-        ("SKU-1", "store-1"),
-        on_hand=on_hand,
-        safety_stock=safety,
-        version=version,
-        marks=tuple(marks.items()),
-        holds=tuple(holds.items()),
-        counts=tuple(counts),
+def positions(ids: st.SearchStrategy[str], big: int) -> st.SearchStrategy[Position]:
+    """Positions with arbitrary levels, marks, holds and count ids."""
+    return st.builds(
+        lambda on_hand, safety, version, marks, holds, counts: Position(
+            ("SKU-1", "store-1"),
+            on_hand=on_hand,
+            safety_stock=safety,
+            version=version,
+            marks=tuple(marks.items()),
+            holds=tuple(holds.items()),
+            counts=tuple(counts),
+        ),
+        st.integers(-big, big),
+        st.integers(0, 1000),
+        st.integers(0, 2**63 - 1),
+        st.dictionaries(ids, st.integers(1, 2**63 - 1), max_size=4),
+        st.dictionaries(ids, st.integers(1, big), max_size=4),
+        st.lists(ids, max_size=4),
     )
+
+
+@given(positions(ids, 10**9))
+def test_position_round_trip(p: Position) -> None:
     data = encode_position(p)
     q = decode_position(p.key, data)
     assert (q.on_hand, q.reserved, q.safety_stock, q.version) == (
@@ -58,7 +59,26 @@ def test_position_round_trip(
     assert q.marks == p.marks
     assert q.hold_items() == p.hold_items()
     assert q.counts == p.counts
-    assert stored_version(data) == version
+    assert stored_version(data) == p.version
+
+
+@given(positions(st.text(min_size=1, max_size=200), 2**40))
+def test_hand_serialisation_is_byte_identical_to_protobufs(p: Position) -> None:
+    """The codec writes StockLevel and PositionPrivate by hand (speed); protobuf must agree."""
+    level = pb.StockLevel(
+        on_hand=p.on_hand,
+        reserved=p.reserved,
+        safety_stock=p.safety_stock,
+        available=p.available,
+        version=p.version,
+    )
+    private = spb.PositionPrivate(
+        marks=[spb.SourceMark(source_id=s, seq=q) for s, q in p.marks],
+        holds=[spb.Hold(reservation_id=r, quantity=q) for r, q in p.hold_items()],
+        recent_count_ids=p.counts or (),
+    )
+    assert level_bytes(p) == level.SerializeToString(deterministic=True)
+    assert private_bytes(p) == private.SerializeToString(deterministic=True)
 
 
 def test_stored_level_is_a_wire_stock_level() -> None:

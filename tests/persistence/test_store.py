@@ -8,7 +8,7 @@ import redis.asyncio as aioredis
 from unistock.server.domain import Fenced, Line, Position, ReservationKind, ReserveRequest, reserve
 from unistock.server.persistence.codec import decode_position, encode_position, encode_reservation
 from unistock.server.persistence.keys import Keyspace, position_field
-from unistock.server.persistence.store import PartitionWrite, RedisStore
+from unistock.server.persistence.store import PartitionWrite, RedisStore, with_hiredis_packing
 
 KS = Keyspace("t", 8)
 
@@ -114,3 +114,19 @@ async def test_source_progress_is_only_ever_raised(store: RedisStore) -> None:
     await store.flush([{part: PartitionWrite(sources=[("agent-7", 120)])}])
     await store.flush([{part: PartitionWrite(sources=[("agent-7", 80)])}])
     assert await store.load_sources(["agent-7", "never-seen"]) == [120, 0]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("SET", "k", "v"),
+        ("SCRIPT LOAD", "return 1"),
+        (b"CLIENT SETNAME", b"x"),
+        ("EVALSHA", "abc", 2, b"k1", "k2", b"\x00\xff", 12345678901234, "é", 1.5, -7),
+        ("SET", bytearray(b"k"), memoryview(b"v")),
+    ],
+)
+def test_hiredis_packing_sends_the_same_bytes_as_redis_py(args: tuple[object, ...]) -> None:
+    plain = aioredis.Connection()
+    fast = with_hiredis_packing(aioredis.Connection)()
+    assert b"".join(fast.pack_command(*args)) == b"".join(plain.pack_command(*args))

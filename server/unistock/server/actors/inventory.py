@@ -6,7 +6,6 @@ then waits for its changes to be durable before answering.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections import Counter
@@ -131,23 +130,28 @@ class Inventory:
             {m.key for m in movements}, {m.reservation_id for m in movements if m.reservation_id}
         )
         out = BatchResult()
-        outcomes: Counter[tuple[str, str]] = Counter()
+        results = out.results
+        outcomes: Counter[tuple[MovementType, Outcome]] = Counter()
+        get = self.positions.get
+        changed = self.commit.position_changed
+        locations = self.locations
         for m in movements:
-            p = self._position(m.key)
+            p = get(m.key)
+            assert p is not None, "turn ran before its position was resident"
             if m.reservation_id:
                 record = self.reservations.get(m.reservation_id)
                 if record is not None and record.picked_up_by(m.source_id, m.seq):
                     # Resent after a crash that kept the record but not the position: the
                     # reservation already gave these units; apply it as a plain sale.
-                    m = dataclasses.replace(m, reservation_id="")
+                    m = m._replace(reservation_id="")
             was_at_risk = p.at_risk
             r = p.apply(m)
-            out.results.append(r)
-            outcomes[(m.type.name, r.outcome.value)] += 1
+            results.append(r)
+            outcomes[m.type, r.outcome] += 1
             if r.outcome is Outcome.DUPLICATE:
                 continue
-            if m.key[1] not in self.locations:
-                self.locations.add(m.key[1])
+            if m.location_id not in locations:
+                locations.add(m.location_id)
             if r.picked_up:
                 self._picked_up(m, r.picked_up)
             if r.at_risk and not was_at_risk:
@@ -156,9 +160,9 @@ class Inventory:
             if m.type is MovementType.COUNT or r.outcome is Outcome.COUNT_CORRECTION:
                 direction = "gain" if r.variance > 0 else "loss"
                 self.metrics.count_variance.labels(direction).inc(abs(r.variance))
-            self.commit.position_changed(p)
+            changed(p)
         for (mtype, outcome), n in outcomes.items():
-            self.metrics.movements.labels(mtype, outcome).inc(n)
+            self.metrics.movements.labels(mtype.name, outcome.value).inc(n)
         # Duplicates too: the original may still be on its way to Redis.
         return out, self.commit.barrier()
 

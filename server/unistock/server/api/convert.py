@@ -24,35 +24,39 @@ MAX_LINES = 500
 MAX_KEYS = 10_000
 
 
-def movement_from_wire(m: pb.Movement, prefix: str) -> Movement:
-    """A validated domain Movement; raises InvalidArgument naming e.g. `movements[3].sku`."""
-    try:
-        mtype = MovementType(m.type)
-    except ValueError:
-        raise InvalidArgument(
-            prefix + "type", f"unknown or missing movement type {m.type}"
-        ) from None
+_TYPES = {t.value: t for t in MovementType}
+_SIGNS = {s.value: s for s in AdjustmentSign}
+
+
+def movement_from_wire(m: pb.Movement, prefix: str, source_id: str = "") -> Movement:
+    """A validated domain Movement; raises InvalidArgument naming e.g. `movements[3].sku`.
+
+    source_id, when given, stands in for the movement's own (a batch's movements usually leave
+    it empty and inherit the batch's).
+    """
+    mtype = _TYPES.get(m.type)
+    if mtype is None:
+        raise InvalidArgument(prefix + "type", f"unknown or missing movement type {m.type}")
     sign: AdjustmentSign | None = None
     if m.adjustment_sign:
-        try:
-            sign = AdjustmentSign(m.adjustment_sign)
-        except ValueError:
+        sign = _SIGNS.get(m.adjustment_sign)
+        if sign is None:
             raise InvalidArgument(
                 prefix + "adjustment_sign", f"unknown adjustment sign {m.adjustment_sign}"
-            ) from None
+            )
     return Movement(
-        source_id=m.source_id,
-        seq=m.seq,
-        sku=m.sku,
-        location_id=m.location_id,
-        type=mtype,
-        quantity=m.quantity,
-        reservation_id=m.reservation_id,
-        count_id=m.count_id,
-        transfer_id=m.transfer_id,
-        reason=m.reason,
-        adjustment_sign=sign,
-        epcs=tuple(m.epc),
+        source_id or m.source_id,
+        m.seq,
+        m.sku,
+        m.location_id,
+        mtype,
+        m.quantity,
+        m.reservation_id,
+        m.count_id,
+        m.transfer_id,
+        m.reason,
+        sign,
+        tuple(m.epc) if m.epc else (),
     ).validate(prefix)
 
 
@@ -85,22 +89,24 @@ def batch_from_wire(batch: pb.MovementBatch) -> tuple[list[Movement], list[pb.Re
     out: list[Movement] = []
     rejected: list[pb.Rejection] = []
     last = 0
+    source_id = batch.source_id
     for i, wm in enumerate(batch.movements):
-        prefix = f"movements[{i}]."
         try:
-            if wm.source_id and wm.source_id != batch.source_id:
-                raise InvalidArgument(prefix + "source_id", "differs from the batch's source_id")
+            if wm.source_id and wm.source_id != source_id:
+                raise InvalidArgument(
+                    f"movements[{i}].source_id", "differs from the batch's source_id"
+                )
             if wm.seq <= last:
-                raise InvalidArgument(prefix + "seq", "must increase within a batch")
-            if not wm.source_id:
-                copy = pb.Movement()
-                copy.CopyFrom(wm)
-                copy.source_id = batch.source_id
-                wm = copy
-            out.append(movement_from_wire(wm, prefix))
+                raise InvalidArgument(f"movements[{i}].seq", "must increase within a batch")
+            # The field prefix is only needed for an error: validate without it, and name the
+            # field again on the (rare) failure.
+            try:
+                out.append(movement_from_wire(wm, "", source_id))
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"movements[{i}].{exc.field}", exc.problem) from None
             last = wm.seq
         except InvalidArgument as exc:
-            rejected.append(rejection(batch.source_id, wm.seq, exc))
+            rejected.append(rejection(source_id, wm.seq, exc))
     return out, rejected
 
 

@@ -25,6 +25,10 @@ class Outcome(enum.Enum):
     #: so it only corrects the count's variance.
     COUNT_CORRECTION = "count_correction"
 
+    # Members are singletons compared by identity: hash them by identity too (C), not by name
+    # (Enum's default, Python code run for every movement).
+    __hash__ = object.__hash__
+
 
 @dataclass(frozen=True, slots=True)
 class MovementResult:
@@ -37,6 +41,11 @@ class MovementResult:
     picked_up: int = 0
     #: on_hand fell below reserved: some reservations on this position are at risk.
     at_risk: bool = False
+
+
+#: The common results, shared (a result is immutable; building one per movement costs ~1 us).
+_DUPLICATE = MovementResult(Outcome.DUPLICATE)
+_APPLIED = MovementResult(Outcome.APPLIED)
 
 
 class Position:
@@ -132,13 +141,13 @@ class Position:
     def apply(self, m: Movement) -> MovementResult:
         """Apply a validated movement once; a (source_id, seq) seen before changes nothing."""
         if m.seq <= self.mark(m.source_id):
-            return MovementResult(Outcome.DUPLICATE)
+            return _DUPLICATE
         self._set_mark(m.source_id, m.seq)
         if m.type is MovementType.COUNT:
             if self.counts is not None and m.count_id in self.counts:
                 # The same count sent again under another seq: its levels change nothing, only
                 # the source's mark moved (written with the position's next change).
-                return MovementResult(Outcome.DUPLICATE)
+                return _DUPLICATE
             variance = m.quantity - self.on_hand
             self.on_hand = m.quantity
             self.counts = ((self.counts or ()) + (m.count_id,))[-RECENT_COUNTS:]
@@ -161,6 +170,8 @@ class Position:
             )
         self.on_hand += delta
         self.version += 1
+        if not picked and (not self.reserved or self.on_hand >= self.reserved):
+            return _APPLIED
         return MovementResult(Outcome.APPLIED, picked_up=picked, at_risk=self.at_risk)
 
     def _set_mark(self, source_id: str, seq: int) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from unistock.server.domain.errors import InvalidArgument
 
@@ -14,9 +15,29 @@ MAX_QUANTITY = 1_000_000_000
 
 _ID_RE = re.compile(r"[!-{}~]{1,128}")  # printable ASCII, no whitespace, no '|' (0x7c)
 
+#: Identifiers already found valid. The same SKUs, locations and sources come back millions of
+#: times a day; a set lookup is 20x cheaper than the regular expression. Bounded: cleared when
+#: full (a memo, not state: clearing it changes no answer).
+_VALID_IDS: set[str] = set()
+_VALID_IDS_MAX = 1 << 18
+
+
+def id_ok(value: str) -> bool:
+    """Whether value is a valid identifier (see check_id), memoised."""
+    if value in _VALID_IDS:
+        return True
+    if not value or _ID_RE.fullmatch(value) is None:
+        return False
+    if len(_VALID_IDS) >= _VALID_IDS_MAX:
+        _VALID_IDS.clear()
+    _VALID_IDS.add(value)
+    return True
+
 
 def check_id(field_name: str, value: str) -> str:
     """Return value if it is a valid identifier, else raise InvalidArgument naming the field."""
+    if value in _VALID_IDS or id_ok(value):
+        return value
     if not value:
         raise InvalidArgument(field_name, "must not be empty")
     if _ID_RE.fullmatch(value) is None:
@@ -47,6 +68,10 @@ class MovementType(enum.IntEnum):
     TRANSFER_IN = 6
     COUNT = 7
 
+    # Enum hashes its name in Python code; an int's own hash is C and agrees with == (bench B1:
+    # the types are set and dict keys in the hot path of every movement).
+    __hash__ = int.__hash__
+
 
 class AdjustmentSign(enum.IntEnum):
     """Direction of an ADJUSTMENT. Values equal the wire enum's numbers."""
@@ -54,17 +79,25 @@ class AdjustmentSign(enum.IntEnum):
     INCREASE = 1
     DECREASE = 2
 
+    __hash__ = int.__hash__
+
 
 _DECREASING = frozenset({MovementType.SALE, MovementType.TRANSFER_OUT})
 _INCREASING = frozenset({MovementType.RETURN, MovementType.RECEIPT, MovementType.TRANSFER_IN})
+
+#: Types with no field beyond the common ones (the bulk of a store's stream).
+_PLAIN = frozenset({MovementType.SALE, MovementType.RETURN, MovementType.RECEIPT})
 
 StockKey = tuple[str, str]
 """A stock position's identity: (sku, location_id)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Movement:
-    """One physical fact about stock; idempotent on (source_id, seq)."""
+class Movement(NamedTuple):
+    """One physical fact about stock; idempotent on (source_id, seq).
+
+    A named tuple rather than a frozen dataclass: a store stream builds tens of thousands a
+    second, and a tuple is built five times faster (see bench B1). Immutable all the same.
+    """
 
     source_id: str
     seq: int
@@ -77,7 +110,7 @@ class Movement:
     transfer_id: str = ""
     reason: str = ""
     adjustment_sign: AdjustmentSign | None = None
-    epcs: tuple[str, ...] = field(default=())
+    epcs: tuple[str, ...] = ()
 
     @property
     def key(self) -> StockKey:
@@ -97,16 +130,26 @@ class Movement:
             )
         return 0
 
-    def validate(self, prefix: str = "") -> Movement:
-        """Check every field; raise InvalidArgument naming the first bad one."""
-        check_id(prefix + "source_id", self.source_id)
+    def _check_seq(self, prefix: str) -> None:
         if self.seq < 1:
             raise InvalidArgument(prefix + "seq", f"must be >= 1, got {self.seq}")
-        check_id(prefix + "sku", self.sku)
-        check_id(prefix + "location_id", self.location_id)
+
+    def validate(self, prefix: str = "") -> Movement:
+        """Check every field; raise InvalidArgument naming the first bad one."""
+        # The common case (a sale or receipt of known ids) costs three set lookups; field names
+        # are only built for an error.
+        if not (id_ok(self.source_id) and id_ok(self.sku) and id_ok(self.location_id)):
+            check_id(prefix + "source_id", self.source_id)
+            self._check_seq(prefix)
+            check_id(prefix + "sku", self.sku)
+            check_id(prefix + "location_id", self.location_id)
+        self._check_seq(prefix)
         # A count of zero is a fact (an empty shelf); any other movement of zero units is noise.
-        minimum = 0 if self.type is MovementType.COUNT else 1
-        check_quantity(prefix + "quantity", self.quantity, minimum=minimum)
+        if not 1 <= self.quantity <= MAX_QUANTITY:
+            minimum = 0 if self.type is MovementType.COUNT else 1
+            check_quantity(prefix + "quantity", self.quantity, minimum=minimum)
+        if self.type in _PLAIN and not self.reservation_id and not self.count_id:
+            return self
         if self.type is MovementType.ADJUSTMENT:
             if self.adjustment_sign is None:
                 raise InvalidArgument(

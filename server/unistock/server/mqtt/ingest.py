@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 TOPIC_ROOT = "unistock/v1/stores"
 MOVEMENTS_TOPIC = f"{TOPIC_ROOT}/+/movements"
 JSON = "application/json"
+#: Acks published whose broker PUBACK has not arrived yet (the client allows 1000 in flight).
+MAX_ACKS_IN_FLIGHT = 256
 #: Larger payloads are refused unparsed (the broker should refuse them first: see deploy/).
 MAX_PAYLOAD = 1024 * 1024
 
@@ -136,8 +138,13 @@ class MqttIngestor:
             ack.rejections.extend(rejected)
             return StoreBatch(store_id, ack)
         by_seq: dict[int, Movement] = {}
+        belongs = self.locations.belongs
+        checked: dict[str, bool] = {}  # by location: a store reports few
         for mv in valid:
-            if self.locations.belongs(mv.location_id, store_id):
+            ok = checked.get(mv.location_id)
+            if ok is None:
+                ok = checked[mv.location_id] = belongs(mv.location_id, store_id)
+            if ok:
                 by_seq[mv.seq] = mv
             else:
                 exc = InvalidArgument(
@@ -150,7 +157,7 @@ class MqttIngestor:
         final = {r.seq: r for r in rejected}
         done = await self._load_progress(source)
         # Walk the batch's seqs in order from the first one not yet done; stop at a gap.
-        seqs = sorted({wm.seq for wm in batch.movements})
+        seqs = sorted(by_seq.keys() | final.keys())
         expected = done + 1
         apply: list[Movement] = []
         duplicates = 0
@@ -244,8 +251,12 @@ class MqttIngestor:
     async def _serve(self, client: aiomqtt.Client) -> None:
         acks: asyncio.Queue[StoreBatch] = asyncio.Queue(1000)
 
-        async def publish_acks() -> None:
+        async def publish_acks(tg: asyncio.TaskGroup) -> None:
             # In arrival order: a later ack never overtakes an earlier one of the same store.
+            # Publishes are issued in that order (paho queues them as called) but their PUBACKs
+            # are awaited concurrently, up to MAX_ACKS_IN_FLIGHT: awaiting each broker round
+            # trip in turn capped the acks, and with them every agent's window (bench B1).
+            slots = asyncio.Semaphore(MAX_ACKS_IN_FLIGHT)
             while True:
                 done = await acks.get()
                 if done.durable is not None:
@@ -255,12 +266,16 @@ class MqttIngestor:
                         log.warning("store %s: not acked, not durable: %s", done.store_id, exc)
                         continue
                 self.metrics.mqtt_ingest_latency.observe(time.perf_counter() - done.received_at)
-                await client.publish(
-                    f"{TOPIC_ROOT}/{done.store_id}/acks", done.ack.SerializeToString(), qos=1
+                await slots.acquire()
+                task = tg.create_task(
+                    client.publish(
+                        f"{TOPIC_ROOT}/{done.store_id}/acks", done.ack.SerializeToString(), qos=1
+                    )
                 )
+                task.add_done_callback(lambda _: slots.release())
 
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(publish_acks(), name="mqtt-acks")
+            tg.create_task(publish_acks(tg), name="mqtt-acks")
             async for message in client.messages:
                 props = message.properties
                 content_type = getattr(props, "ContentType", "") if props is not None else ""

@@ -21,7 +21,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from unistock.server.domain import Fenced, Position, Reservation, StockKey, Unavailable
 from unistock.server.metrics import Metrics
@@ -32,9 +32,8 @@ from unistock.server.persistence.store import PartitionWrite, Phase, RedisStore
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class DurableLevel:
-    """A position level that is now durable, as flushed."""
+class DurableLevel(NamedTuple):
+    """A position level that is now durable, as flushed (a tuple: one per position and flush)."""
 
     key: StockKey
     version: int
@@ -250,14 +249,19 @@ class GroupCommit:
         last: Phase = defaultdict(PartitionWrite)
         durable: list[DurableLevel] = []
         new_locations: set[str] = set()
+        partition_of = ks.location_partition
+        writes: dict[str, PartitionWrite] = {}  # by location: a flush has few locations
+        known = self._known_locations
         for key, p in positions.items():
             level, value = encode_position_with_level(p)
-            w = middle[ks.location_partition(key[1])]
-            w.positions.append(position_field(key))
-            w.positions.append(value)
-            if key[1] not in self._known_locations and key[1] not in new_locations:
-                new_locations.add(key[1])
-                w.locations.append(key[1])
+            location = key[1]
+            w = writes.get(location)
+            if w is None:
+                w = writes[location] = middle[partition_of(location)]
+                if location not in known:
+                    new_locations.add(location)
+                    w.locations.append(location)
+            w.positions += (position_field(key), value)
             durable.append(DurableLevel(key, p.version, level))
         for records, phase in ((ending, first), (other, last)):
             for rid, r in records.items():
