@@ -24,6 +24,7 @@ from typing import Any
 
 import grpc
 from grpc import aio
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench._procs import RedisProc, free_port, stop_process
 from bench.harness import CpuMeter, log
@@ -55,6 +56,7 @@ class ServerProc:
     def __init__(self, redis_url: str, log_dir: Path, *args: str) -> None:
         self.redis_url = redis_url
         self.port = free_port()
+        self.metrics_port = free_port()
         self.args = args
         self.log_path = log_dir / f"server-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -77,7 +79,7 @@ class ServerProc:
             sys.executable, "-m", "unistock.server.app.cli",
             "--redis-url", self.redis_url,
             "--grpc-port", str(self.port),
-            "--metrics-port", "0",
+            "--metrics-port", str(self.metrics_port),
             "--data-dir", str(self.log_path.parent / "var"),
             "--log-level", "WARNING",
             *self.args,
@@ -111,6 +113,40 @@ class ServerProc:
                 req, metadata=METADATA, timeout=max(1.0, deadline - time.perf_counter())
             )
         return time.perf_counter() - self.started_at
+
+    async def scrape(self) -> dict[str, float]:
+        """The server's /metrics as {"name{labels}": value} (histogram _sum/_count included)."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.metrics_port)
+        writer.write(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        await writer.drain()
+        raw = await reader.read()
+        writer.close()
+        text = raw.partition(b"\r\n\r\n")[2].decode()
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+        return out
+
+    @staticmethod
+    def window(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+        """Means over a window of the server's own timings (ms) and batch sizes."""
+
+        def mean(name: str, scale: float = 1.0) -> float:
+            n = after.get(f"{name}_count", 0) - before.get(f"{name}_count", 0)
+            total = after.get(f"{name}_sum", 0) - before.get(f"{name}_sum", 0)
+            return round(total / n * scale, 3) if n else float("nan")
+
+        flushes = after.get("unistock_flush_duration_seconds_count", 0) - before.get(
+            "unistock_flush_duration_seconds_count", 0
+        )
+        return {
+            "flushes": flushes,
+            "flush_mean_ms": mean("unistock_flush_duration_seconds", 1000),
+            "flush_positions_mean": mean("unistock_flush_batch_positions"),
+            "mqtt_ingest_to_durable_mean_ms": mean("unistock_mqtt_ingest_to_durable_seconds", 1000),
+        }
 
     def tail(self, n: int = 3000) -> str:
         try:

@@ -193,6 +193,7 @@ async def unistock(cfg: Config) -> Latency:
                 for a in agents:
                     a.measuring, a.done, a.lat = True, 0, []
                 cpu.start()
+                before = await srv.scrape()
                 t0 = time.perf_counter()
                 n = sales(cfg)
                 w.target = v0 + n
@@ -209,6 +210,8 @@ async def unistock(cfg: Config) -> Latency:
                 for a in agents:
                     a.measuring = False
                 cpu_s = cpu.stop()
+                server_side = srv.window(before, await srv.scrape())
+                server_side["flushes_per_s"] = round(server_side["flushes"] / secs, 1)
             finally:
                 await stop_all(agents, tasks)
                 watch.cancel()
@@ -228,6 +231,7 @@ async def unistock(cfg: Config) -> Latency:
             "background_movements_per_s": round(sum(a.done for a in agents) / secs),
             "background_ack_p50_ms": bg_pct["p50_ms"],
             "background_ack_p99_ms": bg_pct["p99_ms"],
+            "server": server_side,
             "coalesced_sales": w.coalesced,
             "unmatched_sales": n - len(w.lat),
             "pos_rejections": pos.rejections,
