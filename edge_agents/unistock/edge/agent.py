@@ -25,6 +25,7 @@ import aiomqtt
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
+from paho.mqtt.reasoncodes import ReasonCode
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from unistock.client.mqtt import broker_args
@@ -39,7 +40,7 @@ from unistock.edge.readers import (
     reader_from_topic,
 )
 from unistock.edge.reconnect import reconnecting
-from unistock.edge.sender import Sender, status_topic
+from unistock.edge.sender import PublishRefusals, Sender, reason_label, status_topic
 from unistock.intake.v1 import intake_pb2 as ipb
 from unistock.intake.v1 import intake_pb2_grpc as ipb_grpc
 from unistock.v1 import inventory_pb2 as pb
@@ -111,6 +112,13 @@ class AgentMetrics:
         self.reader_connected = Gauge(
             "unistock_agent_reader_broker_connected",
             "1 while connected to the reader broker (MQTT tag reads).",
+            registry=r,
+        )
+        self.publish_refused = Counter(
+            "unistock_agent_publish_refused_total",
+            "Publishes the broker refused (MQTT 5 PUBACK reason >= 128), by reason and topic "
+            "(movements, status).",
+            ["reason", "topic"],
             registry=r,
         )
         self.tag_reads = Counter(
@@ -281,6 +289,7 @@ class StoreAgent:
         )
         try:
             async with _mqtt_client(s, will) as client:
+                refusals = PublishRefusals(client, self._publish_refused)
                 sender = Sender(
                     self.outbox,
                     client,
@@ -288,6 +297,7 @@ class StoreAgent:
                     batch_size=s.batch_size,
                     window=s.window,
                     ack_timeout=s.ack_timeout,
+                    refusals=refusals,
                 )
                 self.sender = sender
                 self.connected.set()
@@ -295,7 +305,9 @@ class StoreAgent:
                 on_connected()
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(sender.run(), name="agent-sender")
-                    tg.create_task(self._publish_status(client, topic), name="agent-status")
+                    tg.create_task(
+                        self._publish_status(client, topic, refusals), name="agent-status"
+                    )
                     async for message in client.messages:
                         if message.topic.matches(sender.acks_topic):
                             before = self.outbox.last_acked
@@ -319,11 +331,24 @@ class StoreAgent:
         finally:
             self.metrics.reader_connected.set(0)
 
-    async def _publish_status(self, client: aiomqtt.Client, topic: str) -> None:
+    def _publish_refused(self, topic: str, reason: ReasonCode) -> None:
+        self.metrics.publish_refused.labels(reason_label(reason), topic.rsplit("/", 1)[-1]).inc()
+
+    async def _publish_status(
+        self, client: aiomqtt.Client, topic: str, refusals: PublishRefusals
+    ) -> None:
         while True:
             await client.publish(
                 topic, self.status(pb.AgentStatus.ONLINE).SerializeToString(), qos=1, retain=True
             )
+            reason = refusals.take(topic)
+            if reason is not None:  # once per status interval at most
+                log.error(
+                    "the broker refused the agent status on %s: reason %d %s",
+                    topic,
+                    reason.value,
+                    reason.getName(),
+                )
             await asyncio.sleep(self.settings.status_interval)
 
     # -- counts ------------------------------------------------------------------------------

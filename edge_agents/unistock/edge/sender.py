@@ -33,18 +33,23 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import aiomqtt
 from google.protobuf.message import DecodeError
+from paho.mqtt import client as paho_mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from unistock.edge.outbox import Outbox, reject_reason_name
 from unistock.v1 import inventory_pb2 as pb
 
 __all__ = [
     "CONTENT_TYPE",
+    "PublishRefusals",
     "Sender",
     "SenderStats",
     "acks_topic",
@@ -71,6 +76,63 @@ def acks_topic(store_id: str) -> str:
 def status_topic(store_id: str) -> str:
     """Retained topic of a store agent's status (and its last will)."""
     return f"unistock/v1/stores/{store_id}/status"
+
+
+def reason_label(reason: ReasonCode) -> str:
+    """A metric label for an MQTT reason code: ``not_authorized``, ``quota_exceeded``…"""
+    return reason.getName().lower().replace(" ", "_")
+
+
+class PublishRefusals:
+    """The MQTT 5 PUBACK reason codes that aiomqtt drops: which publishes the broker refused.
+
+    aiomqtt 2.5's ``publish()`` returns normally whatever the PUBACK says, so a publish refused
+    by the broker's ACL (135 Not authorized) or quota (151) looked delivered. Created on a
+    client (before or after it connects), this chains the paho client's ``on_publish``
+    (aiomqtt's own callback still runs after it, so ``publish()`` still returns) and keeps the
+    reason of every refused publish by topic until :meth:`take`. The callback runs before
+    aiomqtt wakes the ``publish()`` caller, so when ``publish()`` returns, its refusal is here.
+
+    Args:
+        client: the aiomqtt client (speaking MQTT 5: MQTT 3.1.1 PUBACKs carry no reason).
+        on_refused: called with ``(topic, reason)`` for every refused publish (metrics).
+    """
+
+    def __init__(
+        self,
+        client: aiomqtt.Client,
+        on_refused: Callable[[str, ReasonCode], None] | None = None,
+    ) -> None:
+        self._paho = client._client
+        # aiomqtt creates its paho client with CallbackAPIVersion.VERSION2 (reason codes).
+        self._chained = cast(paho_mqtt.CallbackOnPublish_v2 | None, self._paho.on_publish)
+        self._on_refused = on_refused
+        self._refused: dict[str, ReasonCode] = {}
+        self._paho.on_publish = self._on_publish
+
+    def take(self, topic: str) -> ReasonCode | None:
+        """The reason the broker refused the latest publish on ``topic`` (once), or ``None``."""
+        return self._refused.pop(topic, None)
+
+    def _on_publish(
+        self,
+        paho: paho_mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        try:
+            if reason.is_failure:
+                # paho pops the message after this callback: its topic is still known here.
+                message = paho._out_messages.get(mid)
+                topic = message.topic if message is not None else ""
+                self._refused[topic] = reason
+                if self._on_refused is not None:
+                    self._on_refused(topic, reason)
+        finally:
+            if self._chained is not None:
+                self._chained(paho, userdata, mid, reason, properties)
 
 
 def _reraise_swallowed_cancel() -> None:
@@ -108,6 +170,8 @@ class SenderStats:
     invalid_acks: int = 0
     max_in_flight: int = 0
     """Highest number of unacked batches seen at once; never above ``window``."""
+    refused: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Batches the broker refused (PUBACK reason >= 128), by reason (:func:`reason_label`)."""
     reject_reasons: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
@@ -125,6 +189,18 @@ class Sender:
         publish_timeout: seconds to wait for the broker's PUBACK of one publish (``None``:
             the client's own timeout); a timeout raises ``aiomqtt.MqttError`` out of
             :meth:`run`, the agent's cue to reconnect.
+        refusals: the client's :class:`PublishRefusals` (default: one is created).
+        refused_backoff: the longest pause, in seconds, before resending a batch the broker
+            refused; pauses start at 0.5 s and double while refusals go on.
+
+    A batch the broker refuses (MQTT 5 PUBACK reason >= 128: 135 Not authorized by the ACL,
+    151 quota exceeded…) was not delivered: it is logged as an error, counted in
+    :attr:`SenderStats.refused`, taken out of the window, and sent again, from its first seq,
+    after a pause. The connection is kept: the broker refused a message, not the session, and
+    reconnecting would reset the agent's connect backoff and turn a lasting ACL mistake into a
+    reconnect storm; acks of earlier batches keep settling meanwhile, and the outbox depth and
+    oldest-unacked age keep growing where monitoring sees them. A fixed ACL (mosquitto reloads
+    it on SIGHUP) lets the next attempt through without a restart.
     """
 
     def __init__(
@@ -137,6 +213,8 @@ class Sender:
         window: int = 8,
         ack_timeout: float = 10.0,
         publish_timeout: float | None = None,
+        refusals: PublishRefusals | None = None,
+        refused_backoff: float = 30.0,
     ) -> None:
         if batch_size < 1 or window < 1:
             raise ValueError("batch_size and window must be at least 1")
@@ -157,6 +235,9 @@ class Sender:
         self._wake = asyncio.Event()
         self._properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         self._properties.ContentType = CONTENT_TYPE
+        self.refusals = refusals if refusals is not None else PublishRefusals(client)
+        self.refused_backoff = refused_backoff
+        self._refused_pause = 0.0
 
     # ---- what the agent calls --------------------------------------------------------------
 
@@ -264,7 +345,11 @@ class Sender:
                 )
                 if not movements:
                     break
-                await self._publish(movements)
+                if not await self._publish(movements):
+                    # Refused by the broker: resend from this batch's first seq after a pause.
+                    cursor = movements[0].seq - 1
+                    await asyncio.sleep(self._refused_pause)
+                    continue
                 cursor = movements[-1].seq
             if self._in_flight:
                 await self._wait_for_progress(last_progress + self.ack_timeout)
@@ -296,7 +381,8 @@ class Sender:
         except TimeoutError:
             pass
 
-    async def _publish(self, movements: list[pb.Movement]) -> None:
+    async def _publish(self, movements: list[pb.Movement]) -> bool:
+        """Publish one batch; ``False`` if the broker refused it (then it is not in flight)."""
         batch = _Batch(first_seq=movements[0].seq, last_seq=movements[-1].seq)
         message = pb.MovementBatch(
             source_id=self.outbox.source_id,
@@ -316,5 +402,24 @@ class Sender:
             timeout=self.publish_timeout,
         )
         _reraise_swallowed_cancel()
+        reason = self.refusals.take(self.movements_topic)
+        if reason is not None:
+            self._in_flight.remove(batch)
+            label = reason_label(reason)
+            self.stats.refused[label] += 1
+            self._refused_pause = min(max(2 * self._refused_pause, 0.5), self.refused_backoff)
+            _log.error(
+                "the broker refused movements %d-%d on %s: reason %d %s; nothing was delivered, "
+                "resending in %.1f s",
+                batch.first_seq,
+                batch.last_seq,
+                self.movements_topic,
+                reason.value,
+                reason.getName(),
+                self._refused_pause,
+            )
+            return False
+        self._refused_pause = 0.0
         self.stats.batches_published += 1
         self.stats.movements_published += len(movements)
+        return True
