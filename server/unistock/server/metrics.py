@@ -130,6 +130,12 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.mqtt_queued = Gauge(
+            "unistock_mqtt_queued_messages",
+            "Messages taken from the broker and not yet applied (queued per store, served in "
+            "rotation).",
+            registry=r,
+        )
         self.mqtt_store_last_seen = Gauge(
             "unistock_mqtt_store_last_seen_timestamp_seconds",
             "When a store's agent last sent movements (Unix time).",

@@ -42,16 +42,13 @@ class BatchResult:
     """What a batch of movements did, movement by movement."""
 
     results: list[MovementResult] = field(default_factory=list)
+    #: Movements recognised as already applied.
+    duplicates: int = 0
 
     @property
     def applied(self) -> int:
         """Movements applied for the first time (counts and corrections included)."""
-        return sum(r.outcome is not Outcome.DUPLICATE for r in self.results)
-
-    @property
-    def duplicates(self) -> int:
-        """Movements recognised as already applied."""
-        return sum(r.outcome is Outcome.DUPLICATE for r in self.results)
+        return len(self.results) - self.duplicates
 
 
 class Inventory:
@@ -149,6 +146,7 @@ class Inventory:
             results.append(r)
             outcomes[m.type, r.outcome] += 1
             if r.outcome is Outcome.DUPLICATE:
+                out.duplicates += 1
                 continue
             if m.location_id not in locations:
                 locations.add(m.location_id)
