@@ -13,7 +13,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from unistock.edge.catalogue import Catalogue
-from unistock.edge.counting import CountResult, CountSession, ReadOutcome, precedes_count
+from unistock.edge.counting import (
+    CountResult,
+    CountSession,
+    ReadOutcome,
+    on_agent_clock,
+    precedes_count,
+)
 from unistock.edge.epc import encode_sgtin96, gtin_check_digit
 
 T0 = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
@@ -314,6 +320,55 @@ def test_precedence_compares_instants_across_time_zones() -> None:
     paris = timezone(timedelta(hours=1))
     assert precedes_count(datetime(2025, 3, 1, 9, 59, tzinfo=paris), s)  # 08:59 UTC
     assert not precedes_count(datetime(2025, 3, 1, 10, 0, tzinfo=paris), s)
+
+
+# -- a till whose clock is off: its times are put on the agent's clock --------------------------
+
+SLOW, FAST = timedelta(hours=-2), timedelta(hours=2)
+
+
+@pytest.mark.parametrize("skew", [SLOW, FAST, timedelta(0)])
+def test_till_times_on_the_agent_clock_keep_their_distance_in_the_past(skew: timedelta) -> None:
+    """A sale 10 min before the count, sent 30 min later: 10 min before the count, whatever the
+    till's clock says, as long as the till says when it sent it."""
+    stopped_at = T0 + timedelta(minutes=20)  # when the agent received it (its clock)
+    sold = T0 - timedelta(minutes=10)
+    occurred = on_agent_clock(sold + skew, stopped_at, sent_at=stopped_at + skew)
+    assert occurred == sold
+    s = session()
+    s.stop()
+    assert precedes_count(occurred, s)
+
+
+@pytest.mark.parametrize("skew", [SLOW, FAST])
+def test_live_sale_after_the_count_from_a_skewed_till_applies_on_top(skew: timedelta) -> None:
+    s = session()  # started at T0
+    s.stop()
+    now = T0 + timedelta(minutes=30)  # the till sells and sends at once, after the count
+    occurred = on_agent_clock(now + skew, now, sent_at=now + skew)
+    assert occurred == now
+    assert not precedes_count(occurred, s)
+    # Without sent_at the till's clock is trusted: 2 h slow, its sale after the count looks as if
+    # it happened before it (the agent cannot tell it from a till that was offline) — why tills
+    # with a clock they cannot keep synchronised must send sent_at. 2 h fast is bounded by the
+    # agent's receive time, which is after the count.
+    assert precedes_count(on_agent_clock(now + skew, now), s) is (skew == SLOW)
+
+
+def test_till_time_is_never_after_the_agent_received_it() -> None:
+    received = T0
+    assert on_agent_clock(T0 + FAST, received) == received
+    assert on_agent_clock(T0 - timedelta(seconds=5), received) == T0 - timedelta(seconds=5)
+    # A till whose clock jumped between the sale and the send cannot push it into the future.
+    assert on_agent_clock(T0, received, sent_at=T0 - timedelta(minutes=1)) == received
+
+
+def test_on_agent_clock_rejects_naive_times() -> None:
+    naive = datetime(2025, 3, 1, 9, 0)
+    with pytest.raises(ValueError, match="occurred_at"):
+        on_agent_clock(naive, T0)
+    with pytest.raises(ValueError, match="sent_at"):
+        on_agent_clock(T0, T0, sent_at=naive)
 
 
 @pytest.mark.parametrize("skew", [timedelta(hours=-2), timedelta(hours=2)])

@@ -163,6 +163,19 @@ async def read_tags(
     return await till.RecordTagReads(iter(reads))
 
 
+async def count_eight_of_ten(
+    server: UnistockServer, agent: StoreAgent, till: ipb_grpc.StoreIntakeStub, count_id: str
+) -> None:
+    """Receive 10 A, count 8 of them (2 lost), until the server applied it."""
+    await till.StartCount(ipb.StartCountRequest(count_id=count_id, skus=["A"]))
+    await read_tags(till, count_id, [epc(ITEM_A, s) for s in range(1, 9)])
+    [count] = (await till.StopCount(ipb.StopCountRequest(count_id=count_id))).counts
+    assert count.quantity == 8
+    await drained(agent)
+    assert await level(server, "A") == (8, 2)
+    assert variance(server, "loss") == 2  # 8 - 10
+
+
 # -- 1. a count session --------------------------------------------------------------------------
 
 
@@ -213,13 +226,7 @@ async def test_sale_before_the_count_arriving_after_it_only_corrects_the_varianc
 ) -> None:
     await receipt(till, "A", 10)
     sold_offline_at = utcnow() - datetime.timedelta(minutes=5)  # before the session starts
-    await till.StartCount(ipb.StartCountRequest(count_id="c2", skus=["A"]))
-    await read_tags(till, "c2", [epc(ITEM_A, s) for s in range(1, 9)])
-    [count] = (await till.StopCount(ipb.StopCountRequest(count_id="c2"))).counts
-    assert count.quantity == 8
-    await drained(agent)
-    assert await level(server, "A") == (8, 2)
-    assert variance(server, "loss") == 2  # 8 - 10
+    await count_eight_of_ten(server, agent, till, "c2")
 
     # The till was offline from the agent: its sale (before the count) lands only now. The unit
     # was not on the shelf when the readers passed, so the count already reflects it.
@@ -314,6 +321,48 @@ async def test_till_clock_off_by_two_hours_without_a_count_applies_in_seq_order(
     assert outcomes(server, "SALE", "applied") == 3
     assert outcomes(server, "SALE", "count_correction") == 0
     assert (variance(server, "loss"), variance(server, "gain")) == (0, 0)
+
+
+@pytest.mark.parametrize("skew_hours", [-2, 2])
+async def test_till_clock_off_by_two_hours_with_sent_at_around_a_count(
+    server: UnistockServer, agent: StoreAgent, till: ipb_grpc.StoreIntakeStub, skew_hours: int
+) -> None:
+    """A till 2 h off that sends sent_at: its offline sale before the count only corrects the
+    variance (2 h fast, it would otherwise look after the count), and its live sale after the
+    count applies on top (2 h slow, it would otherwise look before the count)."""
+    skew = datetime.timedelta(hours=skew_hours)
+
+    def till_clock() -> datetime.datetime:
+        return utcnow() + skew
+
+    await receipt(till, "A", 10)
+    sold_offline_at = till_clock() - datetime.timedelta(minutes=5)  # before the count starts
+    await count_eight_of_ten(server, agent, till, "c6")
+
+    # The till comes back online: its sale from before the count, then a new one.
+    await till.RecordSale(
+        ipb.SaleRequest(
+            till_id="t-skew",
+            sku="A",
+            quantity=1,
+            occurred_at=ts(sold_offline_at),
+            sent_at=ts(till_clock()),
+        )
+    )
+    now = till_clock()
+    await till.RecordSale(
+        ipb.SaleRequest(till_id="t-skew", sku="A", quantity=1, occurred_at=ts(now), sent_at=ts(now))
+    )
+    await drained(agent)
+    assert outcomes(server, "SALE", "count_correction") == 1
+    assert outcomes(server, "SALE", "applied") == 1
+    assert await level(server, "A") == (7, 4)
+    assert (variance(server, "loss"), variance(server, "gain")) == (2, 1)
+    offset = agent.metrics.registry.get_sample_value(
+        "unistock_agent_device_clock_offset_seconds", {"device": "t-skew"}
+    )
+    assert offset is not None
+    assert abs(offset + skew.total_seconds()) < 60
 
 
 # -- 5. fixed readers publishing tag reads on the store's MQTT broker ---------------------------

@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 
 from unistock.client.mqtt import broker_args
 from unistock.edge.catalogue import Catalogue
-from unistock.edge.counting import CountSession, ReadOutcome, precedes_count
+from unistock.edge.counting import CountSession, ReadOutcome, on_agent_clock, precedes_count
 from unistock.edge.outbox import Outbox
 from unistock.edge.readers import (
     DEFAULT_READER_TOPIC,
@@ -121,6 +121,12 @@ class AgentMetrics:
             ["reason", "topic"],
             registry=r,
         )
+        self.device_clock_offset = Gauge(
+            "unistock_agent_device_clock_offset_seconds",
+            "Agent clock minus a till's (device's) clock, seen on its last request with sent_at.",
+            ["device"],
+            registry=r,
+        )
         self.tag_reads = Counter(
             "unistock_agent_tag_reads_total",
             "RFID tag reads received (gRPC or MQTT), by outcome; a read fed to two running "
@@ -183,6 +189,7 @@ class StoreAgent:
                 on_message=self._reader_message,
             )
         self._reader_warned_at = -1e9  # loop time of the last unparseable-payload warning
+        self._skewed_devices: set[str] = set()  # devices warned about for their clock
 
     async def __aenter__(self) -> StoreAgent:
         s = self.settings
@@ -233,6 +240,30 @@ class StoreAgent:
         if self.outbox.depth() == 0:
             return
         await self._drained.wait()
+
+    def to_agent_clock(self, m: pb.Movement, sent_at: Timestamp | None, device: str) -> None:
+        """Put a till's ``occurred_at`` on the agent's clock (:func:`on_agent_clock`).
+
+        Call it as the request arrives, before :meth:`record`: a movement without
+        ``occurred_at`` is stamped with the agent's clock there anyway.
+        """
+        if not m.HasField("occurred_at"):
+            return
+        received = datetime.datetime.now(datetime.UTC)
+        sent = sent_at.ToDatetime(tzinfo=datetime.UTC) if sent_at is not None else None
+        occurred = on_agent_clock(m.occurred_at.ToDatetime(tzinfo=datetime.UTC), received, sent)
+        m.occurred_at.FromDatetime(occurred)
+        if sent is not None:
+            offset = (received - sent).total_seconds()
+            self.metrics.device_clock_offset.labels(device or "-").set(offset)
+            if abs(offset) > 300 and device not in self._skewed_devices:
+                self._skewed_devices.add(device)
+                log.warning(
+                    "device %r: its clock is %+.0f s off the agent's; its times are corrected "
+                    "by its sent_at",
+                    device,
+                    -offset,
+                )
 
     def _preceded_count(self, m: pb.Movement) -> str:
         # A movement that happened before a count of its location, and reaches us after that
@@ -455,8 +486,14 @@ class _Intake(ipb_grpc.StoreIntakeServicer):
         self.agent = agent
 
     async def _receipt(
-        self, m: pb.Movement, context: aio.ServicerContext[Any, Any]
+        self,
+        m: pb.Movement,
+        context: aio.ServicerContext[Any, Any],
+        request: ipb.SaleRequest | ipb.ReturnRequest | ipb.RecordMovementRequest,
+        device: str,
     ) -> ipb.IntakeReceipt:
+        sent_at = request.sent_at if request.HasField("sent_at") else None
+        self.agent.to_agent_clock(m, sent_at, device)
         if not m.sku:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "sku: must not be empty")
         if m.quantity < (0 if m.type == pb.COUNT else 1):
@@ -483,7 +520,7 @@ class _Intake(ipb_grpc.StoreIntakeServicer):
         if request.HasField("occurred_at"):
             m.occurred_at.CopyFrom(request.occurred_at)
         self._sale_seen(m)
-        return await self._receipt(m, context)
+        return await self._receipt(m, context, request, request.till_id)
 
     async def RecordReturn(self, request: ipb.ReturnRequest, context: Any) -> ipb.IntakeReceipt:
         m = pb.Movement(
@@ -495,7 +532,7 @@ class _Intake(ipb_grpc.StoreIntakeServicer):
         )
         if request.HasField("occurred_at"):
             m.occurred_at.CopyFrom(request.occurred_at)
-        return await self._receipt(m, context)
+        return await self._receipt(m, context, request, request.till_id)
 
     async def RecordMovement(
         self, request: ipb.RecordMovementRequest, context: Any
@@ -507,7 +544,7 @@ class _Intake(ipb_grpc.StoreIntakeServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "movement.source_id/seq: assigned by the agent, leave them empty",
             )
-        return await self._receipt(m, context)
+        return await self._receipt(m, context, request, request.device_id)
 
     async def StartCount(
         self, request: ipb.StartCountRequest, context: Any

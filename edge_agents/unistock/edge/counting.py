@@ -33,7 +33,7 @@ import enum
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from unistock.edge.epc import EpcError, decode_sgtin96
@@ -43,6 +43,7 @@ __all__ = [
     "CountSession",
     "ReadOutcome",
     "SkuLookup",
+    "on_agent_clock",
     "precedes_count",
 ]
 
@@ -319,3 +320,40 @@ def precedes_count(movement_occurred_at: datetime, session: CountSession) -> boo
     if movement_occurred_at.tzinfo is None or movement_occurred_at.utcoffset() is None:
         raise ValueError("movement_occurred_at must be timezone-aware")
     return session.stopped and movement_occurred_at < session.started_at
+
+
+def on_agent_clock(
+    occurred_at: datetime, received_at: datetime, sent_at: datetime | None = None
+) -> datetime:
+    """A till's ``occurred_at`` moved onto the agent's clock, for :func:`precedes_count`.
+
+    * With ``sent_at`` (the till's clock when it sent the request): ``occurred_at`` is shifted
+      by the offset observed on this very call, ``received_at - sent_at``. A till whose clock
+      is 2 h slow stamps a sale made now "2 h ago" and sends it now with ``sent_at`` "now - 2 h":
+      the sale lands at ``received_at``, after the count, where it belongs. The error left is the
+      till-to-agent latency (LAN: milliseconds), and a backlog replayed after hours offline keeps
+      its true distance in the past, since the till's clock offset, not its drift over the
+      outage, is what is corrected.
+    * Without ``sent_at``: ``occurred_at`` is trusted as is (a till that does not send
+      ``sent_at`` must keep its clock synchronised).
+
+    Either way the result is at most ``received_at``: nothing happened after the agent heard of
+    it, whatever a fast clock says.
+
+    Args:
+        occurred_at: when the till says the movement happened (its clock).
+        received_at: when the agent received the request (its clock).
+        sent_at: the till's clock when it sent the request, if it says.
+
+    Raises:
+        ValueError: a naive time.
+    """
+    for name, at in (
+        ("occurred_at", occurred_at),
+        ("received_at", received_at),
+        ("sent_at", sent_at),
+    ):
+        if at is not None and (at.tzinfo is None or at.utcoffset() is None):
+            raise ValueError(f"{name} must be timezone-aware")
+    offset = received_at - sent_at if sent_at is not None else timedelta(0)
+    return min(occurred_at + offset, received_at)

@@ -38,6 +38,7 @@ class SaleRequest(_message.Message):
     RESERVATION_ID_FIELD_NUMBER: _builtins.int
     EPC_FIELD_NUMBER: _builtins.int
     LOCATION_ID_FIELD_NUMBER: _builtins.int
+    SENT_AT_FIELD_NUMBER: _builtins.int
     till_id: _builtins.str
     """The till (or POS terminal) recording it."""
     sku: _builtins.str
@@ -50,11 +51,20 @@ class SaleRequest(_message.Message):
     """Location inside the store (default: the store's location)."""
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
-        """When it happened at the till (default: when the agent received it)."""
+        """When it happened at the till (default: when the agent received it); see sent_at."""
 
     @_builtins.property
     def epc(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """RFID EPCs (hex) of the units sold, when the till scanned them: they leave a running count."""
+
+    @_builtins.property
+    def sent_at(self) -> _timestamp_pb2.Timestamp:
+        """The till's own clock when it sent this request (set it on every send, resends included).
+        With occurred_at, the agent puts occurred_at on its own clock before deciding whether the
+        movement happened before a count: occurred_at + (agent receive time - sent_at). Without it,
+        occurred_at is compared with the agent's clock as is, and a till whose clock is off can
+        make its sales after a count look like corrections of the count.
+        """
 
     def __init__(
         self,
@@ -66,10 +76,11 @@ class SaleRequest(_message.Message):
         reservation_id: _builtins.str = ...,
         epc: _abc.Iterable[_builtins.str] | None = ...,
         location_id: _builtins.str = ...,
+        sent_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "sent_at", b"sent_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epc", b"epc", "location_id", b"location_id", "occurred_at", b"occurred_at", "quantity", b"quantity", "reservation_id", b"reservation_id", "sku", b"sku", "till_id", b"till_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epc", b"epc", "location_id", b"location_id", "occurred_at", b"occurred_at", "quantity", b"quantity", "reservation_id", b"reservation_id", "sent_at", b"sent_at", "sku", b"sku", "till_id", b"till_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -87,6 +98,7 @@ class ReturnRequest(_message.Message):
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
     EPC_FIELD_NUMBER: _builtins.int
     LOCATION_ID_FIELD_NUMBER: _builtins.int
+    SENT_AT_FIELD_NUMBER: _builtins.int
     till_id: _builtins.str
     """The till recording it."""
     sku: _builtins.str
@@ -103,6 +115,15 @@ class ReturnRequest(_message.Message):
     def epc(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """RFID EPCs (hex) of the units returned."""
 
+    @_builtins.property
+    def sent_at(self) -> _timestamp_pb2.Timestamp:
+        """The till's own clock when it sent this request (set it on every send, resends included).
+        With occurred_at, the agent puts occurred_at on its own clock before deciding whether the
+        movement happened before a count: occurred_at + (agent receive time - sent_at). Without it,
+        occurred_at is compared with the agent's clock as is, and a till whose clock is off can
+        make its sales after a count look like corrections of the count.
+        """
+
     def __init__(
         self,
         *,
@@ -112,10 +133,11 @@ class ReturnRequest(_message.Message):
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
         epc: _abc.Iterable[_builtins.str] | None = ...,
         location_id: _builtins.str = ...,
+        sent_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "sent_at", b"sent_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epc", b"epc", "location_id", b"location_id", "occurred_at", b"occurred_at", "quantity", b"quantity", "sku", b"sku", "till_id", b"till_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epc", b"epc", "location_id", b"location_id", "occurred_at", b"occurred_at", "quantity", b"quantity", "sent_at", b"sent_at", "sku", b"sku", "till_id", b"till_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -129,21 +151,32 @@ class RecordMovementRequest(_message.Message):
 
     DEVICE_ID_FIELD_NUMBER: _builtins.int
     MOVEMENT_FIELD_NUMBER: _builtins.int
+    SENT_AT_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     """Who recorded it (till, handheld, app)."""
     @_builtins.property
     def movement(self) -> _inventory_pb2.Movement:
         """The movement; its source_id and seq are assigned by the agent and must be left empty."""
 
+    @_builtins.property
+    def sent_at(self) -> _timestamp_pb2.Timestamp:
+        """The till's own clock when it sent this request (set it on every send, resends included).
+        With occurred_at, the agent puts occurred_at on its own clock before deciding whether the
+        movement happened before a count: occurred_at + (agent receive time - sent_at). Without it,
+        occurred_at is compared with the agent's clock as is, and a till whose clock is off can
+        make its sales after a count look like corrections of the count.
+        """
+
     def __init__(
         self,
         *,
         device_id: _builtins.str = ...,
         movement: _inventory_pb2.Movement | None = ...,
+        sent_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["movement", b"movement"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["movement", b"movement", "sent_at", b"sent_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "movement", b"movement"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "movement", b"movement", "sent_at", b"sent_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
