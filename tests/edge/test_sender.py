@@ -1,6 +1,7 @@
 """The edge sender against a real mosquitto, with a test peer standing in for the server.
 
-The server's MQTT ingestion does not exist yet, so :class:`AckingTestPeer` plays its part: it
+:class:`AckingTestPeer` plays the server's part, so that a test can lose, hold back and reject
+batches at will (the real server is in tests/edge/test_agent_e2e.py): it
 subscribes to every store's movements topic, records each batch it receives, and answers on the
 store's acks topic with a ``MovementAck`` carrying the highest seq up to which it has received
 *every* seq (the server's durable high-water mark), plus any rejections it was told to make.
@@ -92,7 +93,7 @@ def reraise_if_cancelling() -> None:
 
 @dataclass
 class AckingTestPeer:
-    """TEST PEER playing the Unistock server's MQTT ingestion until the real one lands.
+    """TEST PEER playing the Unistock server's MQTT ingestion, with faults on demand.
 
     Records every batch (duplicates included) and acks the contiguous high-water per source.
     ``auto_ack = False`` holds acks back (the test then calls :meth:`send_ack`); ``reject`` lists
@@ -106,6 +107,8 @@ class AckingTestPeer:
     persistent_session: bool = False
     drop_first: int = 0
     """Batches to swallow unrecorded and unacked, as if lost on the way to the server."""
+    echo_batch_id: bool = True
+    """Echo each batch's id in its ack, as the server does (it lets the sender see gaps)."""
     batches: list[list[int]] = field(default_factory=list)
     seen: set[int] = field(default_factory=set)
     high_water: int = 0
@@ -156,7 +159,7 @@ class AckingTestPeer:
         seqs = [m.seq for m in batch.movements]
         assert all(m.source_id == batch.source_id for m in batch.movements)
         assert seqs == sorted(seqs), "a batch must be in seq order"
-        assert batch.batch_id == f"{seqs[0]}-{seqs[-1]}"
+        assert batch.batch_id.startswith(f"{seqs[0]}-{seqs[-1]}#")
         self.batches.append(seqs)
         if seqs[0] > self.high_water + 1:
             self.gaps += 1
@@ -166,7 +169,13 @@ class AckingTestPeer:
         if self.auto_ack:
             store_id = str(message.topic).split("/")[3]
             rejected = [s for s in seqs if s in self.reject]
-            await self.send_ack(store_id, batch.source_id, rejected, client=client)
+            await self.send_ack(
+                store_id,
+                batch.source_id,
+                rejected,
+                client=client,
+                batch_id=batch.batch_id if self.echo_batch_id else "",
+            )
 
     async def send_ack(
         self,
@@ -176,10 +185,13 @@ class AckingTestPeer:
         *,
         up_to: int | None = None,
         client: aiomqtt.Client | None = None,
+        batch_id: str = "",
     ) -> None:
-        """Publish a ``MovementAck`` for the high-water (or ``up_to``) and ``rejected`` seqs."""
+        """Publish a ``MovementAck`` for the high-water (or ``up_to``) and ``rejected`` seqs,
+        echoing ``batch_id`` as the server does."""
         ack = pb.MovementAck(
-            sources=[pb.SourceAck(source_id=source_id, seq=up_to or self.high_water)]
+            sources=[pb.SourceAck(source_id=source_id, seq=up_to or self.high_water)],
+            batch_id=batch_id,
         )
         for seq in rejected or []:
             ack.rejections.add(
@@ -371,24 +383,48 @@ async def test_kill_9_of_mosquitto_with_movements_in_flight_loses_nothing(
     )
 
 
-async def test_a_lost_batch_is_resent_after_the_ack_timeout(
-    mosquitto_broker: MosquittoBroker, outbox: Outbox
-) -> None:
+async def send_100_losing_the_first_batch(
+    broker: MosquittoBroker, outbox: Outbox, *, ack_timeout: float, echo_batch_id: bool
+) -> tuple[Sender, AckingTestPeer]:
+    """100 sales in batches of 10 (window 3) to a peer that loses batch 1-10; until drained."""
     sender = Sender(
         outbox,
-        mqtt_client(mosquitto_broker, "edge-agent"),
+        mqtt_client(broker, "edge-agent"),
         STORE,
         batch_size=10,
         window=3,
-        ack_timeout=0.5,
+        ack_timeout=ack_timeout,
     )
-    peer = AckingTestPeer(mosquitto_broker, drop_first=1)
+    peer = AckingTestPeer(broker, drop_first=1, echo_batch_id=echo_batch_id)
     outbox.append(sales(100))
     async with running(peer.run()):
         await asyncio.wait_for(peer.connected.wait(), 10)
         async with running(run_agent(sender)):
-            await wait_until(lambda: outbox.depth() == 0, 20, "the outbox to drain")
+            await wait_until(lambda: outbox.depth() == 0, 30, "the outbox to drain")
+    return sender, peer
 
+
+async def test_a_lost_batch_is_resent_at_once_when_the_next_ack_shows_the_gap(
+    mosquitto_broker: MosquittoBroker, outbox: Outbox
+) -> None:
+    # The ack timeout is far beyond the test's patience: only the gap seen in the acks of the
+    # batches after the lost one can bring the outbox to zero in time.
+    sender, peer = await send_100_losing_the_first_batch(
+        mosquitto_broker, outbox, ack_timeout=120, echo_batch_id=True
+    )
+    assert sender.stats.resends == 0
+    assert sender.stats.fast_resends == 1  # batches 11-20 and 21-30 both showed the gap
+    assert peer.seen == set(range(1, 101))
+    assert first_receipts(peer)[:10] == list(range(11, 21)), "batch 1-10 was lost, then resent"
+
+
+async def test_a_lost_batch_is_resent_after_the_ack_timeout(
+    mosquitto_broker: MosquittoBroker, outbox: Outbox
+) -> None:
+    # A peer that does not echo batch ids: only the ack timeout reveals the loss.
+    sender, peer = await send_100_losing_the_first_batch(
+        mosquitto_broker, outbox, ack_timeout=0.5, echo_batch_id=False
+    )
     assert sender.stats.resends >= 1
     assert peer.seen == set(range(1, 101))
     assert first_receipts(peer)[:10] == list(range(11, 21)), "batch 1-10 was lost, then resent"

@@ -154,6 +154,8 @@ class _Batch:
 
     first_seq: int
     last_seq: int
+    #: Publish number on this sender (in the batch_id), so that an ack names the very publish.
+    number: int = 0
 
 
 @dataclass(slots=True)
@@ -166,6 +168,8 @@ class SenderStats:
     movements_settled: int = 0
     rejections: int = 0
     resends: int = 0
+    fast_resends: int = 0
+    """Windows resent at once because the server acked a batch whose predecessor it lacks."""
     """Windows thrown away and sent again after ``ack_timeout`` without progress."""
     invalid_acks: int = 0
     max_in_flight: int = 0
@@ -238,6 +242,8 @@ class Sender:
         self.refusals = refusals if refusals is not None else PublishRefusals(client)
         self.refused_backoff = refused_backoff
         self._refused_pause = 0.0
+        self._published = 0  # publish counter, for batch ids
+        self._gap: int | None = None  # the server's acked seq, when it reveals a lost batch
 
     # ---- what the agent calls --------------------------------------------------------------
 
@@ -295,6 +301,8 @@ class Sender:
                     rejection.detail,
                 )
         self.stats.acks_received += 1
+        if acked is not None:
+            self._check_gap(ack.batch_id, acked)
         if acked is None and not rejections:
             return ack
         removed = await asyncio.to_thread(self.outbox.settle, acked, rejections)
@@ -320,6 +328,7 @@ class Sender:
         await self.client.subscribe(self.acks_topic, qos=1)
         _reraise_swallowed_cancel()
         self._in_flight.clear()
+        self._gap = None
         self._wake.set()
         loop = asyncio.get_running_loop()
         cursor = 0  # highest seq published on this connection (or settled)
@@ -327,6 +336,17 @@ class Sender:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if self._gap is not None:
+                self.stats.fast_resends += 1
+                _log.info(
+                    "the server acked seq %d past a gap: resending from seq %d now",
+                    self._gap,
+                    self._gap + 1,
+                )
+                self._gap = None
+                self._in_flight.clear()
+                cursor = 0
+                last_progress = loop.time()
             while True:
                 # Re-read before every publish: acks settle the outbox while we wait for a
                 # PUBACK, and a stale count would shrink the window for no reason.
@@ -371,6 +391,28 @@ class Sender:
 
     # ---- internals -------------------------------------------------------------------------
 
+    def _check_gap(self, batch_id: str, acked: int) -> None:
+        """Notice a lost batch from an ack, without waiting for ack_timeout.
+
+        The server applies a source's movements without gaps and acks each message it
+        processed with its contiguous high-water seq, echoing our batch_id. An ack for a batch
+        we published on this round that stays below that batch's first seq - 1 means an
+        earlier batch never reached the server (lost on a broker crash, refused, or dropped by
+        a server that could not write it): resend from the acked seq now, like TCP's fast
+        retransmit. Acks of batches from before a resend name publish numbers no longer in
+        flight, so one loss triggers one resend.
+        """
+        _, _, number = batch_id.rpartition("#")
+        if not number.isdigit():
+            return
+        n = int(number)
+        for batch in self._in_flight:
+            if batch.number == n:
+                if acked < batch.first_seq - 1:
+                    self._gap = acked
+                    self._wake.set()
+                return
+
     async def _wait_for_progress(self, deadline: float) -> None:
         """Wait for the wake event until the loop time ``deadline`` (leaving it set if it fires)."""
         if deadline <= asyncio.get_running_loop().time():
@@ -383,11 +425,12 @@ class Sender:
 
     async def _publish(self, movements: list[pb.Movement]) -> bool:
         """Publish one batch; ``False`` if the broker refused it (then it is not in flight)."""
-        batch = _Batch(first_seq=movements[0].seq, last_seq=movements[-1].seq)
+        self._published += 1
+        batch = _Batch(movements[0].seq, movements[-1].seq, self._published)
         message = pb.MovementBatch(
             source_id=self.outbox.source_id,
             movements=movements,
-            batch_id=f"{batch.first_seq}-{batch.last_seq}",
+            batch_id=f"{batch.first_seq}-{batch.last_seq}#{batch.number}",
         )
         # Counted as in flight before the await: the server's ack can overtake our PUBACK.
         self._in_flight.append(batch)
