@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import datetime
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 from paho.mqtt.reasoncodes import ReasonCode
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from unistock.client.mqtt import broker_args
 from unistock.edge.catalogue import Catalogue
@@ -40,7 +42,13 @@ from unistock.edge.readers import (
     reader_from_topic,
 )
 from unistock.edge.reconnect import reconnecting
-from unistock.edge.sender import PublishRefusals, Sender, reason_label, status_topic
+from unistock.edge.sender import (
+    PublishRefusals,
+    Sender,
+    SenderStats,
+    reason_label,
+    status_topic,
+)
 from unistock.intake.v1 import intake_pb2 as ipb
 from unistock.intake.v1 import intake_pb2_grpc as ipb_grpc
 from unistock.v1 import inventory_pb2 as pb
@@ -136,6 +144,42 @@ class AgentMetrics:
         )
 
 
+class _SendCollector(Collector):
+    """The sender's counters (cumulative over connections) as agent metrics: the send rate is
+    ``rate(unistock_agent_movements_published_total[1m])``."""
+
+    def __init__(self, stats: SenderStats, in_flight: Callable[[], int]) -> None:
+        self.stats = stats
+        self.in_flight = in_flight
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.stats
+        yield CounterMetricFamily(
+            "unistock_agent_movements_published",
+            "Movements published to the broker (resends included).",
+            value=s.movements_published,
+        )
+        yield CounterMetricFamily(
+            "unistock_agent_batches_published",
+            "MovementBatch messages published (resends included).",
+            value=s.batches_published,
+        )
+        resends = CounterMetricFamily(
+            "unistock_agent_resends",
+            "Windows sent again: after ack_timeout without progress (timeout), or at once when "
+            "an ack showed that the server lacks an earlier batch (gap).",
+            labels=["trigger"],
+        )
+        resends.add_metric(["timeout"], s.resends)
+        resends.add_metric(["gap"], s.fast_resends)
+        yield resends
+        yield GaugeMetricFamily(
+            "unistock_agent_batches_in_flight",
+            "Batches published and not yet acknowledged by the server.",
+            value=self.in_flight(),
+        )
+
+
 def _now_ts() -> Timestamp:
     ts = Timestamp()
     ts.GetCurrentTime()
@@ -163,6 +207,10 @@ class StoreAgent:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
         self.metrics = AgentMetrics()
+        self.send_stats = SenderStats()
+        self.metrics.registry.register(
+            _SendCollector(self.send_stats, lambda: self.sender.in_flight if self.sender else 0)
+        )
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(
             settings.data_dir / f"outbox-{settings.store_id}.sqlite", settings.source
@@ -329,6 +377,7 @@ class StoreAgent:
                     window=s.window,
                     ack_timeout=s.ack_timeout,
                     refusals=refusals,
+                    stats=self.send_stats,
                 )
                 self.sender = sender
                 self.connected.set()

@@ -196,6 +196,8 @@ class Sender:
         refusals: the client's :class:`PublishRefusals` (default: one is created).
         refused_backoff: the longest pause, in seconds, before resending a batch the broker
             refused; pauses start at 0.5 s and double while refusals go on.
+        stats: counters to add to (the agent passes one instance to the sender of every
+            connection, so that its metrics never go back to zero on a reconnect).
 
     A batch the broker refuses (MQTT 5 PUBACK reason >= 128: 135 Not authorized by the ACL,
     151 quota exceeded…) was not delivered: it is logged as an error, counted in
@@ -219,6 +221,7 @@ class Sender:
         publish_timeout: float | None = None,
         refusals: PublishRefusals | None = None,
         refused_backoff: float = 30.0,
+        stats: SenderStats | None = None,
     ) -> None:
         if batch_size < 1 or window < 1:
             raise ValueError("batch_size and window must be at least 1")
@@ -233,7 +236,7 @@ class Sender:
         self.publish_timeout = publish_timeout
         self.movements_topic = movements_topic(store_id)
         self.acks_topic = acks_topic(store_id)
-        self.stats = SenderStats()
+        self.stats = stats if stats is not None else SenderStats()
         self._in_flight: collections.deque[_Batch] = collections.deque()
         # Set by every ack, rejection and append; the loop sleeps on it instead of polling.
         self._wake = asyncio.Event()
