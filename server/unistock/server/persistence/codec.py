@@ -34,23 +34,26 @@ FORMAT = 1
 _HEADER = struct.Struct(">BQ")
 
 
-_SMALL = [bytes((i,)) for i in range(0x80)]
-
-
-def varint(n: int) -> bytes:
-    """Protobuf base-128 varint of a non-negative int."""
-    if n < 0x80:
-        return _SMALL[n]
-    if n < 0x4000:
-        return bytes(((n & 0x7F) | 0x80, n >> 7))
-    if n < 0x200000:
-        return bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, n >> 14))
+def _varint_slow(n: int) -> bytes:
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+#: Every varint below 2**14 (versions, seqs, levels and lengths mostly are): 0.5 MB once, and
+#: then a list index instead of arithmetic for each of the dozen ints of every position write.
+_VARINTS = [_varint_slow(i) for i in range(1 << 14)]
+_SMALL = _VARINTS[:0x80]
+
+
+def varint(n: int) -> bytes:
+    """Protobuf base-128 varint of a non-negative int."""
+    if n < 0x4000:
+        return _VARINTS[n]
+    return _varint_slow(n)
 
 
 def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -73,11 +76,11 @@ def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
 
 def _int(tag: bytes, n: int) -> bytes:
     """An int64/uint64 field (tag byte + varint), empty for zero as proto3 does."""
-    if 0 < n < 0x80:
-        return tag + _SMALL[n]
+    if 0 < n < 0x4000:
+        return tag + _VARINTS[n]
     if n == 0:
         return b""
-    return tag + varint(n if n > 0 else n + (1 << 64))
+    return tag + _varint_slow(n if n > 0 else n + (1 << 64))
 
 
 def _submessage(tag: bytes, body: bytes) -> bytes:
@@ -106,16 +109,17 @@ def _source_field(s: str) -> bytes:
 
 def level_bytes(p: Position) -> bytes:
     """The StockLevel of p without sku and location_id, serialised."""
-    on_hand, reserved, safety = p.on_hand, p.reserved, p.safety_stock
+    on_hand, reserved, safety, version = p.on_hand, p.reserved, p.safety_stock, p.version
     free = on_hand - reserved - safety  # Position.available, inlined
-    out = _int(b"\x18", on_hand) if on_hand else b""
+    v = _VARINTS
+    out = b"\x18" + v[on_hand] if 0 < on_hand < 0x4000 else _int(b"\x18", on_hand)
     if reserved:
         out += _int(b"\x20", reserved)
     if safety:
         out += _int(b"\x28", safety)
     if free > 0:
-        out += _int(b"\x30", free)
-    return out + _int(b"\x38", p.version)
+        out += b"\x30" + v[free] if free < 0x4000 else _int(b"\x30", free)
+    return out + (b"\x38" + v[version] if 0 < version < 0x4000 else _int(b"\x38", version))
 
 
 def private_bytes(p: Position) -> bytes:
@@ -123,8 +127,15 @@ def private_bytes(p: Position) -> bytes:
     out = b""
     m = p._marks
     if m is not None:
+        v = _VARINTS
         for i in range(0, len(m), 2):
-            out += _submessage(b"\x0a", _source_field(m[i]) + _int(b"\x10", m[i + 1]))  # type: ignore[arg-type]
+            seq: int = m[i + 1]  # type: ignore[assignment]
+            body = _source_field(m[i]) + (  # type: ignore[arg-type]
+                b"\x10" + v[seq] if 0 < seq < 0x4000 else _int(b"\x10", seq)
+            )
+            out += (
+                b"\x0a" + v[len(body)] + body if len(body) < 0x4000 else _submessage(b"\x0a", body)
+            )
     if p.holds is not None:
         for rid, q in p.holds.items():
             out += _submessage(b"\x12", _string_field(rid) + _int(b"\x10", q))
