@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from unistock.edge.outbox import Outbox, OutboxError
+from unistock.edge.outbox import Outbox, OutboxError, RequestConflict
 from unistock.v1 import inventory_pb2 as pb
 
 SOURCE = "edge-store-042"
@@ -259,3 +259,88 @@ def test_kill_9_between_append_and_ack_loses_nothing_and_reuses_no_seq(tmp_path:
             reported_max = high
             assert outbox.append([sale(f"K{high + 1}")]) == [high + 1]
             reported_max = high + 1
+
+
+# ---- idempotent intake (request_id) ---------------------------------------------------------
+
+
+def test_append_once_returns_the_first_seq_for_a_repeated_request_id(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    with Outbox(path, SOURCE) as outbox:
+        assert outbox.append_once(sale("A"), "t1/r1/1") == (1, True)
+        assert outbox.append_once(sale("B"), "t1/r1/2") == (2, True)
+        retry = sale("A")
+        assert outbox.append_once(retry, "t1/r1/1") == (1, False)
+        assert retry.seq == 0, "a replayed movement is not stamped"
+        assert outbox.request_seq("t1/r1/1", sale("A")) == 1
+        assert outbox.request_seq("t1/r1/9", sale("A")) is None
+        assert outbox.ack(2) == 2  # the key outlives the movement's ack
+    with Outbox(path, SOURCE) as reopened:  # and a restart
+        assert reopened.append_once(sale("A"), "t1/r1/1") == (1, False)
+        assert reopened.append_once(sale("C"), "t1/r1/3") == (3, True)
+        assert [m.sku for m in reopened.pending()] == ["C"]
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        sale("B"),
+        sale("A", quantity=2),
+        pb.Movement(sku="A", location_id="store-042", type=pb.RETURN, quantity=1),
+        pb.Movement(sku="A", location_id="store-042-backroom", type=pb.SALE, quantity=1),
+    ],
+    ids=["sku", "quantity", "type", "location"],
+)
+def test_a_request_id_reused_for_another_movement_is_refused(
+    outbox: Outbox, other: pb.Movement
+) -> None:
+    outbox.append_once(sale("A"), "t1/r1/1")
+    with pytest.raises(RequestConflict, match=r"request_id: 't1/r1/1' was already used for seq 1"):
+        outbox.append_once(other, "t1/r1/1")
+    with pytest.raises(RequestConflict):
+        outbox.request_seq("t1/r1/1", other)
+    assert outbox.depth() == 1
+    assert outbox.next_seq == 2
+
+
+def test_request_ids_are_pruned_by_age_and_by_count(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "count.db", SOURCE, max_requests=3) as outbox:
+        for i in range(1, 6):
+            outbox.append_once(sale("A"), f"r{i}")
+        # Keys more than 3 seqs behind the newest are gone: r1 would record a new sale.
+        assert [outbox.request_seq(f"r{i}", sale("A")) for i in range(1, 6)] == [
+            None,
+            None,
+            3,
+            4,
+            5,
+        ]
+    with Outbox(tmp_path / "age.db", SOURCE, request_retention=0.0) as outbox:
+        outbox.append_once(sale("A"), "old")
+        time.sleep(0.01)  # recorded_at must be strictly older than the retention
+        outbox.append_once(sale("A"), "new")
+        assert outbox.request_seq("old", sale("A")) is None
+        assert outbox.request_seq("new", sale("A")) == 2
+
+
+def test_append_once_keeps_the_key_and_the_movement_in_one_transaction(tmp_path: Path) -> None:
+    """A failure while writing the key leaves neither the movement nor the seq behind."""
+    path = tmp_path / "outbox.db"
+    with Outbox(path, SOURCE) as outbox:
+        outbox.append_once(sale("A"), "r1")
+        engine = create_engine(f"sqlite:///{path}")
+        try:
+            with engine.begin() as conn:  # a trigger that fails the key's insert
+                conn.execute(
+                    text(
+                        "CREATE TRIGGER fail_key BEFORE INSERT ON request "
+                        "WHEN NEW.request_id = 'r2' BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+                    )
+                )
+        finally:
+            engine.dispose()
+        with pytest.raises(Exception, match="disk full"):
+            outbox.append_once(sale("B"), "r2")
+        assert [m.seq for m in outbox.pending()] == [1]
+        assert outbox.next_seq == 2
+        assert outbox.append_once(sale("C"), "r3") == (2, True)

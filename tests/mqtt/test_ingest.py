@@ -160,8 +160,24 @@ async def test_json_payload_with_content_type(server: UnistockServer, agent: Age
         (b'{"sourceId": "a", "movements": [', True, pb.UNPARSEABLE, "cannot parse"),
         (b'{"sourceId": "a", "bogus": 1}', True, pb.UNPARSEABLE, "cannot parse"),
         (b"x" * (MAX_PAYLOAD + 1), False, pb.UNPARSEABLE, "exceeds"),
+        # 10 MB of a valid-looking batch: refused unparsed (the test broker has no size limit;
+        # the production one refuses it first, see tests/deploy)
+        # (concatenated protobuf messages merge: one batch repeated is one big valid batch)
+        (
+            batch("agent-s1", 1, 1, "s1").SerializeToString() * 350_000,
+            False,
+            pb.UNPARSEABLE,
+            "exceeds",
+        ),
     ],
-    ids=["random-bytes", "truncated-protobuf", "bad-json", "unknown-json-field", "too-large"],
+    ids=[
+        "random-bytes",
+        "truncated-protobuf",
+        "bad-json",
+        "unknown-json-field",
+        "too-large",
+        "10-MB-batch",
+    ],
 )
 async def test_unparseable_payloads_are_rejected_and_ingestion_goes_on(
     server: UnistockServer,

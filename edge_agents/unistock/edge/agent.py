@@ -33,7 +33,7 @@ from prometheus_client.registry import Collector
 from unistock.client.mqtt import broker_args
 from unistock.edge.catalogue import Catalogue
 from unistock.edge.counting import CountSession, ReadOutcome, on_agent_clock, precedes_count
-from unistock.edge.outbox import Outbox
+from unistock.edge.outbox import Outbox, RequestConflict
 from unistock.edge.readers import (
     DEFAULT_READER_TOPIC,
     PayloadError,
@@ -267,21 +267,45 @@ class StoreAgent:
     async def record(self, movements: list[pb.Movement]) -> list[int]:
         """Store movements durably in the outbox (in order) and wake the sender."""
         for m in movements:
-            if not m.HasField("occurred_at"):
-                m.occurred_at.CopyFrom(_now_ts())
-            if not m.location_id:
-                m.location_id = self.settings.location
-            if not m.count_id and m.type != pb.COUNT:
-                m.count_id = self._preceded_count(m)
+            self._complete(m)
         async with self._lock:
             seqs = await asyncio.to_thread(self.outbox.append, movements)
+        self._recorded(movements)
+        return seqs
+
+    async def record_once(self, m: pb.Movement, request_id: str) -> tuple[int, bool]:
+        """:meth:`record` one movement under a till's idempotency key (``Outbox.append_once``).
+
+        Returns:
+            ``(seq, appended)``; ``appended`` is ``False`` when ``request_id`` was recorded
+            before: its seq is returned and nothing is appended.
+
+        Raises:
+            RequestConflict: ``request_id`` was recorded for another movement.
+        """
+        self._complete(m)
+        async with self._lock:
+            seq, appended = await asyncio.to_thread(self.outbox.append_once, m, request_id)
+        if appended:
+            self._recorded([m])
+        return seq, appended
+
+    def _complete(self, m: pb.Movement) -> None:
+        """Fill in what the agent decides: occurred_at, location, the count it precedes."""
+        if not m.HasField("occurred_at"):
+            m.occurred_at.CopyFrom(_now_ts())
+        if not m.location_id:
+            m.location_id = self.settings.location
+        if not m.count_id and m.type != pb.COUNT:
+            m.count_id = self._preceded_count(m)
+
+    def _recorded(self, movements: list[pb.Movement]) -> None:
         for m in movements:
             self.metrics.recorded.labels(pb.MovementType.Name(m.type)).inc()
         self._drained.clear()
         if self.sender is not None:
             self.sender.notify()
         self._refresh_gauges()
-        return seqs
 
     async def wait_drained(self) -> None:
         """Until the server has acknowledged everything in the outbox."""
@@ -541,15 +565,37 @@ class _Intake(ipb_grpc.StoreIntakeServicer):
         request: ipb.SaleRequest | ipb.ReturnRequest | ipb.RecordMovementRequest,
         device: str,
     ) -> ipb.IntakeReceipt:
+        agent = self.agent
         sent_at = request.sent_at if request.HasField("sent_at") else None
-        self.agent.to_agent_clock(m, sent_at, device)
+        agent.to_agent_clock(m, sent_at, device)
         if not m.sku:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "sku: must not be empty")
         if m.quantity < (0 if m.type == pb.COUNT else 1):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "quantity: must be >= 1")
-        [seq] = await self.agent.record([m])
+        if not m.location_id:
+            m.location_id = agent.settings.location
+        try:
+            if request.request_id:
+                # A retry of a recorded call: its receipt again, and no count sees it twice.
+                seq = await asyncio.to_thread(agent.outbox.request_seq, request.request_id, m)
+                if seq is not None:
+                    return self._receipt_for(seq, replayed=True)
+            if isinstance(request, ipb.SaleRequest):
+                self._sale_seen(m)
+            if request.request_id:
+                seq, appended = await agent.record_once(m, request.request_id)
+                return self._receipt_for(seq, replayed=not appended)
+        except RequestConflict as e:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(e))
+        [seq] = await agent.record([m])
+        return self._receipt_for(seq, replayed=False)
+
+    def _receipt_for(self, seq: int, *, replayed: bool) -> ipb.IntakeReceipt:
         return ipb.IntakeReceipt(
-            source_id=self.agent.settings.source, seq=seq, outbox_depth=self.agent.outbox.depth()
+            source_id=self.agent.settings.source,
+            seq=seq,
+            outbox_depth=self.agent.outbox.depth(),
+            replayed=replayed,
         )
 
     def _sale_seen(self, m: pb.Movement) -> None:
@@ -568,7 +614,6 @@ class _Intake(ipb_grpc.StoreIntakeServicer):
         )
         if request.HasField("occurred_at"):
             m.occurred_at.CopyFrom(request.occurred_at)
-        self._sale_seen(m)
         return await self._receipt(m, context, request, request.till_id)
 
     async def RecordReturn(self, request: ipb.ReturnRequest, context: Any) -> ipb.IntakeReceipt:

@@ -17,6 +17,13 @@ Schema (one file per source):
   ``max(seq)`` alone would hand out an acknowledged seq again after the outbox drained, and the
   server would drop the new movement as a duplicate.
 * ``rejected``: movements the server refused, with its reason, kept for the back office.
+* ``request``: the idempotency keys of intake calls (``request_id``, chosen by the till) with
+  the seq they got and a fingerprint of the movement, written in the same transaction as the
+  movement (:meth:`Outbox.append_once`): a till's retry of a call whose answer it lost gets the
+  original seq back instead of a second sale, across agent restarts and ``kill -9``. The table
+  is bounded: keys older than ``request_retention`` (7 days) or more than ``max_requests``
+  (200,000) seqs behind the newest are pruned on every append, so a till may retry a call for a
+  week (or for the store's last 200,000 movements, whichever ends first).
 
 Every connection runs ``PRAGMA journal_mode=WAL`` (readers never block the writer) and
 ``PRAGMA synchronous=FULL`` (in WAL mode ``NORMAL`` may lose the last commits on power loss).
@@ -27,6 +34,7 @@ The API is synchronous and each call is one short transaction; async callers wra
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -60,7 +68,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from unistock.v1 import inventory_pb2 as pb
 
-__all__ = ["Outbox", "OutboxError", "RejectedMovement", "reject_reason_name"]
+__all__ = ["Outbox", "OutboxError", "RejectedMovement", "RequestConflict", "reject_reason_name"]
 
 _log = logging.getLogger(__name__)
 
@@ -105,11 +113,45 @@ rejected_table = Table(
     Column("rejected_at", Float, nullable=False),
 )
 
+request_table = Table(
+    "request",
+    _metadata,
+    Column("request_id", String, primary_key=True),
+    Column("seq", Integer, nullable=False, index=True),
+    # JSON [type, sku, quantity, location_id] of the movement (_fingerprint): a reused key with
+    # another content is a till bug, refused rather than answered with the wrong receipt.
+    Column("fingerprint", String, nullable=False),
+    Column("recorded_at", Float, nullable=False, index=True),
+)
+
 _META_ID = 1
+
+#: Default retention of request ids (seconds) and maximum number of seqs they may lag behind.
+REQUEST_RETENTION = 7 * 24 * 3600.0
+MAX_REQUESTS = 200_000
 
 
 class OutboxError(RuntimeError):
     """The outbox file cannot be used (e.g. it belongs to another source)."""
+
+
+class RequestConflict(ValueError):
+    """A ``request_id`` already recorded for a movement with another content."""
+
+    def __init__(self, request_id: str, seq: int, recorded: str, given: str) -> None:
+        super().__init__(
+            f"request_id: {request_id!r} was already used for seq {seq} with another movement "
+            f"(recorded [type, sku, quantity, location] {recorded}, this request {given})"
+        )
+        self.request_id = request_id
+        self.seq = seq
+
+
+def _fingerprint(movement: pb.Movement) -> str:
+    """What a retry with the same request_id must repeat: type, SKU, quantity, location."""
+    return json.dumps(
+        [pb.MovementType.Name(movement.type), movement.sku, movement.quantity, movement.location_id]
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,13 +220,25 @@ class Outbox:
         source_id: the ``source_id`` stamped on every movement; an existing file created for
             another source is refused, since mixing two sources' seqs in one file would lose
             movements.
+        request_retention: seconds a ``request_id`` is remembered (:meth:`append_once`).
+        max_requests: a ``request_id`` is also forgotten once its seq is this many seqs behind
+            the newest one, which bounds the table whatever the rate of calls.
     """
 
-    def __init__(self, path: Path | str, source_id: str) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        source_id: str,
+        *,
+        request_retention: float = REQUEST_RETENTION,
+        max_requests: int = MAX_REQUESTS,
+    ) -> None:
         if not source_id:
             raise ValueError("source_id must not be empty")
         self.path = Path(path)
         self.source_id = source_id
+        self.request_retention = request_retention
+        self.max_requests = max_requests
         self._engine: Engine = create_engine(
             f"sqlite:///{self.path}",
             # Calls arrive from asyncio.to_thread workers; the lock below serialises writers.
@@ -258,31 +312,98 @@ class Outbox:
         """
         if not movements:
             return []
-        now = time.time()
         with self._write_lock:
             with self._writer() as conn, conn.begin():
                 first = self._next_seq
-                rows: list[dict[str, Any]] = []
-                for offset, movement in enumerate(movements):
-                    movement.source_id = self.source_id
-                    movement.seq = first + offset
-                    rows.append(
-                        {
-                            "seq": first + offset,
-                            "payload": movement.SerializeToString(),
-                            "occurred_at": _to_micros(movement),
-                            "appended_at": now,
-                            "state": STATE_PENDING,
-                        }
-                    )
-                next_seq = first + len(rows)
-                conn.execute(insert(movement_table), rows)
-                conn.execute(update(meta_table).values(next_seq=next_seq))
+                next_seq = self._insert(conn, movements, time.time())
             # Only after the commit: a failed transaction must not burn (or worse, skip) seqs in
             # memory that the file does not know about. Still under the lock: settled_through()
             # must never see the new row without the new next_seq.
             self._next_seq = next_seq
         return list(range(first, next_seq))
+
+    def append_once(self, movement: pb.Movement, request_id: str) -> tuple[int, bool]:
+        """Append ``movement`` unless ``request_id`` was already recorded: an idempotent intake.
+
+        The key and the movement are written in one transaction, so a crash either keeps both
+        or neither: there is no moment where a retry could append the movement twice.
+
+        Returns:
+            ``(seq, appended)``: the seq given now (``True``), or the seq the first call with
+            this ``request_id`` got (``False``, nothing appended; ``movement`` is not touched).
+
+        Raises:
+            RequestConflict: ``request_id`` was recorded for a movement with another type, SKU,
+                quantity or location.
+        """
+        if not request_id:
+            raise ValueError("request_id must not be empty")
+        fingerprint = _fingerprint(movement)
+        now = time.time()
+        with self._write_lock:
+            with self._writer() as conn, conn.begin():
+                seq = self._recorded_seq(conn, request_id, fingerprint)
+                if seq is not None:
+                    return seq, False
+                first = self._next_seq
+                next_seq = self._insert(conn, [movement], now)
+                conn.execute(
+                    insert(request_table).values(
+                        request_id=request_id, seq=first, fingerprint=fingerprint, recorded_at=now
+                    )
+                )
+                conn.execute(
+                    delete(request_table).where(
+                        (request_table.c.recorded_at < now - self.request_retention)
+                        | (request_table.c.seq < next_seq - self.max_requests)
+                    )
+                )
+            self._next_seq = next_seq
+        return first, True
+
+    def request_seq(self, request_id: str, movement: pb.Movement) -> int | None:
+        """The seq ``request_id`` got if it is recorded (for ``movement``), else ``None``.
+
+        A read-only check an intake makes before its side effects; :meth:`append_once` decides.
+
+        Raises:
+            RequestConflict: as :meth:`append_once`.
+        """
+        with self._engine.connect() as conn:
+            return self._recorded_seq(conn, request_id, _fingerprint(movement))
+
+    def _recorded_seq(self, conn: Connection, request_id: str, fingerprint: str) -> int | None:
+        row = conn.execute(
+            select(request_table.c.seq, request_table.c.fingerprint).where(
+                request_table.c.request_id == request_id
+            )
+        ).one_or_none()
+        if row is None:
+            return None
+        if row.fingerprint != fingerprint:
+            raise RequestConflict(request_id, int(row.seq), str(row.fingerprint), fingerprint)
+        return int(row.seq)
+
+    def _insert(self, conn: Connection, movements: Sequence[pb.Movement], now: float) -> int:
+        """Insert ``movements`` from ``next_seq`` on (in ``conn``'s transaction); the new next_seq."""
+        first = self._next_seq
+        rows: list[dict[str, Any]] = []
+        for offset, movement in enumerate(movements):
+            movement.source_id = self.source_id
+            movement.seq = first + offset
+            rows.append(
+                {
+                    "seq": first + offset,
+                    "payload": movement.SerializeToString(),
+                    "occurred_at": _to_micros(movement),
+                    "appended_at": now,
+                    "state": STATE_PENDING,
+                }
+            )
+        next_seq = first + len(rows)
+        conn.execute(insert(movement_table), rows)
+        conn.execute(update(meta_table).values(next_seq=next_seq))
+        return next_seq
 
     def ack(self, seq: int) -> int:
         """Remove every movement with ``seq`` at or below ``seq``: the server holds them durably.

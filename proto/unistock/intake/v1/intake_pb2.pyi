@@ -39,6 +39,7 @@ class SaleRequest(_message.Message):
     EPC_FIELD_NUMBER: _builtins.int
     LOCATION_ID_FIELD_NUMBER: _builtins.int
     SENT_AT_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     till_id: _builtins.str
     """The till (or POS terminal) recording it."""
     sku: _builtins.str
@@ -49,6 +50,15 @@ class SaleRequest(_message.Message):
     """The reservation this sale picks up (click & collect, e-reservation), if any."""
     location_id: _builtins.str
     """Location inside the store (default: the store's location)."""
+    request_id: _builtins.str
+    """Idempotency key, chosen by the till and unique per movement it records, e.g.
+    "<till id>/<receipt number>/<line>". Set it, and keep it for every retry of this call: when
+    a call times out after the agent stored the movement, the retry gets the original receipt
+    (same seq, replayed = true) instead of recording it a second time. Reusing a request_id for
+    a movement with another type, sku, quantity or location is refused (ALREADY_EXISTS naming
+    request_id). The agent remembers a request_id for 7 days (and its last 200,000 movements),
+    across restarts. Empty: no idempotency, every call records a movement.
+    """
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
         """When it happened at the till (default: when the agent received it); see sent_at."""
@@ -77,10 +87,11 @@ class SaleRequest(_message.Message):
         epc: _abc.Iterable[_builtins.str] | None = ...,
         location_id: _builtins.str = ...,
         sent_at: _timestamp_pb2.Timestamp | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "sent_at", b"sent_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epc", b"epc", "location_id", b"location_id", "occurred_at", b"occurred_at", "quantity", b"quantity", "reservation_id", b"reservation_id", "sent_at", b"sent_at", "sku", b"sku", "till_id", b"till_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epc", b"epc", "location_id", b"location_id", "occurred_at", b"occurred_at", "quantity", b"quantity", "request_id", b"request_id", "reservation_id", b"reservation_id", "sent_at", b"sent_at", "sku", b"sku", "till_id", b"till_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -99,6 +110,7 @@ class ReturnRequest(_message.Message):
     EPC_FIELD_NUMBER: _builtins.int
     LOCATION_ID_FIELD_NUMBER: _builtins.int
     SENT_AT_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     till_id: _builtins.str
     """The till recording it."""
     sku: _builtins.str
@@ -107,6 +119,8 @@ class ReturnRequest(_message.Message):
     """Units returned, >= 1."""
     location_id: _builtins.str
     """Location inside the store (default: the store's location)."""
+    request_id: _builtins.str
+    """Idempotency key, as SaleRequest.request_id: unique per movement, the same on every retry."""
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
         """When it happened at the till."""
@@ -134,10 +148,11 @@ class ReturnRequest(_message.Message):
         epc: _abc.Iterable[_builtins.str] | None = ...,
         location_id: _builtins.str = ...,
         sent_at: _timestamp_pb2.Timestamp | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "sent_at", b"sent_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epc", b"epc", "location_id", b"location_id", "occurred_at", b"occurred_at", "quantity", b"quantity", "sent_at", b"sent_at", "sku", b"sku", "till_id", b"till_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epc", b"epc", "location_id", b"location_id", "occurred_at", b"occurred_at", "quantity", b"quantity", "request_id", b"request_id", "sent_at", b"sent_at", "sku", b"sku", "till_id", b"till_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -152,8 +167,11 @@ class RecordMovementRequest(_message.Message):
     DEVICE_ID_FIELD_NUMBER: _builtins.int
     MOVEMENT_FIELD_NUMBER: _builtins.int
     SENT_AT_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     """Who recorded it (till, handheld, app)."""
+    request_id: _builtins.str
+    """Idempotency key, as SaleRequest.request_id: unique per movement, the same on every retry."""
     @_builtins.property
     def movement(self) -> _inventory_pb2.Movement:
         """The movement; its source_id and seq are assigned by the agent and must be left empty."""
@@ -173,10 +191,11 @@ class RecordMovementRequest(_message.Message):
         device_id: _builtins.str = ...,
         movement: _inventory_pb2.Movement | None = ...,
         sent_at: _timestamp_pb2.Timestamp | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["movement", b"movement", "sent_at", b"sent_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "movement", b"movement", "sent_at", b"sent_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "movement", b"movement", "request_id", b"request_id", "sent_at", b"sent_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -191,22 +210,28 @@ class IntakeReceipt(_message.Message):
     SOURCE_ID_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
     OUTBOX_DEPTH_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
     source_id: _builtins.str
     """The agent's source id (the server's idempotency key is (source_id, seq))."""
     seq: _builtins.int
     """The seq the agent assigned."""
     outbox_depth: _builtins.int
     """Movements of this store not yet acknowledged by the server (including this one)."""
+    replayed: _builtins.bool
+    """True when the request's request_id was already recorded: this is the first call's seq and
+    nothing was recorded now.
+    """
     def __init__(
         self,
         *,
         source_id: _builtins.str = ...,
         seq: _builtins.int = ...,
         outbox_depth: _builtins.int = ...,
+        replayed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["outbox_depth", b"outbox_depth", "seq", b"seq", "source_id", b"source_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outbox_depth", b"outbox_depth", "replayed", b"replayed", "seq", b"seq", "source_id", b"source_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
