@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from paho.mqtt.properties import Properties
 
 from unistock.devtools.services import MosquittoBroker
 from unistock.edge.outbox import Outbox
-from unistock.edge.sender import CONTENT_TYPE, Sender
+from unistock.edge.sender import CONTENT_TYPE, ConnackLimits, Sender, publish_overhead
 from unistock.v1 import inventory_pb2 as pb
 
 STORE = "store-042"
@@ -115,6 +115,10 @@ class AckingTestPeer:
     gaps: int = 0
     """Batches that started beyond ``high_water + 1`` (delivery out of seq order)."""
     content_types: set[str | None] = field(default_factory=set)
+    payload_sizes: list[int] = field(default_factory=list)
+    """Size in bytes of every batch payload received."""
+    last_received: dict[int, pb.Movement] = field(default_factory=dict)
+    """The movement last received under each seq."""
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     _client: aiomqtt.Client | None = None
 
@@ -152,7 +156,8 @@ class AckingTestPeer:
     async def _on_batch(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         props = message.properties
         self.content_types.add(getattr(props, "ContentType", None) if props else None)
-        batch = pb.MovementBatch.FromString(as_bytes(message.payload))
+        payload = as_bytes(message.payload)
+        batch = pb.MovementBatch.FromString(payload)
         if self.drop_first > 0:
             self.drop_first -= 1
             return
@@ -161,6 +166,8 @@ class AckingTestPeer:
         assert seqs == sorted(seqs), "a batch must be in seq order"
         assert batch.batch_id.startswith(f"{seqs[0]}-{seqs[-1]}#")
         self.batches.append(seqs)
+        self.payload_sizes.append(len(payload))
+        self.last_received.update((m.seq, m) for m in batch.movements)
         if seqs[0] > self.high_water + 1:
             self.gaps += 1
         self.seen.update(seqs)
@@ -486,6 +493,100 @@ def test_sender_arguments_are_checked(outbox: Outbox) -> None:
     async def build(**kwargs: float) -> None:
         Sender(outbox, aiomqtt.Client("127.0.0.1"), STORE, **kwargs)  # type: ignore[arg-type]
 
-    for bad in ({"batch_size": 0}, {"window": 0}, {"ack_timeout": 0}):
+    for bad in ({"batch_size": 0}, {"window": 0}, {"ack_timeout": 0}, {"max_payload_bytes": 10}):
         with pytest.raises(ValueError, match="must"):
             asyncio.run(build(**bad))
+
+
+# --------------------------------------------------------------------------- payload budget
+
+
+def tagged_sales(count: int, epcs: int) -> list[pb.Movement]:
+    """``count`` sales naming ``epcs`` EPCs each (~26 bytes per EPC on the wire)."""
+    return [
+        pb.Movement(
+            sku=f"SKU-{i}",
+            location_id=STORE,
+            type=pb.SALE,
+            quantity=epcs,
+            epc=[f"{i:08X}{k:016X}" for k in range(epcs)],
+        )
+        for i in range(count)
+    ]
+
+
+@contextlib.contextmanager
+def limited_broker(tmp_path: Path, *config: str) -> Iterator[MosquittoBroker]:
+    with MosquittoBroker(tmp_path / "limited-mq", extra_config=config) as broker:
+        yield broker
+
+
+def budget_sender(broker: MosquittoBroker, outbox: Outbox) -> Sender:
+    """A sender whose payloads stay within 8,000 bytes (for a message_size_limit of 8 KiB)."""
+    client = mqtt_client(broker, "edge-agent")
+    return Sender(outbox, client, STORE, ack_timeout=2.0, max_payload_bytes=8000)
+
+
+async def send_until_drained(broker: MosquittoBroker, sender: Sender) -> AckingTestPeer:
+    peer = AckingTestPeer(broker)
+    async with running(peer.run()):
+        await asyncio.wait_for(peer.connected.wait(), 10)
+        async with running(run_agent(sender)):
+            await wait_until(lambda: sender.outbox.depth() == 0, 30, "the outbox to drain")
+    return peer
+
+
+async def test_batches_stay_under_the_payload_budget(tmp_path: Path, outbox: Outbox) -> None:
+    # mosquitto does not announce message_size_limit: the agent's own budget keeps below it.
+    # One batch of 100 such sales is ~160 KB: sent whole, it would get PUBACK 149 and paho
+    # would drop the connection, again and again.
+    with limited_broker(tmp_path, "message_size_limit 8192") as broker:
+        sender = budget_sender(broker, outbox)
+        outbox.append(tagged_sales(100, epcs=60))
+        peer = await send_until_drained(broker, sender)
+    assert peer.seen == set(range(1, 101))
+    assert first_receipts(peer) == list(range(1, 101))
+    assert max(peer.payload_sizes) <= 8000
+    assert all(len(peer.last_received[seq].epc) == 60 for seq in peer.seen)
+    assert sender.stats.split_batches > 0
+    assert sender.stats.too_large == 0
+    assert outbox.rejected() == []
+
+
+async def test_the_brokers_announced_maximum_packet_size_caps_the_budget(
+    tmp_path: Path, outbox: Outbox
+) -> None:
+    with limited_broker(tmp_path, "max_packet_size 6000") as broker:
+        client = mqtt_client(broker, "edge-agent")
+        limits = ConnackLimits(client)
+        # The agent's default budget (256 KiB) is far above what this broker accepts.
+        sender = Sender(outbox, client, STORE, ack_timeout=2.0, broker_limits=limits)
+        outbox.append(tagged_sales(100, epcs=60))
+        peer = await send_until_drained(broker, sender)
+    assert limits.max_packet_size == 6000
+    assert sender.payload_budget == 6000 - publish_overhead(sender.movements_topic)
+    assert peer.seen == set(range(1, 101))
+    assert max(peer.payload_sizes) <= sender.payload_budget
+    assert sender.stats.too_large == 0
+
+
+async def test_a_movement_too_large_alone_is_set_aside_and_the_rest_delivered(
+    tmp_path: Path, outbox: Outbox
+) -> None:
+    with limited_broker(tmp_path, "message_size_limit 8192") as broker:
+        sender = budget_sender(broker, outbox)
+        outbox.append(sales(3))
+        outbox.append(tagged_sales(1, epcs=1000))  # ~26 KB: seq 4
+        outbox.append(sales(3))
+        peer = await send_until_drained(broker, sender)
+    # Seq 4 was still sent, as a stand-in the server rejects, so that seqs 5-7 can apply.
+    assert peer.seen == set(range(1, 8))
+    stand_in = peer.last_received[4]
+    assert (stand_in.sku, list(stand_in.epc), stand_in.seq) == ("", [], 4)
+    [record] = outbox.rejected()
+    assert record.seq == 4
+    assert record.reason == pb.INVALID_FIELD
+    assert "too large to publish" in record.detail
+    assert record.movement is not None
+    assert len(record.movement.epc) == 1000  # the original, for the back office
+    assert sender.stats.too_large == 1

@@ -43,6 +43,8 @@ from unistock.edge.readers import (
 )
 from unistock.edge.reconnect import reconnecting
 from unistock.edge.sender import (
+    DEFAULT_MAX_PAYLOAD,
+    ConnackLimits,
     PublishRefusals,
     Sender,
     SenderStats,
@@ -73,6 +75,8 @@ class AgentSettings:
     window: int = 8
     ack_timeout: float = 10.0
     status_interval: float = 10.0
+    #: Largest MovementBatch payload to publish (less if the broker's CONNACK says so).
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD
     #: The store's reader broker (RFID tag reads over MQTT); empty: no MQTT readers.
     reader_mqtt_url: str = ""
     #: Topic filters readers publish tag reads on; ``{store_id}`` is replaced.
@@ -391,7 +395,9 @@ class StoreAgent:
             topic, self.status(pb.AgentStatus.OFFLINE).SerializeToString(), qos=1, retain=True
         )
         try:
-            async with _mqtt_client(s, will) as client:
+            client = _mqtt_client(s, will)
+            limits = ConnackLimits(client)  # before connecting: it reads the CONNACK
+            async with client:
                 refusals = PublishRefusals(client, self._publish_refused)
                 sender = Sender(
                     self.outbox,
@@ -402,6 +408,8 @@ class StoreAgent:
                     ack_timeout=s.ack_timeout,
                     refusals=refusals,
                     stats=self.send_stats,
+                    max_payload_bytes=s.max_payload_bytes,
+                    broker_limits=limits,
                 )
                 self.sender = sender
                 self.connected.set()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from unistock.edge.agent import AgentSettings, StoreAgent
 from unistock.edge.readers import DEFAULT_READER_TOPIC
+from unistock.edge.sender import DEFAULT_MAX_PAYLOAD
 
 
 def parse(argv: Sequence[str] | None = None) -> AgentSettings:
@@ -90,6 +91,14 @@ def parse(argv: Sequence[str] | None = None) -> AgentSettings:
     )
     p.add_argument("--batch-size", type=int, default=100, help="movements per MQTT message")
     p.add_argument("--window", type=int, default=8, help="unacked batches in flight")
+    p.add_argument(
+        "--max-payload-bytes",
+        type=int,
+        default=int(env.get("UNISTOCK_AGENT_MAX_PAYLOAD_BYTES", str(DEFAULT_MAX_PAYLOAD))),
+        help="largest MovementBatch payload; keep it under the broker's message_size_limit "
+        "(a smaller Maximum Packet Size announced by the broker wins) "
+        "[env UNISTOCK_AGENT_MAX_PAYLOAD_BYTES]",
+    )
     p.add_argument("--log-level", default=env.get("UNISTOCK_LOG_LEVEL", "INFO"))
     a = p.parse_args(argv)
     reader_locations: dict[str, str] = {}
@@ -113,6 +122,7 @@ def parse(argv: Sequence[str] | None = None) -> AgentSettings:
         catalogue=Path(a.catalogue) if a.catalogue else None,
         batch_size=a.batch_size,
         window=a.window,
+        max_payload_bytes=a.max_payload_bytes,
         reader_mqtt_url=a.reader_mqtt_url,
         reader_topics=tuple(topics),
         reader_locations=reader_locations,

@@ -205,6 +205,24 @@ def _on_begin(conn: Connection) -> None:
     conn.exec_driver_sql(f"BEGIN {mode}")
 
 
+def _pending_payload(conn: Connection, seq: int) -> bytes | None:
+    """The stored payload of the pending movement ``seq``, or ``None``."""
+    payload: bytes | None = conn.execute(
+        select(movement_table.c.payload).where(movement_table.c.seq == seq)
+    ).scalar_one_or_none()
+    return payload
+
+
+def _insert_rejection(
+    conn: Connection, seq: int, payload: bytes | None, reason: int, detail: str, now: float
+) -> None:
+    conn.execute(
+        insert(rejected_table).values(
+            seq=seq, payload=payload, reason=int(reason), detail=detail, rejected_at=now
+        )
+    )
+
+
 def _to_micros(movement: pb.Movement) -> int | None:
     if not movement.HasField("occurred_at"):
         return None
@@ -426,6 +444,34 @@ class Outbox:
         """
         return self.settle(None, [(seq, reason, detail)]) > 0
 
+    def set_aside(self, seq: int, stand_in: pb.Movement, reason: int, detail: str) -> bool:
+        """Reject ``seq`` on the agent's side, and leave ``stand_in`` pending under its seq.
+
+        For a movement the agent cannot send (too large to publish): the original goes to the
+        ``rejected`` table with ``reason`` and ``detail`` for the back office, and ``stand_in``
+        (a movement the server rejects) replaces its payload in ``movement``, so that the seq is
+        still sent and the server, which applies a source's seqs without gaps, moves past it.
+        The server's ack or rejection of the stand-in then settles the seq as usual (the
+        agent's own rejection record is kept). One transaction.
+
+        Returns:
+            Whether ``seq`` was pending (and was set aside).
+        """
+        stand_in.source_id = self.source_id
+        stand_in.seq = seq
+        with self._write_lock, self._writer() as conn, conn.begin():
+            payload = _pending_payload(conn, seq)
+            if payload is None:
+                return False
+            conn.execute(delete(rejected_table).where(rejected_table.c.seq == seq))
+            _insert_rejection(conn, seq, payload, reason, detail, time.time())
+            conn.execute(
+                update(movement_table)
+                .where(movement_table.c.seq == seq)
+                .values(payload=stand_in.SerializeToString())
+            )
+        return True
+
     def settle(self, acked_seq: int | None, rejections: Iterable[tuple[int, int, str]]) -> int:
         """Apply one server ack: record its rejections, then remove everything it covers.
 
@@ -449,24 +495,14 @@ class Outbox:
         with self._write_lock:
             with self._writer() as conn, conn.begin():
                 for seq, reason, detail in rejections:
-                    payload = conn.execute(
-                        select(movement_table.c.payload).where(movement_table.c.seq == seq)
-                    ).scalar_one_or_none()
+                    payload = _pending_payload(conn, seq)
                     already = conn.execute(
                         select(rejected_table.c.seq).where(rejected_table.c.seq == seq)
                     ).scalar_one_or_none()
                     if payload is None and (already is not None or seq <= self._last_acked):
                         continue  # repeated rejection, or of a movement already acknowledged
                     if already is None:
-                        conn.execute(
-                            insert(rejected_table).values(
-                                seq=seq,
-                                payload=payload,
-                                reason=int(reason),
-                                detail=detail,
-                                rejected_at=now,
-                            )
-                        )
+                        _insert_rejection(conn, seq, payload, reason, detail, now)
                     removed += conn.execute(
                         delete(movement_table).where(movement_table.c.seq == seq)
                     ).rowcount

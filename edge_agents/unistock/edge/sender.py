@@ -49,6 +49,8 @@ from unistock.v1 import inventory_pb2 as pb
 
 __all__ = [
     "CONTENT_TYPE",
+    "DEFAULT_MAX_PAYLOAD",
+    "ConnackLimits",
     "PublishRefusals",
     "Sender",
     "SenderStats",
@@ -61,6 +63,27 @@ _log = logging.getLogger(__name__)
 
 #: MQTT 5 content type of a binary protobuf payload (the server also accepts the JSON mapping).
 CONTENT_TYPE = "application/x-protobuf"
+
+#: Default payload budget of one ``MovementBatch`` (bytes): well under the 1 MiB
+#: ``message_size_limit`` of deploy/mosquitto/mosquitto.conf and the server's own limit.
+DEFAULT_MAX_PAYLOAD = 256 * 1024
+
+#: Upper bound of a batch_id ("<first seq>-<last seq>#<publish number>", 20 digits each).
+_MAX_BATCH_ID = 62
+
+
+def _field_size(length: int) -> int:
+    """Bytes of one length-delimited protobuf field (tag < 16) with ``length`` bytes of data."""
+    return 1 + (max(length, 1).bit_length() + 6) // 7 + length
+
+
+def publish_overhead(topic: str) -> int:
+    """Bytes an MQTT 5 PUBLISH of ours adds to its payload, at most.
+
+    Fixed header (1 + a length of up to 4), topic (2 + its bytes), packet id (2), properties
+    (a length of up to 4, then the content type: 1 + 2 + its bytes).
+    """
+    return 5 + 2 + len(topic.encode()) + 2 + 4 + 3 + len(CONTENT_TYPE)
 
 
 def movements_topic(store_id: str) -> str:
@@ -135,6 +158,38 @@ class PublishRefusals:
                 self._chained(paho, userdata, mid, reason, properties)
 
 
+class ConnackLimits:
+    """The Maximum Packet Size the broker announced in its MQTT 5 CONNACK, which aiomqtt drops.
+
+    Neither aiomqtt nor paho keeps the CONNACK properties; created on a client *before* it
+    connects, this chains the paho client's ``on_connect`` (aiomqtt's own callback still runs
+    after it) and keeps the broker's ``MaximumPacketSize`` of the latest connect, ``None`` when
+    the broker announced none (mosquitto announces its ``max_packet_size``; its
+    ``message_size_limit`` is not announced).
+    """
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self._paho = client._client
+        self._chained = cast(paho_mqtt.CallbackOnConnect_v2 | None, self._paho.on_connect)
+        self.max_packet_size: int | None = None
+        self._paho.on_connect = self._on_connect
+
+    def _on_connect(
+        self,
+        paho: paho_mqtt.Client,
+        userdata: Any,
+        flags: paho_mqtt.ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None = None,
+    ) -> None:
+        try:
+            size = getattr(properties, "MaximumPacketSize", None)
+            self.max_packet_size = int(size) if size is not None else None
+        finally:
+            if self._chained is not None:
+                self._chained(paho, userdata, flags, reason, properties)
+
+
 def _reraise_swallowed_cancel() -> None:
     """Raise ``CancelledError`` if this task was cancelled during an aiomqtt call that returned.
 
@@ -177,6 +232,10 @@ class SenderStats:
     refused: collections.Counter[str] = field(default_factory=collections.Counter)
     """Batches the broker refused (PUBACK reason >= 128), by reason (:func:`reason_label`)."""
     reject_reasons: collections.Counter[str] = field(default_factory=collections.Counter)
+    too_large: int = 0
+    """Movements too large to publish alone, set aside as rejected by the agent itself."""
+    split_batches: int = 0
+    """Batches cut below ``batch_size`` movements to stay within the payload budget."""
 
 
 class Sender:
@@ -198,6 +257,19 @@ class Sender:
             refused; pauses start at 0.5 s and double while refusals go on.
         stats: counters to add to (the agent passes one instance to the sender of every
             connection, so that its metrics never go back to zero on a reconnect).
+        max_payload_bytes: the largest ``MovementBatch`` payload to publish.
+        broker_limits: the client's :class:`ConnackLimits`; when the broker announced a
+            Maximum Packet Size, payloads also stay below it minus the PUBLISH overhead.
+
+    Payload budget. A payload over the broker's ``message_size_limit`` gets PUBACK reason 149,
+    which paho takes for a protocol error: it drops the connection and the same batch would be
+    resent for ever. So a batch holds at most ``batch_size`` movements *and* at most
+    :attr:`payload_budget` bytes: the longest run of pending movements that fits is sent, the
+    rest follows in the next batches. A movement that cannot fit even alone (thousands of EPCs)
+    is set aside rather than blocking the outbox: it is logged as an error, kept in the
+    outbox's ``rejected`` table (``INVALID_FIELD``, detail "too large to publish…") for the
+    back office, counted in :attr:`SenderStats.too_large`, and a stand-in without SKU is sent
+    under its seq, which the server rejects, so that the seqs after it are applied.
 
     A batch the broker refuses (MQTT 5 PUBACK reason >= 128: 135 Not authorized by the ACL,
     151 quota exceeded…) was not delivered: it is logged as an error, counted in
@@ -222,9 +294,13 @@ class Sender:
         refusals: PublishRefusals | None = None,
         refused_backoff: float = 30.0,
         stats: SenderStats | None = None,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD,
+        broker_limits: ConnackLimits | None = None,
     ) -> None:
         if batch_size < 1 or window < 1:
             raise ValueError("batch_size and window must be at least 1")
+        if max_payload_bytes < 1024:
+            raise ValueError("max_payload_bytes must be at least 1024")
         if not ack_timeout > 0:
             raise ValueError("ack_timeout must be positive")
         self.outbox = outbox
@@ -247,6 +323,16 @@ class Sender:
         self._refused_pause = 0.0
         self._published = 0  # publish counter, for batch ids
         self._gap: int | None = None  # the server's acked seq, when it reveals a lost batch
+        self.max_payload_bytes = max_payload_bytes
+        self.broker_limits = broker_limits
+
+    @property
+    def payload_budget(self) -> int:
+        """The largest payload to publish: ``max_payload_bytes``, or less if the broker says so."""
+        announced = self.broker_limits.max_packet_size if self.broker_limits else None
+        if announced is None:
+            return self.max_payload_bytes
+        return min(self.max_payload_bytes, announced - publish_overhead(self.movements_topic))
 
     # ---- what the agent calls --------------------------------------------------------------
 
@@ -368,6 +454,11 @@ class Sender:
                 )
                 if not movements:
                     break
+                fitting = self._fit(movements)
+                if not fitting:
+                    await self._set_aside(movements[0])
+                    continue
+                movements = fitting
                 if not await self._publish(movements):
                     # Refused by the broker: resend from this batch's first seq after a pause.
                     cursor = movements[0].seq - 1
@@ -415,6 +506,43 @@ class Sender:
                     self._gap = acked
                     self._wake.set()
                 return
+
+    def _fit(self, movements: list[pb.Movement]) -> list[pb.Movement]:
+        """The longest prefix of ``movements`` whose MovementBatch fits the payload budget.
+
+        Sizes are exact upper bounds (protobuf field sizes, the longest batch_id): no
+        serialisation is needed to decide.
+        """
+        budget = self.payload_budget
+        size = _field_size(len(self.outbox.source_id.encode())) + _field_size(_MAX_BATCH_ID)
+        for n, movement in enumerate(movements):
+            size += _field_size(movement.ByteSize())
+            if size > budget:
+                if n:
+                    self.stats.split_batches += 1
+                return movements[:n]
+        return movements
+
+    async def _set_aside(self, movement: pb.Movement) -> None:
+        """Reject a movement too large to publish alone, and send a stand-in under its seq."""
+        self.stats.too_large += 1
+        detail = (
+            f"movement too large to publish: {movement.ByteSize()} bytes, over the payload "
+            f"budget of {self.payload_budget} bytes (set aside by the agent, never sent)"
+        )
+        _log.error("seq %d (sku %r): %s", movement.seq, movement.sku, detail)
+        # Empty sku: the server rejects it (INVALID_FIELD) and moves past the seq.
+        stand_in = pb.Movement(
+            source_id=movement.source_id,
+            seq=movement.seq,
+            location_id=movement.location_id,
+            type=movement.type,
+            quantity=movement.quantity,
+            reason="unistock-agent: movement too large to publish, see the agent's rejected table",
+        )
+        await asyncio.to_thread(
+            self.outbox.set_aside, movement.seq, stand_in, pb.INVALID_FIELD, detail
+        )
 
     async def _wait_for_progress(self, deadline: float) -> None:
         """Wait for the wake event until the loop time ``deadline`` (leaving it set if it fires)."""
