@@ -54,16 +54,24 @@ from unistock.devtools.mqtt_auth import (
     acl_rules,
     deploy_broker_limits,
     deploy_file,
+    reader_username,
     render_deploy_config,
     write_acl,
     write_password_file,
     write_self_signed_certs,
 )
 from unistock.devtools.services import MosquittoBroker
+from unistock.edge.readers import DEFAULT_READER_TOPIC, ReaderListener
 
 pytestmark = pytest.mark.timeout(30)
 
-PASSWORDS = {SERVER_USERNAME: "server-secret", "s1": "s1-secret", "s2": "s2-secret"}
+PASSWORDS = {
+    SERVER_USERNAME: "server-secret",
+    "s1": "s1-secret",
+    "s2": "s2-secret",
+    reader_username("s1"): "readers-s1-secret",
+    reader_username("s2"): "readers-s2-secret",
+}
 
 # MQTT 5 reason codes (and the MQTT 3.1.1 CONNACK return code) asserted below.
 SUCCESS = 0
@@ -85,6 +93,14 @@ def acks(store: str) -> str:
 
 def status(store: str) -> str:
     return f"unistock/v1/stores/{store}/status"
+
+
+def tags(store: str, reader: str = "fx-door") -> str:
+    return f"unistock/v1/stores/{store}/readers/{reader}/tags"
+
+
+def reader_sync(store: str) -> str:
+    return f"unistock/v1/stores/{store}/agent/reader-sync"
 
 
 # --------------------------------------------------------------------------- raw client
@@ -296,7 +312,7 @@ class RawMqtt:
 def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
     """A broker with the production ACL, the users of :data:`PASSWORDS` and prod limits."""
     passwd = write_password_file(tmp_path / "unistock.passwd", PASSWORDS)
-    acl = write_acl(tmp_path / "unistock.acl")
+    acl = write_acl(tmp_path / "unistock.acl", reader_stores=["s1", "s2"])
     with MosquittoBroker(
         tmp_path / "mosquitto",
         allow_anonymous=False,
@@ -308,9 +324,13 @@ def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
 
 
 @contextlib.asynccontextmanager
-async def agent(port: int, store: str, *, version: int = 5) -> AsyncIterator[RawMqtt]:
+async def agent(
+    port: int, store: str, *, version: int = 5, username: str | None = None
+) -> AsyncIterator[RawMqtt]:
+    """A store's agent (username = store id), or another user of the store's (``username``)."""
+    user = username or store
     client, rc = await RawMqtt.connect(
-        port, client_id=f"agent-{store}", username=store, password=PASSWORDS[store], version=version
+        port, client_id=f"agent-{user}", username=user, password=PASSWORDS[user], version=version
     )
     assert rc == SUCCESS
     try:
@@ -498,6 +518,74 @@ async def test_store_cannot_read_another_stores_acks(broker: MosquittoBroker) ->
         assert await s1.next_message() == (acks("s1"), b"sentinel")
         assert await s1.next_message() == (acks("s1"), b"sentinel")
         assert s1.messages.empty()
+
+
+async def test_agent_reads_its_readers_tags_and_does_the_sync_round_trip(
+    broker: MosquittoBroker,
+) -> None:
+    """The agent's own ReaderListener, with the store's credentials, on the production ACL."""
+    received: list[tuple[str, bytes]] = []
+    listener = ReaderListener(
+        f"mqtt://s1:{PASSWORDS['s1']}@127.0.0.1:{broker.port}",
+        [DEFAULT_READER_TOPIC.replace("{store_id}", "s1")],
+        identifier="unistock-agent-s1-readers",
+        sync_topic=reader_sync("s1"),
+        on_message=lambda topic, payload: received.append((topic, payload)),
+    )
+    connected = asyncio.Event()
+    session = asyncio.create_task(listener.session(connected.set))
+    try:
+        await asyncio.wait_for(connected.wait(), WAIT)
+        async with agent(broker.port, "s1", username=reader_username("s1")) as reader:
+            assert await reader.publish(tags("s1"), b'{"epc": "3034257BF400B7800004CB2F"}') == (
+                SUCCESS
+            )
+        # The marker goes out on reader-sync and comes back behind the read: both allowed.
+        assert await listener.sync(WAIT) is True
+        assert received == [(tags("s1"), b'{"epc": "3034257BF400B7800004CB2F"}')]
+    finally:
+        session.cancel()
+        await asyncio.gather(session, return_exceptions=True)
+
+
+async def test_store_cannot_read_another_stores_reader_tags(broker: MosquittoBroker) -> None:
+    async with (
+        agent(broker.port, "s1") as s1,
+        agent(broker.port, "s1", username=reader_username("s1")) as readers_s1,
+        agent(broker.port, "s2", username=reader_username("s2")) as readers_s2,
+    ):
+        # A SUBACK is no evidence (acl_file does not check SUBSCRIBE); delivery is.
+        assert (await s1.subscribe(tags("s2", "+")))[0] in (1, NOT_AUTHORIZED)
+        assert (await s1.subscribe(reader_sync("s2")))[0] in (1, NOT_AUTHORIZED)
+        assert await s1.subscribe("unistock/v1/stores/+/readers/+/tags") == [1]
+        assert await readers_s2.publish(tags("s2"), b"s2-read") == SUCCESS
+        assert await readers_s1.publish(tags("s1"), b"sentinel") == SUCCESS
+        # The sentinel is the first message s1 gets: s2's read was withheld from it.
+        assert await s1.next_message() == (tags("s1"), b"sentinel")
+        assert s1.messages.empty()
+
+
+async def test_readers_and_agents_publish_only_their_own_stores_reader_topics(
+    broker: MosquittoBroker,
+) -> None:
+    async with (
+        server_client(broker.port) as server,
+        agent(broker.port, "s1") as s1,
+        agent(broker.port, "s1", username=reader_username("s1")) as readers_s1,
+    ):
+        await server.subscribe("unistock/v1/stores/+/movements", qos=1)
+        assert await s1.subscribe(tags("s1", "+")) == [1]
+        # The readers' user may publish tag reads of its store, nothing else.
+        for topic in (tags("s2"), reader_sync("s1"), movements("s1"), status("s1"), tags("x")):
+            assert await readers_s1.publish(topic, b"forged") == NOT_AUTHORIZED, topic
+        # An agent may not feed another store's count, nor its sync barrier.
+        for topic in (tags("s2"), reader_sync("s2")):
+            assert await s1.publish(topic, b"forged") == NOT_AUTHORIZED, topic
+        assert await readers_s1.publish(tags("s1", "fx-backroom"), b"read") == SUCCESS
+        assert await s1.next_message() == (tags("s1", "fx-backroom"), b"read")
+        assert await s1.publish(movements("s1"), b"sentinel") == SUCCESS
+        msg = await next_message(server)
+        assert (str(msg.topic), msg.payload) == (movements("s1"), b"sentinel")
 
 
 async def test_will_is_published_only_to_the_agents_own_status(

@@ -14,9 +14,12 @@ with *the same* access rules, so that what the tests prove is what production en
   ``mosquitto.conf`` itself (TLS included) under a private directory.
 
 Access model (see ``unistock.acl``): a store agent's MQTT username *is* its store id and
-may only write ``unistock/v1/stores/<id>/movements`` and ``.../status`` and read
-``.../acks``; the server authenticates as :data:`SERVER_USERNAME` and reads every store's
-movements and status and writes every store's acks.
+may only write ``unistock/v1/stores/<id>/movements`` and ``.../status``, read ``.../acks`` and
+its readers' ``.../readers/+/tags``, and read and write ``.../agent/reader-sync``; a store's
+RFID readers, if they publish on this broker, use :func:`reader_username` and may only write
+``.../readers/+/tags`` of their store (:func:`reader_acl`); the server authenticates as
+:data:`SERVER_USERNAME` and reads every store's movements and status and writes every store's
+acks.
 
 Example::
 
@@ -32,7 +35,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from unistock.devtools.services import ServiceError, ensure_binary
@@ -44,6 +47,8 @@ __all__ = [
     "acl_text",
     "deploy_broker_limits",
     "deploy_file",
+    "reader_acl",
+    "reader_username",
     "render_deploy_config",
     "store_username",
     "write_acl",
@@ -73,6 +78,8 @@ EMBEDDED_ACL = """\
 pattern write unistock/v1/stores/%u/movements
 pattern write unistock/v1/stores/%u/status
 pattern read unistock/v1/stores/%u/acks
+pattern read unistock/v1/stores/%u/readers/+/tags
+pattern readwrite unistock/v1/stores/%u/agent/reader-sync
 
 user unistock-server
 topic read unistock/v1/stores/+/movements
@@ -128,12 +135,33 @@ def acl_rules(text: str) -> list[str]:
     return rules
 
 
-def write_acl(path: Path | str) -> Path:
-    """Write the Unistock ACL (same rules as production) to ``path`` and return it."""
+def write_acl(path: Path | str, reader_stores: Sequence[str] = ()) -> Path:
+    """Write the Unistock ACL (same rules as production) to ``path`` and return it.
+
+    Args:
+        path: the file to write.
+        reader_stores: stores whose readers get a user of their own (:func:`reader_acl`).
+    """
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(acl_text())
+    out.write_text(acl_text() + reader_acl(reader_stores))
     return out
+
+
+def reader_username(store_id: str) -> str:
+    """Return the MQTT username of the RFID readers of ``store_id``: ``readers@<store id>``.
+
+    ``@`` cannot occur in a store id, so the ACL's ``%u`` patterns grant this user nothing.
+    """
+    return f"readers@{store_username(store_id)}"
+
+
+def reader_acl(store_ids: Sequence[str]) -> str:
+    """ACL blocks letting each store's reader user publish tag reads on its own store only."""
+    return "".join(
+        f"\nuser {reader_username(store)}\ntopic write unistock/v1/stores/{store}/readers/+/tags\n"
+        for store in store_ids
+    )
 
 
 def store_username(store_id: str) -> str:
