@@ -1,4 +1,5 @@
-"""A movement too large to publish is set aside without stopping the store (agent + server)."""
+"""Movements over the payload budget never stop a store (agent + server): a count of thousands
+of tags is sent without its EPC list; anything still too large is set aside."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from unistock.v1 import inventory_pb2 as pb
 __all__ = ["server"]  # the fixture, imported for its use below
 
 
-async def test_the_server_moves_past_a_set_aside_movement(
+async def test_oversized_movements_are_slimmed_or_set_aside_and_the_rest_applies(
     server: UnistockServer, tmp_path: Path, mosquitto_broker: MosquittoBroker
 ) -> None:
     settings = AgentSettings(
@@ -30,9 +31,21 @@ async def test_the_server_moves_past_a_set_aside_movement(
         task = asyncio.create_task(agent.run())
         try:
             await agent.record([pb.Movement(sku="SOCK", type=pb.RECEIPT, quantity=5000)])
-            # A count of 2,000 tags (~52 KB) cannot fit a 4 KiB payload, even alone.
+            # A sale naming 2,000 tags (~52 KB) cannot fit a 4 KiB payload with its EPCs.
             epcs = [f"3034257BF400B78{k:09X}" for k in range(2000)]
             await agent.record([pb.Movement(sku="SOCK", type=pb.SALE, quantity=2000, epc=epcs)])
+            # An adjustment with a 5 KB reason cannot fit at all.
+            await agent.record(
+                [
+                    pb.Movement(
+                        sku="SOCK",
+                        type=pb.ADJUSTMENT,
+                        adjustment_sign=pb.DECREASE,
+                        quantity=1,
+                        reason="damaged " * 640,
+                    )
+                ]
+            )
             await agent.record(
                 [pb.Movement(sku="SOCK", type=pb.SALE, quantity=1) for _ in range(3)]
             )
@@ -40,10 +53,10 @@ async def test_the_server_moves_past_a_set_aside_movement(
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        # The server rejected seq 2's stand-in and applied what came after it.
-        assert agent.outbox.last_acked == 5
-        assert await on_hand(server, "SOCK") == 4997
+        # Seq 2 applied without its EPCs; seq 3's stand-in rejected; seqs 4-6 applied.
+        assert agent.outbox.last_acked == 6
+        assert await on_hand(server, "SOCK") == 5000 - 2000 - 3
         [record] = agent.outbox.rejected()
-        assert (record.seq, record.reason) == (2, pb.INVALID_FIELD)
+        assert (record.seq, record.reason) == (3, pb.INVALID_FIELD)
         assert record.movement is not None
-        assert len(record.movement.epc) == 2000
+        assert record.movement.reason.startswith("damaged")

@@ -570,23 +570,47 @@ async def test_the_brokers_announced_maximum_packet_size_caps_the_budget(
     assert sender.stats.too_large == 0
 
 
+async def test_a_count_of_thousands_of_tags_is_sent_without_its_epcs(
+    tmp_path: Path, outbox: Outbox
+) -> None:
+    with limited_broker(tmp_path, "message_size_limit 8192") as broker:
+        sender = budget_sender(broker, outbox)
+        outbox.append(sales(3))
+        outbox.append(tagged_sales(1, epcs=1000))  # ~26 KB with its EPCs: seq 4
+        outbox.append(sales(3))
+        peer = await send_until_drained(broker, sender)
+    assert peer.seen == set(range(1, 8))
+    slim = peer.last_received[4]
+    assert (slim.sku, slim.quantity, list(slim.epc)) == ("SKU-0", 1000, [])
+    assert outbox.rejected() == []
+    assert (sender.stats.epcs_dropped, sender.stats.too_large) == (1, 0)
+
+
 async def test_a_movement_too_large_alone_is_set_aside_and_the_rest_delivered(
     tmp_path: Path, outbox: Outbox
 ) -> None:
     with limited_broker(tmp_path, "message_size_limit 8192") as broker:
         sender = budget_sender(broker, outbox)
         outbox.append(sales(3))
-        outbox.append(tagged_sales(1, epcs=1000))  # ~26 KB: seq 4
+        huge = pb.Movement(
+            sku="SKU-X",
+            location_id=STORE,
+            type=pb.ADJUSTMENT,
+            adjustment_sign=pb.DECREASE,
+            quantity=1,
+            reason="damaged " * 2000,  # 16 KB without any EPC: seq 4
+        )
+        outbox.append([huge])
         outbox.append(sales(3))
         peer = await send_until_drained(broker, sender)
     # Seq 4 was still sent, as a stand-in the server rejects, so that seqs 5-7 can apply.
     assert peer.seen == set(range(1, 8))
     stand_in = peer.last_received[4]
-    assert (stand_in.sku, list(stand_in.epc), stand_in.seq) == ("", [], 4)
+    assert (stand_in.sku, stand_in.seq) == ("", 4)
     [record] = outbox.rejected()
     assert record.seq == 4
     assert record.reason == pb.INVALID_FIELD
     assert "too large to publish" in record.detail
     assert record.movement is not None
-    assert len(record.movement.epc) == 1000  # the original, for the back office
+    assert record.movement.reason == huge.reason  # the original, for the back office
     assert sender.stats.too_large == 1

@@ -236,6 +236,8 @@ class SenderStats:
     """Movements too large to publish alone, set aside as rejected by the agent itself."""
     split_batches: int = 0
     """Batches cut below ``batch_size`` movements to stay within the payload budget."""
+    epcs_dropped: int = 0
+    """Movements over the payload budget sent without their (informational) EPC lists."""
 
 
 class Sender:
@@ -265,8 +267,11 @@ class Sender:
     which paho takes for a protocol error: it drops the connection and the same batch would be
     resent for ever. So a batch holds at most ``batch_size`` movements *and* at most
     :attr:`payload_budget` bytes: the longest run of pending movements that fits is sent, the
-    rest follows in the next batches. A movement that cannot fit even alone (thousands of EPCs)
-    is set aside rather than blocking the outbox: it is logged as an error, kept in the
+    rest follows in the next batches. A movement that cannot fit even alone is, when it carries
+    EPCs (an RFID count of thousands of tags), sent without its EPC list: the list is
+    informational, the quantity is what counts (logged as a warning, counted in
+    :attr:`SenderStats.epcs_dropped`). One that still cannot fit (impossible within the id
+    limits, but not left to chance) is set aside rather than blocking the outbox: it is logged as an error, kept in the
     outbox's ``rejected`` table (``INVALID_FIELD``, detail "too large to publish…") for the
     back office, counted in :attr:`SenderStats.too_large`, and a stand-in without SKU is sent
     under its seq, which the server rejects, so that the seqs after it are applied.
@@ -456,8 +461,13 @@ class Sender:
                     break
                 fitting = self._fit(movements)
                 if not fitting:
-                    await self._set_aside(movements[0])
-                    continue
+                    # One movement over the budget: almost always a COUNT carrying every EPC
+                    # it saw. The EPCs are informational; the count is not: send it without.
+                    slim = self._without_epcs(movements[0])
+                    if slim is None:
+                        await self._set_aside(movements[0])
+                        continue
+                    fitting = [slim]
                 movements = fitting
                 if not await self._publish(movements):
                     # Refused by the broker: resend from this batch's first seq after a pause.
@@ -522,6 +532,30 @@ class Sender:
                     self.stats.split_batches += 1
                 return movements[:n]
         return movements
+
+    def _without_epcs(self, movement: pb.Movement) -> pb.Movement | None:
+        """movement without its EPC list if that makes it fit the budget, else None.
+
+        Deterministic, so a resend carries the same content; the outbox keeps the EPCs.
+        """
+        if not movement.epc:
+            return None
+        slim = pb.Movement()
+        slim.CopyFrom(movement)
+        del slim.epc[:]
+        if not self._fit([slim]):
+            return None
+        self.stats.epcs_dropped += 1
+        _log.warning(
+            "seq %d (%s of %r, %d EPCs): over the payload budget of %d bytes; sent without "
+            "its EPC list (kept in the outbox until acked)",
+            movement.seq,
+            pb.MovementType.Name(movement.type),
+            movement.sku,
+            len(movement.epc),
+            self.payload_budget,
+        )
+        return slim
 
     async def _set_aside(self, movement: pb.Movement) -> None:
         """Reject a movement too large to publish alone, and send a stand-in under its seq."""
