@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,8 +9,9 @@ import grpc
 import pytest
 from grpc import aio
 
+from tests.edge.harness import drained, on_hand, start_agent, stop_agent
 from unistock.devtools.services import MosquittoBroker
-from unistock.edge.agent import AgentSettings, StoreAgent
+from unistock.edge.agent import StoreAgent
 from unistock.intake.v1 import intake_pb2 as ipb
 from unistock.intake.v1 import intake_pb2_grpc as ipb_grpc
 from unistock.server.app.server import UnistockServer
@@ -23,48 +23,19 @@ def server(mqtt_server: UnistockServer) -> UnistockServer:
     return mqtt_server
 
 
-async def start_agent(
-    tmp_path: Path, broker: MosquittoBroker, store: str = "s1"
-) -> tuple[StoreAgent, asyncio.Task[None]]:
-    settings = AgentSettings(
-        store_id=store,
-        mqtt_url=broker.url,
-        data_dir=tmp_path / f"agent-{store}",
-        intake_port=0,
-        metrics_port=0,
-        ack_timeout=2.0,
-        status_interval=0.5,
-    )
-    agent = await StoreAgent(settings).__aenter__()
-    return agent, asyncio.create_task(agent.run())
-
-
 @pytest.fixture
 async def agent(
     tmp_path: Path, mosquitto_broker: MosquittoBroker, server: UnistockServer
 ) -> AsyncIterator[StoreAgent]:
     a, task = await start_agent(tmp_path, mosquitto_broker)
     yield a
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    await a.__aexit__(None, None, None)
+    await stop_agent(a, task)
 
 
 @pytest.fixture
 async def till(agent: StoreAgent) -> AsyncIterator[ipb_grpc.StoreIntakeStub]:
     async with aio.insecure_channel(f"127.0.0.1:{agent.intake_port}") as ch:
         yield ipb_grpc.StoreIntakeStub(ch)
-
-
-async def drained(agent: StoreAgent, limit: float = 60) -> None:
-    """Until the server acknowledged everything in the outbox."""
-    async with asyncio.timeout(limit):
-        await agent.wait_drained()
-
-
-async def on_hand(srv: UnistockServer, sku: str, loc: str = "s1") -> int:
-    [p] = await srv.inventory.levels([(sku, loc)])
-    return p.on_hand
 
 
 async def test_sales_and_returns_reach_the_server_once(
@@ -121,9 +92,7 @@ async def test_offline_for_a_while_then_everything_lands_once_in_order(
         [p] = await server.inventory.levels([("BAG", "s1")])
         assert p.version == n + 1  # every movement applied exactly once
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await agent.__aexit__(None, None, None)
+        await stop_agent(agent, task)
 
 
 @pytest.mark.slow
@@ -153,6 +122,4 @@ async def test_mosquitto_killed_with_movements_in_flight_loses_nothing(
         assert (sample("unistock_agent_movements_published_total") or 0) >= n
         assert sample("unistock_agent_batches_in_flight") is not None
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await agent.__aexit__(None, None, None)
+        await stop_agent(agent, task)

@@ -22,9 +22,11 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 
+from tests.edge import harness
+from tests.edge.harness import drained, stop_agent
 from unistock.client.mqtt import broker_args
 from unistock.devtools.services import MosquittoBroker
-from unistock.edge.agent import AgentSettings, StoreAgent
+from unistock.edge.agent import StoreAgent
 from unistock.edge.epc import decode_sgtin96, encode_sgtin96
 from unistock.intake.v1 import intake_pb2 as ipb
 from unistock.intake.v1 import intake_pb2_grpc as ipb_grpc
@@ -68,28 +70,10 @@ def catalogue(tmp_path: Path) -> Path:
     return path
 
 
-#: The run() task of each agent: a crash of it must fail the test, not stall it.
-_RUNS: dict[int, asyncio.Task[None]] = {}
-
-
 async def start_agent(
     tmp_path: Path, broker: MosquittoBroker, catalogue: Path, store: str = "s1", **overrides: Any
 ) -> tuple[StoreAgent, asyncio.Task[None]]:
-    settings = AgentSettings(
-        store_id=store,
-        mqtt_url=broker.url,
-        data_dir=tmp_path / f"agent-{store}",
-        intake_port=0,
-        metrics_port=0,
-        catalogue=catalogue,
-        ack_timeout=2.0,
-        status_interval=0.5,
-        **overrides,
-    )
-    agent = await StoreAgent(settings).__aenter__()
-    task = asyncio.create_task(agent.run())
-    _RUNS[id(agent)] = task
-    return agent, task
+    return await harness.start_agent(tmp_path, broker, store, catalogue=catalogue, **overrides)
 
 
 @pytest.fixture
@@ -98,29 +82,13 @@ async def agent(
 ) -> AsyncIterator[StoreAgent]:
     a, task = await start_agent(tmp_path, mosquitto_broker, catalogue)
     yield a
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    await a.__aexit__(None, None, None)
+    await stop_agent(a, task)
 
 
 @pytest.fixture
 async def till(agent: StoreAgent) -> AsyncIterator[ipb_grpc.StoreIntakeStub]:
     async with aio.insecure_channel(f"127.0.0.1:{agent.intake_port}") as ch:
         yield ipb_grpc.StoreIntakeStub(ch)
-
-
-async def drained(agent: StoreAgent, limit: float = 20) -> None:
-    """Until the server acknowledged everything in the outbox (or the agent's run() died)."""
-    run = _RUNS[id(agent)]
-    wait = asyncio.ensure_future(agent.wait_drained())
-    try:
-        await asyncio.wait({wait, run}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        wait.cancel()
-    if run.done():
-        raise AssertionError("the agent's run() task ended") from run.exception()
-    if not wait.done() or wait.cancelled():
-        raise TimeoutError(f"outbox not drained after {limit} s: depth {agent.outbox.depth()}")
 
 
 async def level(srv: UnistockServer, sku: str, loc: str = "s1") -> tuple[int, int]:
@@ -406,9 +374,7 @@ async def reader_agent(
     async with asyncio.timeout(10):
         await a.readers.connected.wait()
     yield a
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    await a.__aexit__(None, None, None)
+    await stop_agent(a, task)
 
 
 async def test_zebra_reads_over_mqtt_make_the_count(

@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc import aio
 
-from tests.edge.test_agent_e2e import drained, on_hand, server, start_agent
+from tests.edge.harness import drained, on_hand, start_agent, stop_agent
+from tests.edge.test_agent_e2e import server
 from unistock.devtools.services import MosquittoBroker
-from unistock.edge.agent import StoreAgent
 from unistock.intake.v1 import intake_pb2 as ipb
 from unistock.intake.v1 import intake_pb2_grpc as ipb_grpc
 from unistock.server.app.server import UnistockServer
 from unistock.v1 import inventory_pb2 as pb
 
 __all__ = ["server"]  # the fixture, imported for its use below
-
-
-async def stop_agent(agent: StoreAgent, task: asyncio.Task[None]) -> None:
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    await agent.__aexit__(None, None, None)
 
 
 def sale(request_id: str, quantity: int = 1) -> ipb.SaleRequest:

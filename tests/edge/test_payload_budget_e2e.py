@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from tests.edge.test_agent_e2e import drained, on_hand, server
+from tests.edge.harness import agent_settings, drained, on_hand
+from tests.edge.test_agent_e2e import server
 from unistock.devtools.services import MosquittoBroker
-from unistock.edge.agent import AgentSettings, StoreAgent
+from unistock.edge.agent import StoreAgent
 from unistock.server.app.server import UnistockServer
 from unistock.v1 import inventory_pb2 as pb
 
@@ -18,15 +19,7 @@ __all__ = ["server"]  # the fixture, imported for its use below
 async def test_oversized_movements_are_slimmed_or_set_aside_and_the_rest_applies(
     server: UnistockServer, tmp_path: Path, mosquitto_broker: MosquittoBroker
 ) -> None:
-    settings = AgentSettings(
-        store_id="s1",
-        mqtt_url=mosquitto_broker.url,
-        data_dir=tmp_path / "agent",
-        intake_port=0,
-        metrics_port=0,
-        ack_timeout=2.0,
-        max_payload_bytes=4096,
-    )
+    settings = agent_settings(tmp_path, mosquitto_broker.url, max_payload_bytes=4096)
     async with StoreAgent(settings) as agent:
         task = asyncio.create_task(agent.run())
         try:

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.test_mosquitto_acl import PASSWORDS, broker, server_client
+from tests.edge.harness import agent_settings
 from unistock.devtools.services import MosquittoBroker
-from unistock.edge.agent import AgentSettings, StoreAgent
+from unistock.edge.agent import StoreAgent
 from unistock.v1 import inventory_pb2 as pb
 
 __all__ = ["broker"]  # the fixture, imported for its use here
@@ -43,14 +44,10 @@ async def test_refused_movements_are_logged_counted_kept_and_resent(
     broker: MosquittoBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.ERROR)
-    settings = AgentSettings(
-        store_id="s1",
-        mqtt_url=f"mqtt://s2:{PASSWORDS['s2']}@127.0.0.1:{broker.port}",  # store s2's user
-        data_dir=tmp_path / "agent",
-        intake_port=0,
-        metrics_port=0,
+    settings = agent_settings(
+        tmp_path,
+        f"mqtt://s2:{PASSWORDS['s2']}@127.0.0.1:{broker.port}",  # store s2's user
         ack_timeout=60.0,  # recovery must not come from the ack timeout
-        status_interval=0.5,
     )
     async with StoreAgent(settings) as agent, server_client(broker.port) as server:
         await server.subscribe("unistock/v1/stores/+/movements", qos=1)

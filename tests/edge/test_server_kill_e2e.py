@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.edge.harness import start_agent, stop_agent
 from tests.fixtures.server import TOKENS, ServerProcess
 from unistock.client import UnistockClient
 from unistock.devtools.services import MosquittoBroker, RedisServer
-from unistock.edge.agent import AgentSettings, StoreAgent
 from unistock.v1 import inventory_pb2 as pb
 
 pytestmark = pytest.mark.slow
@@ -21,16 +21,7 @@ async def test_server_killed_mid_stream_three_times(
 ) -> None:
     srv = ServerProcess(redis_server.url, tmp_path / "srv", "--mqtt-url", mosquitto_broker.url)
     await asyncio.to_thread(srv.start)
-    settings = AgentSettings(
-        store_id="s1",
-        mqtt_url=mosquitto_broker.url,
-        data_dir=tmp_path / "agent",
-        intake_port=0,
-        metrics_port=0,
-        ack_timeout=1.0,
-    )
-    agent = await StoreAgent(settings).__aenter__()
-    task = asyncio.create_task(agent.run())
+    agent, task = await start_agent(tmp_path, mosquitto_broker, ack_timeout=1.0)
     skus = [f"SKU-{i}" for i in range(20)]
     recorded: dict[str, int] = dict.fromkeys(skus, 0)
     try:
@@ -61,7 +52,5 @@ async def test_server_killed_mid_stream_three_times(
         assert {lv.sku: lv.on_hand for lv in levels} == recorded
         assert {lv.sku: lv.version for lv in levels} == recorded
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await agent.__aexit__(None, None, None)
+        await stop_agent(agent, task)
         srv.stop()

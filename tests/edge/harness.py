@@ -1,0 +1,70 @@
+"""Starting store agents in end-to-end tests (real broker, real server)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from unistock.devtools.services import MosquittoBroker
+from unistock.edge.agent import AgentSettings, StoreAgent
+from unistock.server.app.server import UnistockServer
+
+
+def agent_settings(
+    tmp_path: Path, mqtt_url: str, store: str = "s1", **overrides: Any
+) -> AgentSettings:
+    """Settings for a test agent: ephemeral ports, short ack timeout and status interval."""
+    values: dict[str, Any] = {
+        "store_id": store,
+        "mqtt_url": mqtt_url,
+        "data_dir": tmp_path / f"agent-{store}",
+        "intake_port": 0,
+        "metrics_port": 0,
+        "ack_timeout": 2.0,
+        "status_interval": 0.5,
+    }
+    values.update(overrides)
+    return AgentSettings(**values)
+
+
+#: The run() task of each agent started here: a crash of it must fail the test, not stall it.
+_RUNS: dict[int, asyncio.Task[None]] = {}
+
+
+async def start_agent(
+    tmp_path: Path, broker: MosquittoBroker, store: str = "s1", **overrides: Any
+) -> tuple[StoreAgent, asyncio.Task[None]]:
+    """An entered agent and its run() task; stop both with stop_agent."""
+    agent = await StoreAgent(agent_settings(tmp_path, broker.url, store, **overrides)).__aenter__()
+    task = _RUNS[id(agent)] = asyncio.create_task(agent.run())
+    return agent, task
+
+
+async def stop_agent(agent: StoreAgent, task: asyncio.Task[None]) -> None:
+    """Cancel an agent's run() task and close it."""
+    _RUNS.pop(id(agent), None)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await agent.__aexit__(None, None, None)
+
+
+async def drained(agent: StoreAgent, limit: float = 60) -> None:
+    """Until the server acknowledged everything in the outbox (or the agent's run() died)."""
+    run = _RUNS.get(id(agent))
+    wait = asyncio.ensure_future(agent.wait_drained())
+    try:
+        await asyncio.wait({wait} | ({run} if run else set()), timeout=limit,
+                           return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+    finally:
+        wait.cancel()
+    if run is not None and run.done():
+        raise AssertionError("the agent's run() task ended") from run.exception()
+    if not wait.done() or wait.cancelled():
+        raise TimeoutError(f"outbox not drained after {limit} s: depth {agent.outbox.depth()}")
+
+
+async def on_hand(srv: UnistockServer, sku: str, loc: str = "s1") -> int:
+    """The server's on_hand of a position."""
+    [p] = await srv.inventory.levels([(sku, loc)])
+    return p.on_hand
