@@ -18,7 +18,7 @@ from unistock.server.domain import (
     check_id,
     validate_lines,
 )
-from unistock.server.domain.values import check_quantity
+from unistock.server.domain.values import MAX_REASON, check_quantity
 
 
 def mv(type_: MovementType = T.SALE, quantity: int = 1, **kw: object) -> Movement:
@@ -139,6 +139,8 @@ def test_valid_sale_with_reservation_and_count_id() -> None:
         (mv(T.ADJUSTMENT, reservation_id="R-1"), "reservation_id"),
         (mv(T.TRANSFER_OUT, reservation_id="R-1"), "reservation_id"),
         (mv(T.SALE, reservation_id="R 1"), "reservation_id"),
+        (mv(T.SALE, reason="r" * (MAX_REASON + 1)), "reason"),
+        (mv(T.ADJUSTMENT, reason="r" * (MAX_REASON + 1)), "reason"),
     ],
 )
 @pytest.mark.parametrize("prefix", ["", "movements[3]."])

@@ -12,6 +12,8 @@ from unistock.server.domain.errors import InvalidArgument
 #: Largest quantity accepted in one movement or reservation line. Beyond it a figure is a typo
 #: or an attack (and would overflow the int64 fields of the wire contract after a few sums).
 MAX_QUANTITY = 1_000_000_000
+#: Longest free-text reason of a movement (it is stored and logged, not parsed).
+MAX_REASON = 1024
 
 _ID_RE = re.compile(r"[!-{}~]{1,128}")  # printable ASCII, no whitespace, no '|' (0x7c)
 
@@ -148,6 +150,10 @@ class Movement(NamedTuple):
         if not 1 <= self.quantity <= MAX_QUANTITY:
             minimum = 0 if self.type is MovementType.COUNT else 1
             check_quantity(prefix + "quantity", self.quantity, minimum=minimum)
+        if self.reason and len(self.reason) > MAX_REASON:
+            raise InvalidArgument(
+                prefix + "reason", f"at most {MAX_REASON} characters, got {len(self.reason)}"
+            )
         if self.type in _PLAIN and not self.reservation_id and not self.count_id:
             return self
         if self.type is MovementType.ADJUSTMENT:
