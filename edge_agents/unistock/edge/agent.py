@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import datetime
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from prometheus_client.registry import Collector
 from unistock.client.mqtt import broker_args
 from unistock.edge.catalogue import Catalogue
 from unistock.edge.counting import CountSession, ReadOutcome, on_agent_clock, precedes_count
+from unistock.edge.countstore import KEEP_STOPPED, CountStore
 from unistock.edge.outbox import Outbox, RequestConflict
 from unistock.edge.readers import (
     DEFAULT_READER_TOPIC,
@@ -198,9 +200,15 @@ def _mqtt_client(settings: AgentSettings, will: aiomqtt.Will) -> aiomqtt.Client:
     )
 
 
+#: Seconds between two writes of the counted EPCs buffered in the count store.
+COUNT_FLUSH_INTERVAL = 0.5
+
+
 @dataclass
 class _Counts:
     running: dict[str, CountSession] = field(default_factory=dict)
+    #: count_id -> the running session's key in the count store.
+    keys: dict[str, int] = field(default_factory=dict)
     #: Recently stopped sessions: movements that happened before them are marked with their id.
     stopped: list[CountSession] = field(default_factory=list)
 
@@ -226,7 +234,9 @@ class StoreAgent:
         self.connected = asyncio.Event()
         self.intake_port = 0
         self.metrics_port = 0
-        self._counts = _Counts()
+        self.count_store = CountStore(settings.data_dir / f"counts-{settings.store_id}.sqlite")
+        self._counts = self._restore_counts()
+        self._count_flusher: asyncio.Task[None] | None = None
         self._grpc: aio.Server | None = None
         self._metrics_http: Any = None
         self._lock = asyncio.Lock()  # appends are serialised: seq order = arrival order
@@ -255,6 +265,7 @@ class StoreAgent:
             )
             self.metrics_port = self._metrics_http.server_port
         self._refresh_gauges()
+        self._count_flusher = asyncio.create_task(self._flush_counts(), name="agent-count-flush")
         log.info("store %s: intake on :%d", s.store_id, self.intake_port)
         return self
 
@@ -264,20 +275,35 @@ class StoreAgent:
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
+        if self._count_flusher is not None:
+            self._count_flusher.cancel()
+            await asyncio.gather(self._count_flusher, return_exceptions=True)
+        await asyncio.to_thread(self.count_store.flush)
+        self.count_store.close()
         self.outbox.close()
 
     # -- intake ------------------------------------------------------------------------------
 
-    async def record(self, movements: list[pb.Movement]) -> list[int]:
-        """Store movements durably in the outbox (in order) and wake the sender."""
+    async def record(
+        self, movements: list[pb.Movement], before: Callable[[], object] | None = None
+    ) -> list[int]:
+        """Store movements durably in the outbox (in order) and wake the sender.
+
+        ``before`` (blocking, run in a thread) is done first, in the same turn of the appends'
+        lock: what it writes is durable before the movements, and before anything appended after.
+        """
         for m in movements:
             self._complete(m)
         async with self._lock:
+            if before is not None:
+                await asyncio.to_thread(before)
             seqs = await asyncio.to_thread(self.outbox.append, movements)
         self._recorded(movements)
         return seqs
 
-    async def record_once(self, m: pb.Movement, request_id: str) -> tuple[int, bool]:
+    async def record_once(
+        self, m: pb.Movement, request_id: str, before: Callable[[], object] | None = None
+    ) -> tuple[int, bool]:
         """:meth:`record` one movement under a till's idempotency key (``Outbox.append_once``).
 
         Returns:
@@ -289,6 +315,8 @@ class StoreAgent:
         """
         self._complete(m)
         async with self._lock:
+            if before is not None:
+                await asyncio.to_thread(before)
             seq, appended = await asyncio.to_thread(self.outbox.append_once, m, request_id)
         if appended:
             self._recorded([m])
@@ -465,15 +493,55 @@ class StoreAgent:
 
     # -- counts ------------------------------------------------------------------------------
 
-    def start_count(self, req: ipb.StartCountRequest) -> None:
-        """Open an RFID count session."""
-        self._counts.running[req.count_id] = CountSession(
-            req.count_id,
-            req.location_id or self.settings.location,
-            frozenset(req.skus) or None,
-            datetime.datetime.now(datetime.UTC),
-            catalogue=self.catalogue,
+    def _restore_counts(self) -> _Counts:
+        """The sessions kept in the count store: running ones go on, stopped ones mark sales."""
+        counts = _Counts()
+        epcs = sold = 0
+        for stored in self.count_store.load():
+            session = stored.session(self.catalogue)
+            if stored.stopped:
+                counts.stopped.append(session)
+                continue
+            counts.running[stored.count_id] = session
+            counts.keys[stored.count_id] = stored.key
+            epcs += len(stored.counted)
+            sold += len(stored.sold)
+        log.info(
+            "store %s: restored %d running count sessions (%d counted EPCs, %d sold EPCs) and "
+            "%d stopped ones",
+            self.settings.store_id,
+            len(counts.running),
+            epcs,
+            sold,
+            len(counts.stopped),
         )
+        return counts
+
+    async def _flush_counts(self) -> None:
+        """Write the counted EPCs to the count store every COUNT_FLUSH_INTERVAL, until cancelled."""
+        while True:
+            await asyncio.sleep(COUNT_FLUSH_INTERVAL)
+            try:
+                await asyncio.to_thread(self.count_store.flush)
+            except Exception:  # a full disk must not stop the counts; retried next interval
+                log.exception("store %s: writing counted EPCs failed", self.settings.store_id)
+
+    async def start_count(self, req: ipb.StartCountRequest) -> None:
+        """Open an RFID count session (durable once this returns).
+
+        A ``count_id`` already running is started again: the new session replaces it.
+        """
+        location = req.location_id or self.settings.location
+        scope = frozenset(req.skus) or None
+        started_at = datetime.datetime.now(datetime.UTC)
+        session = CountSession(
+            req.count_id, location, scope, started_at, catalogue=self.catalogue
+        )  # first: a bad location raises before anything is stored
+        key = await asyncio.to_thread(
+            self.count_store.start, req.count_id, location, scope, started_at
+        )
+        self._counts.running[req.count_id] = session
+        self._counts.keys[req.count_id] = key
 
     async def stop_count(self, count_id: str) -> list[pb.Movement]:
         """Close a session: one COUNT per SKU in scope, appended at this point of the stream.
@@ -481,6 +549,11 @@ class StoreAgent:
         With MQTT readers, first waits (up to ``reader_sync_timeout``) until every tag read the
         reader broker accepted before this call has been fed to the session
         (:meth:`ReaderListener.sync`); reads the broker accepts after that are late.
+
+        The counted EPCs are written to the count store before the COUNTs are appended, and the
+        session is marked stopped there after: an agent that dies in between finds the session
+        running again, and stopping it again appends the same COUNTs under the same count_id,
+        which the server ignores as a count it already applied.
 
         Raises:
             KeyError: no running session ``count_id`` (also when a concurrent stop won).
@@ -496,6 +569,7 @@ class StoreAgent:
                 "did not answer in time" if self.readers.connected.is_set() else "not connected",
             )
         session = self._counts.running.pop(count_id)
+        key = self._counts.keys.pop(count_id)
         counts = [
             pb.Movement(
                 sku=r.sku,
@@ -508,11 +582,12 @@ class StoreAgent:
             for r in session.stop()
         ]
         if counts:
-            seqs = await self.record(counts)
+            seqs = await self.record(counts, before=self.count_store.flush)
             for m, seq in zip(counts, seqs, strict=True):
                 m.seq = seq
                 m.source_id = self.settings.source
-        self._counts.stopped = [*self._counts.stopped[-15:], session]
+        self._counts.stopped = [*self._counts.stopped[1 - KEEP_STOPPED :], session]
+        await asyncio.to_thread(self.count_store.stopped, key, time.time())
         return counts
 
     # -- tag reads ---------------------------------------------------------------------------
@@ -523,6 +598,10 @@ class StoreAgent:
         """One tag read into one session, counted in ``unistock_agent_tag_reads_total``."""
         outcome = session.read(epc, reader_id, antenna, at)
         self.metrics.tag_reads.labels(outcome.value).inc()
+        key = self._counts.keys.get(session.count_id)
+        sku = session.counted_sku(epc)
+        if outcome is ReadOutcome.COUNTED and key is not None and sku is not None:
+            self.count_store.counted(key, epc, sku)  # buffered: written within 0.5 s
         return outcome
 
     def _reader_message(self, topic: str, payload: bytes) -> None:
@@ -588,14 +667,13 @@ class _Intake(ipb_grpc.StoreIntakeServicer):
                 seq = await asyncio.to_thread(agent.outbox.request_seq, request.request_id, m)
                 if seq is not None:
                     return self._receipt_for(seq, replayed=True)
-            if isinstance(request, ipb.SaleRequest):
-                self._sale_seen(m)
+            before = self._sale_seen(m) if isinstance(request, ipb.SaleRequest) else None
             if request.request_id:
-                seq, appended = await agent.record_once(m, request.request_id)
+                seq, appended = await agent.record_once(m, request.request_id, before)
                 return self._receipt_for(seq, replayed=not appended)
         except RequestConflict as e:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(e))
-        [seq] = await agent.record([m])
+        [seq] = await agent.record([m], before)
         return self._receipt_for(seq, replayed=False)
 
     def _receipt_for(self, seq: int, *, replayed: bool) -> ipb.IntakeReceipt:
@@ -606,10 +684,24 @@ class _Intake(ipb_grpc.StoreIntakeServicer):
             replayed=replayed,
         )
 
-    def _sale_seen(self, m: pb.Movement) -> None:
-        for session in self.agent._counts.running.values():
+    def _sale_seen(self, m: pb.Movement) -> Callable[[], None] | None:
+        """The sale into the running sessions of its location, now (before its append, which
+        puts it before their COUNTs in the stream); returns the count store write of it, to run
+        just before the append.
+
+        Both happen even if the append then fails: the till gets an error and retries the
+        sale, and the sessions, in memory and on disk, agree in the meantime.
+        """
+        counts = self.agent._counts
+        keys = []
+        for count_id, session in counts.running.items():
             if session.location_id == m.location_id:
                 session.sale_recorded(m.sku, list(m.epc))
+                keys.append(counts.keys[count_id])
+        if not keys:
+            return None
+        epcs = list(m.epc)
+        return lambda: self.agent.count_store.sale(keys, epcs)
 
     async def RecordSale(self, request: ipb.SaleRequest, context: Any) -> ipb.IntakeReceipt:
         m = pb.Movement(
@@ -653,7 +745,7 @@ class _Intake(ipb_grpc.StoreIntakeServicer):
     ) -> ipb.StartCountRequest:
         if not request.count_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "count_id: must not be empty")
-        self.agent.start_count(request)
+        await self.agent.start_count(request)
         return request
 
     async def RecordTagReads(self, request_iterator: Any, context: Any) -> ipb.TagReadSummary:

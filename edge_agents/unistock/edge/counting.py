@@ -153,6 +153,41 @@ class CountSession:
         self.last_read_at: datetime | None = None
         """``at`` of the latest read to arrive (arrival order), for diagnostics only."""
 
+    @classmethod
+    def restore(
+        cls,
+        count_id: str,
+        location_id: str,
+        scope_skus: frozenset[str] | None,
+        started_at: datetime,
+        *,
+        catalogue: SkuLookup,
+        counted: Mapping[str, str],
+        sold: Iterable[str] = (),
+        sales_without_epc: int = 0,
+        stopped: bool = False,
+    ) -> CountSession:
+        """A session rebuilt from what was kept of it (the edge agent's count store).
+
+        Args:
+            counted: EPC → SKU of every EPC counted so far (:meth:`counted_sku`), as classified
+                when it was read: a catalogue changed since does not reclassify it.
+            sold: the EPCs named by sales recorded during the session (:meth:`sale_recorded`).
+            sales_without_epc: :attr:`sales_without_epc` so far.
+            stopped: whether the session was stopped; its results are then fixed again from the
+                same counted and sold EPCs, so they equal the original ones.
+
+        The read diagnostics (:attr:`total_reads`, :attr:`reads_by_antenna`, …) start from zero:
+        they describe what this session object saw.
+        """
+        session = cls(count_id, location_id, scope_skus, started_at, catalogue=catalogue)
+        session._counted.update((epc.upper(), sku) for epc, sku in counted.items())
+        session._sold.update(epc.upper() for epc in sold)
+        session._sales_without_epc = sales_without_epc
+        if stopped:
+            session.stop()
+        return session
+
     # -- input -----------------------------------------------------------------------------------
 
     def read(self, epc_hex: str, reader_id: str, antenna: int, at: datetime) -> ReadOutcome:
@@ -248,6 +283,10 @@ class CountSession:
                 results.append(CountResult(sku, len(kept_epcs), kept_epcs))
             self._results = tuple(results)
         return list(self._results)
+
+    def counted_sku(self, epc_hex: str) -> str | None:
+        """The SKU an EPC was counted for, or ``None`` if it is not counted."""
+        return self._counted.get(epc_hex.upper())
 
     @property
     def stopped(self) -> bool:
