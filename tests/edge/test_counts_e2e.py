@@ -8,6 +8,7 @@ around them").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import sys
@@ -24,9 +25,11 @@ from grpc import aio
 
 from tests.edge import harness
 from tests.edge.harness import drained, stop_agent
+from tests.edge.test_sender import wait_until
 from unistock.client.mqtt import broker_args
 from unistock.devtools.services import MosquittoBroker
 from unistock.edge.agent import StoreAgent
+from unistock.edge.countstore import CountStore
 from unistock.edge.epc import decode_sgtin96, encode_sgtin96
 from unistock.intake.v1 import intake_pb2 as ipb
 from unistock.intake.v1 import intake_pb2_grpc as ipb_grpc
@@ -186,6 +189,27 @@ async def test_count_session_sets_on_hand_net_of_sales_naming_an_epc(
     assert await level(server, "B") == (0, 0)  # out of scope: no COUNT for B
 
 
+async def late_sale_only_corrects(
+    server: UnistockServer,
+    agent: StoreAgent,
+    till: ipb_grpc.StoreIntakeStub,
+    sold_at: datetime.datetime,
+) -> None:
+    """After count_eight_of_ten: a sale from before the count arrives (seq 3) and is applied as
+    a correction of the count."""
+    late = await till.RecordSale(
+        ipb.SaleRequest(till_id="t9", sku="A", quantity=1, occurred_at=ts(sold_at))
+    )
+    assert late.seq == 3
+    await drained(agent)
+    # COUNT_CORRECTION: on_hand unchanged, version moves (the source mark changed), and the
+    # count's variance is corrected: the true shrinkage was 1 (loss 2, then gain 1).
+    assert await level(server, "A") == (8, 3)
+    assert outcomes(server, "SALE", "count_correction") == 1
+    assert variance(server, "loss") == 2
+    assert variance(server, "gain") == 1
+
+
 # -- 2. a till offline during the count ---------------------------------------------------------
 
 
@@ -198,17 +222,7 @@ async def test_sale_before_the_count_arriving_after_it_only_corrects_the_varianc
 
     # The till was offline from the agent: its sale (before the count) lands only now. The unit
     # was not on the shelf when the readers passed, so the count already reflects it.
-    late = await till.RecordSale(
-        ipb.SaleRequest(till_id="t9", sku="A", quantity=1, occurred_at=ts(sold_offline_at))
-    )
-    assert late.seq == 3
-    await drained(agent)
-    # COUNT_CORRECTION: on_hand unchanged, version moves (the source mark changed), and the
-    # count's variance is corrected: the true shrinkage was 1 (loss 2, then gain 1).
-    assert await level(server, "A") == (8, 3)
-    assert outcomes(server, "SALE", "count_correction") == 1
-    assert variance(server, "loss") == 2
-    assert variance(server, "gain") == 1
+    await late_sale_only_corrects(server, agent, till, sold_offline_at)
 
     # A sale that happens after the count applies on top of it.
     await till.RecordSale(ipb.SaleRequest(till_id="t1", sku="A", quantity=1))
@@ -434,6 +448,127 @@ async def test_zebra_reads_over_mqtt_make_the_count(
     assert tag_reads(agent, "unparseable") == 2
     assert tag_reads(agent, "no_session") == 2  # the backroom read, the read after the stop
     assert agent.metrics.registry.get_sample_value("unistock_agent_reader_broker_connected") == 1
+
+
+# -- 6. an agent restart during and after a count ----------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def intake(agent: StoreAgent) -> AsyncIterator[ipb_grpc.StoreIntakeStub]:
+    async with aio.insecure_channel(f"127.0.0.1:{agent.intake_port}") as ch:
+        yield ipb_grpc.StoreIntakeStub(ch)
+
+
+async def restarted(
+    tmp_path: Path, broker: MosquittoBroker, catalogue: Path, agent: StoreAgent, task: Any
+) -> tuple[StoreAgent, asyncio.Task[None]]:
+    """The agent stopped (its memory gone) and a new one started on the same data dir."""
+    await stop_agent(agent, task)
+    return await start_agent(tmp_path, broker, catalogue)
+
+
+def counted_on_disk(agent: StoreAgent) -> int:
+    """Counted EPCs of the running sessions in the agent's count store file (another reader)."""
+    store = CountStore(agent.count_store.path)
+    try:
+        return sum(len(s.counted) for s in store.load() if not s.stopped)
+    finally:
+        store.close()
+
+
+async def test_a_count_goes_on_across_an_agent_restart(
+    tmp_path: Path, mosquitto_broker: MosquittoBroker, server: UnistockServer, catalogue: Path
+) -> None:
+    agent, task = await start_agent(tmp_path, mosquitto_broker, catalogue)
+    async with intake(agent) as till:
+        await receipt(till, "A", 10)
+        await till.StartCount(ipb.StartCountRequest(count_id="c7", skus=["A"]))
+        await read_tags(till, "c7", [epc(ITEM_A, s) for s in range(1, 6)])
+        sale = ipb.SaleRequest(till_id="t1", sku="A", quantity=1, epc=[epc(ITEM_A, 2)])
+        assert (await till.RecordSale(sale)).seq == 2
+    # Written by the agent's periodic flush, not only at a clean shutdown (a kill -9 loses at
+    # most the reads of the last flush interval).
+    await wait_until(lambda: counted_on_disk(agent) == 5, 10, "the counted EPCs on disk")
+
+    agent, task = await restarted(tmp_path, mosquitto_broker, catalogue, agent, task)
+    try:
+        async with intake(agent) as till:
+            # Tags 4 and 5 again (already counted before the restart), 6 to 9 new.
+            await read_tags(till, "c7", [epc(ITEM_A, s) for s in range(4, 10)])
+            [count] = (await till.StopCount(ipb.StopCountRequest(count_id="c7"))).counts
+        # Both halves' reads (1-9), minus the tag sold during the count.
+        assert sorted(count.epc) == sorted(epc(ITEM_A, s) for s in range(1, 10) if s != 2)
+        assert (count.quantity, count.count_id, count.seq) == (8, "c7", 3)
+        await drained(agent)
+        assert await level(server, "A") == (8, 3)  # RECEIPT 10, SALE 9, COUNT 8
+        assert variance(server, "loss") == 1
+    finally:
+        await stop_agent(agent, task)
+
+
+async def test_a_sale_before_a_count_arriving_after_it_and_a_restart_only_corrects(
+    tmp_path: Path, mosquitto_broker: MosquittoBroker, server: UnistockServer, catalogue: Path
+) -> None:
+    agent, task = await start_agent(tmp_path, mosquitto_broker, catalogue)
+    sold_offline_at = utcnow() - datetime.timedelta(minutes=5)  # before the count starts
+    async with intake(agent) as till:
+        await receipt(till, "A", 10)
+        await count_eight_of_ten(server, agent, till, "c8")
+
+    agent, task = await restarted(tmp_path, mosquitto_broker, catalogue, agent, task)
+    try:
+        async with intake(agent) as till:  # the new agent marks it with c8 all the same
+            await late_sale_only_corrects(server, agent, till, sold_offline_at)
+        assert outcomes(server, "SALE", "applied") == 0
+    finally:
+        await stop_agent(agent, task)
+
+
+async def test_a_crash_between_the_count_append_and_the_stop_mark_sends_a_duplicate_count(
+    tmp_path: Path,
+    mosquitto_broker: MosquittoBroker,
+    server: UnistockServer,
+    catalogue: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The COUNTs are in the outbox but the count store still says running (two files, no
+    common transaction): after the restart the count is stopped again, and the server drops
+    the second COUNT as a count it already applied, so what came after the first stays."""
+    agent, task = await start_agent(tmp_path, mosquitto_broker, catalogue)
+
+    def crash(key: int, stopped_at: float) -> None:
+        raise RuntimeError("the agent died here")
+
+    async with intake(agent) as till:
+        await receipt(till, "A", 10)
+        await till.StartCount(ipb.StartCountRequest(count_id="c9", skus=["A"]))
+        await read_tags(till, "c9", [epc(ITEM_A, s) for s in range(1, 9)])
+        monkeypatch.setattr(agent.count_store, "stopped", crash)
+        with pytest.raises(aio.AioRpcError) as err:
+            await till.StopCount(ipb.StopCountRequest(count_id="c9"))
+        assert err.value.code() == grpc.StatusCode.UNKNOWN
+        await drained(agent)
+        assert await level(server, "A") == (8, 2)  # the first COUNT was appended and applied
+        await till.RecordSale(ipb.SaleRequest(till_id="t1", sku="A", quantity=1))
+        await drained(agent)
+        assert await level(server, "A") == (7, 3)
+
+    agent, task = await restarted(tmp_path, mosquitto_broker, catalogue, agent, task)
+    try:
+        async with intake(agent) as till:
+            [again] = (await till.StopCount(ipb.StopCountRequest(count_id="c9"))).counts
+        assert (again.quantity, again.count_id, again.seq) == (8, "c9", 4)
+        await drained(agent)
+        assert await level(server, "A") == (7, 3)  # the sale after the first COUNT stays
+        assert outcomes(server, "COUNT", "applied") == 1
+        assert outcomes(server, "COUNT", "duplicate") == 1
+        assert (variance(server, "loss"), variance(server, "gain")) == (2, 0)
+        async with intake(agent) as till:  # now marked stopped: a third stop is refused
+            with pytest.raises(aio.AioRpcError) as err:
+                await till.StopCount(ipb.StopCountRequest(count_id="c9"))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        await stop_agent(agent, task)
 
 
 # -- the stall seen while writing these tests ---------------------------------------------------
