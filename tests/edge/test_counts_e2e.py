@@ -524,16 +524,17 @@ async def test_a_sale_before_a_count_arriving_after_it_and_a_restart_only_correc
         await stop_agent(agent, task)
 
 
-async def test_a_crash_between_the_count_append_and_the_stop_mark_sends_a_duplicate_count(
+async def test_a_crash_between_the_count_append_and_the_stop_mark_completes_the_stop_at_start(
     tmp_path: Path,
     mosquitto_broker: MosquittoBroker,
     server: UnistockServer,
     catalogue: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The COUNTs are in the outbox but the count store still says running (two files, no
-    common transaction): after the restart the count is stopped again, and the server drops
-    the second COUNT as a count it already applied, so what came after the first stays."""
+    """The COUNTs are in the outbox but the count store says "stopping" (two files, no common
+    transaction): the restarted agent appends them again by itself, the server drops the second
+    COUNT as a count it already applied (what came after the first stays), and a sale from
+    before the count that reaches the agent only now is still marked against it."""
     agent, task = await start_agent(tmp_path, mosquitto_broker, catalogue)
 
     def crash(key: int, stopped_at: float) -> None:
@@ -555,16 +556,24 @@ async def test_a_crash_between_the_count_append_and_the_stop_mark_sends_a_duplic
 
     agent, task = await restarted(tmp_path, mosquitto_broker, catalogue, agent, task)
     try:
-        async with intake(agent) as till:
-            [again] = (await till.StopCount(ipb.StopCountRequest(count_id="c9"))).counts
-        assert (again.quantity, again.count_id, again.seq) == (8, "c9", 4)
-        await drained(agent)
+        await drained(agent)  # the COUNT appended again at start
+        assert agent.outbox.last_acked == 4
         assert await level(server, "A") == (7, 3)  # the sale after the first COUNT stays
         assert outcomes(server, "COUNT", "applied") == 1
         assert outcomes(server, "COUNT", "duplicate") == 1
         assert (variance(server, "loss"), variance(server, "gain")) == (2, 0)
-        async with intake(agent) as till:  # now marked stopped: a third stop is refused
-            with pytest.raises(aio.AioRpcError) as err:
+        async with intake(agent) as till:
+            # A till that was offline since before the count: its sale precedes c9.
+            early = Timestamp()
+            early.FromDatetime(datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=1))
+            await till.RecordSale(
+                ipb.SaleRequest(till_id="t2", sku="A", quantity=1, occurred_at=early)
+            )
+            await drained(agent)
+            # a correction of c9 (its version moves), not a second sale
+            assert await level(server, "A") == (7, 4)
+            assert outcomes(server, "SALE", "count_correction") == 1
+            with pytest.raises(aio.AioRpcError) as err:  # the stop is complete
                 await till.StopCount(ipb.StopCountRequest(count_id="c9"))
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
     finally:

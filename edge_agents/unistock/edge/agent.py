@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -211,6 +212,9 @@ class _Counts:
     keys: dict[str, int] = field(default_factory=dict)
     #: Recently stopped sessions: movements that happened before them are marked with their id.
     stopped: list[CountSession] = field(default_factory=list)
+    #: (key, stopped_at, session) of sessions found stopping at start: their COUNTs are
+    #: appended (again) before the intake opens.
+    unfinished: list[tuple[int, float, CountSession]] = field(default_factory=list)
 
 
 class StoreAgent:
@@ -255,6 +259,7 @@ class StoreAgent:
 
     async def __aenter__(self) -> StoreAgent:
         s = self.settings
+        await self._finish_stopping()
         self._grpc = aio.server()
         ipb_grpc.add_StoreIntakeServicer_to_server(_Intake(self), self._grpc)
         self.intake_port = self._grpc.add_insecure_port(f"{s.intake_host}:{s.intake_port}")
@@ -501,6 +506,9 @@ class StoreAgent:
             session = stored.session(self.catalogue)
             if stored.stopped:
                 counts.stopped.append(session)
+                if stored.stopping:
+                    stopped_at = stored.stopped_at or time.time()
+                    counts.unfinished.append((stored.key, stopped_at, session))
                 continue
             counts.running[stored.count_id] = session
             counts.keys[stored.count_id] = stored.key
@@ -550,10 +558,10 @@ class StoreAgent:
         reader broker accepted before this call has been fed to the session
         (:meth:`ReaderListener.sync`); reads the broker accepts after that are late.
 
-        The counted EPCs are written to the count store before the COUNTs are appended, and the
-        session is marked stopped there after: an agent that dies in between finds the session
-        running again, and stopping it again appends the same COUNTs under the same count_id,
-        which the server ignores as a count it already applied.
+        The session is marked stopping in the count store (its counted EPCs written) just before
+        the COUNTs are appended, and stopped after: an agent that dies in between appends the
+        same COUNTs again when it starts (the server ignores a count_id it already applied),
+        and marks late sales against the count meanwhile.
 
         Raises:
             KeyError: no running session ``count_id`` (also when a concurrent stop won).
@@ -570,25 +578,54 @@ class StoreAgent:
             )
         session = self._counts.running.pop(count_id)
         key = self._counts.keys.pop(count_id)
+        session.stop()
+        # Late sales that happened before the count are marked from now on.
+        self._counts.stopped = [*self._counts.stopped[1 - KEEP_STOPPED :], session]
+        return await self._append_counts(key, time.time(), session)
+
+    async def _append_counts(
+        self, key: int, stopped_at: float, session: CountSession
+    ) -> list[pb.Movement]:
+        """Append a stopped session's COUNTs, then mark it stopped in the count store.
+
+        The session is marked *stopping* (with its counted EPCs written) in the same turn of
+        the appends' lock, before the COUNTs: an agent that dies before the final mark
+        appends them again at start (_finish_stopping); the server drops a count_id it already
+        applied, and the session marks late sales all along.
+        """
         counts = [
             pb.Movement(
                 sku=r.sku,
                 location_id=session.location_id,
                 type=pb.COUNT,
                 quantity=r.quantity,
-                count_id=count_id,
+                count_id=session.count_id,
                 epc=sorted(r.distinct_epcs),
             )
             for r in session.stop()
         ]
         if counts:
-            seqs = await self.record(counts, before=self.count_store.flush)
+            seqs = await self.record(
+                counts, before=functools.partial(self.count_store.stopping, key, stopped_at)
+            )
             for m, seq in zip(counts, seqs, strict=True):
                 m.seq = seq
                 m.source_id = self.settings.source
-        self._counts.stopped = [*self._counts.stopped[1 - KEEP_STOPPED :], session]
-        await asyncio.to_thread(self.count_store.stopped, key, time.time())
+        await asyncio.to_thread(self.count_store.stopped, key, stopped_at)
         return counts
+
+    async def _finish_stopping(self) -> None:
+        """Complete the stops a crash interrupted (sessions found stopping at start)."""
+        unfinished, self._counts.unfinished = self._counts.unfinished, []
+        for key, stopped_at, session in unfinished:
+            counts = await self._append_counts(key, stopped_at, session)
+            log.warning(
+                "store %s: count %s was being stopped when the agent stopped: its %d COUNTs "
+                "appended again (the server ignores a count it already applied)",
+                self.settings.store_id,
+                session.count_id,
+                len(counts),
+            )
 
     # -- tag reads ---------------------------------------------------------------------------
 

@@ -61,6 +61,9 @@ __all__ = ["KEEP_STOPPED", "CountStore", "StoredSession"]
 KEEP_STOPPED = 16
 
 RUNNING = "running"
+#: Its COUNTs are being appended: after a crash they are appended again at start (the server
+#: drops a count_id it already applied), and meanwhile the session marks late sales as stopped.
+STOPPING = "stopping"
 STOPPED = "stopped"
 
 _metadata = MetaData()
@@ -112,6 +115,9 @@ class StoredSession:
     scope_skus: frozenset[str] | None
     started_at: datetime.datetime
     stopped: bool
+    """Stopped or stopping: it no longer takes reads, and late sales before it are marked."""
+    stopping: bool
+    """Stopped while its COUNTs were being appended: they must be appended (again)."""
     stopped_at: float | None
     sales_without_epc: int
     counted: dict[str, str] = field(default_factory=dict)
@@ -239,6 +245,20 @@ class CountStore:
                     .values(sales_without_epc=session_table.c.sales_without_epc + 1)
                 )
 
+    def stopping(self, key: int, stopped_at: float) -> None:
+        """Write the buffered EPCs and mark session ``key`` stopping, in one transaction.
+
+        Call it before appending the session's COUNTs: from then on a restart completes the
+        stop (see STOPPING) rather than resuming the count.
+        """
+        self.flush()
+        with self._write_lock, self._writer() as conn, conn.begin():
+            conn.execute(
+                update(session_table)
+                .where(session_table.c.id == key)
+                .values(state=STOPPING, stopped_at=stopped_at)
+            )
+
     def stopped(self, key: int, stopped_at: float, keep: int = KEEP_STOPPED) -> None:
         """Mark session ``key`` stopped and delete the stopped sessions before the last ``keep``."""
         with self._write_lock, self._writer() as conn, conn.begin():
@@ -280,7 +300,8 @@ class CountStore:
                 location_id=row.location_id,
                 scope_skus=None if row.scope is None else frozenset(json.loads(row.scope)),
                 started_at=datetime.datetime.fromisoformat(row.started_at),
-                stopped=row.state == STOPPED,
+                stopped=row.state != RUNNING,
+                stopping=row.state == STOPPING,
                 stopped_at=row.stopped_at,
                 sales_without_epc=row.sales_without_epc,
                 counted=counted.get(row.id, {}),
