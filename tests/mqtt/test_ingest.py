@@ -219,6 +219,21 @@ async def test_bad_movements_are_rejected_with_the_field_and_change_nothing(
     assert (await level(server, "SKU-1", "s1")).version == 0
 
 
+async def test_a_movement_without_a_seq_is_rejected_naming_it_and_the_rest_applies(
+    server: UnistockServer, agent: Agent
+) -> None:
+    b = batch("agent-s1", 1, 2, "s1")
+    b.movements.insert(0, pb.Movement(seq=0, sku="SKU-1", location_id="s1", type=pb.RECEIPT,
+                                      quantity=1))  # fmt: skip
+    await agent.send(b)
+    ack = await agent.ack()
+    [r] = ack.rejections
+    assert (r.seq, r.reason) == (0, pb.INVALID_FIELD)
+    assert "movements[0].seq" in r.detail
+    assert (ack.applied, ack.duplicates) == (2, 0)
+    assert [(s.source_id, s.seq) for s in ack.sources] == [("agent-s1", 2)]
+
+
 async def test_progress_survives_a_restart(
     make_server: MakeServer, clean_redis_url: str, mosquitto_broker: MosquittoBroker,
     server: UnistockServer, agent: Agent,

@@ -163,7 +163,9 @@ class MqttIngestor:
         apply: list[Movement] = []
         duplicates = 0
         for seq in seqs:
-            if seq < expected:
+            if seq < 1:  # never valid, so never a duplicate: the sender must hear why
+                ack.rejections.append(final[seq])
+            elif seq < expected:
                 duplicates += 1
             elif seq == expected:
                 if seq in by_seq:
