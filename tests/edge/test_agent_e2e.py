@@ -60,6 +60,26 @@ async def test_bad_intake_is_refused_naming_the_field(till: ipb_grpc.StoreIntake
     assert "sku" in (err.value.details() or "")
 
 
+async def test_an_agent_whose_outbox_file_was_lost_loses_nothing_after_it(
+    server: UnistockServer, tmp_path: Path, mosquitto_broker: MosquittoBroker
+) -> None:
+    """The server remembers how far each source got; a new outbox under the old source would
+    start again at seq 1 and its first movements would be dropped as duplicates. A new file is
+    a new incarnation of the source instead."""
+    for run in range(2):
+        agent, task = await start_agent(tmp_path, mosquitto_broker)
+        try:
+            await agent.record([pb.Movement(sku="CAP", type=pb.RECEIPT, quantity=1)] * 3)
+            await drained(agent)
+        finally:
+            await stop_agent(agent, task)
+        if run == 0:
+            first_source = agent.outbox.source_id
+            (tmp_path / "agent-s1" / "outbox-s1.sqlite").unlink()  # a new disk
+    assert await on_hand(server, "CAP") == 6  # nothing of the second life dropped
+    assert agent.outbox.source_id != first_source
+
+
 @pytest.mark.slow
 async def test_offline_for_a_while_then_everything_lands_once_in_order(
     server: UnistockServer, tmp_path: Path, mosquitto_broker: MosquittoBroker

@@ -50,6 +50,33 @@ def test_append_assigns_increasing_seqs_and_stamps_the_movements(outbox: Outbox)
     assert outbox.next_seq == 4
 
 
+def test_an_incarnation_is_kept_in_the_file_and_a_new_file_gets_a_new_one(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite"
+    first = Outbox(path, "agent-s1", incarnation=True)
+    source = first.source_id
+    assert source.startswith("agent-s1.")
+    assert len(source) == len("agent-s1.") + 8
+    first.append([pb.Movement(sku="A", type=pb.SALE, quantity=1, location_id="s1")])
+    first.close()
+    reopened = Outbox(path, "agent-s1", incarnation=True)  # restart, or a restored backup
+    assert reopened.source_id == source
+    [m] = reopened.pending()
+    assert (m.source_id, m.seq) == (source, 1)
+    reopened.close()
+    path.unlink()  # the file is lost: a new one must not reuse the server's seqs of the old one
+    fresh = Outbox(path, "agent-s1", incarnation=True)
+    assert fresh.source_id.startswith("agent-s1.")
+    assert fresh.source_id != source
+    fresh.close()
+    with pytest.raises(OutboxError):
+        Outbox(path, "agent-s2", incarnation=True)
+
+
+def test_a_file_without_an_incarnation_keeps_its_plain_source(tmp_path: Path) -> None:
+    Outbox(tmp_path / "o.sqlite", "agent-s1").close()  # made before incarnations existed
+    assert Outbox(tmp_path / "o.sqlite", "agent-s1", incarnation=True).source_id == "agent-s1"
+
+
 def test_ack_removes_everything_at_or_below_and_is_idempotent(outbox: Outbox) -> None:
     outbox.append([sale(f"S{i}") for i in range(10)])
     assert outbox.ack(4) == 4

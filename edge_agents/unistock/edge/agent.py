@@ -229,7 +229,9 @@ class StoreAgent:
         )
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(
-            settings.data_dir / f"outbox-{settings.store_id}.sqlite", settings.source
+            settings.data_dir / f"outbox-{settings.store_id}.sqlite",
+            settings.source,
+            incarnation=True,
         )
         self.catalogue = (
             Catalogue.from_csv(settings.catalogue) if settings.catalogue else Catalogue({})
@@ -395,7 +397,7 @@ class StoreAgent:
         """The status message to publish."""
         return pb.AgentStatus(
             store_id=self.settings.store_id,
-            source_id=self.settings.source,
+            source_id=self.outbox.source_id,
             state=state,  # type: ignore[arg-type]
             outbox_depth=self.outbox.depth(),
             last_acked_seq=self.outbox.last_acked,
@@ -610,7 +612,7 @@ class StoreAgent:
             )
             for m, seq in zip(counts, seqs, strict=True):
                 m.seq = seq
-                m.source_id = self.settings.source
+                m.source_id = self.outbox.source_id
         await asyncio.to_thread(self.count_store.stopped, key, stopped_at)
         return counts
 
@@ -715,7 +717,7 @@ class _Intake(ipb_grpc.StoreIntakeServicer):
 
     def _receipt_for(self, seq: int, *, replayed: bool) -> ipb.IntakeReceipt:
         return ipb.IntakeReceipt(
-            source_id=self.agent.settings.source,
+            source_id=self.agent.outbox.source_id,
             seq=seq,
             outbox_depth=self.agent.outbox.depth(),
             replayed=replayed,

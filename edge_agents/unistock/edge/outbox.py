@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -125,6 +126,17 @@ request_table = Table(
 )
 
 _META_ID = 1
+#: Hex digits of an outbox incarnation (see Outbox: ``incarnation``).
+_INCARNATION_HEX = 8
+
+
+def _base_source(stored: str) -> str:
+    """The source id an incarnation suffix was added to (``agent-s1`` of ``agent-s1.0a1b2c3d``)."""
+    base, dot, suffix = stored.rpartition(".")
+    if dot and len(suffix) == _INCARNATION_HEX and all(c in "0123456789abcdef" for c in suffix):
+        return base
+    return stored
+
 
 #: Default retention of request ids (seconds) and maximum number of seqs they may lag behind.
 REQUEST_RETENTION = 7 * 24 * 3600.0
@@ -241,6 +253,12 @@ class Outbox:
         request_retention: seconds a ``request_id`` is remembered (:meth:`append_once`).
         max_requests: a ``request_id`` is also forgotten once its seq is this many seqs behind
             the newest one, which bounds the table whatever the rate of calls.
+        incarnation: give a new file its own source: ``source_id`` plus ``.`` and 8 random hex
+            digits, kept in the file (:attr:`source_id` is then the stored one). The server keeps
+            each source's progress; an outbox that was lost and created anew under the same
+            source would start again at seq 1, and every new movement up to the old progress
+            would be taken for a duplicate and dropped. A file restored from a backup keeps its
+            incarnation, and its seqs are those the server knows.
     """
 
     def __init__(
@@ -250,11 +268,15 @@ class Outbox:
         *,
         request_retention: float = REQUEST_RETENTION,
         max_requests: int = MAX_REQUESTS,
+        incarnation: bool = False,
     ) -> None:
         if not source_id:
             raise ValueError("source_id must not be empty")
+        if incarnation and len(source_id) > 128 - 1 - _INCARNATION_HEX:
+            raise ValueError(f"source_id: at most {127 - _INCARNATION_HEX} characters")
         self.path = Path(path)
         self.source_id = source_id
+        self._incarnation = incarnation
         self.request_retention = request_retention
         self.max_requests = max_requests
         self._engine: Engine = create_engine(
@@ -279,12 +301,16 @@ class Outbox:
                 select(meta_table.c.source_id, meta_table.c.next_seq, meta_table.c.last_acked)
             ).one_or_none()
             if row is None:
+                if self._incarnation:
+                    self.source_id = f"{self.source_id}.{secrets.token_hex(_INCARNATION_HEX // 2)}"
                 conn.execute(
                     insert(meta_table).values(
                         id=_META_ID, source_id=self.source_id, next_seq=1, last_acked=0
                     )
                 )
                 return 1, 0
+            if self._incarnation and _base_source(row.source_id) == self.source_id:
+                self.source_id = row.source_id
             if row.source_id != self.source_id:
                 raise OutboxError(
                     f"{self.path} is the outbox of source {row.source_id!r}, not {self.source_id!r}"
