@@ -258,7 +258,9 @@ class Outbox:
             each source's progress; an outbox that was lost and created anew under the same
             source would start again at seq 1, and every new movement up to the old progress
             would be taken for a duplicate and dropped. A file restored from a backup keeps its
-            incarnation, and its seqs are those the server knows.
+            incarnation: its old movements are those the server knows, but movements recorded
+            after the restore would reuse seqs the server has already seen, so never restore
+            an outbox; start from an empty one.
     """
 
     def __init__(
