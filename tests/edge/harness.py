@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from grpc import aio
+
 from unistock.devtools.services import MosquittoBroker
 from unistock.edge.agent import AgentSettings, StoreAgent
+from unistock.intake.v1 import intake_pb2_grpc as ipb_grpc
 from unistock.server.app.server import UnistockServer
 
 
@@ -68,3 +73,10 @@ async def on_hand(srv: UnistockServer, sku: str, loc: str = "s1") -> int:
     """The server's on_hand of a position."""
     [p] = await srv.inventory.levels([(sku, loc)])
     return p.on_hand
+
+
+@contextlib.asynccontextmanager
+async def intake(agent: StoreAgent) -> AsyncIterator[ipb_grpc.StoreIntakeStub]:
+    """A till's (or reader's) client of an agent's local StoreIntake service."""
+    async with aio.insecure_channel(f"127.0.0.1:{agent.intake_port}") as ch:
+        yield ipb_grpc.StoreIntakeStub(ch)

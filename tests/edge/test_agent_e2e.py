@@ -9,7 +9,7 @@ import grpc
 import pytest
 from grpc import aio
 
-from tests.edge.harness import drained, on_hand, start_agent, stop_agent
+from tests.edge.harness import drained, intake, on_hand, start_agent, stop_agent
 from unistock.devtools.services import MosquittoBroker
 from unistock.edge.agent import StoreAgent
 from unistock.intake.v1 import intake_pb2 as ipb
@@ -34,8 +34,8 @@ async def agent(
 
 @pytest.fixture
 async def till(agent: StoreAgent) -> AsyncIterator[ipb_grpc.StoreIntakeStub]:
-    async with aio.insecure_channel(f"127.0.0.1:{agent.intake_port}") as ch:
-        yield ipb_grpc.StoreIntakeStub(ch)
+    async with intake(agent) as stub:
+        yield stub
 
 
 async def test_sales_and_returns_reach_the_server_once(
@@ -87,8 +87,7 @@ async def test_offline_for_a_while_then_everything_lands_once_in_order(
     mosquitto_broker.stop()  # the store loses its uplink
     agent, task = await start_agent(tmp_path, mosquitto_broker)
     try:
-        async with aio.insecure_channel(f"127.0.0.1:{agent.intake_port}") as ch:
-            stub = ipb_grpc.StoreIntakeStub(ch)
+        async with intake(agent) as stub:
             await stub.RecordMovement(
                 ipb.RecordMovementRequest(
                     movement=pb.Movement(sku="BAG", type=pb.RECEIPT, quantity=100_000)
@@ -122,8 +121,7 @@ async def test_mosquitto_killed_with_movements_in_flight_loses_nothing(
     agent, task = await start_agent(tmp_path, mosquitto_broker)
     try:
         n = 1_000
-        async with aio.insecure_channel(f"127.0.0.1:{agent.intake_port}") as ch:
-            stub = ipb_grpc.StoreIntakeStub(ch)
+        async with intake(agent) as stub:
             for i in range(n):
                 await stub.RecordMovement(
                     ipb.RecordMovementRequest(

@@ -8,7 +8,6 @@ around them").
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import json
 import sys
@@ -24,7 +23,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 
 from tests.edge import harness
-from tests.edge.harness import drained, stop_agent
+from tests.edge.harness import drained, intake, stop_agent
 from tests.edge.test_sender import wait_until
 from unistock.client.mqtt import broker_args
 from unistock.devtools.services import MosquittoBroker
@@ -90,8 +89,8 @@ async def agent(
 
 @pytest.fixture
 async def till(agent: StoreAgent) -> AsyncIterator[ipb_grpc.StoreIntakeStub]:
-    async with aio.insecure_channel(f"127.0.0.1:{agent.intake_port}") as ch:
-        yield ipb_grpc.StoreIntakeStub(ch)
+    async with intake(agent) as stub:
+        yield stub
 
 
 async def level(srv: UnistockServer, sku: str, loc: str = "s1") -> tuple[int, int]:
@@ -397,8 +396,7 @@ async def test_zebra_reads_over_mqtt_make_the_count(
     mosquitto_broker: MosquittoBroker,
 ) -> None:
     agent = reader_agent
-    async with aio.insecure_channel(f"127.0.0.1:{agent.intake_port}") as ch:
-        till = ipb_grpc.StoreIntakeStub(ch)
+    async with intake(agent) as till:
         await receipt(till, "A", 10)
         await till.StartCount(ipb.StartCountRequest(count_id="c5", skus=["A"]))
         on_shelf = [epc(ITEM_A, s) for s in range(1, 9)]
@@ -451,12 +449,6 @@ async def test_zebra_reads_over_mqtt_make_the_count(
 
 
 # -- 6. an agent restart during and after a count ----------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def intake(agent: StoreAgent) -> AsyncIterator[ipb_grpc.StoreIntakeStub]:
-    async with aio.insecure_channel(f"127.0.0.1:{agent.intake_port}") as ch:
-        yield ipb_grpc.StoreIntakeStub(ch)
 
 
 async def restarted(

@@ -8,11 +8,10 @@ import grpc
 import pytest
 from grpc import aio
 
-from tests.edge.harness import drained, on_hand, start_agent, stop_agent
+from tests.edge.harness import drained, intake, on_hand, start_agent, stop_agent
 from tests.edge.test_agent_e2e import server
 from unistock.devtools.services import MosquittoBroker
 from unistock.intake.v1 import intake_pb2 as ipb
-from unistock.intake.v1 import intake_pb2_grpc as ipb_grpc
 from unistock.server.app.server import UnistockServer
 from unistock.v1 import inventory_pb2 as pb
 
@@ -28,8 +27,7 @@ async def test_a_sale_sent_three_times_with_one_request_id_lands_once(
 ) -> None:
     agent, task = await start_agent(tmp_path, mosquitto_broker)
     try:
-        async with aio.insecure_channel(f"127.0.0.1:{agent.intake_port}") as ch:
-            till = ipb_grpc.StoreIntakeStub(ch)
+        async with intake(agent) as till:
             receipt = ipb.RecordMovementRequest(
                 movement=pb.Movement(sku="SCARF", type=pb.RECEIPT, quantity=10),
                 request_id="backoffice/delivery-7/1",
@@ -61,8 +59,7 @@ async def test_a_sale_sent_three_times_with_one_request_id_lands_once(
     # The key is in the outbox file: after a restart the retry still gets the first receipt.
     agent, task = await start_agent(tmp_path, mosquitto_broker)
     try:
-        async with aio.insecure_channel(f"127.0.0.1:{agent.intake_port}") as ch:
-            till = ipb_grpc.StoreIntakeStub(ch)
+        async with intake(agent) as till:
             again = await till.RecordSale(sale("t1/receipt-1042/1"))
             assert (again.seq, again.replayed, again.outbox_depth) == (2, True, 0)
             assert (await till.RecordSale(sale("t1/receipt-1042/2"))).seq == 4
