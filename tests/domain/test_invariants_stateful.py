@@ -96,6 +96,18 @@ class DomainMachine(RuleBasedStateMachine):
         self.seq[source] += 1 + skip
         return self.seq[source]
 
+    def _count(self, key: tuple[str, str], source: str, quantity: int, count_id: str) -> Movement:
+        """A COUNT of key from source, under the source's next seq."""
+        return Movement(
+            source_id=source,
+            seq=self._next_seq(source),
+            sku=key[0],
+            location_id=key[1],
+            type=T.COUNT,
+            quantity=quantity,
+            count_id=count_id,
+        )
+
     def _deliver(self, m: Movement) -> object:
         m.validate()
         p = self.positions[m.key]
@@ -181,15 +193,7 @@ class DomainMachine(RuleBasedStateMachine):
     def count(self, key: tuple[str, str], source: str, quantity: int) -> None:
         self.next_count += 1
         count_id = f"C{self.next_count}"
-        m = Movement(
-            source_id=source,
-            seq=self._next_seq(source),
-            sku=key[0],
-            location_id=key[1],
-            type=T.COUNT,
-            quantity=quantity,
-            count_id=count_id,
-        )
+        m = self._count(key, source, quantity, count_id)
         model = self.model[key]
         on_hand_before = self.positions[key].on_hand
         res = self._deliver(m)
@@ -208,15 +212,7 @@ class DomainMachine(RuleBasedStateMachine):
         key = data.draw(st.sampled_from([k for k in KEYS if self.count_ids[k]]))
         count_id, quantity = data.draw(st.sampled_from(self.count_ids[key]))
         model = self.model[key]
-        m = Movement(
-            source_id=source,
-            seq=self._next_seq(source),
-            sku=key[0],
-            location_id=key[1],
-            type=T.COUNT,
-            quantity=quantity,
-            count_id=count_id,
-        )
+        m = self._count(key, source, quantity, count_id)
         before = self._snapshot()[key]  # type: ignore[index]
         res = self._deliver(m)
         if count_id in model.recent_counts:
