@@ -16,64 +16,45 @@ from unistock.edge.agent import AgentSettings, StoreAgent
 from unistock.edge.readers import DEFAULT_READER_TOPIC
 from unistock.edge.sender import DEFAULT_MAX_PAYLOAD
 
+_REQUIRED = object()  # a flag's default when it (or its variable) must be given
+
 
 def parse(argv: Sequence[str] | None = None) -> AgentSettings:
-    """Settings from flags, each defaulting to its UNISTOCK_AGENT_* variable."""
+    """Settings from flags, each defaulting to its UNISTOCK_* variable."""
     env = os.environ
     p = argparse.ArgumentParser(
         prog="unistock-edge-agent",
         description="Unistock store edge agent: tills and RFID readers in, MQTT to the server.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument(
-        "--store-id",
-        default=env.get("UNISTOCK_AGENT_STORE_ID"),
-        required="UNISTOCK_AGENT_STORE_ID" not in env,
-        help="this store's id [env UNISTOCK_AGENT_STORE_ID]",
-    )
-    p.add_argument(
-        "--mqtt-url",
-        default=env.get("UNISTOCK_MQTT_URL", "mqtt://127.0.0.1:1883"),
-        help="broker, mqtt[s]://user:pass@host:port [env UNISTOCK_MQTT_URL]",
-    )
-    p.add_argument(
-        "--data-dir",
-        default=env.get("UNISTOCK_AGENT_DATA_DIR", "var/agent"),
-        help="outbox directory [env UNISTOCK_AGENT_DATA_DIR]",
-    )
-    p.add_argument(
-        "--location-id",
-        default=env.get("UNISTOCK_AGENT_LOCATION_ID", ""),
-        help="default location (the store id) [env UNISTOCK_AGENT_LOCATION_ID]",
-    )
-    p.add_argument(
-        "--intake-port",
-        type=int,
-        default=int(env.get("UNISTOCK_AGENT_INTAKE_PORT", "50061")),
-        help="local gRPC intake port for tills/readers [env UNISTOCK_AGENT_INTAKE_PORT]",
-    )
-    p.add_argument(
-        "--intake-host",
-        default=env.get("UNISTOCK_AGENT_INTAKE_HOST", "127.0.0.1"),
-        help="local intake address [env UNISTOCK_AGENT_INTAKE_HOST]",
-    )
-    p.add_argument(
-        "--metrics-port",
-        type=int,
-        default=int(env.get("UNISTOCK_AGENT_METRICS_PORT", "9465")),
-        help="/metrics port, 0: off [env UNISTOCK_AGENT_METRICS_PORT]",
-    )
-    p.add_argument(
-        "--catalogue",
-        default=env.get("UNISTOCK_AGENT_CATALOGUE"),
-        help="GTIN->SKU CSV for RFID counts [env UNISTOCK_AGENT_CATALOGUE]",
-    )
-    p.add_argument(
-        "--reader-mqtt-url",
-        default=env.get("UNISTOCK_READER_MQTT_URL", ""),
-        help="the store's reader broker, where fixed RFID readers publish tag reads (may be "
-        "the --mqtt-url broker); empty: no MQTT readers [env UNISTOCK_READER_MQTT_URL]",
-    )
+
+    def flag(name: str, var: str, default: object, help: str, type_: type = str) -> None:
+        # One place ties a flag to its environment variable and says so in --help.
+        raw = env.get(var)
+        required = default is _REQUIRED
+        p.add_argument(
+            name,
+            type=type_,
+            default=type_(raw) if raw is not None else (None if required else default),
+            required=required and raw is None,
+            help=f"{help} [env {var}]",
+        )
+
+    flag("--store-id", "UNISTOCK_AGENT_STORE_ID", _REQUIRED, "this store's id")
+    flag("--mqtt-url", "UNISTOCK_MQTT_URL", "mqtt://127.0.0.1:1883",
+         "broker, mqtt[s]://user:pass@host:port")  # fmt: skip
+    flag("--source-id", "UNISTOCK_AGENT_SOURCE_ID", "",
+         "movement source id (default: agent-<store id>; the outbox adds its incarnation)")  # fmt: skip
+    flag("--data-dir", "UNISTOCK_AGENT_DATA_DIR", "var/agent", "outbox directory")
+    flag("--location-id", "UNISTOCK_AGENT_LOCATION_ID", "", "default location (the store id)")
+    flag("--intake-port", "UNISTOCK_AGENT_INTAKE_PORT", 50061,
+         "local gRPC intake port for tills/readers", int)  # fmt: skip
+    flag("--intake-host", "UNISTOCK_AGENT_INTAKE_HOST", "127.0.0.1", "local intake address")
+    flag("--metrics-port", "UNISTOCK_AGENT_METRICS_PORT", 9465, "/metrics port, 0: off", int)
+    flag("--catalogue", "UNISTOCK_AGENT_CATALOGUE", None, "GTIN->SKU CSV for RFID counts")
+    flag("--reader-mqtt-url", "UNISTOCK_READER_MQTT_URL", "",
+         "the store's reader broker, where fixed RFID readers publish tag reads (may be the "
+         "--mqtt-url broker); empty: no MQTT readers")  # fmt: skip
     p.add_argument(
         "--reader-topic",
         action="append",
@@ -89,16 +70,11 @@ def parse(argv: Sequence[str] | None = None) -> AgentSettings:
         metavar="READER=LOCATION",
         help="the location a reader counts, repeatable (default: the store's location)",
     )
-    p.add_argument("--batch-size", type=int, default=100, help="movements per MQTT message")
-    p.add_argument("--window", type=int, default=8, help="unacked batches in flight")
-    p.add_argument(
-        "--max-payload-bytes",
-        type=int,
-        default=int(env.get("UNISTOCK_AGENT_MAX_PAYLOAD_BYTES", str(DEFAULT_MAX_PAYLOAD))),
-        help="largest MovementBatch payload; keep it under the broker's message_size_limit "
-        "(a smaller Maximum Packet Size announced by the broker wins) "
-        "[env UNISTOCK_AGENT_MAX_PAYLOAD_BYTES]",
-    )
+    flag("--batch-size", "UNISTOCK_AGENT_BATCH_SIZE", 100, "movements per MQTT message", int)
+    flag("--window", "UNISTOCK_AGENT_WINDOW", 8, "unacked batches in flight", int)
+    flag("--max-payload-bytes", "UNISTOCK_AGENT_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD,
+         "largest MovementBatch payload; keep it under the broker's message_size_limit "
+         "(a smaller Maximum Packet Size announced by the broker wins)", int)  # fmt: skip
     p.add_argument("--log-level", default=env.get("UNISTOCK_LOG_LEVEL", "INFO"))
     a = p.parse_args(argv)
     reader_locations: dict[str, str] = {}
@@ -114,6 +90,7 @@ def parse(argv: Sequence[str] | None = None) -> AgentSettings:
     return AgentSettings(
         store_id=a.store_id,
         mqtt_url=a.mqtt_url,
+        source_id=a.source_id,
         data_dir=Path(a.data_dir),
         location_id=a.location_id,
         intake_host=a.intake_host,
