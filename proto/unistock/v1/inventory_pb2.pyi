@@ -114,6 +114,11 @@ class _RejectReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RejectRe
     """The quantity is negative or beyond the accepted maximum."""
     WRONG_SOURCE: _RejectReason.ValueType  # 5
     """The movement's source_id differs from its batch's source_id."""
+    BATCH_TOO_LARGE: _RejectReason.ValueType  # 6
+    """The whole batch was refused for its size (too many movements, or a payload over the server's
+    limit): nothing in it was applied and no progress was made. MovementAck.limits gives the
+    server's limits; split the batch and send its movements again, under the same seqs.
+    """
 
 class RejectReason(_RejectReason, metaclass=_RejectReasonEnumTypeWrapper):
     """Why a movement was rejected. Reasons are stable for metrics and dashboards."""
@@ -130,7 +135,38 @@ BAD_QUANTITY: RejectReason.ValueType  # 4
 """The quantity is negative or beyond the accepted maximum."""
 WRONG_SOURCE: RejectReason.ValueType  # 5
 """The movement's source_id differs from its batch's source_id."""
+BATCH_TOO_LARGE: RejectReason.ValueType  # 6
+"""The whole batch was refused for its size (too many movements, or a payload over the server's
+limit): nothing in it was applied and no progress was made. MovementAck.limits gives the
+server's limits; split the batch and send its movements again, under the same seqs.
+"""
 Global___RejectReason: _TypeAlias = RejectReason  # noqa: Y015
+
+class _NoticeKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _NoticeKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NoticeKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    NOTICE_KIND_UNSPECIFIED: _NoticeKind.ValueType  # 0
+    """Unused."""
+    PICKUP_MISMATCH: _NoticeKind.ValueType  # 1
+    """A SALE named a reservation that does not hold its SKU at its location (unknown, ended,
+    another store, another SKU): the sale was applied as a plain sale and the reservation left
+    as it was. The order manager should resolve it.
+    """
+
+class NoticeKind(_NoticeKind, metaclass=_NoticeKindEnumTypeWrapper):
+    """What a notice reports."""
+
+NOTICE_KIND_UNSPECIFIED: NoticeKind.ValueType  # 0
+"""Unused."""
+PICKUP_MISMATCH: NoticeKind.ValueType  # 1
+"""A SALE named a reservation that does not hold its SKU at its location (unknown, ended,
+another store, another SKU): the sale was applied as a plain sale and the reservation left
+as it was. The order manager should resolve it.
+"""
+Global___NoticeKind: _TypeAlias = NoticeKind  # noqa: Y015
 
 class _ReservationKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -298,8 +334,12 @@ class Movement(_message.Message):
     it is the idempotency key: a movement seen a second time changes nothing.
     """
     seq: _builtins.int
-    """Strictly increasing per source_id, starting at 1. A source must send its movements to one
-    position in seq order; a seq at or below the highest applied one is a duplicate.
+    """Strictly increasing per source_id, starting at 1 (0 is rejected, naming the field). A source
+    must send its movements to one position in seq order; a seq at or below the highest applied
+    one there is a duplicate. A seq may lie at most 1,000,000 beyond the highest seq the server
+    has applied from its source (for a new source: at most 1,000,000); a larger jump is rejected
+    (INVALID_FIELD naming seq), so one absurd seq cannot make a source's later movements
+    duplicates.
     """
     sku: _builtins.str
     """Stock keeping unit."""
@@ -308,11 +348,17 @@ class Movement(_message.Message):
     type: Global___MovementType.ValueType
     """What happened."""
     quantity: _builtins.int
-    """Always >= 0; the type gives the sign. For COUNT: the counted units."""
+    """Units, never negative: the type gives the sign. At least 1 for every type but COUNT, whose
+    quantity is the counted units and may be 0 (an empty shelf). At most 1,000,000,000.
+    """
     reservation_id: _builtins.str
-    """On a SALE: the reservation this sale picks up (click & collect, e-reservation)."""
+    """On a SALE: the reservation this sale picks up (click & collect, e-reservation): its units are
+    consumed once, whether FulfilReservation reported them first or this sale. A sale naming a
+    reservation that does not hold its SKU at its location is still applied as a plain sale, and
+    the MovementAck carries a PICKUP_MISMATCH notice.
+    """
     reason: _builtins.str
-    """Free-text reason (ADJUSTMENT: "damage", "theft", "found", ...)."""
+    """Free-text reason (ADJUSTMENT: "damage", "theft", "found", ...), at most 1,024 characters."""
     count_id: _builtins.str
     """On a COUNT: the count's id (a count sent twice changes nothing). On any other movement: the
     count this movement happened before although it reached the server after it.
@@ -364,12 +410,17 @@ class MovementBatch(_message.Message):
     MOVEMENTS_FIELD_NUMBER: _builtins.int
     BATCH_ID_FIELD_NUMBER: _builtins.int
     source_id: _builtins.str
-    """The source of every movement in the batch; a movement with another source_id is rejected."""
+    """The source of every movement in the batch; a movement with another source_id is rejected.
+    Over MQTT a source belongs to the first store that sent it: a batch on another store's topic
+    is rejected whole (WRONG_STORE) and changes nothing, not even the source's progress.
+    """
     batch_id: _builtins.str
     """Client-chosen id echoed in the MovementAck (optional, for correlating acks with batches)."""
     @_builtins.property
     def movements(self) -> _containers.RepeatedCompositeFieldContainer[Global___Movement]:
-        """The movements, in seq order."""
+        """The movements, in increasing seq order; at most 10,000 (a larger batch is refused whole with
+        BATCH_TOO_LARGE: nothing applied, no progress; split it and send it again).
+        """
 
     def __init__(
         self,
@@ -421,6 +472,70 @@ class Rejection(_message.Message):
 Global___Rejection: _TypeAlias = Rejection  # noqa: Y015
 
 @_typing.final
+class BatchLimits(_message.Message):
+    """The server's limits on one MovementBatch, sent with a BATCH_TOO_LARGE refusal."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_MOVEMENTS_FIELD_NUMBER: _builtins.int
+    MAX_PAYLOAD_BYTES_FIELD_NUMBER: _builtins.int
+    max_movements: _builtins.int
+    """Most movements in one batch."""
+    max_payload_bytes: _builtins.int
+    """Largest payload, bytes (an MQTT message's payload; a gRPC message is limited by the channel)."""
+    def __init__(
+        self,
+        *,
+        max_movements: _builtins.int = ...,
+        max_payload_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_movements", b"max_movements", "max_payload_bytes", b"max_payload_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchLimits: _TypeAlias = BatchLimits  # noqa: Y015
+
+@_typing.final
+class Notice(_message.Message):
+    """Something about an applied movement its sender should know (the movement was applied)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    source_id: _builtins.str
+    """Source of the movement."""
+    seq: _builtins.int
+    """Its seq."""
+    kind: Global___NoticeKind.ValueType
+    """What is reported."""
+    reservation_id: _builtins.str
+    """The reservation concerned, for PICKUP_MISMATCH."""
+    detail: _builtins.str
+    """Human-readable detail, e.g. "reservation r-1 holds no SHOE-42 at store-7"."""
+    def __init__(
+        self,
+        *,
+        source_id: _builtins.str = ...,
+        seq: _builtins.int = ...,
+        kind: Global___NoticeKind.ValueType = ...,
+        reservation_id: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "kind", b"kind", "reservation_id", b"reservation_id", "seq", b"seq", "source_id", b"source_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Notice: _TypeAlias = Notice  # noqa: Y015
+
+@_typing.final
 class SourceAck(_message.Message):
     """Highest durable seq of one source."""
 
@@ -432,7 +547,9 @@ class SourceAck(_message.Message):
     """The source."""
     seq: _builtins.int
     """Every movement of this source with seq <= this value in the acknowledged batches is durable
-    (applied, or recognised as a duplicate of an applied one, or rejected).
+    (applied, or recognised as a duplicate of an applied one, or rejected for a fault of its own).
+    A batch refused whole (BATCH_TOO_LARGE, WRONG_STORE for a source of another store) advances
+    nothing: its movements must be sent again (split) or belong to another source.
     """
     def __init__(
         self,
@@ -459,6 +576,8 @@ class MovementAck(_message.Message):
     BATCH_ID_FIELD_NUMBER: _builtins.int
     APPLIED_FIELD_NUMBER: _builtins.int
     DUPLICATES_FIELD_NUMBER: _builtins.int
+    NOTICES_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
     """The batch_id of the batch acknowledged, when it had one."""
     applied: _builtins.int
@@ -473,6 +592,14 @@ class MovementAck(_message.Message):
     def rejections(self) -> _containers.RepeatedCompositeFieldContainer[Global___Rejection]:
         """Each rejected movement with its reason. Rejected movements are final: do not resend them."""
 
+    @_builtins.property
+    def notices(self) -> _containers.RepeatedCompositeFieldContainer[Global___Notice]:
+        """Applied movements the sender should know about (e.g. a pickup that matched no reservation)."""
+
+    @_builtins.property
+    def limits(self) -> Global___BatchLimits:
+        """The server's batch limits, set when the batch was refused with BATCH_TOO_LARGE."""
+
     def __init__(
         self,
         *,
@@ -481,10 +608,12 @@ class MovementAck(_message.Message):
         batch_id: _builtins.str = ...,
         applied: _builtins.int = ...,
         duplicates: _builtins.int = ...,
+        notices: _abc.Iterable[Global___Notice] | None = ...,
+        limits: Global___BatchLimits | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "batch_id", b"batch_id", "duplicates", b"duplicates", "rejections", b"rejections", "sources", b"sources"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "batch_id", b"batch_id", "duplicates", b"duplicates", "limits", b"limits", "notices", b"notices", "rejections", b"rejections", "sources", b"sources"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -612,14 +741,18 @@ class ReserveRequest(_message.Message):
     kind: Global___ReservationKind.ValueType
     """Why the units are held."""
     ttl_seconds: _builtins.int
-    """Hold time; 0 means the kind's default (CART 15 min, E_RESERVATION 48 h, others: no expiry)."""
+    """Hold time; 0 means the kind's default (CART 15 min, E_RESERVATION 48 h, others: no expiry).
+    At most 31,622,400 (366 days).
+    """
     channel: _builtins.str
-    """The channel asking (web, app, marketplace, store-tablet, call-centre)."""
+    """The channel asking (web, app, marketplace, store-tablet, call-centre); at most 128
+    printable characters.
+    """
     customer_id: _builtins.str
-    """The customer the units are promised to (optional)."""
+    """The customer the units are promised to (optional); at most 256 printable characters."""
     @_builtins.property
     def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReservationLine]:
-        """The lines; at most one line per (sku, location_id)."""
+        """The lines (1 to 500); at most one line per (sku, location_id)."""
 
     def __init__(
         self,
@@ -815,14 +948,27 @@ Global___ReleaseReservationRequest: _TypeAlias = ReleaseReservationRequest  # no
 
 @_typing.final
 class FulfilReservationRequest(_message.Message):
-    """The reserved units left physically."""
+    """The reserved units left physically: reserved and on_hand of each position fall by the units
+    fulfilled, in one step, so available never rises when goods leave. A SALE naming the
+    reservation (the pickup at the till) reporting the same units changes nothing more: whichever
+    reports a unit first consumes it.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     RESERVATION_ID_FIELD_NUMBER: _builtins.int
     LINES_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
     """The reservation to fulfil."""
+    request_id: _builtins.str
+    """Idempotency of a partial fulfilment (1-128 characters): the same request_id sent again
+    returns the reservation without fulfilling more; reused with other lines it is
+    ALREADY_EXISTS. Send one with every partial fulfilment: without it each call fulfils its
+    lines again (a retry after a lost answer would count the units twice). Fulfilling
+    everything (no lines) is idempotent without it. A reservation remembers its last 64
+    request_ids.
+    """
     @_builtins.property
     def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReservationLine]:
         """Lines to fulfil partially; empty fulfils everything still held."""
@@ -832,10 +978,11 @@ class FulfilReservationRequest(_message.Message):
         *,
         reservation_id: _builtins.str = ...,
         lines: _abc.Iterable[Global___ReservationLine] | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lines", b"lines", "reservation_id", b"reservation_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lines", b"lines", "request_id", b"request_id", "reservation_id", b"reservation_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -843,7 +990,9 @@ Global___FulfilReservationRequest: _TypeAlias = FulfilReservationRequest  # noqa
 
 @_typing.final
 class ExtendReservationRequest(_message.Message):
-    """Move an ACTIVE reservation's expiry."""
+    """Move an ACTIVE reservation's expiry. Give exactly one of expires_at and ttl_seconds
+    (both, or neither, is INVALID_ARGUMENT).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -853,10 +1002,10 @@ class ExtendReservationRequest(_message.Message):
     reservation_id: _builtins.str
     """The reservation to extend."""
     ttl_seconds: _builtins.int
-    """Alternative to expires_at: the new expiry as seconds from now."""
+    """Alternative to expires_at: the new expiry as seconds from now (1 to 31,622,400)."""
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp:
-        """The new absolute expiry; must be in the future."""
+        """The new absolute expiry: in the future, and at most 366 days from now."""
 
     def __init__(
         self,
@@ -907,7 +1056,7 @@ class GetAvailabilityRequest(_message.Message):
     """One SKU at every location that has a position for it."""
     @_builtins.property
     def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___StockKey]:
-        """Explicit positions. Either keys or sku, not both."""
+        """Explicit positions (at most 10,000). Either keys or sku, not both."""
 
     def __init__(
         self,
@@ -981,7 +1130,12 @@ Global___KnownVersion: _TypeAlias = KnownVersion  # noqa: Y015
 
 @_typing.final
 class WatchAvailabilityRequest(_message.Message):
-    """Subscribe to levels and their changes."""
+    """Subscribe to levels and their changes. A filter's size is bounded so that one watcher cannot
+    stall the others: at most 10,000 skus, 1,000 location_ids and 100,000 known_versions, and
+    when skus are given, at most 1,000,000 positions (skus x location_ids, or skus x every
+    location the server knows when location_ids is empty). A larger filter is INVALID_ARGUMENT
+    naming the field and the limit; watch by location, or split the filter over several streams.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -16,6 +16,7 @@ from typing import cast
 from unistock.server.actors.directory import Directory
 from unistock.server.actors.reservations import ReservationBook
 from unistock.server.domain import (
+    InvalidArgument,
     Line,
     Movement,
     MovementResult,
@@ -37,13 +38,30 @@ from unistock.server.persistence.store import RedisStore
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class PickupMismatch:
+    """A SALE named a reservation that holds nothing of its SKU at its location (unknown,
+    ended, picked up in another store, another size): applied as a plain sale, reported."""
+
+    source_id: str
+    seq: int
+    reservation_id: str
+    detail: str
+
+
 @dataclass(slots=True)
 class BatchResult:
     """What a batch of movements did, movement by movement."""
 
+    #: One result per movement that was applied or found a duplicate (not the refused ones).
     results: list[MovementResult] = field(default_factory=list)
     #: Movements recognised as already applied.
     duplicates: int = 0
+    #: Applied movements their sender should hear about (transports put them in the ack).
+    notices: list[PickupMismatch] = field(default_factory=list)
+    #: Movements refused by the inventory itself, with why (e.g. a seq jumping too far beyond
+    #: its source's highest): final, like a validation rejection; never applied.
+    refused: list[tuple[Movement, InvalidArgument]] = field(default_factory=list)
 
     @property
     def applied(self) -> int:
