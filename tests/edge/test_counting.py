@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 
 from unistock.edge.catalogue import Catalogue
 from unistock.edge.counting import (
+    CountCover,
+    CountMarks,
     CountResult,
     CountSession,
     ReadOutcome,
@@ -48,6 +50,14 @@ def session(
     scope: frozenset[str] | None = None, started_at: datetime = T0, count_id: str = "CNT-1"
 ) -> CountSession:
     return CountSession(count_id, "STORE-1", scope, started_at, catalogue=CATALOGUE)
+
+
+A = frozenset({"SKU-A"})
+
+
+def precedes(occurred: datetime, s: CountSession, sku: str = "SKU-A") -> bool:
+    """Whether a late movement of ``sku`` at the session's location is marked with ``s``."""
+    return precedes_count(occurred, s, sku=sku, location_id="STORE-1")
 
 
 def quantities(results: list[CountResult]) -> dict[str, int]:
@@ -281,11 +291,11 @@ def test_till_offline_sale_before_the_count_arriving_after_it_is_marked() -> Non
         s.read(epc, "R1", 1, T0 + timedelta(minutes=5))
 
     # Arriving while the session is open, it would simply go into the stream before the COUNT.
-    assert not precedes_count(sold_at, s)
+    assert not precedes(sold_at, s)
     [result] = s.stop()
     assert result.quantity == 9
     # Arriving after the COUNT: the count already reflects it, so it carries the count_id.
-    assert precedes_count(sold_at, s)
+    assert precedes(sold_at, s)
 
     # What the server then does with it (domain.md): on_hand is set by the count, the variance
     # is recorded, and the marked sale only corrects the variance.
@@ -309,17 +319,101 @@ def test_till_offline_sale_before_the_count_arriving_after_it_is_marked() -> Non
 def test_precedence_rule_compares_with_started_at_after_stop(
     occurred: datetime, marked: bool
 ) -> None:
-    s = session()
+    s = session(scope=A)
     s.stop()
-    assert precedes_count(occurred, s) is marked
+    assert precedes(occurred, s) is marked
 
 
 def test_precedence_compares_instants_across_time_zones() -> None:
-    s = session()
+    s = session(scope=A)
     s.stop()
     paris = timezone(timedelta(hours=1))
-    assert precedes_count(datetime(2025, 3, 1, 9, 59, tzinfo=paris), s)  # 08:59 UTC
-    assert not precedes_count(datetime(2025, 3, 1, 10, 0, tzinfo=paris), s)
+    assert precedes(datetime(2025, 3, 1, 9, 59, tzinfo=paris), s)  # 08:59 UTC
+    assert not precedes(datetime(2025, 3, 1, 10, 0, tzinfo=paris), s)
+
+
+# -- which count a late movement is marked with (domain invariant 7) ---------------------------
+
+
+def test_a_count_covers_only_the_skus_it_emitted_a_count_for_at_its_location() -> None:
+    sold_at = T0 - timedelta(minutes=10)
+    scoped = session(scope=frozenset({"SKU-A", "SKU-B"}))
+    scoped.read(tag("SKU-C", 1), "R1", 1, T0)  # read, but out of scope
+    scoped.stop()
+    assert [precedes(sold_at, scoped, sku) for sku in ("SKU-A", "SKU-B", "SKU-C")] == [
+        True,
+        True,
+        False,
+    ]
+    assert not precedes_count(sold_at, scoped, sku="SKU-A", location_id="STORE-2")
+    # "Every SKU seen": only the SKUs read, even if every tag read was then sold.
+    seen = session()
+    seen.read(tag("SKU-B", 1), "R1", 1, T0)
+    seen.sale_recorded("SKU-B", [tag("SKU-B", 1)])
+    assert quantities(seen.stop()) == {"SKU-B": 0}
+    assert [precedes(sold_at, seen, sku) for sku in ("SKU-A", "SKU-B")] == [False, True]
+    assert [(c.sku, c.count_id) for c in seen.covers()] == [("SKU-B", "CNT-1")]
+
+
+def counts_ab_then_b(first_start: datetime, second_start: datetime) -> CountMarks:
+    """CNT-AB (SKU-A and SKU-B) then CNT-B (SKU-B), in that stream order, at STORE-1."""
+    ab = session(scope=frozenset({"SKU-A", "SKU-B"}), started_at=first_start, count_id="CNT-AB")
+    b = session(scope=frozenset({"SKU-B"}), started_at=second_start, count_id="CNT-B")
+    ab.stop()
+    b.stop()
+    return CountMarks([*ab.covers(), *b.covers()])
+
+
+@pytest.mark.parametrize(
+    ("sku", "minutes", "marked"),
+    [
+        ("SKU-A", -5, "CNT-AB"),  # before both: CNT-B did not count SKU-A
+        ("SKU-B", -5, "CNT-B"),  # before both: the latest that covered SKU-B
+        ("SKU-A", 30, ""),  # after CNT-AB: applies on top of it
+        ("SKU-B", 30, "CNT-B"),  # between them: only CNT-B reflects it
+        ("SKU-B", 90, ""),  # after both
+        ("SKU-C", -5, ""),  # never counted
+    ],
+)
+def test_a_late_movement_is_marked_with_the_latest_count_that_covered_it(
+    sku: str, minutes: int, marked: str
+) -> None:
+    marks = counts_ab_then_b(T0, T0 + timedelta(hours=1))
+    assert marks.mark(sku, "STORE-1", T0 + timedelta(minutes=minutes)) == marked
+    assert marks.mark(sku, "STORE-2", T0 + timedelta(minutes=minutes)) == ""
+
+
+def test_overlapping_counts_a_sale_after_the_second_to_start_and_before_the_first() -> None:
+    """CNT-AB is emitted first but started later than CNT-B (two teams, overlapping): a sale of
+    SKU-B between the two starts happened before CNT-AB only."""
+    marks = counts_ab_then_b(T0 + timedelta(hours=1), T0)
+    assert marks.mark("SKU-B", "STORE-1", T0 + timedelta(minutes=30)) == "CNT-AB"
+    assert marks.mark("SKU-B", "STORE-1", T0 - timedelta(minutes=30)) == "CNT-B"
+
+
+def test_a_count_id_set_by_the_device_is_checked_when_the_agent_knows_the_count() -> None:
+    marks = counts_ab_then_b(T0, T0 + timedelta(hours=1))
+    early = T0 - timedelta(minutes=5)
+    assert marks.mark("SKU-A", "STORE-1", early, claimed="CNT-B") == "CNT-AB"
+    assert marks.mark("SKU-C", "STORE-1", early, claimed="CNT-B") == ""  # CNT-B: not SKU-C
+    assert marks.mark("SKU-C", "STORE-1", early, claimed="DC-COUNT") == "DC-COUNT"  # unknown
+
+
+def test_count_marks_keep_the_latest_counts_of_each_position_whatever_else_is_counted() -> None:
+    def cover(sku: str, n: int) -> CountCover:
+        return CountCover("STORE-1", sku, f"CNT-{sku}-{n}", T0 + timedelta(hours=n))
+
+    marks = CountMarks([cover("SKU-A", 0)], keep=2)
+    assert marks.add([cover("SKU-B", n) for n in range(1, 40)]) != []
+    assert marks.mark("SKU-A", "STORE-1", T0 - timedelta(seconds=1)) == "CNT-SKU-A-0"
+    assert [c.count_id for c in marks if c.sku == "SKU-B"] == ["CNT-SKU-B-38", "CNT-SKU-B-39"]
+    assert not marks.known("CNT-SKU-B-37")
+    # The same COUNT sent again (a device resending it) stands from when it was first counted.
+    again = CountCover("STORE-1", "SKU-A", "CNT-SKU-A-0", T0 + timedelta(days=1))
+    assert marks.add([again]) == []
+    assert marks.mark("SKU-A", "STORE-1", T0 + timedelta(minutes=1)) == ""
+    with pytest.raises(ValueError, match="timezone-aware"):
+        marks.mark("SKU-A", "STORE-1", datetime(2025, 3, 1, 8, 0))
 
 
 # -- a till whose clock is off: its times are put on the agent's clock --------------------------
@@ -335,24 +429,24 @@ def test_till_times_on_the_agent_clock_keep_their_distance_in_the_past(skew: tim
     sold = T0 - timedelta(minutes=10)
     occurred = on_agent_clock(sold + skew, stopped_at, sent_at=stopped_at + skew)
     assert occurred == sold
-    s = session()
+    s = session(scope=A)
     s.stop()
-    assert precedes_count(occurred, s)
+    assert precedes(occurred, s)
 
 
 @pytest.mark.parametrize("skew", [SLOW, FAST])
 def test_live_sale_after_the_count_from_a_skewed_till_applies_on_top(skew: timedelta) -> None:
-    s = session()  # started at T0
+    s = session(scope=A)  # started at T0
     s.stop()
     now = T0 + timedelta(minutes=30)  # the till sells and sends at once, after the count
     occurred = on_agent_clock(now + skew, now, sent_at=now + skew)
     assert occurred == now
-    assert not precedes_count(occurred, s)
+    assert not precedes(occurred, s)
     # Without sent_at the till's clock is trusted: 2 h slow, its sale after the count looks as if
     # it happened before it (the agent cannot tell it from a till that was offline) — why tills
     # with a clock they cannot keep synchronised must send sent_at. 2 h fast is bounded by the
     # agent's receive time, which is after the count.
-    assert precedes_count(on_agent_clock(now + skew, now), s) is (skew == SLOW)
+    assert precedes(on_agent_clock(now + skew, now), s) is (skew == SLOW)
 
 
 def test_till_time_is_never_after_the_agent_received_it() -> None:
@@ -385,7 +479,7 @@ def test_clock_off_by_two_hours_changes_nothing(skew: timedelta) -> None:
         s.sale_recorded("SKU-A", [])
         results = s.stop()
         # Till movements stamped by the same (skewed) agent clock.
-        marks = [precedes_count(start + timedelta(minutes=m), s) for m in (-30, -1, 0, 1, 30)]
+        marks = [precedes(start + timedelta(minutes=m), s) for m in (-30, -1, 0, 1, 30)]
         return results, marks
 
     baseline = run(timedelta(0), timedelta(0))
@@ -414,10 +508,10 @@ def test_rejects_bad_construction(
 
 
 def test_precedes_count_rejects_naive_times() -> None:
-    s = session()
+    s = session(scope=A)
     s.stop()
     with pytest.raises(ValueError, match="timezone-aware"):
-        precedes_count(datetime(2025, 3, 1, 8, 0), s)
+        precedes(datetime(2025, 3, 1, 8, 0), s)
 
 
 def test_session_keeps_its_identity_for_the_count_movements() -> None:

@@ -23,7 +23,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 
 from tests.edge import harness
-from tests.edge.harness import drained, intake, stop_agent
+from tests.edge.harness import drained, intake, on_hand, stop_agent
 from tests.edge.test_sender import wait_until
 from unistock.client.mqtt import broker_args
 from unistock.devtools.services import MosquittoBroker
@@ -38,6 +38,8 @@ from unistock.v1 import inventory_pb2 as pb
 COMPANY = "0614141"
 ITEM_A = "812345"  # SKU A
 ITEM_B = "812346"  # SKU B (in the catalogue, out of the counts' scope)
+ITEM_TEE = "812347"  # SKU TEE
+ITEM_CAP = "812348"  # SKU CAP
 FOREIGN = "E280116060000209F8C1C0A1"  # not an SGTIN-96 (TID-like): a bad read
 
 
@@ -66,9 +68,9 @@ def server(mqtt_server: UnistockServer) -> UnistockServer:
 @pytest.fixture
 def catalogue(tmp_path: Path) -> Path:
     path = tmp_path / "catalogue.csv"
-    gtin_a = decode_sgtin96(epc(ITEM_A, 1)).gtin14
-    gtin_b = decode_sgtin96(epc(ITEM_B, 1)).gtin14
-    path.write_text(f"gtin,sku\n{gtin_a},A\n{gtin_b},B\n", encoding="utf-8")
+    rows = [(ITEM_A, "A"), (ITEM_B, "B"), (ITEM_TEE, "TEE"), (ITEM_CAP, "CAP")]
+    lines = [f"{decode_sgtin96(epc(item, 1)).gtin14},{sku}\n" for item, sku in rows]
+    path.write_text("gtin,sku\n" + "".join(lines), encoding="utf-8")
     return path
 
 
@@ -568,6 +570,82 @@ async def test_a_crash_between_the_count_append_and_the_stop_mark_completes_the_
             with pytest.raises(aio.AioRpcError) as err:  # the stop is complete
                 await till.StopCount(ipb.StopCountRequest(count_id="c9"))
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        await stop_agent(agent, task)
+
+
+# -- 7. a late movement is marked only with a count that covered its SKU (invariant 7) -------
+
+
+async def count_by_session(
+    till: ipb_grpc.StoreIntakeStub, count_id: str, skus: list[str], tags: list[str]
+) -> list[pb.Movement]:
+    """Start a count (``skus`` empty: every SKU read), read ``tags``, stop it: its COUNTs."""
+    await till.StartCount(ipb.StartCountRequest(count_id=count_id, skus=skus))
+    await read_tags(till, count_id, tags)
+    return list((await till.StopCount(ipb.StopCountRequest(count_id=count_id))).counts)
+
+
+@pytest.mark.parametrize(
+    ("tee_count", "cap_count", "restart"),
+    [
+        ("session", "session", False),  # issue 8 item 1.2, as reported
+        ("session", "every_sku", True),  # a count of "every SKU read" that read no TEE tag
+        ("handheld", "session", False),  # TEE counted by a handheld that sends its COUNT itself
+    ],
+)
+async def test_a_sale_before_a_count_of_its_sku_then_one_of_another_sku_is_marked_with_its_own(
+    tmp_path: Path,
+    mosquitto_broker: MosquittoBroker,
+    server: UnistockServer,
+    catalogue: Path,
+    tee_count: str,
+    cap_count: str,
+    restart: bool,
+) -> None:
+    """Receive 5 TEE and 5 CAP; a till offline from the agent sells 1 TEE; a count of TEE finds
+    4; a count of CAP finds 5; the till comes back and sends its sale with its true, earlier
+    occurred_at. The sale precedes both counts but only the TEE count covered TEE: it must be
+    marked with that one (a correction of its variance: on_hand stays 4). Marked with the CAP
+    count (the latest of the location), the server, which never saw that count on TEE, applied
+    it a second time: 3."""
+    agent, task = await start_agent(tmp_path, mosquitto_broker, catalogue)
+    try:
+        async with intake(agent) as till:
+            await receipt(till, "TEE", 5)
+            await receipt(till, "CAP", 5)
+            sold_offline_at = utcnow()  # the till is offline from the agent: it keeps the sale
+            if tee_count == "session":
+                tee_tags = [epc(ITEM_TEE, s) for s in range(1, 5)]  # serial 5 was sold
+                [tee] = await count_by_session(till, "c-tee", ["TEE"], tee_tags)
+                assert (tee.sku, tee.quantity) == ("TEE", 4)
+            else:
+                await till.RecordMovement(
+                    ipb.RecordMovementRequest(
+                        movement=pb.Movement(sku="TEE", type=pb.COUNT, quantity=4, count_id="c-tee")
+                    )
+                )
+            cap_tags = [epc(ITEM_CAP, s) for s in range(1, 6)]
+            scope = ["CAP"] if cap_count == "session" else []
+            cap = await count_by_session(till, "c-cap", scope, cap_tags)
+            assert [(c.sku, c.quantity) for c in cap] == [("CAP", 5)]  # no COUNT of TEE in it
+            await drained(agent)
+            assert await on_hand(server, "TEE") == 4
+        if restart:  # what each count covered must survive it
+            agent, task = await restarted(tmp_path, mosquitto_broker, catalogue, agent, task)
+        async with intake(agent) as till:
+            await till.RecordSale(
+                ipb.SaleRequest(
+                    till_id="t-offline", sku="TEE", quantity=1, occurred_at=ts(sold_offline_at)
+                )
+            )
+        await drained(agent)
+        assert await on_hand(server, "TEE") == 4
+        assert await on_hand(server, "CAP") == 5
+        assert outcomes(server, "SALE", "count_correction") == 1
+        assert outcomes(server, "SALE", "applied") == 0
+        # TEE's count showed 1 lost, the sale corrects it: no shrinkage in the end.
+        assert (variance(server, "loss"), variance(server, "gain")) == (1, 1)
     finally:
         await stop_agent(agent, task)
 

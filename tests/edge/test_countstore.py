@@ -6,8 +6,14 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from tests.edge.test_counting import CATALOGUE, T0, tag
-from unistock.edge.counting import CountSession, ReadOutcome, precedes_count
+from tests.edge.test_counting import CATALOGUE, T0, precedes, tag
+from unistock.edge.counting import (
+    KEEP_PER_POSITION,
+    CountCover,
+    CountMarks,
+    CountSession,
+    ReadOutcome,
+)
 from unistock.edge.countstore import KEEP_STOPPED, CountStore, StoredSession
 
 
@@ -83,7 +89,7 @@ def test_starting_a_count_id_again_replaces_it_and_drops_the_old_buffered_reads(
     assert (stored.sales_without_epc, stored.scope_skus) == (0, frozenset({"SKU-B"}))
 
 
-def test_stopped_sessions_are_kept_for_precedes_count_and_pruned_beyond_the_last_16(
+def test_stopped_sessions_are_kept_and_pruned_beyond_the_last_16(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "counts.sqlite"
@@ -107,8 +113,79 @@ def test_stopped_sessions_are_kept_for_precedes_count_and_pruned_beyond_the_last
         "CNT-19", "STORE-1", None, T0, catalogue=CATALOGUE, counted={tag("SKU-A", 19): "SKU-A"},
         sold=[tag("SKU-C", 19)], stopped=True,
     ).stop()  # fmt: skip
-    assert precedes_count(T0 + timedelta(hours=19) - timedelta(seconds=1), latest)
-    assert not precedes_count(T0 + timedelta(hours=19), latest)
+    assert precedes(T0 + timedelta(hours=19) - timedelta(seconds=1), latest)
+    assert not precedes(T0 + timedelta(hours=19), latest)
     with sqlite3.connect(path) as db:  # the pruned sessions' EPCs are gone with them
         assert db.execute("SELECT count(*) FROM count_epc").fetchone() == (KEEP_STOPPED,)
         assert db.execute("SELECT count(*) FROM count_sold").fetchone() == (2 * KEEP_STOPPED + 4,)
+
+
+def stopped_session(
+    store: CountStore, count_id: str, scope: frozenset[str] | None, epcs: list[str], hour: int
+) -> CountSession:
+    """A session started at T0 + ``hour``, fed ``epcs``, stopped as the agent stops one."""
+    started = T0 + timedelta(hours=hour)
+    key = store.start(count_id, "STORE-1", scope, started)
+    session = CountSession(count_id, "STORE-1", scope, started, catalogue=CATALOGUE)
+    fed(store, key, session, epcs)
+    session.stop()
+    store.stopping(key, 1000.0 + hour, session.covers())
+    store.stopped(key, 1000.0 + hour)
+    return session
+
+
+def test_what_each_count_covered_survives_a_restart_and_other_skus_counts(
+    tmp_path: Path,
+) -> None:
+    """A count of SKU-A, then more counts of SKU-B than KEEP_STOPPED sessions: the file still
+    says SKU-A was counted by CNT-A (marking a late sale of SKU-A with it), and keeps the last
+    KEEP_PER_POSITION counts of SKU-B only."""
+    path = tmp_path / "counts.sqlite"
+    store = CountStore(path)
+    stopped_session(store, "CNT-A", frozenset({"SKU-A"}), [tag("SKU-A", 1)], 0)
+    for n in range(1, KEEP_STOPPED + 3):
+        stopped_session(store, f"CNT-B{n}", None, [tag("SKU-B", n)], n)  # every SKU seen: B
+    # A COUNT a device sent itself covers its position too.
+    store.cover([CountCover("STORE-2", "SKU-A", "HH-1", T0)])
+    store.close()
+
+    reopened = CountStore(path)
+    marks = CountMarks(reopened.covers())
+    before = T0 - timedelta(minutes=1)
+    assert marks.mark("SKU-A", "STORE-1", before) == "CNT-A"
+    assert marks.mark("SKU-A", "STORE-2", before) == "HH-1"
+    assert marks.mark("SKU-C", "STORE-1", before) == ""  # never counted
+    last = KEEP_STOPPED + 2
+    assert marks.mark("SKU-B", "STORE-1", before) == f"CNT-B{last}"
+    assert marks.mark("SKU-B", "STORE-1", T0 + timedelta(hours=last - 1, minutes=1)) == (
+        f"CNT-B{last}"
+    )
+    assert marks.mark("SKU-B", "STORE-1", T0 + timedelta(hours=last)) == ""
+    kept_b = [c.count_id for c in reopened.covers() if c.sku == "SKU-B"]
+    assert kept_b == [f"CNT-B{n}" for n in range(last - KEEP_PER_POSITION + 1, last + 1)]
+    assert len(reopened.load()) == KEEP_STOPPED  # the sessions are pruned on their own
+
+
+def test_a_file_from_before_count_cover_gets_it_from_its_stopped_sessions(
+    tmp_path: Path,
+) -> None:
+    """An agent updated over a count store without count_cover: each stopped session covered
+    its scope, or (every SKU seen) the SKUs of its counted EPCs; a running one covers nothing."""
+    path = tmp_path / "counts.sqlite"
+    store = CountStore(path)
+    stopped_session(store, "CNT-1", frozenset({"SKU-A", "SKU-C"}), [tag("SKU-A", 1)], 0)
+    stopped_session(store, "CNT-2", None, [tag("SKU-B", 1), tag("SKU-B", 2)], 1)
+    running = store.start("CNT-3", "STORE-1", frozenset({"SKU-A"}), T0 + timedelta(hours=2))
+    store.counted(running, tag("SKU-A", 2), "SKU-A")
+    store.close()
+    with sqlite3.connect(path) as db:  # what the file looked like before count_cover
+        db.execute("DROP TABLE count_cover")
+        db.execute("PRAGMA user_version = 0")
+
+    migrated = CountStore(path).covers()
+    assert [(c.count_id, c.sku, c.location_id, c.started_at) for c in migrated] == [
+        ("CNT-1", "SKU-A", "STORE-1", T0),
+        ("CNT-1", "SKU-C", "STORE-1", T0),
+        ("CNT-2", "SKU-B", "STORE-1", T0 + timedelta(hours=1)),
+    ]
+    assert CountStore(path).covers() == migrated  # once only

@@ -34,8 +34,14 @@ from prometheus_client.registry import Collector
 
 from unistock.client.mqtt import broker_args
 from unistock.edge.catalogue import Catalogue
-from unistock.edge.counting import CountSession, ReadOutcome, on_agent_clock, precedes_count
-from unistock.edge.countstore import KEEP_STOPPED, CountStore
+from unistock.edge.counting import (
+    CountCover,
+    CountMarks,
+    CountSession,
+    ReadOutcome,
+    on_agent_clock,
+)
+from unistock.edge.countstore import CountStore
 from unistock.edge.outbox import Outbox, RequestConflict
 from unistock.edge.readers import (
     DEFAULT_READER_TOPIC,
@@ -210,8 +216,8 @@ class _Counts:
     running: dict[str, CountSession] = field(default_factory=dict)
     #: count_id -> the running session's key in the count store.
     keys: dict[str, int] = field(default_factory=dict)
-    #: Recently stopped sessions: movements that happened before them are marked with their id.
-    stopped: list[CountSession] = field(default_factory=list)
+    #: What the COUNTs in the stream covered: the count a late movement is marked with.
+    marks: CountMarks = field(default_factory=CountMarks)
     #: (key, stopped_at, session) of sessions found stopping at start: their COUNTs are
     #: appended (again) before the intake opens.
     unfinished: list[tuple[int, float, CountSession]] = field(default_factory=list)
@@ -335,7 +341,7 @@ class StoreAgent:
             m.occurred_at.CopyFrom(_now_ts())
         if not m.location_id:
             m.location_id = self.settings.location
-        if not m.count_id and m.type != pb.COUNT:
+        if m.type != pb.COUNT:
             m.count_id = self._preceded_count(m)
 
     def _recorded(self, movements: list[pb.Movement]) -> None:
@@ -377,14 +383,13 @@ class StoreAgent:
                 )
 
     def _preceded_count(self, m: pb.Movement) -> str:
-        # A movement that happened before a count of its location, and reaches us after that
-        # count was emitted (a till that was offline from the agent), is marked: the server then
-        # treats it as a correction of the count's variance, not as a second change of on_hand.
+        # A movement that happened before a count of its SKU at its location, and reaches us
+        # after that count was emitted (a till that was offline from the agent), is marked with
+        # the latest such count: the server then treats it as a correction of that count's
+        # variance, not as a second change of on_hand (domain invariant 7, CountMarks). A
+        # count_id the device set is checked the same way when the agent knows that count.
         occurred = m.occurred_at.ToDatetime(tzinfo=datetime.UTC)
-        for session in reversed(self._counts.stopped):
-            if session.location_id == m.location_id and precedes_count(occurred, session):
-                return session.count_id
-        return ""
+        return self._counts.marks.mark(m.sku, m.location_id, occurred, m.count_id)
 
     def _refresh_gauges(self) -> None:
         depth = self.outbox.depth()
@@ -501,13 +506,13 @@ class StoreAgent:
     # -- counts ------------------------------------------------------------------------------
 
     def _restore_counts(self) -> _Counts:
-        """The sessions kept in the count store: running ones go on, stopped ones mark sales."""
-        counts = _Counts()
-        epcs = sold = 0
+        """The count store again: running sessions go on, what the COUNTs covered marks sales."""
+        counts = _Counts(marks=CountMarks(self.count_store.covers()))
+        epcs = sold = stopped = 0
         for stored in self.count_store.load():
             session = stored.session(self.catalogue)
             if stored.stopped:
-                counts.stopped.append(session)
+                stopped += 1
                 if stored.stopping:
                     stopped_at = stored.stopped_at or time.time()
                     counts.unfinished.append((stored.key, stopped_at, session))
@@ -523,7 +528,7 @@ class StoreAgent:
             len(counts.running),
             epcs,
             sold,
-            len(counts.stopped),
+            stopped,
         )
         return counts
 
@@ -581,8 +586,8 @@ class StoreAgent:
         session = self._counts.running.pop(count_id)
         key = self._counts.keys.pop(count_id)
         session.stop()
-        # Late sales that happened before the count are marked from now on.
-        self._counts.stopped = [*self._counts.stopped[1 - KEEP_STOPPED :], session]
+        # Late sales of the SKUs it counted that happened before it are marked from now on.
+        self._counts.marks.add(session.covers())
         return await self._append_counts(key, time.time(), session)
 
     async def _append_counts(
@@ -608,7 +613,10 @@ class StoreAgent:
         ]
         if counts:
             seqs = await self.record(
-                counts, before=functools.partial(self.count_store.stopping, key, stopped_at)
+                counts,
+                before=functools.partial(
+                    self.count_store.stopping, key, stopped_at, session.covers()
+                ),
             )
             for m, seq in zip(counts, seqs, strict=True):
                 m.seq = seq
@@ -707,6 +715,8 @@ class _Intake(ipb_grpc.StoreIntakeServicer):
                 if seq is not None:
                     return self._receipt_for(seq, replayed=True)
             before = self._sale_seen(m) if isinstance(request, ipb.SaleRequest) else None
+            if m.type == pb.COUNT and m.count_id:
+                before = self._count_seen(m)
             if request.request_id:
                 seq, appended = await agent.record_once(m, request.request_id, before)
                 return self._receipt_for(seq, replayed=not appended)
@@ -722,6 +732,23 @@ class _Intake(ipb_grpc.StoreIntakeServicer):
             outbox_depth=self.agent.outbox.depth(),
             replayed=replayed,
         )
+
+    def _count_seen(self, m: pb.Movement) -> Callable[[], None] | None:
+        """A COUNT a device sent itself (a handheld that counts on its own): from its
+        ``occurred_at`` on, it covers its SKU at its location like a session's COUNT. Noted now
+        (late sales are marked with it from here on); returns the count store write of it, to
+        run just before its append. ``None`` for a count already in the stream: sent again, it
+        stands from when it was first counted, as on the server.
+        """
+        if not m.HasField("occurred_at"):
+            m.occurred_at.CopyFrom(_now_ts())
+        cover = CountCover(
+            m.location_id, m.sku, m.count_id, m.occurred_at.ToDatetime(tzinfo=datetime.UTC)
+        )
+        new = self.agent._counts.marks.add([cover])
+        if not new:
+            return None
+        return functools.partial(self.agent.count_store.cover, new)
 
     def _sale_seen(self, m: pb.Movement) -> Callable[[], None] | None:
         """The sale into the running sessions of its location, now (before its append, which

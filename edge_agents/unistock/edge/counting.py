@@ -17,21 +17,30 @@ How the edge agent uses this module:
 3. :meth:`CountSession.stop` gives one :class:`CountResult` per SKU; the agent appends one
    ``COUNT`` movement per result, all carrying the session's ``count_id``, at that point of its
    stream. Movements the agent receives after that apply on top of the count…
-4. …except a movement that *happened* before the session started but reached the agent only after
+4. …except a movement that *happened* before the count started but reached the agent only after
    the count was emitted (a till that was offline from the agent): the count already reflects it,
-   so the agent sets its ``count_id`` (see :func:`precedes_count`) and the server records it as a
-   correction of the count's variance only, without changing ``on_hand`` a second time.
+   so the agent sets its ``count_id`` and the server records it as a correction of the count's
+   variance only, without changing ``on_hand`` a second time.
+
+Which count a late movement is marked with (domain invariant 7) is decided by :class:`CountMarks`
+alone, from :class:`CountCover`\\ s: one per ``COUNT`` the agent put in its stream (a count covers
+the SKUs it emitted a ``COUNT`` for, at its location, and nothing else: a count of TEE says
+nothing about CAP, and a count of "every SKU read" covers only the SKUs it read). A movement is
+marked with the latest count that covered its SKU at its location and that it happened before,
+or not at all. The server only corrects a count it applied to that very position, so a movement
+marked with another count would be applied a second time.
 
 Times are never used to decide whether a read counts: reader clocks drift and a handheld may be an
-hour off. Order is arrival order at the agent. The only time comparison is
-:func:`precedes_count`, between two timestamps that must be on the same (the agent's) clock.
+hour off. Order is arrival order at the agent. The only time comparison is whether a movement
+happened before a count started (:func:`precedes_count`, :meth:`CountMarks.mark`), between two
+timestamps that must be on the same (the agent's) clock.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -39,6 +48,9 @@ from typing import Protocol
 from unistock.edge.epc import EpcError, decode_sgtin96
 
 __all__ = [
+    "KEEP_PER_POSITION",
+    "CountCover",
+    "CountMarks",
     "CountResult",
     "CountSession",
     "ReadOutcome",
@@ -91,6 +103,19 @@ class CountResult:
     distinct_epcs: frozenset[str]
 
 
+@dataclass(frozen=True, slots=True)
+class CountCover:
+    """One ``COUNT`` the agent put in its stream: the count ``count_id`` covered ``sku`` at
+    ``location_id``. A count covers exactly the positions it emitted a ``COUNT`` for."""
+
+    location_id: str
+    sku: str
+    count_id: str
+    started_at: datetime
+    """When the count started, timezone-aware, on the agent's clock: what happened before it is
+    reflected in it."""
+
+
 class CountSession:
     """One RFID count of one location: collects reads and in-session sales, then yields results.
 
@@ -117,7 +142,7 @@ class CountSession:
                 seen; an SKU with no read tag then gets no result, since nothing says it was
                 looked for.
             started_at: when the session started, timezone-aware, on the agent's clock; used only
-                by :func:`precedes_count`.
+                to tell which movements happened before the count (:meth:`CountMarks.mark`).
             catalogue: GTIN-14 → SKU lookup.
 
         Raises:
@@ -127,10 +152,9 @@ class CountSession:
             raise ValueError("count_id must not be empty")
         if not location_id:
             raise ValueError("location_id must not be empty")
-        if started_at.tzinfo is None or started_at.utcoffset() is None:
-            # A naive time compared with an aware one raises later, in the middle of replaying a
-            # till's backlog; reject it where the mistake is made.
-            raise ValueError("started_at must be timezone-aware")
+        # A naive time compared with an aware one raises later, in the middle of replaying a
+        # till's backlog; reject it where the mistake is made.
+        _require_aware("started_at", started_at)
         self.count_id = count_id
         self.location_id = location_id
         self.scope_skus = scope_skus
@@ -293,6 +317,17 @@ class CountSession:
         """Whether :meth:`stop` has been called (the count is fixed)."""
         return self._results is not None
 
+    def covers(self) -> list[CountCover]:
+        """The positions the session's ``COUNT``\\ s cover, one per result: its SKUs at its
+        location. Empty while it runs (nothing is in the stream yet); with the scope "every SKU
+        seen", only the SKUs it read."""
+        if self._results is None:
+            return []
+        return [
+            CountCover(self.location_id, r.sku, self.count_id, self.started_at)
+            for r in self._results
+        ]
+
     # -- diagnostics -----------------------------------------------------------------------------
 
     @property
@@ -336,14 +371,92 @@ class CountSession:
         return self._sales_without_epc
 
 
-def precedes_count(movement_occurred_at: datetime, session: CountSession) -> bool:
-    """Whether a movement reaching the agent now must carry ``session.count_id``.
+#: Counts :class:`CountMarks` remembers per position (one SKU at one location). The server
+#: corrects only a count among the last 4 it applied to a position (``RECENT_COUNTS``), and the
+#: count a late movement is marked with is the position's latest but for overlapping counts.
+KEEP_PER_POSITION = 4
+
+
+class CountMarks:
+    """The counts in the agent's stream, per position: which one a late movement is marked with.
+
+    Domain invariant 7: a movement is marked as preceding a count only if that count covered its
+    SKU at its location. Of those, it is marked with the latest (in stream order) that started
+    after the movement happened: the server then records it as a correction of that count's
+    variance, leaving ``on_hand`` alone. Every way a movement gets its ``count_id`` at the agent
+    goes through :meth:`mark`.
+
+    Args:
+        covers: the covers known so far, in stream order (the count store keeps them).
+        keep: counts remembered per position; older ones are forgotten.
+    """
+
+    def __init__(self, covers: Iterable[CountCover] = (), *, keep: int = KEEP_PER_POSITION) -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        self.keep = keep
+        self._by_position: dict[tuple[str, str], list[CountCover]] = {}
+        self._count_ids: Counter[str] = Counter()
+        self.add(covers)
+
+    def add(self, covers: Iterable[CountCover]) -> list[CountCover]:
+        """Note ``COUNT``\\ s put in the stream, in stream order; returns those not known before.
+
+        A count already known at a position (the same ``COUNT`` sent again, which the server
+        ignores) keeps its first cover: it stands from when it was first counted.
+        """
+        new = []
+        for cover in covers:
+            kept = self._by_position.setdefault((cover.location_id, cover.sku), [])
+            if any(c.count_id == cover.count_id for c in kept):
+                continue
+            kept.append(cover)
+            new.append(cover)
+            self._count_ids[cover.count_id] += 1
+            if len(kept) > self.keep:
+                self._count_ids[kept.pop(0).count_id] -= 1
+        self._count_ids = +self._count_ids  # drop the ids no position remembers
+        return new
+
+    def known(self, count_id: str) -> bool:
+        """Whether a position remembers ``count_id``."""
+        return count_id in self._count_ids
+
+    def __iter__(self) -> Iterator[CountCover]:
+        """Every cover remembered, position by position, each in stream order."""
+        for kept in self._by_position.values():
+            yield from kept
+
+    def mark(self, sku: str, location_id: str, occurred_at: datetime, claimed: str = "") -> str:
+        """The ``count_id`` a movement of ``sku`` at ``location_id`` that happened at
+        ``occurred_at`` (agent clock) must carry, reaching the agent now; ``""`` for none.
+
+        ``claimed`` is the ``count_id`` the movement came with, if a device marked it itself. A
+        count the agent knows is not taken on trust: the rule decides, as for any movement. One
+        it does not know (made elsewhere, or long forgotten) is passed on unchecked.
+
+        Raises:
+            ValueError: ``occurred_at`` is naive.
+        """
+        _require_aware("occurred_at", occurred_at)
+        for cover in reversed(self._by_position.get((location_id, sku), ())):
+            if occurred_at < cover.started_at:
+                return cover.count_id
+        return claimed if claimed and not self.known(claimed) else ""
+
+
+def precedes_count(
+    movement_occurred_at: datetime, session: CountSession, *, sku: str, location_id: str
+) -> bool:
+    """Whether a movement of ``sku`` at ``location_id`` reaching the agent now would be marked
+    with ``session.count_id`` if ``session`` were the only count (:meth:`CountMarks.mark`).
 
     The rule: a movement that *occurred* before the session started but *arrives* after the count
     was emitted (``session.stopped``) is already reflected in what the readers saw (a unit sold
-    before the count was not on the shelf to be read). Applying it again would count it twice, so
-    the agent sets its ``count_id`` and the server records it as a correction of the count's
-    variance only.
+    before the count was not on the shelf to be read), *if the count covered its SKU at its
+    location* (:meth:`CountSession.covers`). Applying it again would count it twice, so the agent
+    sets its ``count_id`` and the server records it as a correction of the count's variance only.
+    A count that did not cover it says nothing about it: the server would apply it as usual.
 
     A movement arriving while the session is still open is not marked: it goes into the stream
     before the ``COUNT``, which supersedes it naturally. A movement that occurred at or after the
@@ -356,15 +469,19 @@ def precedes_count(movement_occurred_at: datetime, session: CountSession) -> boo
     Raises:
         ValueError: ``movement_occurred_at`` is naive.
     """
-    if movement_occurred_at.tzinfo is None or movement_occurred_at.utcoffset() is None:
-        raise ValueError("movement_occurred_at must be timezone-aware")
-    return session.stopped and movement_occurred_at < session.started_at
+    marks = CountMarks(session.covers())
+    return marks.mark(sku, location_id, movement_occurred_at) == session.count_id
+
+
+def _require_aware(name: str, at: datetime | None) -> None:
+    if at is not None and (at.tzinfo is None or at.utcoffset() is None):
+        raise ValueError(f"{name} must be timezone-aware")
 
 
 def on_agent_clock(
     occurred_at: datetime, received_at: datetime, sent_at: datetime | None = None
 ) -> datetime:
-    """A till's ``occurred_at`` moved onto the agent's clock, for :func:`precedes_count`.
+    """A till's ``occurred_at`` moved onto the agent's clock, for :meth:`CountMarks.mark`.
 
     * With ``sent_at`` (the till's clock when it sent the request): ``occurred_at`` is shifted
       by the offset observed on this very call, ``received_at - sent_at``. A till whose clock
@@ -392,7 +509,6 @@ def on_agent_clock(
         ("received_at", received_at),
         ("sent_at", sent_at),
     ):
-        if at is not None and (at.tzinfo is None or at.utcoffset() is None):
-            raise ValueError(f"{name} must be timezone-aware")
+        _require_aware(name, at)
     offset = received_at - sent_at if sent_at is not None else timedelta(0)
     return min(occurred_at + offset, received_at)

@@ -1,8 +1,8 @@
 """Durable RFID count sessions of a store's edge agent, in SQLite (next to the outbox).
 
 A store count runs for hours; an agent restart (update, crash, power cut) must neither lose it
-nor forget the recently stopped counts that mark a late till sale as preceding them
-(:func:`unistock.edge.counting.precedes_count`). What is kept, and when:
+nor forget which positions the counts in its stream covered, which decides the count a late till
+sale is marked with (:class:`unistock.edge.counting.CountMarks`). What is kept, and when:
 
 * ``count_session``: the session (count id, location, scope, start time on the agent's clock,
   ``running`` or ``stopped``, stop time, sales without EPC). Written at once (fsynced) at
@@ -18,8 +18,17 @@ nor forget the recently stopped counts that mark a late till sale as preceding t
   ``sales_without_epc``: written at once (:meth:`CountStore.sale`), since a sale is a fact that
   must keep its unit out of the count.
 
+* ``count_cover``: one row per ``COUNT`` in the agent's stream (location, SKU, count id, start),
+  in stream order: what each count covered, written before its ``COUNT``\\ s are appended (in
+  the transaction that marks a session stopping, or :meth:`CountStore.cover` for a ``COUNT``
+  a device sent). The last :data:`~unistock.edge.counting.KEEP_PER_POSITION` per position are
+  kept (:meth:`CountStore.covers`), whatever else is counted meanwhile. Files from before this
+  table get its rows from their stopped sessions when opened: the scope, or for "every SKU
+  seen" the SKUs of the counted EPCs, which is what the session emitted a ``COUNT`` for.
+
 :meth:`CountStore.load` gives the running sessions and the last :data:`KEEP_STOPPED` stopped
-ones; older stopped sessions are deleted with their EPCs when a session stops.
+ones (for a stop to complete after a crash, and for inspection); older stopped sessions are
+deleted with their EPCs when a session stops. Marking late sales needs only ``count_cover``.
 
 Same pragmas as the outbox (WAL, ``synchronous=FULL``). The API is synchronous and thread-safe;
 the agent calls the writes through :func:`asyncio.to_thread`.
@@ -44,21 +53,27 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     String,
     Table,
+    UniqueConstraint,
     create_engine,
     delete,
     event,
+    func,
     insert,
     select,
     update,
 )
 
-from unistock.edge.counting import CountSession, SkuLookup
+from unistock.edge.counting import KEEP_PER_POSITION, CountCover, CountSession, SkuLookup
 from unistock.edge.outbox import _on_begin, _on_connect
 
 __all__ = ["KEEP_STOPPED", "CountStore", "StoredSession"]
 
-#: Stopped sessions kept (in the agent's memory and in the file) for ``precedes_count``.
+#: Stopped sessions kept in the file (a stop to complete after a crash, inspection). Which
+#: count a late movement precedes is decided from ``count_cover``, kept per position instead.
 KEEP_STOPPED = 16
+
+#: ``PRAGMA user_version`` of a file whose stopped sessions have their ``count_cover`` rows.
+SCHEMA_VERSION = 1
 
 RUNNING = "running"
 #: Its COUNTs are being appended: after a crash they are appended again at start (the server
@@ -101,6 +116,19 @@ sold_table = Table(
     Column("session", Integer, nullable=False),
     Column("epc", String, nullable=False),
     PrimaryKeyConstraint("session", "epc"),
+)
+
+cover_table = Table(
+    "count_cover",
+    _metadata,
+    # Stream order of the COUNTs (AUTOINCREMENT: never reused after a prune).
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("location_id", String, nullable=False),
+    Column("sku", String, nullable=False),
+    Column("count_id", String, nullable=False),
+    Column("started_at", String, nullable=False),  # ISO 8601 with offset, agent clock
+    UniqueConstraint("location_id", "sku", "count_id"),
+    sqlite_autoincrement=True,
 )
 
 
@@ -153,6 +181,10 @@ class CountStore:
         event.listen(self._engine, "connect", _on_connect)
         event.listen(self._engine, "begin", _on_begin)
         _metadata.create_all(self._engine)
+        with self._writer() as conn, conn.begin():
+            if conn.exec_driver_sql("PRAGMA user_version").scalar_one() < SCHEMA_VERSION:
+                _covers_of_old_sessions(conn)
+                conn.exec_driver_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
         # Held across a whole write (a flush: from taking the buffer to its commit), so that a
         # flush returning means every read buffered before it is on disk, even if a concurrent
         # flush took them.
@@ -245,11 +277,12 @@ class CountStore:
                     .values(sales_without_epc=session_table.c.sales_without_epc + 1)
                 )
 
-    def stopping(self, key: int, stopped_at: float) -> None:
-        """Write the buffered EPCs and mark session ``key`` stopping, in one transaction.
+    def stopping(self, key: int, stopped_at: float, covers: Iterable[CountCover] = ()) -> None:
+        """Write the buffered EPCs, mark session ``key`` stopping and keep what its COUNTs
+        cover (:meth:`CountSession.covers`), in one transaction.
 
         Call it before appending the session's COUNTs: from then on a restart completes the
-        stop (see STOPPING) rather than resuming the count.
+        stop (see STOPPING) rather than resuming the count, and late sales are marked with it.
         """
         self.flush()
         with self._write_lock, self._writer() as conn, conn.begin():
@@ -258,6 +291,12 @@ class CountStore:
                 .where(session_table.c.id == key)
                 .values(state=STOPPING, stopped_at=stopped_at)
             )
+            _add_covers(conn, covers)
+
+    def cover(self, covers: Iterable[CountCover]) -> None:
+        """Keep what COUNTs about to be appended cover (a COUNT a device sent itself)."""
+        with self._write_lock, self._writer() as conn, conn.begin():
+            _add_covers(conn, covers)
 
     def stopped(self, key: int, stopped_at: float, keep: int = KEEP_STOPPED) -> None:
         """Mark session ``key`` stopped and delete the stopped sessions before the last ``keep``."""
@@ -276,6 +315,20 @@ class CountStore:
             _delete_sessions(conn, [int(k) for k in conn.execute(stale).scalars()])
 
     # ---- reads -----------------------------------------------------------------------------
+
+    def covers(self) -> list[CountCover]:
+        """What the COUNTs in the stream covered, in stream order (for :class:`CountMarks`)."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(select(cover_table).order_by(cover_table.c.id)).all()
+        return [
+            CountCover(
+                row.location_id,
+                row.sku,
+                row.count_id,
+                datetime.datetime.fromisoformat(row.started_at),
+            )
+            for row in rows
+        ]
 
     def load(self) -> list[StoredSession]:
         """The running sessions (in start order), then the stopped ones (in stop order)."""
@@ -317,3 +370,53 @@ def _delete_sessions(conn: Connection, keys: list[int]) -> None:
     for table in (epc_table, sold_table):
         conn.execute(delete(table).where(table.c.session.in_(keys)))
     conn.execute(delete(session_table).where(session_table.c.id.in_(keys)))
+
+
+def _add_covers(
+    conn: Connection, covers: Iterable[CountCover], keep: int = KEEP_PER_POSITION
+) -> None:
+    """Insert covers (one already kept stays as it was) and prune beyond ``keep`` per position."""
+    rows = [
+        {
+            "location_id": c.location_id,
+            "sku": c.sku,
+            "count_id": c.count_id,
+            "started_at": c.started_at.isoformat(),
+        }
+        for c in covers
+    ]
+    if not rows:
+        return
+    conn.execute(cover_table.insert().prefix_with("OR IGNORE"), rows)
+    rank = (
+        func.row_number()
+        .over(
+            partition_by=(cover_table.c.location_id, cover_table.c.sku),
+            order_by=cover_table.c.id.desc(),
+        )
+        .label("rank")
+    )
+    ranked = select(cover_table.c.id, rank).subquery()
+    stale = select(ranked.c.id).where(ranked.c.rank > keep)
+    conn.execute(delete(cover_table).where(cover_table.c.id.in_(stale)))
+
+
+def _covers_of_old_sessions(conn: Connection) -> None:
+    """``count_cover`` rows for the stopped sessions of a file from before that table, in stop
+    order: a session covered its scope, or with "every SKU seen" the SKUs it counted EPCs of
+    (what :meth:`CountSession.stop` emits a COUNT for)."""
+    sessions = conn.execute(
+        select(session_table)
+        .where(session_table.c.state != RUNNING)
+        .order_by(session_table.c.stopped_at, session_table.c.id)
+    ).all()
+    for row in sessions:
+        if row.scope is not None:
+            skus = sorted(json.loads(row.scope))
+        else:
+            seen = select(epc_table.c.sku).where(epc_table.c.session == row.id).distinct()
+            skus = sorted(conn.execute(seen).scalars())
+        started_at = datetime.datetime.fromisoformat(row.started_at)
+        _add_covers(
+            conn, [CountCover(row.location_id, sku, row.count_id, started_at) for sku in skus]
+        )
