@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -80,3 +82,37 @@ async def intake(agent: StoreAgent) -> AsyncIterator[ipb_grpc.StoreIntakeStub]:
     """A till's (or reader's) client of an agent's local StoreIntake service."""
     async with aio.insecure_channel(f"127.0.0.1:{agent.intake_port}") as ch:
         yield ipb_grpc.StoreIntakeStub(ch)
+
+
+@contextlib.asynccontextmanager
+async def agent_process(
+    data_dir: Path, mqtt_url: str, *args: str, store: str = "s1", ready: bool = True
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A real ``unistock-edge-agent`` process (the CLI), killed at the end if still running.
+
+    With ``ready`` (default), waits for its "intake on port" line first.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "unistock.edge.cli", "--store-id", store, "--mqtt-url", mqtt_url,
+        "--data-dir", str(data_dir), "--intake-port", "0", "--metrics-port", "0", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if not k.startswith("UNISTOCK_")},
+    )  # fmt: skip
+    try:
+        if ready:
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(proc.stdout.readline(), 60)
+            assert b"intake on port" in line, line
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+def metric(body: str, name: str) -> float:
+    """One unlabelled sample of a Prometheus text exposition."""
+    for line in body.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise KeyError(name)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -371,3 +372,39 @@ def test_append_once_keeps_the_key_and_the_movement_in_one_transaction(tmp_path:
         assert [m.seq for m in outbox.pending()] == [1]
         assert outbox.next_seq == 2
         assert outbox.append_once(sale("C"), "r3") == (2, True)
+
+
+def test_two_outbox_objects_on_one_file_never_hand_out_one_seq_twice(tmp_path: Path) -> None:
+    # The agent's lock keeps a second process away (datalock); this is the second line of
+    # defence: seqs come from meta.next_seq, read and incremented in the write transaction.
+    path = tmp_path / "outbox.db"
+    first, second = Outbox(path, SOURCE), Outbox(path, SOURCE)
+    assert first.append([sale("A")]) == [1]
+    assert first.ack(1) == 1  # acked and deleted: no row left to collide with
+    assert second.append([sale("B")]) == [2]
+    assert first.append([sale("C"), sale("D")]) == [3, 4]
+    second.settle(4, [])
+    assert first.append([sale("E")]) == [5]
+    assert (first.last_acked, first.settled_through(), second.settled_through()) == (4, 4, 4)
+
+
+def test_concurrent_appends_from_two_outbox_objects_never_share_a_seq(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    outboxes = [Outbox(path, SOURCE), Outbox(path, SOURCE)]
+    seqs: list[list[int]] = [[], []]
+
+    def till(i: int) -> None:
+        for n in range(60):
+            got = outboxes[i].append([sale(f"T{i}-{n}")])
+            seqs[i].extend(got)
+            if n % 3 == 0:
+                outboxes[i].settle(got[-1], [])  # acks delete rows: seqs must not come back
+
+    threads = [threading.Thread(target=till, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    every = seqs[0] + seqs[1]
+    assert len(every) == 120
+    assert sorted(every) == list(range(1, 121)), "each seq handed out exactly once"

@@ -42,6 +42,7 @@ from unistock.edge.counting import (
     on_agent_clock,
 )
 from unistock.edge.countstore import CountStore
+from unistock.edge.datalock import StoreLock, lock_path
 from unistock.edge.outbox import Outbox, RequestConflict
 from unistock.edge.readers import (
     DEFAULT_READER_TOPIC,
@@ -227,18 +228,32 @@ class StoreAgent:
     """One store's agent. Use as an async context manager; `run()` until cancelled."""
 
     def __init__(self, settings: AgentSettings) -> None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        # Before the outbox and the count store are opened: each has one writer, and a second
+        # agent on the directory is refused here (AgentAlreadyRunning, naming the holder).
+        self._store_lock = StoreLock(lock_path(settings.data_dir, settings.store_id))
+        self._store_lock.acquire()
+        try:
+            self._open(settings)
+        except BaseException:
+            self._store_lock.release()
+            raise
+
+    def _open(self, settings: AgentSettings) -> None:
         self.settings = settings
         self.metrics = AgentMetrics()
         self.send_stats = SenderStats()
         self.metrics.registry.register(
             _SendCollector(self.send_stats, lambda: self.sender.in_flight if self.sender else 0)
         )
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(
             settings.data_dir / f"outbox-{settings.store_id}.sqlite",
             settings.source,
             incarnation=True,
         )
+        # Read at scrape time: values set on record/ack froze while nothing was acked.
+        self.metrics.depth.set_function(self.outbox.depth)
+        self.metrics.oldest.set_function(lambda: self.outbox.oldest_unacked_age() or 0.0)
         self.catalogue = (
             Catalogue.from_csv(settings.catalogue) if settings.catalogue else Catalogue({})
         )
@@ -266,21 +281,36 @@ class StoreAgent:
         self._skewed_devices: set[str] = set()  # devices warned about for their clock
 
     async def __aenter__(self) -> StoreAgent:
+        try:
+            await self._start()
+        except BaseException:
+            await self.__aexit__(None, None, None)  # the lock, the files, what did start
+            raise
+        return self
+
+    async def _start(self) -> None:
         s = self.settings
         await self._finish_stopping()
-        self._grpc = aio.server()
+        # grpc sets SO_REUSEPORT by default: a second process would bind the same port and
+        # take half of the tills' calls without a word.
+        self._grpc = aio.server(options=[("grpc.so_reuseport", 0)])
         ipb_grpc.add_StoreIntakeServicer_to_server(_Intake(self), self._grpc)
-        self.intake_port = self._grpc.add_insecure_port(f"{s.intake_host}:{s.intake_port}")
+        try:
+            self.intake_port = self._grpc.add_insecure_port(f"{s.intake_host}:{s.intake_port}")
+        except RuntimeError as e:
+            raise RuntimeError(
+                f"store {s.store_id}: cannot listen on intake port {s.intake_port} of "
+                f"{s.intake_host} (another process has it?): {e}"
+            ) from None
         await self._grpc.start()
         if s.metrics_port:
             self._metrics_http, _ = start_http_server(
                 s.metrics_port, addr=s.intake_host, registry=self.metrics.registry
             )
             self.metrics_port = self._metrics_http.server_port
-        self._refresh_gauges()
+        self._check_drained()
         self._count_flusher = asyncio.create_task(self._flush_counts(), name="agent-count-flush")
         log.info("store %s: intake on :%d", s.store_id, self.intake_port)
-        return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self._grpc is not None:
@@ -294,6 +324,7 @@ class StoreAgent:
         await asyncio.to_thread(self.count_store.flush)
         self.count_store.close()
         self.outbox.close()
+        self._store_lock.release()
 
     # -- intake ------------------------------------------------------------------------------
 
@@ -350,7 +381,7 @@ class StoreAgent:
         self._drained.clear()
         if self.sender is not None:
             self.sender.notify()
-        self._refresh_gauges()
+        self._check_drained()
 
     async def wait_drained(self) -> None:
         """Until the server has acknowledged everything in the outbox."""
@@ -387,16 +418,13 @@ class StoreAgent:
         # after that count was emitted (a till that was offline from the agent), is marked with
         # the latest such count: the server then treats it as a correction of that count's
         # variance, not as a second change of on_hand (domain invariant 7, CountMarks). A
-        # count_id the device set is checked the same way when the agent knows that count.
+        # count_id the device set is replaced: only the agent knows the counts of its stream.
         occurred = m.occurred_at.ToDatetime(tzinfo=datetime.UTC)
-        return self._counts.marks.mark(m.sku, m.location_id, occurred, m.count_id)
+        return self._counts.marks.mark(m.sku, m.location_id, occurred)
 
-    def _refresh_gauges(self) -> None:
-        depth = self.outbox.depth()
-        if depth == 0:
+    def _check_drained(self) -> None:
+        if self.outbox.depth() == 0:
             self._drained.set()
-        self.metrics.depth.set(depth)
-        self.metrics.oldest.set(self.outbox.oldest_unacked_age() or 0.0)
 
     def status(self, state: int) -> pb.AgentStatus:
         """The status message to publish."""
@@ -455,17 +483,23 @@ class StoreAgent:
                 self.connected.set()
                 self.metrics.connected.set(1)
                 on_connected()
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(sender.run(), name="agent-sender")
-                    tg.create_task(
-                        self._publish_status(client, topic, refusals), name="agent-status"
-                    )
-                    async for message in client.messages:
-                        if message.topic.matches(sender.acks_topic):
-                            before = self.outbox.last_acked
-                            await sender.handle_ack(message.payload)
-                            self.metrics.acked.inc(max(0, self.outbox.last_acked - before))
-                            self._refresh_gauges()
+                try:
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(sender.run(), name="agent-sender")
+                        tg.create_task(
+                            self._publish_status(client, topic, refusals), name="agent-status"
+                        )
+                        async for message in client.messages:
+                            if message.topic.matches(sender.acks_topic):
+                                before = self.outbox.last_acked
+                                await sender.handle_ack(message.payload)
+                                self.metrics.acked.inc(max(0, self.outbox.last_acked - before))
+                                self._check_drained()
+                except BaseException:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        await self._say_offline(client, topic)
+                    raise
         finally:
             self.sender = None
             self.connected.clear()
@@ -485,6 +519,26 @@ class StoreAgent:
 
     def _publish_refused(self, topic: str, reason: ReasonCode) -> None:
         self.metrics.publish_refused.labels(reason_label(reason), topic.rsplit("/", 1)[-1]).inc()
+
+    async def _say_offline(self, client: aiomqtt.Client, topic: str) -> None:
+        """On a clean stop, leave OFFLINE retained before disconnecting.
+
+        The broker discards the last will on a clean DISCONNECT: without this, a stopped
+        agent's retained status would say ONLINE for ever. Best effort, within 2 s: a broker
+        that is gone by now cannot be told anything (its copy of the will covers that case).
+        """
+        try:
+            await client.publish(
+                topic,
+                self.status(pb.AgentStatus.OFFLINE).SerializeToString(),
+                qos=1,
+                retain=True,
+                timeout=2,
+            )
+        except (aiomqtt.MqttError, OSError) as e:
+            log.warning(
+                "store %s: could not publish the OFFLINE status: %s", self.settings.store_id, e
+            )
 
     async def _publish_status(
         self, client: aiomqtt.Client, topic: str, refusals: PublishRefusals

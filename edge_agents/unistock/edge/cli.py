@@ -13,10 +13,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from unistock.edge.agent import AgentSettings, StoreAgent
+from unistock.edge.datalock import AgentAlreadyRunning
 from unistock.edge.readers import DEFAULT_READER_TOPIC
 from unistock.edge.sender import DEFAULT_MAX_PAYLOAD
 
 _REQUIRED = object()  # a flag's default when it (or its variable) must be given
+
+#: Exit status when another agent holds the store's data directory (EX_TEMPFAIL: it may be
+#: free later; a supervisor can list it in systemd's RestartPreventExitStatus).
+EXIT_ALREADY_RUNNING = 75
 
 
 def parse(argv: Sequence[str] | None = None) -> AgentSettings:
@@ -122,7 +127,11 @@ async def _main(settings: AgentSettings) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point."""
-    asyncio.run(_main(parse(argv)))
+    try:
+        asyncio.run(_main(parse(argv)))
+    except AgentAlreadyRunning as e:
+        print(f"unistock-edge-agent: refusing to start: {e}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_ALREADY_RUNNING)
     sys.exit(0)
 
 

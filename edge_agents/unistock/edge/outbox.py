@@ -217,6 +217,12 @@ def _on_begin(conn: Connection) -> None:
     conn.exec_driver_sql(f"BEGIN {mode}")
 
 
+def _read_meta(conn: Connection) -> tuple[int, int]:
+    """``(last_acked, next_seq)`` as the file has them."""
+    row = conn.execute(select(meta_table.c.last_acked, meta_table.c.next_seq)).one()
+    return int(row[0]), int(row[1])
+
+
 def _pending_payload(conn: Connection, seq: int) -> bytes | None:
     """The stored payload of the pending movement ``seq``, or ``None``."""
     payload: bytes | None = conn.execute(
@@ -290,14 +296,17 @@ class Outbox:
         event.listen(self._engine, "begin", _on_begin)
         self._write_lock = threading.Lock()
         _metadata.create_all(self._engine)
-        self._next_seq, self._last_acked = self._load_meta()
+        # A cache that only skips the write of a stale ack: it may lag another writer's acks
+        # (then a write is done for nothing), never run ahead of the file.
+        self._last_acked = self._load_meta()
 
     # ---- lifecycle -------------------------------------------------------------------------
 
     def _writer(self) -> Connection:
         return self._engine.connect().execution_options(sqlite_begin="IMMEDIATE")
 
-    def _load_meta(self) -> tuple[int, int]:
+    def _load_meta(self) -> int:
+        """Create or check the meta row; the last acked seq."""
         with self._write_lock, self._writer() as conn, conn.begin():
             row = conn.execute(
                 select(meta_table.c.source_id, meta_table.c.next_seq, meta_table.c.last_acked)
@@ -310,7 +319,7 @@ class Outbox:
                         id=_META_ID, source_id=self.source_id, next_seq=1, last_acked=0
                     )
                 )
-                return 1, 0
+                return 0
             if self._incarnation and _base_source(row.source_id) == self.source_id:
                 self.source_id = row.source_id
             if row.source_id != self.source_id:
@@ -327,7 +336,7 @@ class Outbox:
             next_seq = max(int(row.next_seq), highest + 1)
             if next_seq != row.next_seq:
                 conn.execute(update(meta_table).values(next_seq=next_seq))
-            return next_seq, int(row.last_acked)
+            return int(row.last_acked)
 
     def close(self) -> None:
         """Release the database connections (the data is already durable)."""
@@ -358,14 +367,8 @@ class Outbox:
         """
         if not movements:
             return []
-        with self._write_lock:
-            with self._writer() as conn, conn.begin():
-                first = self._next_seq
-                next_seq = self._insert(conn, movements, time.time())
-            # Only after the commit: a failed transaction must not burn (or worse, skip) seqs in
-            # memory that the file does not know about. Still under the lock: settled_through()
-            # must never see the new row without the new next_seq.
-            self._next_seq = next_seq
+        with self._write_lock, self._writer() as conn, conn.begin():
+            first, next_seq = self._insert(conn, movements, time.time())
         return list(range(first, next_seq))
 
     def append_once(self, movement: pb.Movement, request_id: str) -> tuple[int, bool]:
@@ -386,25 +389,22 @@ class Outbox:
             raise ValueError("request_id must not be empty")
         fingerprint = _fingerprint(movement)
         now = time.time()
-        with self._write_lock:
-            with self._writer() as conn, conn.begin():
-                seq = self._recorded_seq(conn, request_id, fingerprint)
-                if seq is not None:
-                    return seq, False
-                first = self._next_seq
-                next_seq = self._insert(conn, [movement], now)
-                conn.execute(
-                    insert(request_table).values(
-                        request_id=request_id, seq=first, fingerprint=fingerprint, recorded_at=now
-                    )
+        with self._write_lock, self._writer() as conn, conn.begin():
+            seq = self._recorded_seq(conn, request_id, fingerprint)
+            if seq is not None:
+                return seq, False
+            first, next_seq = self._insert(conn, [movement], now)
+            conn.execute(
+                insert(request_table).values(
+                    request_id=request_id, seq=first, fingerprint=fingerprint, recorded_at=now
                 )
-                conn.execute(
-                    delete(request_table).where(
-                        (request_table.c.recorded_at < now - self.request_retention)
-                        | (request_table.c.seq < next_seq - self.max_requests)
-                    )
+            )
+            conn.execute(
+                delete(request_table).where(
+                    (request_table.c.recorded_at < now - self.request_retention)
+                    | (request_table.c.seq < next_seq - self.max_requests)
                 )
-            self._next_seq = next_seq
+            )
         return first, True
 
     def request_seq(self, request_id: str, movement: pb.Movement) -> int | None:
@@ -430,9 +430,20 @@ class Outbox:
             raise RequestConflict(request_id, int(row.seq), str(row.fingerprint), fingerprint)
         return int(row.seq)
 
-    def _insert(self, conn: Connection, movements: Sequence[pb.Movement], now: float) -> int:
-        """Insert ``movements`` from ``next_seq`` on (in ``conn``'s transaction); the new next_seq."""
-        first = self._next_seq
+    def _insert(
+        self, conn: Connection, movements: Sequence[pb.Movement], now: float
+    ) -> tuple[int, int]:
+        """Insert ``movements`` from ``next_seq`` on, in ``conn``'s (IMMEDIATE) transaction.
+
+        ``next_seq`` is read from the file inside the transaction, never from memory: the
+        write lock taken by BEGIN IMMEDIATE makes the read and the increment one step, so even
+        two writers on one file (two Outbox objects, two processes) never hand out one seq
+        twice. (The agent also refuses to run twice on one outbox: unistock.edge.datalock.)
+
+        Returns:
+            ``(first seq, new next_seq)``.
+        """
+        first = int(conn.execute(select(meta_table.c.next_seq)).scalar_one())
         rows: list[dict[str, Any]] = []
         for offset, movement in enumerate(movements):
             movement.source_id = self.source_id
@@ -449,7 +460,7 @@ class Outbox:
         next_seq = first + len(rows)
         conn.execute(insert(movement_table), rows)
         conn.execute(update(meta_table).values(next_seq=next_seq))
-        return next_seq
+        return first, next_seq
 
     def ack(self, seq: int) -> int:
         """Remove every movement with ``seq`` at or below ``seq``: the server holds them durably.
@@ -522,20 +533,20 @@ class Outbox:
         removed = 0
         with self._write_lock:
             with self._writer() as conn, conn.begin():
+                # The file's values, not the cached ones: another writer may have moved them.
+                last_acked, next_seq = _read_meta(conn)
                 for seq, reason, detail in rejections:
                     payload = _pending_payload(conn, seq)
                     already = conn.execute(
                         select(rejected_table.c.seq).where(rejected_table.c.seq == seq)
                     ).scalar_one_or_none()
-                    if payload is None and (already is not None or seq <= self._last_acked):
+                    if payload is None and (already is not None or seq <= last_acked):
                         continue  # repeated rejection, or of a movement already acknowledged
                     if already is None:
                         _insert_rejection(conn, seq, payload, reason, detail, now)
                     removed += conn.execute(
                         delete(movement_table).where(movement_table.c.seq == seq)
                     ).rowcount
-                last_acked = self._last_acked
-                next_seq = self._next_seq
                 if acked_seq is not None and acked_seq > last_acked:
                     removed += conn.execute(
                         delete(movement_table).where(movement_table.c.seq <= acked_seq)
@@ -558,7 +569,6 @@ class Outbox:
                         update(meta_table).values(last_acked=last_acked, next_seq=next_seq)
                     )
             self._last_acked = last_acked
-            self._next_seq = next_seq
         return removed
 
     # ---- reads -----------------------------------------------------------------------------
@@ -579,11 +589,12 @@ class Outbox:
 
         Unlike :attr:`last_acked` this also moves past rejected movements.
         """
-        # Under the write lock: the lowest pending seq and next_seq must come from one state,
-        # or a movement appended in between would count as settled and never be sent.
-        with self._write_lock, self._engine.connect() as conn:
-            lowest = conn.execute(select(func.min(movement_table.c.seq))).scalar_one()
-            return (self._next_seq if lowest is None else int(lowest)) - 1
+        # One statement, one snapshot: the lowest pending seq and next_seq must come from one
+        # state, or a movement appended in between would count as settled and never be sent.
+        lowest = select(func.min(movement_table.c.seq)).scalar_subquery()
+        with self._engine.connect() as conn:
+            row = conn.execute(select(lowest, meta_table.c.next_seq)).one()
+        return (int(row[1]) if row[0] is None else int(row[0])) - 1
 
     def depth(self) -> int:
         """Return the number of movements waiting for the server's ack."""
@@ -629,12 +640,19 @@ class Outbox:
             for row in rows
         ]
 
+    def _meta(self) -> tuple[int, int]:
+        with self._engine.connect() as conn:
+            return _read_meta(conn)
+
     @property
     def last_acked(self) -> int:
-        """The highest seq the server has acknowledged as durable (0 before the first ack)."""
-        return self._last_acked
+        """The highest seq the server has acknowledged as durable (0 before the first ack).
+
+        Read from the file, like :attr:`next_seq`: what another writer did is included.
+        """
+        return self._meta()[0]
 
     @property
     def next_seq(self) -> int:
         """The seq the next appended movement will get."""
-        return self._next_seq
+        return self._meta()[1]
