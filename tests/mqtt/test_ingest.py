@@ -5,83 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
-import aiomqtt
 import pytest
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from tests.fixtures.server import MakeServer
+from tests.mqtt.harness import Agent, batch, level
 from unistock.devtools.services import MosquittoBroker
 from unistock.server.app.server import UnistockServer
 from unistock.server.mqtt.ingest import MAX_PAYLOAD
 from unistock.v1 import inventory_pb2 as pb
-
-
-@dataclass
-class Agent:
-    """A store's side of the contract, as a test client: publish batches, collect acks."""
-
-    store: str
-    client: aiomqtt.Client
-    acks: asyncio.Queue[pb.MovementAck] = field(default_factory=asyncio.Queue)
-
-    async def send(self, payload: bytes | pb.MovementBatch, json_content: bool = False) -> None:
-        props = None
-        if json_content:
-            props = Properties(PacketTypes.PUBLISH)
-            props.ContentType = "application/json"
-        data = payload.SerializeToString() if isinstance(payload, pb.MovementBatch) else payload
-        await self.client.publish(
-            f"unistock/v1/stores/{self.store}/movements", data, qos=1, properties=props
-        )
-
-    async def ack(self) -> pb.MovementAck:
-        async with asyncio.timeout(20):
-            return await self.acks.get()
-
-
-def batch(source: str, first: int, n: int, loc: str, *, sku: str = "SKU-1", qty: int = 1,
-          type_: int = pb.RECEIPT) -> pb.MovementBatch:  # fmt: skip
-    return pb.MovementBatch(
-        source_id=source,
-        movements=[
-            pb.Movement(seq=s, sku=sku, location_id=loc, type=type_, quantity=qty)  # type: ignore[arg-type]
-            for s in range(first, first + n)
-        ],
-    )
-
-
-@pytest.fixture
-def server(mqtt_server: UnistockServer) -> UnistockServer:
-    return mqtt_server
-
-
-@pytest.fixture
-async def agent(server: UnistockServer, mosquitto_broker: MosquittoBroker) -> AsyncIterator[Agent]:
-    async with aiomqtt.Client(
-        "127.0.0.1", mosquitto_broker.port, identifier="agent-s1",
-        protocol=aiomqtt.ProtocolVersion.V5,
-        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-    ) as client:  # fmt: skip
-        a = Agent("s1", client)
-        await client.subscribe("unistock/v1/stores/s1/acks", qos=1)
-
-        async def collect() -> None:
-            async for m in client.messages:
-                await a.acks.put(pb.MovementAck.FromString(m.payload))  # type: ignore[arg-type]
-
-        task = asyncio.create_task(collect())
-        yield a
-        task.cancel()
-
-
-async def level(srv: UnistockServer, sku: str, loc: str) -> pb.StockLevel:
-    [p] = await srv.inventory.levels([(sku, loc)])
-    return pb.StockLevel(on_hand=p.on_hand, reserved=p.reserved, version=p.version)
 
 
 async def test_a_batch_is_applied_and_acked_after_it_is_durable(
@@ -159,15 +91,15 @@ async def test_json_payload_with_content_type(server: UnistockServer, agent: Age
         (batch("a", 1, 3, "s1").SerializeToString()[:-3], False, pb.UNPARSEABLE, "cannot parse"),
         (b'{"sourceId": "a", "movements": [', True, pb.UNPARSEABLE, "cannot parse"),
         (b'{"sourceId": "a", "bogus": 1}', True, pb.UNPARSEABLE, "cannot parse"),
-        (b"x" * (MAX_PAYLOAD + 1), False, pb.UNPARSEABLE, "exceeds"),
+        (b"x" * (MAX_PAYLOAD + 1), False, pb.BATCH_TOO_LARGE, "exceeds the limit"),
         # 10 MB of a valid-looking batch: refused unparsed (the test broker has no size limit;
         # the production one refuses it first, see tests/deploy)
         # (concatenated protobuf messages merge: one batch repeated is one big valid batch)
         (
             batch("agent-s1", 1, 1, "s1").SerializeToString() * 350_000,
             False,
-            pb.UNPARSEABLE,
-            "exceeds",
+            pb.BATCH_TOO_LARGE,
+            "exceeds the limit",
         ),
     ],
     ids=[
@@ -192,6 +124,7 @@ async def test_unparseable_payloads_are_rejected_and_ingestion_goes_on(
     [r] = ack.rejections
     assert r.reason == reason
     assert detail in r.detail
+    assert (r.seq, list(ack.sources), ack.applied) == (0, [], 0)
     await agent.send(batch("agent-s1", 1, 1, "s1"))
     assert (await agent.ack()).applied == 1
 

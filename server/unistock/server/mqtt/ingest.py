@@ -13,6 +13,15 @@ after the positions in the same flush). A batch that starts beyond it (an earlie
 lost between the broker's PUBACK and our durable write) is not applied; the ack repeats the
 old seq, and the agent resends from there (go-back-N). Inside a batch, processing stops at
 the first gap. Seqs at or below it are duplicates (redelivery, replay) and change nothing.
+
+A source belongs to one store: the first store that sends it (the claim is written to Redis,
+in the source's partition, before its first batch is applied). A batch on another store's
+topic naming that source is rejected whole (WRONG_STORE for each of its movements) and changes
+nothing: no position, no progress, no SourceAck in its ack. A movement rejected for a fault of
+its own (a field, a location not of this store) is final and advances its source's progress,
+so that its agent gets past it. A batch refused as a whole (too large, no valid source_id, no
+movement, not parseable) advances nothing either: BATCH_TOO_LARGE tells the sender the limits
+so it can split the batch and send the same seqs again.
 """
 
 from __future__ import annotations
@@ -32,9 +41,17 @@ from paho.mqtt.properties import Properties
 
 from unistock.client.mqtt import broker_args
 from unistock.server.actors import Inventory
-from unistock.server.api.convert import batch_from_wire, rejection
-from unistock.server.domain import InvalidArgument, Movement, Unavailable
+from unistock.server.api.convert import MAX_BATCH, batch_from_wire, rejection
+from unistock.server.domain import Fenced, InvalidArgument, Movement, Unavailable, check_id
+from unistock.server.domain.values import id_ok
 from unistock.server.metrics import Metrics
+from unistock.server.mqtt.bounded import (
+    MAX_SOURCES,
+    MAX_STORE_SERIES,
+    SourceState,
+    SourceTable,
+    StoreSeries,
+)
 from unistock.server.mqtt.fair import FairQueue
 from unistock.server.mqtt.locations import LocationDirectory
 from unistock.v1 import inventory_pb2 as pb
@@ -48,6 +65,8 @@ JSON = "application/json"
 MAX_ACKS_IN_FLIGHT = 256
 #: Larger payloads are refused unparsed (the broker should refuse them first: see deploy/).
 MAX_PAYLOAD = 1024 * 1024
+#: Sent with every BATCH_TOO_LARGE refusal.
+LIMITS = pb.BatchLimits(max_movements=MAX_BATCH, max_payload_bytes=MAX_PAYLOAD)
 
 
 @dataclass(slots=True)
@@ -61,20 +80,18 @@ class StoreBatch:
 
 
 def store_of(topic: str) -> str | None:
-    """The store id of a movements topic, or None if the topic is not one."""
+    """The store id of a movements topic (not necessarily a valid id), or None if the topic is
+    not one."""
     parts = topic.split("/")
     if len(parts) == 5 and "/".join(parts[:3]) == TOPIC_ROOT and parts[4] == "movements":
         return parts[3] or None
     return None
 
 
-def _unparseable(store_id: str, detail: str) -> StoreBatch:
-    return StoreBatch(
-        store_id,
-        pb.MovementAck(
-            rejections=[pb.Rejection(reason=pb.UNPARSEABLE, detail=detail)],
-        ),
-    )
+def queue_key(topic: str) -> str:
+    """The FairQueue key of a message: its store when valid, else one key shared by all."""
+    store_id = store_of(topic)
+    return store_id if store_id is not None and id_ok(store_id) else ""
 
 
 class MqttIngestor:
@@ -89,6 +106,8 @@ class MqttIngestor:
         *,
         client_id: str = "unistock-server",
         session_expiry: int = 7 * 86400,
+        max_sources: int = MAX_SOURCES,
+        max_store_series: int = MAX_STORE_SERIES,
     ) -> None:
         self.url = url
         self.inventory = inventory
@@ -96,7 +115,8 @@ class MqttIngestor:
         self.locations = locations
         self.client_id = client_id
         self.session_expiry = session_expiry
-        self._progress: dict[str, int] = {}
+        self.sources = SourceTable(max_sources)
+        self.store_series = StoreSeries(metrics.mqtt_store_last_seen, max_store_series)
         self.connected = asyncio.Event()
 
     # -- one message -----------------------------------------------------------------------------
@@ -109,11 +129,13 @@ class MqttIngestor:
             return None
         m = self.metrics
         m.mqtt_messages.labels("received").inc()
-        m.mqtt_store_last_seen.labels(store_id).set(time.time())
+        try:
+            check_id("topic store_id", store_id)
+        except InvalidArgument as exc:
+            return self._refused(store_id, "bad_topic", [_whole(pb.INVALID_FIELD, str(exc))])
         if len(payload) > MAX_PAYLOAD:
-            return self._refused(
-                store_id, f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD} bytes"
-            )
+            detail = f"payload of {len(payload)} bytes exceeds the limit of {MAX_PAYLOAD} bytes"
+            return self._too_large(store_id, pb.MovementBatch(), detail)
         batch = pb.MovementBatch()
         try:
             if content_type == JSON:
@@ -121,23 +143,69 @@ class MqttIngestor:
             else:
                 batch.ParseFromString(payload)
         except (DecodeError, json_format.ParseError, UnicodeDecodeError, ValueError) as exc:
-            return self._refused(store_id, f"cannot parse MovementBatch: {exc}"[:500])
+            detail = f"cannot parse MovementBatch: {exc}"[:500]
+            return self._refused(store_id, "unparseable", [_whole(pb.UNPARSEABLE, detail)])
         m.mqtt_movements.inc(len(batch.movements))
         return await self._apply(store_id, batch)
 
-    def _refused(self, store_id: str, detail: str) -> StoreBatch:
-        self.metrics.mqtt_messages.labels("unparseable").inc()
-        self.metrics.movements_rejected.labels("UNPARSEABLE").inc()
-        log.warning("store %s: rejected a message: %s", store_id, detail)
-        return _unparseable(store_id, detail)
+    def _refused(
+        self,
+        store_id: str,
+        outcome: str,
+        rejections: list[pb.Rejection],
+        batch: pb.MovementBatch | None = None,
+    ) -> StoreBatch:
+        """A message refused as a whole: its rejections, and no progress of any source."""
+        self.metrics.mqtt_messages.labels(outcome).inc()
+        self._count(rejections)
+        ack = pb.MovementAck(rejections=rejections)
+        if batch is not None:
+            ack.batch_id = batch.batch_id
+        first = rejections[0] if rejections else None
+        log.warning(
+            "store %s: refused a message (%s): %s",
+            store_id[:140],
+            outcome,
+            first.detail if first is not None else "",
+        )
+        return StoreBatch(store_id, ack)
+
+    def _too_large(self, store_id: str, batch: pb.MovementBatch, detail: str) -> StoreBatch:
+        source = batch.source_id if id_ok(batch.source_id) else ""
+        r = _whole(pb.BATCH_TOO_LARGE, detail, source)
+        done = self._refused(store_id, "too_large", [r], batch)
+        done.ack.limits.CopyFrom(LIMITS)
+        return done
+
+    def _count(self, rejections: list[pb.Rejection]) -> None:
+        by_reason: dict[pb.RejectReason.ValueType, int] = {}
+        for r in rejections:
+            by_reason[r.reason] = by_reason.get(r.reason, 0) + 1
+        for reason, n in by_reason.items():
+            self.metrics.movements_rejected.labels(pb.RejectReason.Name(reason)).inc(n)
 
     async def _apply(self, store_id: str, batch: pb.MovementBatch) -> StoreBatch:
-        valid, rejected = batch_from_wire(batch)
         source = batch.source_id
+        if len(batch.movements) > MAX_BATCH:
+            detail = f"{len(batch.movements)} movements exceed the limit of {MAX_BATCH} per batch"
+            return self._too_large(store_id, batch, detail)
+        if not batch.movements or not id_ok(source):
+            # Nothing to apply, or no source whose progress they could make: each movement (or
+            # the batch) rejected naming source_id or movements.
+            return self._refused(store_id, "refused", batch_from_wire(batch)[1], batch)
+        state = self.sources.get(source) or await self._claim(source, store_id)
+        if state.owner != store_id:
+            detail = (
+                f"source_id {source!r} belongs to store {state.owner!r}, not to store {store_id!r}"
+            )
+            rejections = [
+                pb.Rejection(source_id=source, seq=mv.seq, reason=pb.WRONG_STORE, detail=detail)
+                for mv in batch.movements
+            ]
+            return self._refused(store_id, "wrong_store", rejections, batch)
+        self.store_series.seen(store_id, time.time())
+        valid, rejected = batch_from_wire(batch)
         ack = pb.MovementAck(batch_id=batch.batch_id)
-        if not batch.movements or (rejected and not valid and not source):
-            ack.rejections.extend(rejected)
-            return StoreBatch(store_id, ack)
         by_seq: dict[int, Movement] = {}
         belongs = self.locations.belongs
         checked: dict[str, bool] = {}  # by location: a store reports few
@@ -156,7 +224,7 @@ class MqttIngestor:
                 r.reason = pb.WRONG_STORE
                 rejected.append(r)
         final = {r.seq: r for r in rejected}
-        done = await self._load_progress(source)
+        done = state.progress
         # Walk the batch's seqs in order from the first one not yet done; stop at a gap.
         seqs = sorted(by_seq.keys() | final.keys())
         expected = done + 1
@@ -184,30 +252,47 @@ class MqttIngestor:
                     expected,
                 )
                 break
-        for r in ack.rejections:
-            self.metrics.movements_rejected.labels(pb.RejectReason.Name(r.reason)).inc()
         if apply:
             result, _ = await self.inventory.submit_movements(apply)
             ack.applied = result.applied
             ack.duplicates = duplicates + result.duplicates
+            # Refused by the inventory itself: final, like a validation rejection (the progress
+            # still passes them: the sender must not resend them for ever).
+            for mv, exc in result.refused:
+                ack.rejections.append(rejection(mv.source_id, mv.seq, exc))
+            for n in result.notices:
+                ack.notices.append(
+                    pb.Notice(
+                        source_id=n.source_id,
+                        seq=n.seq,
+                        kind=pb.PICKUP_MISMATCH,
+                        reservation_id=n.reservation_id,
+                        detail=n.detail,
+                    )
+                )  # counted by the inventory (unistock_pickup_mismatches_total)
         else:
             ack.duplicates = duplicates
+        self._count(list(ack.rejections))
         top = expected - 1
-        if top > self._progress.get(source, 0):
-            self._progress[source] = top
-            self.inventory.commit.source_progress(source, top)
+        current = self.sources.get(source)
+        if current is None or top > current.progress:
+            self.sources.put(source, SourceState(store_id, top))
+            if top > done:
+                self.inventory.commit.source_progress(source, top)
         # Taken after the progress is recorded: the ack waits for both to be durable.
         durable = self.inventory.commit.barrier()
         ack.sources.append(pb.SourceAck(source_id=source, seq=top))
         self.metrics.mqtt_messages.labels("applied" if apply else "nothing_new").inc()
         return StoreBatch(store_id, ack, durable)
 
-    async def _load_progress(self, source: str) -> int:
-        done = self._progress.get(source)
-        if done is None:
-            [stored] = await self.inventory.store.load_sources([source])
-            done = self._progress.setdefault(source, stored)
-        return done
+    async def _claim(self, source: str, store_id: str) -> SourceState:
+        """The source's owner and progress from Redis; store_id now owns it if nobody did."""
+        owner, progress = await self.inventory.store.claim_source(source, store_id)
+        state = self.sources.get(source)  # another batch may have loaded it meanwhile
+        if state is None:
+            state = SourceState(owner, progress)
+            self.sources.put(source, state)
+        return state
 
     # -- the connection ----------------------------------------------------------------------
 
@@ -279,7 +364,7 @@ class MqttIngestor:
 
         async def receive(queue: FairQueue[tuple[float, aiomqtt.Message]]) -> None:
             async for message in client.messages:
-                queue.put(store_of(str(message.topic)) or "", (time.perf_counter(), message))
+                queue.put(queue_key(str(message.topic)), (time.perf_counter(), message))
 
         async with asyncio.TaskGroup() as tg:
             tg.create_task(publish_acks(tg), name="mqtt-acks")
@@ -294,8 +379,9 @@ class MqttIngestor:
                 data = payload if isinstance(payload, bytes) else str(payload).encode()
                 try:
                     done = await self.ingest(str(message.topic), data, content_type)
-                except Unavailable as exc:
-                    # Redis is down: no ack; the agent resends after its ack timeout.
+                except (Unavailable, Fenced) as exc:
+                    # Redis is down (or no longer ours): no ack; the agent resends after its
+                    # ack timeout.
                     log.warning("mqtt: message not applied: %s", exc)
                     continue
                 if done is not None:
@@ -313,3 +399,8 @@ def _redact(url: str) -> str:
     if u.password:
         return url.replace(f":{u.password}@", ":***@")
     return url
+
+
+def _whole(reason: pb.RejectReason.ValueType, detail: str, source_id: str = "") -> pb.Rejection:
+    """The rejection of a whole message (seq 0: it settles no movement)."""
+    return pb.Rejection(source_id=source_id, reason=reason, detail=detail)

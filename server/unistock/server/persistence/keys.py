@@ -12,6 +12,8 @@ set of partitions; each partition has an owner epoch that every write checks (th
     us:{p<n>}:res:<reservation>   encoded reservation record (terminal ones expire)
     us:{p<n>}:exp                 sorted set: ACTIVE reservation id -> expiry (ms since epoch)
     us:{p<n>}:src                 hash: source id -> highest contiguous durable seq (MQTT acks)
+    us:{p<n>}:srcown              hash: source id -> the store it belongs to (MQTT: the first
+                                  store that sent it; never changed)
 """
 
 from __future__ import annotations
@@ -70,6 +72,10 @@ class Keyspace:
     def sources(self, partition: int) -> str:
         """Hash of the sources' highest contiguous durable seq."""
         return f"{self._tag(partition)}:src"
+
+    def source_owners(self, partition: int) -> str:
+        """Hash of the store each source belongs to (claimed by its first MQTT batch)."""
+        return f"{self._tag(partition)}:srcown"
 
     def expiries(self, partition: int) -> str:
         """Sorted set of a partition's ACTIVE reservations by expiry."""

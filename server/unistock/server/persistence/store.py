@@ -1,6 +1,7 @@
 """Redis access: partition ownership, fenced group-commit writes, batched reads.
 
-Every write goes through one Lua script per partition and flush phase. The script checks the
+Every write goes through one Lua script per partition and flush phase (and a source's claim by
+its first store through one of its own, CLAIM_SCRIPT). The script checks the
 partition's owner epoch first (so a process that lost a partition can never write it again) and
 refuses to replace a stored position or reservation with an older version of it. It validates
 before its first write: a Lua script that fails half way does not roll back.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import time
 from collections import defaultdict
@@ -54,6 +56,9 @@ def with_hiredis_packing(connection_class: type[Any]) -> type[Any]:
         return connection_class
     return type(f"Hiredis{connection_class.__name__}", (_HiredisPacking, connection_class), {})
 
+
+#: Positions read per Redis round trip of a watch snapshot.
+SCAN_CHUNK = 2000
 
 FLUSH_SCRIPT = """
 -- KEYS: epoch, positions hash, locations set, expiry zset, sources hash, reservation keys...
@@ -112,6 +117,20 @@ return {written, stale}
 """
 
 
+CLAIM_SCRIPT = """
+-- KEYS: epoch, sources hash, source owners hash.  ARGV: epoch, source_id, store_id
+-- The source's owner (set to store_id when it has none: the first claim wins, atomically) and
+-- its highest contiguous durable seq.
+local epoch = redis.call('GET', KEYS[1])
+if epoch ~= ARGV[1] then
+  return redis.error_reply('FENCED partition owned by epoch ' .. tostring(epoch) ..
+                           ', this writer has ' .. ARGV[1])
+end
+redis.call('HSETNX', KEYS[3], ARGV[2], ARGV[3])
+return {redis.call('HGET', KEYS[3], ARGV[2]), redis.call('HGET', KEYS[2], ARGV[2]) or '0'}
+"""
+
+
 @dataclass(slots=True)
 class PartitionWrite:
     """What one flush phase writes into one partition."""
@@ -142,6 +161,7 @@ class RedisStore:
         self.command_timeout = command_timeout
         self.epochs: dict[int, int] = {}
         self._flush_sha = hashlib.sha1(FLUSH_SCRIPT.encode()).hexdigest()
+        self._claim = client.register_script(CLAIM_SCRIPT)  # loads itself on NOSCRIPT
         # HSCAN replies stay flat [cursor, [field, value, ...]]: a snapshot of a million
         # positions need not build redis-py's dict of every chunk first.
         client.set_response_callback("HSCAN", lambda response, **options: response)
@@ -294,6 +314,25 @@ class RedisStore:
             pipe.hget(ks.sources(ks.source_partition(sid)), sid)
         return [int(v or 0) for v in await self._execute(pipe)]
 
+    async def claim_source(self, source_id: str, store_id: str) -> tuple[str, int]:
+        """The store owning source_id (store_id if it had none: now claimed, durably) and its
+        highest contiguous durable seq. One fenced script call in the source's partition."""
+        ks = self.keyspace
+        p = ks.source_partition(source_id)
+        keys = [ks.epoch(p), ks.sources(p), ks.source_owners(p)]
+        try:
+            async with asyncio.timeout(self.command_timeout):
+                owner, seq = await self._claim(
+                    keys=keys, args=[self.epochs[p], source_id, store_id]
+                )
+        except ResponseError as exc:
+            if str(exc).startswith("FENCED"):
+                raise Fenced(str(exc)) from exc
+            raise Unavailable(f"redis claim failed: {exc!r}") from exc
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise Unavailable(f"redis claim failed: {exc!r}") from exc
+        return owner.decode(), int(seq)
+
     async def load_reservations(self, ids: list[str]) -> list[bytes | None]:
         """Stored reservation records (None where absent), in one pipeline."""
         ks = self.keyspace
@@ -354,11 +393,12 @@ class RedisStore:
         """Stored positions matching a watch filter, in chunks of (field, stored value)."""
         ks = self.keyspace
         if skus:
-            locs = sorted(locations or known_locations)
-            fields = [(loc, sku) for loc in locs for sku in sorted(skus)]
-            for start in range(0, len(fields), 2000):
-                chunk = fields[start : start + 2000]
-                keys = [(sku, loc) for loc, sku in chunk]
+            # The (sku, location) pairs are made chunk by chunk, never all at once (a filter may
+            # select a million positions), and each chunk is a Redis round trip: other calls
+            # run in between.
+            locs, ordered = sorted(locations or known_locations), sorted(skus)
+            pairs = ((sku, loc) for loc in locs for sku in ordered)
+            while keys := list(itertools.islice(pairs, SCAN_CHUNK)):
                 values = await self.load_positions(keys)
                 yield [
                     (position_field(k).encode(), v)
