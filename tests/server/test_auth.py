@@ -15,8 +15,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from tests.fixtures.server import target
+from tests.fixtures.server import TOKENS, target
 from unistock.client import UnistockClient, UnistockClientError
+from unistock.server.api.auth import TokenStore
 from unistock.server.app.server import UnistockServer
 from unistock.v1 import inventory_pb2 as pb
 from unistock.v1 import inventory_pb2_grpc as pb_grpc
@@ -165,3 +166,20 @@ async def test_reflection_lists_the_service(channel: aio.Channel, server: Unisto
         "ExtendReservation",
         "GetReservation",
     }
+
+
+def test_token_cache_is_bounded_by_the_configured_tokens() -> None:
+    # Issue 8 (2.7): every distinct header value that matched a token used to get an entry.
+    store = TokenStore()
+    store.add(TOKENS["channel"], "channel")
+    for i in range(1_000):
+        variant = f"{'bearer' if i % 2 else 'BEARER'} {TOKENS['channel']}{' ' * i}"
+        found = store.lookup(variant)
+        assert found is not None
+        assert found.role == "channel"
+        assert store.lookup(f"Bearer not-a-token-{i:06d}") is None
+    for _ in range(3):
+        found = store.lookup(f"Bearer {TOKENS['channel']}")
+        assert found is not None
+        assert found.role == "channel"
+    assert store.cached == 1

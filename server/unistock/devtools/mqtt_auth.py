@@ -179,6 +179,11 @@ def store_username(store_id: str) -> str:
     return store_id
 
 
+#: umask of the tools writing secrets (mosquitto_passwd, openssl): what they create is 0600
+#: from the start, never readable by others until a chmod.
+PRIVATE_UMASK = 0o077
+
+
 def write_password_file(
     path: Path | str,
     users: Mapping[str, str],
@@ -214,6 +219,7 @@ def write_password_file(
     exe = binary or ensure_binary("mosquitto_passwd", "mosquitto")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
+    out.unlink(missing_ok=True)  # an old file keeps its mode when rewritten: start a new one
     for index, (username, password) in enumerate(users.items()):
         create = ["-c"] if index == 0 else []
         proc = subprocess.run(
@@ -222,6 +228,7 @@ def write_password_file(
             capture_output=True,
             text=True,
             check=False,
+            umask=PRIVATE_UMASK,  # the file is the owner's only from its creation
         )
         if proc.returncode != 0:
             raise ServiceError(
@@ -314,6 +321,8 @@ def write_self_signed_certs(
         "extendedKeyUsage=serverAuth\n"
     )
     days_s = str(days)
+    for old in (ca_key, key):  # an old key file keeps its mode when rewritten
+        old.unlink(missing_ok=True)
     commands = [
         [exe, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", days_s,
          "-subj", "/CN=Unistock dev MQTT CA", "-keyout", str(ca_key), "-out", str(ca_crt)],
@@ -324,7 +333,12 @@ def write_self_signed_certs(
     ]  # fmt: skip
     for cmd in commands:
         proc = subprocess.run(
-            cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
+            cmd,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=False,
+            umask=PRIVATE_UMASK,  # private keys are the owner's only from their creation
         )
         if proc.returncode != 0:
             raise ServiceError(f"{' '.join(cmd[:2])} failed: {proc.stderr.strip()}")

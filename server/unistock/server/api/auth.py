@@ -12,6 +12,7 @@ SHA-256 digest, never stored or logged in clear beyond start-up.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import pathlib
@@ -65,12 +66,19 @@ class TokenStore:
 
     def __init__(self) -> None:
         self._tokens: dict[bytes, Principal] = {}
-        # Valid tokens already seen, by value: one dict lookup per call instead of a SHA-256.
-        # Only tokens that matched get in, so it is bounded by the configured tokens.
+        # Valid tokens already seen, by header value: one dict lookup per call instead of a
+        # SHA-256. Only the canonical value `Bearer <token>` of a token that matched gets in, so
+        # it holds at most one entry per configured token (variants a client may send, such as
+        # `bearer <token>  `, are hashed every time and never kept).
         self._seen: dict[str, Principal] = {}
 
     def __len__(self) -> int:
         return len(self._tokens)
+
+    @property
+    def cached(self) -> int:
+        """Entries in the cache of header values (at most one per configured token)."""
+        return len(self._seen)
 
     def add(self, token: str, role: str, name: str = "") -> None:
         """Register a token; raises ValueError for an unknown role or a short token."""
@@ -112,10 +120,21 @@ class TokenStore:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token:
             return None
-        principal = self._tokens.get(_digest(token.strip()))
-        if principal is not None:
+        token = token.strip()
+        principal = self._tokens.get(_digest(token))
+        if principal is not None and authorization == "Bearer " + token:
             self._seen[authorization] = principal
         return principal
+
+
+#: Messages a refused client stream is read (and dropped, undecoded) before its status is sent.
+DRAIN_LIMIT = 10_000
+#: ... or until the client sent nothing for this long, seconds.
+DRAIN_IDLE_S = 0.2
+
+
+def _ignore(data: bytes) -> None:
+    """The request deserializer of a refused call: its messages are never decoded."""
 
 
 def _denied(
@@ -124,11 +143,21 @@ def _denied(
     async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
         await context.abort(code, message)
 
-    async def stream(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+    async def stream(requests: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        # A client still sending when the call ends sees its own write fail, and its library
+        # reports that as INTERNAL instead of this status: read (undecoded) what it has in
+        # flight until it half-closes or pauses (a client waiting for an answer before it sends
+        # more), at most DRAIN_LIMIT messages, then answer.
+        pending = aiter(requests)
+        for _ in range(DRAIN_LIMIT):
+            try:
+                await asyncio.wait_for(anext(pending), DRAIN_IDLE_S)
+            except (StopAsyncIteration, TimeoutError):
+                break
         await context.abort(code, message)
 
     kwargs = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": _ignore,
         "response_serializer": handler.response_serializer,
     }
     if handler.request_streaming and handler.response_streaming:

@@ -18,11 +18,16 @@ from grpc import aio
 
 from unistock.server.actors import Inventory
 from unistock.server.api.convert import (
+    Undecodable,
+    ack_feedback,
     batch_from_wire,
+    expiry_from_wire,
     keys_from_wire,
+    lenient_deserializer,
     levels_message,
     lines_from_wire,
     reserve_from_wire,
+    watch_filter_from_wire,
 )
 from unistock.server.api.errors import status_code, to_status
 from unistock.server.api.watch import WatchHub
@@ -54,7 +59,11 @@ def _serialize(message: Any) -> bytes:
 def rpc(
     fn: Callable[[InventoryService, Any, Context], Awaitable[R]],
 ) -> Callable[[InventoryService, Any, Context], Awaitable[R]]:
-    """Map domain errors to statuses (in one place) and record latency by method and code."""
+    """Map domain errors to statuses (in one place) and record latency by method and code.
+
+    An undecodable request is INVALID_ARGUMENT naming its message; an unexpected exception is
+    INTERNAL with a message that says where to look (never a class name or a traceback).
+    """
     name = fn.__name__
 
     @functools.wraps(fn)
@@ -62,6 +71,8 @@ def rpc(
         started = time.perf_counter()
         code = "OK"
         try:
+            if isinstance(request, Undecodable):
+                raise request.problem()
             return await fn(self, request, context)
         except UnistockError as exc:
             code = status_code(exc).name
@@ -77,7 +88,10 @@ def rpc(
         except Exception:
             code = "INTERNAL"
             log.exception("%s failed", name)
-            raise
+            await context.abort(
+                grpc.StatusCode.INTERNAL, f"{name}: internal error (see the server log)"
+            )
+            raise  # not reached: abort raises
         finally:
             self._latency(name, code).observe(time.perf_counter() - started)
 
@@ -118,14 +132,7 @@ class InventoryService:
     async def WatchAvailability(
         self, request: pb.WatchAvailabilityRequest, context: Context
     ) -> None:
-        skus = frozenset(check_id(f"skus[{i}]", s) for i, s in enumerate(request.skus))
-        locations = frozenset(
-            check_id(f"location_ids[{i}]", s) for i, s in enumerate(request.location_ids)
-        )
-        known = {
-            (check_id(f"known_versions[{i}].sku", k.sku), k.location_id): k.version
-            for i, k in enumerate(request.known_versions)
-        }
+        skus, locations, known = watch_filter_from_wire(request, len(self.inventory.locations))
         sub = self.hub.subscribe(skus, locations)
         try:
             await self._snapshot(sub.pending, skus, locations, known, context)
@@ -224,15 +231,27 @@ class InventoryService:
 
         try:
             async for batch in requests:
+                if isinstance(batch, Undecodable):
+                    # One undecodable batch is rejected; the stream goes on with the next.
+                    self._metrics.movements_rejected.labels("UNPARSEABLE").inc()
+                    bad = pb.Rejection(reason=pb.UNPARSEABLE, detail=str(batch.problem()))
+                    if not await enqueue(
+                        (self.inventory.commit.barrier(), pb.MovementAck(rejections=[bad]))
+                    ):
+                        break
+                    continue
                 movements, rejected = batch_from_wire(batch)
-                for r in rejected:
-                    self._metrics.movements_rejected.labels(pb.RejectReason.Name(r.reason)).inc()
+                notices: list[pb.Notice] = []
                 if movements:
                     result, durable = await self.inventory.submit_movements(movements)
                     applied, duplicates = result.applied, result.duplicates
+                    notices, refused = ack_feedback(result.notices, result.refused)
+                    rejected.extend(refused)
                 else:
                     durable = self.inventory.commit.barrier()
                     applied = duplicates = 0
+                for r in rejected:
+                    self._metrics.movements_rejected.labels(pb.RejectReason.Name(r.reason)).inc()
                 top = max((m.seq for m in batch.movements), default=0)
                 ack = pb.MovementAck(
                     sources=[pb.SourceAck(source_id=batch.source_id, seq=top)] if top else [],
@@ -240,6 +259,7 @@ class InventoryService:
                     batch_id=batch.batch_id,
                     applied=applied,
                     duplicates=duplicates,
+                    notices=notices,
                 )
                 if not await enqueue((durable, ack)):
                     break
@@ -277,12 +297,7 @@ class InventoryService:
         self, request: pb.ExtendReservationRequest, context: Context
     ) -> pb.Reservation:
         rid = check_reservation_id(request.reservation_id)
-        if request.HasField("expires_at"):
-            at = request.expires_at.ToNanoseconds() / 1e9
-        elif request.ttl_seconds:
-            at = self.inventory.clock() + request.ttl_seconds
-        else:
-            raise InvalidArgument("expires_at", "give expires_at or ttl_seconds")
+        at = expiry_from_wire(request, self.inventory.clock())
         return reservation_message(await self.inventory.extend(rid, at))
 
     @rpc
@@ -302,7 +317,7 @@ class InventoryService:
             impl = getattr(self, method.name)
             req_cls = getattr(pb, method.input_type.name)
             kwargs = {
-                "request_deserializer": req_cls.FromString,
+                "request_deserializer": lenient_deserializer(req_cls),
                 "response_serializer": _serialize,
             }
             if method.client_streaming and method.server_streaming:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import pathlib
 import signal
 import sys
 from collections.abc import Sequence
@@ -15,16 +16,31 @@ from unistock.server.app.settings import Settings
 log = logging.getLogger("unistock.server")
 
 
+def write_dev_token(data_dir: pathlib.Path, token: str) -> pathlib.Path:
+    """Write data_dir/dev-token readable by its owner only from its first byte: created with
+    mode 0600 under a temporary name (never an existing file), then renamed over the old one."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "dev-token"
+    tmp = data_dir / f".dev-token.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 async def serve(settings: Settings) -> int:
     """Run until a signal or a fatal failure; returns the exit code."""
     tokens, dev_token = load_tokens(settings, os.environ.get("UNISTOCK_TOKENS", ""))
     server = UnistockServer(settings, tokens)
     await server.start()
     if dev_token:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        path = settings.data_dir / "dev-token"
-        path.write_text(dev_token + "\n")
-        path.chmod(0o600)
+        path = write_dev_token(settings.data_dir, dev_token)
         print(
             f"\nNo tokens configured: generated a dev admin token (also in {path}):\n"
             f"  authorization: Bearer {dev_token}\n",

@@ -50,6 +50,37 @@ def check_id(field_name: str, value: str) -> str:
     return value
 
 
+#: Longest hold a client may ask for (Reserve.ttl_seconds, ExtendReservation): 366 days.
+MAX_TTL_SECONDS = 31_622_400
+#: Longest free-text fields of a reservation: its channel and its customer.
+MAX_CHANNEL = 128
+MAX_CUSTOMER_ID = 256
+
+
+def check_text(field_name: str, value: str, max_len: int) -> str:
+    """Return value if it has at most max_len printable characters (empty is allowed), else
+    raise InvalidArgument naming the field and the bound."""
+    if len(value) > max_len:
+        raise InvalidArgument(
+            field_name, f"at most {max_len:,} printable characters, got {len(value):,}"
+        )
+    if not value.isprintable():
+        raise InvalidArgument(
+            field_name, f"at most {max_len:,} printable characters: no control characters"
+        )
+    return value
+
+
+def check_seconds(field_name: str, value: int, *, minimum: int = 0) -> int:
+    """Return a duration in seconds if minimum <= value <= MAX_TTL_SECONDS (366 days)."""
+    if not minimum <= value <= MAX_TTL_SECONDS:
+        raise InvalidArgument(
+            field_name,
+            f"must be {minimum:,} to {MAX_TTL_SECONDS:,} seconds (366 days), got {value:,}",
+        )
+    return value
+
+
 def check_quantity(field_name: str, value: int, *, minimum: int = 0) -> int:
     """Return value if minimum <= value <= MAX_QUANTITY, else raise InvalidArgument."""
     if value < minimum:
@@ -154,7 +185,12 @@ class Movement(NamedTuple):
             raise InvalidArgument(
                 prefix + "reason", f"at most {MAX_REASON} characters, got {len(self.reason)}"
             )
-        if self.type in _PLAIN and not self.reservation_id and not self.count_id:
+        if (
+            self.type in _PLAIN
+            and not self.reservation_id
+            and not self.count_id
+            and not self.transfer_id
+        ):
             return self
         if self.type is MovementType.ADJUSTMENT:
             if self.adjustment_sign is None:
@@ -167,7 +203,7 @@ class Movement(NamedTuple):
                 )
         if self.type is MovementType.COUNT and not self.count_id:
             raise InvalidArgument(prefix + "count_id", "a COUNT needs a count_id")
-        if self.type in (MovementType.TRANSFER_OUT, MovementType.TRANSFER_IN):
+        if self.transfer_id or self.type in (MovementType.TRANSFER_OUT, MovementType.TRANSFER_IN):
             check_id(prefix + "transfer_id", self.transfer_id)
         if self.reservation_id:
             if self.type is not MovementType.SALE:
