@@ -20,7 +20,9 @@ class FairQueue(Generic[T]):
     """Items queued per key, handed out one key at a time in rotation, FIFO within a key.
 
     Unbounded: it holds what the MQTT client has already taken from the broker (and acked to
-    it), which the client would otherwise hold itself.
+    it), which the client would otherwise hold itself. Nothing is kept per key beyond its
+    queued items (a key leaves the rotation with its last item), so made-up keys leave no
+    state behind; the ingestor gives every topic without a valid store id one shared key.
     """
 
     def __init__(self) -> None:
