@@ -41,7 +41,7 @@ from paho.mqtt.properties import Properties
 
 from unistock.client.mqtt import broker_args
 from unistock.server.actors import Inventory
-from unistock.server.api.convert import MAX_BATCH, batch_from_wire, rejection
+from unistock.server.api.convert import MAX_BATCH, ack_feedback, batch_from_wire, rejection
 from unistock.server.domain import Fenced, InvalidArgument, Movement, Unavailable, check_id
 from unistock.server.domain.values import id_ok
 from unistock.server.metrics import Metrics
@@ -256,20 +256,12 @@ class MqttIngestor:
             result, _ = await self.inventory.submit_movements(apply)
             ack.applied = result.applied
             ack.duplicates = duplicates + result.duplicates
-            # Refused by the inventory itself: final, like a validation rejection (the progress
-            # still passes them: the sender must not resend them for ever).
-            for mv, exc in result.refused:
-                ack.rejections.append(rejection(mv.source_id, mv.seq, exc))
-            for n in result.notices:
-                ack.notices.append(
-                    pb.Notice(
-                        source_id=n.source_id,
-                        seq=n.seq,
-                        kind=pb.PICKUP_MISMATCH,
-                        reservation_id=n.reservation_id,
-                        detail=n.detail,
-                    )
-                )  # counted by the inventory (unistock_pickup_mismatches_total)
+            # Notices are counted by the inventory (unistock_pickup_mismatches_total). Movements
+            # it refused are final, like a validation rejection (the progress still passes
+            # them: the sender must not resend them for ever).
+            notices, refused = ack_feedback(result.notices, result.refused)
+            ack.notices.extend(notices)
+            ack.rejections.extend(refused)
         else:
             ack.duplicates = duplicates
         self._count(list(ack.rejections))
