@@ -1,8 +1,10 @@
-"""Invariants 1-3 of the domain spec, checked after every step of random histories.
+"""Invariants 1-3 and 6 of the domain spec, checked after every step of random histories.
 
 Two sources send movements to 2 SKUs x 2 locations, with their own increasing seq counters and
-occasional re-deliveries; channels reserve (multi-line), release, fulfil, expire and pick up.
-A plain-dict reference model says what every number must be.
+occasional re-deliveries; channels reserve (multi-line), release, fulfil (all, or partly with
+a request_id, sometimes repeated), expire and pick up at the till, in any order. A plain-dict
+reference model says what every number must be: a fulfilment takes its units off on_hand, and a
+pickup reporting units a fulfilment already reported (or the other way round) changes nothing.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from unistock.server.domain import (
     ReservationKind,
     ReservationState,
     ReserveRequest,
+    apply_movement,
     check_replay,
+    fulfil,
     reserve,
 )
 from unistock.server.domain.position import RECENT_COUNTS
@@ -79,6 +83,12 @@ class DomainMachine(RuleBasedStateMachine):
         self.now = 1_000_000.0
         self.records: dict[str, Reservation] = {}  # every reservation ever granted
         self.active: dict[str, dict[tuple[str, str], int]] = {}  # ACTIVE lines, per the model
+        # Per (reservation, position): units a fulfilment reported that no pickup did yet, and
+        # units a pickup took from the hold that no fulfilment reported yet.
+        self.shipped_open: dict[tuple[str, tuple[str, str]], int] = {}
+        self.sold_open: dict[tuple[str, tuple[str, str]], int] = {}
+        self.fulfil_requests: dict[str, tuple[str, list[Line]]] = {}  # request_id -> (rid, lines)
+        self.next_request = 0
         self.last_versions: dict[tuple[str, str], int] = {}
 
     # -- set-up --------------------------------------------------------------------------------
@@ -234,9 +244,13 @@ class DomainMachine(RuleBasedStateMachine):
         """MQTT QoS 1 redelivery or an outbox replay: a movement seen before changes nothing."""
         m = data.draw(st.sampled_from(self.history))
         before = self._snapshot()
-        res = self.positions[m.key].apply(m)
+        res, new, mismatch = apply_movement(
+            self.positions[m.key], m, self.records.get(m.reservation_id)
+        )
         assert res.outcome is Outcome.DUPLICATE
         assert res.picked_up == 0
+        assert new is None
+        assert not mismatch
         assert self._snapshot() == before
 
     # -- reservations --------------------------------------------------------------------------
@@ -310,40 +324,83 @@ class DomainMachine(RuleBasedStateMachine):
         self._end_holds(rid, self.records[rid].lines)
         self.records[rid] = record
 
+    def _ship(self, rid: str, key: tuple[str, str], units: int) -> None:
+        """The model of units leaving by fulfilment: hold and on_hand fall together."""
+        self.active[rid][key] -= units
+        if not self.active[rid][key]:
+            del self.active[rid][key]
+        self.model[key].since_count -= units
+        self.shipped_open[rid, key] = self.shipped_open.get((rid, key), 0) + units
+
+    def _fulfil(self, rid: str, lines: list[Line], request_id: str = "") -> None:
+        record = self.records[rid]
+        touched = {ln.key for ln in record.lines}
+        available = {k: self.positions[k].available for k in touched}
+        new = fulfil(record, self.positions, lines, request_id)
+        for k in touched:  # invariant 6: goods leaving never make units available
+            assert self.positions[k].available <= available[k], k
+        if not lines:
+            for ln in record.lines:
+                self._ship(rid, ln.key, ln.quantity)
+        else:
+            for ln in lines:
+                matched = min(ln.quantity, self.sold_open.get((rid, ln.key), 0))
+                self.sold_open[rid, ln.key] = self.sold_open.get((rid, ln.key), 0) - matched
+                if ln.quantity > matched:
+                    self._ship(rid, ln.key, ln.quantity - matched)
+        if rid in self.active and not self.active[rid]:
+            del self.active[rid]
+        assert new.active == (rid in self.active)
+        if record.active and not new.active:
+            assert new.state is ReservationState.FULFILLED
+        elif not record.active:
+            assert new.state is record.state  # matching a pickup's units ends nothing
+        self.records[rid] = new
+
     @precondition(lambda self: self.active)
     @rule(data=st.data())
     def fulfil_all(self, data: st.DataObject) -> None:
         rid = data.draw(st.sampled_from(self._active_rids()))
-        record = self.records[rid]
-        done = record.fulfil()
-        assert done.state is ReservationState.FULFILLED
-        self._end_holds(rid, record.lines)
-        self.records[rid] = done
+        self._fulfil(rid, [])
+        before = self._snapshot()
+        assert fulfil(self.records[rid], self.positions) is self.records[rid], "not idempotent"
+        assert self._snapshot() == before
 
-    @precondition(lambda self: self.active)
+    @precondition(lambda self: self.active or self.sold_open)
     @rule(data=st.data())
     def fulfil_partial(self, data: st.DataObject) -> None:
-        rid = data.draw(st.sampled_from(self._active_rids()))
+        """Part of a reservation shipped, with a request_id; the units may be ones a till
+        already reported picked up (then nothing more leaves)."""
+        rid = data.draw(st.sampled_from(sorted(self.records)))
         record = self.records[rid]
+        open_units = {
+            ln.key: (self.active.get(rid, {}).get(ln.key, 0), self.sold_open.get((rid, ln.key), 0))
+            for ln in (*record.lines, *record.fulfilled)
+        }
+        candidates = [(k, held + sold) for k, (held, sold) in open_units.items() if held + sold]
+        if not candidates:
+            return
         chosen = data.draw(
-            st.lists(st.sampled_from(record.lines), min_size=1, unique_by=lambda ln: ln.key)
+            st.lists(st.sampled_from(candidates), min_size=1, unique_by=lambda c: c[0])
         )
-        lines = [
-            Line(ln.sku, ln.location_id, data.draw(st.integers(1, ln.quantity))) for ln in chosen
-        ]
-        new = record.fulfil(lines)
-        # a runtime ends the record first, then frees the units on the positions
-        for ln in lines:
-            assert self.positions[ln.key].release(rid, ln.quantity) == ln.quantity
-            self.active[rid][ln.key] -= ln.quantity
-            if not self.active[rid][ln.key]:
-                del self.active[rid][ln.key]
-        if self.active[rid]:
-            assert new.state is ReservationState.ACTIVE
-        else:
-            assert new.state is ReservationState.FULFILLED
-            del self.active[rid]
-        self.records[rid] = new
+        lines = [Line(k[0], k[1], data.draw(st.integers(1, most))) for k, most in chosen]
+        needs_active = any(ln.quantity > self.sold_open.get((rid, ln.key), 0) for ln in lines)
+        if needs_active and not record.active:
+            return  # refused (ReservationNotActive): covered by the reservation unit tests
+        self.next_request += 1
+        request_id = f"F{self.next_request}"
+        self._fulfil(rid, lines, request_id)
+        self.fulfil_requests[request_id] = (rid, lines)
+
+    @precondition(lambda self: self.fulfil_requests)
+    @rule(data=st.data())
+    def fulfil_partial_repeated(self, data: st.DataObject) -> None:
+        """A fulfilment sent again (the answer was lost): nothing changes."""
+        request_id = data.draw(st.sampled_from(sorted(self.fulfil_requests)))
+        rid, lines = self.fulfil_requests[request_id]
+        before = self._snapshot()
+        assert fulfil(self.records[rid], self.positions, lines, request_id) is self.records[rid]
+        assert self._snapshot() == before
 
     @rule(seconds=st.sampled_from([1, 30, 60, 300, 600, 900, 3600, 48 * 3600]))
     def advance_clock_and_expire(self, seconds: int) -> None:
@@ -389,28 +446,40 @@ class DomainMachine(RuleBasedStateMachine):
             reservation_id=rid,
             count_id=count_id,
         )
-        res = self._deliver(m)
+        m.validate()
+        p = self.positions[key]
+        available = p.available
+        res, new, mismatch = apply_movement(p, m, record)
+        self.history.append(m)
+        model.delivered(m)
+        covered = min(quantity, self.shipped_open.get((rid, key), 0))
+        picked = min(held, quantity - covered)
         if count_id:
             # the count already saw the units gone: on_hand stays, the hold is still consumed
             assert res.outcome is Outcome.COUNT_CORRECTION
-            assert res.variance == quantity
+            assert res.variance == quantity - covered
         else:
             assert res.outcome is Outcome.APPLIED
             model.apply_once(m)
-            model.since_count -= quantity  # the unit physically left, reserved or not
+            # the units physically left, reserved or not, except those a fulfilment reported
+            model.since_count -= quantity - covered
+            assert p.available <= available  # invariant 6
         assert res.at_risk == (self.positions[key].at_risk)
-        assert res.picked_up == min(held, quantity)
-        if res.picked_up:
-            # the runtime updates the record with what the till picked up
-            new = record.take([Line(key[0], key[1], res.picked_up)])
-            self.active[rid][key] -= res.picked_up
-            if not self.active[rid][key]:
-                del self.active[rid][key]
-            if self.active[rid]:
-                assert new.state is ReservationState.ACTIVE
-            else:
-                assert new.state is ReservationState.FULFILLED
-                del self.active[rid]
+        assert res.picked_up == picked
+        assert bool(mismatch) == (not picked and not covered)
+        assert (new is None) == (not picked and not covered)
+        if new is not None:
+            self.shipped_open[rid, key] = self.shipped_open.get((rid, key), 0) - covered
+            self.sold_open[rid, key] = self.sold_open.get((rid, key), 0) + picked
+            if picked:
+                self.active[rid][key] -= picked
+                if not self.active[rid][key]:
+                    del self.active[rid][key]
+                if self.active[rid]:
+                    assert new.state is ReservationState.ACTIVE
+                else:
+                    assert new.state is ReservationState.FULFILLED
+                    del self.active[rid]
             self.records[rid] = new
 
     @rule(key=keys_st, units=st.integers(0, 5))

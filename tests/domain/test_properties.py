@@ -234,10 +234,17 @@ def test_reconcile_holds_leaves_only_backed_holds(
             r = r.fulfil()
         records[rid] = r
     before = dict(p.hold_items())
-    freed = reconcile_holds(p, records)
+    freed, shipped = reconcile_holds(p, records)
     after = dict(p.hold_items())
-    assert freed == sum(before.values()) - sum(after.values())
+    assert freed + shipped == sum(before.values()) - sum(after.values())
     assert p.reserved == sum(after.values())
+    # A fulfilment the record has and the position had not: its units left on_hand too.
+    assert shipped == sum(
+        min(units, records[rid].progress_of(key).shipped)  # type: ignore[union-attr]
+        for rid, units in before.items()
+        if records.get(rid) is not None
+    )
+    assert p.on_hand == 100 - shipped
     for rid, units in after.items():
         record = records.get(rid)
         assert record is not None

@@ -380,11 +380,11 @@ def test_fulfil_line_not_in_reservation() -> None:
     with pytest.raises(InvalidArgument) as ei:
         r.fulfil([Line("A", "L1", 1), Line("A", "L2", 1)])
     assert ei.value.field == "lines[1]"
-    # a line fully fulfilled earlier is no longer a line of it
+    # a line fully fulfilled earlier holds nothing more to fulfil
     r2 = active([Line("A", "L1", 3), Line("B", "L1", 1)]).fulfil([Line("B", "L1", 1)])
     with pytest.raises(InvalidArgument) as ei:
         r2.fulfil([Line("B", "L1", 1)])
-    assert ei.value.field == "lines[0]"
+    assert ei.value.field == "lines[0].quantity"
 
 
 @pytest.mark.parametrize("state", [S.RELEASED, S.EXPIRED])
@@ -446,22 +446,26 @@ def test_reconcile_holds() -> None:
         "OTHER": other,
     }
     v = p.version
-    freed = reconcile_holds(p, records)
-    assert freed == 3 + 1 + 1 + 1 + 5 + 1
+    freed, shipped = reconcile_holds(p, records)
+    assert freed == 1 + 1 + 5 + 1  # released, expired, orphan, no line here
+    # fulfilments the records have and the position had not: units left the shelf too
+    assert shipped == 3 + 1
+    assert p.on_hand == 20 - 4
     assert dict(p.hold_items()) == {"LIVE": 2, "PART": 1}
     assert p.reserved == 3
     assert p.version > v
     assert ps[B1].held("OTHER") == 1  # other positions are untouched
     # a second pass changes nothing
     v = p.version
-    assert reconcile_holds(p, records) == 0
+    assert reconcile_holds(p, records) == (0, 0)
     assert p.version == v
+    assert p.on_hand == 16
 
 
 def test_reconcile_holds_missing_key_is_missing_record() -> None:
     p = Position(A1, on_hand=10)
     p.hold("GONE", 3)
-    assert reconcile_holds(p, {}) == 3
+    assert reconcile_holds(p, {}) == (3, 0)
     assert p.reserved == 0
 
 
@@ -469,7 +473,7 @@ def test_reconcile_holds_never_grows_a_hold() -> None:
     ps = positions()
     r = reserve(req("R1", [Line("A", "L1", 4)]), ps, NOW)
     ps[A1].release("R1", 3)  # position written before the record
-    assert reconcile_holds(ps[A1], {"R1": r}) == 0
+    assert reconcile_holds(ps[A1], {"R1": r}) == (0, 0)
     assert ps[A1].held("R1") == 1
 
 

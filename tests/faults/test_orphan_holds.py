@@ -8,7 +8,9 @@ flush is a pipeline of phases; a crash keeps a prefix of it):
 * positions with holds and an ACTIVE record: a committed reservation, kept;
 * a RELEASED record, positions still holding (crash after the first phase of a release):
   freed at activation;
-* a record partly fulfilled, a position still holding the units taken: cut down to the record.
+* a record partly fulfilled, a position still holding the units taken: cut down to the record;
+* a fulfilment whose record landed and whose position did not (F15, a kill -9 between the two
+  writes): completed at activation, so the shipped units leave on_hand too.
 """
 
 from __future__ import annotations
@@ -23,7 +25,15 @@ from tests.faults.helpers import levels, sample
 from tests.fixtures.server import TOKENS, MakeServer, target
 from unistock.client import UnistockClient, UnistockClientError
 from unistock.devtools.services import RedisServer
-from unistock.server.domain import Line, Position, Reservation, ReserveRequest, reserve
+from unistock.server.domain import (
+    Line,
+    Pickup,
+    Position,
+    Reservation,
+    ReserveRequest,
+    fulfil,
+    reserve,
+)
 from unistock.server.persistence.codec import encode_position, encode_reservation
 from unistock.server.persistence.keys import Keyspace, position_field
 from unistock.server.persistence.store import PartitionWrite, Phase, RedisStore
@@ -65,6 +75,25 @@ def held(rid: str, keys: list[tuple[str, str]], qty: int) -> tuple[list[Position
     request = ReserveRequest.build(rid, [Line(s, loc, qty) for s, loc in keys], pb.ORDER)
     made = reserve(request, positions, time.time())
     return list(positions.values()), made
+
+
+def pickup_sale(
+    till: str, key: tuple[str, str], quantity: int, reservation_id: str
+) -> pb.MovementBatch:
+    """A till's first SALE (seq 1) naming a reservation."""
+    return pb.MovementBatch(
+        source_id=till,
+        movements=[
+            pb.Movement(
+                seq=1,
+                sku=key[0],
+                location_id=key[1],
+                type=pb.SALE,
+                quantity=quantity,
+                reservation_id=reservation_id,
+            )
+        ],
+    )
 
 
 async def write_crash_states(url: str) -> None:
@@ -153,26 +182,14 @@ async def test_pickup_resent_after_crash_is_counted_once(
         await store.open()
         pos, made = held("r-pickup", [PICKUP], 3)
         await store.flush([positions_phase(ks, pos), record_phase(ks, made)])
-        taken = made.take([Line(*PICKUP, 2)], pickup=("till-1", 1))  # as the server records it
+        taken = made.pickup(PICKUP, 2, 0, Pickup("till-1", 1))  # as the server records it
         await store.flush([record_phase(ks, taken)])
     finally:
         await store.close()
 
     srv = await make_server(redis_server.url)
     async with UnistockClient(target(srv), TOKENS["admin"]) as c:
-        sale = pb.MovementBatch(
-            source_id="till-1",
-            movements=[
-                pb.Movement(
-                    seq=1,
-                    sku=PICKUP[0],
-                    location_id=PICKUP[1],
-                    type=pb.SALE,
-                    quantity=2,
-                    reservation_id="r-pickup",
-                )
-            ],
-        )
+        sale = pickup_sale("till-1", PICKUP, 2, "r-pickup")
         [ack] = [a async for a in c.apply_movements([sale])]
         assert ack.applied == 1
         [level] = await c.get_availability(keys=[PICKUP])
@@ -182,3 +199,50 @@ async def test_pickup_resent_after_crash_is_counted_once(
         assert [(ln.quantity) for ln in r.lines] == [1]
         assert [(ln.quantity) for ln in r.fulfilled] == [2]
         assert level.reserved == 1
+
+
+SHIPPED = ("SKU-F", "store-6")
+
+
+@pytest.mark.parametrize("partial", [True, False])
+async def test_fulfilment_recorded_before_its_position_is_completed_at_activation(
+    make_server: MakeServer, redis_server: RedisServer, partial: bool
+) -> None:
+    """F15 with a crash between the two writes: the fulfilled record (written first) landed,
+    the position did not. At activation the shipped units leave hold and on_hand together;
+    the till's SALE naming the reservation afterwards changes nothing more."""
+    ks = Keyspace()
+    store = RedisStore.from_url(redis_server.url, ks)
+    try:
+        await store.open()
+        [pos], made = held("r-ship", [SHIPPED], 3)
+        await store.flush([positions_phase(ks, [pos]), record_phase(ks, made)])
+        lines = [Line(*SHIPPED, 2)] if partial else []
+        done = fulfil(made, {SHIPPED: Position(SHIPPED, holds=(("r-ship", 3),))}, lines, "f-1")
+        await store.flush([record_phase(ks, done)])  # the first phase only: then the crash
+    finally:
+        await store.close()
+
+    shipped = 2 if partial else 3
+    for attempt in range(2):  # the second server finds it all written
+        srv = await make_server(redis_server.url)
+        async with UnistockClient(target(srv), TOKENS["admin"]) as c:
+            [level] = await c.get_availability(keys=[SHIPPED])
+            assert (level.on_hand, level.reserved) == (ON_HAND - shipped, 3 - shipped)
+            assert level.available == ON_HAND - 3  # never rose
+            assert sample(srv.metrics.registry, "unistock_fulfilment_units_reconciled_total") == (
+                shipped if attempt == 0 else 0
+            )
+            if attempt == 0:
+                # the order manager, who got no answer, retries: nothing more leaves
+                again = await c.fulfil(
+                    "r-ship", lines=[(*SHIPPED, 2)] if partial else [], request_id="f-1"
+                )
+                assert again.state == (pb.ACTIVE if partial else pb.FULFILLED)
+                sale = pickup_sale("till-9", SHIPPED, shipped, "r-ship")
+                [ack] = [a async for a in c.apply_movements([sale])]
+                assert ack.applied == 1
+                assert not ack.notices
+                [level] = await c.get_availability(keys=[SHIPPED])
+                assert level.on_hand == ON_HAND - shipped
+        await srv.stop()

@@ -58,6 +58,8 @@ class ResModel:
     request: list[tuple[str, str, int]]  # the original request, for replays
     state: int = pb.ACTIVE
     fulfilled: Counter[Key] = field(default_factory=Counter)
+    #: Units FulfilReservation shipped that no SALE naming the reservation reported yet.
+    shipped_open: Counter[Key] = field(default_factory=Counter)
 
 
 class RealServerMachine(RuleBasedStateMachine):
@@ -284,7 +286,33 @@ class RealServerMachine(RuleBasedStateMachine):
         assert self.run(self.c.fulfil(rid)).state == pb.FULFILLED
         r = self.reservations[rid]
         r.fulfilled.update(r.lines)
+        r.shipped_open.update(r.lines)
+        for key, q in r.lines.items():  # the units left: on_hand falls with the hold
+            self.on_hand[key] -= q
         r.state = pb.FULFILLED
+
+    @precondition(lambda self: any(r.shipped_open for r in self.reservations.values()))
+    @rule(data=st.data(), q=qty_st)
+    def pickup_after_fulfil(self, data: st.DataObject, q: int) -> None:
+        """The till reports units the order manager already reported shipped: they leave once."""
+        rid = data.draw(
+            st.sampled_from(sorted(k for k, r in self.reservations.items() if r.shipped_open)),
+            label="rid",
+        )
+        r = self.reservations[rid]
+        key = data.draw(st.sampled_from(sorted(r.shipped_open)), label="line")
+        self.send(
+            [
+                pb.Movement(
+                    sku=key[0], location_id=key[1], type=pb.SALE, quantity=q, reservation_id=rid
+                )
+            ]
+        )
+        covered = min(q, r.shipped_open[key])
+        r.shipped_open[key] -= covered
+        if not r.shipped_open[key]:
+            del r.shipped_open[key]
+        self.on_hand[key] -= q - covered
 
     # -- faults ----------------------------------------------------------------------------
 

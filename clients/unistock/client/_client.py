@@ -128,9 +128,14 @@ class UnistockClient:
         resp: pb.Reservation = await self._unary(self.stub.ReleaseReservation, req)
         return resp
 
-    async def fulfil(self, reservation_id: str, lines: Iterable[Line] = ()) -> pb.Reservation:
-        """The reserved units left physically (all, or the given lines)."""
-        req = pb.FulfilReservationRequest(reservation_id=reservation_id, lines=_lines(lines))
+    async def fulfil(
+        self, reservation_id: str, lines: Iterable[Line] = (), request_id: str = ""
+    ) -> pb.Reservation:
+        """The reserved units left physically (all, or the given lines): reserved and on_hand
+        fall together. Send a request_id with lines, so that a retry fulfils them once."""
+        req = pb.FulfilReservationRequest(
+            reservation_id=reservation_id, lines=_lines(lines), request_id=request_id
+        )
         resp: pb.Reservation = await self._unary(self.stub.FulfilReservation, req)
         return resp
 

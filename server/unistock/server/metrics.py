@@ -73,6 +73,24 @@ class Metrics:
             "Units of holds found without an ACTIVE reservation record at activation and freed.",
             registry=r,
         )
+        self.fulfilments_reconciled = Counter(
+            "unistock_fulfilment_units_reconciled_total",
+            "Units of fulfilments found in a reservation record but not yet on its position at "
+            "activation (a crash between the two writes), taken off hold and on_hand then.",
+            registry=r,
+        )
+        self.pickup_mismatches = Counter(
+            "unistock_pickup_mismatches_total",
+            "SALEs naming a reservation that holds nothing of their SKU at their location "
+            "(applied as plain sales, reported in the ack).",
+            registry=r,
+        )
+        self.negative_positions = Counter(
+            "unistock_negative_positions_total",
+            "Times a position's on_hand went below zero (a fact the server must not refuse: "
+            "investigate the position).",
+            registry=r,
+        )
         self.flush_batch = Histogram(
             "unistock_flush_batch_positions",
             "Positions written per group-commit flush.",
@@ -114,8 +132,9 @@ class Metrics:
         )
         self.mqtt_messages = Counter(
             "unistock_mqtt_messages_total",
-            "MQTT movement messages by outcome (received, applied, nothing_new, unparseable, "
-            "out_of_order).",
+            "MQTT movement messages by outcome (received, applied, nothing_new, out_of_order; "
+            "refused whole: unparseable, too_large, refused (no valid source_id or no movement), "
+            "wrong_store (a source of another store), bad_topic (invalid store id)).",
             ["outcome"],
             registry=r,
         )
@@ -138,7 +157,8 @@ class Metrics:
         )
         self.mqtt_store_last_seen = Gauge(
             "unistock_mqtt_store_last_seen_timestamp_seconds",
-            "When a store's agent last sent movements (Unix time).",
+            "When a store's agent last sent a batch that was accepted (Unix time); the first "
+            "10,000 stores have their own series, later ones share store=\"|other\".",
             ["store"],
             registry=r,
         )

@@ -55,17 +55,23 @@ class Hold(_message.Message):
 
     RESERVATION_ID_FIELD_NUMBER: _builtins.int
     QUANTITY_FIELD_NUMBER: _builtins.int
+    SHIPPED_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
     quantity: _builtins.int
+    shipped: _builtins.int
+    """Units FulfilReservation already took off this position (hold and on_hand) for a
+    reservation that still holds units here; set only while some are shipped.
+    """
     def __init__(
         self,
         *,
         reservation_id: _builtins.str = ...,
         quantity: _builtins.int = ...,
+        shipped: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["quantity", b"quantity", "reservation_id", b"reservation_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["quantity", b"quantity", "reservation_id", b"reservation_id", "shipped", b"shipped"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -116,6 +122,9 @@ class ReservationRecord(_message.Message):
     RESERVATION_FIELD_NUMBER: _builtins.int
     REQUEST_FINGERPRINT_FIELD_NUMBER: _builtins.int
     PICKUPS_FIELD_NUMBER: _builtins.int
+    PICKUP_RECORDS_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
     request_fingerprint: _builtins.bytes
     """Fingerprint of the original request's lines, to answer a repeated request (same lines) and
     refuse a reused id (other lines).
@@ -124,7 +133,21 @@ class ReservationRecord(_message.Message):
     def reservation(self) -> _inventory_pb2.Reservation: ...
     @_builtins.property
     def pickups(self) -> _containers.RepeatedCompositeFieldContainer[Global___SourceMark]:
-        """The SALE movements (source_id, seq) that picked units up from it."""
+        """The SALE movements (source_id, seq) that picked units up from it (records written before
+        pickup_records existed; read, never written).
+        """
+
+    @_builtins.property
+    def pickup_records(self) -> _containers.RepeatedCompositeFieldContainer[Global___Pickup]:
+        """The SALE movements that picked units up from it."""
+
+    @_builtins.property
+    def progress(self) -> _containers.RepeatedCompositeFieldContainer[Global___LineProgress]:
+        """Per line, how its units left (fulfilments and pickups reporting the same units)."""
+
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___FulfilRequest]:
+        """The last fulfilments' request_ids, for idempotency."""
 
     def __init__(
         self,
@@ -132,11 +155,99 @@ class ReservationRecord(_message.Message):
         reservation: _inventory_pb2.Reservation | None = ...,
         request_fingerprint: _builtins.bytes = ...,
         pickups: _abc.Iterable[Global___SourceMark] | None = ...,
+        pickup_records: _abc.Iterable[Global___Pickup] | None = ...,
+        progress: _abc.Iterable[Global___LineProgress] | None = ...,
+        requests: _abc.Iterable[Global___FulfilRequest] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["reservation", b"reservation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["pickups", b"pickups", "request_fingerprint", b"request_fingerprint", "reservation", b"reservation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pickup_records", b"pickup_records", "pickups", b"pickups", "progress", b"progress", "request_fingerprint", b"request_fingerprint", "requests", b"requests", "reservation", b"reservation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReservationRecord: _TypeAlias = ReservationRecord  # noqa: Y015
+
+@_typing.final
+class Pickup(_message.Message):
+    """A SALE that picked units up from a reservation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    COVERED_FIELD_NUMBER: _builtins.int
+    source_id: _builtins.str
+    seq: _builtins.int
+    covered: _builtins.int
+    """Units of the sale a fulfilment had already taken off on_hand."""
+    def __init__(
+        self,
+        *,
+        source_id: _builtins.str = ...,
+        seq: _builtins.int = ...,
+        covered: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["covered", b"covered", "seq", b"seq", "source_id", b"source_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Pickup: _TypeAlias = Pickup  # noqa: Y015
+
+@_typing.final
+class LineProgress(_message.Message):
+    """How the units of one reservation line left (see domain.reservation.LineProgress)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SKU_FIELD_NUMBER: _builtins.int
+    LOCATION_ID_FIELD_NUMBER: _builtins.int
+    SHIPPED_FIELD_NUMBER: _builtins.int
+    SHIPPED_OPEN_FIELD_NUMBER: _builtins.int
+    SOLD_OPEN_FIELD_NUMBER: _builtins.int
+    sku: _builtins.str
+    location_id: _builtins.str
+    shipped: _builtins.int
+    shipped_open: _builtins.int
+    sold_open: _builtins.int
+    def __init__(
+        self,
+        *,
+        sku: _builtins.str = ...,
+        location_id: _builtins.str = ...,
+        shipped: _builtins.int = ...,
+        shipped_open: _builtins.int = ...,
+        sold_open: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["location_id", b"location_id", "shipped", b"shipped", "shipped_open", b"shipped_open", "sku", b"sku", "sold_open", b"sold_open"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LineProgress: _TypeAlias = LineProgress  # noqa: Y015
+
+@_typing.final
+class FulfilRequest(_message.Message):
+    """A fulfilment request already applied."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    fingerprint: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        fingerprint: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fingerprint", b"fingerprint", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FulfilRequest: _TypeAlias = FulfilRequest  # noqa: Y015

@@ -28,7 +28,9 @@ from unistock.server.domain import (
     ReserveRequest,
     StockKey,
     Unavailable,
+    apply_movement,
     check_replay,
+    fulfil,
     reserve,
 )
 from unistock.server.metrics import Metrics
@@ -102,23 +104,42 @@ class Inventory:
         await self.positions.close()
         await self.reservations.close()
 
-    async def _ready(self, keys: Iterable[StockKey], ids: Iterable[str] = ()) -> None:
-        # Every position and record of the turn resident at once; the turn runs right after.
+    async def _ready(
+        self, keys: Iterable[StockKey], ids: Iterable[str] = (), *, settled: bool = False
+    ) -> None:
+        """Every position and record of the turn resident at once; the turn runs right after.
+
+        settled: also wait until no record of ids has a change that is not durable yet (raises
+        Unavailable when the write fails). A turn that transitions a reservation, or answers
+        from its state, waits so: no answer reveals a state a crash could still undo, and a
+        record changes at most once per group-commit window (see persistence.group_commit).
+        """
         keys, ids = list(keys), list(ids)
-        missing = self.positions.missing(keys)
-        unknown = not all(map(self.reservations.loaded, ids))
-        if not missing and not unknown:
-            return
-        with self.positions.pinned(keys):
-            while missing or unknown:
-                if missing and unknown:
-                    await asyncio.gather(self.positions.activate(keys), self.reservations.load(ids))
-                elif missing:
-                    await self.positions.activate(keys)
-                else:
-                    await self.reservations.load(ids)
-                missing = self.positions.missing(keys)
-                unknown = not all(map(self.reservations.loaded, ids))
+        dirty = self.commit.reservation_dirty
+        while True:
+            missing = self.positions.missing(keys)
+            unknown = not all(map(self.reservations.loaded, ids))
+            if missing or unknown:
+                with self.positions.pinned(keys):
+                    while missing or unknown:
+                        if missing and unknown:
+                            await asyncio.gather(
+                                self.positions.activate(keys), self.reservations.load(ids)
+                            )
+                        elif missing:
+                            await self.positions.activate(keys)
+                        else:
+                            await self.reservations.load(ids)
+                        missing = self.positions.missing(keys)
+                        unknown = not all(map(self.reservations.loaded, ids))
+            if not settled or not any(map(dirty, ids)):
+                return
+            await self.commit.barrier()
+
+    async def _revealed(self, keys: Iterable[StockKey]) -> None:
+        """Before an answer reveals positions' state: wait until it is durable, if it is not."""
+        if any(map(self.commit.is_dirty, keys)):
+            await self.commit.barrier()
 
     def _position(self, key: StockKey) -> Position:
         p = self.positions.get(key)
@@ -139,11 +160,11 @@ class Inventory:
         """Apply validated movements in order; the future resolves once every effect is durable.
 
         Callers that pipeline batches (a stream) submit the next batch while this one is being
-        written; their acks follow the futures in order.
+        written; their acks follow the futures in order. Nothing in the result may be told to
+        anyone before the future resolves.
         """
-        await self._ready(
-            {m.key for m in movements}, {m.reservation_id for m in movements if m.reservation_id}
-        )
+        rids = {m.reservation_id for m in movements if m.reservation_id}
+        await self._ready({m.key for m in movements}, rids, settled=bool(rids))
         out = BatchResult()
         results = out.results
         outcomes: Counter[tuple[MovementType, Outcome]] = Counter()
@@ -153,14 +174,9 @@ class Inventory:
         for m in movements:
             p = get(m.key)
             assert p is not None, "turn ran before its position was resident"
-            if m.reservation_id:
-                record = self.reservations.get(m.reservation_id)
-                if record is not None and record.picked_up_by(m.source_id, m.seq):
-                    # Resent after a crash that kept the record but not the position: the
-                    # reservation already gave these units; apply it as a plain sale.
-                    m = m._replace(reservation_id="")
-            was_at_risk = p.at_risk
-            r = p.apply(m)
+            record = self.reservations.get(m.reservation_id) if m.reservation_id else None
+            was_at_risk, was_negative = p.at_risk, p.on_hand < 0
+            r, picked, mismatch = apply_movement(p, m, record)
             results.append(r)
             outcomes[m.type, r.outcome] += 1
             if r.outcome is Outcome.DUPLICATE:
@@ -168,11 +184,23 @@ class Inventory:
                 continue
             if m.location_id not in locations:
                 locations.add(m.location_id)
-            if r.picked_up:
-                self._picked_up(m, r.picked_up)
+            if picked is not None:
+                self.reservations.put(picked)
+            elif mismatch:
+                out.notices.append(self._mismatch(m, mismatch))
             if r.at_risk and not was_at_risk:
                 self.metrics.at_risk.inc()
                 log.warning("reservations at risk (on_hand below reserved): %r", p)
+            if p.on_hand < 0 and not was_negative:
+                self.metrics.negative_positions.inc()
+                log.warning(
+                    "position went negative (on_hand %d) with %s seq %d from %s: investigate %r",
+                    p.on_hand,
+                    m.type.name,
+                    m.seq,
+                    m.source_id,
+                    p,
+                )
             if m.type is MovementType.COUNT or r.outcome is Outcome.COUNT_CORRECTION:
                 direction = "gain" if r.variance > 0 else "loss"
                 self.metrics.count_variance.labels(direction).inc(abs(r.variance))
@@ -182,24 +210,31 @@ class Inventory:
         # Duplicates too: the original may still be on its way to Redis.
         return out, self.commit.barrier()
 
-    def _picked_up(self, m: Movement, units: int) -> None:
-        record = self.reservations.get(m.reservation_id)
-        if record is not None and record.active:
-            taken = record.take([Line(m.sku, m.location_id, units)], pickup=(m.source_id, m.seq))
-            self.reservations.put(taken, shrinks=True)
+    def _mismatch(self, m: Movement, why: str) -> PickupMismatch:
+        self.metrics.pickup_mismatches.inc()
+        log.warning("SALE %s seq %d: %s; applied as a plain sale", m.source_id, m.seq, why)
+        return PickupMismatch(
+            m.source_id, m.seq, m.reservation_id, why + "; applied as a plain sale"
+        )
 
     # -- reads ---------------------------------------------------------------------------------
 
     async def levels(self, keys: Sequence[StockKey]) -> list[Position]:
-        """The positions of keys (never-seen positions have version 0).
+        """The levels of keys (never-seen positions have version 0), as durable.
 
-        Reads do not refresh the LRU order (only turns that change a position do): moving an
-        entry leaves a hole in the directory's dict until it is resized, and reads are many.
+        A position with a change not yet durable is answered as it is now, once that change is
+        durable (a snapshot is taken first: what is returned does not move meanwhile). Reads of
+        quiet positions never wait. Reads do not refresh the LRU order (only turns that change
+        a position do): moving an entry leaves a hole in the directory's dict until it is
+        resized, and reads are many.
         """
         await self._ready(keys)
-        found = list(map(self.positions.peek, keys))
+        found = cast(list[Position], list(map(self.positions.peek, keys)))
         assert None not in found, "read ran before its positions were resident"
-        return cast(list[Position], found)
+        if any(map(self.commit.is_dirty, keys)):
+            found = [p.snapshot() for p in found]
+            await self.commit.barrier()
+        return found
 
     async def levels_of_sku(self, sku: str) -> list[Position]:
         """Every position of sku that exists, one per location."""
@@ -209,29 +244,37 @@ class Inventory:
     # -- reservations --------------------------------------------------------------------------
 
     async def reserve(self, request: ReserveRequest) -> tuple[Reservation, bool]:
-        """Hold every line or none; returns (reservation, replayed). Idempotent on its id."""
+        """Hold every line or none; returns (reservation, replayed). Idempotent on its id.
+
+        Every answer waits until what it reveals is durable: the reservation made or found, a
+        conflict with a reservation still being written, a shortfall computed from levels that
+        are still being written (InsufficientStock).
+        """
         rid = request.reservation_id
         kind = request.kind.name
-        await self._ready([ln.key for ln in request.lines], [rid])
+        keys = [ln.key for ln in request.lines]
+        await self._ready(keys, [rid])
         existing = self.reservations.get(rid)
         if existing is not None:
             try:
                 found = check_replay(existing, request)
             except Exception:
                 self.metrics.reservations.labels("reserve", kind, "conflict").inc()
+                await self._durable(rid)
                 raise
             await self._durable(rid)
             self.metrics.reservations.labels("reserve", kind, "replayed").inc()
             return found, True
-        positions = {ln.key: self._position(ln.key) for ln in request.lines}
+        positions = {key: self._position(key) for key in keys}
         try:
             made = reserve(request, positions, self.clock())
         except Exception:
             self.metrics.reservations.labels("reserve", kind, "insufficient").inc()
+            await self._revealed(keys)
             raise
         for p in positions.values():
             self.commit.position_changed(p)
-        self.reservations.put(made, shrinks=False)
+        self.reservations.put(made, created=True)
         await self.commit.barrier()
         self.metrics.reservations.labels("reserve", kind, "held").inc()
         return made, False
@@ -241,73 +284,75 @@ class Inventory:
             await self.commit.barrier()
 
     async def _record(self, reservation_id: str, keys_of: bool = True) -> Reservation:
-        await self._ready((), [reservation_id])
+        """The record, settled (no change of it still being written), with its positions
+        resident when it is ACTIVE and keys_of; raises ReservationNotFound."""
+        await self._ready((), [reservation_id], settled=True)
         record = self.reservations.get(reservation_id)
         if record is None:
             raise ReservationNotFound(reservation_id)
         if keys_of and record.active:
-            await self._ready([ln.key for ln in record.lines], [reservation_id])
+            await self._ready([ln.key for ln in record.lines], [reservation_id], settled=True)
             record = self.reservations.get(reservation_id)
             assert record is not None
         return record
 
     async def get_reservation(self, reservation_id: str) -> Reservation:
         """The current record (durable)."""
-        record = await self._record(reservation_id, keys_of=False)
-        await self._durable(reservation_id)
-        return record
+        return await self._record(reservation_id, keys_of=False)
 
     async def release(self, reservation_id: str) -> Reservation:
         """Cancel an ACTIVE reservation (a released one is returned as it is)."""
-        return await self._end(reservation_id, "release", lambda r: r.release(), None)
+        return await self._end(reservation_id, "release", _freeing(lambda r: r.release()))
 
-    async def fulfil(self, reservation_id: str, lines: Sequence[Line] = ()) -> Reservation:
+    async def fulfil(
+        self, reservation_id: str, lines: Sequence[Line] = (), request_id: str = ""
+    ) -> Reservation:
         """The units left physically: all held lines, or the given quantities.
 
-        Only the holds end here: on_hand changes through the movement that reports the units
-        leaving (a SALE naming the reservation does both at once).
+        reserved and on_hand of each position fall together by the units shipped (available
+        never rises when goods leave); units a SALE naming the reservation already picked up
+        are matched and change nothing more. Idempotent on request_id (see
+        Reservation.fulfil). Raises InvalidArgument, ReservationConflict, ReservationNotActive,
+        ReservationNotFound, Unavailable.
         """
         return await self._end(
-            reservation_id, "fulfil", lambda r: r.fulfil(lines), list(lines) or None
+            reservation_id, "fulfil", lambda r, ps: fulfil(r, ps, lines, request_id)
+        )
+
+    async def extend(self, reservation_id: str, expires_at: float) -> Reservation:
+        """Move an ACTIVE reservation's expiry."""
+        return await self._end(
+            reservation_id, "extend", lambda r, _: r.extend(expires_at, self.clock())
         )
 
     async def _end(
         self,
         reservation_id: str,
         operation: str,
-        transition: Callable[[Reservation], Reservation],
-        lines: list[Line] | None,
+        transition: Callable[[Reservation, dict[StockKey, Position]], Reservation],
     ) -> Reservation:
+        """Run a transition on a settled record and the positions it holds, in one step, and
+        answer once it is durable. A refusal is raised from a durable state too."""
         while True:
             record = await self._record(reservation_id)
             if not record.active or not self.positions.missing(ln.key for ln in record.lines):
                 break
+        positions = {ln.key: self._position(ln.key) for ln in record.lines} if record.active else {}
+        versions = [p.version for p in positions.values()]
         kind = record.kind.name
         try:
-            after = transition(record)
+            after = transition(record, positions)
         except Exception:
             self.metrics.reservations.labels(operation, kind, "refused").inc()
             raise
         if after is record:
-            await self._durable(reservation_id)
             return record
-        freed = lines if lines is not None else record.lines
-        for ln in freed:
-            p = self._position(ln.key)
-            if p.release(reservation_id, ln.quantity):
+        for p, version in zip(positions.values(), versions, strict=True):
+            if p.version != version:
                 self.commit.position_changed(p)
-        self.reservations.put(after, shrinks=True)
+        self.reservations.put(after)
         await self.commit.barrier()
         self.metrics.reservations.labels(operation, kind, "ok").inc()
-        return after
-
-    async def extend(self, reservation_id: str, expires_at: float) -> Reservation:
-        """Move an ACTIVE reservation's expiry."""
-        record = await self._record(reservation_id, keys_of=False)
-        after = record.extend(expires_at, self.clock())
-        self.reservations.put(after, shrinks=False)
-        await self.commit.barrier()
-        self.metrics.reservations.labels("extend", record.kind.name, "ok").inc()
         return after
 
     async def expire_due(self, limit: int = 1000) -> int:
@@ -321,7 +366,7 @@ class Inventory:
                 continue
             if record.expire(now) is None:
                 continue
-            after = await self._end(rid, "expire", lambda r: r.expire(now) or r, None)
+            after = await self._end(rid, "expire", _freeing(lambda r: r.expire(now) or r))
             if after.state.name == "EXPIRED":
                 expired += 1
         if expired:
@@ -345,3 +390,18 @@ class Inventory:
             n = self.positions.passivate_idle()
             if n:
                 log.info("passivated %d idle positions", n)
+
+
+def _freeing(
+    step: Callable[[Reservation], Reservation],
+) -> Callable[[Reservation, dict[StockKey, Position]], Reservation]:
+    """A transition that ends a reservation (release, expiry) and frees what it held."""
+
+    def run(record: Reservation, positions: dict[StockKey, Position]) -> Reservation:
+        after = step(record)
+        if record.active and not after.active:
+            for ln in record.lines:
+                positions[ln.key].release(record.reservation_id, ln.quantity)
+        return after
+
+    return run

@@ -36,10 +36,14 @@ class ReservationBook:
         """The cached record; call only once loaded()."""
         return self._cache[reservation_id]
 
-    def put(self, reservation: Reservation, *, shrinks: bool) -> None:
-        """Store a new state of a record (durable after the group commit's barrier)."""
+    def put(self, reservation: Reservation, *, created: bool = False) -> None:
+        """Store a new state of a record (durable after the group commit's barrier).
+
+        created: a new reservation (its record is written after its holds; every later state
+        before the positions).
+        """
         self._cache[reservation.reservation_id] = reservation
-        self._commit.reservation_changed(reservation, shrinks=shrinks)
+        self._commit.reservation_changed(reservation, created=created)
 
     async def load(self, ids: Iterable[str]) -> None:
         """Make ids known (loading them from Redis); raises Unavailable.
@@ -82,9 +86,12 @@ class ReservationBook:
         await self.load(ids)
         for p in positions:
             records = {rid: self._cache.get(rid) for rid, _ in p.hold_items()}
-            freed = reconcile_holds(p, records)
+            freed, shipped = reconcile_holds(p, records)
             if freed:
                 self._metrics.holds_reconciled.inc(freed)
+            if shipped:
+                self._metrics.fulfilments_reconciled.inc(shipped)
+            if freed or shipped:
                 self._commit.position_changed(p)
 
     async def close(self) -> None:

@@ -290,7 +290,8 @@ class InventoryService:
     ) -> pb.Reservation:
         rid = check_reservation_id(request.reservation_id)
         lines = validate_lines(lines_from_wire(request.lines), allow_empty=True)
-        return reservation_message(await self.inventory.fulfil(rid, lines))
+        request_id = check_id("request_id", request.request_id) if request.request_id else ""
+        return reservation_message(await self.inventory.fulfil(rid, lines, request_id))
 
     @rpc
     async def ExtendReservation(

@@ -3,7 +3,7 @@
 UnistockError
 ├── InvalidArgument        a request field is missing or malformed (names the field)
 ├── InsufficientStock      a reservation line does not fit in `available`
-├── ReservationConflict    a reservation_id reused with other lines
+├── ReservationConflict    a reservation_id (or fulfilment request_id) reused with other lines
 ├── ReservationNotFound    no reservation with that id
 ├── ReservationNotActive   the reservation has ended; the operation needs it ACTIVE
 ├── Unavailable            a dependency (Redis) is down or slow; safe to retry
@@ -56,14 +56,22 @@ class InsufficientStock(UnistockError):
 
 
 class ReservationConflict(UnistockError):
-    """A reservation_id was reused with different lines."""
+    """A reservation_id (or a fulfilment's request_id) was reused with different lines."""
 
-    def __init__(self, reservation_id: str) -> None:
+    def __init__(self, reservation_id: str, request_id: str = "") -> None:
         self.reservation_id = reservation_id
-        super().__init__(
-            f"reservation_id {reservation_id!r} already exists with other lines; "
-            "use a new id for a different reservation"
-        )
+        self.request_id = request_id
+        if request_id:
+            message = (
+                f"request_id {request_id!r} already fulfilled other lines of reservation "
+                f"{reservation_id!r}; use a new request_id for another fulfilment"
+            )
+        else:
+            message = (
+                f"reservation_id {reservation_id!r} already exists with other lines; "
+                "use a new id for a different reservation"
+            )
+        super().__init__(message)
 
 
 class ReservationNotFound(UnistockError):

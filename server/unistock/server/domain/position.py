@@ -59,6 +59,7 @@ class Position:
         "on_hand",
         "reserved",
         "safety_stock",
+        "shipped",
         "version",
     )
 
@@ -72,6 +73,7 @@ class Position:
         marks: tuple[tuple[str, int], ...] = (),
         holds: tuple[tuple[str, int], ...] = (),
         counts: tuple[str, ...] = (),
+        shipped: tuple[tuple[str, int], ...] = (),
     ) -> None:
         self.key = key
         self.on_hand = on_hand
@@ -84,6 +86,10 @@ class Position:
         self.holds: dict[str, int] | None = dict(holds) if holds else None
         self.reserved = sum(q for _, q in holds)
         self.counts: tuple[str, ...] | None = counts or None
+        #: Per reservation still holding units here: the units its fulfilments (FulfilReservation)
+        #: took off this position so far. Compared with the record's own total after a crash
+        #: that wrote the record but not the position (see reservation.reconcile_holds).
+        self.shipped: dict[str, int] | None = dict(shipped) if shipped else None
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -128,6 +134,15 @@ class Position:
                     return m[i + 1]  # type: ignore[return-value]
         return 0
 
+    def snapshot(self) -> Position:
+        """A copy of the levels as they are now (no marks, holds or counts): what a reader is
+        answered while the position itself goes on changing."""
+        copy = Position(
+            self.key, on_hand=self.on_hand, safety_stock=self.safety_stock, version=self.version
+        )
+        copy.reserved = self.reserved
+        return copy
+
     def held(self, reservation_id: str) -> int:
         """Units held here by reservation_id."""
         return 0 if self.holds is None else self.holds.get(reservation_id, 0)
@@ -138,8 +153,13 @@ class Position:
 
     # -- movements -----------------------------------------------------------------------------
 
-    def apply(self, m: Movement) -> MovementResult:
-        """Apply a validated movement once; a (source_id, seq) seen before changes nothing."""
+    def apply(self, m: Movement, covered: int = 0) -> MovementResult:
+        """Apply a validated movement once; a (source_id, seq) seen before changes nothing.
+
+        covered: units of a SALE naming a reservation that a fulfilment of that reservation
+        already took off on_hand (whichever reports a unit first consumes it): on_hand falls by
+        quantity - covered, and the pickup takes at most the rest from the hold.
+        """
         if m.seq <= self.mark(m.source_id):
             return _DUPLICATE
         self._set_mark(m.source_id, m.seq)
@@ -153,11 +173,11 @@ class Position:
             self.counts = ((self.counts or ()) + (m.count_id,))[-RECENT_COUNTS:]
             self.version += 1
             return MovementResult(Outcome.APPLIED, variance=variance, at_risk=self.at_risk)
-        delta = m.signed_quantity
+        delta = m.signed_quantity + covered
         picked = 0
         if m.reservation_id:
             # A pickup consumes its hold whether or not a count already saw the unit gone.
-            picked = min(self.held(m.reservation_id), m.quantity)
+            picked = min(self.held(m.reservation_id), m.quantity - covered)
             if picked:
                 self._take_hold(m.reservation_id, picked)
         if m.count_id and self.counts is not None and m.count_id in self.counts:
@@ -210,6 +230,27 @@ class Position:
             self.version += 1
         return freed
 
+    def ship(self, reservation_id: str, quantity: int) -> int:
+        """A fulfilment: held units left physically. reserved and on_hand fall together (so
+        available never rises when goods leave); returns the units shipped (at most those held).
+        """
+        if quantity < 0:
+            raise ValueError(f"cannot ship {quantity} units")
+        units = min(self.held(reservation_id), quantity)
+        if units:
+            if self.held(reservation_id) > units:  # still holding: remember what left
+                if self.shipped is None:
+                    self.shipped = {}
+                self.shipped[reservation_id] = self.shipped.get(reservation_id, 0) + units
+            self._take_hold(reservation_id, units)
+            self.on_hand -= units
+            self.version += 1
+        return units
+
+    def shipped_for(self, reservation_id: str) -> int:
+        """Units fulfilments of a reservation still holding here took off this position."""
+        return 0 if self.shipped is None else self.shipped.get(reservation_id, 0)
+
     def _take_hold(self, reservation_id: str, quantity: int) -> None:
         assert self.holds is not None
         left = self.holds[reservation_id] - quantity
@@ -219,6 +260,10 @@ class Position:
             del self.holds[reservation_id]
             if not self.holds:
                 self.holds = None
+            if self.shipped is not None:
+                self.shipped.pop(reservation_id, None)
+                if not self.shipped:
+                    self.shipped = None
         self.reserved -= quantity
 
     def set_safety_stock(self, units: int) -> None:

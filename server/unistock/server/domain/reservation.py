@@ -2,8 +2,15 @@
 
 A reservation's holds live on its positions (each position's `reserved` is the sum of its
 holds); the reservation itself is the record that makes those holds count. The runtime writes
-new holds before the record and ends records before removing holds, so after a crash a hold
-without an ACTIVE record is an abandoned intent that `reconcile_holds` removes.
+new holds before the record and ends or shrinks records before removing holds, so after a crash
+a hold without an ACTIVE record is an abandoned intent that `reconcile_holds` removes, and a
+hold whose record says units were fulfilled is a fulfilment the position has not seen yet,
+which `reconcile_holds` completes (on_hand falls with the hold).
+
+Fulfilment is a physical fact: units leave through FulfilReservation (the order manager says
+"shipped") or through a SALE naming the reservation (the pickup at the till). Whichever reports a
+unit first consumes it; the other, reporting the same units, changes nothing. Each line's
+`LineProgress` keeps the units one side reported that the other has not yet.
 """
 
 from __future__ import annotations
@@ -20,8 +27,8 @@ from unistock.server.domain.errors import (
     ReservationNotActive,
     Shortfall,
 )
-from unistock.server.domain.position import Position
-from unistock.server.domain.values import Line, StockKey, check_id, validate_lines
+from unistock.server.domain.position import MovementResult, Outcome, Position
+from unistock.server.domain.values import Line, Movement, StockKey, check_id, validate_lines
 
 
 class ReservationKind(enum.IntEnum):
@@ -51,6 +58,41 @@ DEFAULT_TTL: dict[ReservationKind, int | None] = {
     ReservationKind.SHIP_FROM_STORE: None,
     ReservationKind.ORDER: None,
 }
+
+
+#: Fulfilment request_ids a reservation remembers (oldest forgotten first).
+MAX_FULFIL_REQUESTS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class LineProgress:
+    """How the units of one line (one position) left so far."""
+
+    sku: str
+    location_id: str
+    #: Units FulfilReservation took off the position, in all (compared with the position's
+    #: own count after a crash that wrote the record but not the position).
+    shipped: int = 0
+    #: Units FulfilReservation reported that no SALE naming the reservation reported yet.
+    shipped_open: int = 0
+    #: Units a SALE naming the reservation picked up that no FulfilReservation reported yet.
+    sold_open: int = 0
+
+    @property
+    def key(self) -> StockKey:
+        """The position of the line."""
+        return (self.sku, self.location_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Pickup:
+    """A SALE that picked units up from a reservation, remembered so that the sale resent after
+    a crash (record written, position not) takes nothing from the reservation twice."""
+
+    source_id: str
+    seq: int
+    #: Units of the sale a fulfilment had already taken off on_hand (not taken again).
+    covered: int = 0
 
 
 def fingerprint(lines: Sequence[Line]) -> bytes:
@@ -110,13 +152,30 @@ class Reservation:
     fulfilled: tuple[Line, ...] = field(default=())
     #: Increases with every transition; storage refuses to overwrite a newer revision.
     revision: int = 1
-    #: (source_id, seq) of the SALE movements that picked units up, so that a pickup resent
-    #: after a crash (record written, position not) is not taken from the reservation twice.
-    pickups: tuple[tuple[str, int], ...] = field(default=())
+    #: The SALE movements that picked units up.
+    pickups: tuple[Pickup, ...] = field(default=())
+    #: Per line, the units fulfilments and pickups reported (see LineProgress).
+    progress: tuple[LineProgress, ...] = field(default=())
+    #: (request_id, fingerprint of its lines) of the last fulfilments, for idempotency.
+    requests: tuple[tuple[str, bytes], ...] = field(default=())
 
-    def picked_up_by(self, source_id: str, seq: int) -> bool:
-        """Whether the movement (source_id, seq) already picked units up from this reservation."""
-        return (source_id, seq) in self.pickups
+    def pickup_by(self, source_id: str, seq: int) -> Pickup | None:
+        """The pickup made by the movement (source_id, seq), if it made one."""
+        for p in self.pickups:
+            if p.seq == seq and p.source_id == source_id:
+                return p
+        return None
+
+    def progress_of(self, key: StockKey) -> LineProgress:
+        """The progress of the line at key (zeros when nothing left yet)."""
+        for lp in self.progress:
+            if lp.key == key:
+                return lp
+        return LineProgress(*key)
+
+    def _progressed(self, changes: Mapping[StockKey, LineProgress]) -> tuple[LineProgress, ...]:
+        kept = tuple(lp for lp in self.progress if lp.key not in changes)
+        return kept + tuple(changes.values())
 
     def _next(self, **changes: object) -> Reservation:
         return replace(self, revision=self.revision + 1, **changes)  # type: ignore[arg-type]
@@ -163,38 +222,93 @@ class Reservation:
             return self.ended(ReservationState.EXPIRED)
         return None
 
-    def fulfil(self, lines: Sequence[Line] = ()) -> Reservation:
-        """Units left physically: every held line (lines empty) or the given quantities."""
-        if self.state is ReservationState.FULFILLED and not lines:
-            return self
-        self._require_active("fulfil")
-        if lines:
+    def fulfil(self, lines: Sequence[Line] = (), request_id: str = "") -> Reservation:
+        """Units left physically: every held line (lines empty) or the given quantities.
+
+        Returns the new record; the units to ship from each position (reserved and on_hand fall
+        together there) are the growth of its lines' LineProgress.shipped. Units a SALE naming this reservation already picked up and that
+        no fulfilment reported yet are matched first and ship nothing (the same units, reported
+        twice). request_id makes a partial fulfilment idempotent: repeated, it returns this
+        record and ships nothing; reused with other lines it raises ReservationConflict.
+        Raises InvalidArgument (a line not of this reservation, more units than held) and
+        ReservationNotActive.
+        """
+        digest = fingerprint(lines) if request_id else b""
+        for rid, fp in self.requests:
+            if rid == request_id:
+                if fp != digest:
+                    raise ReservationConflict(self.reservation_id, request_id)
+                return self
+        everything = not lines
+        if everything:
+            if self.state is ReservationState.FULFILLED:
+                return self
+            self._require_active("fulfil")
+            lines = self.lines
+        else:
             validate_lines(list(lines))
-        if not lines:
-            return self._next(
-                state=ReservationState.FULFILLED, fulfilled=_add(self.fulfilled, self.lines)
-            )
-        remaining = {ln.key: ln for ln in self.lines}
+        held = {ln.key: ln.quantity for ln in self.lines} if self.active else {}
+        known = {ln.key for ln in (*self.lines, *self.fulfilled)}
+        changes: dict[StockKey, LineProgress] = {}
+        ships: list[Line] = []
         for i, ln in enumerate(lines):
-            have = remaining.get(ln.key)
-            if have is None:
+            if ln.key not in known:
                 raise InvalidArgument(
                     f"lines[{i}]", f"{ln.sku}@{ln.location_id} is not a line of this reservation"
                 )
-            if ln.quantity > have.quantity:
+            lp = self.progress_of(ln.key)
+            # "Everything still held" names the held units themselves: nothing to match.
+            matched = 0 if everything else min(ln.quantity, lp.sold_open)
+            rest = ln.quantity - matched
+            if rest > held.get(ln.key, 0):
+                if not self.active:
+                    self._require_active("fulfil")
                 raise InvalidArgument(
                     f"lines[{i}].quantity",
-                    f"{ln.quantity} exceeds the {have.quantity} units still held",
+                    f"{ln.quantity} exceeds the {held.get(ln.key, 0) + lp.sold_open} units "
+                    "still held or picked up unreported",
                 )
-        return self.take(lines)
+            changes[ln.key] = replace(
+                lp,
+                shipped=lp.shipped + rest,
+                shipped_open=lp.shipped_open + rest,
+                sold_open=lp.sold_open - matched,
+            )
+            if rest:
+                ships.append(Line(ln.sku, ln.location_id, rest))
+        after = replace(self, progress=self._progressed(changes))
+        if request_id:
+            after = replace(
+                after,
+                requests=(*self.requests, (request_id, digest))[-MAX_FULFIL_REQUESTS:],
+            )
+        if ships:
+            after = after.take(ships)
+        elif after != self:
+            after = after._next()
+        return after
 
-    def take(self, lines: Sequence[Line], pickup: tuple[str, int] | None = None) -> Reservation:
-        """Remove fulfilled units from the held lines; FULFILLED once nothing is held.
+    def pickup(self, key: StockKey, picked: int, covered: int, by: Pickup) -> Reservation:
+        """A SALE naming this reservation took `picked` units from its hold at key, and
+        `covered` units a fulfilment had already reported (matched, not taken again)."""
+        lp = self.progress_of(key)
+        after = replace(
+            self,
+            pickups=(*self.pickups, by),
+            progress=self._progressed(
+                {
+                    key: replace(
+                        lp, sold_open=lp.sold_open + picked, shipped_open=lp.shipped_open - covered
+                    )
+                }
+            ),
+        )
+        if picked:
+            return after.take([Line(key[0], key[1], picked)])
+        return after._next()
 
-        pickup: the (source_id, seq) of the SALE that took them, remembered for idempotency.
-        """
-        if pickup is not None:
-            return replace(self, pickups=(*self.pickups, pickup)).take(lines)
+    def take(self, lines: Sequence[Line]) -> Reservation:
+        """Remove fulfilled units from the held lines; FULFILLED once nothing is held."""
         taken = {ln.key: ln.quantity for ln in lines}
         left = tuple(
             replace(ln, quantity=ln.quantity - taken.get(ln.key, 0))
@@ -251,20 +365,90 @@ def reserve(
     )
 
 
-def reconcile_holds(position: Position, records: Mapping[str, Reservation | None]) -> int:
-    """Drop holds not backed by an ACTIVE record (crash between hold and record); returns units freed.
+def fulfil(
+    record: Reservation,
+    positions: Mapping[StockKey, Position],
+    lines: Sequence[Line] = (),
+    request_id: str = "",
+) -> Reservation:
+    """Fulfil record (see Reservation.fulfil) and ship its units from positions in one step:
+    reserved and on_hand fall together, so available never rises when goods leave.
+
+    positions must hold the position of every line still held. Returns the new record (the
+    same object when nothing changed).
+    """
+    after = record.fulfil(lines, request_id)
+    if after is not record:
+        for lp in after.progress:
+            units = lp.shipped - record.progress_of(lp.key).shipped
+            if units:
+                positions[lp.key].ship(record.reservation_id, units)
+    return after
+
+
+def apply_movement(
+    position: Position, m: Movement, record: Reservation | None
+) -> tuple[MovementResult, Reservation | None, str]:
+    """Apply m to position; a SALE naming a reservation (record: its record, None when there
+    is none) is also its pickup.
+
+    Returns (result, the record's new state or None when it did not change, mismatch): for a
+    SALE naming a reservation that holds nothing of its SKU at its location, mismatch says why
+    (the sale is applied as a plain sale all the same: a till's fact).
+    Units the reservation's fulfilment already took off on_hand are not taken again, and a sale
+    resent after a crash that wrote its pickup but not the position takes nothing from the
+    reservation again.
+    """
+    if not m.reservation_id:
+        return position.apply(m), None, ""
+    covered = 0
+    if record is not None:
+        done = record.pickup_by(m.source_id, m.seq)
+        if done is not None:
+            return position.apply(m._replace(reservation_id=""), done.covered), None, ""
+        covered = min(m.quantity, record.progress_of(m.key).shipped_open)
+    result = position.apply(m, covered)
+    if result.outcome is Outcome.DUPLICATE:
+        return result, None, ""
+    if record is not None and (result.picked_up or covered):
+        by = Pickup(m.source_id, m.seq, covered)
+        return result, record.pickup(m.key, result.picked_up, covered, by), ""
+    rid = m.reservation_id
+    if record is None:
+        why = f"reservation {rid!r} does not exist"
+    elif not record.active:
+        why = f"reservation {rid!r} is {record.state.name}"
+    else:
+        why = f"reservation {rid!r} holds no {m.sku} at {m.location_id}"
+    return result, None, why
+
+
+def reconcile_holds(
+    position: Position, records: Mapping[str, Reservation | None]
+) -> tuple[int, int]:
+    """Bring a freshly loaded position's holds in line with their records, after a crash that
+    wrote one and not the other; returns (units freed, units shipped).
 
     records maps each reservation_id held on the position to its record, or None if none exists.
-    A hold larger than its record's line is cut down to it (a partial fulfilment whose record
-    was written before the position).
+    - A fulfilment the record has and the position has not (the record is written first) is
+      completed: its units leave the hold and on_hand together.
+    - A hold not backed by an ACTIVE record's line (crash between hold and record, or a release,
+      expiry or pickup whose record was written before the position) is cut down to the line.
+      A pickup's units come off on_hand with its SALE, which its source sends again (it was not
+      acknowledged) and which the record recognises (Reservation.pickup_by).
     """
-    freed = 0
-    for rid, units in position.hold_items():
+    freed = shipped = 0
+    for rid, _ in position.hold_items():
         record = records.get(rid)
+        if record is not None:
+            unseen = record.progress_of(position.key).shipped - position.shipped_for(rid)
+            if unseen > 0:
+                shipped += position.ship(rid, unseen)
+        units = position.held(rid)
         backed = 0 if record is None else record.held(position.key)
         if units > backed:
             freed += position.release(rid, units - backed)
-    return freed
+    return freed, shipped
 
 
 def check_reservation_id(value: str) -> str:

@@ -21,6 +21,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from unistock.server.domain import (
     Line,
+    LineProgress,
+    Pickup,
     Position,
     Reservation,
     ReservationKind,
@@ -137,8 +139,11 @@ def private_bytes(p: Position) -> bytes:
                 b"\x0a" + v[len(body)] + body if len(body) < 0x4000 else _submessage(b"\x0a", body)
             )
     if p.holds is not None:
+        shipped = p.shipped or {}
         for rid, q in p.holds.items():
-            out += _submessage(b"\x12", _string_field(rid) + _int(b"\x10", q))
+            out += _submessage(
+                b"\x12", _string_field(rid) + _int(b"\x10", q) + _int(b"\x18", shipped.get(rid, 0))
+            )
     if p.counts is not None:
         for c in p.counts:
             b = c.encode()
@@ -182,6 +187,7 @@ def decode_position(key: StockKey, data: bytes) -> Position:
         marks=tuple((sys.intern(m.source_id), m.seq) for m in private.marks),
         holds=tuple((h.reservation_id, h.quantity) for h in private.holds),
         counts=tuple(private.recent_count_ids),
+        shipped=tuple((h.reservation_id, h.shipped) for h in private.holds if h.shipped),
     )
 
 
@@ -261,7 +267,20 @@ def encode_reservation(r: Reservation) -> bytes:
     record = spb.ReservationRecord(
         reservation=reservation_message(r),
         request_fingerprint=r.fingerprint,
-        pickups=[spb.SourceMark(source_id=s, seq=q) for s, q in r.pickups],
+        pickup_records=[
+            spb.Pickup(source_id=p.source_id, seq=p.seq, covered=p.covered) for p in r.pickups
+        ],
+        progress=[
+            spb.LineProgress(
+                sku=lp.sku,
+                location_id=lp.location_id,
+                shipped=lp.shipped,
+                shipped_open=lp.shipped_open,
+                sold_open=lp.sold_open,
+            )
+            for lp in r.progress
+        ],
+        requests=[spb.FulfilRequest(request_id=rid, fingerprint=fp) for rid, fp in r.requests],
     )
     return _HEADER.pack(FORMAT, r.revision) + record.SerializeToString()
 
@@ -289,5 +308,13 @@ def decode_reservation(data: bytes) -> Reservation:
         customer_id=m.customer_id,
         fulfilled=lines(m.fulfilled),
         revision=revision,
-        pickups=tuple((p.source_id, p.seq) for p in record.pickups),
+        pickups=(
+            *(Pickup(p.source_id, p.seq) for p in record.pickups),
+            *(Pickup(p.source_id, p.seq, p.covered) for p in record.pickup_records),
+        ),
+        progress=tuple(
+            LineProgress(lp.sku, lp.location_id, lp.shipped, lp.shipped_open, lp.sold_open)
+            for lp in record.progress
+        ),
+        requests=tuple((q.request_id, q.fingerprint) for q in record.requests),
     )

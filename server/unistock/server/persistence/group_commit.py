@@ -8,9 +8,19 @@ per-partition script calls and resolves the window's future when Redis has it du
 with load and latency stays one round trip when idle.
 
 Order inside a flush, for crash safety of reservations (see domain.reservation):
-  1. records of reservations that end or shrink (their holds become invalid first),
+  1. records of existing reservations: every transition after creation (release, expiry,
+     fulfilment, pickup, extension) ends or shrinks holds or leaves them as they are, so the
+     record goes first and a crash that cuts the flush leaves holds the record no longer backs,
+     which reconcile_holds corrects when the position is next loaded,
   2. positions,
-  3. records of new reservations and other updates (their holds exist first).
+  3. records of reservations created in this window (their holds exist first).
+A record changes at most once per window apart from pickups, which all shrink: turns that
+transition a reservation wait until its previous change is durable (actors.inventory), so a
+record created in a window never also ends in it, and an ended record never waits behind its
+freed holds (a crash between them would leave an ACTIVE record whose hold is gone).
+
+A change that cannot be encoded (a value no validation should have let in) fails its own
+window's waiters with Unavailable and is dropped with an error log; the flusher goes on.
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from unistock.server.domain import Fenced, Position, Reservation, StockKey, Unavailable
 from unistock.server.metrics import Metrics
@@ -30,6 +40,7 @@ from unistock.server.persistence.keys import position_field
 from unistock.server.persistence.store import PartitionWrite, Phase, RedisStore
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 class DurableLevel(NamedTuple):
@@ -89,17 +100,20 @@ class GroupCommit:
         self._positions[position.key] = position
         self._wake.set()
 
-    def reservation_changed(self, reservation: Reservation, *, shrinks: bool) -> None:
-        """Schedule a reservation record for writing; shrinks: it holds fewer units than before."""
+    def reservation_changed(self, reservation: Reservation, *, created: bool) -> None:
+        """Schedule a reservation record for writing (await barrier() for durability).
+
+        created: a new reservation, written after its holds; any later state of a record is
+        written before the positions (see the module docstring).
+        """
         rid = reservation.reservation_id
-        if rid in self._other:
-            # Not yet written even once in this window: keep it after the positions, whatever
-            # it became, so that a record never exists before its holds.
+        if created or rid in self._other:
+            # A record not yet written even once stays after the positions whatever it became
+            # in this window (only pickups can change it before it is durable, and they shrink
+            # holds the position has too), so that a record never exists before its holds.
             self._other[rid] = reservation
-        elif shrinks:
-            self._ending[rid] = reservation
         else:
-            self._other[rid] = reservation
+            self._ending[rid] = reservation
         self._wake.set()
 
     def source_progress(self, source_id: str, seq: int) -> None:
@@ -198,6 +212,21 @@ class GroupCommit:
         started = time.perf_counter()
         try:
             phases, durable, new_locations = self._encode(positions, ending, other, sources)
+        except Exception as exc:
+            # A value that cannot be stored (it should never have passed validation): the
+            # flusher must not die of it. Fail this window's waiters, drop what cannot be
+            # encoded and keep the rest for the next flush.
+            log.exception("flush of %d positions could not be encoded", len(positions))
+            self._metrics.redis_errors.labels("encode").inc()
+            self._requeue(*self._encodable(positions, ending, other), sources)
+            if window is self._window:
+                self._window = asyncio.get_running_loop().create_future()
+            self._inflight_positions = {}
+            self._inflight_reservations = set()
+            self._inflight = None
+            _fail(window, Unavailable(f"a change could not be stored: {exc!r}"))
+            return False
+        try:
             _, stale = await self._store.flush(phases)
         except Unavailable as exc:
             self._metrics.redis_errors.labels("flush").inc()
@@ -275,6 +304,19 @@ class GroupCommit:
             last[ks.source_partition(source_id)].sources.append((source_id, seq))
         return [ph for ph in (first, middle, last) if ph], durable, new_locations
 
+    def _encodable(
+        self,
+        positions: dict[StockKey, Position],
+        ending: dict[str, Reservation],
+        other: dict[str, Reservation],
+    ) -> tuple[dict[StockKey, Position], dict[str, Reservation], dict[str, Reservation]]:
+        """The changes that encode, each alone; the others are logged and dropped."""
+        return (
+            {k: p for k, p in positions.items() if _encodes(encode_position_with_level, p)},
+            {r: v for r, v in ending.items() if _encodes(encode_reservation, v)},
+            {r: v for r, v in other.items() if _encodes(encode_reservation, v)},
+        )
+
     def _requeue(
         self,
         positions: dict[StockKey, Position],
@@ -292,6 +334,15 @@ class GroupCommit:
             for rid, r in records.items():
                 if rid not in self._ending and rid not in self._other:
                     target[rid] = r
+
+
+def _encodes(encode: Callable[[_T], object], value: _T) -> bool:
+    try:
+        encode(value)
+    except Exception:
+        log.error("dropping a change that cannot be stored: %r", value, exc_info=True)
+        return False
+    return True
 
 
 def _fail(future: asyncio.Future[None], exc: BaseException) -> None:
