@@ -768,7 +768,7 @@ class _Intake(ipb_grpc.StoreIntakeServicer):
                 seq = await asyncio.to_thread(agent.outbox.request_seq, request.request_id, m)
                 if seq is not None:
                     return self._receipt_for(seq, replayed=True)
-            before = self._sale_seen(m) if isinstance(request, ipb.SaleRequest) else None
+            before = self._sale_seen(m) if m.type == pb.SALE else None  # RecordMovement too
             if m.type == pb.COUNT and m.count_id:
                 before = self._count_seen(m)
             if request.request_id:

@@ -26,9 +26,12 @@ Which count a late movement is marked with (domain invariant 7) is decided by :c
 alone, from :class:`CountCover`\\ s: one per ``COUNT`` the agent put in its stream (a count covers
 the SKUs it emitted a ``COUNT`` for, at its location, and nothing else: a count of TEE says
 nothing about CAP, and a count of "every SKU read" covers only the SKUs it read). A movement is
-marked with the latest count that covered its SKU at its location and that it happened before,
-or not at all. The server only corrects a count it applied to that very position, so a movement
-marked with another count would be applied a second time.
+marked with the latest count in the stream that covered its SKU at its location, if it happened
+before that count started, or not at all. The server only corrects a count it applied to that
+very position, so a movement marked with another count would be applied a second time; and
+``on_hand`` rests on the position's latest ``COUNT``, so that count alone decides whether the
+movement is already in it (two overlapping counts: a sale after the start of the one emitted
+last is not in it, even if it came before the start of the other).
 
 Times are never used to decide whether a read counts: reader clocks drift and a handheld may be an
 hour off. Order is arrival order at the agent. The only time comparison is whether a movement
@@ -371,9 +374,9 @@ class CountSession:
         return self._sales_without_epc
 
 
-#: Counts :class:`CountMarks` remembers per position (one SKU at one location). The server
-#: corrects only a count among the last 4 it applied to a position (``RECENT_COUNTS``), and the
-#: count a late movement is marked with is the position's latest but for overlapping counts.
+#: Counts :class:`CountMarks` remembers per position (one SKU at one location), as many as the
+#: server (``RECENT_COUNTS``): only the latest marks movements, the others make a ``COUNT`` sent
+#: again (which the server ignores) recognisable, so that it does not become the latest.
 KEEP_PER_POSITION = 4
 
 
@@ -381,10 +384,11 @@ class CountMarks:
     """The counts in the agent's stream, per position: which one a late movement is marked with.
 
     Domain invariant 7: a movement is marked as preceding a count only if that count covered its
-    SKU at its location. Of those, it is marked with the latest (in stream order) that started
-    after the movement happened: the server then records it as a correction of that count's
-    variance, leaving ``on_hand`` alone. Every way a movement gets its ``count_id`` at the agent
-    goes through :meth:`mark`.
+    SKU at its location. The position's ``on_hand`` rests on the latest of those in the stream;
+    a movement that happened before that one started is already in it and is marked with it (the
+    server then records it as a correction of that count's variance, leaving ``on_hand`` alone);
+    any other applies on top. Every way a movement gets its ``count_id`` at the agent goes
+    through :meth:`mark`.
 
     Args:
         covers: the covers known so far, in stream order (the count store keeps them).
@@ -396,7 +400,6 @@ class CountMarks:
             raise ValueError(f"keep must be >= 1, got {keep}")
         self.keep = keep
         self._by_position: dict[tuple[str, str], list[CountCover]] = {}
-        self._count_ids: Counter[str] = Counter()
         self.add(covers)
 
     def add(self, covers: Iterable[CountCover]) -> list[CountCover]:
@@ -412,37 +415,30 @@ class CountMarks:
                 continue
             kept.append(cover)
             new.append(cover)
-            self._count_ids[cover.count_id] += 1
-            if len(kept) > self.keep:
-                self._count_ids[kept.pop(0).count_id] -= 1
-        self._count_ids = +self._count_ids  # drop the ids no position remembers
+            del kept[: -self.keep]
         return new
-
-    def known(self, count_id: str) -> bool:
-        """Whether a position remembers ``count_id``."""
-        return count_id in self._count_ids
 
     def __iter__(self) -> Iterator[CountCover]:
         """Every cover remembered, position by position, each in stream order."""
         for kept in self._by_position.values():
             yield from kept
 
-    def mark(self, sku: str, location_id: str, occurred_at: datetime, claimed: str = "") -> str:
+    def mark(self, sku: str, location_id: str, occurred_at: datetime) -> str:
         """The ``count_id`` a movement of ``sku`` at ``location_id`` that happened at
-        ``occurred_at`` (agent clock) must carry, reaching the agent now; ``""`` for none.
+        ``occurred_at`` (agent clock) must carry, reaching the agent now: the position's latest
+        count if the movement happened before it started, else ``""``.
 
-        ``claimed`` is the ``count_id`` the movement came with, if a device marked it itself. A
-        count the agent knows is not taken on trust: the rule decides, as for any movement. One
-        it does not know (made elsewhere, or long forgotten) is passed on unchecked.
+        A ``count_id`` a device set on the movement is not taken on trust: only the agent knows
+        which counts are in its stream, so this answer replaces it.
 
         Raises:
             ValueError: ``occurred_at`` is naive.
         """
         _require_aware("occurred_at", occurred_at)
-        for cover in reversed(self._by_position.get((location_id, sku), ())):
-            if occurred_at < cover.started_at:
-                return cover.count_id
-        return claimed if claimed and not self.known(claimed) else ""
+        kept = self._by_position.get((location_id, sku))
+        if kept and occurred_at < kept[-1].started_at:
+            return kept[-1].count_id
+        return ""
 
 
 def precedes_count(
