@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
@@ -27,7 +28,14 @@ from paho.mqtt.properties import Properties
 
 from unistock.devtools.services import MosquittoBroker
 from unistock.edge.outbox import Outbox
-from unistock.edge.sender import CONTENT_TYPE, ConnackLimits, Sender, publish_overhead
+from unistock.edge.sender import (
+    CONTENT_TYPE,
+    MAX_BATCH_MOVEMENTS,
+    ConnackLimits,
+    Sender,
+    ServerLimits,
+    publish_overhead,
+)
 from unistock.v1 import inventory_pb2 as pb
 
 STORE = "store-042"
@@ -109,6 +117,15 @@ class AckingTestPeer:
     """Batches to swallow unrecorded and unacked, as if lost on the way to the server."""
     echo_batch_id: bool = True
     """Echo each batch's id in its ack, as the server does (it lets the sender see gaps)."""
+    max_payload: int | None = None
+    """Refuse a larger payload whole, unparsed, like the server: BATCH_TOO_LARGE with limits,
+    no batch_id, no source."""
+    max_movements: int | None = None
+    """Refuse a batch of more movements whole: BATCH_TOO_LARGE with limits and its batch_id."""
+    too_large_seqs: frozenset[int] = frozenset()
+    """Refuse any batch holding one of these seqs (with a SKU) as too large, whatever its size."""
+    too_large: int = 0
+    """Batches refused with BATCH_TOO_LARGE."""
     batches: list[list[int]] = field(default_factory=list)
     seen: set[int] = field(default_factory=set)
     high_water: int = 0
@@ -157,9 +174,18 @@ class AckingTestPeer:
         props = message.properties
         self.content_types.add(getattr(props, "ContentType", None) if props else None)
         payload = as_bytes(message.payload)
+        store_id = str(message.topic).split("/")[3]
+        if self.max_payload is not None and len(payload) > self.max_payload:
+            await self._refuse_too_large(client, store_id, pb.MovementBatch())
+            return
         batch = pb.MovementBatch.FromString(payload)
         if self.drop_first > 0:
             self.drop_first -= 1
+            return
+        if (self.max_movements is not None and len(batch.movements) > self.max_movements) or any(
+            m.seq in self.too_large_seqs and m.sku for m in batch.movements
+        ):
+            await self._refuse_too_large(client, store_id, batch)
             return
         seqs = [m.seq for m in batch.movements]
         assert all(m.source_id == batch.source_id for m in batch.movements)
@@ -174,7 +200,6 @@ class AckingTestPeer:
         while self.high_water + 1 in self.seen:
             self.high_water += 1
         if self.auto_ack:
-            store_id = str(message.topic).split("/")[3]
             rejected = [s for s in seqs if s in self.reject]
             await self.send_ack(
                 store_id,
@@ -183,6 +208,25 @@ class AckingTestPeer:
                 client=client,
                 batch_id=batch.batch_id if self.echo_batch_id else "",
             )
+
+    async def _refuse_too_large(
+        self, client: aiomqtt.Client, store_id: str, batch: pb.MovementBatch
+    ) -> None:
+        """The server's answer to a batch over its limits (batch_id and source if parsed)."""
+        self.too_large += 1
+        ack = pb.MovementAck(
+            batch_id=batch.batch_id,
+            rejections=[
+                pb.Rejection(
+                    source_id=batch.source_id, reason=pb.BATCH_TOO_LARGE, detail="test peer"
+                )
+            ],
+            limits=pb.BatchLimits(
+                max_movements=self.max_movements or 10_000,
+                max_payload_bytes=self.max_payload or 1024 * 1024,
+            ),
+        )
+        await client.publish(f"unistock/v1/stores/{store_id}/acks", ack.SerializeToString(), qos=1)
 
     async def send_ack(
         self,
@@ -527,12 +571,15 @@ def budget_sender(broker: MosquittoBroker, outbox: Outbox) -> Sender:
     return Sender(outbox, client, STORE, ack_timeout=2.0, max_payload_bytes=8000)
 
 
-async def send_until_drained(broker: MosquittoBroker, sender: Sender) -> AckingTestPeer:
-    peer = AckingTestPeer(broker)
+async def send_until_drained(
+    broker: MosquittoBroker, sender: Sender, **peer_options: Any
+) -> AckingTestPeer:
+    """Run ``sender`` against an AckingTestPeer (with ``peer_options``) until drained."""
+    peer = AckingTestPeer(broker, **peer_options)
     async with running(peer.run()):
         await asyncio.wait_for(peer.connected.wait(), 10)
         async with running(run_agent(sender)):
-            await wait_until(lambda: sender.outbox.depth() == 0, 30, "the outbox to drain")
+            await wait_until(lambda: sender.outbox.depth() == 0, 60, "the outbox to drain")
     return peer
 
 
@@ -614,3 +661,68 @@ async def test_a_movement_too_large_alone_is_set_aside_and_the_rest_delivered(
     assert record.movement is not None
     assert record.movement.reason == huge.reason  # the original, for the back office
     assert sender.stats.too_large == 1
+
+
+# --------------------------------------------------------------------------- server limits
+
+
+async def test_a_batch_over_the_servers_payload_limit_is_resent_within_it(
+    mosquitto_broker: MosquittoBroker, outbox: Outbox
+) -> None:
+    # The agent's budget (256 KiB) is above the server's (20 KB here) and the broker has no
+    # limit: batches of 100 such sales (~160 KB) are refused whole, unparsed, with no batch id.
+    limits = ServerLimits()
+    sender = Sender(
+        outbox, mqtt_client(mosquitto_broker, "edge-agent"), STORE, server_limits=limits
+    )
+    outbox.append(tagged_sales(300, epcs=60))
+    outbox.append(tagged_sales(1, epcs=1000))  # ~26 KB: over the new limit even alone
+    peer = await send_until_drained(mosquitto_broker, sender, max_payload=20_000)
+    assert peer.seen == set(range(1, 302))
+    assert first_receipts(peer) == list(range(1, 302))
+    assert max(peer.payload_sizes) <= 20_000
+    assert peer.too_large >= 1
+    assert (limits.max_payload_bytes, limits.refusals) == (20_000, peer.too_large)
+    assert sender.stats.resplits >= 1
+    assert list(peer.last_received[301].epc) == [], "the big one went the existing way: slim"
+    assert outbox.rejected() == []
+    # What was learnt outlives the connection: the next sender starts within the limit.
+    again = Sender(outbox, mqtt_client(mosquitto_broker, "x"), STORE, server_limits=limits)
+    assert again.payload_budget == 20_000
+
+
+async def test_a_batch_over_the_servers_movement_limit_is_resent_split(
+    mosquitto_broker: MosquittoBroker, outbox: Outbox
+) -> None:
+    sender = Sender(outbox, mqtt_client(mosquitto_broker, "edge-agent"), STORE, batch_size=100)
+    assert sender.batch_limit == 100
+    outbox.append(sales(250))
+    peer = await send_until_drained(mosquitto_broker, sender, max_movements=30)
+    assert peer.seen == set(range(1, 251))
+    assert max(len(b) for b in peer.batches) <= 30
+    assert sender.batch_limit == sender.server_limits.max_movements == 30
+    assert outbox.rejected() == []
+
+
+async def test_a_movement_the_server_refuses_within_its_limits_is_set_aside_alone(
+    mosquitto_broker: MosquittoBroker, outbox: Outbox
+) -> None:
+    # The server refuses every batch holding seq 7 although it keeps within the limits it
+    # announces: the batches shrink until seq 7 is alone, then it is set aside, never stalling.
+    sender = Sender(outbox, mqtt_client(mosquitto_broker, "edge-agent"), STORE, batch_size=8)
+    outbox.append(sales(20))
+    peer = await send_until_drained(mosquitto_broker, sender, too_large_seqs=frozenset({7}))
+    assert peer.seen == set(range(1, 21))
+    assert peer.last_received[7].sku == "", "seq 7 went as the set-aside stand-in"
+    [record] = outbox.rejected()
+    assert record.seq == 7
+    assert "BATCH_TOO_LARGE" in record.detail
+    assert sender.stats.too_large == 1
+
+
+def test_batches_hold_at_most_10000_movements_by_default(outbox: Outbox) -> None:
+    async def build() -> int:
+        sender = Sender(outbox, aiomqtt.Client("127.0.0.1"), STORE, batch_size=50_000)
+        return sender.batch_limit
+
+    assert asyncio.run(build()) == MAX_BATCH_MOVEMENTS == 10_000

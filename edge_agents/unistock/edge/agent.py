@@ -51,13 +51,14 @@ from unistock.edge.readers import (
     parse_tag_reads,
     reader_from_topic,
 )
-from unistock.edge.reconnect import reconnecting
+from unistock.edge.reconnect import reconnecting, reraise_if_cancelling
 from unistock.edge.sender import (
     DEFAULT_MAX_PAYLOAD,
     ConnackLimits,
     PublishRefusals,
     Sender,
     SenderStats,
+    ServerLimits,
     reason_label,
     status_topic,
 )
@@ -162,8 +163,11 @@ class _SendCollector(Collector):
     """The sender's counters (cumulative over connections) as agent metrics: the send rate is
     ``rate(unistock_agent_movements_published_total[1m])``."""
 
-    def __init__(self, stats: SenderStats, in_flight: Callable[[], int]) -> None:
+    def __init__(
+        self, stats: SenderStats, limits: ServerLimits, in_flight: Callable[[], int]
+    ) -> None:
         self.stats = stats
+        self.limits = limits
         self.in_flight = in_flight
 
     def collect(self) -> Iterator[Metric]:
@@ -192,6 +196,25 @@ class _SendCollector(Collector):
             "Batches published and not yet acknowledged by the server.",
             value=self.in_flight(),
         )
+        limits = self.limits
+        yield CounterMetricFamily(
+            "unistock_agent_batches_too_large",
+            "Batches the server refused whole as too large (BATCH_TOO_LARGE); each lowers the "
+            "batch limits below to the server's and resends the window re-split.",
+            value=limits.refusals,
+        )
+        yield GaugeMetricFamily(
+            "unistock_agent_server_batch_max_movements",
+            "Most movements per batch the server takes, as the agent knows it (10,000 until the "
+            "server refuses a batch and says otherwise).",
+            value=limits.max_movements,
+        )
+        if limits.max_payload_bytes is not None:
+            yield GaugeMetricFamily(
+                "unistock_agent_server_batch_max_payload_bytes",
+                "Largest batch payload the server takes, learnt from its BATCH_TOO_LARGE refusal.",
+                value=limits.max_payload_bytes,
+            )
 
 
 def _now_ts() -> Timestamp:
@@ -243,8 +266,14 @@ class StoreAgent:
         self.settings = settings
         self.metrics = AgentMetrics()
         self.send_stats = SenderStats()
+        #: The server's batch limits, learnt once for the life of the process.
+        self.server_limits = ServerLimits()
         self.metrics.registry.register(
-            _SendCollector(self.send_stats, lambda: self.sender.in_flight if self.sender else 0)
+            _SendCollector(
+                self.send_stats,
+                self.server_limits,
+                lambda: self.sender.in_flight if self.sender else 0,
+            )
         )
         self.outbox = Outbox(
             settings.data_dir / f"outbox-{settings.store_id}.sqlite",
@@ -466,6 +495,7 @@ class StoreAgent:
             client = _mqtt_client(s, will)
             limits = ConnackLimits(client)  # before connecting: it reads the CONNACK
             async with client:
+                reraise_if_cancelling()
                 refusals = PublishRefusals(client, self._publish_refused)
                 sender = Sender(
                     self.outbox,
@@ -478,6 +508,7 @@ class StoreAgent:
                     stats=self.send_stats,
                     max_payload_bytes=s.max_payload_bytes,
                     broker_limits=limits,
+                    server_limits=self.server_limits,
                 )
                 self.sender = sender
                 self.connected.set()
@@ -497,7 +528,7 @@ class StoreAgent:
                                 self._check_drained()
                 except BaseException:
                     task = asyncio.current_task()
-                    if task is not None and task.cancelling():
+                    if task is not None and task.cancelling():  # a stop, not a lost connection
                         await self._say_offline(client, topic)
                     raise
         finally:
@@ -547,6 +578,7 @@ class StoreAgent:
             await client.publish(
                 topic, self.status(pb.AgentStatus.ONLINE).SerializeToString(), qos=1, retain=True
             )
+            reraise_if_cancelling()  # else a stop would wait for this loop for ever
             reason = refusals.take(topic)
             if reason is not None:  # once per status interval at most
                 log.error(

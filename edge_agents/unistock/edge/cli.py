@@ -75,11 +75,13 @@ def parse(argv: Sequence[str] | None = None) -> AgentSettings:
         metavar="READER=LOCATION",
         help="the location a reader counts, repeatable (default: the store's location)",
     )
-    flag("--batch-size", "UNISTOCK_AGENT_BATCH_SIZE", 100, "movements per MQTT message", int)
+    flag("--batch-size", "UNISTOCK_AGENT_BATCH_SIZE", 100,
+         "movements per MQTT message (at most 10,000, or fewer if the server says so)", int)  # fmt: skip
     flag("--window", "UNISTOCK_AGENT_WINDOW", 8, "unacked batches in flight", int)
     flag("--max-payload-bytes", "UNISTOCK_AGENT_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD,
          "largest MovementBatch payload; keep it under the broker's message_size_limit "
-         "(a smaller Maximum Packet Size announced by the broker wins)", int)  # fmt: skip
+         "(a smaller Maximum Packet Size announced by the broker wins, and so does the "
+         "server's limit once it refuses a batch as too large)", int)  # fmt: skip
     p.add_argument("--log-level", default=env.get("UNISTOCK_LOG_LEVEL", "INFO"))
     a = p.parse_args(argv)
     reader_locations: dict[str, str] = {}

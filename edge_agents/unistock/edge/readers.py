@@ -40,6 +40,7 @@ from typing import Any
 import aiomqtt
 
 from unistock.client.mqtt import broker_args
+from unistock.edge.reconnect import reraise_if_cancelling
 
 __all__ = [
     "DEFAULT_READER_TOPIC",
@@ -179,6 +180,7 @@ class ReaderListener:
         async with aiomqtt.Client(**broker_args(self.url), identifier=self.identifier) as client:
             for topic_filter in (*self.topic_filters, self.sync_topic):
                 await client.subscribe(topic_filter, qos=1)
+                reraise_if_cancelling()  # else a stop would wait for the dispatcher for ever
             self._client = client
             self.connected.set()
             on_connected()

@@ -9,9 +9,23 @@ from collections.abc import Awaitable, Callable
 
 import aiomqtt
 
-__all__ = ["reconnecting"]
+__all__ = ["reconnecting", "reraise_if_cancelling"]
 
 log = logging.getLogger(__name__)
+
+
+def reraise_if_cancelling() -> None:
+    """Raise ``CancelledError`` if this task was cancelled during an aiomqtt call that returned.
+
+    aiomqtt awaits every publish/subscribe through ``asyncio.wait_for``, which on Python 3.11
+    returns the result and drops the cancellation when both happen in the same loop pass
+    (CPython gh-86296, fixed in 3.12), or turns it into an ``MqttError``. A task that carries
+    on would never stop, and the task group waiting for it (the agent's shutdown on SIGTERM)
+    would hang: call this after every such await in a loop.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 async def reconnecting(
@@ -40,8 +54,6 @@ async def reconnecting(
             log.warning("%s: broker connection lost (%s)", what, group.exceptions[0])
         # aiomqtt (asyncio.wait_for on 3.11) can turn our cancellation into an MqttError:
         # a cancelled task must stop, not reconnect.
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise asyncio.CancelledError
+        reraise_if_cancelling()
         await asyncio.sleep(backoff * (0.5 + random.random()))
         backoff = min(backoff * 2, cap)

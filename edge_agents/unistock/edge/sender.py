@@ -44,16 +44,27 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from unistock.edge.limits import (
+    DEFAULT_MAX_PAYLOAD,
+    MAX_BATCH_MOVEMENTS,
+    ConnackLimits,
+    ServerLimits,
+    batch_bytes,
+    field_size,
+)
 from unistock.edge.outbox import Outbox, reject_reason_name
+from unistock.edge.reconnect import reraise_if_cancelling
 from unistock.v1 import inventory_pb2 as pb
 
 __all__ = [
     "CONTENT_TYPE",
     "DEFAULT_MAX_PAYLOAD",
+    "MAX_BATCH_MOVEMENTS",
     "ConnackLimits",
     "PublishRefusals",
     "Sender",
     "SenderStats",
+    "ServerLimits",
     "acks_topic",
     "movements_topic",
     "status_topic",
@@ -63,18 +74,6 @@ _log = logging.getLogger(__name__)
 
 #: MQTT 5 content type of a binary protobuf payload (the server also accepts the JSON mapping).
 CONTENT_TYPE = "application/x-protobuf"
-
-#: Default payload budget of one ``MovementBatch`` (bytes): well under the 1 MiB
-#: ``message_size_limit`` of deploy/mosquitto/mosquitto.conf and the server's own limit.
-DEFAULT_MAX_PAYLOAD = 256 * 1024
-
-#: Upper bound of a batch_id ("<first seq>-<last seq>#<publish number>", 20 digits each).
-_MAX_BATCH_ID = 62
-
-
-def _field_size(length: int) -> int:
-    """Bytes of one length-delimited protobuf field (tag < 16) with ``length`` bytes of data."""
-    return 1 + (max(length, 1).bit_length() + 6) // 7 + length
 
 
 def publish_overhead(topic: str) -> int:
@@ -158,51 +157,6 @@ class PublishRefusals:
                 self._chained(paho, userdata, mid, reason, properties)
 
 
-class ConnackLimits:
-    """The Maximum Packet Size the broker announced in its MQTT 5 CONNACK, which aiomqtt drops.
-
-    Neither aiomqtt nor paho keeps the CONNACK properties; created on a client *before* it
-    connects, this chains the paho client's ``on_connect`` (aiomqtt's own callback still runs
-    after it) and keeps the broker's ``MaximumPacketSize`` of the latest connect, ``None`` when
-    the broker announced none (mosquitto announces its ``max_packet_size``; its
-    ``message_size_limit`` is not announced).
-    """
-
-    def __init__(self, client: aiomqtt.Client) -> None:
-        self._paho = client._client
-        self._chained = cast(paho_mqtt.CallbackOnConnect_v2 | None, self._paho.on_connect)
-        self.max_packet_size: int | None = None
-        self._paho.on_connect = self._on_connect
-
-    def _on_connect(
-        self,
-        paho: paho_mqtt.Client,
-        userdata: Any,
-        flags: paho_mqtt.ConnectFlags,
-        reason: ReasonCode,
-        properties: Properties | None = None,
-    ) -> None:
-        try:
-            size = getattr(properties, "MaximumPacketSize", None)
-            self.max_packet_size = int(size) if size is not None else None
-        finally:
-            if self._chained is not None:
-                self._chained(paho, userdata, flags, reason, properties)
-
-
-def _reraise_swallowed_cancel() -> None:
-    """Raise ``CancelledError`` if this task was cancelled during an aiomqtt call that returned.
-
-    aiomqtt awaits every publish/subscribe through ``asyncio.wait_for``, which on Python 3.11
-    returns the result and drops the cancellation when both happen in the same loop pass
-    (CPython gh-86296, fixed in 3.12). The agent's TaskGroup would then wait for ever for this
-    task to stop after the dispatcher failed.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
 @dataclass(frozen=True, slots=True)
 class _Batch:
     """A published batch waiting for the server's ack."""
@@ -211,6 +165,9 @@ class _Batch:
     last_seq: int
     #: Publish number on this sender (in the batch_id), so that an ack names the very publish.
     number: int = 0
+    movements: int = 0
+    size: int = 0
+    """Upper bound of its payload (bytes)."""
 
 
 @dataclass(slots=True)
@@ -238,6 +195,8 @@ class SenderStats:
     """Batches cut below ``batch_size`` movements to stay within the payload budget."""
     epcs_dropped: int = 0
     """Movements over the payload budget sent without their (informational) EPC lists."""
+    resplits: int = 0
+    """Windows resent re-split after the server refused a batch as too large (BATCH_TOO_LARGE)."""
 
 
 class Sender:
@@ -262,6 +221,9 @@ class Sender:
         max_payload_bytes: the largest ``MovementBatch`` payload to publish.
         broker_limits: the client's :class:`ConnackLimits`; when the broker announced a
             Maximum Packet Size, payloads also stay below it minus the PUBLISH overhead.
+        server_limits: the server's limits as learnt so far (:class:`ServerLimits`; the
+            agent passes one instance to the sender of every connection). Batches also stay
+            within them: at most 10,000 movements until the server says otherwise.
 
     Payload budget. A payload over the broker's ``message_size_limit`` gets PUBACK reason 149,
     which paho takes for a protocol error: it drops the connection and the same batch would be
@@ -284,6 +246,15 @@ class Sender:
     reconnect storm; acks of earlier batches keep settling meanwhile, and the outbox depth and
     oldest-unacked age keep growing where monitoring sees them. A fixed ACL (mosquitto reloads
     it on SIGHUP) lets the next attempt through without a restart.
+
+    A batch the *server* refuses as too large (``BATCH_TOO_LARGE``: more movements or more
+    bytes than it takes, e.g. an agent configured with ``max_payload_bytes`` above the server's
+    limit behind a broker without a size limit) advanced nothing. Its ``MovementAck.limits``
+    lower :attr:`server_limits` for the life of the process (logged, counted), and the window
+    is resent at once from the lowest unsettled seq, re-split within the new limits; a movement
+    too large alone goes the way described above (without its EPCs, or set aside). A refused
+    batch of ours that kept within the announced limits halves the number of movements per
+    batch; refused alone, its movement is set aside. Either way the store is never stalled.
     """
 
     def __init__(
@@ -301,6 +272,7 @@ class Sender:
         stats: SenderStats | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD,
         broker_limits: ConnackLimits | None = None,
+        server_limits: ServerLimits | None = None,
     ) -> None:
         if batch_size < 1 or window < 1:
             raise ValueError("batch_size and window must be at least 1")
@@ -330,14 +302,25 @@ class Sender:
         self._gap: int | None = None  # the server's acked seq, when it reveals a lost batch
         self.max_payload_bytes = max_payload_bytes
         self.broker_limits = broker_limits
+        self.server_limits = server_limits if server_limits is not None else ServerLimits()
+        self._resplit = False  # the server refused a batch as too large: resend re-split
+        self._refused_alone: int | None = None  # seq refused alone within the limits
 
     @property
     def payload_budget(self) -> int:
-        """The largest payload to publish: ``max_payload_bytes``, or less if the broker says so."""
+        """The largest payload to publish: ``max_payload_bytes``, or less if the broker or
+        the server says so."""
+        budget = self.max_payload_bytes
         announced = self.broker_limits.max_packet_size if self.broker_limits else None
-        if announced is None:
-            return self.max_payload_bytes
-        return min(self.max_payload_bytes, announced - publish_overhead(self.movements_topic))
+        if announced is not None:
+            budget = min(budget, announced - publish_overhead(self.movements_topic))
+        server = self.server_limits.max_payload_bytes
+        return budget if server is None else min(budget, server)
+
+    @property
+    def batch_limit(self) -> int:
+        """The most movements in one batch: ``batch_size``, or less if the server says so."""
+        return min(self.batch_size, self.server_limits.max_movements)
 
     # ---- what the agent calls --------------------------------------------------------------
 
@@ -384,7 +367,11 @@ class Sender:
                 acked = source.seq if acked is None else max(acked, source.seq)
         rejections: list[tuple[int, int, str]] = []
         for rejection in ack.rejections:
-            if rejection.source_id == source_id and rejection.seq > 0:
+            if rejection.reason == pb.BATCH_TOO_LARGE:
+                # A whole batch refused for its size: no movement of it is settled.
+                if rejection.source_id in ("", source_id):
+                    self._too_large(ack, rejection.detail)
+            elif rejection.source_id == source_id and rejection.seq > 0:
                 rejections.append((rejection.seq, rejection.reason, rejection.detail))
             elif not rejection.source_id or rejection.seq == 0:
                 # A whole payload the server could not read: nothing in the outbox can be
@@ -420,7 +407,7 @@ class Sender:
         """
         # Subscribe before the first publish, so that no ack for this session is missed.
         await self.client.subscribe(self.acks_topic, qos=1)
-        _reraise_swallowed_cancel()
+        reraise_if_cancelling()
         self._in_flight.clear()
         self._gap = None
         self._wake.set()
@@ -441,6 +428,19 @@ class Sender:
                 self._in_flight.clear()
                 cursor = 0
                 last_progress = loop.time()
+            if self._resplit:
+                self._resplit = False
+                self.stats.resplits += 1
+                _log.info(
+                    "resending from the lowest unsettled seq in batches of at most %d movements "
+                    "and %d bytes",
+                    self.batch_limit,
+                    self.payload_budget,
+                )
+                await self._set_aside_refused()
+                self._in_flight.clear()
+                cursor = 0
+                last_progress = loop.time()
             while True:
                 # Re-read before every publish: acks settle the outbox while we wait for a
                 # PUBACK, and a stale count would shrink the window for no reason.
@@ -452,10 +452,10 @@ class Sender:
                     # Nothing outstanding: the timeout clock only runs while acks are owed.
                     last_progress = loop.time()
                 cursor = max(cursor, settled)
-                if len(self._in_flight) >= self.window:
-                    break
+                if len(self._in_flight) >= self.window or self._resplit:
+                    break  # full, or the server refused a batch: resend within its limits
                 movements = await asyncio.to_thread(
-                    self.outbox.pending, cursor, limit=self.batch_size
+                    self.outbox.pending, cursor, limit=self.batch_limit
                 )
                 if not movements:
                     break
@@ -506,16 +506,47 @@ class Sender:
         retransmit. Acks of batches from before a resend name publish numbers no longer in
         flight, so one loss triggers one resend.
         """
+        batch = self._in_flight_batch(batch_id)
+        if batch is not None and acked < batch.first_seq - 1:
+            self._gap = acked
+            self._wake.set()
+
+    def _in_flight_batch(self, batch_id: str) -> _Batch | None:
+        """The batch in flight that ``batch_id`` (echoed by an ack) names, if any."""
         _, _, number = batch_id.rpartition("#")
         if not number.isdigit():
-            return
+            return None
         n = int(number)
-        for batch in self._in_flight:
-            if batch.number == n:
-                if acked < batch.first_seq - 1:
-                    self._gap = acked
-                    self._wake.set()
-                return
+        return next((b for b in self._in_flight if b.number == n), None)
+
+    def _too_large(self, ack: pb.MovementAck, detail: str) -> None:
+        """The server refused a batch whole for its size (``BATCH_TOO_LARGE``).
+
+        Learn its limits; resend the window re-split if they lowered ours, or if the batch
+        refused is one of ours in flight that kept within them (then halve the movements per
+        batch, or set its movement aside if it was alone). A refusal of a batch sent before a
+        lesson, or of a stranger's payload on our topic, changes nothing more.
+        """
+        limits = self.server_limits
+        limits.refusals += 1
+        lowered = ack.HasField("limits") and limits.learn(ack.limits)
+        batch = self._in_flight_batch(ack.batch_id)
+        _log.warning(
+            "the server refused batch %r as too large (%s)", ack.batch_id or "(unnamed)", detail
+        )
+        if batch is not None and (
+            batch.movements > self.batch_limit or batch.size > self.payload_budget
+        ):
+            batch = None  # sent before a lesson learnt since: resent re-split already
+        if batch is not None and not lowered:
+            if batch.movements > 1:
+                limits.max_movements = min(limits.max_movements, batch.movements)
+                limits.halve_movements()
+            else:
+                self._refused_alone = batch.first_seq
+        if lowered or batch is not None:
+            self._resplit = True
+            self._wake.set()
 
     def _fit(self, movements: list[pb.Movement]) -> list[pb.Movement]:
         """The longest prefix of ``movements`` whose MovementBatch fits the payload budget.
@@ -524,9 +555,9 @@ class Sender:
         serialisation is needed to decide.
         """
         budget = self.payload_budget
-        size = _field_size(len(self.outbox.source_id.encode())) + _field_size(_MAX_BATCH_ID)
+        size = batch_bytes(self.outbox.source_id)
         for n, movement in enumerate(movements):
-            size += _field_size(movement.ByteSize())
+            size += field_size(movement.ByteSize())
             if size > budget:
                 if n:
                     self.stats.split_batches += 1
@@ -557,10 +588,24 @@ class Sender:
         )
         return slim
 
-    async def _set_aside(self, movement: pb.Movement) -> None:
+    async def _set_aside_refused(self) -> None:
+        """Set aside the movement the server refused alone although it kept within its limits."""
+        seq, self._refused_alone = self._refused_alone, None
+        if seq is None:
+            return
+        pending = await asyncio.to_thread(self.outbox.pending, seq - 1, limit=1)
+        if pending and pending[0].seq == seq:
+            movement = pending[0]
+            await self._set_aside(
+                movement,
+                f"movement too large for the server: refused alone ({movement.ByteSize()} "
+                "bytes) with BATCH_TOO_LARGE (set aside by the agent)",
+            )
+
+    async def _set_aside(self, movement: pb.Movement, detail: str = "") -> None:
         """Reject a movement too large to publish alone, and send a stand-in under its seq."""
         self.stats.too_large += 1
-        detail = (
+        detail = detail or (
             f"movement too large to publish: {movement.ByteSize()} bytes, over the payload "
             f"budget of {self.payload_budget} bytes (set aside by the agent, never sent)"
         )
@@ -591,7 +636,8 @@ class Sender:
     async def _publish(self, movements: list[pb.Movement]) -> bool:
         """Publish one batch; ``False`` if the broker refused it (then it is not in flight)."""
         self._published += 1
-        batch = _Batch(movements[0].seq, movements[-1].seq, self._published)
+        size = batch_bytes(self.outbox.source_id, movements)
+        batch = _Batch(movements[0].seq, movements[-1].seq, self._published, len(movements), size)
         message = pb.MovementBatch(
             source_id=self.outbox.source_id,
             movements=movements,
@@ -609,7 +655,7 @@ class Sender:
             properties=self._properties,
             timeout=self.publish_timeout,
         )
-        _reraise_swallowed_cancel()
+        reraise_if_cancelling()
         reason = self.refusals.take(self.movements_topic)
         if reason is not None:
             self._in_flight.remove(batch)
