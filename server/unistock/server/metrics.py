@@ -158,7 +158,7 @@ class Metrics:
         self.mqtt_store_last_seen = Gauge(
             "unistock_mqtt_store_last_seen_timestamp_seconds",
             "When a store's agent last sent a batch that was accepted (Unix time); the first "
-            "10,000 stores have their own series, later ones share store=\"|other\".",
+            '10,000 stores have their own series, later ones share store="|other".',
             ["store"],
             registry=r,
         )
