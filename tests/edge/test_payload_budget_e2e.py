@@ -53,3 +53,40 @@ async def test_oversized_movements_are_slimmed_or_set_aside_and_the_rest_applies
         assert (record.seq, record.reason) == (3, pb.INVALID_FIELD)
         assert record.movement is not None
         assert record.movement.reason.startswith("damaged")
+
+
+async def test_batches_over_the_servers_limit_are_resent_within_it_and_nothing_stalls(
+    server: UnistockServer, tmp_path: Path, mosquitto_broker: MosquittoBroker
+) -> None:
+    # The agent's budget (4 MiB) is above the server's 1 MiB and the broker has no size limit:
+    # the first batch (~1.9 MB) is refused whole (BATCH_TOO_LARGE, unparsed, with the limits).
+    settings = agent_settings(
+        tmp_path, mosquitto_broker.url, max_payload_bytes=4 * 1024 * 1024, batch_size=1000
+    )
+    async with StoreAgent(settings) as agent:
+        await agent.record([pb.Movement(sku="SOCK", type=pb.RECEIPT, quantity=100_000)])
+        burst = [
+            pb.Movement(
+                sku="SOCK",
+                type=pb.SALE,
+                quantity=100,
+                epc=[f"3034257BF4{i:05X}{k:09X}" for k in range(100)],
+                reason="till 7: bulk order for the school uniform fair " * 10,
+            )
+            for i in range(600)
+        ]
+        await agent.record(burst)
+        task = asyncio.create_task(agent.run())
+        try:
+            await agent.record(
+                [pb.Movement(sku="SOCK", type=pb.SALE, quantity=1) for _ in range(5)]
+            )
+            await drained(agent)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        assert agent.outbox.last_acked == 1 + 600 + 5
+        assert await on_hand(server, "SOCK") == 100_000 - 600 * 100 - 5
+        assert agent.outbox.rejected() == []
+        assert agent.server_limits.max_payload_bytes == 1024 * 1024
+        assert agent.server_limits.refusals >= 1
