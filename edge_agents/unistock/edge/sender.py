@@ -457,7 +457,7 @@ class Sender:
                 movements = await asyncio.to_thread(
                     self.outbox.pending, cursor, limit=self.batch_limit
                 )
-                if not movements:
+                if not movements or self._resplit:  # (a refusal may arrive during the read)
                     break
                 fitting = self._fit(movements)
                 if not fitting:
