@@ -102,6 +102,8 @@ async def test_dirty_positions_are_never_passivated(redis_server: RedisServer) -
     try:
         keys = [(f"SKU-{i}", "store-1") for i in range(12)]
         await x.inv.levels(keys)
+        # The source is known before the pause (its highest seq is read once, on first sight).
+        await x.inv.apply_movements([receipt("wms", 100, "SKU-11")])
         redis_server.pause()  # flushes cannot complete: what changes now stays dirty
         submitted = []
         for i in range(5):

@@ -55,7 +55,8 @@ async def test_answers_wait_for_the_change_they_reveal(
         release = asyncio.create_task(c.release("r-held"))
         reserve = asyncio.create_task(c.reserve("r-last", [(*LAST, 1)], kind="ORDER"))
         await asyncio.sleep(0.3)  # both turns ran; their flush cannot finish
-        assert not release.done() and not reserve.done()
+        assert not release.done()
+        assert not reserve.done()
 
         async with UnistockClient(target(srv), TOKENS["admin"], timeout=0.5) as short:
             # A fulfil of the reservation being released: not "it is RELEASED" yet.

@@ -16,6 +16,7 @@ from typing import cast
 from unistock.server.actors.directory import Directory
 from unistock.server.actors.reservations import ReservationBook
 from unistock.server.domain import (
+    MAX_SEQ_JUMP,
     InvalidArgument,
     Line,
     Movement,
@@ -82,6 +83,7 @@ class Inventory:
         *,
         max_resident: int = 2_000_000,
         max_cached_reservations: int = 200_000,
+        max_sources: int = 65_536,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -94,6 +96,9 @@ class Inventory:
         )
         self.positions.reconcile = self.reservations.reconcile
         self.locations: set[str] = set()
+        #: Highest seq applied from each source anywhere (bounds seq jumps), most recent last.
+        self._highs: dict[str, int] = {}
+        self.max_sources = max_sources
 
     async def start(self) -> None:
         """Load what must be known before serving (the set of locations)."""
@@ -164,7 +169,10 @@ class Inventory:
         anyone before the future resolves.
         """
         rids = {m.reservation_id for m in movements if m.reservation_id}
+        await self._load_highs({m.source_id for m in movements})
         await self._ready({m.key for m in movements}, rids, settled=bool(rids))
+        highs = self._highs
+        tops: dict[str, int] = {}
         out = BatchResult()
         results = out.results
         outcomes: Counter[tuple[MovementType, Outcome]] = Counter()
@@ -172,6 +180,10 @@ class Inventory:
         changed = self.commit.position_changed
         locations = self.locations
         for m in movements:
+            high = highs.get(m.source_id, 0)
+            if m.seq > high + MAX_SEQ_JUMP:
+                out.refused.append((m, _seq_jump(m, high)))
+                continue
             p = get(m.key)
             assert p is not None, "turn ran before its position was resident"
             record = self.reservations.get(m.reservation_id) if m.reservation_id else None
@@ -182,6 +194,8 @@ class Inventory:
             if r.outcome is Outcome.DUPLICATE:
                 out.duplicates += 1
                 continue
+            if m.seq > high:
+                highs[m.source_id] = tops[m.source_id] = m.seq
             if m.location_id not in locations:
                 locations.add(m.location_id)
             if picked is not None:
@@ -205,10 +219,24 @@ class Inventory:
                 direction = "gain" if r.variance > 0 else "loss"
                 self.metrics.count_variance.labels(direction).inc(abs(r.variance))
             changed(p)
+        for source_id, seq in tops.items():
+            self.commit.source_high(source_id, seq)
         for (mtype, outcome), n in outcomes.items():
             self.metrics.movements.labels(mtype.name, outcome.value).inc(n)
         # Duplicates too: the original may still be on its way to Redis.
         return out, self.commit.barrier()
+
+    async def _load_highs(self, sources: set[str]) -> None:
+        highs = self._highs
+        missing = [s for s in sources if s not in highs]
+        if not missing:
+            return
+        for source_id, seq in zip(
+            missing, await self.store.load_source_highs(missing), strict=True
+        ):
+            highs.setdefault(source_id, seq)
+        while len(highs) > self.max_sources:  # forget the sources seen longest ago
+            del highs[next(iter(highs))]
 
     def _mismatch(self, m: Movement, why: str) -> PickupMismatch:
         self.metrics.pickup_mismatches.inc()
@@ -405,3 +433,11 @@ def _freeing(
         return after
 
     return run
+
+
+def _seq_jump(m: Movement, high: int) -> InvalidArgument:
+    return InvalidArgument(
+        "seq",
+        f"{m.seq} lies more than {MAX_SEQ_JUMP:,} beyond {high}, the highest seq applied from "
+        f"source {m.source_id!r}; seqs start at 1 and grow by one per movement",
+    )

@@ -32,6 +32,7 @@ from unistock.server.domain.reservation import (
 )
 from unistock.server.domain.values import (
     MAX_QUANTITY,
+    MAX_SEQ_JUMP,
     AdjustmentSign,
     Line,
     Movement,
@@ -44,6 +45,7 @@ from unistock.server.domain.values import (
 __all__ = [
     "DEFAULT_TTL",
     "MAX_QUANTITY",
+    "MAX_SEQ_JUMP",
     "AdjustmentSign",
     "Fenced",
     "InsufficientStock",

@@ -14,6 +14,11 @@ from unistock.server.domain.errors import InvalidArgument
 MAX_QUANTITY = 1_000_000_000
 #: Longest free-text reason of a movement (it is stored and logged, not parsed).
 MAX_REASON = 1024
+#: Furthest a movement's seq may lie beyond the highest seq applied from its source (for a new
+#: source: beyond 0). A source's seqs start at 1 and grow by one per movement, so a larger jump
+#: is a bug or an attack: accepted, it would make every later movement of that source at that
+#: position a "duplicate".
+MAX_SEQ_JUMP = 1_000_000
 
 _ID_RE = re.compile(r"[!-{}~]{1,128}")  # printable ASCII, no whitespace, no '|' (0x7c)
 

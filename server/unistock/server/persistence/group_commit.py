@@ -82,6 +82,7 @@ class GroupCommit:
         self._ending: dict[str, Reservation] = {}
         self._other: dict[str, Reservation] = {}
         self._sources: dict[str, int] = {}
+        self._highs: dict[str, int] = {}
         self._inflight_positions: dict[StockKey, Position] = {}
         self._inflight_reservations: set[str] = set()
         self._window: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -123,6 +124,13 @@ class GroupCommit:
             self._sources[source_id] = seq
             self._wake.set()
 
+    def source_high(self, source_id: str, seq: int) -> None:
+        """Record the highest seq applied from source_id anywhere (written with the next flush,
+        last: a crash can only make it lower than the truth, which loosens the jump bound)."""
+        if seq > self._highs.get(source_id, 0):
+            self._highs[source_id] = seq
+            self._wake.set()
+
     def is_dirty(self, key: StockKey) -> bool:
         """Whether a position has changes not yet durable (it must stay resident)."""
         return key in self._positions or key in self._inflight_positions
@@ -143,7 +151,7 @@ class GroupCommit:
         """
         if self.fenced is not None:
             return _failed(Unavailable("this server lost ownership of its partitions"))
-        if self._positions or self._ending or self._other or self._sources:
+        if self._positions or self._ending or self._other or self._sources or self._highs:
             return asyncio.shield(self._window)
         if self._inflight is not None:
             return asyncio.shield(self._inflight)
@@ -163,7 +171,7 @@ class GroupCommit:
             if self.linger and self._last_batch >= self.busy_batch and not self._closing:
                 await asyncio.sleep(self.linger)
             self._wake.clear()
-            if not (self._positions or self._ending or self._other or self._sources):
+            if not (self._positions or self._ending or self._other or self._sources or self._highs):
                 if self._closing:
                     return
                 continue
@@ -198,6 +206,7 @@ class GroupCommit:
             ending, self._ending = self._ending, {}
             other: dict[str, Reservation] = {}
             sources: dict[str, int] = {}
+            highs: dict[str, int] = {}
             final = False
         else:
             self._window = asyncio.get_running_loop().create_future()
@@ -205,20 +214,21 @@ class GroupCommit:
             ending, self._ending = self._ending, {}
             other, self._other = self._other, {}
             sources, self._sources = self._sources, {}
+            highs, self._highs = self._highs, {}
             final = True
         self._inflight_positions = positions
         self._inflight_reservations = set(ending) | set(other)
         self._inflight = window
         started = time.perf_counter()
         try:
-            phases, durable, new_locations = self._encode(positions, ending, other, sources)
+            phases, durable, new_locations = self._encode(positions, ending, other, sources, highs)
         except Exception as exc:
             # A value that cannot be stored (it should never have passed validation): the
             # flusher must not die of it. Fail this window's waiters, drop what cannot be
             # encoded and keep the rest for the next flush.
             log.exception("flush of %d positions could not be encoded", len(positions))
             self._metrics.redis_errors.labels("encode").inc()
-            self._requeue(*self._encodable(positions, ending, other), sources)
+            self._requeue(*self._encodable(positions, ending, other), sources, highs)
             if window is self._window:
                 self._window = asyncio.get_running_loop().create_future()
             self._inflight_positions = {}
@@ -231,7 +241,7 @@ class GroupCommit:
         except Unavailable as exc:
             self._metrics.redis_errors.labels("flush").inc()
             log.warning("flush of %d positions failed, will retry: %s", len(positions), exc)
-            self._requeue(positions, ending, other, sources)
+            self._requeue(positions, ending, other, sources, highs)
             if window is self._window:  # a chunk failed: later turns get a fresh window
                 self._window = asyncio.get_running_loop().create_future()
             _fail(window, exc)
@@ -271,6 +281,7 @@ class GroupCommit:
         ending: dict[str, Reservation],
         other: dict[str, Reservation],
         sources: dict[str, int],
+        highs: dict[str, int],
     ) -> tuple[list[Phase], list[DurableLevel], set[str]]:
         ks = self._ks
         first: Phase = defaultdict(PartitionWrite)
@@ -302,6 +313,8 @@ class GroupCommit:
                 )
         for source_id, seq in sources.items():
             last[ks.source_partition(source_id)].sources.append((source_id, seq))
+        for source_id, seq in highs.items():
+            last[ks.source_partition(source_id)].highs.append((source_id, seq))
         return [ph for ph in (first, middle, last) if ph], durable, new_locations
 
     def _encodable(
@@ -323,11 +336,15 @@ class GroupCommit:
         ending: dict[str, Reservation],
         other: dict[str, Reservation],
         sources: dict[str, int],
+        highs: dict[str, int],
     ) -> None:
         # Changes made since the failed flush are newer: keep them, add back the rest.
         for source_id, seq in sources.items():
             if seq > self._sources.get(source_id, 0):
                 self._sources[source_id] = seq
+        for source_id, seq in highs.items():
+            if seq > self._highs.get(source_id, 0):
+                self._highs[source_id] = seq
         for key, p in positions.items():
             self._positions.setdefault(key, p)
         for records, target in ((ending, self._ending), (other, self._other)):

@@ -12,6 +12,7 @@ set of partitions; each partition has an owner epoch that every write checks (th
     us:{p<n>}:res:<reservation>   encoded reservation record (terminal ones expire)
     us:{p<n>}:exp                 sorted set: ACTIVE reservation id -> expiry (ms since epoch)
     us:{p<n>}:src                 hash: source id -> highest contiguous durable seq (MQTT acks)
+    us:{p<n>}:srchi               hash: source id -> highest seq applied from it, anywhere
     us:{p<n>}:srcown              hash: source id -> the store it belongs to (MQTT: the first
                                   store that sent it; never changed)
 """
@@ -72,6 +73,10 @@ class Keyspace:
     def sources(self, partition: int) -> str:
         """Hash of the sources' highest contiguous durable seq."""
         return f"{self._tag(partition)}:src"
+
+    def source_highs(self, partition: int) -> str:
+        """Hash of the sources' highest seq applied anywhere (bounds seq jumps)."""
+        return f"{self._tag(partition)}:srchi"
 
     def source_owners(self, partition: int) -> str:
         """Hash of the store each source belongs to (claimed by its first MQTT batch)."""

@@ -61,9 +61,10 @@ def with_hiredis_packing(connection_class: type[Any]) -> type[Any]:
 SCAN_CHUNK = 2000
 
 FLUSH_SCRIPT = """
--- KEYS: epoch, positions hash, locations set, expiry zset, sources hash, reservation keys...
+-- KEYS: epoch, positions hash, locations set, expiry zset, sources hash, source highs hash,
+--       reservation keys...
 -- ARGV: epoch, #positions, (field, value)..., #locations, location..., #sources,
---       (source_id, seq)..., then per reservation key:
+--       (source_id, seq)..., #highs, (source_id, seq)..., then per reservation key:
 --       (reservation_id, value, expiry score or '', retention ms or '0')
 local epoch = redis.call('GET', KEYS[1])
 if epoch ~= ARGV[1] then
@@ -102,7 +103,13 @@ for _ = 1, nsrc do
   local old = tonumber(redis.call('HGET', KEYS[5], src) or '0')
   if seq > old then redis.call('HSET', KEYS[5], src, seq) end
 end
-for k = 6, #KEYS do
+local nhigh = tonumber(ARGV[i]); i = i + 1
+for _ = 1, nhigh do
+  local src, seq = ARGV[i], tonumber(ARGV[i + 1]); i = i + 2
+  local old = tonumber(redis.call('HGET', KEYS[6], src) or '0')
+  if seq > old then redis.call('HSET', KEYS[6], src, ARGV[i - 1]) end
+end
+for k = 7, #KEYS do
   local rid, v, score, keep = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]; i = i + 4
   local old = redis.call('GET', KEYS[k])
   if old and string.sub(old, 2, 9) > string.sub(v, 2, 9) then
@@ -139,6 +146,8 @@ class PartitionWrite:
     locations: list[str] = field(default_factory=list)
     #: (source_id, highest contiguous durable seq): only ever raised
     sources: list[tuple[str, int]] = field(default_factory=list)
+    #: (source_id, highest seq applied from it anywhere): only ever raised
+    highs: list[tuple[str, int]] = field(default_factory=list)
     #: (reservation_id, value, expiry score or "", retention ms or "0")
     reservations: list[tuple[str, bytes, str, str]] = field(default_factory=list)
 
@@ -255,6 +264,7 @@ class RedisStore:
                     ks.locations(p),
                     ks.expiries(p),
                     ks.sources(p),
+                    ks.source_highs(p),
                 ]
                 args: list[bytes | str | int] = [
                     self.epochs[p],
@@ -265,6 +275,9 @@ class RedisStore:
                 args.extend(w.locations)
                 args.append(len(w.sources))
                 for source_id, seq in w.sources:
+                    args.extend((source_id, seq))
+                args.append(len(w.highs))
+                for source_id, seq in w.highs:
                     args.extend((source_id, seq))
                 for rid, value, score, keep in w.reservations:
                     keys.append(ks.reservation(p, rid))
@@ -332,6 +345,14 @@ class RedisStore:
         except (RedisError, OSError, TimeoutError) as exc:
             raise Unavailable(f"redis claim failed: {exc!r}") from exc
         return owner.decode(), int(seq)
+
+    async def load_source_highs(self, ids: list[str]) -> list[int]:
+        """Highest seq applied from each source anywhere (0 when never seen)."""
+        ks = self.keyspace
+        pipe = self.client.pipeline(transaction=False)
+        for sid in ids:
+            pipe.hget(ks.source_highs(ks.source_partition(sid)), sid)
+        return [int(v or 0) for v in await self._execute(pipe)]
 
     async def load_reservations(self, ids: list[str]) -> list[bytes | None]:
         """Stored reservation records (None where absent), in one pipeline."""
