@@ -26,9 +26,10 @@ ids = st.text(alphabet="abcXYZ019-_.:", min_size=1, max_size=20)
 
 
 def positions(ids: st.SearchStrategy[str], big: int) -> st.SearchStrategy[Position]:
-    """Positions with arbitrary levels, marks, holds and count ids."""
+    """Positions with arbitrary levels, marks (spilled or not), holds (partly shipped or not)
+    and count ids."""
     return st.builds(
-        lambda on_hand, safety, version, marks, holds, counts: Position(
+        lambda on_hand, safety, version, marks, holds, counts, shipped, spilled: Position(
             ("SKU-1", "store-1"),
             on_hand=on_hand,
             safety_stock=safety,
@@ -36,6 +37,8 @@ def positions(ids: st.SearchStrategy[str], big: int) -> st.SearchStrategy[Positi
             marks=tuple(marks.items()),
             holds=tuple(holds.items()),
             counts=tuple(counts),
+            shipped=tuple((r, shipped) for r in list(holds)[:1] if shipped),
+            spilled=spilled,
         ),
         st.integers(-big, big),
         st.integers(0, 1000),
@@ -43,6 +46,8 @@ def positions(ids: st.SearchStrategy[str], big: int) -> st.SearchStrategy[Positi
         st.dictionaries(ids, st.integers(1, 2**63 - 1), max_size=4),
         st.dictionaries(ids, st.integers(1, big), max_size=4),
         st.lists(ids, max_size=4),
+        st.integers(0, big),
+        st.booleans(),
     )
 
 
@@ -59,6 +64,8 @@ def test_position_round_trip(p: Position) -> None:
     assert q.marks == p.marks
     assert q.hold_items() == p.hold_items()
     assert q.counts == p.counts
+    assert q.shipped == p.shipped
+    assert (q.spill is None) == (p.spill is None)
     assert stored_version(data) == p.version
 
 
@@ -74,8 +81,12 @@ def test_hand_serialisation_is_byte_identical_to_protobufs(p: Position) -> None:
     )
     private = spb.PositionPrivate(
         marks=[spb.SourceMark(source_id=s, seq=q) for s, q in p.marks],
-        holds=[spb.Hold(reservation_id=r, quantity=q) for r, q in p.hold_items()],
+        holds=[
+            spb.Hold(reservation_id=r, quantity=q, shipped=p.shipped_for(r))
+            for r, q in p.hold_items()
+        ],
         recent_count_ids=p.counts or (),
+        marks_spilled=p.spill is not None,
     )
     assert level_bytes(p) == level.SerializeToString(deterministic=True)
     assert private_bytes(p) == private.SerializeToString(deterministic=True)

@@ -87,8 +87,13 @@ class PositionPrivate(_message.Message):
     HOLDS_FIELD_NUMBER: _builtins.int
     RECENT_COUNT_IDS_FIELD_NUMBER: _builtins.int
     SAFETY_STOCK_SET_FIELD_NUMBER: _builtins.int
+    MARKS_SPILLED_FIELD_NUMBER: _builtins.int
     safety_stock_set: _builtins.bool
     """Whether safety_stock was set explicitly for this position (else it follows the default)."""
+    marks_spilled: _builtins.bool
+    """Whether some sources' marks are stored outside the position (the partition's marks hash:
+    "<location_id>|<sku>|<source_id>" -> seq), because more sources sent to it than it keeps.
+    """
     @_builtins.property
     def marks(self) -> _containers.RepeatedCompositeFieldContainer[Global___SourceMark]: ...
     @_builtins.property
@@ -104,10 +109,11 @@ class PositionPrivate(_message.Message):
         holds: _abc.Iterable[Global___Hold] | None = ...,
         recent_count_ids: _abc.Iterable[_builtins.str] | None = ...,
         safety_stock_set: _builtins.bool = ...,
+        marks_spilled: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["holds", b"holds", "marks", b"marks", "recent_count_ids", b"recent_count_ids", "safety_stock_set", b"safety_stock_set"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holds", b"holds", "marks", b"marks", "marks_spilled", b"marks_spilled", "recent_count_ids", b"recent_count_ids", "safety_stock_set", b"safety_stock_set"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -170,7 +170,7 @@ class Inventory:
         """
         rids = {m.reservation_id for m in movements if m.reservation_id}
         await self._load_highs({m.source_id for m in movements})
-        await self._ready({m.key for m in movements}, rids, settled=bool(rids))
+        await self._ready_marks(movements, rids)
         highs = self._highs
         tops: dict[str, int] = {}
         out = BatchResult()
@@ -225,6 +225,26 @@ class Inventory:
             self.metrics.movements.labels(mtype.name, outcome.value).inc(n)
         # Duplicates too: the original may still be on its way to Redis.
         return out, self.commit.barrier()
+
+    async def _ready_marks(self, movements: Sequence[Movement], rids: set[str]) -> None:
+        """_ready for a batch, and the marks its sources spilled from its positions restored
+        (a position keeps at most MAX_MARKS sources' marks itself; see Position.spill)."""
+        keys = {m.key for m in movements}
+        while True:
+            await self._ready(keys, rids, settled=bool(rids))
+            peek = self.positions.peek
+            need: dict[tuple[StockKey, str], Position] = {}
+            for m in movements:
+                p = peek(m.key)
+                if p is not None and p.spill is not None and p.needs_mark(m.source_id):
+                    need[m.key, m.source_id] = p
+            if not need:
+                return
+            seqs = await self.store.load_marks(list(need))
+            for ((key, source_id), p), seq in zip(need.items(), seqs, strict=True):
+                if peek(key) is p:  # still resident (else loaded again: next round)
+                    p.restore_mark(source_id, seq)
+                    self.commit.position_changed(p)  # the mark it let go is written
 
     async def _load_highs(self, sources: set[str]) -> None:
         highs = self._highs

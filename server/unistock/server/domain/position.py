@@ -14,6 +14,11 @@ from unistock.server.domain.values import Movement, MovementType, StockKey
 
 #: How many recent count ids a position remembers to recognise movements that preceded them.
 RECENT_COUNTS = 4
+#: Source marks a position keeps in itself (most recently used). The marks of further sources
+#: are spilled: stored beside the position (by the runtime, in the same atomic write) and read
+#: back when their source sends to it again, so a position's stored value stays small however
+#: many sources send to it, and no movement of any source is applied twice.
+MAX_MARKS = 16
 
 
 class Outcome(enum.Enum):
@@ -60,6 +65,7 @@ class Position:
         "reserved",
         "safety_stock",
         "shipped",
+        "spill",
         "version",
     )
 
@@ -74,6 +80,7 @@ class Position:
         holds: tuple[tuple[str, int], ...] = (),
         counts: tuple[str, ...] = (),
         shipped: tuple[tuple[str, int], ...] = (),
+        spilled: bool = False,
     ) -> None:
         self.key = key
         self.on_hand = on_hand
@@ -90,6 +97,9 @@ class Position:
         #: took off this position so far. Compared with the record's own total after a crash
         #: that wrote the record but not the position (see reservation.reconcile_holds).
         self.shipped: dict[str, int] | None = dict(shipped) if shipped else None
+        #: None while every source's mark is in `marks`. Once marks were spilled: the spilled
+        #: marks not yet written (source -> seq), empty when all are written.
+        self.spill: dict[str, int] | None = {} if spilled else None
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -121,18 +131,39 @@ class Position:
 
     @property
     def marks(self) -> tuple[tuple[str, int], ...]:
-        """(source_id, highest seq applied) per source, in first-seen order."""
+        """(source_id, highest seq applied) of the sources kept here, least recently used first
+        (at most MAX_MARKS; see spill)."""
         m = self._marks or ()
         return tuple((m[i], m[i + 1]) for i in range(0, len(m), 2))  # type: ignore[misc]
 
-    def mark(self, source_id: str) -> int:
-        """Highest seq applied here from source_id (0 when none)."""
+    def _resident(self, source_id: str) -> int | None:
         m = self._marks
         if m is not None:
             for i in range(0, len(m), 2):
                 if m[i] == source_id:
                     return m[i + 1]  # type: ignore[return-value]
+        return None
+
+    def mark(self, source_id: str) -> int:
+        """Highest seq applied here from source_id (0 when none). For a source whose mark was
+        spilled and written, call only after restore_mark (see needs_mark)."""
+        seq = self._resident(source_id)
+        if seq is not None:
+            return seq
+        if self.spill:
+            return self.spill.get(source_id, 0)
         return 0
+
+    def needs_mark(self, source_id: str) -> bool:
+        """Whether source_id's mark may be stored outside this position: the runtime must read
+        it (restore_mark) before a movement of that source is applied here."""
+        spill = self.spill
+        return spill is not None and source_id not in spill and self._resident(source_id) is None
+
+    def restore_mark(self, source_id: str, seq: int) -> None:
+        """Take back a spilled mark read from storage (0: the source never sent here)."""
+        if self.needs_mark(source_id):
+            self._set_mark(source_id, seq)
 
     def snapshot(self) -> Position:
         """A copy of the levels as they are now (no marks, holds or counts): what a reader is
@@ -142,6 +173,14 @@ class Position:
         )
         copy.reserved = self.reserved
         return copy
+
+    def spilled_written(self, written: dict[str, int]) -> None:
+        """The spilled marks `written` are stored: forget those not changed since."""
+        spill = self.spill
+        if spill:
+            for source_id, seq in written.items():
+                if spill.get(source_id) == seq:
+                    del spill[source_id]
 
     def held(self, reservation_id: str) -> int:
         """Units held here by reservation_id."""
@@ -160,6 +199,7 @@ class Position:
         already took off on_hand (whichever reports a unit first consumes it): on_hand falls by
         quantity - covered, and the pickup takes at most the rest from the hold.
         """
+        assert not self.needs_mark(m.source_id), "spilled mark not restored before apply"
         if m.seq <= self.mark(m.source_id):
             return _DUPLICATE
         self._set_mark(m.source_id, m.seq)
@@ -195,15 +235,28 @@ class Position:
         return MovementResult(Outcome.APPLIED, picked_up=picked, at_risk=self.at_risk)
 
     def _set_mark(self, source_id: str, seq: int) -> None:
+        # The mark set last goes last: the first pair is the least recently used.
         m = self._marks
         if m is None:
             self._marks = (source_id, seq)
             return
+        if m[-2] == source_id:  # the usual case: the same source again
+            self._marks = (*m[:-1], seq)
+            return
         for i in range(0, len(m), 2):
             if m[i] == source_id:
-                self._marks = (*m[: i + 1], seq, *m[i + 2 :])
+                self._marks = (*m[:i], *m[i + 2 :], source_id, seq)
                 return
-        self._marks = (*m, source_id, seq)
+        spill = self.spill
+        if spill:
+            spill.pop(source_id, None)  # resident again: its pending spill is moot
+        if len(m) < 2 * MAX_MARKS:
+            self._marks = (*m, source_id, seq)
+            return
+        if spill is None:
+            spill = self.spill = {}
+        spill[m[0]] = m[1]  # type: ignore[index,assignment]
+        self._marks = (*m[2:], source_id, seq)
 
     # -- reservation holds ---------------------------------------------------------------------
 

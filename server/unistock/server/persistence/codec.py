@@ -148,6 +148,8 @@ def private_bytes(p: Position) -> bytes:
         for c in p.counts:
             b = c.encode()
             out += b"\x1a" + varint(len(b)) + b
+    if p.spill is not None:
+        out += b"\x28\x01"  # marks_spilled = true
     return out
 
 
@@ -188,6 +190,7 @@ def decode_position(key: StockKey, data: bytes) -> Position:
         holds=tuple((h.reservation_id, h.quantity) for h in private.holds),
         counts=tuple(private.recent_count_ids),
         shipped=tuple((h.reservation_id, h.shipped) for h in private.holds if h.shipped),
+        spilled=private.marks_spilled,
     )
 
 

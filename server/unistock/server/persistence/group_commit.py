@@ -36,7 +36,7 @@ from typing import NamedTuple, TypeVar
 from unistock.server.domain import Fenced, Position, Reservation, StockKey, Unavailable
 from unistock.server.metrics import Metrics
 from unistock.server.persistence.codec import encode_position_with_level, encode_reservation
-from unistock.server.persistence.keys import position_field
+from unistock.server.persistence.keys import mark_field, position_field
 from unistock.server.persistence.store import PartitionWrite, Phase, RedisStore
 
 log = logging.getLogger(__name__)
@@ -221,7 +221,9 @@ class GroupCommit:
         self._inflight = window
         started = time.perf_counter()
         try:
-            phases, durable, new_locations = self._encode(positions, ending, other, sources, highs)
+            phases, durable, new_locations, spills = self._encode(
+                positions, ending, other, sources, highs
+            )
         except Exception as exc:
             # A value that cannot be stored (it should never have passed validation): the
             # flusher must not die of it. Fail this window's waiters, drop what cannot be
@@ -259,6 +261,8 @@ class GroupCommit:
             self._inflight = None
         self._backoff = 0.05
         self._known_locations |= new_locations
+        for p, written in spills:
+            p.spilled_written(written)
         self._metrics.flush_latency.observe(time.perf_counter() - started)
         self._metrics.flush_batch.observe(len(positions))
         self._last_batch = len(positions) + len(ending) + len(other)
@@ -282,7 +286,7 @@ class GroupCommit:
         other: dict[str, Reservation],
         sources: dict[str, int],
         highs: dict[str, int],
-    ) -> tuple[list[Phase], list[DurableLevel], set[str]]:
+    ) -> tuple[list[Phase], list[DurableLevel], set[str], list[tuple[Position, dict[str, int]]]]:
         ks = self._ks
         first: Phase = defaultdict(PartitionWrite)
         middle: Phase = defaultdict(PartitionWrite)
@@ -292,6 +296,7 @@ class GroupCommit:
         partition_of = ks.location_partition
         writes: dict[str, PartitionWrite] = {}  # by location: a flush has few locations
         known = self._known_locations
+        spills: list[tuple[Position, dict[str, int]]] = []
         for key, p in positions.items():
             level, value = encode_position_with_level(p)
             location = key[1]
@@ -302,6 +307,11 @@ class GroupCommit:
                     new_locations.add(location)
                     w.locations.append(location)
             w.positions += (position_field(key), value)
+            if p.spill:  # marks this position no longer keeps itself, in the same script call
+                written = dict(p.spill)
+                for source_id, seq in written.items():
+                    w.marks += (mark_field(key, source_id), seq)
+                spills.append((p, written))
             durable.append(DurableLevel(key, p.version, level))
         for records, phase in ((ending, first), (other, last)):
             for rid, r in records.items():
@@ -315,7 +325,7 @@ class GroupCommit:
             last[ks.source_partition(source_id)].sources.append((source_id, seq))
         for source_id, seq in highs.items():
             last[ks.source_partition(source_id)].highs.append((source_id, seq))
-        return [ph for ph in (first, middle, last) if ph], durable, new_locations
+        return [ph for ph in (first, middle, last) if ph], durable, new_locations, spills
 
     def _encodable(
         self,

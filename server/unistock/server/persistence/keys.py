@@ -12,6 +12,7 @@ set of partitions; each partition has an owner epoch that every write checks (th
     us:{p<n>}:res:<reservation>   encoded reservation record (terminal ones expire)
     us:{p<n>}:exp                 sorted set: ACTIVE reservation id -> expiry (ms since epoch)
     us:{p<n>}:src                 hash: source id -> highest contiguous durable seq (MQTT acks)
+    us:{p<n>}:marks               hash: "<location_id>|<sku>|<source_id>" -> seq (spilled marks)
     us:{p<n>}:srchi               hash: source id -> highest seq applied from it, anywhere
     us:{p<n>}:srcown              hash: source id -> the store it belongs to (MQTT: the first
                                   store that sent it; never changed)
@@ -74,6 +75,10 @@ class Keyspace:
         """Hash of the sources' highest contiguous durable seq."""
         return f"{self._tag(partition)}:src"
 
+    def spilled_marks(self, partition: int) -> str:
+        """Hash of the source marks positions keep outside themselves (see Position.spill)."""
+        return f"{self._tag(partition)}:marks"
+
     def source_highs(self, partition: int) -> str:
         """Hash of the sources' highest seq applied anywhere (bounds seq jumps)."""
         return f"{self._tag(partition)}:srchi"
@@ -90,6 +95,11 @@ class Keyspace:
 def position_field(key: StockKey) -> str:
     """The hash field of a position: location first, so one location's fields share a prefix."""
     return f"{key[1]}|{key[0]}"
+
+
+def mark_field(key: StockKey, source_id: str) -> str:
+    """The spilled-marks hash field of a source's mark on a position."""
+    return f"{key[1]}|{key[0]}|{source_id}"
 
 
 def parse_position_field(field: str) -> StockKey:

@@ -24,7 +24,12 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from unistock.server.domain import Fenced, StockKey, Unavailable
-from unistock.server.persistence.keys import LAYOUT_VERSION, Keyspace, position_field
+from unistock.server.persistence.keys import (
+    LAYOUT_VERSION,
+    Keyspace,
+    mark_field,
+    position_field,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +67,9 @@ SCAN_CHUNK = 2000
 
 FLUSH_SCRIPT = """
 -- KEYS: epoch, positions hash, locations set, expiry zset, sources hash, source highs hash,
---       reservation keys...
--- ARGV: epoch, #positions, (field, value)..., #locations, location..., #sources,
---       (source_id, seq)..., #highs, (source_id, seq)..., then per reservation key:
+--       spilled marks hash, reservation keys...
+-- ARGV: epoch, #positions, (field, value)..., #marks, (field, seq)..., #locations, location...,
+--       #sources, (source_id, seq)..., #highs, (source_id, seq)..., then per reservation key:
 --       (reservation_id, value, expiry score or '', retention ms or '0')
 local epoch = redis.call('GET', KEYS[1])
 if epoch ~= ARGV[1] then
@@ -95,6 +100,13 @@ for c = 0, npos - 1, CHUNK do
   if #pairs_ > 0 then redis.call('HSET', KEYS[2], unpack(pairs_)) end
   i = i + 2 * n
 end
+-- Spilled marks of those positions (only ever raised: a mark never goes back).
+local nmark = tonumber(ARGV[i]); i = i + 1
+for _ = 1, nmark do
+  local f, seq = ARGV[i], tonumber(ARGV[i + 1]); i = i + 2
+  local old = tonumber(redis.call('HGET', KEYS[7], f) or '0')
+  if seq > old then redis.call('HSET', KEYS[7], f, ARGV[i - 1]) end
+end
 local nloc = tonumber(ARGV[i]); i = i + 1
 for _ = 1, nloc do redis.call('SADD', KEYS[3], ARGV[i]); i = i + 1 end
 local nsrc = tonumber(ARGV[i]); i = i + 1
@@ -109,7 +121,7 @@ for _ = 1, nhigh do
   local old = tonumber(redis.call('HGET', KEYS[6], src) or '0')
   if seq > old then redis.call('HSET', KEYS[6], src, ARGV[i - 1]) end
 end
-for k = 7, #KEYS do
+for k = 8, #KEYS do
   local rid, v, score, keep = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]; i = i + 4
   local old = redis.call('GET', KEYS[k])
   if old and string.sub(old, 2, 9) > string.sub(v, 2, 9) then
@@ -144,6 +156,8 @@ class PartitionWrite:
 
     positions: list[bytes | str] = field(default_factory=list)  # field, value, field, value...
     locations: list[str] = field(default_factory=list)
+    #: spilled marks of the positions: field (see keys.mark_field), seq
+    marks: list[bytes | str | int] = field(default_factory=list)
     #: (source_id, highest contiguous durable seq): only ever raised
     sources: list[tuple[str, int]] = field(default_factory=list)
     #: (source_id, highest seq applied from it anywhere): only ever raised
@@ -265,11 +279,14 @@ class RedisStore:
                     ks.expiries(p),
                     ks.sources(p),
                     ks.source_highs(p),
+                    ks.spilled_marks(p),
                 ]
                 args: list[bytes | str | int] = [
                     self.epochs[p],
                     len(w.positions) // 2,
                     *w.positions,
+                    len(w.marks) // 2,
+                    *w.marks,
                 ]
                 args.append(len(w.locations))
                 args.extend(w.locations)
@@ -345,6 +362,14 @@ class RedisStore:
         except (RedisError, OSError, TimeoutError) as exc:
             raise Unavailable(f"redis claim failed: {exc!r}") from exc
         return owner.decode(), int(seq)
+
+    async def load_marks(self, wanted: list[tuple[StockKey, str]]) -> list[int]:
+        """The spilled marks of (position, source) pairs (0 where none), in one pipeline."""
+        ks = self.keyspace
+        pipe = self.client.pipeline(transaction=False)
+        for key, source_id in wanted:
+            pipe.hget(ks.spilled_marks(ks.location_partition(key[1])), mark_field(key, source_id))
+        return [int(v or 0) for v in await self._execute(pipe)]
 
     async def load_source_highs(self, ids: list[str]) -> list[int]:
         """Highest seq applied from each source anywhere (0 when never seen)."""
