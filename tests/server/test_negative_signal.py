@@ -1,0 +1,43 @@
+"""A position going negative is a fact the server must accept, and must say so (issue 8, item
+1.5): a warning naming the position and the movement, and unistock_negative_positions_total."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from tests.server.test_api import batch, level, mv, send
+from unistock.client import UnistockClient
+from unistock.server.app.server import UnistockServer
+
+
+async def test_a_position_going_negative_is_logged_and_counted(
+    server: UnistockServer, backoffice: UnistockClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="unistock.server.actors.inventory"):
+        [ack] = await send(
+            backoffice,
+            batch(
+                "till-n",
+                mv(1, "RECEIPT", "MUG", "s1", 1),
+                mv(2, "SALE", "MUG", "s1", 3),  # two more than the books say are there
+                mv(3, "SALE", "MUG", "s1", 1),  # still negative: not a new event
+            ),
+        )
+    assert ack.applied == 3
+    lvl = await level(backoffice, "MUG", "s1")
+    assert (lvl.on_hand, lvl.available) == (-3, 0)
+    registry = server.metrics.registry
+    assert registry.get_sample_value("unistock_negative_positions_total") == 1
+    [record] = [r for r in caplog.records if "went negative" in r.getMessage()]
+    message = record.getMessage()
+    assert "MUG" in message
+    assert "s1" in message
+    assert "till-n" in message
+    assert "seq 2" in message
+    # back above zero, then below again: a new event
+    await send(
+        backoffice, batch("till-n", mv(4, "RECEIPT", "MUG", "s1", 5), mv(5, "SALE", "MUG", "s1", 3))
+    )
+    assert registry.get_sample_value("unistock_negative_positions_total") == 2
