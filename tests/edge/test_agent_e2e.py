@@ -141,3 +141,25 @@ async def test_mosquitto_killed_with_movements_in_flight_loses_nothing(
         assert sample("unistock_agent_batches_in_flight") is not None
     finally:
         await stop_agent(agent, task)
+
+
+async def test_a_pickup_of_a_reservation_it_does_not_match_is_applied_and_reported(
+    server: UnistockServer, agent: StoreAgent, till: ipb_grpc.StoreIntakeStub
+) -> None:
+    """Issue 8 item 1.4 through the agent and MQTT: a till's sale naming a reservation that holds
+    nothing of its SKU here is a fact (applied), and both sides say so."""
+    await till.RecordMovement(
+        ipb.RecordMovementRequest(movement=pb.Movement(sku="BELT", type=pb.RECEIPT, quantity=4))
+    )
+    r = await till.RecordSale(
+        ipb.SaleRequest(till_id="t1", sku="BELT", quantity=1, reservation_id="cc-unknown")
+    )
+    await drained(agent)
+    assert await on_hand(server, "BELT") == 3
+    assert server.metrics.registry.get_sample_value("unistock_pickup_mismatches_total") == 1
+    assert agent.send_stats.notices == {"PICKUP_MISMATCH": 1}
+    registry = agent.metrics.registry
+    assert (
+        registry.get_sample_value("unistock_agent_notices_total", {"kind": "PICKUP_MISMATCH"}) == 1
+    )
+    assert r.seq == 2

@@ -64,6 +64,8 @@ from unistock.edge.sender import (
 )
 from unistock.intake.v1 import intake_pb2 as ipb
 from unistock.intake.v1 import intake_pb2_grpc as ipb_grpc
+from unistock.server.api.convert import movement_from_wire, timestamp_from_wire
+from unistock.server.domain import InvalidArgument, check_id
 from unistock.v1 import inventory_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -191,6 +193,25 @@ class _SendCollector(Collector):
         resends.add_metric(["timeout"], s.resends)
         resends.add_metric(["gap"], s.fast_resends)
         yield resends
+        rejected = CounterMetricFamily(
+            "unistock_agent_movements_rejected",
+            "Movements the server rejected (final: kept in the outbox's rejected table), by "
+            "reason.",
+            labels=["reason"],
+        )
+        for reason, n in sorted(s.reject_reasons.items()):
+            rejected.add_metric([reason], n)
+        yield rejected
+        notices = CounterMetricFamily(
+            "unistock_agent_notices",
+            "Notices the server sent about applied movements (PICKUP_MISMATCH: a sale named a "
+            "reservation that holds nothing of its SKU here; it was applied as a plain sale), by "
+            "kind.",
+            labels=["kind"],
+        )
+        for kind, n in sorted(s.notices.items()):
+            notices.add_metric([kind], n)
+        yield notices
         yield GaugeMetricFamily(
             "unistock_agent_batches_in_flight",
             "Batches published and not yet acknowledged by the server.",
@@ -784,16 +805,19 @@ class _Intake(ipb_grpc.StoreIntakeServicer):
         context: aio.ServicerContext[Any, Any],
         request: ipb.SaleRequest | ipb.ReturnRequest | ipb.RecordMovementRequest,
         device: str,
+        prefix: str = "",
     ) -> ipb.IntakeReceipt:
         agent = self.agent
-        sent_at = request.sent_at if request.HasField("sent_at") else None
-        agent.to_agent_clock(m, sent_at, device)
-        if not m.sku:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "sku: must not be empty")
-        if m.quantity < (0 if m.type == pb.COUNT else 1):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "quantity: must be >= 1")
         if not m.location_id:
             m.location_id = agent.settings.location
+        try:
+            self._check(m, prefix)
+            if request.HasField("sent_at"):
+                timestamp_from_wire("sent_at", request.sent_at)
+        except InvalidArgument as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        sent_at = request.sent_at if request.HasField("sent_at") else None
+        agent.to_agent_clock(m, sent_at, device)
         try:
             if request.request_id:
                 # A retry of a recorded call: its receipt again, and no count sees it twice.
@@ -810,6 +834,18 @@ class _Intake(ipb_grpc.StoreIntakeServicer):
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(e))
         [seq] = await agent.record([m], before)
         return self._receipt_for(seq, replayed=False)
+
+    def _check(self, m: pb.Movement, prefix: str) -> None:
+        """Refuse (InvalidArgument naming the field) a movement the server would reject for a
+        fault of its own: checked with the server's own validation, so that a receipt is only
+        given for a movement the server will apply (the agent assigns source_id, seq and, on
+        anything but a COUNT, count_id)."""
+        probe = pb.Movement()
+        probe.CopyFrom(m)
+        probe.seq = 1
+        if probe.type != pb.COUNT:
+            probe.count_id = ""
+        movement_from_wire(probe, prefix, self.agent.outbox.source_id)
 
     def _receipt_for(self, seq: int, *, replayed: bool) -> ipb.IntakeReceipt:
         return ipb.IntakeReceipt(
@@ -890,13 +926,19 @@ class _Intake(ipb_grpc.StoreIntakeServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "movement.source_id/seq: assigned by the agent, leave them empty",
             )
-        return await self._receipt(m, context, request, request.device_id)
+        return await self._receipt(m, context, request, request.device_id, "movement.")
 
     async def StartCount(
         self, request: ipb.StartCountRequest, context: Any
     ) -> ipb.StartCountRequest:
-        if not request.count_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "count_id: must not be empty")
+        try:  # the ids go into COUNT movements: the server's rules, checked before they do
+            check_id("count_id", request.count_id)
+            for i, sku in enumerate(request.skus):
+                check_id(f"skus[{i}]", sku)
+            if request.location_id:
+                check_id("location_id", request.location_id)
+        except InvalidArgument as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         await self.agent.start_count(request)
         return request
 

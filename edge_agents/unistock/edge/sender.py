@@ -170,6 +170,9 @@ class _Batch:
     """Upper bound of its payload (bytes)."""
 
 
+_NOTICE_KINDS = frozenset(pb.NoticeKind.values())
+
+
 @dataclass(slots=True)
 class SenderStats:
     """Counters for the agent's metrics (monotonic over the sender's life)."""
@@ -189,6 +192,9 @@ class SenderStats:
     refused: collections.Counter[str] = field(default_factory=collections.Counter)
     """Batches the broker refused (PUBACK reason >= 128), by reason (:func:`reason_label`)."""
     reject_reasons: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Movements the server rejected (final), by reason name."""
+    notices: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Notices about applied movements (e.g. PICKUP_MISMATCH), by kind name."""
     too_large: int = 0
     """Movements too large to publish alone, set aside as rejected by the agent itself."""
     split_batches: int = 0
@@ -380,6 +386,17 @@ class Sender:
                     "server rejected a payload it could not attribute: %s %s",
                     reject_reason_name(rejection.reason),
                     rejection.detail,
+                )
+        for notice in ack.notices:
+            if notice.source_id == source_id:
+                kind = pb.NoticeKind.Name(notice.kind) if notice.kind in _NOTICE_KINDS else "OTHER"
+                self.stats.notices[kind] += 1
+                _log.warning(
+                    "server notice on seq %d (%s, reservation %r): %s",
+                    notice.seq,
+                    kind,
+                    notice.reservation_id,
+                    notice.detail,
                 )
         self.stats.acks_received += 1
         if acked is not None:
