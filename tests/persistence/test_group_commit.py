@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 
 import pytest
 
 from unistock.devtools.services import RedisServer
-from unistock.server.domain import Position, Unavailable
+from unistock.server.domain import Line, Position, ReserveRequest, Unavailable, reserve
 from unistock.server.metrics import Metrics
 from unistock.server.persistence.codec import decode_position
 from unistock.server.persistence.group_commit import DurableLevel, GroupCommit
@@ -120,3 +121,32 @@ async def test_a_caller_giving_up_does_not_cancel_the_window(
     p.version = 2
     commit.position_changed(p)
     await commit.barrier()  # the flusher survived
+
+
+async def test_a_change_that_cannot_be_stored_fails_its_window_and_the_flusher_goes_on(
+    gc: tuple[RedisStore, GroupCommit],
+) -> None:
+    """Issue 8 item 2.1: a record no validation should have let in (an expiry in year 10000)
+    fails its own window's waiters with UNAVAILABLE and is dropped; the same window's other
+    changes and every later window are written, and the flusher task lives on."""
+    store, commit = gc
+    ps = {("SKU", "store-1"): Position(("SKU", "store-1"), on_hand=5)}
+    good = reserve(ReserveRequest.build("r-ok", [Line("SKU", "store-1", 1)], 5), ps, 1e9)
+    bad = dataclasses.replace(good, reservation_id="r-bad", expires_at=253402300800.0)  # 10000
+    commit.reservation_changed(bad, created=True)
+    commit.reservation_changed(good, created=True)
+    commit.position_changed(ps[("SKU", "store-1")])
+    with pytest.raises(Unavailable, match="could not be stored"):
+        await commit.barrier()
+    await commit.barrier()  # the rest is written on the next flush
+    assert await store.load_reservations(["r-bad"]) == [None]
+    [stored] = await store.load_reservations(["r-ok"])
+    assert stored is not None
+    [pos] = await store.load_positions([("SKU", "store-1")])
+    assert decode_position(("SKU", "store-1"), pos).reserved == 1  # type: ignore[arg-type]
+    later = Position(("SKU-2", "store-1"), on_hand=1, version=1)
+    commit.position_changed(later)
+    await commit.barrier()
+    assert (await store.load_positions([later.key]))[0] is not None
+    registry = commit._metrics.registry
+    assert registry.get_sample_value("unistock_redis_errors_total", {"operation": "encode"}) == 1
