@@ -107,11 +107,13 @@ class _RejectReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RejectRe
     INVALID_FIELD: _RejectReason.ValueType  # 1
     """A field is missing or malformed; `detail` names it."""
     WRONG_STORE: _RejectReason.ValueType  # 2
-    """The location does not belong to the store of the MQTT topic."""
+    """The location does not belong to the store of the MQTT topic, or the batch's source belongs
+    to another store (then every movement of the batch is rejected and nothing advances).
+    """
     UNPARSEABLE: _RejectReason.ValueType  # 3
     """The payload could not be parsed at all (no movement in it could be read)."""
     BAD_QUANTITY: _RejectReason.ValueType  # 4
-    """The quantity is negative or beyond the accepted maximum."""
+    """The quantity is out of range: below 1 (below 0 for a COUNT) or above 1,000,000,000."""
     WRONG_SOURCE: _RejectReason.ValueType  # 5
     """The movement's source_id differs from its batch's source_id."""
     BATCH_TOO_LARGE: _RejectReason.ValueType  # 6
@@ -128,11 +130,13 @@ REJECT_REASON_UNSPECIFIED: RejectReason.ValueType  # 0
 INVALID_FIELD: RejectReason.ValueType  # 1
 """A field is missing or malformed; `detail` names it."""
 WRONG_STORE: RejectReason.ValueType  # 2
-"""The location does not belong to the store of the MQTT topic."""
+"""The location does not belong to the store of the MQTT topic, or the batch's source belongs
+to another store (then every movement of the batch is rejected and nothing advances).
+"""
 UNPARSEABLE: RejectReason.ValueType  # 3
 """The payload could not be parsed at all (no movement in it could be read)."""
 BAD_QUANTITY: RejectReason.ValueType  # 4
-"""The quantity is negative or beyond the accepted maximum."""
+"""The quantity is out of range: below 1 (below 0 for a COUNT) or above 1,000,000,000."""
 WRONG_SOURCE: RejectReason.ValueType  # 5
 """The movement's source_id differs from its batch's source_id."""
 BATCH_TOO_LARGE: RejectReason.ValueType  # 6
@@ -250,12 +254,15 @@ class StockLevel(_message.Message):
     AVAILABLE_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     sku: _builtins.str
-    """Stock keeping unit, e.g. "SHOE-42-BLK". 1-128 printable characters, no whitespace, no '|'."""
+    """Stock keeping unit, e.g. "SHOE-42-BLK". 1-128 printable ASCII characters, no whitespace,
+    no '|' (anything else is INVALID_ARGUMENT naming the field).
+    """
     location_id: _builtins.str
     """Store, warehouse or other location holding the units, e.g. "store-0042". Same alphabet as sku."""
     on_hand: _builtins.int
-    """Physical units at the location: the last count plus every movement since. May be negative
-    (a sale recorded at a till is a fact even when the books say the shelf is empty).
+    """Physical units at the location: the last count plus every movement since, minus the units
+    FulfilReservation reported shipped since. May be negative (a sale recorded at a till is a
+    fact even when the books say the shelf is empty).
     """
     reserved: _builtins.int
     """Units promised by ACTIVE reservation lines on this position."""
@@ -482,7 +489,9 @@ class BatchLimits(_message.Message):
     max_movements: _builtins.int
     """Most movements in one batch."""
     max_payload_bytes: _builtins.int
-    """Largest payload, bytes (an MQTT message's payload; a gRPC message is limited by the channel)."""
+    """Largest payload, bytes, of an MQTT message. 0 in an ack sent over gRPC, where a message is
+    limited by the channel instead (a larger one ends the stream with RESOURCE_EXHAUSTED).
+    """
     def __init__(
         self,
         *,
@@ -590,7 +599,10 @@ class MovementAck(_message.Message):
 
     @_builtins.property
     def rejections(self) -> _containers.RepeatedCompositeFieldContainer[Global___Rejection]:
-        """Each rejected movement with its reason. Rejected movements are final: do not resend them."""
+        """Each rejected movement with its reason. Rejected movements are final: do not resend them,
+        except after a BATCH_TOO_LARGE refusal (seq 0, nothing applied): split the batch and send
+        its movements again under the same seqs.
+        """
 
     @_builtins.property
     def notices(self) -> _containers.RepeatedCompositeFieldContainer[Global___Notice]:
@@ -671,7 +683,10 @@ class AgentStatus(_message.Message):
     """Age of the oldest unacknowledged movement, seconds (0 when none)."""
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp:
-        """When the agent published this status."""
+        """When the agent made this status. The last will is handed to the broker when the agent
+        connects: an OFFLINE status published by the broker carries that time, and outbox_depth,
+        last_acked_seq and oldest_unacked_age_seconds as they were then.
+        """
 
     def __init__(
         self,
@@ -735,8 +750,9 @@ class ReserveRequest(_message.Message):
     CHANNEL_FIELD_NUMBER: _builtins.int
     CUSTOMER_ID_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
-    """Client-chosen id, 1-128 characters. The same request sent twice returns the same reservation;
-    the same id with different lines is ALREADY_EXISTS.
+    """Client-chosen id: 1-128 printable ASCII characters, no whitespace, no '|'. The same request
+    sent twice returns the same reservation, whatever its state now; the same id with different
+    lines is ALREADY_EXISTS.
     """
     kind: Global___ReservationKind.ValueType
     """Why the units are held."""
@@ -799,11 +815,15 @@ class Reservation(_message.Message):
     """The customer, when given."""
     @_builtins.property
     def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReservationLine]:
-        """The lines still held (ACTIVE) or as they were when it ended."""
+        """The lines still held (ACTIVE), or those held just before it ended (a line fulfilled or picked
+        up in part shows what was left of it then); what left is in `fulfilled`.
+        """
 
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp:
-        """When an ACTIVE reservation expires; unset when it has no expiry."""
+        """When an ACTIVE reservation expires; an ended one keeps the expiry it had. Unset when it has
+        no expiry.
+        """
 
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
@@ -811,7 +831,7 @@ class Reservation(_message.Message):
 
     @_builtins.property
     def fulfilled(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReservationLine]:
-        """Units fulfilled so far, per line (partial fulfilment)."""
+        """Units that left so far, per line, by FulfilReservation or a SALE naming the reservation."""
 
     def __init__(
         self,
@@ -926,7 +946,10 @@ Global___InsufficientStock: _TypeAlias = InsufficientStock  # noqa: Y015
 
 @_typing.final
 class ReleaseReservationRequest(_message.Message):
-    """Cancel an ACTIVE reservation."""
+    """Cancel an ACTIVE reservation: the units it still holds are freed (units already fulfilled stay
+    fulfilled). Releasing a RELEASED reservation returns it unchanged (a retry is safe); releasing
+    a FULFILLED or EXPIRED one is FAILED_PRECONDITION and changes nothing.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -962,8 +985,8 @@ class FulfilReservationRequest(_message.Message):
     reservation_id: _builtins.str
     """The reservation to fulfil."""
     request_id: _builtins.str
-    """Idempotency of a partial fulfilment (1-128 characters): the same request_id sent again
-    returns the reservation without fulfilling more; reused with other lines it is
+    """Idempotency of a partial fulfilment (same alphabet as reservation_id): the same request_id
+    sent again returns the reservation without fulfilling more; reused with other lines it is
     ALREADY_EXISTS. Send one with every partial fulfilment: without it each call fulfils its
     lines again (a retry after a lost answer would count the units twice). Fulfilling
     everything (no lines) is idempotent without it. A reservation remembers its last 64
@@ -1081,8 +1104,8 @@ class GetAvailabilityResponse(_message.Message):
     LEVELS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def levels(self) -> _containers.RepeatedCompositeFieldContainer[Global___StockLevel]:
-        """One level per requested key (a position never seen has zeros and version 0), or one per
-        location holding `sku`.
+        """One level per requested key, in the order of the keys (a position never seen has zeros and
+        version 0), or one per location holding `sku`.
         """
 
     def __init__(
@@ -1182,7 +1205,8 @@ class WatchAvailabilityResponse(_message.Message):
     @_builtins.property
     def levels(self) -> _containers.RepeatedCompositeFieldContainer[Global___StockLevel]:
         """Levels, current or changed; the levels of one position arrive in increasing version order
-        (a repeated version is a repeat: ignore it).
+        (a repeated version is a repeat: ignore it). Versions may be skipped: a position that
+        changed several times before the stream sent it arrives once, at its latest level.
         """
 
     def __init__(

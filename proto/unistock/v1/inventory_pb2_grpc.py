@@ -89,7 +89,10 @@ class InventoryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchAvailability(self, request, context):
-        """First the current levels matching the filter, then every change, in version order per position.
+        """First the current levels matching the filter, then their changes, in version order per
+        position (coalesced: the latest level of each changed position). A watcher that falls too far
+        behind is ended with RESOURCE_EXHAUSTED (UNAVAILABLE when the server stops): reconnect with
+        known_versions to resume.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -110,7 +113,7 @@ class InventoryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReleaseReservation(self, request, context):
-        """Cancel an ACTIVE reservation, freeing its units.
+        """Cancel an ACTIVE reservation, freeing its units (see ReleaseReservationRequest).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

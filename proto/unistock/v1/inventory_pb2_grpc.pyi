@@ -44,13 +44,17 @@ class InventoryServiceStub:
     GetAvailability: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.GetAvailabilityRequest, _inventory_pb2.GetAvailabilityResponse]
     """Levels for a list of (sku, location_id) keys, or for one sku at every location."""
     WatchAvailability: _grpc.UnaryStreamMultiCallable[_inventory_pb2.WatchAvailabilityRequest, _inventory_pb2.WatchAvailabilityResponse]
-    """First the current levels matching the filter, then every change, in version order per position."""
+    """First the current levels matching the filter, then their changes, in version order per
+    position (coalesced: the latest level of each changed position). A watcher that falls too far
+    behind is ended with RESOURCE_EXHAUSTED (UNAVAILABLE when the server stops): reconnect with
+    known_versions to resume.
+    """
     ApplyMovements: _grpc.StreamStreamMultiCallable[_inventory_pb2.MovementBatch, _inventory_pb2.MovementAck]
     """Back-office and warehouse systems send batches; one MovementAck per batch once it is durable."""
     Reserve: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.ReserveRequest, _inventory_pb2.ReserveResponse]
     """All-or-nothing reservation of one or more lines; idempotent on reservation_id."""
     ReleaseReservation: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.ReleaseReservationRequest, _inventory_pb2.Reservation]
-    """Cancel an ACTIVE reservation, freeing its units."""
+    """Cancel an ACTIVE reservation, freeing its units (see ReleaseReservationRequest)."""
     FulfilReservation: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.FulfilReservationRequest, _inventory_pb2.Reservation]
     """The reserved units left physically (shipped, handed over)."""
     ExtendReservation: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.ExtendReservationRequest, _inventory_pb2.Reservation]
@@ -66,13 +70,17 @@ class InventoryServiceAsyncStub(InventoryServiceStub):
     GetAvailability: _aio.UnaryUnaryMultiCallable[_inventory_pb2.GetAvailabilityRequest, _inventory_pb2.GetAvailabilityResponse]  # type: ignore[assignment]
     """Levels for a list of (sku, location_id) keys, or for one sku at every location."""
     WatchAvailability: _aio.UnaryStreamMultiCallable[_inventory_pb2.WatchAvailabilityRequest, _inventory_pb2.WatchAvailabilityResponse]  # type: ignore[assignment]
-    """First the current levels matching the filter, then every change, in version order per position."""
+    """First the current levels matching the filter, then their changes, in version order per
+    position (coalesced: the latest level of each changed position). A watcher that falls too far
+    behind is ended with RESOURCE_EXHAUSTED (UNAVAILABLE when the server stops): reconnect with
+    known_versions to resume.
+    """
     ApplyMovements: _aio.StreamStreamMultiCallable[_inventory_pb2.MovementBatch, _inventory_pb2.MovementAck]  # type: ignore[assignment]
     """Back-office and warehouse systems send batches; one MovementAck per batch once it is durable."""
     Reserve: _aio.UnaryUnaryMultiCallable[_inventory_pb2.ReserveRequest, _inventory_pb2.ReserveResponse]  # type: ignore[assignment]
     """All-or-nothing reservation of one or more lines; idempotent on reservation_id."""
     ReleaseReservation: _aio.UnaryUnaryMultiCallable[_inventory_pb2.ReleaseReservationRequest, _inventory_pb2.Reservation]  # type: ignore[assignment]
-    """Cancel an ACTIVE reservation, freeing its units."""
+    """Cancel an ACTIVE reservation, freeing its units (see ReleaseReservationRequest)."""
     FulfilReservation: _aio.UnaryUnaryMultiCallable[_inventory_pb2.FulfilReservationRequest, _inventory_pb2.Reservation]  # type: ignore[assignment]
     """The reserved units left physically (shipped, handed over)."""
     ExtendReservation: _aio.UnaryUnaryMultiCallable[_inventory_pb2.ExtendReservationRequest, _inventory_pb2.Reservation]  # type: ignore[assignment]
@@ -97,7 +105,11 @@ class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _inventory_pb2.WatchAvailabilityRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_inventory_pb2.WatchAvailabilityResponse], _abc.AsyncIterator[_inventory_pb2.WatchAvailabilityResponse]]:
-        """First the current levels matching the filter, then every change, in version order per position."""
+        """First the current levels matching the filter, then their changes, in version order per
+        position (coalesced: the latest level of each changed position). A watcher that falls too far
+        behind is ended with RESOURCE_EXHAUSTED (UNAVAILABLE when the server stops): reconnect with
+        known_versions to resume.
+        """
 
     @_abc_1.abstractmethod
     def ApplyMovements(
@@ -121,7 +133,7 @@ class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _inventory_pb2.ReleaseReservationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_inventory_pb2.Reservation, _abc.Awaitable[_inventory_pb2.Reservation]]:
-        """Cancel an ACTIVE reservation, freeing its units."""
+        """Cancel an ACTIVE reservation, freeing its units (see ReleaseReservationRequest)."""
 
     @_abc_1.abstractmethod
     def FulfilReservation(

@@ -6,6 +6,10 @@ Local intake of a store's edge agent: what POS tills and RFID readers in the sto
 The agent gives every movement the next seq of its source, stores it durably in its outbox
 (SQLite, synchronous=FULL) before answering, and forwards it to the Unistock server over MQTT.
 A till that got an IntakeReceipt may forget the sale: it will reach the server exactly once.
+Before storing anything the agent checks a movement as the server does (ids, quantity, the
+fields each type needs) and refuses one the server would reject with INVALID_ARGUMENT naming
+the field; it cannot check that a location_id belongs to this store (the server rejects a
+movement for another store's location: WRONG_STORE).
 """
 
 from collections import abc as _abc
@@ -45,7 +49,7 @@ class SaleRequest(_message.Message):
     sku: _builtins.str
     """Stock keeping unit sold."""
     quantity: _builtins.int
-    """Units sold, >= 1."""
+    """Units sold, 1 to 1,000,000,000."""
     reservation_id: _builtins.str
     """The reservation this sale picks up (click & collect, e-reservation), if any."""
     location_id: _builtins.str
@@ -116,7 +120,7 @@ class ReturnRequest(_message.Message):
     sku: _builtins.str
     """Stock keeping unit returned."""
     quantity: _builtins.int
-    """Units returned, >= 1."""
+    """Units returned, 1 to 1,000,000,000."""
     location_id: _builtins.str
     """Location inside the store (default: the store's location)."""
     request_id: _builtins.str
@@ -216,7 +220,9 @@ class IntakeReceipt(_message.Message):
     seq: _builtins.int
     """The seq the agent assigned."""
     outbox_depth: _builtins.int
-    """Movements of this store not yet acknowledged by the server (including this one)."""
+    """Movements of this store not yet acknowledged by the server (including this one, unless it
+    was replayed and the server has acknowledged it already).
+    """
     replayed: _builtins.bool
     """True when the request's request_id was already recorded: this is the first call's seq and
     nothing was recorded now.
@@ -247,7 +253,10 @@ class StartCountRequest(_message.Message):
     SKUS_FIELD_NUMBER: _builtins.int
     LOCATION_ID_FIELD_NUMBER: _builtins.int
     count_id: _builtins.str
-    """Client-chosen id of the count (a count sent twice changes nothing on the server)."""
+    """Client-chosen id of the count, same alphabet as a SKU (a count sent twice changes nothing on
+    the server: use a new id for every count). Starting a count_id that is running starts it
+    again: the reads it had are dropped.
+    """
     location_id: _builtins.str
     """Location counted (default: the store's location)."""
     @_builtins.property
@@ -321,7 +330,7 @@ class TagReadSummary(_message.Message):
     reads: _builtins.int
     """Reads received on this call."""
     bad_reads: _builtins.int
-    """Reads that were not SGTIN-96 or not decodable."""
+    """Reads that were not SGTIN-96 or not decodable, or that named no running count session."""
     unknown_reads: _builtins.int
     """Reads whose GTIN is not in the catalogue."""
     def __init__(

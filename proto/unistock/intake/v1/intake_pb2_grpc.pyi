@@ -6,6 +6,10 @@ Local intake of a store's edge agent: what POS tills and RFID readers in the sto
 The agent gives every movement the next seq of its source, stores it durably in its outbox
 (SQLite, synchronous=FULL) before answering, and forwards it to the Unistock server over MQTT.
 A till that got an IntakeReceipt may forget the sale: it will reach the server exactly once.
+Before storing anything the agent checks a movement as the server does (ids, quantity, the
+fields each type needs) and refuses one the server would reject with INVALID_ARGUMENT naming
+the field; it cannot check that a location_id belongs to this store (the server rejects a
+movement for another store's location: WRONG_STORE).
 """
 
 from collections import abc as _abc

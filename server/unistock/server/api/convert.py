@@ -25,6 +25,7 @@ from unistock.server.domain.values import (
     MAX_TTL_SECONDS,
     check_seconds,
     check_text,
+    id_ok,
 )
 from unistock.server.persistence.codec import position_entry
 from unistock.v1 import inventory_pb2 as pb
@@ -182,7 +183,9 @@ def batch_from_wire(batch: pb.MovementBatch) -> tuple[list[Movement], list[pb.Re
                     f"movements[{i}].source_id", "differs from the batch's source_id"
                 )
             if wm.seq <= last:
-                raise InvalidArgument(f"movements[{i}].seq", "must increase within a batch")
+                # 0 is invalid in itself (seqs start at 1), not out of order.
+                problem = "must be >= 1, got 0" if not wm.seq else "must increase within a batch"
+                raise InvalidArgument(f"movements[{i}].seq", problem)
             # The field prefix is only needed for an error: validate without it, and name the
             # field again on the (rare) failure.
             try:
@@ -193,6 +196,17 @@ def batch_from_wire(batch: pb.MovementBatch) -> tuple[list[Movement], list[pb.Re
         except InvalidArgument as exc:
             rejected.append(rejection(source_id, wm.seq, exc))
     return out, rejected
+
+
+def too_large(batch: pb.MovementBatch, detail: str, max_payload_bytes: int) -> pb.MovementAck:
+    """The ack of a batch refused whole for its size: one BATCH_TOO_LARGE rejection (seq 0: it
+    settles no movement), the server's limits, and no SourceAck (no progress)."""
+    source = batch.source_id if id_ok(batch.source_id) else ""
+    return pb.MovementAck(
+        rejections=[pb.Rejection(source_id=source, reason=pb.BATCH_TOO_LARGE, detail=detail)],
+        batch_id=batch.batch_id,
+        limits=pb.BatchLimits(max_movements=MAX_BATCH, max_payload_bytes=max_payload_bytes),
+    )
 
 
 def lines_from_wire(lines: Sequence[pb.ReservationLine]) -> list[Line]:

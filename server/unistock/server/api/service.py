@@ -18,6 +18,7 @@ from grpc import aio
 
 from unistock.server.actors import Inventory
 from unistock.server.api.convert import (
+    MAX_BATCH,
     Undecodable,
     ack_feedback,
     batch_from_wire,
@@ -27,6 +28,7 @@ from unistock.server.api.convert import (
     levels_message,
     lines_from_wire,
     reserve_from_wire,
+    too_large,
     watch_filter_from_wire,
 )
 from unistock.server.api.errors import status_code, to_status
@@ -238,6 +240,17 @@ class InventoryService:
                     if not await enqueue(
                         (self.inventory.commit.barrier(), pb.MovementAck(rejections=[bad]))
                     ):
+                        break
+                    continue
+                if len(batch.movements) > MAX_BATCH:
+                    # Refused whole, no progress: the client splits it and sends the same seqs.
+                    self._metrics.movements_rejected.labels("BATCH_TOO_LARGE").inc()
+                    detail = (
+                        f"{len(batch.movements)} movements exceed the limit of {MAX_BATCH} "
+                        "per batch"
+                    )
+                    refusal = too_large(batch, detail, 0)
+                    if not await enqueue((self.inventory.commit.barrier(), refusal)):
                         break
                     continue
                 movements, rejected = batch_from_wire(batch)

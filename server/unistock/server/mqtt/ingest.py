@@ -41,7 +41,13 @@ from paho.mqtt.properties import Properties
 
 from unistock.client.mqtt import broker_args
 from unistock.server.actors import Inventory
-from unistock.server.api.convert import MAX_BATCH, ack_feedback, batch_from_wire, rejection
+from unistock.server.api.convert import (
+    MAX_BATCH,
+    ack_feedback,
+    batch_from_wire,
+    rejection,
+    too_large,
+)
 from unistock.server.domain import Fenced, InvalidArgument, Movement, Unavailable, check_id
 from unistock.server.domain.values import id_ok
 from unistock.server.metrics import Metrics
@@ -65,8 +71,6 @@ JSON = "application/json"
 MAX_ACKS_IN_FLIGHT = 256
 #: Larger payloads are refused unparsed (the broker should refuse them first: see deploy/).
 MAX_PAYLOAD = 1024 * 1024
-#: Sent with every BATCH_TOO_LARGE refusal.
-LIMITS = pb.BatchLimits(max_movements=MAX_BATCH, max_payload_bytes=MAX_PAYLOAD)
 
 
 @dataclass(slots=True)
@@ -171,10 +175,9 @@ class MqttIngestor:
         return StoreBatch(store_id, ack)
 
     def _too_large(self, store_id: str, batch: pb.MovementBatch, detail: str) -> StoreBatch:
-        source = batch.source_id if id_ok(batch.source_id) else ""
-        r = _whole(pb.BATCH_TOO_LARGE, detail, source)
-        done = self._refused(store_id, "too_large", [r], batch)
-        done.ack.limits.CopyFrom(LIMITS)
+        refusal = too_large(batch, detail, MAX_PAYLOAD)
+        done = self._refused(store_id, "too_large", list(refusal.rejections), batch)
+        done.ack.limits.CopyFrom(refusal.limits)
         return done
 
     def _count(self, rejections: list[pb.Rejection]) -> None:
