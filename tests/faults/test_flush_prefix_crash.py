@@ -102,38 +102,25 @@ async def runtime(url: str, store_cls: type[RedisStore] = RedisStore) -> AsyncIt
 
 
 Op = tuple[Any, ...]
-ops_st = st.one_of(
-    st.tuples(
-        st.just("reserve"),
-        st.sampled_from(RIDS),
-        st.lists(
-            st.tuples(st.sampled_from(KEYS), st.integers(1, 3)),
-            min_size=1,
-            max_size=2,
-            unique_by=lambda t: t[0],
-        ),
-        st.sampled_from([0, 60]),
+reserve_st = st.tuples(
+    st.just("reserve"),
+    st.sampled_from(RIDS),
+    st.lists(
+        st.tuples(st.sampled_from(KEYS), st.integers(1, 3)),
+        min_size=1,
+        max_size=2,
+        unique_by=lambda t: t[0],
     ),
+    st.sampled_from([0, 60]),
+)
+ops_st = st.one_of(
+    reserve_st,
     st.tuples(st.just("release"), st.sampled_from(RIDS)),
     st.tuples(st.just("extend"), st.sampled_from(RIDS)),
     st.tuples(st.just("fulfil"), st.sampled_from(RIDS), st.integers(0, 2)),
     st.tuples(st.just("expire"), st.integers(30, 120)),
 )
-reserves_st = st.lists(
-    st.tuples(
-        st.just("reserve"),
-        st.sampled_from(RIDS),
-        st.lists(
-            st.tuples(st.sampled_from(KEYS), st.integers(1, 3)),
-            min_size=1,
-            max_size=2,
-            unique_by=lambda t: t[0],
-        ),
-        st.sampled_from([0, 60]),
-    ),
-    min_size=1,
-    max_size=3,
-)
+reserves_st = st.lists(reserve_st, min_size=1, max_size=3)
 # A first round of reservations, then rounds of operations on them.
 rounds_st = st.tuples(
     reserves_st, st.lists(st.lists(ops_st, min_size=1, max_size=4), min_size=1, max_size=4)

@@ -336,13 +336,17 @@ class RedisStore:
                 out[i] = v
         return out
 
+    async def _hget_ints(self, fields: list[tuple[str, str]]) -> list[int]:
+        """Integer values of (hash key, field) pairs (0 where absent), in one pipeline."""
+        pipe = self.client.pipeline(transaction=False)
+        for key, name in fields:
+            pipe.hget(key, name)
+        return [int(v or 0) for v in await self._execute(pipe)]
+
     async def load_sources(self, ids: list[str]) -> list[int]:
         """Highest contiguous durable seq of each source (0 when never seen)."""
         ks = self.keyspace
-        pipe = self.client.pipeline(transaction=False)
-        for sid in ids:
-            pipe.hget(ks.sources(ks.source_partition(sid)), sid)
-        return [int(v or 0) for v in await self._execute(pipe)]
+        return await self._hget_ints([(ks.sources(ks.source_partition(s)), s) for s in ids])
 
     async def claim_source(self, source_id: str, store_id: str) -> tuple[str, int]:
         """The store owning source_id (store_id if it had none: now claimed, durably) and its
@@ -366,18 +370,14 @@ class RedisStore:
     async def load_marks(self, wanted: list[tuple[StockKey, str]]) -> list[int]:
         """The spilled marks of (position, source) pairs (0 where none), in one pipeline."""
         ks = self.keyspace
-        pipe = self.client.pipeline(transaction=False)
-        for key, source_id in wanted:
-            pipe.hget(ks.spilled_marks(ks.location_partition(key[1])), mark_field(key, source_id))
-        return [int(v or 0) for v in await self._execute(pipe)]
+        return await self._hget_ints(
+            [(ks.spilled_marks(ks.location_partition(k[1])), mark_field(k, s)) for k, s in wanted]
+        )
 
     async def load_source_highs(self, ids: list[str]) -> list[int]:
         """Highest seq applied from each source anywhere (0 when never seen)."""
         ks = self.keyspace
-        pipe = self.client.pipeline(transaction=False)
-        for sid in ids:
-            pipe.hget(ks.source_highs(ks.source_partition(sid)), sid)
-        return [int(v or 0) for v in await self._execute(pipe)]
+        return await self._hget_ints([(ks.source_highs(ks.source_partition(s)), s) for s in ids])
 
     async def load_reservations(self, ids: list[str]) -> list[bytes | None]:
         """Stored reservation records (None where absent), in one pipeline."""
