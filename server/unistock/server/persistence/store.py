@@ -185,6 +185,11 @@ class RedisStore:
         self.epochs: dict[int, int] = {}
         self._flush_sha = hashlib.sha1(FLUSH_SCRIPT.encode()).hexdigest()
         self._claim = client.register_script(CLAIM_SCRIPT)  # loads itself on NOSCRIPT
+        #: Spilled marks this process wrote or read (field -> seq), the most recent last: this
+        #: process alone writes its partitions (fenced), so a hit is what Redis holds, and a
+        #: source sending again to a crowded position costs no round trip. Bounded.
+        self._marks: dict[str, int] = {}
+        self.max_cached_marks = 65_536
         # HSCAN replies stay flat [cursor, [field, value, ...]]: a snapshot of a million
         # positions need not build redis-py's dict of every chunk first.
         client.set_response_callback("HSCAN", lambda response, **options: response)
@@ -315,7 +320,18 @@ class RedisStore:
                 raise Unavailable(f"redis flush failed: {r}")
             written += int(r[0])
             stale += int(r[1])
+        for phase in phases:
+            for w in phase.values():
+                marks = w.marks
+                for i in range(0, len(marks), 2):
+                    self._remember_mark(str(marks[i]), int(marks[i + 1]))
         return written, stale
+
+    def _remember_mark(self, name: str, seq: int) -> None:
+        cache = self._marks
+        cache[name] = max(seq, cache.pop(name, 0))  # re-inserted: now the most recent
+        if len(cache) > self.max_cached_marks:
+            del cache[next(iter(cache))]
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -370,9 +386,18 @@ class RedisStore:
     async def load_marks(self, wanted: list[tuple[StockKey, str]]) -> list[int]:
         """The spilled marks of (position, source) pairs (0 where none), in one pipeline."""
         ks = self.keyspace
-        return await self._hget_ints(
-            [(ks.spilled_marks(ks.location_partition(k[1])), mark_field(k, s)) for k, s in wanted]
-        )
+        names = [mark_field(k, s) for k, s in wanted]
+        found = {name: seq for name in names if (seq := self._marks.get(name)) is not None}
+        missing = [
+            (ks.spilled_marks(ks.location_partition(k[1])), name)
+            for (k, _), name in zip(wanted, names, strict=True)
+            if name not in found
+        ]
+        if missing:
+            for (_, name), seq in zip(missing, await self._hget_ints(missing), strict=True):
+                found[name] = seq
+                self._remember_mark(name, seq)
+        return [found[name] for name in names]
 
     async def load_source_highs(self, ids: list[str]) -> list[int]:
         """Highest seq applied from each source anywhere (0 when never seen)."""
