@@ -1,0 +1,1 @@
+"""One-off measurements behind figures quoted in the README (not scenarios of the table)."""
