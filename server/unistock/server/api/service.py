@@ -35,6 +35,7 @@ from unistock.server.api.errors import status_code, to_status
 from unistock.server.api.watch import WatchHub
 from unistock.server.domain import InvalidArgument, UnistockError, check_id, validate_lines
 from unistock.server.domain.reservation import check_reservation_id
+from unistock.server.domain.values import id_ok
 from unistock.server.persistence.codec import reservation_message, stored_entry
 from unistock.server.persistence.keys import parse_position_field
 from unistock.server.persistence.store import stored_version
@@ -266,8 +267,14 @@ class InventoryService:
                 for r in rejected:
                     self._metrics.movements_rejected.labels(pb.RejectReason.Name(r.reason)).inc()
                 top = max((m.seq for m in batch.movements), default=0)
+                # A batch refused whole (no valid source_id) makes no progress of any source.
+                whole = not movements and not id_ok(batch.source_id)
                 ack = pb.MovementAck(
-                    sources=[pb.SourceAck(source_id=batch.source_id, seq=top)] if top else [],
+                    sources=(
+                        [pb.SourceAck(source_id=batch.source_id, seq=top)]
+                        if top and not whole
+                        else []
+                    ),
                     rejections=rejected,
                     batch_id=batch.batch_id,
                     applied=applied,
