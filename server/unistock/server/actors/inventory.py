@@ -169,7 +169,7 @@ class Inventory:
         anyone before the future resolves.
         """
         rids = {m.reservation_id for m in movements if m.reservation_id}
-        await self._load_highs({m.source_id for m in movements})
+        batch_highs = await self._load_highs({m.source_id for m in movements})
         await self._ready_marks(movements, rids)
         highs = self._highs
         tops: dict[str, int] = {}
@@ -180,7 +180,9 @@ class Inventory:
         changed = self.commit.position_changed
         locations = self.locations
         for m in movements:
-            high = highs.get(m.source_id, 0)
+            # The cache may have let the source go while this turn waited: the batch's own
+            # reading of it stands in (never lower than what was durable or pending then).
+            high = max(highs.get(m.source_id, 0), batch_highs[m.source_id])
             if m.seq > high + MAX_SEQ_JUMP:
                 out.refused.append((m, _seq_jump(m, high)))
                 continue
@@ -240,23 +242,30 @@ class Inventory:
                     need[m.key, m.source_id] = p
             if not need:
                 return
+            generation = self.store.marks_generation
             seqs = await self.store.load_marks(list(need))
+            if self.store.marks_generation != generation:
+                # Spilled marks were written while we read: ours may be older. Read again.
+                continue
             for ((key, source_id), p), seq in zip(need.items(), seqs, strict=True):
                 if peek(key) is p:  # still resident (else loaded again: next round)
                     p.restore_mark(source_id, seq)
                     self.commit.position_changed(p)  # the mark it let go is written
 
-    async def _load_highs(self, sources: set[str]) -> None:
+    async def _load_highs(self, sources: set[str]) -> dict[str, int]:
+        """The highest seq applied from each source (cached, else read, never below what is
+        still being written), for a batch of those sources; keeps the cache bounded."""
         highs = self._highs
         missing = [s for s in sources if s not in highs]
-        if not missing:
-            return
-        for source_id, seq in zip(
-            missing, await self.store.load_source_highs(missing), strict=True
-        ):
-            highs.setdefault(source_id, seq)
+        if missing:
+            stored = await self.store.load_source_highs(missing)
+            pending = self.commit.pending_high
+            for source_id, seq in zip(missing, stored, strict=True):
+                highs[source_id] = max(seq, pending(source_id), highs.get(source_id, 0))
+        found = {s: highs[s] for s in sources}
         while len(highs) > self.max_sources:  # forget the sources seen longest ago
             del highs[next(iter(highs))]
+        return found
 
     def _mismatch(self, m: Movement, why: str) -> PickupMismatch:
         self.metrics.pickup_mismatches.inc()

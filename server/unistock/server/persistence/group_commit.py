@@ -83,6 +83,7 @@ class GroupCommit:
         self._other: dict[str, Reservation] = {}
         self._sources: dict[str, int] = {}
         self._highs: dict[str, int] = {}
+        self._inflight_highs: dict[str, int] = {}
         self._inflight_positions: dict[StockKey, Position] = {}
         self._inflight_reservations: set[str] = set()
         self._window: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -130,6 +131,10 @@ class GroupCommit:
         if seq > self._highs.get(source_id, 0):
             self._highs[source_id] = seq
             self._wake.set()
+
+    def pending_high(self, source_id: str) -> int:
+        """The highest seq of source_id recorded and not yet durable (0 when none)."""
+        return max(self._highs.get(source_id, 0), self._inflight_highs.get(source_id, 0))
 
     def is_dirty(self, key: StockKey) -> bool:
         """Whether a position has changes not yet durable (it must stay resident)."""
@@ -218,6 +223,7 @@ class GroupCommit:
             final = True
         self._inflight_positions = positions
         self._inflight_reservations = set(ending) | set(other)
+        self._inflight_highs = highs
         self._inflight = window
         started = time.perf_counter()
         try:
@@ -235,6 +241,7 @@ class GroupCommit:
                 self._window = asyncio.get_running_loop().create_future()
             self._inflight_positions = {}
             self._inflight_reservations = set()
+            self._inflight_highs = {}
             self._inflight = None
             _fail(window, Unavailable(f"a change could not be stored: {exc!r}"))
             return False
@@ -258,6 +265,7 @@ class GroupCommit:
         finally:
             self._inflight_positions = {}
             self._inflight_reservations = set()
+            self._inflight_highs = {}
             self._inflight = None
         self._backoff = 0.05
         self._known_locations |= new_locations

@@ -78,6 +78,17 @@ if epoch ~= ARGV[1] then
 end
 local i = 2
 local written, stale = 0, 0
+-- Seqs are compared as decimal strings, never as Lua numbers (doubles: 2^53 + 1 == 2^53).
+local function above(new, old)
+  if not old then return true end
+  if not string.match(old, '^%d+$') then return tonumber(new) > (tonumber(old) or 0) end
+  if #new ~= #old then return #new > #old end
+  return new > old
+end
+-- Raise a hash field holding a seq to new (a decimal string) if it is higher.
+local function raise(key, f, new)
+  if above(new, redis.call('HGET', key, f)) then redis.call('HSET', key, f, new) end
+end
 local npos = tonumber(ARGV[i]); i = i + 1
 -- Positions: one HMGET and one HSET per CHUNK fields (not two calls per position: the calls
 -- were most of the script's time), skipping any whose stored version is newer.
@@ -102,25 +113,13 @@ for c = 0, npos - 1, CHUNK do
 end
 -- Spilled marks of those positions (only ever raised: a mark never goes back).
 local nmark = tonumber(ARGV[i]); i = i + 1
-for _ = 1, nmark do
-  local f, seq = ARGV[i], tonumber(ARGV[i + 1]); i = i + 2
-  local old = tonumber(redis.call('HGET', KEYS[7], f) or '0')
-  if seq > old then redis.call('HSET', KEYS[7], f, ARGV[i - 1]) end
-end
+for _ = 1, nmark do raise(KEYS[7], ARGV[i], ARGV[i + 1]); i = i + 2 end
 local nloc = tonumber(ARGV[i]); i = i + 1
 for _ = 1, nloc do redis.call('SADD', KEYS[3], ARGV[i]); i = i + 1 end
 local nsrc = tonumber(ARGV[i]); i = i + 1
-for _ = 1, nsrc do
-  local src, seq = ARGV[i], tonumber(ARGV[i + 1]); i = i + 2
-  local old = tonumber(redis.call('HGET', KEYS[5], src) or '0')
-  if seq > old then redis.call('HSET', KEYS[5], src, seq) end
-end
+for _ = 1, nsrc do raise(KEYS[5], ARGV[i], ARGV[i + 1]); i = i + 2 end
 local nhigh = tonumber(ARGV[i]); i = i + 1
-for _ = 1, nhigh do
-  local src, seq = ARGV[i], tonumber(ARGV[i + 1]); i = i + 2
-  local old = tonumber(redis.call('HGET', KEYS[6], src) or '0')
-  if seq > old then redis.call('HSET', KEYS[6], src, ARGV[i - 1]) end
-end
+for _ = 1, nhigh do raise(KEYS[6], ARGV[i], ARGV[i + 1]); i = i + 2 end
 for k = 8, #KEYS do
   local rid, v, score, keep = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]; i = i + 4
   local old = redis.call('GET', KEYS[k])
@@ -190,6 +189,9 @@ class RedisStore:
         #: source sending again to a crowded position costs no round trip. Bounded.
         self._marks: dict[str, int] = {}
         self.max_cached_marks = 65_536
+        #: Increases with every flush that wrote spilled marks: a reader of spilled marks whose
+        #: read overlapped one reads again (what it read may be older than what was written).
+        self.marks_generation = 0
         # HSCAN replies stay flat [cursor, [field, value, ...]]: a snapshot of a million
         # positions need not build redis-py's dict of every chunk first.
         client.set_response_callback("HSCAN", lambda response, **options: response)
@@ -323,6 +325,8 @@ class RedisStore:
         for phase in phases:
             for w in phase.values():
                 marks = w.marks
+                if marks:
+                    self.marks_generation += 1
                 for i in range(0, len(marks), 2):
                     self._remember_mark(str(marks[i]), int(marks[i + 1]))
         return written, stale
