@@ -117,7 +117,7 @@ class Inventory:
         settled: also wait until no record of ids has a change that is not durable yet (raises
         Unavailable when the write fails). A turn that transitions a reservation, or answers
         from its state, waits so: no answer reveals a state a crash could still undo, and a
-        record changes at most once per group-commit window (see persistence.group_commit).
+        record changes at most once per flush (see persistence.group_commit).
         """
         keys, ids = list(keys), list(ids)
         dirty = self.commit.reservation_dirty

@@ -14,7 +14,7 @@ Order inside a flush, for crash safety of reservations (see domain.reservation):
      which reconcile_holds corrects when the position is next loaded,
   2. positions,
   3. records of reservations created in this window (their holds exist first).
-A record changes at most once per window apart from pickups, which all shrink: turns that
+A record changes at most once per flush (pickups aside, which all shrink): turns that
 transition a reservation wait until its previous change is durable (actors.inventory), so a
 record created in a window never also ends in it, and an ended record never waits behind its
 freed holds (a crash between them would leave an ACTIVE record whose hold is gone).
