@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from unistock.server.app.server import UnistockServer, load_tokens
+from unistock.server.app.server import StartupError, UnistockServer, load_tokens
 from unistock.server.app.settings import Settings
 
 log = logging.getLogger("unistock.server")
@@ -35,10 +35,27 @@ def write_dev_token(data_dir: pathlib.Path, token: str) -> pathlib.Path:
 
 
 async def serve(settings: Settings) -> int:
-    """Run until a signal or a fatal failure; returns the exit code."""
-    tokens, dev_token = load_tokens(settings, os.environ.get("UNISTOCK_TOKENS", ""))
+    """Run until a signal or a fatal failure; returns the exit code (0 stopped by a signal, 1 a
+    fatal failure while running or a failed start, 2 a bad configuration)."""
+    try:
+        tokens, dev_token = load_tokens(settings, os.environ.get("UNISTOCK_TOKENS", ""))
+    except (OSError, ValueError) as exc:
+        print(
+            f"unistock-server: bad tokens (--tokens-file / UNISTOCK_TOKENS): {exc}", file=sys.stderr
+        )
+        return 2
     server = UnistockServer(settings, tokens)
-    await server.start()
+    try:
+        await server.start()
+    except StartupError as exc:
+        print(f"unistock-server: cannot start: {exc}", file=sys.stderr)
+        return 1
+    stale = settings.data_dir / "dev-token"
+    if not dev_token and stale.exists():
+        # Tokens are configured: a dev token left by an earlier run no longer works, and the
+        # CLI would pick it up before anything else.
+        stale.unlink(missing_ok=True)
+        log.info("removed %s: tokens are configured, the dev token is no more", stale)
     if dev_token:
         path = write_dev_token(settings.data_dir, dev_token)
         print(

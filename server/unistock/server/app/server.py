@@ -6,7 +6,8 @@ import asyncio
 import enum
 import logging
 import secrets
-from collections.abc import Coroutine
+import urllib.parse
+from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import Any
 
@@ -22,6 +23,7 @@ from unistock.server.api.auth import AuthInterceptor, TokenStore
 from unistock.server.api.service import SERVICE, InventoryService
 from unistock.server.api.watch import WatchHub
 from unistock.server.app.settings import Settings
+from unistock.server.domain import Unavailable
 from unistock.server.metrics import Metrics
 from unistock.server.mqtt import LocationDirectory, MqttIngestor
 from unistock.server.persistence.group_commit import GroupCommit
@@ -29,6 +31,15 @@ from unistock.server.persistence.keys import Keyspace
 from unistock.server.persistence.store import RedisStore
 
 log = logging.getLogger(__name__)
+
+
+class StartupError(RuntimeError):
+    """The server cannot start; the message names the setting and what is wrong."""
+
+
+def _redact(url: str) -> str:
+    u = urllib.parse.urlsplit(url)
+    return url.replace(f":{u.password}@", ":***@") if u.password else url
 
 
 class State(enum.Enum):
@@ -70,6 +81,8 @@ class UnistockServer:
         self._metrics_http: Any = None
         self._done = asyncio.Event()
         self._stop_lock = asyncio.Lock()
+        #: What start() opened so far, to close again if it fails half way.
+        self._opened: list[Callable[[], Awaitable[None]]] = []
 
     async def __aenter__(self) -> UnistockServer:
         await self.start()
@@ -81,16 +94,88 @@ class UnistockServer:
         await self.stop()
 
     async def start(self) -> None:
-        """Connect, take ownership of the partitions, start serving."""
+        """Bind the ports, connect, take ownership of the partitions, start serving.
+
+        Raises StartupError (a port in use, Redis unreachable, a bad file) with everything
+        opened so far closed again. The ports are bound first: a second server started by
+        mistake fails there, before it takes the partitions over from the first (fencing it).
+        """
         if self.state is not State.NEW:
             raise RuntimeError(f"cannot start a server that is {self.state.value}")
+        s = self.settings
+        server = self._grpc = aio.server(
+            interceptors=[AuthInterceptor(self.tokens)],
+            options=[
+                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                # One server per port: with SO_REUSEPORT (grpc's default) a second server on
+                # the same port starts without a word and clients reach either at random.
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        try:
+            await self._bind(server)
+            await self._open()
+        except BaseException:
+            await self._abort_start()
+            raise
+        await server.start()
+        for name in ("", SERVICE):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.state = State.RUNNING
+        log.info(
+            "serving gRPC on %s:%d (%s), metrics on :%d, redis %s",
+            s.grpc_host,
+            self.grpc_port,
+            "TLS" if s.tls_cert else "plaintext",
+            self.metrics_port,
+            s.redis_url,
+        )
+
+    async def _bind(self, server: aio.Server) -> None:
+        s = self.settings
+        address = f"{s.grpc_host}:{s.grpc_port}"
+        try:
+            if s.tls_cert and s.tls_key:
+                creds = grpc.ssl_server_credentials(
+                    [(s.tls_key.read_bytes(), s.tls_cert.read_bytes())]
+                )
+                self.grpc_port = server.add_secure_port(address, creds)
+            else:
+                self.grpc_port = server.add_insecure_port(address)
+        except OSError as exc:
+            raise StartupError(f"--tls-cert/--tls-key: cannot read: {exc}") from None
+        except RuntimeError as exc:
+            raise StartupError(
+                f"--grpc-port: cannot listen on {address} ({exc}); is another "
+                "unistock-server running there?"
+            ) from None
+        if s.metrics_port:
+            try:
+                self._metrics_http, _ = start_http_server(
+                    s.metrics_port, addr=s.grpc_host, registry=self.metrics.registry
+                )
+            except OSError as exc:
+                raise StartupError(
+                    f"--metrics-port: cannot listen on {s.grpc_host}:{s.metrics_port} ({exc})"
+                ) from None
+            self.metrics_port = self._metrics_http.server_port
+
+    async def _open(self) -> None:
         s = self.settings
         self.store = RedisStore.from_url(
             s.redis_url,
             Keyspace(s.key_prefix, s.partitions),
             command_timeout=s.redis_timeout_s,
         )
-        await self.store.open()
+        self._opened.append(self.store.close)
+        try:
+            await self.store.open()
+        except Unavailable as exc:
+            raise StartupError(f"--redis-url: cannot use {_redact(s.redis_url)}: {exc}") from None
+        except ValueError as exc:
+            raise StartupError(f"--partitions: {exc}") from None
         self.commit = GroupCommit(
             self.store,
             self.metrics,
@@ -101,17 +186,24 @@ class UnistockServer:
         self.inventory = Inventory(
             self.store, self.commit, self.metrics, max_resident=s.max_resident
         )
-        await self.inventory.start()
+        self._opened.append(self.inventory.close)
+        try:
+            await self.inventory.start()
+        except Unavailable as exc:
+            raise StartupError(f"--redis-url: cannot use {_redact(s.redis_url)}: {exc}") from None
         self.hub = WatchHub(self.metrics, max_pending=s.watch_max_pending)
         self.commit.listeners.append(self.hub.publish)
         self._spawn(self._run_commit(), "group-commit")
         self._spawn(self.inventory.run_expiry(s.expiry_interval_s), "reservation-expiry")
         if s.mqtt_url:
-            locations = (
-                LocationDirectory.from_csv(s.locations_file)
-                if s.locations_file
-                else LocationDirectory()
-            )
+            try:
+                locations = (
+                    LocationDirectory.from_csv(s.locations_file)
+                    if s.locations_file
+                    else LocationDirectory()
+                )
+            except (OSError, ValueError) as exc:
+                raise StartupError(f"--locations-file: {exc}") from None
             self.ingestor: MqttIngestor | None = MqttIngestor(
                 s.mqtt_url, self.inventory, self.metrics, locations
             )
@@ -122,45 +214,28 @@ class UnistockServer:
             self._spawn(
                 self.inventory.run_idle_passivation(s.idle_passivation_s), "idle-passivation"
             )
-
-        server = self._grpc = aio.server(
-            interceptors=[AuthInterceptor(self.tokens)],
-            options=[
-                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-                ("grpc.keepalive_time_ms", 30_000),
-                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-            ],
-        )
         self.service = InventoryService(self.inventory, self.hub)
-        server.add_generic_rpc_handlers((self.service.handler(),))
+        assert self._grpc is not None
+        self._grpc.add_generic_rpc_handlers((self.service.handler(),))
         self.health = HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(
-            (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
         )
-        address = f"{s.grpc_host}:{s.grpc_port}"
-        if s.tls_cert and s.tls_key:
-            creds = grpc.ssl_server_credentials([(s.tls_key.read_bytes(), s.tls_cert.read_bytes())])
-            self.grpc_port = server.add_secure_port(address, creds)
-        else:
-            self.grpc_port = server.add_insecure_port(address)
-        await server.start()
-        for name in ("", SERVICE):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        if s.metrics_port:
-            self._metrics_http, _ = start_http_server(
-                s.metrics_port, addr=s.grpc_host, registry=self.metrics.registry
-            )
-            self.metrics_port = self._metrics_http.server_port
-        self.state = State.RUNNING
-        log.info(
-            "serving gRPC on %s:%d (%s), metrics on :%d, redis %s",
-            s.grpc_host,
-            self.grpc_port,
-            "TLS" if s.tls_cert else "plaintext",
-            self.metrics_port,
-            s.redis_url,
-        )
+
+    async def _abort_start(self) -> None:
+        """Close what a failed start() opened."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._grpc is not None:
+            await self._grpc.stop(None)
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+        for close in reversed(self._opened):
+            await close()
+        self.state = State.STOPPED
 
     def _spawn(self, coro: Coroutine[object, object, None], name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
