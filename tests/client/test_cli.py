@@ -4,28 +4,54 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
+import signal
 import sys
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
 
 from tests.fixtures.server import TOKENS, target
+from unistock.client import UnistockClient
+from unistock.client.cli import build_parser
 from unistock.server.app.server import UnistockServer
+from unistock.v1 import inventory_pb2 as pb
 
 
-async def cli(srv: UnistockServer, *args: str, role: str = "admin") -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
+async def spawn(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> asyncio.subprocess.Process:
+    """The CLI with exactly these arguments, its stdout and stderr piped."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "unistock.client.cli",
-        "--target",
-        target(srv),
-        "--token",
-        TOKENS[role],
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        env=env,
+        cwd=cwd,
     )
+
+
+async def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> tuple[int, str, str]:
+    """Run the CLI with exactly these arguments: (exit code, stdout, stderr)."""
+    proc = await spawn(*args, env=env, cwd=cwd)
     out, err = await proc.communicate()
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+def server_args(srv: UnistockServer, role: str = "admin") -> tuple[str, ...]:
+    return ("--target", target(srv), "--token", TOKENS[role])
+
+
+async def cli(srv: UnistockServer, *args: str, role: str = "admin") -> tuple[int, str, str]:
+    return await run_cli(*server_args(srv, role), *args)
 
 
 async def test_move_get_reserve_show(server: UnistockServer) -> None:
@@ -52,3 +78,268 @@ async def test_errors_exit_non_zero_with_the_reason(server: UnistockServer) -> N
     rc, _, err = await cli(server, "move", "s", "1", "RECEIPT", "X@y:1", role="channel")
     assert rc == 1
     assert "PERMISSION_DENIED" in err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        # an invalid sku (the space), a seq jump beyond 1,000,000, an ADJUSTMENT without a sign
+        ("move", "backoffice", "2", "SALE", "SHOE 42@store-7:1"),
+        ("move", "backoffice", "5000000", "RECEIPT", "SHOE-42@store-7:1"),
+        ("move", "backoffice", "3", "ADJUSTMENT", "SHOE-42@store-7:1"),
+    ],
+)
+async def test_a_rejected_movement_exits_1_with_the_reason(
+    server: UnistockServer, args: tuple[str, ...]
+) -> None:
+    rc, out, err = await cli(server, *args)
+    assert rc == 1
+    ack = json.loads(out)
+    assert len(ack["rejections"]) == 1
+    reason = ack["rejections"][0]["reason"]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"error: 1 movement(s) rejected: {reason} ")
+    assert ack["rejections"][0]["detail"] in lines[0]
+
+
+async def test_a_duplicate_movement_exits_0(server: UnistockServer) -> None:
+    for expected in ({"applied": 1}, {"duplicates": 1}):
+        rc, out, err = await cli(server, "move", "backoffice", "1", "RECEIPT", "SHOE-42@store-7:3")
+        assert rc == 0, err
+        ack = json.loads(out)
+        assert {k: ack.get(k) for k in expected} == expected
+        assert "rejections" not in ack
+
+
+def test_help_documents_the_exit_codes() -> None:
+    text = build_parser().format_help()
+    assert "exit codes" in text.lower()
+    for code in ("0", "1", "2", "130"):
+        assert re.search(rf"^\s*{code}\s", text, re.MULTILINE), code
+
+
+@pytest.mark.parametrize(
+    ("args", "argument"),
+    [
+        (("extend", "hold-2", "--", "-5"), "SECONDS"),
+        (("extend", "hold-2", "0"), "SECONDS"),
+        (("extend", "hold-2", "99999999999"), "SECONDS"),
+        (("extend", "hold-2", "31622401"), "SECONDS"),
+        (("reserve", "r", "--ttl", "-1", "SHOE-42@store-7:1"), "--ttl"),
+        (("reserve", "r", "--ttl", "31622401", "SHOE-42@store-7:1"), "--ttl"),
+        (("reserve", "r", "SHOE-42@store-7:99999999999999999999"), "SKU@LOC:QTY"),
+        (("reserve", "r", "SHOE-42@store-7:0"), "SKU@LOC:QTY"),
+        (("reserve", "r", "SHOE-42@store-7:1000000001"), "SKU@LOC:QTY"),
+        (("move", "backoffice", "--", "-1", "SALE", "SHOE-42@store-7:1"), "seq"),
+        (("move", "backoffice", "0", "SALE", "SHOE-42@store-7:1"), "seq"),
+        (("move", "backoffice", "99999999999999999999999", "SALE", "SHOE-42@store-7:1"), "seq"),
+        (("move", "backoffice", "1", "SALE", "SHOE-42@store-7:-1"), "SKU@LOC:QTY"),
+        (("move", "backoffice", "1", "SALE", "SHOE-42@store-7:0"), "SKU@LOC:QTY"),
+        (("move", "backoffice", "1", "COUNT", "SHOE-42@store-7:1000000001"), "SKU@LOC:QTY"),
+        (("fulfil", "r", "SHOE-42@store-7:0", "--request-id", "q"), "SKU@LOC:QTY"),
+    ],
+)
+async def test_out_of_range_numbers_are_usage_errors_naming_the_argument(
+    server: UnistockServer, args: tuple[str, ...], argument: str
+) -> None:
+    rc, out, err = await cli(server, *args)
+    assert rc == 2
+    assert out == ""
+    assert "Traceback" not in err
+    assert f"argument {argument}" in err
+
+
+async def test_a_count_of_zero_is_accepted(server: UnistockServer) -> None:
+    rc, out, err = await cli(
+        server, "move", "backoffice", "1", "COUNT", "SHOE-42@store-7:0", "--count-id", "c-1"
+    )
+    assert rc == 0, err
+    assert json.loads(out)["applied"] == 1
+
+
+async def test_an_unexpected_failure_is_one_error_line_not_a_traceback(
+    server: UnistockServer,
+) -> None:
+    # a lone surrogate cannot be encoded as UTF-8 into the request
+    rc, _, err = await cli(server, "get", "SHOE-\udc80")
+    assert rc == 1
+    assert "Traceback" not in err
+    assert err.startswith("error: ")
+    assert len(err.strip().splitlines()) == 1
+
+
+async def test_get_of_an_unknown_sku_says_so_and_exits_0(server: UnistockServer) -> None:
+    rc, out, err = await cli(server, "get", "NOPE")
+    assert (rc, out) == (0, "")
+    assert "no position for sku 'NOPE' at any location" in err
+    rc, out, err = await cli(server, "get", "NOPE", "store-7")
+    assert rc == 0
+    level = json.loads(out)
+    assert level.get("version", "0") == "0"
+    assert "no position for sku 'NOPE' at 'store-7'" in err
+
+
+def _env_without_token(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("UNISTOCK_TOKEN", "UNISTOCK_DATA_DIR")}
+    env.update(extra)
+    return env
+
+
+async def test_a_missing_token_names_the_paths_tried_and_the_ways_to_give_one(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    rc, out, err = await run_cli(
+        "get", "SHOE-42", env=_env_without_token(UNISTOCK_DATA_DIR=str(data_dir)), cwd=tmp_path
+    )
+    assert (rc, out) == (1, "")
+    assert "Traceback" not in err
+    assert str(data_dir / "dev-token") in err
+    for way in ("--token", "UNISTOCK_TOKEN", "UNISTOCK_DATA_DIR"):
+        assert way in err
+    cwd = tmp_path / "a" / "b"
+    cwd.mkdir(parents=True)
+    rc, out, err = await run_cli("get", "SHOE-42", env=_env_without_token(), cwd=cwd)
+    assert rc == 1
+    for tried in (cwd, tmp_path / "a", tmp_path):
+        assert str(tried / "var" / "dev-token") in err
+
+
+async def test_the_dev_token_is_found_from_a_subdirectory(
+    server: UnistockServer, tmp_path: Path
+) -> None:
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "dev-token").write_text(TOKENS["admin"] + "\n")
+    cwd = tmp_path / "src" / "deep"
+    cwd.mkdir(parents=True)
+    args = ("--target", target(server), "move", "backoffice", "1", "RECEIPT", "SHOE-42@store-7:3")
+    rc, out, err = await run_cli(*args, env=_env_without_token(), cwd=cwd)
+    assert rc == 0, err
+    assert json.loads(out)["applied"] == 1
+
+
+async def test_partial_fulfil_with_a_request_id_fulfils_once(server: UnistockServer) -> None:
+    rc, _, err = await cli(server, "move", "backoffice", "1", "RECEIPT", "SHOE-42@store-7:5")
+    assert rc == 0, err
+    rc, _, err = await cli(server, "reserve", "hold-1", "SHOE-42@store-7:3", "--kind", "ORDER")
+    assert rc == 0, err
+    for _ in range(2):  # the retry fulfils nothing more
+        rc, out, err = await cli(
+            server, "fulfil", "hold-1", "SHOE-42@store-7:1", "--request-id", "ship-1"
+        )
+        assert rc == 0, err
+        res = json.loads(out)
+        assert res["state"] == "ACTIVE"
+        assert res["fulfilled"] == [{"sku": "SHOE-42", "locationId": "store-7", "quantity": "1"}]
+        assert res["lines"][0]["quantity"] == "2"
+    rc, out, _ = await cli(server, "get", "SHOE-42", "store-7")
+    level = json.loads(out)
+    assert (level["onHand"], level["reserved"]) == ("4", "2")
+    rc, out, err = await cli(server, "fulfil", "hold-1")
+    assert rc == 0, err
+    assert json.loads(out)["state"] == "FULFILLED"
+
+
+async def test_partial_fulfil_without_a_request_id_is_a_usage_error(
+    server: UnistockServer,
+) -> None:
+    rc, out, err = await cli(server, "fulfil", "hold-1", "SHOE-42@store-7:1")
+    assert (rc, out) == (2, "")
+    assert "--request-id" in err
+
+
+async def test_extend_by_seconds_or_until_a_time(server: UnistockServer) -> None:
+    rc, _, err = await cli(server, "move", "backoffice", "1", "RECEIPT", "SHOE-42@store-7:5")
+    assert rc == 0, err
+    rc, _, err = await cli(server, "reserve", "hold-2", "SHOE-42@store-7:1", "--kind", "ORDER")
+    assert rc == 0, err
+    before = datetime.now(UTC)
+    rc, out, err = await cli(server, "extend", "hold-2", "3600")
+    assert rc == 0, err
+    expires = datetime.fromisoformat(json.loads(out)["expiresAt"])
+    assert before + timedelta(seconds=3600) <= expires <= datetime.now(UTC) + timedelta(hours=1)
+    until = (datetime.now(UTC) + timedelta(days=3)).replace(microsecond=0)
+    rc, out, err = await cli(server, "extend", "hold-2", "--until", until.isoformat())
+    assert rc == 0, err
+    assert datetime.fromisoformat(json.loads(out)["expiresAt"]) == until
+    local = until.astimezone(timezone(timedelta(hours=2)))
+    rc, out, err = await cli(server, "extend", "hold-2", "--until", local.isoformat())
+    assert rc == 0, err
+    assert datetime.fromisoformat(json.loads(out)["expiresAt"]) == until
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("extend", "hold-2"),
+        ("extend", "hold-2", "60", "--until", "2030-01-01T00:00:00Z"),
+        ("extend", "hold-2", "--until", "2030-01-01T00:00:00"),  # no UTC offset
+        ("extend", "hold-2", "--until", "tomorrow"),
+    ],
+)
+async def test_extend_needs_exactly_one_valid_expiry(
+    server: UnistockServer, args: tuple[str, ...]
+) -> None:
+    rc, out, err = await cli(server, *args)
+    assert (rc, out) == (2, "")
+    assert "Traceback" not in err
+
+
+def test_extend_help_says_what_seconds_means() -> None:
+    sub = build_parser().parse_args(["extend", "hold-1", "60"]).command_parser
+    assert "from now" in sub.format_help()
+
+
+async def test_client_extend_by_ttl_positionally_or_to_an_absolute_time(
+    admin: UnistockClient,
+) -> None:
+    backoffice = admin
+    receipt = pb.Movement(
+        source_id="bo", seq=1, sku="SHOE-42", location_id="store-7", type=pb.RECEIPT, quantity=1
+    )
+    async for ack in admin.apply_movements([pb.MovementBatch(source_id="bo", movements=[receipt])]):
+        assert ack.applied == 1
+    await backoffice.reserve("hold-3", [("SHOE-42", "store-7", 1)], kind="ORDER")
+    res = await backoffice.extend("hold-3", 600)
+    assert res.HasField("expires_at")
+    at = (datetime.now(UTC) + timedelta(days=2)).replace(microsecond=0)
+    res = await backoffice.extend("hold-3", expires_at=at)
+    assert res.expires_at.ToDatetime(tzinfo=UTC) == at
+    with pytest.raises(ValueError, match="exactly one"):
+        await backoffice.extend("hold-3", 600, expires_at=at)
+    with pytest.raises(ValueError, match="exactly one"):
+        await backoffice.extend("hold-3")
+
+
+async def _watch_then_interrupt(
+    srv: UnistockServer, lines_before: int, signals: int = 1
+) -> tuple[int, str]:
+    """`unistock watch`, SIGINT(s) once it printed lines_before lines (0: as soon as it runs)."""
+    proc = await spawn(*server_args(srv), "watch")
+    assert proc.stdout is not None
+    for _ in range(lines_before):
+        assert await proc.stdout.readline()
+    for _ in range(signals):
+        proc.send_signal(signal.SIGINT)
+    _, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, err.decode()
+
+
+async def test_ctrl_c_on_watch_exits_130_without_a_traceback(server: UnistockServer) -> None:
+    rc, _, err = await cli(server, "move", "backoffice", "1", "RECEIPT", "SHOE-42@store-7:3")
+    assert rc == 0, err
+    for run in range(int(os.environ.get("CTRLC_RUNS", "12"))):
+        rc, err = await _watch_then_interrupt(server, lines_before=2 if run % 3 else 0)
+        assert "Traceback" not in err, err
+        assert "KeyboardInterrupt" not in err, err
+        if run % 3:  # interrupted while watching (earlier, Python may die of SIGINT itself)
+            assert rc == 130, err
+
+
+async def test_a_second_ctrl_c_also_exits_130_without_a_traceback(server: UnistockServer) -> None:
+    for _ in range(5):
+        rc, err = await _watch_then_interrupt(server, lines_before=1, signals=2)
+        assert rc == 130, err
+        assert "Traceback" not in err, err

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 from grpc_status import rpc_status
 
@@ -139,9 +141,27 @@ class UnistockClient:
         resp: pb.Reservation = await self._unary(self.stub.FulfilReservation, req)
         return resp
 
-    async def extend(self, reservation_id: str, ttl_seconds: int) -> pb.Reservation:
-        """Move a reservation's expiry to ttl_seconds from now."""
-        req = pb.ExtendReservationRequest(reservation_id=reservation_id, ttl_seconds=ttl_seconds)
+    async def extend(
+        self,
+        reservation_id: str,
+        ttl_seconds: int | None = None,
+        *,
+        expires_at: datetime | Timestamp | None = None,
+    ) -> pb.Reservation:
+        """Move an ACTIVE reservation's expiry: to ttl_seconds from now (1 to 31,622,400), or
+        to expires_at (an aware datetime or a Timestamp, at most 366 days ahead). Give exactly
+        one; ValueError otherwise, or for a naive datetime."""
+        if (ttl_seconds is None) == (expires_at is None):
+            raise ValueError("give exactly one of ttl_seconds and expires_at")
+        req = pb.ExtendReservationRequest(reservation_id=reservation_id)
+        if ttl_seconds is not None:
+            req.ttl_seconds = ttl_seconds
+        elif isinstance(expires_at, datetime):
+            if expires_at.tzinfo is None or expires_at.utcoffset() is None:
+                raise ValueError("expires_at must be an aware datetime (with a UTC offset)")
+            req.expires_at.FromDatetime(expires_at.astimezone(UTC).replace(tzinfo=None))
+        elif expires_at is not None:
+            req.expires_at.CopyFrom(expires_at)
         resp: pb.Reservation = await self._unary(self.stub.ExtendReservation, req)
         return resp
 
