@@ -17,6 +17,7 @@ import contextlib
 import datetime
 import functools
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -31,9 +32,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from sqlalchemy.exc import DBAPIError
 
 from unistock.client.mqtt import broker_args
-from unistock.edge.catalogue import Catalogue
+from unistock.edge.catalogue import Catalogue, CatalogueError
 from unistock.edge.counting import (
     CountCover,
     CountMarks,
@@ -43,7 +45,7 @@ from unistock.edge.counting import (
 )
 from unistock.edge.countstore import CountStore
 from unistock.edge.datalock import StoreLock, lock_path
-from unistock.edge.outbox import Outbox, RequestConflict
+from unistock.edge.outbox import Outbox, OutboxError, RequestConflict
 from unistock.edge.readers import (
     DEFAULT_READER_TOPIC,
     PayloadError,
@@ -69,6 +71,47 @@ from unistock.server.domain import InvalidArgument, check_id
 from unistock.v1 import inventory_pb2 as pb
 
 log = logging.getLogger(__name__)
+
+
+class AgentStartError(RuntimeError):
+    """The agent cannot start because of one setting.
+
+    ``setting`` is the :class:`AgentSettings` field at fault (``intake_port``: the CLI names
+    it ``--intake-port``), ``value`` its value, ``problem`` what is wrong, in one line.
+    """
+
+    def __init__(self, store_id: str, setting: str, value: object, problem: str) -> None:
+        super().__init__(f"store {store_id}: {setting.replace('_', ' ')} {value}: {problem}")
+        self.setting = setting
+        self.value = value
+        self.problem = problem
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _cannot_bind(host: str, port: int) -> str | None:
+    """Why no address of ``host`` can be bound on ``port`` (a TCP listener), or ``None``.
+
+    Asked before grpc binds the intake: grpc only says "Failed to bind" (and prints its own
+    error on stderr). Like grpc, SO_REUSEADDR: a port with connections in TIME_WAIT is free.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as e:
+        return f"cannot resolve {host!r}: {e.strerror or e}"
+    problem = None
+    for family, type_, proto, _, addr in infos:
+        with socket.socket(family, type_, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(addr)
+            except OSError as e:
+                problem = problem or str(e.strerror or e)
+                continue
+        return None
+    return problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,16 +315,44 @@ class StoreAgent:
     """One store's agent. Use as an async context manager; `run()` until cancelled."""
 
     def __init__(self, settings: AgentSettings) -> None:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        # Before the outbox and the count store are opened: each has one writer, and a second
-        # agent on the directory is refused here (AgentAlreadyRunning, naming the holder).
-        self._store_lock = StoreLock(lock_path(settings.data_dir, settings.store_id))
-        self._store_lock.acquire()
+        """Lock the store's data directory, open its outbox, count store and catalogue.
+
+        Raises:
+            AgentAlreadyRunning: another agent holds the store's data directory.
+            AgentStartError: a setting that cannot be used (the data directory, the catalogue,
+                a source id that is not the outbox's).
+        """
+        try:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            # Before the outbox and the count store are opened: each has one writer, and a second
+            # agent on the directory is refused here (AgentAlreadyRunning, naming the holder).
+            self._store_lock = StoreLock(lock_path(settings.data_dir, settings.store_id))
+            self._store_lock.acquire()
+        except OSError as e:
+            raise self._start_error(settings, "data_dir", settings.data_dir, e) from None
         try:
             self._open(settings)
         except BaseException:
             self._store_lock.release()
             raise
+
+    @staticmethod
+    def _start_error(
+        settings: AgentSettings, setting: str, value: object, e: BaseException
+    ) -> AgentStartError:
+        """An error opening or reading what ``setting`` names, as an AgentStartError."""
+        if isinstance(e, OSError):
+            named = e.filename is not None and str(e.filename) != str(value)
+            problem = f"{e.strerror or e}" + (f": {e.filename}" if named else "")
+        elif isinstance(e, CatalogueError):
+            problem = f"line {e.line}: {e.problem}"
+        elif isinstance(e, DBAPIError):
+            problem = f"cannot open the database: {e.orig}"
+        elif isinstance(e, UnicodeDecodeError):
+            problem = f"not UTF-8 text ({e})"
+        else:
+            problem = str(e)
+        return AgentStartError(settings.store_id, setting, value, problem)
 
     def _open(self, settings: AgentSettings) -> None:
         self.settings = settings
@@ -296,22 +367,35 @@ class StoreAgent:
                 lambda: self.sender.in_flight if self.sender else 0,
             )
         )
-        self.outbox = Outbox(
-            settings.data_dir / f"outbox-{settings.store_id}.sqlite",
-            settings.source,
-            incarnation=True,
-        )
+        try:
+            self.outbox = Outbox(
+                settings.data_dir / f"outbox-{settings.store_id}.sqlite",
+                settings.source,
+                incarnation=True,
+            )
+        except (OutboxError, ValueError) as e:  # another source's outbox, a source id too long
+            raise self._start_error(settings, "source_id", settings.source, e) from None
+        except (OSError, DBAPIError) as e:
+            raise self._start_error(settings, "data_dir", settings.data_dir, e) from None
         # Read at scrape time: values set on record/ack froze while nothing was acked.
         self.metrics.depth.set_function(self.outbox.depth)
         self.metrics.oldest.set_function(lambda: self.outbox.oldest_unacked_age() or 0.0)
-        self.catalogue = (
-            Catalogue.from_csv(settings.catalogue) if settings.catalogue else Catalogue({})
-        )
+        try:
+            self.catalogue = (
+                Catalogue.from_csv(settings.catalogue) if settings.catalogue else Catalogue({})
+            )
+        except (OSError, CatalogueError, ValueError) as e:  # UnicodeDecodeError too
+            self.outbox.close()
+            raise self._start_error(settings, "catalogue", settings.catalogue, e) from None
         self.sender: Sender | None = None
         self.connected = asyncio.Event()
         self.intake_port = 0
         self.metrics_port = 0
-        self.count_store = CountStore(settings.data_dir / f"counts-{settings.store_id}.sqlite")
+        try:
+            self.count_store = CountStore(settings.data_dir / f"counts-{settings.store_id}.sqlite")
+        except (OSError, DBAPIError) as e:
+            self.outbox.close()
+            raise self._start_error(settings, "data_dir", settings.data_dir, e) from None
         self._counts = self._restore_counts()
         self._count_flusher: asyncio.Task[None] | None = None
         self._grpc: aio.Server | None = None
@@ -345,22 +429,41 @@ class StoreAgent:
         # take half of the tills' calls without a word.
         self._grpc = aio.server(options=[("grpc.so_reuseport", 0)])
         ipb_grpc.add_StoreIntakeServicer_to_server(_Intake(self), self._grpc)
+        intake = _host_port(s.intake_host, s.intake_port)
+        problem = _cannot_bind(s.intake_host, s.intake_port) if s.intake_port else None
         try:
-            self.intake_port = self._grpc.add_insecure_port(f"{s.intake_host}:{s.intake_port}")
-        except RuntimeError as e:
-            raise RuntimeError(
-                f"store {s.store_id}: cannot listen on intake port {s.intake_port} of "
-                f"{s.intake_host} (another process has it?): {e}"
-            ) from None
+            if problem is None:
+                self.intake_port = self._grpc.add_insecure_port(intake)
+        except RuntimeError:  # taken in between; grpc says no more than "Failed to bind"
+            problem = "another process has the port, or the host is not this machine's"
+        if problem is not None:
+            raise AgentStartError(
+                s.store_id, "intake_port", s.intake_port, f"cannot listen on {intake}: {problem}"
+            )
         await self._grpc.start()
         if s.metrics_port:
-            self._metrics_http, _ = start_http_server(
-                s.metrics_port, addr=s.intake_host, registry=self.metrics.registry
-            )
+            try:
+                self._metrics_http, _ = start_http_server(
+                    s.metrics_port, addr=s.intake_host, registry=self.metrics.registry
+                )
+            except OSError as e:
+                raise AgentStartError(
+                    s.store_id,
+                    "metrics_port",
+                    s.metrics_port,
+                    f"cannot serve /metrics on {_host_port(s.intake_host, s.metrics_port)}: "
+                    f"{e.strerror or e} (another process has the port?)",
+                ) from None
             self.metrics_port = self._metrics_http.server_port
         self._check_drained()
         self._count_flusher = asyncio.create_task(self._flush_counts(), name="agent-count-flush")
-        log.info("store %s: intake on :%d", s.store_id, self.intake_port)
+        log.info("store %s: intake on %s", s.store_id, _host_port(s.intake_host, self.intake_port))
+        if self.metrics_port:
+            log.info(
+                "store %s: metrics on %s",
+                s.store_id,
+                _host_port(s.intake_host, self.metrics_port),
+            )
 
     async def __aexit__(self, *exc: object) -> None:
         if self._grpc is not None:

@@ -12,16 +12,65 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from unistock.edge.agent import AgentSettings, StoreAgent
+from unistock.client.mqtt import broker_args
+from unistock.edge.agent import AgentSettings, AgentStartError, StoreAgent
 from unistock.edge.datalock import AgentAlreadyRunning
 from unistock.edge.readers import DEFAULT_READER_TOPIC
 from unistock.edge.sender import DEFAULT_MAX_PAYLOAD
+from unistock.server.domain import InvalidArgument, check_id
 
 _REQUIRED = object()  # a flag's default when it (or its variable) must be given
 
+#: Exit status when the agent could not start: a port taken, an unreadable catalogue or data
+#: directory, an outbox of another source (one line on stderr names the flag).
+EXIT_START_FAILED = 1
+#: Exit status of a bad command line or variable (argparse's usage error).
+EXIT_BAD_USAGE = 2
 #: Exit status when another agent holds the store's data directory (EX_TEMPFAIL: it may be
 #: free later; a supervisor can list it in systemd's RestartPreventExitStatus).
 EXIT_ALREADY_RUNNING = 75
+
+_EPILOG = f"""\
+exit status:
+  0   stopped by SIGTERM or SIGINT
+  {EXIT_START_FAILED}   could not start: a port taken, an unreadable --catalogue or --data-dir, an
+      outbox of another --source-id (one line on stderr names the flag)
+  {EXIT_BAD_USAGE}   bad flag or UNISTOCK_* variable (an id, a port, an MQTT URL)
+  {EXIT_ALREADY_RUNNING}  another agent runs on this --data-dir for this store
+
+ids (--store-id, --source-id, --location-id, READER=LOCATION): 1-128 printable ASCII
+characters, no whitespace, no '|'; --store-id and READER go into MQTT topics, so no '+', '#'
+or '/' either.
+"""
+
+#: An id of the agent that is a level of an MQTT topic (its store id, a reader id).
+_TOPIC_ID_RULE = (
+    "must be 1-128 printable ASCII characters, no whitespace, no '|', and not contain '+', '#' "
+    "or '/' (it is a level of MQTT topics)"
+)
+_ID_RULE = "must be 1-128 printable ASCII characters, no whitespace, no '|'"
+#: Longest --source-id: the outbox adds '.' and 8 hex digits of its incarnation.
+_MAX_SOURCE_ID = 128 - 9
+
+
+def _id_problem(value: str, *, topic: bool = False) -> str | None:
+    """Why ``value`` is not a valid id (the server's rule: check_id), or ``None``."""
+    try:
+        check_id("id", value)
+    except InvalidArgument:
+        return _TOPIC_ID_RULE if topic else _ID_RULE
+    if topic and any(c in value for c in "+#/"):
+        return _TOPIC_ID_RULE
+    return None
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown when there is one (not for an empty or absent value), epilog as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, "", []) or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def parse(argv: Sequence[str] | None = None) -> AgentSettings:
@@ -30,7 +79,8 @@ def parse(argv: Sequence[str] | None = None) -> AgentSettings:
     p = argparse.ArgumentParser(
         prog="unistock-edge-agent",
         description="Unistock store edge agent: tills and RFID readers in, MQTT to the server.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
+        epilog=_EPILOG,
     )
 
     def flag(name: str, var: str, default: object, help: str, type_: type = str) -> None:
@@ -40,7 +90,8 @@ def parse(argv: Sequence[str] | None = None) -> AgentSettings:
         p.add_argument(
             name,
             type=type_,
-            default=type_(raw) if raw is not None else (None if required else default),
+            # A variable's string is converted (and refused) by argparse like the flag's.
+            default=raw if raw is not None else (None if required else default),
             required=required and raw is None,
             help=f"{help} [env {var}]",
         )
@@ -82,13 +133,47 @@ def parse(argv: Sequence[str] | None = None) -> AgentSettings:
          "largest MovementBatch payload; keep it under the broker's message_size_limit "
          "(a smaller Maximum Packet Size announced by the broker wins, and so does the "
          "server's limit once it refuses a batch as too large)", int)  # fmt: skip
-    p.add_argument("--log-level", default=env.get("UNISTOCK_LOG_LEVEL", "INFO"))
+    p.add_argument(
+        "--log-level",
+        default=env.get("UNISTOCK_LOG_LEVEL", "INFO"),
+        help="DEBUG, INFO, WARNING or ERROR [env UNISTOCK_LOG_LEVEL]",
+    )
     a = p.parse_args(argv)
+    if a.log_level.upper() not in logging.getLevelNamesMapping():
+        p.error(f"--log-level {a.log_level!r}: must be DEBUG, INFO, WARNING or ERROR")
+    if problem := _id_problem(a.store_id, topic=True):
+        p.error(f"--store-id {a.store_id!r}: {problem}")
+    source = a.source_id or f"agent-{a.store_id}"
+    if problem := _id_problem(source):
+        p.error(f"--source-id {source!r}: {problem}")
+    if len(source) > _MAX_SOURCE_ID:
+        p.error(
+            f"--source-id {source[:20]!r}...: at most {_MAX_SOURCE_ID} characters (the outbox "
+            f"adds '.' and 8 hex digits), got {len(source)}"
+            + ("" if a.source_id else "; the default agent-<store id> is too long: give one")
+        )
+    if a.location_id and (problem := _id_problem(a.location_id)):
+        p.error(f"--location-id {a.location_id!r}: {problem}")
+    for name in ("--intake-port", "--metrics-port"):
+        port = getattr(a, name[2:].replace("-", "_"))
+        if not 0 <= port <= 65535:
+            p.error(f"{name} {port}: must be 0-65535")
+    for name, url in (("--mqtt-url", a.mqtt_url), ("--reader-mqtt-url", a.reader_mqtt_url)):
+        if url or name == "--mqtt-url":
+            try:
+                broker_args(url)
+            except ValueError as e:  # a scheme, or a port (e.g. not a number)
+                detail = f" ({e})" if url.partition("://")[0] in ("mqtt", "mqtts") else ""
+                p.error(f"{name} {url!r}: must be mqtt[s]://[user:password@]host[:port]{detail}")
     reader_locations: dict[str, str] = {}
     for item in a.reader_location:
         reader, sep, location = item.partition("=")
         if not (sep and reader and location):
             p.error(f"--reader-location: expected READER=LOCATION, got {item!r}")
+        if problem := _id_problem(reader, topic=True):
+            p.error(f"--reader-location {item!r}: the reader id {problem}")
+        if problem := _id_problem(location):
+            p.error(f"--reader-location {item!r}: the location {problem}")
         reader_locations[reader] = location
     topics = a.reader_topic or [env.get("UNISTOCK_READER_TOPIC") or DEFAULT_READER_TOPIC]
     logging.basicConfig(
@@ -128,12 +213,16 @@ async def _main(settings: AgentSettings) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point."""
+    """Console entry point; exit statuses in ``--help`` (EXIT_*)."""
     try:
         asyncio.run(_main(parse(argv)))
     except AgentAlreadyRunning as e:
         print(f"unistock-edge-agent: refusing to start: {e}", file=sys.stderr, flush=True)
         sys.exit(EXIT_ALREADY_RUNNING)
+    except AgentStartError as e:
+        flag = "--" + e.setting.replace("_", "-")
+        print(f"unistock-edge-agent: {flag} {e.value}: {e.problem}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_START_FAILED)
     sys.exit(0)
 
 

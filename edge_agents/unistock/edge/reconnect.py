@@ -38,20 +38,52 @@ async def reconnecting(
     """Run ``session`` again and again, with jittered exponential backoff, until cancelled.
 
     ``session`` is one connection's life; it gets a callback to call once connected, which
-    resets the backoff. An ``aiomqtt.MqttError`` out of it (alone or from a task group) is logged
-    and the session started again after the backoff.
+    resets the backoff. An ``aiomqtt.MqttError`` out of it (alone or from a task group) ends
+    the session; it is started again after the backoff.
+
+    Logged: the first failure of an outage at WARNING, each later failed attempt at DEBUG, and
+    once connected again ``broker connection restored after N s`` at INFO.
     """
+    loop = asyncio.get_running_loop()
     backoff = first
+    down_since: float | None = None  # loop time of the first failure of the current outage
+    ever_connected = False
 
     def connected() -> None:
-        nonlocal backoff
+        nonlocal backoff, down_since, ever_connected
         backoff = first
+        if down_since is not None:
+            log.info(
+                "%s: broker connection %s after %.0f s",
+                what,
+                "restored" if ever_connected else "established",
+                loop.time() - down_since,
+            )
+        down_since = None
+        ever_connected = True
 
     while True:
         try:
             await session(connected)
         except* aiomqtt.MqttError as group:
-            log.warning("%s: broker connection lost (%s)", what, group.exceptions[0])
+            error = group.exceptions[0]
+            if down_since is None:
+                down_since = loop.time()
+                log.warning(
+                    "%s: broker connection %s (%s); retrying with backoff up to %.0f s "
+                    "(each attempt at debug)",
+                    what,
+                    "lost" if ever_connected else "failed",
+                    error,
+                    cap,
+                )
+            else:
+                log.debug(
+                    "%s: still no broker connection after %.0f s (%s)",
+                    what,
+                    loop.time() - down_since,
+                    error,
+                )
         # aiomqtt (asyncio.wait_for on 3.11) can turn our cancellation into an MqttError:
         # a cancelled task must stop, not reconnect.
         reraise_if_cancelling()
