@@ -17,7 +17,7 @@ from unistock.server.domain.position import MAX_MARKS
 from unistock.server.metrics import Metrics
 from unistock.server.persistence.group_commit import GroupCommit
 from unistock.server.persistence.keys import Keyspace
-from unistock.server.persistence.store import RedisStore
+from unistock.server.persistence.store import PartitionWrite, Phase, RedisStore
 
 KS = Keyspace("review", 8)
 KEY = ("SKU-1", "L1")
@@ -75,10 +75,10 @@ async def test_a_stale_spilled_mark_read_does_not_regress_a_newer_mark(
     clean_redis_url: str,
 ) -> None:
     """Claim (d). Two deliveries of S's seq 11 (a redelivery) reach a crowded position whose S
-    mark (10) is spilled. Delivery A reads the spilled mark from Redis (10) and its reply is
-    slow; delivery B reads it too, applies 11 and 12, S is spilled again (12) and written.
-    Then A's reply arrives: restore_mark(S, 10) sets the mark back to 10 and seq 11 applies a
-    second time."""
+    mark (10) is spilled. Delivery A reads the spilled mark from Redis and its reply is slow.
+    Before the fix, delivery B read it too, applied 11 and 12, S was spilled again (12), and A's
+    late reply set the mark back to 10: seq 11 applied twice. Now B's read joins A's (one read
+    per mark at a time, turns resume in arrival order): B waits, and 11 applies once."""
     first = await rig(clean_redis_url)
     try:
         await first.inv.apply_movements([receipt("S", 10)])
@@ -94,17 +94,44 @@ async def test_a_stale_spilled_mark_read_does_not_regress_a_newer_mark(
         )
         slow = asyncio.create_task(x.inv.apply_movements([receipt("S", 11)]))
         await asyncio.wait_for(entered.wait(), 10)
-        fast = await x.inv.apply_movements([receipt("S", 11), receipt("S", 12)])
-        assert fast.applied == 2
-        # S is pushed out again (its mark 12 spilled and written).
-        await x.inv.apply_movements([receipt(f"N{i}", 1) for i in range(MAX_MARKS)])
+        fast = asyncio.create_task(x.inv.apply_movements([receipt("S", 11), receipt("S", 12)]))
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+        assert not fast.done()  # it did not read on its own: it waits for the read in flight
         release.set()
-        late = await asyncio.wait_for(slow, 10)
+        late, early = await asyncio.wait_for(asyncio.gather(slow, fast), 10)
+        await x.inv.apply_movements([receipt(f"N{i}", 1) for i in range(MAX_MARKS)])
         [p] = await x.inv.levels([KEY])
-        # 1 (S 10) + 16 (O) + 2 (S 11, 12) + 16 (N): seq 11 of S must not apply twice.
-        assert (late.applied, p.on_hand) == (0, 1 + MAX_MARKS + 2 + MAX_MARKS)
+        # 1 (S 10) + 16 (O) + 2 (S 11, 12) + 16 (N): seq 11 of S applied once.
+        assert (late.applied, early.applied, early.duplicates) == (1, 1, 1)
+        assert p.on_hand == 1 + MAX_MARKS + 2 + MAX_MARKS
     finally:
         await x.close()
+
+
+async def test_a_spilled_mark_read_while_a_higher_one_is_written_returns_the_higher(
+    clean_redis_url: str,
+) -> None:
+    """A read of a spilled mark that a flush raises meanwhile is merged into the written value
+    (a mark only grows): what the store returns and caches is never older than what it wrote."""
+    store = RedisStore.from_url(clean_redis_url, KS, command_timeout=10)
+    await store.open()
+    try:
+        name = "L1|SKU-1|S"
+        part = KS.location_partition("L1")
+        low: Phase = {part: PartitionWrite(marks=[name, 10])}
+        await store.flush([low])
+        store._marks.clear()  # as after a restart
+        entered, release = gate_first(store, "_hget_ints")
+        read = asyncio.create_task(store.load_marks([(KEY, "S")]))
+        await asyncio.wait_for(entered.wait(), 10)  # it read 10; its reply is late
+        high: Phase = {part: PartitionWrite(marks=[name, 12])}
+        await store.flush([high])
+        release.set()
+        assert await read == [12]
+        assert store.cached_marks([(KEY, "S")]) == [12]
+    finally:
+        await store.close()
 
 
 async def test_a_source_evicted_from_the_high_cache_mid_turn_is_not_refused(

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from unistock.server.actors.directory import Directory
+from unistock.server.actors.loader import BatchLoader
 from unistock.server.actors.reservations import ReservationBook
 from unistock.server.domain import (
     MAX_SEQ_JUMP,
@@ -99,6 +100,8 @@ class Inventory:
         #: Highest seq applied from each source anywhere (bounds seq jumps), most recent last.
         self._highs: dict[str, int] = {}
         self.max_sources = max_sources
+        self._highs_loader: BatchLoader[str] = BatchLoader(self._fetch_highs)
+        self._marks_loader: BatchLoader[tuple[StockKey, str]] = BatchLoader(self._fetch_marks)
 
     async def start(self) -> None:
         """Load what must be known before serving (the set of locations)."""
@@ -108,6 +111,11 @@ class Inventory:
         """Stop loads in progress."""
         await self.positions.close()
         await self.reservations.close()
+        await self._highs_loader.close()
+        await self._marks_loader.close()
+
+    async def _fetch_marks(self, wanted: list[tuple[StockKey, str]]) -> None:
+        await self.store.load_marks(wanted)  # kept in the store's cache
 
     async def _ready(
         self, keys: Iterable[StockKey], ids: Iterable[str] = (), *, settled: bool = False
@@ -242,30 +250,35 @@ class Inventory:
                     need[m.key, m.source_id] = p
             if not need:
                 return
-            generation = self.store.marks_generation
-            seqs = await self.store.load_marks(list(need))
-            if self.store.marks_generation != generation:
-                # Spilled marks were written while we read: ours may be older. Read again.
+            known = self.store.cached_marks(list(need))
+            if None in known:
+                # Read in one pipeline with the other turns of this loop pass, which resume in
+                # arrival order; then look again (what was read is in the store's cache).
+                await self._marks_loader.wait(
+                    [k for k, seq in zip(need, known, strict=True) if seq is None]
+                )
                 continue
-            for ((key, source_id), p), seq in zip(need.items(), seqs, strict=True):
-                if peek(key) is p:  # still resident (else loaded again: next round)
-                    p.restore_mark(source_id, seq)
-                    self.commit.position_changed(p)  # the mark it let go is written
+            for ((_, source_id), p), seq in zip(need.items(), known, strict=True):
+                assert seq is not None
+                p.restore_mark(source_id, seq)  # no await since the cache was read: current
+                self.commit.position_changed(p)  # the mark it let go is written
 
     async def _load_highs(self, sources: set[str]) -> dict[str, int]:
-        """The highest seq applied from each source (cached, else read, never below what is
-        still being written), for a batch of those sources; keeps the cache bounded."""
+        """The highest seq applied from each source (cached, else read with the other turns of
+        this loop pass, never below what is still being written), for a batch of them."""
         highs = self._highs
-        missing = [s for s in sources if s not in highs]
-        if missing:
-            stored = await self.store.load_source_highs(missing)
-            pending = self.commit.pending_high
-            for source_id, seq in zip(missing, stored, strict=True):
-                highs[source_id] = max(seq, pending(source_id), highs.get(source_id, 0))
-        found = {s: highs[s] for s in sources}
-        while len(highs) > self.max_sources:  # forget the sources seen longest ago
+        while missing := [s for s in sources if s not in highs]:
+            await self._highs_loader.wait(missing)
+        return {s: highs[s] for s in sources}
+
+    async def _fetch_highs(self, sources: list[str]) -> None:
+        highs = self._highs
+        stored = await self.store.load_source_highs(sources)
+        pending = self.commit.pending_high
+        for source_id, seq in zip(sources, stored, strict=True):
+            highs[source_id] = max(seq, pending(source_id), highs.pop(source_id, 0))
+        while len(highs) > max(self.max_sources, len(sources)):  # forget the oldest seen
             del highs[next(iter(highs))]
-        return found
 
     def _mismatch(self, m: Movement, why: str) -> PickupMismatch:
         self.metrics.pickup_mismatches.inc()

@@ -189,9 +189,6 @@ class RedisStore:
         #: source sending again to a crowded position costs no round trip. Bounded.
         self._marks: dict[str, int] = {}
         self.max_cached_marks = 65_536
-        #: Increases with every flush that wrote spilled marks: a reader of spilled marks whose
-        #: read overlapped one reads again (what it read may be older than what was written).
-        self.marks_generation = 0
         # HSCAN replies stay flat [cursor, [field, value, ...]]: a snapshot of a million
         # positions need not build redis-py's dict of every chunk first.
         client.set_response_callback("HSCAN", lambda response, **options: response)
@@ -325,8 +322,6 @@ class RedisStore:
         for phase in phases:
             for w in phase.values():
                 marks = w.marks
-                if marks:
-                    self.marks_generation += 1
                 for i in range(0, len(marks), 2):
                     self._remember_mark(str(marks[i]), int(marks[i + 1]))
         return written, stale
@@ -387,8 +382,16 @@ class RedisStore:
             raise Unavailable(f"redis claim failed: {exc!r}") from exc
         return owner.decode(), int(seq)
 
+    def cached_marks(self, wanted: list[tuple[StockKey, str]]) -> list[int | None]:
+        """The spilled marks of (position, source) pairs this process knows (None: not known;
+        load_marks reads them). Never below what this process wrote."""
+        cache = self._marks
+        return [cache.get(mark_field(k, s)) for k, s in wanted]
+
     async def load_marks(self, wanted: list[tuple[StockKey, str]]) -> list[int]:
-        """The spilled marks of (position, source) pairs (0 where none), in one pipeline."""
+        """The spilled marks of (position, source) pairs (0 where none), in one pipeline, kept
+        in the cache. A value read while a flush wrote a higher one is merged into it (a mark
+        only grows), so what is returned and cached is never older than what was written."""
         ks = self.keyspace
         names = [mark_field(k, s) for k, s in wanted]
         found = {name: seq for name in names if (seq := self._marks.get(name)) is not None}
@@ -399,7 +402,7 @@ class RedisStore:
         ]
         if missing:
             for (_, name), seq in zip(missing, await self._hget_ints(missing), strict=True):
-                found[name] = seq
+                found[name] = max(seq, self._marks.get(name, 0))
                 self._remember_mark(name, seq)
         return [found[name] for name in names]
 
