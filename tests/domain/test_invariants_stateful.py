@@ -19,6 +19,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from unistock.server.domain import (
     AdjustmentSign,
     InsufficientStock,
+    ItemCondition,
     Line,
     Movement,
     MovementType,
@@ -40,7 +41,9 @@ T = MovementType
 KEYS = [(sku, loc) for sku in ("S1", "S2") for loc in ("L1", "L2")]
 SOURCES = ("edge-A", "wms-B")
 # Movements that change on_hand by a signed quantity (COUNT and pickups have their own rules).
-PLAIN_TYPES = [T.SALE, T.RETURN, T.RECEIPT, T.ADJUSTMENT, T.TRANSFER_OUT, T.TRANSFER_IN]
+PLAIN_TYPES = [
+    T.SALE, T.RETURN, T.RECEIPT, T.ADJUSTMENT, T.TRANSFER_OUT, T.TRANSFER_IN, T.RESTOCK
+]  # fmt: skip
 
 keys_st = st.sampled_from(KEYS)
 sources_st = st.sampled_from(SOURCES)
@@ -56,6 +59,7 @@ class PositionModel:
     max_seq: dict[str, int] = field(default_factory=dict)
     recent_counts: list[str] = field(default_factory=list)
     safety_stock: int = 0
+    non_sellable: int = 0  # damaged / to inspect: never counted, never available
 
     @property
     def on_hand(self) -> int:
@@ -157,6 +161,7 @@ class DomainMachine(RuleBasedStateMachine):
         sign=st.sampled_from(AdjustmentSign),
         skip=st.integers(0, 2),
         count_ref=st.none() | st.integers(0, 10) | st.just(-1),
+        damaged=st.booleans(),
     )
     def movement(
         self,
@@ -167,7 +172,14 @@ class DomainMachine(RuleBasedStateMachine):
         sign: AdjustmentSign,
         skip: int,
         count_ref: int | None,
+        damaged: bool,
     ) -> None:
+        # damaged: a RETURN or an ADJUSTMENT of non-sellable units (RESTOCK moves them back)
+        condition = (
+            ItemCondition.NON_SELLABLE
+            if damaged and type_ in (T.RETURN, T.ADJUSTMENT)
+            else ItemCondition.SELLABLE
+        )
         # count_ref: None = no count_id; -1 = a count not seen yet; n = the n-th count here
         count_id = ""
         if count_ref == -1:
@@ -185,17 +197,29 @@ class DomainMachine(RuleBasedStateMachine):
             transfer_id="TR-1" if type_ in (T.TRANSFER_OUT, T.TRANSFER_IN) else "",
             reason="damage" if type_ is T.ADJUSTMENT else "",
             adjustment_sign=sign if type_ is T.ADJUSTMENT else None,
+            condition=condition,
         )
         model = self.model[key]
         before_reserved = self.positions[key].reserved
+        available = self.positions[key].available
         res = self._deliver(m)
-        if count_id and count_id in model.recent_counts:
+        if condition is ItemCondition.NON_SELLABLE:
+            # never on the counted shelf, never for sale: only non_sellable moves
+            assert res.outcome is Outcome.APPLIED
+            model.apply_once(m)
+            model.non_sellable += m.signed_quantity
+            assert self.positions[key].available == available
+        elif count_id and count_id in model.recent_counts:
             assert res.outcome is Outcome.COUNT_CORRECTION
             assert res.variance == -m.signed_quantity
+            if type_ is T.RESTOCK:  # the count saw the unit on the shelf; it left inspection
+                model.non_sellable -= quantity
         else:
             assert res.outcome is Outcome.APPLIED
             model.apply_once(m)
             model.since_count += m.signed_quantity
+            if type_ is T.RESTOCK:
+                model.non_sellable -= quantity
         assert res.picked_up == 0
         assert self.positions[key].reserved == before_reserved
 
@@ -498,7 +522,8 @@ class DomainMachine(RuleBasedStateMachine):
         for key, p in self.positions.items():
             model = self.model[key]
             assert p.on_hand == model.on_hand, key
-            assert p.negative == (model.on_hand < 0)
+            assert p.non_sellable == model.non_sellable
+            assert p.negative == (model.on_hand < 0 or model.non_sellable < 0)
             for source in SOURCES:
                 assert p.mark(source) == model.max_seq.get(source, 0)
             assert list(p.counts or ()) == model.recent_counts

@@ -18,7 +18,8 @@ from unistock.server.domain import (
     check_id,
     validate_lines,
 )
-from unistock.server.domain.values import MAX_REASON, check_quantity
+from unistock.server.domain.values import MAX_REASON, ItemCondition, check_quantity
+from unistock.v1 import inventory_pb2 as pb
 
 
 def mv(type_: MovementType = T.SALE, quantity: int = 1, **kw: object) -> Movement:
@@ -188,8 +189,11 @@ def test_signed_quantity(movement: Movement, signed: int) -> None:
 
 
 def test_signed_quantity_covers_every_type() -> None:
-    covered = {T.SALE, T.RETURN, T.RECEIPT, T.TRANSFER_OUT, T.TRANSFER_IN, T.ADJUSTMENT, T.COUNT}
+    covered = {
+        T.SALE, T.RETURN, T.RECEIPT, T.TRANSFER_OUT, T.TRANSFER_IN, T.ADJUSTMENT, T.COUNT, T.RESTOCK
+    }  # fmt: skip
     assert covered == set(MovementType)
+    assert mv(T.RESTOCK, 3).signed_quantity == 3
 
 
 def test_movement_key() -> None:
@@ -197,7 +201,11 @@ def test_movement_key() -> None:
 
 
 def test_wire_enum_numbers() -> None:
-    assert [t.value for t in MovementType] == [1, 2, 3, 4, 5, 6, 7]
+    assert [t.value for t in MovementType] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert [t.name for t in MovementType] == [pb.MovementType.Name(t.value) for t in MovementType]
+    assert [(c.name, c.value) for c in ItemCondition] == [
+        (pb.ItemCondition.Name(c.value), c.value) for c in ItemCondition
+    ]
     assert AdjustmentSign.INCREASE == 1
     assert AdjustmentSign.DECREASE == 2
 

@@ -163,3 +163,37 @@ async def test_a_pickup_of_a_reservation_it_does_not_match_is_applied_and_report
         registry.get_sample_value("unistock_agent_notices_total", {"kind": "PICKUP_MISMATCH"}) == 1
     )
     assert r.seq == 2
+
+
+async def test_a_damaged_return_goes_to_non_sellable_and_is_restocked_after_inspection(
+    server: UnistockServer, agent: StoreAgent, till: ipb_grpc.StoreIntakeStub
+) -> None:
+    """Issue 9 item 2 through the agent and MQTT: a till records a damaged return; the back
+    office later restocks one unit after inspection and writes the other off."""
+    await till.RecordMovement(
+        ipb.RecordMovementRequest(movement=pb.Movement(sku="COAT", type=pb.RECEIPT, quantity=3))
+    )
+    await till.RecordReturn(
+        ipb.ReturnRequest(till_id="t2", sku="COAT", quantity=2, condition=pb.NON_SELLABLE)
+    )
+    await drained(agent)
+    [p] = await server.inventory.levels([("COAT", "s1")])
+    assert (p.on_hand, p.non_sellable, p.available) == (3, 2, 3)
+    await till.RecordMovement(
+        ipb.RecordMovementRequest(movement=pb.Movement(sku="COAT", type=pb.RESTOCK, quantity=1))
+    )
+    await till.RecordMovement(
+        ipb.RecordMovementRequest(
+            movement=pb.Movement(
+                sku="COAT",
+                type=pb.ADJUSTMENT,
+                quantity=1,
+                adjustment_sign=pb.DECREASE,
+                reason="stained",
+                condition=pb.NON_SELLABLE,
+            )
+        )
+    )
+    await drained(agent)
+    [p] = await server.inventory.levels([("COAT", "s1")])
+    assert (p.on_hand, p.non_sellable, p.available) == (4, 0, 4)

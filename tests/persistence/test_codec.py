@@ -29,9 +29,10 @@ def positions(ids: st.SearchStrategy[str], big: int) -> st.SearchStrategy[Positi
     """Positions with arbitrary levels, marks (spilled or not), holds (partly shipped or not)
     and count ids."""
     return st.builds(
-        lambda on_hand, safety, version, marks, holds, counts, shipped, spilled: Position(
+        lambda on_hand, safety, version, marks, holds, counts, shipped, spilled, damaged: Position(
             ("SKU-1", "store-1"),
             on_hand=on_hand,
+            non_sellable=damaged,
             safety_stock=safety,
             version=version,
             marks=tuple(marks.items()),
@@ -48,6 +49,7 @@ def positions(ids: st.SearchStrategy[str], big: int) -> st.SearchStrategy[Positi
         st.lists(ids, max_size=4),
         st.integers(0, big),
         st.booleans(),
+        st.integers(-big, big),
     )
 
 
@@ -55,11 +57,12 @@ def positions(ids: st.SearchStrategy[str], big: int) -> st.SearchStrategy[Positi
 def test_position_round_trip(p: Position) -> None:
     data = encode_position(p)
     q = decode_position(p.key, data)
-    assert (q.on_hand, q.reserved, q.safety_stock, q.version) == (
+    assert (q.on_hand, q.reserved, q.safety_stock, q.version, q.non_sellable) == (
         p.on_hand,
         p.reserved,
         p.safety_stock,
         p.version,
+        p.non_sellable,
     )
     assert q.marks == p.marks
     assert q.hold_items() == p.hold_items()
@@ -78,6 +81,9 @@ def test_hand_serialisation_is_byte_identical_to_protobufs(p: Position) -> None:
         safety_stock=p.safety_stock,
         available=p.available,
         version=p.version,
+        non_sellable=p.non_sellable,
+        at_risk=p.at_risk,
+        negative=p.negative,
     )
     private = spb.PositionPrivate(
         marks=[spb.SourceMark(source_id=s, seq=q) for s, q in p.marks],

@@ -1014,6 +1014,7 @@ class _Intake(ipb_grpc.StoreIntakeServicer):
             quantity=request.quantity,
             epc=request.epc,
             location_id=request.location_id,
+            condition=request.condition,
         )
         if request.HasField("occurred_at"):
             m.occurred_at.CopyFrom(request.occurred_at)

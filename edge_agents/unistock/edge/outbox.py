@@ -160,10 +160,17 @@ class RequestConflict(ValueError):
 
 
 def _fingerprint(movement: pb.Movement) -> str:
-    """What a retry with the same request_id must repeat: type, SKU, quantity, location."""
-    return json.dumps(
-        [pb.MovementType.Name(movement.type), movement.sku, movement.quantity, movement.location_id]
-    )
+    """What a retry with the same request_id must repeat: type, SKU, quantity, location, and
+    the condition when it is not the default (so fingerprints stored before it existed hold)."""
+    what: list[object] = [
+        pb.MovementType.Name(movement.type),
+        movement.sku,
+        movement.quantity,
+        movement.location_id,
+    ]
+    if movement.condition not in (pb.ITEM_CONDITION_UNSPECIFIED, pb.SELLABLE):
+        what.append(pb.ItemCondition.Name(movement.condition))
+    return json.dumps(what)
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,7 +49,13 @@ class _MovementTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Movement
     TRANSFER_IN: _MovementType.ValueType  # 6
     """Units arriving from another location: on_hand + quantity; carries the same transfer_id."""
     COUNT: _MovementType.ValueType  # 7
-    """A count: sets on_hand to quantity; the difference is the count's variance. Carries count_id."""
+    """A count: sets on_hand to quantity; the difference is the count's variance. Carries count_id.
+    Counts count sellable units: non_sellable is not changed by a count.
+    """
+    RESTOCK: _MovementType.ValueType  # 8
+    """Units inspected and put back to sale (a damaged-looking return that is resellable after
+    all): non_sellable - quantity, on_hand + quantity, in one step.
+    """
 
 class MovementType(_MovementType, metaclass=_MovementTypeEnumTypeWrapper):
     """The kind of a physical movement; the type gives the sign of the quantity."""
@@ -69,8 +75,38 @@ TRANSFER_OUT: MovementType.ValueType  # 5
 TRANSFER_IN: MovementType.ValueType  # 6
 """Units arriving from another location: on_hand + quantity; carries the same transfer_id."""
 COUNT: MovementType.ValueType  # 7
-"""A count: sets on_hand to quantity; the difference is the count's variance. Carries count_id."""
+"""A count: sets on_hand to quantity; the difference is the count's variance. Carries count_id.
+Counts count sellable units: non_sellable is not changed by a count.
+"""
+RESTOCK: MovementType.ValueType  # 8
+"""Units inspected and put back to sale (a damaged-looking return that is resellable after
+all): non_sellable - quantity, on_hand + quantity, in one step.
+"""
 Global___MovementType: _TypeAlias = MovementType  # noqa: Y015
+
+class _ItemCondition:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ItemConditionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ItemCondition.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ITEM_CONDITION_UNSPECIFIED: _ItemCondition.ValueType  # 0
+    """Not given: sellable (every other movement type concerns sellable units only)."""
+    SELLABLE: _ItemCondition.ValueType  # 1
+    """Units that can be sold as they are: on_hand."""
+    NON_SELLABLE: _ItemCondition.ValueType  # 2
+    """Units that cannot be sold as they are (damaged, soiled, awaiting inspection): non_sellable."""
+
+class ItemCondition(_ItemCondition, metaclass=_ItemConditionEnumTypeWrapper):
+    """Which units a RETURN or an ADJUSTMENT concerns."""
+
+ITEM_CONDITION_UNSPECIFIED: ItemCondition.ValueType  # 0
+"""Not given: sellable (every other movement type concerns sellable units only)."""
+SELLABLE: ItemCondition.ValueType  # 1
+"""Units that can be sold as they are: on_hand."""
+NON_SELLABLE: ItemCondition.ValueType  # 2
+"""Units that cannot be sold as they are (damaged, soiled, awaiting inspection): non_sellable."""
+Global___ItemCondition: _TypeAlias = ItemCondition  # noqa: Y015
 
 class _AdjustmentSign:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -253,6 +289,9 @@ class StockLevel(_message.Message):
     SAFETY_STOCK_FIELD_NUMBER: _builtins.int
     AVAILABLE_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    NON_SELLABLE_FIELD_NUMBER: _builtins.int
+    AT_RISK_FIELD_NUMBER: _builtins.int
+    NEGATIVE_FIELD_NUMBER: _builtins.int
     sku: _builtins.str
     """Stock keeping unit, e.g. "SHOE-42-BLK". 1-128 printable ASCII characters, no whitespace,
     no '|' (anything else is INVALID_ARGUMENT naming the field).
@@ -272,6 +311,20 @@ class StockLevel(_message.Message):
     """What a channel may still promise: max(0, on_hand - reserved - safety_stock)."""
     version: _builtins.int
     """Increases by one with every applied change; order updates of one position by it."""
+    non_sellable: _builtins.int
+    """Units physically here that cannot be sold as they are (damaged, soiled, awaiting
+    inspection): never in on_hand, never available, never reserved. Raised by a RETURN or an
+    ADJUSTMENT with condition NON_SELLABLE; lowered by an ADJUSTMENT DECREASE with condition
+    NON_SELLABLE (written off) or a RESTOCK (inspected, back to sale).
+    """
+    at_risk: _builtins.bool
+    """Reservations promise more than is physically here: reserved > 0 and on_hand < reserved. The
+    order manager should re-source.
+    """
+    negative: _builtins.bool
+    """on_hand or non_sellable went below zero through facts the server must not refuse (a sale
+    recorded at a till): investigate the position.
+    """
     def __init__(
         self,
         *,
@@ -282,10 +335,13 @@ class StockLevel(_message.Message):
         safety_stock: _builtins.int = ...,
         available: _builtins.int = ...,
         version: _builtins.int = ...,
+        non_sellable: _builtins.int = ...,
+        at_risk: _builtins.bool = ...,
+        negative: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "location_id", b"location_id", "on_hand", b"on_hand", "reserved", b"reserved", "safety_stock", b"safety_stock", "sku", b"sku", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_risk", b"at_risk", "available", b"available", "location_id", b"location_id", "negative", b"negative", "non_sellable", b"non_sellable", "on_hand", b"on_hand", "reserved", b"reserved", "safety_stock", b"safety_stock", "sku", b"sku", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -336,6 +392,7 @@ class Movement(_message.Message):
     TRANSFER_ID_FIELD_NUMBER: _builtins.int
     EPC_FIELD_NUMBER: _builtins.int
     ADJUSTMENT_SIGN_FIELD_NUMBER: _builtins.int
+    CONDITION_FIELD_NUMBER: _builtins.int
     source_id: _builtins.str
     """The producing device or system (a store's edge agent, a warehouse system). Together with seq
     it is the idempotency key: a movement seen a second time changes nothing.
@@ -374,6 +431,12 @@ class Movement(_message.Message):
     """On TRANSFER_OUT / TRANSFER_IN: the transfer both halves belong to."""
     adjustment_sign: Global___AdjustmentSign.ValueType
     """On an ADJUSTMENT: whether units were added or removed."""
+    condition: Global___ItemCondition.ValueType
+    """On a RETURN or an ADJUSTMENT: which units it concerns (unset: SELLABLE). A NON_SELLABLE
+    RETURN raises non_sellable instead of on_hand; a NON_SELLABLE ADJUSTMENT changes
+    non_sellable (DECREASE: a write-off). On any other type a condition other than SELLABLE is
+    rejected (INVALID_FIELD naming condition).
+    """
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
         """When it happened at the source (informational: ordering is by (source_id, seq), never by clock)."""
@@ -398,10 +461,11 @@ class Movement(_message.Message):
         transfer_id: _builtins.str = ...,
         epc: _abc.Iterable[_builtins.str] | None = ...,
         adjustment_sign: Global___AdjustmentSign.ValueType = ...,
+        condition: Global___ItemCondition.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjustment_sign", b"adjustment_sign", "count_id", b"count_id", "epc", b"epc", "location_id", b"location_id", "occurred_at", b"occurred_at", "quantity", b"quantity", "reason", b"reason", "reservation_id", b"reservation_id", "seq", b"seq", "sku", b"sku", "source_id", b"source_id", "transfer_id", b"transfer_id", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjustment_sign", b"adjustment_sign", "condition", b"condition", "count_id", b"count_id", "epc", b"epc", "location_id", b"location_id", "occurred_at", b"occurred_at", "quantity", b"quantity", "reason", b"reason", "reservation_id", b"reservation_id", "seq", b"seq", "sku", b"sku", "source_id", b"source_id", "transfer_id", b"transfer_id", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from unistock.v1 import inventory_pb2 as unistock_dot_v1_dot_inventory__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1funistock/intake/v1/intake.proto\x12\x12unistock.intake.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bunistock/v1/inventory.proto\"\xe9\x01\n\x0bSaleRequest\x12\x0f\n\x07till_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x03\x12/\n\x0boccurred_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0ereservation_id\x18\x05 \x01(\t\x12\x0b\n\x03\x65pc\x18\x06 \x03(\t\x12\x13\n\x0blocation_id\x18\x07 \x01(\t\x12+\n\x07sent_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\t \x01(\t\"\xd3\x01\n\rReturnRequest\x12\x0f\n\x07till_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x03\x12/\n\x0boccurred_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03\x65pc\x18\x05 \x03(\t\x12\x13\n\x0blocation_id\x18\x06 \x01(\t\x12+\n\x07sent_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x08 \x01(\t\"\x94\x01\n\x15RecordMovementRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\'\n\x08movement\x18\x02 \x01(\x0b\x32\x15.unistock.v1.Movement\x12+\n\x07sent_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"W\n\rIntakeReceipt\x12\x11\n\tsource_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x14\n\x0coutbox_depth\x18\x03 \x01(\x04\x12\x10\n\x08replayed\x18\x04 \x01(\x08\"H\n\x11StartCountRequest\x12\x10\n\x08\x63ount_id\x18\x01 \x01(\t\x12\x0c\n\x04skus\x18\x02 \x03(\t\x12\x13\n\x0blocation_id\x18\x03 \x01(\t\"y\n\x07TagRead\x12\x10\n\x08\x63ount_id\x18\x01 \x01(\t\x12\x0b\n\x03\x65pc\x18\x02 \x01(\t\x12\x11\n\treader_id\x18\x03 \x01(\t\x12\x0f\n\x07\x61ntenna\x18\x04 \x01(\r\x12+\n\x07read_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"I\n\x0eTagReadSummary\x12\r\n\x05reads\x18\x01 \x01(\x04\x12\x11\n\tbad_reads\x18\x02 \x01(\x04\x12\x15\n\runknown_reads\x18\x03 \x01(\x04\"$\n\x10StopCountRequest\x12\x10\n\x08\x63ount_id\x18\x01 \x01(\t\":\n\x11StopCountResponse\x12%\n\x06\x63ounts\x18\x01 \x03(\x0b\x32\x15.unistock.v1.Movement2\xa0\x04\n\x0bStoreIntake\x12P\n\nRecordSale\x12\x1f.unistock.intake.v1.SaleRequest\x1a!.unistock.intake.v1.IntakeReceipt\x12T\n\x0cRecordReturn\x12!.unistock.intake.v1.ReturnRequest\x1a!.unistock.intake.v1.IntakeReceipt\x12^\n\x0eRecordMovement\x12).unistock.intake.v1.RecordMovementRequest\x1a!.unistock.intake.v1.IntakeReceipt\x12Z\n\nStartCount\x12%.unistock.intake.v1.StartCountRequest\x1a%.unistock.intake.v1.StartCountRequest\x12S\n\x0eRecordTagReads\x12\x1b.unistock.intake.v1.TagRead\x1a\".unistock.intake.v1.TagReadSummary(\x01\x12X\n\tStopCount\x12$.unistock.intake.v1.StopCountRequest\x1a%.unistock.intake.v1.StopCountResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1funistock/intake/v1/intake.proto\x12\x12unistock.intake.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bunistock/v1/inventory.proto\"\xe9\x01\n\x0bSaleRequest\x12\x0f\n\x07till_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x03\x12/\n\x0boccurred_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0ereservation_id\x18\x05 \x01(\t\x12\x0b\n\x03\x65pc\x18\x06 \x03(\t\x12\x13\n\x0blocation_id\x18\x07 \x01(\t\x12+\n\x07sent_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\t \x01(\t\"\x82\x02\n\rReturnRequest\x12\x0f\n\x07till_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x03\x12/\n\x0boccurred_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03\x65pc\x18\x05 \x03(\t\x12\x13\n\x0blocation_id\x18\x06 \x01(\t\x12+\n\x07sent_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12-\n\tcondition\x18\t \x01(\x0e\x32\x1a.unistock.v1.ItemCondition\"\x94\x01\n\x15RecordMovementRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\'\n\x08movement\x18\x02 \x01(\x0b\x32\x15.unistock.v1.Movement\x12+\n\x07sent_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"W\n\rIntakeReceipt\x12\x11\n\tsource_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x14\n\x0coutbox_depth\x18\x03 \x01(\x04\x12\x10\n\x08replayed\x18\x04 \x01(\x08\"H\n\x11StartCountRequest\x12\x10\n\x08\x63ount_id\x18\x01 \x01(\t\x12\x0c\n\x04skus\x18\x02 \x03(\t\x12\x13\n\x0blocation_id\x18\x03 \x01(\t\"y\n\x07TagRead\x12\x10\n\x08\x63ount_id\x18\x01 \x01(\t\x12\x0b\n\x03\x65pc\x18\x02 \x01(\t\x12\x11\n\treader_id\x18\x03 \x01(\t\x12\x0f\n\x07\x61ntenna\x18\x04 \x01(\r\x12+\n\x07read_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"I\n\x0eTagReadSummary\x12\r\n\x05reads\x18\x01 \x01(\x04\x12\x11\n\tbad_reads\x18\x02 \x01(\x04\x12\x15\n\runknown_reads\x18\x03 \x01(\x04\"$\n\x10StopCountRequest\x12\x10\n\x08\x63ount_id\x18\x01 \x01(\t\":\n\x11StopCountResponse\x12%\n\x06\x63ounts\x18\x01 \x03(\x0b\x32\x15.unistock.v1.Movement2\xa0\x04\n\x0bStoreIntake\x12P\n\nRecordSale\x12\x1f.unistock.intake.v1.SaleRequest\x1a!.unistock.intake.v1.IntakeReceipt\x12T\n\x0cRecordReturn\x12!.unistock.intake.v1.ReturnRequest\x1a!.unistock.intake.v1.IntakeReceipt\x12^\n\x0eRecordMovement\x12).unistock.intake.v1.RecordMovementRequest\x1a!.unistock.intake.v1.IntakeReceipt\x12Z\n\nStartCount\x12%.unistock.intake.v1.StartCountRequest\x1a%.unistock.intake.v1.StartCountRequest\x12S\n\x0eRecordTagReads\x12\x1b.unistock.intake.v1.TagRead\x1a\".unistock.intake.v1.TagReadSummary(\x01\x12X\n\tStopCount\x12$.unistock.intake.v1.StopCountRequest\x1a%.unistock.intake.v1.StopCountResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,21 +36,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SALEREQUEST']._serialized_start=118
   _globals['_SALEREQUEST']._serialized_end=351
   _globals['_RETURNREQUEST']._serialized_start=354
-  _globals['_RETURNREQUEST']._serialized_end=565
-  _globals['_RECORDMOVEMENTREQUEST']._serialized_start=568
-  _globals['_RECORDMOVEMENTREQUEST']._serialized_end=716
-  _globals['_INTAKERECEIPT']._serialized_start=718
-  _globals['_INTAKERECEIPT']._serialized_end=805
-  _globals['_STARTCOUNTREQUEST']._serialized_start=807
-  _globals['_STARTCOUNTREQUEST']._serialized_end=879
-  _globals['_TAGREAD']._serialized_start=881
-  _globals['_TAGREAD']._serialized_end=1002
-  _globals['_TAGREADSUMMARY']._serialized_start=1004
-  _globals['_TAGREADSUMMARY']._serialized_end=1077
-  _globals['_STOPCOUNTREQUEST']._serialized_start=1079
-  _globals['_STOPCOUNTREQUEST']._serialized_end=1115
-  _globals['_STOPCOUNTRESPONSE']._serialized_start=1117
-  _globals['_STOPCOUNTRESPONSE']._serialized_end=1175
-  _globals['_STOREINTAKE']._serialized_start=1178
-  _globals['_STOREINTAKE']._serialized_end=1722
+  _globals['_RETURNREQUEST']._serialized_end=612
+  _globals['_RECORDMOVEMENTREQUEST']._serialized_start=615
+  _globals['_RECORDMOVEMENTREQUEST']._serialized_end=763
+  _globals['_INTAKERECEIPT']._serialized_start=765
+  _globals['_INTAKERECEIPT']._serialized_end=852
+  _globals['_STARTCOUNTREQUEST']._serialized_start=854
+  _globals['_STARTCOUNTREQUEST']._serialized_end=926
+  _globals['_TAGREAD']._serialized_start=928
+  _globals['_TAGREAD']._serialized_end=1049
+  _globals['_TAGREADSUMMARY']._serialized_start=1051
+  _globals['_TAGREADSUMMARY']._serialized_end=1124
+  _globals['_STOPCOUNTREQUEST']._serialized_start=1126
+  _globals['_STOPCOUNTREQUEST']._serialized_end=1162
+  _globals['_STOPCOUNTRESPONSE']._serialized_start=1164
+  _globals['_STOPCOUNTRESPONSE']._serialized_end=1222
+  _globals['_STOREINTAKE']._serialized_start=1225
+  _globals['_STOREINTAKE']._serialized_end=1769
 # @@protoc_insertion_point(module_scope)

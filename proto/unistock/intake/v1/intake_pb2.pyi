@@ -115,6 +115,7 @@ class ReturnRequest(_message.Message):
     LOCATION_ID_FIELD_NUMBER: _builtins.int
     SENT_AT_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CONDITION_FIELD_NUMBER: _builtins.int
     till_id: _builtins.str
     """The till recording it."""
     sku: _builtins.str
@@ -125,6 +126,12 @@ class ReturnRequest(_message.Message):
     """Location inside the store (default: the store's location)."""
     request_id: _builtins.str
     """Idempotency key, as SaleRequest.request_id: unique per movement, the same on every retry."""
+    condition: _inventory_pb2.ItemCondition.ValueType
+    """The state of the returned units (unset: SELLABLE). NON_SELLABLE (damaged, soiled, to be
+    inspected) puts them in the position's non_sellable units, never for sale; inspection
+    later restocks them (a RESTOCK movement) or writes them off (an ADJUSTMENT DECREASE with
+    condition NON_SELLABLE) through RecordMovement.
+    """
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
         """When it happened at the till."""
@@ -153,10 +160,11 @@ class ReturnRequest(_message.Message):
         location_id: _builtins.str = ...,
         sent_at: _timestamp_pb2.Timestamp | None = ...,
         request_id: _builtins.str = ...,
+        condition: _inventory_pb2.ItemCondition.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "sent_at", b"sent_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epc", b"epc", "location_id", b"location_id", "occurred_at", b"occurred_at", "quantity", b"quantity", "request_id", b"request_id", "sent_at", b"sent_at", "sku", b"sku", "till_id", b"till_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["condition", b"condition", "epc", b"epc", "location_id", b"location_id", "occurred_at", b"occurred_at", "quantity", b"quantity", "request_id", b"request_id", "sent_at", b"sent_at", "sku", b"sku", "till_id", b"till_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -11,6 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from unistock.server.domain import (
     AdjustmentSign,
     InvalidArgument,
+    ItemCondition,
     Line,
     Movement,
     MovementType,
@@ -110,6 +111,7 @@ def expiry_from_wire(req: pb.ExtendReservationRequest, now: float) -> float:
 
 _TYPES = {t.value: t for t in MovementType}
 _SIGNS = {s.value: s for s in AdjustmentSign}
+_CONDITIONS = {c.value: c for c in ItemCondition}
 
 
 def movement_from_wire(m: pb.Movement, prefix: str, source_id: str = "") -> Movement:
@@ -130,6 +132,12 @@ def movement_from_wire(m: pb.Movement, prefix: str, source_id: str = "") -> Move
             raise InvalidArgument(
                 prefix + "adjustment_sign", f"unknown adjustment sign {m.adjustment_sign}"
             )
+    condition = ItemCondition.SELLABLE
+    if m.condition:
+        found = _CONDITIONS.get(m.condition)
+        if found is None:
+            raise InvalidArgument(prefix + "condition", f"unknown item condition {m.condition}")
+        condition = found
     return Movement(
         source_id or m.source_id,
         m.seq,
@@ -143,6 +151,7 @@ def movement_from_wire(m: pb.Movement, prefix: str, source_id: str = "") -> Move
         m.reason,
         sign,
         tuple(m.epc) if m.epc else (),
+        condition,
     ).validate(prefix)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from unistock.server.domain.values import Movement, MovementType, StockKey
+from unistock.server.domain.values import ItemCondition, Movement, MovementType, StockKey
 
 #: How many recent count ids a position remembers to recognise movements that preceded them.
 RECENT_COUNTS = 4
@@ -61,6 +61,7 @@ class Position:
         "counts",
         "holds",
         "key",
+        "non_sellable",
         "on_hand",
         "reserved",
         "safety_stock",
@@ -74,6 +75,7 @@ class Position:
         key: StockKey,
         *,
         on_hand: int = 0,
+        non_sellable: int = 0,
         safety_stock: int = 0,
         version: int = 0,
         marks: tuple[tuple[str, int], ...] = (),
@@ -84,6 +86,8 @@ class Position:
     ) -> None:
         self.key = key
         self.on_hand = on_hand
+        #: Units physically here that cannot be sold as they are: never available or reserved.
+        self.non_sellable = non_sellable
         self.safety_stock = safety_stock
         self.version = version
         # Flat (source, seq, source, seq, ...): one tuple instead of one per source.
@@ -121,8 +125,9 @@ class Position:
 
     @property
     def negative(self) -> bool:
-        """on_hand went below zero through facts the server must not refuse: investigate."""
-        return self.on_hand < 0
+        """on_hand or non_sellable went below zero through facts the server must not refuse:
+        investigate."""
+        return self.on_hand < 0 or self.non_sellable < 0
 
     @property
     def at_risk(self) -> bool:
@@ -169,7 +174,11 @@ class Position:
         """A copy of the levels as they are now (no marks, holds or counts): what a reader is
         answered while the position itself goes on changing."""
         copy = Position(
-            self.key, on_hand=self.on_hand, safety_stock=self.safety_stock, version=self.version
+            self.key,
+            on_hand=self.on_hand,
+            non_sellable=self.non_sellable,
+            safety_stock=self.safety_stock,
+            version=self.version,
         )
         copy.reserved = self.reserved
         return copy
@@ -213,6 +222,13 @@ class Position:
             self.counts = ((self.counts or ()) + (m.count_id,))[-RECENT_COUNTS:]
             self.version += 1
             return MovementResult(Outcome.APPLIED, variance=variance, at_risk=self.at_risk)
+        if m.condition is ItemCondition.NON_SELLABLE:
+            # Damaged or awaiting inspection: never on the shelf a count counts, never for sale.
+            self.non_sellable += m.signed_quantity
+            self.version += 1
+            return MovementResult(Outcome.APPLIED, at_risk=True) if self.at_risk else _APPLIED
+        if m.type is MovementType.RESTOCK:
+            self.non_sellable -= m.quantity
         delta = m.signed_quantity + covered
         picked = 0
         if m.reservation_id:

@@ -105,10 +105,26 @@ class MovementType(enum.IntEnum):
     TRANSFER_OUT = 5
     TRANSFER_IN = 6
     COUNT = 7
+    #: Inspected units back to sale: non_sellable - quantity, on_hand + quantity.
+    RESTOCK = 8
 
     # Enum hashes its name in Python code; an int's own hash is C and agrees with == (bench B1:
     # the types are set and dict keys in the hot path of every movement).
     __hash__ = int.__hash__
+
+
+class ItemCondition(enum.IntEnum):
+    """Which units a RETURN or an ADJUSTMENT concerns. Values equal the wire enum's numbers."""
+
+    SELLABLE = 1
+    #: Damaged, soiled, awaiting inspection: physically here, never available.
+    NON_SELLABLE = 2
+
+    __hash__ = int.__hash__
+
+
+#: The types that may concern non-sellable units.
+CONDITIONED = frozenset({MovementType.RETURN, MovementType.ADJUSTMENT})
 
 
 class AdjustmentSign(enum.IntEnum):
@@ -121,7 +137,9 @@ class AdjustmentSign(enum.IntEnum):
 
 
 _DECREASING = frozenset({MovementType.SALE, MovementType.TRANSFER_OUT})
-_INCREASING = frozenset({MovementType.RETURN, MovementType.RECEIPT, MovementType.TRANSFER_IN})
+_INCREASING = frozenset(
+    {MovementType.RETURN, MovementType.RECEIPT, MovementType.TRANSFER_IN, MovementType.RESTOCK}
+)
 
 #: Types with no field beyond the common ones (the bulk of a store's stream).
 _PLAIN = frozenset({MovementType.SALE, MovementType.RETURN, MovementType.RECEIPT})
@@ -149,6 +167,8 @@ class Movement(NamedTuple):
     reason: str = ""
     adjustment_sign: AdjustmentSign | None = None
     epcs: tuple[str, ...] = ()
+    #: On a RETURN or an ADJUSTMENT: which units (non_sellable ones instead of on_hand).
+    condition: ItemCondition = ItemCondition.SELLABLE
 
     @property
     def key(self) -> StockKey:
@@ -157,7 +177,8 @@ class Movement(NamedTuple):
 
     @property
     def signed_quantity(self) -> int:
-        """The change to on_hand (not meaningful for COUNT, which sets on_hand)."""
+        """The change to on_hand, or to non_sellable for a NON_SELLABLE movement (not meaningful
+        for COUNT, which sets on_hand)."""
         if self.type in _DECREASING:
             return -self.quantity
         if self.type in _INCREASING:
@@ -195,8 +216,15 @@ class Movement(NamedTuple):
             and not self.reservation_id
             and not self.count_id
             and not self.transfer_id
+            and self.condition is ItemCondition.SELLABLE
         ):
             return self
+        if self.condition is not ItemCondition.SELLABLE and self.type not in CONDITIONED:
+            raise InvalidArgument(
+                prefix + "condition",
+                f"only a RETURN or an ADJUSTMENT concerns {self.condition.name} units, "
+                f"not a {self.type.name}",
+            )
         if self.type is MovementType.ADJUSTMENT:
             if self.adjustment_sign is None:
                 raise InvalidArgument(

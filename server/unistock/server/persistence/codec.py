@@ -121,7 +121,15 @@ def level_bytes(p: Position) -> bytes:
         out += _int(b"\x28", safety)
     if free > 0:
         out += b"\x30" + v[free] if free < 0x4000 else _int(b"\x30", free)
-    return out + (b"\x38" + v[version] if 0 < version < 0x4000 else _int(b"\x38", version))
+    out += b"\x38" + v[version] if 0 < version < 0x4000 else _int(b"\x38", version)
+    damaged = p.non_sellable
+    if damaged:
+        out += _int(b"\x40", damaged)
+    if reserved > 0 and on_hand < reserved:
+        out += b"\x48\x01"  # at_risk
+    if on_hand < 0 or damaged < 0:
+        out += b"\x50\x01"  # negative
+    return out
 
 
 def private_bytes(p: Position) -> bytes:
@@ -184,6 +192,7 @@ def decode_position(key: StockKey, data: bytes) -> Position:
     return Position(
         key,
         on_hand=level.on_hand,
+        non_sellable=level.non_sellable,
         safety_stock=level.safety_stock,
         version=level.version,
         marks=tuple((sys.intern(m.source_id), m.seq) for m in private.marks),
