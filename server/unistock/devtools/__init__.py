@@ -1,7 +1,8 @@
-"""Developer tooling: managed Redis / Mosquitto processes for tests and local runs."""
+"""Developer tooling: managed Redis / Mosquitto / PostgreSQL processes for tests and local runs."""
 
 from unistock.devtools.services import (
     MosquittoBroker,
+    PostgresServer,
     RedisServer,
     ServiceError,
     ServiceNotFoundError,
@@ -11,6 +12,7 @@ from unistock.devtools.services import (
 
 __all__ = [
     "MosquittoBroker",
+    "PostgresServer",
     "RedisServer",
     "ServiceError",
     "ServiceNotFoundError",

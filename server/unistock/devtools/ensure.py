@@ -10,7 +10,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from unistock.devtools.services import ServiceNotFoundError, ensure_binary
+from unistock.devtools.services import (
+    POSTGRES_APT_PACKAGE,
+    ServiceNotFoundError,
+    ensure_binary,
+    ensure_postgres_bindir,
+)
 
 #: (binary, Debian package, flag printing the version) required by tests and the dev runner.
 REQUIRED: tuple[tuple[str, str, str], ...] = (
@@ -39,6 +44,15 @@ def main() -> int:
             failed = True
             continue
         print(f"{binary}: {path} ({_version(path, version_flag)})")
+    # PostgreSQL (package postgresql): Debian keeps initdb/postgres off PATH.
+    try:
+        bindir = ensure_postgres_bindir()
+    except ServiceNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        failed = True
+    else:
+        postgres = str(bindir / "postgres")
+        print(f"postgres ({POSTGRES_APT_PACKAGE}): {postgres} ({_version(postgres, '--version')})")
     return 1 if failed else 0
 
 
