@@ -10,6 +10,7 @@ import pytest
 from tests.server.test_api import batch, level, mv, send
 from unistock.client import UnistockClient
 from unistock.server.app.server import UnistockServer
+from unistock.v1 import inventory_pb2 as pb
 
 
 async def test_a_position_going_negative_is_logged_and_counted(
@@ -41,3 +42,20 @@ async def test_a_position_going_negative_is_logged_and_counted(
         backoffice, batch("till-n", mv(4, "RECEIPT", "MUG", "s1", 5), mv(5, "SALE", "MUG", "s1", 3))
     )
     assert registry.get_sample_value("unistock_negative_positions_total") == 2
+
+
+async def test_non_sellable_going_negative_is_counted_too(
+    server: UnistockServer, backoffice: UnistockClient
+) -> None:
+    """A write-off of more damaged units than the books hold is a fact, and a signal."""
+    await send(
+        backoffice,
+        batch(
+            "backoffice",
+            mv(1, "ADJUSTMENT", "VASE", "s1", 2, adjustment_sign=pb.DECREASE, reason="broken",
+               condition=pb.NON_SELLABLE),
+        ),
+    )  # fmt: skip
+    lvl = await level(backoffice, "VASE", "s1")
+    assert (lvl.non_sellable, lvl.negative) == (-2, True)
+    assert server.metrics.registry.get_sample_value("unistock_negative_positions_total") == 1

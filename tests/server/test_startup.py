@@ -4,6 +4,7 @@ exit, and never harms a server already running (new-user trial of issue 8)."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +77,25 @@ def test_a_stale_dev_token_is_removed_once_tokens_are_configured(
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+async def test_a_failed_start_releases_the_grpc_port(
+    make_server: MakeServer, clean_redis_url: str
+) -> None:
+    """Found by review: a start that failed after binding kept the gRPC port bound, so the
+    next start in the same process was told another server runs there."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = int(free.getsockname()[1])
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(StartupError, match="--metrics-port"):
+            await make_server(
+                clean_redis_url,
+                grpc_host="127.0.0.1",
+                grpc_port=port,
+                metrics_port=busy.getsockname()[1],
+            )
+    srv = await make_server(clean_redis_url, grpc_host="127.0.0.1", grpc_port=port)
+    assert srv.grpc_port == port

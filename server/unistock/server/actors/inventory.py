@@ -198,7 +198,7 @@ class Inventory:
             p = get(m.key)
             assert p is not None, "turn ran before its position was resident"
             record = self.reservations.get(m.reservation_id) if m.reservation_id else None
-            was_at_risk, was_negative = p.at_risk, p.on_hand < 0
+            was_at_risk, was_negative = p.at_risk, p.negative
             r, picked, mismatch = apply_movement(p, m, record)
             results.append(r)
             outcomes[m.type, r.outcome] += 1
@@ -216,11 +216,13 @@ class Inventory:
             if r.at_risk and not was_at_risk:
                 self.metrics.at_risk.inc()
                 log.warning("reservations at risk (on_hand below reserved): %r", p)
-            if p.on_hand < 0 and not was_negative:
+            if p.negative and not was_negative:
                 self.metrics.negative_positions.inc()
                 log.warning(
-                    "position went negative (on_hand %d) with %s seq %d from %s: investigate %r",
+                    "position went negative (on_hand %d, non_sellable %d) with %s seq %d from "
+                    "%s: investigate %r",
                     p.on_hand,
+                    p.non_sellable,
                     m.type.name,
                     m.seq,
                     m.source_id,

@@ -37,12 +37,17 @@ class BatchLoader(Generic[K]):
         return futures
 
     async def wait(self, keys: Iterable[K]) -> None:
-        """Load keys and wait for all of them (one future: no gather)."""
+        """Load keys and wait for all of them.
+
+        The futures are shared by every caller of a key: each is awaited through a shield, so a
+        caller that is cancelled (a client's deadline, a disconnect) stops waiting without
+        cancelling the load the others wait for.
+        """
         futures = self.load(keys)
         if len(futures) == 1:
-            await futures[0]
+            await asyncio.shield(futures[0])
         elif futures:
-            await asyncio.gather(*futures)
+            await asyncio.gather(*map(asyncio.shield, futures))
 
     async def _run(self) -> None:
         try:

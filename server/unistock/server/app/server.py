@@ -81,6 +81,9 @@ class UnistockServer:
         self._metrics_http: Any = None
         self._done = asyncio.Event()
         self._stop_lock = asyncio.Lock()
+        self._stopping = False
+        #: Background tasks that ended cancelled while running (the server must not go on).
+        self._lost: list[str] = []
         #: What start() opened so far, to close again if it fails half way.
         self._opened: list[Callable[[], Awaitable[None]]] = []
 
@@ -229,6 +232,10 @@ class UnistockServer:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._grpc is not None:
+            # A server that bound its port but never started keeps it bound until it has run:
+            # start and stop it (no handler is registered yet, nothing is served).
+            if self.grpc_port:
+                await self._grpc.start()
             await self._grpc.stop(None)
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
@@ -244,6 +251,11 @@ class UnistockServer:
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
+            if self.state is State.RUNNING and not self._stopping:
+                # Nobody stops a background loop but stop(): one that ended cancelled is lost.
+                log.critical("background task %s was cancelled; stopping", task.get_name())
+                self._lost.append(task.get_name())
+                self._done.set()
             return
         exc = task.exception()
         if exc is not None:
@@ -260,11 +272,14 @@ class UnistockServer:
     @property
     def failed(self) -> bool:
         """Whether a background task failed (the process should exit non-zero)."""
-        return any(t.done() and not t.cancelled() and t.exception() for t in self._tasks)
+        return bool(self._lost) or any(
+            t.done() and not t.cancelled() and t.exception() for t in self._tasks
+        )
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, let in-flight ones finish, flush, close. Safe to call twice."""
         async with self._stop_lock:
+            self._stopping = True
             if self.state is not State.RUNNING:
                 self.state = State.STOPPED
                 return
