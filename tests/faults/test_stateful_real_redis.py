@@ -78,6 +78,7 @@ class RealServerMachine(RuleBasedStateMachine):
         self.client: UnistockClient | None = None
         self.run(self._start())
         self.on_hand: Counter[Key] = Counter()
+        self.non_sellable: Counter[Key] = Counter()
         self.reservations: dict[str, ResModel] = {}
         self.seq = 0
         self.batches: list[pb.MovementBatch] = []
@@ -171,6 +172,32 @@ class RealServerMachine(RuleBasedStateMachine):
         self.send(wire)
         for kind, k, q in moves:
             self.on_hand[k] += SIGN[kind] * q
+
+    @rule(key=keys_st, q=qty_st, restocked=st.integers(min_value=0, max_value=6))
+    def damaged_return_then_inspection(self, key: Key, q: int, restocked: int) -> None:
+        """A damaged return (never available), then inspection: some units back to sale, the
+        rest of what is damaged here written off (possibly more than the books hold)."""
+        self.send(
+            [pb.Movement(sku=key[0], location_id=key[1], type=pb.RETURN, quantity=q,
+                         condition=pb.NON_SELLABLE)]
+        )  # fmt: skip
+        self.non_sellable[key] += q
+        inspection = []
+        if restocked:
+            inspection.append(
+                pb.Movement(sku=key[0], location_id=key[1], type=pb.RESTOCK, quantity=restocked)
+            )
+        written_off = self.non_sellable[key] - restocked
+        if written_off > 0:
+            inspection.append(
+                pb.Movement(sku=key[0], location_id=key[1], type=pb.ADJUSTMENT,
+                            quantity=written_off, adjustment_sign=pb.DECREASE, reason="damaged",
+                            condition=pb.NON_SELLABLE)
+            )  # fmt: skip
+        if inspection:
+            self.send(inspection)
+        self.on_hand[key] += restocked
+        self.non_sellable[key] -= restocked + max(written_off, 0)
 
     @rule(sku=st.sampled_from(SKUS), q=qty_st, forward=st.booleans())
     def transfer(self, sku: str, q: int, forward: bool) -> None:
@@ -331,8 +358,10 @@ class RealServerMachine(RuleBasedStateMachine):
         got = {(lv.sku, lv.location_id): lv for lv in self.run(self.c.get_availability(keys=KEYS))}
         for k in KEYS:
             lv = got[k]
-            want = (self.on_hand[k], self.reserved(k), self.available(k))
-            assert (lv.on_hand, lv.reserved, lv.available) == want, (k, lv)
+            want = (self.on_hand[k], self.reserved(k), self.available(k), self.non_sellable[k])
+            assert (lv.on_hand, lv.reserved, lv.available, lv.non_sellable) == want, (k, lv)
+            assert lv.negative == (self.on_hand[k] < 0 or self.non_sellable[k] < 0), (k, lv)
+            assert lv.at_risk == (self.reserved(k) > 0 and self.on_hand[k] < self.reserved(k))
             assert lv.available >= 0
 
     @invariant()
