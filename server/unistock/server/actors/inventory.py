@@ -178,10 +178,14 @@ class Inventory:
         anyone before the future resolves.
         """
         rids = {m.reservation_id for m in movements if m.reservation_id}
-        batch_highs = await self._load_highs({m.source_id for m in movements})
+        read = await self._load_highs({m.source_id for m in movements})
         await self._ready_marks(movements, rids)
+        # Each source's highest seq as this turn starts: the batch's own reading stands in when
+        # the bounded cache let the source go while the turn waited (it is never lower than
+        # what was durable or pending then).
         highs = self._highs
-        tops: dict[str, int] = {}
+        high_of = {s: max(highs.get(s, 0), seq) for s, seq in read.items()}
+        before = dict(high_of)
         out = BatchResult()
         results = out.results
         outcomes: Counter[tuple[MovementType, Outcome]] = Counter()
@@ -189,9 +193,7 @@ class Inventory:
         changed = self.commit.position_changed
         locations = self.locations
         for m in movements:
-            # The cache may have let the source go while this turn waited: the batch's own
-            # reading of it stands in (never lower than what was durable or pending then).
-            high = max(highs.get(m.source_id, 0), batch_highs[m.source_id])
+            high = high_of[m.source_id]
             if m.seq > high + MAX_SEQ_JUMP:
                 out.refused.append((m, _seq_jump(m, high)))
                 continue
@@ -206,7 +208,7 @@ class Inventory:
                 out.duplicates += 1
                 continue
             if m.seq > high:
-                highs[m.source_id] = tops[m.source_id] = m.seq
+                high_of[m.source_id] = m.seq
             if m.location_id not in locations:
                 locations.add(m.location_id)
             if picked is not None:
@@ -232,8 +234,10 @@ class Inventory:
                 direction = "gain" if r.variance > 0 else "loss"
                 self.metrics.count_variance.labels(direction).inc(abs(r.variance))
             changed(p)
-        for source_id, seq in tops.items():
-            self.commit.source_high(source_id, seq)
+        for source_id, seq in high_of.items():
+            if seq > before[source_id]:
+                highs[source_id] = seq
+                self.commit.source_high(source_id, seq)
         for (mtype, outcome), n in outcomes.items():
             self.metrics.movements.labels(mtype.name, outcome.value).inc(n)
         # Duplicates too: the original may still be on its way to Redis.
@@ -246,11 +250,15 @@ class Inventory:
         while True:
             await self._ready(keys, rids, settled=bool(rids))
             peek = self.positions.peek
+            # Only positions that spilled marks can need one read back (rarely any): look at
+            # the batch's movements only for those.
+            spilled = {k: p for k in keys if (p := peek(k)) is not None and p.spill is not None}
             need: dict[tuple[StockKey, str], Position] = {}
-            for m in movements:
-                p = peek(m.key)
-                if p is not None and p.spill is not None and p.needs_mark(m.source_id):
-                    need[m.key, m.source_id] = p
+            if spilled:
+                for m in movements:
+                    p = spilled.get(m.key)
+                    if p is not None and p.needs_mark(m.source_id):
+                        need[m.key, m.source_id] = p
             if not need:
                 return
             known = self.store.cached_marks(list(need))
@@ -395,7 +403,10 @@ class Inventory:
     async def extend(self, reservation_id: str, expires_at: float) -> Reservation:
         """Move an ACTIVE reservation's expiry."""
         return await self._end(
-            reservation_id, "extend", lambda r, _: r.extend(expires_at, self.clock())
+            reservation_id,
+            "extend",
+            lambda r, _: r.extend(expires_at, self.clock()),
+            holds=False,
         )
 
     async def _end(
@@ -403,14 +414,23 @@ class Inventory:
         reservation_id: str,
         operation: str,
         transition: Callable[[Reservation, dict[StockKey, Position]], Reservation],
+        *,
+        holds: bool = True,
     ) -> Reservation:
         """Run a transition on a settled record and the positions it holds, in one step, and
-        answer once it is durable. A refusal is raised from a durable state too."""
+        answer once it is durable. A refusal is raised from a durable state too.
+
+        holds: the transition changes the holds (else, e.g. an extension, the positions are
+        neither loaded nor passed: an empty mapping).
+        """
         while True:
-            record = await self._record(reservation_id)
-            if not record.active or not self.positions.missing(ln.key for ln in record.lines):
+            record = await self._record(reservation_id, keys_of=holds)
+            if not holds or not record.active:
                 break
-        positions = {ln.key: self._position(ln.key) for ln in record.lines} if record.active else {}
+            if not self.positions.missing(ln.key for ln in record.lines):
+                break
+        held = holds and record.active
+        positions = {ln.key: self._position(ln.key) for ln in record.lines} if held else {}
         versions = [p.version for p in positions.values()]
         kind = record.kind.name
         try:
