@@ -204,6 +204,14 @@ class AgentMetrics:
         )
 
 
+def _by_label(name: str, doc: str, label: str, counts: Mapping[str, int]) -> Metric:
+    """A counter family with one sample per label value of counts."""
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for value, n in sorted(counts.items()):
+        family.add_metric([value], n)
+    return family
+
+
 class _SendCollector(Collector):
     """The sender's counters (cumulative over connections) as agent metrics: the send rate is
     ``rate(unistock_agent_movements_published_total[1m])``."""
@@ -236,25 +244,21 @@ class _SendCollector(Collector):
         resends.add_metric(["timeout"], s.resends)
         resends.add_metric(["gap"], s.fast_resends)
         yield resends
-        rejected = CounterMetricFamily(
+        yield _by_label(
             "unistock_agent_movements_rejected",
             "Movements the server rejected (final: kept in the outbox's rejected table), by "
             "reason.",
-            labels=["reason"],
+            "reason",
+            s.reject_reasons,
         )
-        for reason, n in sorted(s.reject_reasons.items()):
-            rejected.add_metric([reason], n)
-        yield rejected
-        notices = CounterMetricFamily(
+        yield _by_label(
             "unistock_agent_notices",
             "Notices the server sent about applied movements (PICKUP_MISMATCH: a sale named a "
             "reservation that holds nothing of its SKU here; it was applied as a plain sale), by "
             "kind.",
-            labels=["kind"],
+            "kind",
+            s.notices,
         )
-        for kind, n in sorted(s.notices.items()):
-            notices.add_metric([kind], n)
-        yield notices
         yield GaugeMetricFamily(
             "unistock_agent_batches_in_flight",
             "Batches published and not yet acknowledged by the server.",
