@@ -136,6 +136,10 @@ class GroupCommit:
         """The highest seq of source_id recorded and not yet durable (0 when none)."""
         return max(self._highs.get(source_id, 0), self._inflight_highs.get(source_id, 0))
 
+    def _pending(self) -> bool:
+        """Whether anything waits to be written."""
+        return bool(self._positions or self._ending or self._other or self._sources or self._highs)
+
     def is_dirty(self, key: StockKey) -> bool:
         """Whether a position has changes not yet durable (it must stay resident)."""
         return key in self._positions or key in self._inflight_positions
@@ -156,7 +160,7 @@ class GroupCommit:
         """
         if self.fenced is not None:
             return _failed(Unavailable("this server lost ownership of its partitions"))
-        if self._positions or self._ending or self._other or self._sources or self._highs:
+        if self._pending():
             return asyncio.shield(self._window)
         if self._inflight is not None:
             return asyncio.shield(self._inflight)
@@ -176,7 +180,7 @@ class GroupCommit:
             if self.linger and self._last_batch >= self.busy_batch and not self._closing:
                 await asyncio.sleep(self.linger)
             self._wake.clear()
-            if not (self._positions or self._ending or self._other or self._sources or self._highs):
+            if not self._pending():
                 if self._closing:
                     return
                 continue
@@ -221,10 +225,6 @@ class GroupCommit:
             sources, self._sources = self._sources, {}
             highs, self._highs = self._highs, {}
             final = True
-        self._inflight_positions = positions
-        self._inflight_reservations = set(ending) | set(other)
-        self._inflight_highs = highs
-        self._inflight = window
         started = time.perf_counter()
         try:
             phases, durable, new_locations, spills = self._encode(
@@ -237,23 +237,20 @@ class GroupCommit:
             log.exception("flush of %d positions could not be encoded", len(positions))
             self._metrics.redis_errors.labels("encode").inc()
             self._requeue(*self._encodable(positions, ending, other), sources, highs)
-            if window is self._window:
-                self._window = asyncio.get_running_loop().create_future()
-            self._inflight_positions = {}
-            self._inflight_reservations = set()
-            self._inflight_highs = {}
-            self._inflight = None
-            _fail(window, Unavailable(f"a change could not be stored: {exc!r}"))
+            self._fail_window(window, Unavailable(f"a change could not be stored: {exc!r}"))
             return False
+        # In flight from here (encoding is synchronous: no turn saw the window's changes gone).
+        self._inflight_positions = positions
+        self._inflight_reservations = set(ending) | set(other)
+        self._inflight_highs = highs
+        self._inflight = window
         try:
             _, stale = await self._store.flush(phases)
         except Unavailable as exc:
             self._metrics.redis_errors.labels("flush").inc()
             log.warning("flush of %d positions failed, will retry: %s", len(positions), exc)
             self._requeue(positions, ending, other, sources, highs)
-            if window is self._window:  # a chunk failed: later turns get a fresh window
-                self._window = asyncio.get_running_loop().create_future()
-            _fail(window, exc)
+            self._fail_window(window, exc)
             return False
         except Fenced as exc:
             log.critical("fenced: %s", exc)
@@ -334,6 +331,13 @@ class GroupCommit:
         for source_id, seq in highs.items():
             last[ks.source_partition(source_id)].highs.append((source_id, seq))
         return [ph for ph in (first, middle, last) if ph], durable, new_locations, spills
+
+    def _fail_window(self, window: asyncio.Future[None], exc: BaseException) -> None:
+        """Fail a window whose flush failed; when it is still the current one (a chunk of a
+        burst failed), later turns get a fresh window."""
+        if window is self._window:
+            self._window = asyncio.get_running_loop().create_future()
+        _fail(window, exc)
 
     def _encodable(
         self,
