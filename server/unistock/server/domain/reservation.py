@@ -226,9 +226,9 @@ class Reservation:
         """Units left physically: every held line (lines empty) or the given quantities.
 
         Returns the new record; the units to ship from each position (reserved and on_hand fall
-        together there) are the growth of its lines' LineProgress.shipped. Units a SALE naming this reservation already picked up and that
-        no fulfilment reported yet are matched first and ship nothing (the same units, reported
-        twice). request_id makes a partial fulfilment idempotent: repeated, it returns this
+        together there) are the growth of its lines' LineProgress.shipped. Units a SALE naming
+        this reservation already picked up and that no fulfilment reported yet are matched first
+        and ship nothing (the same units, reported twice). request_id makes a partial fulfilment idempotent: repeated, it returns this
         record and ships nothing; reused with other lines it raises ReservationConflict.
         Raises InvalidArgument (a line not of this reservation, more units than held) and
         ReservationNotActive.
@@ -261,8 +261,7 @@ class Reservation:
             matched = 0 if everything else min(ln.quantity, lp.sold_open)
             rest = ln.quantity - matched
             if rest > held.get(ln.key, 0):
-                if not self.active:
-                    self._require_active("fulfil")
+                self._require_active("fulfil")
                 raise InvalidArgument(
                     f"lines[{i}].quantity",
                     f"{ln.quantity} exceeds the {held.get(ln.key, 0) + lp.sold_open} units "
