@@ -313,9 +313,9 @@ class StockLevel(_message.Message):
     """Increases by one with every applied change; order updates of one position by it."""
     non_sellable: _builtins.int
     """Units physically here that cannot be sold as they are (damaged, soiled, awaiting
-    inspection): never in on_hand, never available, never reserved. Raised by a RETURN or an
-    ADJUSTMENT with condition NON_SELLABLE; lowered by an ADJUSTMENT DECREASE with condition
-    NON_SELLABLE (written off) or a RESTOCK (inspected, back to sale).
+    inspection): never in on_hand, never available, never reserved, never counted. Raised by
+    a RETURN or an ADJUSTMENT INCREASE with condition NON_SELLABLE; lowered by an ADJUSTMENT
+    DECREASE with condition NON_SELLABLE (written off) or a RESTOCK (inspected, back to sale).
     """
     at_risk: _builtins.bool
     """Reservations promise more than is physically here: reserved > 0 and on_hand < reserved. The
