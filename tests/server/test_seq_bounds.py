@@ -53,13 +53,11 @@ async def test_an_absurd_seq_is_rejected_and_the_source_goes_on(
 
 
 async def test_a_batch_without_a_valid_source_advances_nothing(
-    make_server: MakeServer, clean_redis_url: str
+    backoffice: UnistockClient,
 ) -> None:
     """A batch refused whole for its source_id carries no SourceAck (as over MQTT)."""
-    srv = await make_server(clean_redis_url)
-    async with UnistockClient(target(srv), TOKENS["backoffice"]) as c:
-        [ack] = await send(c, batch("bad source", mv(7, "RECEIPT", "HAT", "s1", 1)))
-        assert ack.applied == 0
-        assert not ack.sources
-        assert [r.reason for r in ack.rejections] == [pb.INVALID_FIELD]
-        assert "source_id" in ack.rejections[0].detail
+    [ack] = await send(backoffice, batch("bad source", mv(7, "RECEIPT", "HAT", "s1", 1)))
+    assert ack.applied == 0
+    assert not ack.sources
+    assert [r.reason for r in ack.rejections] == [pb.INVALID_FIELD]
+    assert "source_id" in ack.rejections[0].detail
