@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import re
 import shutil
 import sys
 import tempfile
@@ -19,6 +20,17 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
 SOURCES = sorted(p.relative_to(PROTO_ROOT) for p in PROTO_ROOT.rglob("*.proto"))
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
+#: The stamps of the generator's own version: a fresh install takes the newest grpcio-tools, so
+#: they change without any change of proto/ and are not what the staleness check is about.
+_VERSION_STAMPS = re.compile(
+    rb"^(# Protobuf Python Version: |GRPC_GENERATED_VERSION = ).*$"
+    rb"|ValidateProtobufRuntimeVersion\([^)]*\)",
+    re.MULTILINE,
+)
+
+
+def _unstamped(data: bytes) -> bytes:
+    return _VERSION_STAMPS.sub(rb"\1<version>", data)
 
 
 def generate(out_dir: pathlib.Path) -> list[pathlib.Path]:
@@ -55,13 +67,13 @@ def main() -> int:
             f
             for f in files
             if not (PROTO_ROOT / f).exists()
-            or (PROTO_ROOT / f).read_bytes() != (out / f).read_bytes()
+            or _unstamped((PROTO_ROOT / f).read_bytes()) != _unstamped((out / f).read_bytes())
         ]
         if args.check:
             for f in stale:
                 print(f"stale generated file: proto/{f} (run `make proto`)", file=sys.stderr)
             return 1 if stale else 0
-        for f in files:
+        for f in stale:
             shutil.copyfile(out / f, PROTO_ROOT / f)
             print(f"proto/{f}")
     return 0
