@@ -35,7 +35,8 @@ from unistock.server.domain import (
     reserve,
 )
 from unistock.server.persistence.codec import encode_position, encode_reservation
-from unistock.server.persistence.keys import Keyspace, position_field
+from unistock.server.persistence.group_commit import stage_position
+from unistock.server.persistence.keys import Keyspace
 from unistock.server.persistence.store import PartitionWrite, Phase, RedisStore
 from unistock.v1 import inventory_pb2 as pb
 
@@ -55,7 +56,7 @@ def positions_phase(ks: Keyspace, positions: list[Position]) -> Phase:
     phase: Phase = defaultdict(PartitionWrite)
     for p in positions:
         w = phase[ks.location_partition(p.location_id)]
-        w.positions += [position_field(p.key), encode_position(p)]
+        stage_position(ks, w, p, encode_position(p))
         w.locations.append(p.location_id)
     return phase
 

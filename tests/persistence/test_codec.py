@@ -7,11 +7,13 @@ from hypothesis import strategies as st
 
 from unistock.server.domain import Line, Position, ReservationKind, ReserveRequest, reserve
 from unistock.server.persistence.codec import (
-    decode_position,
     decode_reservation,
+    decode_stored,
     encode_position,
     encode_reservation,
+    hold_value,
     level_bytes,
+    parse_hold,
     position_entry,
     private_bytes,
     split_position,
@@ -53,10 +55,19 @@ def positions(ids: st.SearchStrategy[str], big: int) -> st.SearchStrategy[Positi
     )
 
 
+def _holds_hash(p: Position) -> dict[bytes, bytes]:
+    """The holds hash the runtime keeps beside p's stored form."""
+    return {rid.encode(): hold_value(*p.hold_state(rid)) for rid, _ in p.hold_items()}
+
+
 @given(positions(ids, 10**9))
 def test_position_round_trip(p: Position) -> None:
+    """The stored form and the holds hash together give the position back; the stored form
+    says whether there is a holds hash to read."""
     data = encode_position(p)
-    q = decode_position(p.key, data)
+    q, apart = decode_stored(p.key, data)
+    assert apart == bool(p.holds)
+    q.restore_holds(parse_hold(rid, v) for rid, v in _holds_hash(p).items())
     assert (q.on_hand, q.reserved, q.safety_stock, q.version, q.non_sellable) == (
         p.on_hand,
         p.reserved,
@@ -87,6 +98,21 @@ def test_hand_serialisation_is_byte_identical_to_protobufs(p: Position) -> None:
     )
     private = spb.PositionPrivate(
         marks=[spb.SourceMark(source_id=s, seq=q) for s, q in p.marks],
+        recent_count_ids=p.counts or (),
+        marks_spilled=p.spill is not None,
+        holds_apart=bool(p.holds),
+    )
+    assert level_bytes(p) == level.SerializeToString(deterministic=True)
+    assert private_bytes(p) == private.SerializeToString(deterministic=True)
+
+
+@given(positions(ids, 10**6))
+def test_holds_stored_inside_a_position_are_read_and_rewritten_apart(p: Position) -> None:
+    """A position stored before holds were kept apart (its holds in PositionPrivate.holds) is
+    read with every hold, each marked changed: the next write moves them to the holds hash."""
+    level, _ = split_position(encode_position(p))
+    legacy = spb.PositionPrivate(
+        marks=[spb.SourceMark(source_id=s, seq=q) for s, q in p.marks],
         holds=[
             spb.Hold(reservation_id=r, quantity=q, shipped=p.shipped_for(r))
             for r, q in p.hold_items()
@@ -94,8 +120,22 @@ def test_hand_serialisation_is_byte_identical_to_protobufs(p: Position) -> None:
         recent_count_ids=p.counts or (),
         marks_spilled=p.spill is not None,
     )
-    assert level_bytes(p) == level.SerializeToString(deterministic=True)
-    assert private_bytes(p) == private.SerializeToString(deterministic=True)
+    data = encode_position(p)
+    header = data[: len(data) - len(split_position(data)[1])]
+    q, apart = decode_stored(p.key, header + legacy.SerializeToString())
+    assert not apart
+    assert level_bytes(q) == level
+    assert q.hold_items() == p.hold_items()
+    assert q.shipped == p.shipped
+    assert q.hold_changes == ({r for r, _ in p.hold_items()} or None)
+
+
+def test_hold_values() -> None:
+    assert hold_value(3, 0) == b"3"
+    assert hold_value(3, 2) == b"3/2"
+    assert hold_value(0, 0) == b""  # deleted
+    assert parse_hold(b"r-1", b"3/2") == ("r-1", 3, 2)
+    assert parse_hold("r-1", b"7") == ("r-1", 7, 0)
 
 
 def test_stored_level_is_a_wire_stock_level() -> None:

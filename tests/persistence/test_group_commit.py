@@ -85,22 +85,30 @@ async def test_a_failed_flush_fails_its_window_and_is_retried(redis_server: Redi
     store, commit, task = await committer(redis_server.url)
     try:
         p = Position(("SKU", "store-1"), on_hand=5, version=1)
+        p.hold("r-kept", 1)
+        p.hold("r-ended", 1)
         commit.position_changed(p)
         await commit.barrier()
+        assert p.hold_changes is None  # written: nothing left to write
         redis_server.kill()
         p.on_hand, p.version = 6, 2
+        p.release("r-ended")
+        p.hold("r-new", 2)
         commit.position_changed(p)
         with pytest.raises(Unavailable):
             await commit.barrier()
         assert commit.is_dirty(p.key)  # kept for the next attempt, never dropped
+        assert p.hold_changes == {"r-ended", "r-new"}  # and so are its changed holds
         written = asyncio.Event()
         commit.listeners.append(lambda levels: written.set())
         redis_server.restart()
         async with asyncio.timeout(30):
             await written.wait()
         assert not commit.is_dirty(p.key)
-        [data] = await store.load_positions([p.key])
-        assert decode_position(p.key, data).on_hand == 6  # type: ignore[arg-type]
+        assert p.hold_changes is None
+        [q] = await store.read_positions([p.key])
+        assert q is not None
+        assert (q.on_hand, dict(q.hold_items())) == (6, {"r-kept": 1, "r-new": 2})
     finally:
         await commit.close()
         await task
@@ -142,8 +150,9 @@ async def test_a_change_that_cannot_be_stored_fails_its_window_and_the_flusher_g
     assert await store.load_reservations(["r-bad"]) == [None]
     [stored] = await store.load_reservations(["r-ok"])
     assert stored is not None
-    [pos] = await store.load_positions([("SKU", "store-1")])
-    assert decode_position(("SKU", "store-1"), pos).reserved == 1  # type: ignore[arg-type]
+    [pos] = await store.read_positions([("SKU", "store-1")])
+    assert pos is not None
+    assert (pos.reserved, pos.hold_items()) == (1, (("r-ok", 1),))
     later = Position(("SKU-2", "store-1"), on_hand=1, version=1)
     commit.position_changed(later)
     await commit.barrier()

@@ -6,9 +6,16 @@ import pytest
 import redis.asyncio as aioredis
 
 from unistock.server.domain import Fenced, Line, Position, ReservationKind, ReserveRequest, reserve
-from unistock.server.persistence.codec import decode_position, encode_position, encode_reservation
+from unistock.server.persistence.codec import (
+    decode_position,
+    encode_position,
+    encode_reservation,
+    split_position,
+)
+from unistock.server.persistence.group_commit import stage_position
 from unistock.server.persistence.keys import Keyspace, position_field
 from unistock.server.persistence.store import PartitionWrite, RedisStore, with_hiredis_packing
+from unistock.storage.v1 import storage_pb2 as spb
 
 KS = Keyspace("t", 8)
 
@@ -17,7 +24,7 @@ def pos_write(*positions: Position) -> dict[int, PartitionWrite]:
     phase: dict[int, PartitionWrite] = {}
     for p in positions:
         w = phase.setdefault(KS.location_partition(p.key[1]), PartitionWrite())
-        w.positions += [position_field(p.key), encode_position(p)]
+        stage_position(KS, w, p, encode_position(p))
         w.locations.append(p.key[1])
     return phase
 
@@ -50,6 +57,112 @@ async def test_older_version_never_replaces_newer(store: RedisStore) -> None:
     assert (written, stale) == (0, 1)
     [data] = await store.load_positions([new.key])
     assert decode_position(new.key, data).on_hand == 10  # type: ignore[arg-type]
+
+
+async def test_holds_are_written_apart_with_their_position_and_read_back(
+    store: RedisStore,
+) -> None:
+    """Issue 9 item 1: a position write carries only the holds that changed, in the same
+    script call; reading the position back gives every hold."""
+    p = Position(("SKU", "store-1"), on_hand=100, version=1)
+    for i in range(300):
+        p.hold(f"cart-{i}", 1 + i % 3)
+    await store.flush([pos_write(p)])
+    p.holds_written({rid: p.hold_state(rid) for rid, _ in p.hold_items()})
+    assert p.hold_changes is None
+    small = len(encode_position(p))
+    p.hold("cart-new", 2)
+    p.release("cart-0")
+    p.ship("cart-1", 1)  # cart-1 held 2: one shipped, one still held
+    w = pos_write(p)[KS.location_partition("store-1")]
+    [(_, _, changes)] = w.holds
+    assert sorted(changes[0::2]) == ["cart-0", "cart-1", "cart-new"]  # not the other 297
+    assert len(encode_position(p)) <= small + 2  # the stored form does not carry the holds
+    await store.flush([{KS.location_partition("store-1"): w}])
+    [q] = await store.read_positions([p.key])
+    assert q is not None
+    assert dict(q.hold_items()) == dict(p.hold_items())
+    assert (q.reserved, q.on_hand, q.shipped_for("cart-1")) == (p.reserved, 99, 1)
+    assert q.held("cart-0") == 0
+
+
+async def test_a_stale_position_write_leaves_the_holds_alone(store: RedisStore) -> None:
+    """A flush retried after a timeout may land after a newer one: its position is skipped as
+    stale, and so are its holds (they are older too)."""
+    newer = Position(("SKU", "store-1"), on_hand=10, version=5)
+    newer.hold("r-new", 2)  # version 6
+    older = Position(("SKU", "store-1"), on_hand=10, version=3)
+    older.hold("r-old", 4)  # version 4
+    older.hold("r-new", 9)
+    await store.flush([pos_write(newer)])
+    assert await store.flush([pos_write(older)]) == (0, 1)
+    [q] = await store.read_positions([newer.key])
+    assert q is not None
+    assert (q.version, q.hold_items(), q.reserved) == (6, (("r-new", 2),), 2)
+
+
+async def test_the_last_hold_ended_removes_the_holds_hash(store: RedisStore) -> None:
+    p = Position(("SKU", "store-1"), on_hand=10, version=1)
+    p.hold("r-1", 2)
+    await store.flush([pos_write(p)])
+    assert await store.client.exists(KS.holds(p.key)) == 1
+    p.holds_written({"r-1": p.hold_state("r-1")})
+    p.release("r-1")
+    await store.flush([pos_write(p)])
+    assert await store.client.exists(KS.holds(p.key)) == 0
+    [q] = await store.read_positions([p.key])
+    assert q is not None
+    assert q.holds is None
+    assert q.reserved == 0
+
+
+async def test_thousands_of_hold_changes_fit_one_script_call(store: RedisStore) -> None:
+    """Lua's unpack() takes a few thousand values: the script writes holds in slices."""
+    p = Position(("SKU", "store-1"), on_hand=50_000, version=1)
+    for i in range(12_000):
+        p.hold(f"cart-{i}", 1)
+    await store.flush([pos_write(p)])
+    p.holds_written({rid: p.hold_state(rid) for rid, _ in p.hold_items()})
+    for i in range(0, 12_000, 2):
+        p.release(f"cart-{i}")
+    await store.flush([pos_write(p)])
+    [q] = await store.read_positions([p.key])
+    assert q is not None
+    assert (q.reserved, len(q.hold_items())) == (6_000, 6_000)
+
+
+async def test_holds_stored_inside_a_position_move_apart_on_its_next_write(
+    store: RedisStore,
+) -> None:
+    """A position written by an earlier version (holds inside its stored form) keeps its holds
+    when read, and its next write moves them to the holds hash."""
+    p = Position(("SKU", "store-1"), on_hand=10, version=3)
+    p.hold("r-1", 2)
+    p.hold("r-2", 1)
+    legacy = spb.PositionPrivate(
+        holds=[
+            spb.Hold(reservation_id="r-1", quantity=2),
+            spb.Hold(reservation_id="r-2", quantity=1),
+        ]
+    )
+    value = encode_position(p)
+    header = value[: len(value) - len(split_position(value)[1])]
+    field = position_field(p.key)
+    await store.client.hset(
+        KS.positions(KS.location_partition("store-1")), field, header + legacy.SerializeToString()
+    )
+    [q] = await store.read_positions([p.key])
+    assert q is not None
+    assert (q.reserved, q.hold_changes) == (3, {"r-1", "r-2"})
+    q.version += 1
+    await store.flush([pos_write(q)])
+    assert await store.client.hgetall(KS.holds(p.key)) == {b"r-1": b"2", b"r-2": b"1"}
+    [stored] = await store.load_positions([p.key])
+    assert stored is not None
+    assert not spb.PositionPrivate.FromString(split_position(stored)[1]).holds
+    [again] = await store.read_positions([p.key])
+    assert again is not None
+    assert dict(again.hold_items()) == {"r-1": 2, "r-2": 1}
 
 
 async def test_second_owner_fences_the_first(store: RedisStore, clean_redis_url: str) -> None:

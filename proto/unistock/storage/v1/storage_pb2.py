@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from unistock.v1 import inventory_pb2 as unistock_dot_v1_dot_inventory__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!unistock/storage/v1/storage.proto\x12\x13unistock.storage.v1\x1a\x1bunistock/v1/inventory.proto\",\n\nSourceMark\x12\x11\n\tsource_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"A\n\x04Hold\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\x12\x0f\n\x07shipped\x18\x03 \x01(\x03\"\xb6\x01\n\x0fPositionPrivate\x12.\n\x05marks\x18\x01 \x03(\x0b\x32\x1f.unistock.storage.v1.SourceMark\x12(\n\x05holds\x18\x02 \x03(\x0b\x32\x19.unistock.storage.v1.Hold\x12\x18\n\x10recent_count_ids\x18\x03 \x03(\t\x12\x18\n\x10safety_stock_set\x18\x04 \x01(\x08\x12\x15\n\rmarks_spilled\x18\x05 \x01(\x08\"\xb1\x02\n\x11ReservationRecord\x12-\n\x0breservation\x18\x01 \x01(\x0b\x32\x18.unistock.v1.Reservation\x12\x1b\n\x13request_fingerprint\x18\x02 \x01(\x0c\x12\x30\n\x07pickups\x18\x03 \x03(\x0b\x32\x1f.unistock.storage.v1.SourceMark\x12\x33\n\x0epickup_records\x18\x04 \x03(\x0b\x32\x1b.unistock.storage.v1.Pickup\x12\x33\n\x08progress\x18\x05 \x03(\x0b\x32!.unistock.storage.v1.LineProgress\x12\x34\n\x08requests\x18\x06 \x03(\x0b\x32\".unistock.storage.v1.FulfilRequest\"9\n\x06Pickup\x12\x11\n\tsource_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0f\n\x07\x63overed\x18\x03 \x01(\x03\"j\n\x0cLineProgress\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x13\n\x0blocation_id\x18\x02 \x01(\t\x12\x0f\n\x07shipped\x18\x03 \x01(\x03\x12\x14\n\x0cshipped_open\x18\x04 \x01(\x03\x12\x11\n\tsold_open\x18\x05 \x01(\x03\"8\n\rFulfilRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!unistock/storage/v1/storage.proto\x12\x13unistock.storage.v1\x1a\x1bunistock/v1/inventory.proto\",\n\nSourceMark\x12\x11\n\tsource_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"A\n\x04Hold\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\x12\x0f\n\x07shipped\x18\x03 \x01(\x03\"\xcb\x01\n\x0fPositionPrivate\x12.\n\x05marks\x18\x01 \x03(\x0b\x32\x1f.unistock.storage.v1.SourceMark\x12(\n\x05holds\x18\x02 \x03(\x0b\x32\x19.unistock.storage.v1.Hold\x12\x18\n\x10recent_count_ids\x18\x03 \x03(\t\x12\x18\n\x10safety_stock_set\x18\x04 \x01(\x08\x12\x15\n\rmarks_spilled\x18\x05 \x01(\x08\x12\x13\n\x0bholds_apart\x18\x06 \x01(\x08\"\xb1\x02\n\x11ReservationRecord\x12-\n\x0breservation\x18\x01 \x01(\x0b\x32\x18.unistock.v1.Reservation\x12\x1b\n\x13request_fingerprint\x18\x02 \x01(\x0c\x12\x30\n\x07pickups\x18\x03 \x03(\x0b\x32\x1f.unistock.storage.v1.SourceMark\x12\x33\n\x0epickup_records\x18\x04 \x03(\x0b\x32\x1b.unistock.storage.v1.Pickup\x12\x33\n\x08progress\x18\x05 \x03(\x0b\x32!.unistock.storage.v1.LineProgress\x12\x34\n\x08requests\x18\x06 \x03(\x0b\x32\".unistock.storage.v1.FulfilRequest\"9\n\x06Pickup\x12\x11\n\tsource_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0f\n\x07\x63overed\x18\x03 \x01(\x03\"j\n\x0cLineProgress\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x13\n\x0blocation_id\x18\x02 \x01(\t\x12\x0f\n\x07shipped\x18\x03 \x01(\x03\x12\x14\n\x0cshipped_open\x18\x04 \x01(\x03\x12\x11\n\tsold_open\x18\x05 \x01(\x03\"8\n\rFulfilRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,13 +37,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HOLD']._serialized_start=133
   _globals['_HOLD']._serialized_end=198
   _globals['_POSITIONPRIVATE']._serialized_start=201
-  _globals['_POSITIONPRIVATE']._serialized_end=383
-  _globals['_RESERVATIONRECORD']._serialized_start=386
-  _globals['_RESERVATIONRECORD']._serialized_end=691
-  _globals['_PICKUP']._serialized_start=693
-  _globals['_PICKUP']._serialized_end=750
-  _globals['_LINEPROGRESS']._serialized_start=752
-  _globals['_LINEPROGRESS']._serialized_end=858
-  _globals['_FULFILREQUEST']._serialized_start=860
-  _globals['_FULFILREQUEST']._serialized_end=916
+  _globals['_POSITIONPRIVATE']._serialized_end=404
+  _globals['_RESERVATIONRECORD']._serialized_start=407
+  _globals['_RESERVATIONRECORD']._serialized_end=712
+  _globals['_PICKUP']._serialized_start=714
+  _globals['_PICKUP']._serialized_end=771
+  _globals['_LINEPROGRESS']._serialized_start=773
+  _globals['_LINEPROGRESS']._serialized_end=879
+  _globals['_FULFILREQUEST']._serialized_start=881
+  _globals['_FULFILREQUEST']._serialized_end=937
 # @@protoc_insertion_point(module_scope)

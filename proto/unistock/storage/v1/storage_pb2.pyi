@@ -88,16 +88,25 @@ class PositionPrivate(_message.Message):
     RECENT_COUNT_IDS_FIELD_NUMBER: _builtins.int
     SAFETY_STOCK_SET_FIELD_NUMBER: _builtins.int
     MARKS_SPILLED_FIELD_NUMBER: _builtins.int
+    HOLDS_APART_FIELD_NUMBER: _builtins.int
     safety_stock_set: _builtins.bool
     """Whether safety_stock was set explicitly for this position (else it follows the default)."""
     marks_spilled: _builtins.bool
     """Whether some sources' marks are stored outside the position (the partition's marks hash:
     "<location_id>|<sku>|<source_id>" -> seq), because more sources sent to it than it keeps.
     """
+    holds_apart: _builtins.bool
+    """Whether reservations hold units here: the holds are stored apart from the position, in
+    the hash "us:{p<n>}:holds:<location_id>|<sku>" (reservation_id -> "units" or
+    "units/shipped"), written in the same script call as the position, one field per changed
+    hold, so writing a position costs the same however many reservations hold it.
+    """
     @_builtins.property
     def marks(self) -> _containers.RepeatedCompositeFieldContainer[Global___SourceMark]: ...
     @_builtins.property
-    def holds(self) -> _containers.RepeatedCompositeFieldContainer[Global___Hold]: ...
+    def holds(self) -> _containers.RepeatedCompositeFieldContainer[Global___Hold]:
+        """Holds stored inside the position (the form before holds_apart; read, never written)."""
+
     @_builtins.property
     def recent_count_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Most recent count ids applied here, newest last (bounded), to recognise late movements."""
@@ -110,10 +119,11 @@ class PositionPrivate(_message.Message):
         recent_count_ids: _abc.Iterable[_builtins.str] | None = ...,
         safety_stock_set: _builtins.bool = ...,
         marks_spilled: _builtins.bool = ...,
+        holds_apart: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["holds", b"holds", "marks", b"marks", "marks_spilled", b"marks_spilled", "recent_count_ids", b"recent_count_ids", "safety_stock_set", b"safety_stock_set"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holds", b"holds", "holds_apart", b"holds_apart", "marks", b"marks", "marks_spilled", b"marks_spilled", "recent_count_ids", b"recent_count_ids", "safety_stock_set", b"safety_stock_set"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable, Iterator
 from unistock.server.actors.loader import BatchLoader
 from unistock.server.domain import Position, StockKey
 from unistock.server.metrics import Metrics
-from unistock.server.persistence.codec import decode_position
 from unistock.server.persistence.group_commit import GroupCommit
 from unistock.server.persistence.store import RedisStore
 
@@ -101,15 +100,14 @@ class Directory:
         keys = self.missing(keys)
         if not keys:
             return
-        stored = await self._store.load_positions(keys)
-        loaded: list[Position] = []
-        for key, data in zip(keys, stored, strict=True):
-            if key in self._resident:  # activated by another batch meanwhile: keep that one
-                continue
-            # A SKU is held at many locations and a location holds many SKUs: share the
-            # strings (~60 B per position at a million positions).
-            key = (sys.intern(key[0]), sys.intern(key[1]))
-            loaded.append(Position(key) if data is None else decode_position(key, data))
+        # A SKU is held at many locations and a location holds many SKUs: share the strings
+        # (~60 B per position at a million positions).
+        keys = [(sys.intern(k[0]), sys.intern(k[1])) for k in keys]
+        loaded = [
+            Position(key) if p is None else p
+            for key, p in zip(keys, await self._store.read_positions(keys), strict=True)
+            if key not in self._resident  # activated by another batch meanwhile: keep that one
+        ]
         with_holds = [p for p in loaded if p.holds]
         if with_holds and self.reconcile is not None:
             await self.reconcile(with_holds)

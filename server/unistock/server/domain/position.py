@@ -8,6 +8,7 @@ million of them resident (see bench B4).
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from unistock.server.domain.values import ItemCondition, Movement, MovementType, StockKey
@@ -59,6 +60,7 @@ class Position:
     __slots__ = (
         "_marks",
         "counts",
+        "hold_changes",
         "holds",
         "key",
         "non_sellable",
@@ -96,6 +98,10 @@ class Position:
         )
         self.holds: dict[str, int] | None = dict(holds) if holds else None
         self.reserved = sum(q for _, q in holds)
+        #: Reservations whose hold (units or shipped) changed since it was last written: the
+        #: runtime stores each hold apart from the position and writes only these, so writing a
+        #: position costs the same with ten thousand carts on it as with none (bench B10).
+        self.hold_changes: set[str] | None = None
         self.counts: tuple[str, ...] | None = counts or None
         #: Per reservation still holding units here: the units its fulfilments (FulfilReservation)
         #: took off this position so far. Compared with the record's own total after a crash
@@ -199,6 +205,45 @@ class Position:
         """Every (reservation_id, units) held here."""
         return () if self.holds is None else tuple(self.holds.items())
 
+    def restore_holds(self, holds: Iterable[tuple[str, int, int]]) -> None:
+        """Take back holds stored apart from the position: (reservation_id, units, shipped)."""
+        for rid, units, shipped in holds:
+            if units <= 0:
+                continue
+            if self.holds is None:
+                self.holds = {}
+            self.reserved += units - self.holds.get(rid, 0)
+            self.holds[rid] = units
+            if shipped:
+                if self.shipped is None:
+                    self.shipped = {}
+                self.shipped[rid] = shipped
+
+    def hold_state(self, reservation_id: str) -> tuple[int, int]:
+        """(units held, units shipped) of a reservation here; (0, 0) when it holds nothing."""
+        return self.held(reservation_id), self.shipped_for(reservation_id)
+
+    def holds_changed(self, reservation_ids: Iterable[str]) -> None:
+        """Mark holds as changed since last written (e.g. loaded from an older stored form
+        that must be rewritten)."""
+        changes = self.hold_changes
+        if changes is None:
+            changes = self.hold_changes = set()
+        changes.update(reservation_ids)
+        if not changes:
+            self.hold_changes = None
+
+    def holds_written(self, written: dict[str, tuple[int, int]]) -> None:
+        """The holds `written` (reservation_id -> (units, shipped)) are stored: forget the
+        changes of those not changed again since."""
+        changes = self.hold_changes
+        if changes:
+            for rid, state in written.items():
+                if rid in changes and self.hold_state(rid) == state:
+                    changes.discard(rid)
+            if not changes:
+                self.hold_changes = None
+
     # -- movements -----------------------------------------------------------------------------
 
     def apply(self, m: Movement, covered: int = 0) -> MovementResult:
@@ -287,6 +332,7 @@ class Position:
         self.holds[reservation_id] = self.holds.get(reservation_id, 0) + quantity
         self.reserved += quantity
         self.version += 1
+        self._hold_changed(reservation_id)
 
     def release(self, reservation_id: str, quantity: int | None = None) -> int:
         """Stop holding units of a reservation (all when quantity is None); returns units freed."""
@@ -311,7 +357,7 @@ class Position:
                 if self.shipped is None:
                     self.shipped = {}
                 self.shipped[reservation_id] = self.shipped.get(reservation_id, 0) + units
-            self._take_hold(reservation_id, units)
+            self._take_hold(reservation_id, units)  # marks the hold changed
             self.on_hand -= units
             self.version += 1
         return units
@@ -320,8 +366,16 @@ class Position:
         """Units fulfilments of a reservation still holding here took off this position."""
         return 0 if self.shipped is None else self.shipped.get(reservation_id, 0)
 
+    def _hold_changed(self, reservation_id: str) -> None:
+        changes = self.hold_changes
+        if changes is None:
+            self.hold_changes = {reservation_id}
+        else:
+            changes.add(reservation_id)
+
     def _take_hold(self, reservation_id: str, quantity: int) -> None:
         assert self.holds is not None
+        self._hold_changed(reservation_id)
         left = self.holds[reservation_id] - quantity
         if left > 0:
             self.holds[reservation_id] = left

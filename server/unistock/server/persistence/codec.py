@@ -8,7 +8,9 @@ A stored position is
 retried on a new connection after a timeout may race the old one). `level` is a serialised
 `unistock.v1.StockLevel` without sku and location_id (they are the hash field), so a snapshot
 builds wire messages from stored bytes without parsing them. `private` is a
-`unistock.storage.v1.PositionPrivate`. A reservation record is `0x01 | revision (8 bytes) |
+`unistock.storage.v1.PositionPrivate`. The holds of reservations on a position are stored
+apart from it (see hold_value and persistence.keys), so a position's stored form stays a few
+dozen bytes however many carts hold it. A reservation record is `0x01 | revision (8 bytes) |
 ReservationRecord`.
 """
 
@@ -146,19 +148,30 @@ def private_bytes(p: Position) -> bytes:
             out += (
                 b"\x0a" + v[len(body)] + body if len(body) < 0x4000 else _submessage(b"\x0a", body)
             )
-    if p.holds is not None:
-        shipped = p.shipped or {}
-        for rid, q in p.holds.items():
-            out += _submessage(
-                b"\x12", _string_field(rid) + _int(b"\x10", q) + _int(b"\x18", shipped.get(rid, 0))
-            )
     if p.counts is not None:
         for c in p.counts:
             b = c.encode()
             out += b"\x1a" + varint(len(b)) + b
     if p.spill is not None:
         out += b"\x28\x01"  # marks_spilled = true
+    if p.holds is not None:
+        out += b"\x30\x01"  # holds_apart = true: see hold_value
     return out
+
+
+def hold_value(units: int, shipped: int) -> bytes:
+    """A hold as stored in its position's holds hash: b"units" or b"units/shipped"; b"" when
+    nothing is held (the field is deleted)."""
+    if units <= 0:
+        return b""
+    return b"%d/%d" % (units, shipped) if shipped else b"%d" % units
+
+
+def parse_hold(reservation_id: bytes | str, value: bytes) -> tuple[str, int, int]:
+    """(reservation_id, units, shipped) of a stored hold field."""
+    units, _, shipped = value.partition(b"/")
+    rid = reservation_id.decode() if isinstance(reservation_id, bytes) else reservation_id
+    return rid, int(units), int(shipped or 0)
 
 
 def encode_position(p: Position) -> bytes:
@@ -185,11 +198,21 @@ def split_position(data: bytes) -> tuple[bytes, bytes]:
 
 
 def decode_position(key: StockKey, data: bytes) -> Position:
-    """A Position from its stored form."""
+    """A Position from its stored form, without the holds stored apart (see decode_stored)."""
+    return decode_stored(key, data)[0]
+
+
+def decode_stored(key: StockKey, data: bytes) -> tuple[Position, bool]:
+    """(position, holds_apart) from a stored form: when holds_apart, the position's holds are
+    in its holds hash and must be restored (Position.restore_holds) before it is used.
+
+    Holds stored inside the position by earlier versions are taken and marked changed, so the
+    next write moves them to the holds hash.
+    """
     level_b, private_b = split_position(data)
     level = pb.StockLevel.FromString(level_b)
     private = spb.PositionPrivate.FromString(private_b)
-    return Position(
+    p = Position(
         key,
         on_hand=level.on_hand,
         non_sellable=level.non_sellable,
@@ -201,6 +224,9 @@ def decode_position(key: StockKey, data: bytes) -> Position:
         shipped=tuple((h.reservation_id, h.shipped) for h in private.holds if h.shipped),
         spilled=private.marks_spilled,
     )
+    if private.holds:
+        p.holds_changed(h.reservation_id for h in private.holds)
+    return p, private.holds_apart
 
 
 def stock_level_entry(sku: bytes, location_id: bytes, level: bytes) -> bytes:

@@ -35,8 +35,12 @@ from typing import NamedTuple, TypeVar
 
 from unistock.server.domain import Fenced, Position, Reservation, StockKey, Unavailable
 from unistock.server.metrics import Metrics
-from unistock.server.persistence.codec import encode_position_with_level, encode_reservation
-from unistock.server.persistence.keys import mark_field, position_field
+from unistock.server.persistence.codec import (
+    encode_position_with_level,
+    encode_reservation,
+    hold_value,
+)
+from unistock.server.persistence.keys import Keyspace, mark_field, position_field
 from unistock.server.persistence.store import PartitionWrite, Phase, RedisStore
 
 log = logging.getLogger(__name__)
@@ -53,6 +57,9 @@ class DurableLevel(NamedTuple):
 
 
 Listener = Callable[[list[DurableLevel]], None]
+#: What a flush wrote besides a position's value: its spilled marks (source -> seq) and its
+#: changed holds (reservation_id -> (units, shipped)), None when none.
+_Written = tuple[Position, dict[str, int] | None, dict[str, tuple[int, int]] | None]
 
 
 class GroupCommit:
@@ -227,7 +234,7 @@ class GroupCommit:
             final = True
         started = time.perf_counter()
         try:
-            phases, durable, new_locations, spills = self._encode(
+            phases, durable, new_locations, written = self._encode(
                 positions, ending, other, sources, highs
             )
         except Exception as exc:
@@ -266,8 +273,11 @@ class GroupCommit:
             self._inflight = None
         self._backoff = 0.05
         self._known_locations |= new_locations
-        for p, written in spills:
-            p.spilled_written(written)
+        for p, marks, holds in written:
+            if marks is not None:
+                p.spilled_written(marks)
+            if holds is not None:
+                p.holds_written(holds)
         self._metrics.flush_latency.observe(time.perf_counter() - started)
         self._metrics.flush_batch.observe(len(positions))
         self._last_batch = len(positions) + len(ending) + len(other)
@@ -291,7 +301,7 @@ class GroupCommit:
         other: dict[str, Reservation],
         sources: dict[str, int],
         highs: dict[str, int],
-    ) -> tuple[list[Phase], list[DurableLevel], set[str], list[tuple[Position, dict[str, int]]]]:
+    ) -> tuple[list[Phase], list[DurableLevel], set[str], list[_Written]]:
         ks = self._ks
         first: Phase = defaultdict(PartitionWrite)
         middle: Phase = defaultdict(PartitionWrite)
@@ -301,7 +311,7 @@ class GroupCommit:
         partition_of = ks.location_partition
         writes: dict[str, PartitionWrite] = {}  # by location: a flush has few locations
         known = self._known_locations
-        spills: list[tuple[Position, dict[str, int]]] = []
+        extra: list[_Written] = []
         for key, p in positions.items():
             level, value = encode_position_with_level(p)
             location = key[1]
@@ -311,12 +321,8 @@ class GroupCommit:
                 if location not in known:
                     new_locations.add(location)
                     w.locations.append(location)
-            w.positions += (position_field(key), value)
-            if p.spill:  # marks this position no longer keeps itself, in the same script call
-                written = dict(p.spill)
-                for source_id, seq in written.items():
-                    w.marks += (mark_field(key, source_id), seq)
-                spills.append((p, written))
+            if (staged := stage_position(ks, w, p, value)) is not None:
+                extra.append(staged)
             durable.append(DurableLevel(key, p.version, level))
         for records, phase in ((ending, first), (other, last)):
             for rid, r in records.items():
@@ -330,7 +336,7 @@ class GroupCommit:
             last[ks.source_partition(source_id)].sources.append((source_id, seq))
         for source_id, seq in highs.items():
             last[ks.source_partition(source_id)].highs.append((source_id, seq))
-        return [ph for ph in (first, middle, last) if ph], durable, new_locations, spills
+        return [ph for ph in (first, middle, last) if ph], durable, new_locations, extra
 
     def _fail_window(self, window: asyncio.Future[None], exc: BaseException) -> None:
         """Fail a window whose flush failed; when it is still the current one (a chunk of a
@@ -373,6 +379,28 @@ class GroupCommit:
             for rid, r in records.items():
                 if rid not in self._ending and rid not in self._other:
                     target[rid] = r
+
+
+def stage_position(ks: Keyspace, w: PartitionWrite, p: Position, value: bytes) -> _Written | None:
+    """Add a position's stored form to its partition's write, with what goes in the same
+    script call: its spilled marks and its changed holds. Returns what else was staged (for
+    Position.spilled_written and holds_written once durable), None when nothing."""
+    key = p.key
+    w.positions += (position_field(key), value)
+    marks = holds = None
+    if p.spill:  # marks this position no longer keeps itself
+        marks = dict(p.spill)
+        for source_id, seq in marks.items():
+            w.marks += (mark_field(key, source_id), seq)
+    if p.hold_changes:
+        holds = {rid: p.hold_state(rid) for rid in p.hold_changes}
+        changes: list[bytes | str] = []
+        for rid, (units, shipped) in holds.items():
+            changes += (rid, hold_value(units, shipped))
+        w.holds.append((len(w.positions) // 2, ks.holds(key), changes))
+    if marks is None and holds is None:
+        return None
+    return p, marks, holds
 
 
 def _encodes(encode: Callable[[_T], object], value: _T) -> bool:

@@ -8,6 +8,9 @@ set of partitions; each partition has an owner epoch that every write checks (th
     us:meta                       hash: layout version, partition count
     us:{p<n>}:epoch               owner epoch (INCR on takeover)
     us:{p<n>}:pos                 hash: "<location_id>|<sku>" -> encoded position
+    us:{p<n>}:holds:<loc>|<sku>   hash: reservation id -> "units" or "units/shipped": the
+                                  holds on one position, kept apart from it so that a write
+                                  of the position carries only the holds that changed
     us:{p<n>}:locs                set: location ids with positions in this partition
     us:{p<n>}:res:<reservation>   encoded reservation record (terminal ones expire)
     us:{p<n>}:exp                 sorted set: ACTIVE reservation id -> expiry (ms since epoch)
@@ -62,6 +65,10 @@ class Keyspace:
     def positions(self, partition: int) -> str:
         """Hash of a partition's positions."""
         return f"{self._tag(partition)}:pos"
+
+    def holds(self, key: StockKey) -> str:
+        """Hash of the holds on one position (in the position's partition)."""
+        return f"{self._tag(self.location_partition(key[1]))}:holds:{position_field(key)}"
 
     def locations(self, partition: int) -> str:
         """Set of the location ids stored in a partition."""

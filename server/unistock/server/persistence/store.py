@@ -23,7 +23,8 @@ import hiredis
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from unistock.server.domain import Fenced, StockKey, Unavailable
+from unistock.server.domain import Fenced, Position, StockKey, Unavailable
+from unistock.server.persistence.codec import decode_stored, parse_hold
 from unistock.server.persistence.keys import (
     LAYOUT_VERSION,
     Keyspace,
@@ -67,10 +68,11 @@ SCAN_CHUNK = 2000
 
 FLUSH_SCRIPT = """
 -- KEYS: epoch, positions hash, locations set, expiry zset, sources hash, source highs hash,
---       spilled marks hash, reservation keys...
--- ARGV: epoch, #positions, (field, value)..., #marks, (field, seq)..., #locations, location...,
---       #sources, (source_id, seq)..., #highs, (source_id, seq)..., then per reservation key:
---       (reservation_id, value, expiry score or '', retention ms or '0')
+--       spilled marks hash, holds hash per held position..., reservation keys...
+-- ARGV: epoch, #positions, (field, value)..., #held, per holds hash: (position number,
+--       #holds, (reservation_id, value or '')...), #marks, (field, seq)..., #locations,
+--       location..., #sources, (source_id, seq)..., #highs, (source_id, seq)..., then per
+--       reservation key: (reservation_id, value, expiry score or '', retention ms or '0')
 local epoch = redis.call('GET', KEYS[1])
 if epoch ~= ARGV[1] then
   return redis.error_reply('FENCED partition owned by epoch ' .. tostring(epoch) ..
@@ -93,6 +95,7 @@ local npos = tonumber(ARGV[i]); i = i + 1
 -- Positions: one HMGET and one HSET per CHUNK fields (not two calls per position: the calls
 -- were most of the script's time), skipping any whose stored version is newer.
 local CHUNK = 1000
+local ok = {}
 for c = 0, npos - 1, CHUNK do
   local n = math.min(CHUNK, npos - c)
   local fields = {}
@@ -105,10 +108,30 @@ for c = 0, npos - 1, CHUNK do
       stale = stale + 1
     else
       pairs_[#pairs_ + 1] = fields[k]; pairs_[#pairs_ + 1] = v
+      ok[c + k] = true
       written = written + 1
     end
   end
   if #pairs_ > 0 then redis.call('HSET', KEYS[2], unpack(pairs_)) end
+  i = i + 2 * n
+end
+-- The holds that changed on those positions, with their position or not at all (a stale
+-- position's holds are older than the stored ones too).
+local nheld = tonumber(ARGV[i]); i = i + 1
+for h = 1, nheld do
+  local at, n = tonumber(ARGV[i]), tonumber(ARGV[i + 1]); i = i + 2
+  if ok[at] then
+    -- In slices: unpack() takes at most a few thousand values.
+    local set, del = {}, {}
+    for k = 0, n - 1 do
+      local rid, v = ARGV[i + 2 * k], ARGV[i + 2 * k + 1]
+      if v == '' then del[#del + 1] = rid else set[#set + 1] = rid; set[#set + 1] = v end
+      if #set >= 2 * CHUNK then redis.call('HSET', KEYS[7 + h], unpack(set)); set = {} end
+      if #del >= CHUNK then redis.call('HDEL', KEYS[7 + h], unpack(del)); del = {} end
+    end
+    if #set > 0 then redis.call('HSET', KEYS[7 + h], unpack(set)) end
+    if #del > 0 then redis.call('HDEL', KEYS[7 + h], unpack(del)) end
+  end
   i = i + 2 * n
 end
 -- Spilled marks of those positions (only ever raised: a mark never goes back).
@@ -120,7 +143,7 @@ local nsrc = tonumber(ARGV[i]); i = i + 1
 for _ = 1, nsrc do raise(KEYS[5], ARGV[i], ARGV[i + 1]); i = i + 2 end
 local nhigh = tonumber(ARGV[i]); i = i + 1
 for _ = 1, nhigh do raise(KEYS[6], ARGV[i], ARGV[i + 1]); i = i + 2 end
-for k = 8, #KEYS do
+for k = 8 + nheld, #KEYS do
   local rid, v, score, keep = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]; i = i + 4
   local old = redis.call('GET', KEYS[k])
   if old and string.sub(old, 2, 9) > string.sub(v, 2, 9) then
@@ -154,6 +177,9 @@ class PartitionWrite:
     """What one flush phase writes into one partition."""
 
     positions: list[bytes | str] = field(default_factory=list)  # field, value, field, value...
+    #: changed holds of those positions: (position number from 1, holds hash key,
+    #: [reservation_id, value or b"" (deleted), ...])
+    holds: list[tuple[int, str, list[bytes | str]]] = field(default_factory=list)
     locations: list[str] = field(default_factory=list)
     #: spilled marks of the positions: field (see keys.mark_field), seq
     marks: list[bytes | str | int] = field(default_factory=list)
@@ -289,9 +315,13 @@ class RedisStore:
                     self.epochs[p],
                     len(w.positions) // 2,
                     *w.positions,
-                    len(w.marks) // 2,
-                    *w.marks,
+                    len(w.holds),
                 ]
+                for number, holds_key, changes in w.holds:
+                    keys.append(holds_key)
+                    args += (number, len(changes) // 2, *changes)
+                args.append(len(w.marks) // 2)
+                args.extend(w.marks)
                 args.append(len(w.locations))
                 args.extend(w.locations)
                 args.append(len(w.sources))
@@ -350,6 +380,31 @@ class RedisStore:
             for i, v in zip(idx, values, strict=True):
                 out[i] = v
         return out
+
+    async def read_positions(self, keys: list[StockKey]) -> list[Position | None]:
+        """Stored positions of keys, decoded with their holds (None where absent).
+
+        One pipeline, and one more for the holds hashes of the positions that have holds.
+        Consistent only for positions nobody writes meanwhile: the process owning them reads
+        them while they are not resident (see actors.directory).
+        """
+        found: list[Position | None] = []
+        apart: list[Position] = []
+        for key, data in zip(keys, await self.load_positions(keys), strict=True):
+            if data is None:
+                found.append(None)
+                continue
+            p, holds_apart = decode_stored(key, data)
+            found.append(p)
+            if holds_apart:
+                apart.append(p)
+        if apart:
+            pipe = self.client.pipeline(transaction=False)
+            for p in apart:
+                pipe.hgetall(self.keyspace.holds(p.key))
+            for p, holds in zip(apart, await self._execute(pipe), strict=True):
+                p.restore_holds(parse_hold(rid, v) for rid, v in holds.items())
+        return found
 
     async def _hget_ints(self, fields: list[tuple[str, str]]) -> list[int]:
         """Integer values of (hash key, field) pairs (0 where absent), in one pipeline."""
