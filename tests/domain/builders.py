@@ -26,6 +26,8 @@ def mv(
         fields["reason"] = "found"
     if type_ in (MovementType.TRANSFER_OUT, MovementType.TRANSFER_IN):
         fields["transfer_id"] = "TR-1"
+    if type_ is MovementType.TRANSFER_OUT:
+        fields["counterpart_location_id"] = "elsewhere"
     fields.update(kw)
     sku = fields.pop("sku", key[0])
     location_id = fields.pop("location_id", key[1])

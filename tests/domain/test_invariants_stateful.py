@@ -195,6 +195,7 @@ class DomainMachine(RuleBasedStateMachine):
             quantity=quantity,
             count_id=count_id,
             transfer_id="TR-1" if type_ in (T.TRANSFER_OUT, T.TRANSFER_IN) else "",
+            counterpart_location_id="elsewhere" if type_ is T.TRANSFER_OUT else "",
             reason="damage" if type_ is T.ADJUSTMENT else "",
             adjustment_sign=sign if type_ is T.ADJUSTMENT else None,
             condition=condition,

@@ -59,6 +59,7 @@ def build(steps: list[tuple]) -> list[Movement]:
             count_id=count_id,
             reason="damage" if type_ is T.ADJUSTMENT else "",
             transfer_id="T1" if type_ in (T.TRANSFER_OUT, T.TRANSFER_IN) else "",
+            counterpart_location_id="elsewhere" if type_ is T.TRANSFER_OUT else "",
             adjustment_sign=sign if type_ is T.ADJUSTMENT else None,
         )
         out.append(m.validate())

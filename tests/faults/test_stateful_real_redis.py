@@ -206,7 +206,12 @@ class RealServerMachine(RuleBasedStateMachine):
         self.send(
             [
                 pb.Movement(
-                    sku=sku, location_id=src, type=pb.TRANSFER_OUT, quantity=q, transfer_id=tid
+                    sku=sku,
+                    location_id=src,
+                    type=pb.TRANSFER_OUT,
+                    quantity=q,
+                    transfer_id=tid,
+                    counterpart_location_id=dst,
                 ),
                 pb.Movement(
                     sku=sku, location_id=dst, type=pb.TRANSFER_IN, quantity=q, transfer_id=tid

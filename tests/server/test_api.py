@@ -150,7 +150,7 @@ async def test_every_movement_type(backoffice: UnistockClient) -> None:
         (mv(3, "RETURN", "M", loc, 1), 18),
         (mv(4, "ADJUSTMENT", "M", loc, 2, adjustment_sign=pb.INCREASE, reason="found"), 20),
         (mv(5, "ADJUSTMENT", "M", loc, 5, adjustment_sign=pb.DECREASE, reason="damage"), 15),
-        (mv(6, "TRANSFER_OUT", "M", loc, 4, transfer_id="tr-1"), 11),
+        (mv(6, "TRANSFER_OUT", "M", loc, 4, transfer_id="tr-1", counterpart_location_id="s9"), 11),
         (mv(7, "TRANSFER_IN", "M", loc, 6, transfer_id="tr-2"), 17),
         (mv(8, "COUNT", "M", loc, 12, count_id="count-1"), 12),
         (mv(9, "SALE", "M", loc, 1), 11),
@@ -176,7 +176,15 @@ async def test_every_movement_type(backoffice: UnistockClient) -> None:
         batch(
             "wms-t",
             mv(1, "RECEIPT", "T", "dc-1", 10),
-            mv(2, "TRANSFER_OUT", "T", "dc-1", 4, transfer_id="tr-9"),
+            mv(
+                2,
+                "TRANSFER_OUT",
+                "T",
+                "dc-1",
+                4,
+                transfer_id="tr-9",
+                counterpart_location_id="store-7",
+            ),
             mv(3, "TRANSFER_IN", "T", "store-7", 4, transfer_id="tr-9"),
         ),
     )

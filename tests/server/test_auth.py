@@ -165,6 +165,8 @@ async def test_reflection_lists_the_service(channel: aio.Channel, server: Unisto
         "FulfilReservation",
         "ExtendReservation",
         "GetReservation",
+        "GetTransfer",
+        "CloseTransfer",
     }
 
 

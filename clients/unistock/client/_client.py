@@ -171,6 +171,21 @@ class UnistockClient:
         resp: pb.Reservation = await self._unary(self.stub.GetReservation, req)
         return resp
 
+    async def get_transfer(self, transfer_id: str, location_id: str = "") -> list[pb.Transfer]:
+        """A transfer's records (per SKU shipped, received, in transit, lost; state;
+        discrepancies): the one at location_id, or every destination's (usually one).
+        Raises UnistockClientError (NOT_FOUND when nothing of it was applied)."""
+        req = pb.GetTransferRequest(transfer_id=transfer_id, location_id=location_id)
+        resp: pb.GetTransferResponse = await self._unary(self.stub.GetTransfer, req)
+        return list(resp.transfers)
+
+    async def close_transfer(self, transfer_id: str, location_id: str) -> pb.Transfer:
+        """Close a transfer at its destination location_id: units still in transit are recorded
+        lost in transit. Idempotent (a CLOSED transfer is returned as it is)."""
+        req = pb.CloseTransferRequest(transfer_id=transfer_id, location_id=location_id)
+        resp: pb.Transfer = await self._unary(self.stub.CloseTransfer, req)
+        return resp
+
     async def apply_movements(
         self, batches: AsyncIterable[pb.MovementBatch] | Iterable[pb.MovementBatch]
     ) -> AsyncIterator[pb.MovementAck]:

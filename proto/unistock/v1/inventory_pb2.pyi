@@ -45,9 +45,17 @@ class _MovementTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Movement
     ADJUSTMENT: _MovementType.ValueType  # 4
     """Damage, theft, found units: on_hand +/- quantity as adjustment_sign says, with a reason."""
     TRANSFER_OUT: _MovementType.ValueType  # 5
-    """Units leaving for another location: on_hand - quantity; carries transfer_id."""
+    """Units leaving for another location: on_hand - quantity; carries transfer_id and the
+    destination in counterpart_location_id. The destination's in_transit rises by quantity
+    (shortly after the movement is acknowledged: the shipment is recorded durably with the
+    movement and applied to the destination's transfer record right after).
+    """
     TRANSFER_IN: _MovementType.ValueType  # 6
-    """Units arriving from another location: on_hand + quantity; carries the same transfer_id."""
+    """Units arriving from another location: on_hand + quantity and, at most by what is in
+    transit, in_transit - quantity; carries the same transfer_id. Always applied (a fact):
+    received twice, more than shipped or before the shipment, it is recorded on the transfer as
+    a discrepancy (see Transfer).
+    """
     COUNT: _MovementType.ValueType  # 7
     """A count: sets on_hand to quantity; the difference is the count's variance. Carries count_id.
     Counts count sellable units: non_sellable is not changed by a count.
@@ -71,9 +79,17 @@ RECEIPT: MovementType.ValueType  # 3
 ADJUSTMENT: MovementType.ValueType  # 4
 """Damage, theft, found units: on_hand +/- quantity as adjustment_sign says, with a reason."""
 TRANSFER_OUT: MovementType.ValueType  # 5
-"""Units leaving for another location: on_hand - quantity; carries transfer_id."""
+"""Units leaving for another location: on_hand - quantity; carries transfer_id and the
+destination in counterpart_location_id. The destination's in_transit rises by quantity
+(shortly after the movement is acknowledged: the shipment is recorded durably with the
+movement and applied to the destination's transfer record right after).
+"""
 TRANSFER_IN: MovementType.ValueType  # 6
-"""Units arriving from another location: on_hand + quantity; carries the same transfer_id."""
+"""Units arriving from another location: on_hand + quantity and, at most by what is in
+transit, in_transit - quantity; carries the same transfer_id. Always applied (a fact):
+received twice, more than shipped or before the shipment, it is recorded on the transfer as
+a discrepancy (see Transfer).
+"""
 COUNT: MovementType.ValueType  # 7
 """A count: sets on_hand to quantity; the difference is the count's variance. Carries count_id.
 Counts count sellable units: non_sellable is not changed by a count.
@@ -276,6 +292,84 @@ EXPIRED: ReservationState.ValueType  # 4
 """Its hold ran out; its units are available again."""
 Global___ReservationState: _TypeAlias = ReservationState  # noqa: Y015
 
+class _TransferState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TransferStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TransferState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TRANSFER_STATE_UNSPECIFIED: _TransferState.ValueType  # 0
+    IN_TRANSIT: _TransferState.ValueType  # 1
+    """Units shipped and not all received yet, or units received waiting for their shipment."""
+    RECEIVED: _TransferState.ValueType  # 2
+    """Every unit shipped was received and nothing more: nothing outstanding. A later shipment
+    makes it IN_TRANSIT again.
+    """
+    CLOSED: _TransferState.ValueType  # 3
+    """Closed by the receiving side (CloseTransfer): what was still in transit is lost in transit.
+    A later receipt turns lost units back into received ones; a later shipment opens it again.
+    """
+
+class TransferState(_TransferState, metaclass=_TransferStateEnumTypeWrapper):
+    """The inventory service: levels, movements and reservations.
+    Where a transfer stands.
+    """
+
+TRANSFER_STATE_UNSPECIFIED: TransferState.ValueType  # 0
+IN_TRANSIT: TransferState.ValueType  # 1
+"""Units shipped and not all received yet, or units received waiting for their shipment."""
+RECEIVED: TransferState.ValueType  # 2
+"""Every unit shipped was received and nothing more: nothing outstanding. A later shipment
+makes it IN_TRANSIT again.
+"""
+CLOSED: TransferState.ValueType  # 3
+"""Closed by the receiving side (CloseTransfer): what was still in transit is lost in transit.
+A later receipt turns lost units back into received ones; a later shipment opens it again.
+"""
+Global___TransferState: _TypeAlias = TransferState  # noqa: Y015
+
+class _DiscrepancyKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DiscrepancyKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DiscrepancyKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DISCREPANCY_KIND_UNSPECIFIED: _DiscrepancyKind.ValueType  # 0
+    RECEIVED_BEFORE_SHIPPED: _DiscrepancyKind.ValueType  # 1
+    """A TRANSFER_IN of a SKU of which nothing was shipped yet (its shipment may still arrive:
+    the units then stop being unexpected).
+    """
+    OVER_RECEIVED: _DiscrepancyKind.ValueType  # 2
+    """A TRANSFER_IN taking received beyond shipped (a transfer received twice, a wrong parcel)."""
+    CLOSED_SHORT: _DiscrepancyKind.ValueType  # 3
+    """Closed with units not received: quantity units recorded lost in transit."""
+    SHIPPED_AFTER_CLOSE: _DiscrepancyKind.ValueType  # 4
+    """A TRANSFER_OUT to a CLOSED transfer: it is open again and the units are in transit."""
+    RECEIVED_AFTER_CLOSE: _DiscrepancyKind.ValueType  # 5
+    """A TRANSFER_IN while units are recorded lost (the transfer was closed short): they turned up,
+    lost falls by them and received rises.
+    """
+
+class DiscrepancyKind(_DiscrepancyKind, metaclass=_DiscrepancyKindEnumTypeWrapper):
+    """What did not fit on a transfer; each is recorded once, with the movement that caused it."""
+
+DISCREPANCY_KIND_UNSPECIFIED: DiscrepancyKind.ValueType  # 0
+RECEIVED_BEFORE_SHIPPED: DiscrepancyKind.ValueType  # 1
+"""A TRANSFER_IN of a SKU of which nothing was shipped yet (its shipment may still arrive:
+the units then stop being unexpected).
+"""
+OVER_RECEIVED: DiscrepancyKind.ValueType  # 2
+"""A TRANSFER_IN taking received beyond shipped (a transfer received twice, a wrong parcel)."""
+CLOSED_SHORT: DiscrepancyKind.ValueType  # 3
+"""Closed with units not received: quantity units recorded lost in transit."""
+SHIPPED_AFTER_CLOSE: DiscrepancyKind.ValueType  # 4
+"""A TRANSFER_OUT to a CLOSED transfer: it is open again and the units are in transit."""
+RECEIVED_AFTER_CLOSE: DiscrepancyKind.ValueType  # 5
+"""A TRANSFER_IN while units are recorded lost (the transfer was closed short): they turned up,
+lost falls by them and received rises.
+"""
+Global___DiscrepancyKind: _TypeAlias = DiscrepancyKind  # noqa: Y015
+
 @_typing.final
 class StockLevel(_message.Message):
     """The authoritative levels of one stock position (one SKU at one location)."""
@@ -292,6 +386,7 @@ class StockLevel(_message.Message):
     NON_SELLABLE_FIELD_NUMBER: _builtins.int
     AT_RISK_FIELD_NUMBER: _builtins.int
     NEGATIVE_FIELD_NUMBER: _builtins.int
+    IN_TRANSIT_FIELD_NUMBER: _builtins.int
     sku: _builtins.str
     """Stock keeping unit, e.g. "SHOE-42-BLK". 1-128 printable ASCII characters, no whitespace,
     no '|' (anything else is INVALID_ARGUMENT naming the field).
@@ -325,6 +420,12 @@ class StockLevel(_message.Message):
     """on_hand or non_sellable went below zero through facts the server must not refuse (a sale
     recorded at a till): investigate the position.
     """
+    in_transit: _builtins.int
+    """Units on the road towards this location: shipped to it by TRANSFER_OUT movements (at their
+    origin) and not yet received by TRANSFER_IN movements here, nor recorded lost when the
+    transfer was closed short (see Transfer). A channel may show them as arriving; they are
+    never in on_hand, never available.
+    """
     def __init__(
         self,
         *,
@@ -338,10 +439,11 @@ class StockLevel(_message.Message):
         non_sellable: _builtins.int = ...,
         at_risk: _builtins.bool = ...,
         negative: _builtins.bool = ...,
+        in_transit: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_risk", b"at_risk", "available", b"available", "location_id", b"location_id", "negative", b"negative", "non_sellable", b"non_sellable", "on_hand", b"on_hand", "reserved", b"reserved", "safety_stock", b"safety_stock", "sku", b"sku", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_risk", b"at_risk", "available", b"available", "in_transit", b"in_transit", "location_id", b"location_id", "negative", b"negative", "non_sellable", b"non_sellable", "on_hand", b"on_hand", "reserved", b"reserved", "safety_stock", b"safety_stock", "sku", b"sku", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -393,6 +495,7 @@ class Movement(_message.Message):
     EPC_FIELD_NUMBER: _builtins.int
     ADJUSTMENT_SIGN_FIELD_NUMBER: _builtins.int
     CONDITION_FIELD_NUMBER: _builtins.int
+    COUNTERPART_LOCATION_ID_FIELD_NUMBER: _builtins.int
     source_id: _builtins.str
     """The producing device or system (a store's edge agent, a warehouse system). Together with seq
     it is the idempotency key: a movement seen a second time changes nothing.
@@ -437,6 +540,11 @@ class Movement(_message.Message):
     non_sellable (DECREASE: a write-off). On any other type a condition other than SELLABLE is
     rejected (INVALID_FIELD naming condition).
     """
+    counterpart_location_id: _builtins.str
+    """On a TRANSFER_OUT: the destination (required). On a TRANSFER_IN: the origin (optional,
+    informational). Never equal to location_id; on any other type it is rejected
+    (INVALID_FIELD naming counterpart_location_id).
+    """
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
         """When it happened at the source (informational: ordering is by (source_id, seq), never by clock)."""
@@ -462,10 +570,11 @@ class Movement(_message.Message):
         epc: _abc.Iterable[_builtins.str] | None = ...,
         adjustment_sign: Global___AdjustmentSign.ValueType = ...,
         condition: Global___ItemCondition.ValueType = ...,
+        counterpart_location_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjustment_sign", b"adjustment_sign", "condition", b"condition", "count_id", b"count_id", "epc", b"epc", "location_id", b"location_id", "occurred_at", b"occurred_at", "quantity", b"quantity", "reason", b"reason", "reservation_id", b"reservation_id", "seq", b"seq", "sku", b"sku", "source_id", b"source_id", "transfer_id", b"transfer_id", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjustment_sign", b"adjustment_sign", "condition", b"condition", "count_id", b"count_id", "counterpart_location_id", b"counterpart_location_id", "epc", b"epc", "location_id", b"location_id", "occurred_at", b"occurred_at", "quantity", b"quantity", "reason", b"reason", "reservation_id", b"reservation_id", "seq", b"seq", "sku", b"sku", "source_id", b"source_id", "transfer_id", b"transfer_id", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1286,3 +1395,198 @@ class WatchAvailabilityResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchAvailabilityResponse: _TypeAlias = WatchAvailabilityResponse  # noqa: Y015
+
+@_typing.final
+class TransferLine(_message.Message):
+    """One SKU of a transfer. Units are conserved at every moment:
+    shipped + unexpected = received + lost + in_transit.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SKU_FIELD_NUMBER: _builtins.int
+    SHIPPED_FIELD_NUMBER: _builtins.int
+    RECEIVED_FIELD_NUMBER: _builtins.int
+    IN_TRANSIT_FIELD_NUMBER: _builtins.int
+    LOST_FIELD_NUMBER: _builtins.int
+    UNEXPECTED_FIELD_NUMBER: _builtins.int
+    sku: _builtins.str
+    shipped: _builtins.int
+    """Units sent by TRANSFER_OUT movements."""
+    received: _builtins.int
+    """Units received by TRANSFER_IN movements."""
+    in_transit: _builtins.int
+    """Units on the road: max(0, shipped - received - lost)."""
+    lost: _builtins.int
+    """Units recorded lost in transit (closed short)."""
+    unexpected: _builtins.int
+    """Units received beyond what was shipped: max(0, received - shipped)."""
+    def __init__(
+        self,
+        *,
+        sku: _builtins.str = ...,
+        shipped: _builtins.int = ...,
+        received: _builtins.int = ...,
+        in_transit: _builtins.int = ...,
+        lost: _builtins.int = ...,
+        unexpected: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["in_transit", b"in_transit", "lost", b"lost", "received", b"received", "shipped", b"shipped", "sku", b"sku", "unexpected", b"unexpected"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferLine: _TypeAlias = TransferLine  # noqa: Y015
+
+@_typing.final
+class TransferDiscrepancy(_message.Message):
+    """A discrepancy recorded on a transfer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    SKU_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
+    SOURCE_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    kind: Global___DiscrepancyKind.ValueType
+    sku: _builtins.str
+    quantity: _builtins.int
+    """Units concerned."""
+    source_id: _builtins.str
+    """The movement that caused it (empty and 0 for CLOSED_SHORT)."""
+    seq: _builtins.int
+    def __init__(
+        self,
+        *,
+        kind: Global___DiscrepancyKind.ValueType = ...,
+        sku: _builtins.str = ...,
+        quantity: _builtins.int = ...,
+        source_id: _builtins.str = ...,
+        seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "quantity", b"quantity", "seq", b"seq", "sku", b"sku", "source_id", b"source_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferDiscrepancy: _TypeAlias = TransferDiscrepancy  # noqa: Y015
+
+@_typing.final
+class Transfer(_message.Message):
+    """A transfer as its destination sees it. A transfer is identified by transfer_id; its record
+    lives at its destination (the counterpart_location_id of its TRANSFER_OUT movements, the
+    location_id of its TRANSFER_IN movements). Records are kept for as long as Redis keeps them.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    ORIGIN_LOCATION_ID_FIELD_NUMBER: _builtins.int
+    DESTINATION_LOCATION_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    DISCREPANCIES_FIELD_NUMBER: _builtins.int
+    transfer_id: _builtins.str
+    origin_location_id: _builtins.str
+    """Where its units went from (the first TRANSFER_OUT's location, else the first TRANSFER_IN's
+    counterpart_location_id; empty when neither said).
+    """
+    destination_location_id: _builtins.str
+    state: Global___TransferState.ValueType
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransferLine]: ...
+    @_builtins.property
+    def discrepancies(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransferDiscrepancy]: ...
+    def __init__(
+        self,
+        *,
+        transfer_id: _builtins.str = ...,
+        origin_location_id: _builtins.str = ...,
+        destination_location_id: _builtins.str = ...,
+        state: Global___TransferState.ValueType = ...,
+        lines: _abc.Iterable[Global___TransferLine] | None = ...,
+        discrepancies: _abc.Iterable[Global___TransferDiscrepancy] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["destination_location_id", b"destination_location_id", "discrepancies", b"discrepancies", "lines", b"lines", "origin_location_id", b"origin_location_id", "state", b"state", "transfer_id", b"transfer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Transfer: _TypeAlias = Transfer  # noqa: Y015
+
+@_typing.final
+class GetTransferRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    LOCATION_ID_FIELD_NUMBER: _builtins.int
+    transfer_id: _builtins.str
+    """Required."""
+    location_id: _builtins.str
+    """The destination (optional): only the record at that location. Without it, every record of
+    the transfer (one, unless a TRANSFER_IN arrived at another location than the one its
+    TRANSFER_OUT named: then one per location that received or was shipped to).
+    """
+    def __init__(
+        self,
+        *,
+        transfer_id: _builtins.str = ...,
+        location_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["location_id", b"location_id", "transfer_id", b"transfer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTransferRequest: _TypeAlias = GetTransferRequest  # noqa: Y015
+
+@_typing.final
+class GetTransferResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def transfers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Transfer]:
+        """NOT_FOUND when there is none."""
+
+    def __init__(
+        self,
+        *,
+        transfers: _abc.Iterable[Global___Transfer] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["transfers", b"transfers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTransferResponse: _TypeAlias = GetTransferResponse  # noqa: Y015
+
+@_typing.final
+class CloseTransferRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    LOCATION_ID_FIELD_NUMBER: _builtins.int
+    transfer_id: _builtins.str
+    """Required."""
+    location_id: _builtins.str
+    """The destination closing it (required: the receiving side closes a transfer)."""
+    def __init__(
+        self,
+        *,
+        transfer_id: _builtins.str = ...,
+        location_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["location_id", b"location_id", "transfer_id", b"transfer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CloseTransferRequest: _TypeAlias = CloseTransferRequest  # noqa: Y015

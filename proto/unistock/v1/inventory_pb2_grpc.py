@@ -5,7 +5,7 @@ import warnings
 
 from unistock.v1 import inventory_pb2 as unistock_dot_v1_dot_inventory__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -26,8 +26,7 @@ if _version_not_supported:
 
 
 class InventoryServiceStub:
-    """The inventory service: levels, movements and reservations.
-    """
+    """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
         """Constructor.
@@ -75,11 +74,20 @@ class InventoryServiceStub:
                 request_serializer=unistock_dot_v1_dot_inventory__pb2.GetReservationRequest.SerializeToString,
                 response_deserializer=unistock_dot_v1_dot_inventory__pb2.Reservation.FromString,
                 _registered_method=True)
+        self.GetTransfer = channel.unary_unary(
+                '/unistock.v1.InventoryService/GetTransfer',
+                request_serializer=unistock_dot_v1_dot_inventory__pb2.GetTransferRequest.SerializeToString,
+                response_deserializer=unistock_dot_v1_dot_inventory__pb2.GetTransferResponse.FromString,
+                _registered_method=True)
+        self.CloseTransfer = channel.unary_unary(
+                '/unistock.v1.InventoryService/CloseTransfer',
+                request_serializer=unistock_dot_v1_dot_inventory__pb2.CloseTransferRequest.SerializeToString,
+                response_deserializer=unistock_dot_v1_dot_inventory__pb2.Transfer.FromString,
+                _registered_method=True)
 
 
 class InventoryServiceServicer:
-    """The inventory service: levels, movements and reservations.
-    """
+    """Missing associated documentation comment in .proto file."""
 
     def GetAvailability(self, request, context):
         """Levels for a list of (sku, location_id) keys, or for one sku at every location.
@@ -140,6 +148,24 @@ class InventoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTransfer(self, request, context):
+        """A transfer's records: per SKU shipped, received, in transit, lost; its state and its
+        discrepancies. NOT_FOUND when nothing of it was applied. Roles: channel, backoffice, admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CloseTransfer(self, request, context):
+        """The receiving side closes a transfer received short: what is still in transit is recorded
+        lost in transit (a CLOSED_SHORT discrepancy per SKU) and leaves the destination's
+        in_transit. Closing a CLOSED transfer returns it unchanged. NOT_FOUND when the destination
+        has no record of it. Roles: backoffice, admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InventoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -183,6 +209,16 @@ def add_InventoryServiceServicer_to_server(servicer, server):
                     request_deserializer=unistock_dot_v1_dot_inventory__pb2.GetReservationRequest.FromString,
                     response_serializer=unistock_dot_v1_dot_inventory__pb2.Reservation.SerializeToString,
             ),
+            'GetTransfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTransfer,
+                    request_deserializer=unistock_dot_v1_dot_inventory__pb2.GetTransferRequest.FromString,
+                    response_serializer=unistock_dot_v1_dot_inventory__pb2.GetTransferResponse.SerializeToString,
+            ),
+            'CloseTransfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseTransfer,
+                    request_deserializer=unistock_dot_v1_dot_inventory__pb2.CloseTransferRequest.FromString,
+                    response_serializer=unistock_dot_v1_dot_inventory__pb2.Transfer.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'unistock.v1.InventoryService', rpc_method_handlers)
@@ -192,8 +228,7 @@ def add_InventoryServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class InventoryService:
-    """The inventory service: levels, movements and reservations.
-    """
+    """Missing associated documentation comment in .proto file."""
 
     @staticmethod
     def GetAvailability(request,
@@ -401,6 +436,60 @@ class InventoryService:
             '/unistock.v1.InventoryService/GetReservation',
             unistock_dot_v1_dot_inventory__pb2.GetReservationRequest.SerializeToString,
             unistock_dot_v1_dot_inventory__pb2.Reservation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTransfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/unistock.v1.InventoryService/GetTransfer',
+            unistock_dot_v1_dot_inventory__pb2.GetTransferRequest.SerializeToString,
+            unistock_dot_v1_dot_inventory__pb2.GetTransferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseTransfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/unistock.v1.InventoryService/CloseTransfer',
+            unistock_dot_v1_dot_inventory__pb2.CloseTransferRequest.SerializeToString,
+            unistock_dot_v1_dot_inventory__pb2.Transfer.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,8 +35,6 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class InventoryServiceStub:
-    """The inventory service: levels, movements and reservations."""
-
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
@@ -61,11 +59,19 @@ class InventoryServiceStub:
     """Move an ACTIVE reservation's expiry."""
     GetReservation: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.GetReservationRequest, _inventory_pb2.Reservation]
     """Current state of a reservation."""
+    GetTransfer: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.GetTransferRequest, _inventory_pb2.GetTransferResponse]
+    """A transfer's records: per SKU shipped, received, in transit, lost; its state and its
+    discrepancies. NOT_FOUND when nothing of it was applied. Roles: channel, backoffice, admin.
+    """
+    CloseTransfer: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.CloseTransferRequest, _inventory_pb2.Transfer]
+    """The receiving side closes a transfer received short: what is still in transit is recorded
+    lost in transit (a CLOSED_SHORT discrepancy per SKU) and leaves the destination's
+    in_transit. Closing a CLOSED transfer returns it unchanged. NOT_FOUND when the destination
+    has no record of it. Roles: backoffice, admin.
+    """
 
 @_typing.type_check_only
 class InventoryServiceAsyncStub(InventoryServiceStub):
-    """The inventory service: levels, movements and reservations."""
-
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetAvailability: _aio.UnaryUnaryMultiCallable[_inventory_pb2.GetAvailabilityRequest, _inventory_pb2.GetAvailabilityResponse]  # type: ignore[assignment]
     """Levels for a list of (sku, location_id) keys, or for one sku at every location."""
@@ -87,10 +93,18 @@ class InventoryServiceAsyncStub(InventoryServiceStub):
     """Move an ACTIVE reservation's expiry."""
     GetReservation: _aio.UnaryUnaryMultiCallable[_inventory_pb2.GetReservationRequest, _inventory_pb2.Reservation]  # type: ignore[assignment]
     """Current state of a reservation."""
+    GetTransfer: _aio.UnaryUnaryMultiCallable[_inventory_pb2.GetTransferRequest, _inventory_pb2.GetTransferResponse]  # type: ignore[assignment]
+    """A transfer's records: per SKU shipped, received, in transit, lost; its state and its
+    discrepancies. NOT_FOUND when nothing of it was applied. Roles: channel, backoffice, admin.
+    """
+    CloseTransfer: _aio.UnaryUnaryMultiCallable[_inventory_pb2.CloseTransferRequest, _inventory_pb2.Transfer]  # type: ignore[assignment]
+    """The receiving side closes a transfer received short: what is still in transit is recorded
+    lost in transit (a CLOSED_SHORT discrepancy per SKU) and leaves the destination's
+    in_transit. Closing a CLOSED transfer returns it unchanged. NOT_FOUND when the destination
+    has no record of it. Roles: backoffice, admin.
+    """
 
 class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
-    """The inventory service: levels, movements and reservations."""
-
     @_abc_1.abstractmethod
     def GetAvailability(
         self,
@@ -158,5 +172,27 @@ class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_inventory_pb2.Reservation, _abc.Awaitable[_inventory_pb2.Reservation]]:
         """Current state of a reservation."""
+
+    @_abc_1.abstractmethod
+    def GetTransfer(
+        self,
+        request: _inventory_pb2.GetTransferRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inventory_pb2.GetTransferResponse, _abc.Awaitable[_inventory_pb2.GetTransferResponse]]:
+        """A transfer's records: per SKU shipped, received, in transit, lost; its state and its
+        discrepancies. NOT_FOUND when nothing of it was applied. Roles: channel, backoffice, admin.
+        """
+
+    @_abc_1.abstractmethod
+    def CloseTransfer(
+        self,
+        request: _inventory_pb2.CloseTransferRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inventory_pb2.Transfer, _abc.Awaitable[_inventory_pb2.Transfer]]:
+        """The receiving side closes a transfer received short: what is still in transit is recorded
+        lost in transit (a CLOSED_SHORT discrepancy per SKU) and leaves the destination's
+        in_transit. Closing a CLOSED transfer returns it unchanged. NOT_FOUND when the destination
+        has no record of it. Roles: backoffice, admin.
+        """
 
 def add_InventoryServiceServicer_to_server(servicer: InventoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -85,6 +85,24 @@ class Metrics:
             "(applied as plain sales, reported in the ack).",
             registry=r,
         )
+        self.transfer_discrepancies = Counter(
+            "unistock_transfer_discrepancies_total",
+            "Discrepancies recorded on transfers, by kind (received before shipped, over received, "
+            "closed short, shipped or received after close); see GetTransfer.",
+            ["kind"],
+            registry=r,
+        )
+        self.transfer_units_lost = Counter(
+            "unistock_transfer_units_lost_total",
+            "Units recorded lost in transit (transfers closed short by their destination).",
+            registry=r,
+        )
+        self.shipments_pending = Gauge(
+            "unistock_transfer_shipments_pending",
+            "TRANSFER_OUT shipments durable at their origin and not yet applied to their "
+            "transfer record (normally 0; they stay in Redis until applied).",
+            registry=r,
+        )
         self.negative_positions = Counter(
             "unistock_negative_positions_total",
             "Times a position's on_hand went below zero (a fact the server must not refuse: "

@@ -267,3 +267,75 @@ class FulfilRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FulfilRequest: _TypeAlias = FulfilRequest  # noqa: Y015
+
+@_typing.final
+class TransferRecord(_message.Message):
+    """A transfer's record at its destination: the wire form and the movements applied to it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFER_FIELD_NUMBER: _builtins.int
+    APPLIED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def transfer(self) -> _inventory_pb2.Transfer: ...
+    @_builtins.property
+    def applied(self) -> _containers.RepeatedCompositeFieldContainer[Global___SourceMark]:
+        """Movements applied (oldest first, bounded): a shipment delivered again after a crash is
+        recognised and applied once.
+        """
+
+    def __init__(
+        self,
+        *,
+        transfer: _inventory_pb2.Transfer | None = ...,
+        applied: _abc.Iterable[Global___SourceMark] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["transfer", b"transfer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "transfer", b"transfer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferRecord: _TypeAlias = TransferRecord  # noqa: Y015
+
+@_typing.final
+class Shipment(_message.Message):
+    """A TRANSFER_OUT not yet applied to its transfer record: written with its origin position,
+    in the origin's partition ("us:{p<n>}:xout", field "<source_id>|<seq>"), deleted once the
+    record at the destination is durable. At start-up the server applies whatever is left.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    SKU_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
+    ORIGIN_LOCATION_ID_FIELD_NUMBER: _builtins.int
+    DESTINATION_LOCATION_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    transfer_id: _builtins.str
+    sku: _builtins.str
+    quantity: _builtins.int
+    origin_location_id: _builtins.str
+    destination_location_id: _builtins.str
+    source_id: _builtins.str
+    seq: _builtins.int
+    def __init__(
+        self,
+        *,
+        transfer_id: _builtins.str = ...,
+        sku: _builtins.str = ...,
+        quantity: _builtins.int = ...,
+        origin_location_id: _builtins.str = ...,
+        destination_location_id: _builtins.str = ...,
+        source_id: _builtins.str = ...,
+        seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["destination_location_id", b"destination_location_id", "origin_location_id", b"origin_location_id", "quantity", b"quantity", "seq", b"seq", "sku", b"sku", "source_id", b"source_id", "transfer_id", b"transfer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Shipment: _TypeAlias = Shipment  # noqa: Y015

@@ -16,6 +16,7 @@ from typing import cast
 from unistock.server.actors.directory import Directory
 from unistock.server.actors.loader import BatchLoader
 from unistock.server.actors.reservations import ReservationBook
+from unistock.server.actors.transfers import TransferBook, TransferKey
 from unistock.server.domain import (
     MAX_SEQ_JUMP,
     InvalidArgument,
@@ -30,6 +31,8 @@ from unistock.server.domain import (
     ReservationState,
     ReserveRequest,
     StockKey,
+    Transfer,
+    TransferNotFound,
     Unavailable,
     apply_movement,
     check_replay,
@@ -37,6 +40,7 @@ from unistock.server.domain import (
     reserve,
 )
 from unistock.server.metrics import Metrics
+from unistock.server.persistence.codec import decode_shipment, encode_shipment, shipment_field
 from unistock.server.persistence.group_commit import GroupCommit
 from unistock.server.persistence.store import RedisStore
 
@@ -97,6 +101,10 @@ class Inventory:
             store, commit, metrics, max_cached=max_cached_reservations
         )
         self.positions.reconcile = self.reservations.reconcile
+        self.transfers = TransferBook(store, commit)
+        #: TRANSFER_OUT batches whose shipments go to their transfer records once durable.
+        self._shipping: asyncio.Queue[tuple[list[Movement], asyncio.Future[None]]] = asyncio.Queue()
+        self._shipments_pending = 0
         self.locations: set[str] = set()
         #: Highest seq applied from each source anywhere (bounds seq jumps), most recent last.
         self._highs: dict[str, int] = {}
@@ -112,6 +120,7 @@ class Inventory:
         """Stop loads in progress."""
         await self.positions.close()
         await self.reservations.close()
+        await self.transfers.close()
         await self._highs_loader.close()
         await self._marks_loader.close()
 
@@ -119,7 +128,12 @@ class Inventory:
         await self.store.load_marks(wanted)  # kept in the store's cache
 
     async def _ready(
-        self, keys: Iterable[StockKey], ids: Iterable[str] = (), *, settled: bool = False
+        self,
+        keys: Iterable[StockKey],
+        ids: Iterable[str] = (),
+        *,
+        settled: bool = False,
+        transfers: Iterable[TransferKey] = (),
     ) -> None:
         """Every position and record of the turn resident at once; the turn runs right after.
 
@@ -128,25 +142,28 @@ class Inventory:
         from its state, waits so: no answer reveals a state a crash could still undo, and a
         record changes at most once per flush (see persistence.group_commit).
         """
-        keys, ids = list(keys), list(ids)
+        keys, ids, xfers = list(keys), list(ids), list(transfers)
         dirty = self.commit.reservation_dirty
+
+        def unknown() -> bool:
+            return not (
+                all(map(self.reservations.loaded, ids)) and all(map(self.transfers.loaded, xfers))
+            )
+
         while True:
             missing = self.positions.missing(keys)
-            unknown = not all(map(self.reservations.loaded, ids))
-            if missing or unknown:
+            if missing or unknown():
                 with self.positions.pinned(keys):
-                    while missing or unknown:
-                        if missing and unknown:
-                            await asyncio.gather(
-                                self.positions.activate(keys), self.reservations.load(ids)
-                            )
-                        elif missing:
-                            await self.positions.activate(keys)
-                        else:
-                            await self.reservations.load(ids)
+                    while missing or unknown():
+                        await asyncio.gather(
+                            self.positions.activate(keys),
+                            self.reservations.load(ids),
+                            self.transfers.load(xfers),
+                        )
                         missing = self.positions.missing(keys)
-                        unknown = not all(map(self.reservations.loaded, ids))
-            if not settled or not any(map(dirty, ids)):
+            if not settled or not (
+                any(map(dirty, ids)) or any(map(self.commit.transfer_dirty, xfers))
+            ):
                 return
             await self.commit.barrier()
 
@@ -178,8 +195,9 @@ class Inventory:
         anyone before the future resolves.
         """
         rids = {m.reservation_id for m in movements if m.reservation_id}
+        xfers = {(m.location_id, m.transfer_id) for m in movements if m.type is _IN}
         read = await self._load_highs({m.source_id for m in movements})
-        await self._ready_marks(movements, rids)
+        await self._ready_marks(movements, rids, xfers)
         # Each source's highest seq as this turn starts: the batch's own reading stands in when
         # the bounded cache let the source go while the turn waited (it is never lower than
         # what was durable or pending then).
@@ -192,6 +210,7 @@ class Inventory:
         get = self.positions.get
         changed = self.commit.position_changed
         locations = self.locations
+        shipments: list[Movement] = []
         for m in movements:
             high = high_of[m.source_id]
             if m.seq > high + MAX_SEQ_JUMP:
@@ -233,6 +252,13 @@ class Inventory:
             if m.type is MovementType.COUNT or r.outcome is Outcome.COUNT_CORRECTION:
                 direction = "gain" if r.variance > 0 else "loss"
                 self.metrics.count_variance.labels(direction).inc(abs(r.variance))
+            if m.type is _OUT:
+                # The units left (a count that saw them gone included): their shipment goes to
+                # the outbox with this position, then to the transfer record at the destination.
+                self.commit.shipment_recorded(p, shipment_field(m), encode_shipment(m))
+                shipments.append(m)
+            elif m.type is _IN:
+                self._receive(p, m)
             changed(p)
         for source_id, seq in high_of.items():
             if seq > before[source_id]:
@@ -241,14 +267,21 @@ class Inventory:
         for (mtype, outcome), n in outcomes.items():
             self.metrics.movements.labels(mtype.name, outcome.value).inc(n)
         # Duplicates too: the original may still be on its way to Redis.
-        return out, self.commit.barrier()
+        durable = self.commit.barrier()
+        if shipments:
+            self._shipments_pending += len(shipments)
+            self.metrics.shipments_pending.set(self._shipments_pending)
+            self._shipping.put_nowait((shipments, durable))
+        return out, durable
 
-    async def _ready_marks(self, movements: Sequence[Movement], rids: set[str]) -> None:
+    async def _ready_marks(
+        self, movements: Sequence[Movement], rids: set[str], xfers: set[TransferKey]
+    ) -> None:
         """_ready for a batch, and the marks its sources spilled from its positions restored
         (a position keeps at most MAX_MARKS sources' marks itself; see Position.spill)."""
         keys = {m.key for m in movements}
         while True:
-            await self._ready(keys, rids, settled=bool(rids))
+            await self._ready(keys, rids, settled=bool(rids), transfers=xfers)
             peek = self.positions.peek
             # Only positions that spilled marks can need one read back (rarely any): look at
             # the batch's movements only for those.
@@ -290,6 +323,128 @@ class Inventory:
             highs[source_id] = max(seq, pending(source_id), highs.pop(source_id, 0))
         while len(highs) > max(self.max_sources, len(sources)):  # forget the oldest seen
             del highs[next(iter(highs))]
+
+    # -- transfers -----------------------------------------------------------------------------
+
+    def _receive(self, p: Position, m: Movement) -> None:
+        """A TRANSFER_IN applied to p: received on its transfer record, in the same turn."""
+        record = self.transfers.get_or_new((m.location_id, m.transfer_id))
+        after, delta = record.receive(
+            m.sku, m.quantity, m.counterpart_location_id, m.source_id, m.seq
+        )
+        if after is not record:
+            p.transit(delta)
+            self.transfers.put(after, p)
+            self._discrepancies(record, after)
+
+    def _discrepancies(self, before: Transfer, after: Transfer) -> None:
+        for d in after.discrepancies[len(before.discrepancies) :]:
+            self.metrics.transfer_discrepancies.labels(d.kind.name).inc()
+            log.warning(
+                "transfer %s to %s: %s, %d units of %s (%s seq %d)",
+                after.transfer_id,
+                after.destination,
+                d.kind.name,
+                d.quantity,
+                d.sku,
+                d.source_id or "close",
+                d.seq,
+            )
+
+    async def _apply_shipments(self, shipments: list[Movement]) -> None:
+        """Apply durable TRANSFER_OUT shipments to their transfer records and destinations'
+        in_transit (each once: the record remembers it), then delete them from the outbox once
+        the records are durable."""
+        keys = {(m.sku, m.counterpart_location_id) for m in shipments}
+        xfers = {(m.counterpart_location_id, m.transfer_id) for m in shipments}
+        await self._ready(keys, transfers=xfers)
+        for m in shipments:
+            record = self.transfers.get_or_new((m.counterpart_location_id, m.transfer_id))
+            after, delta = record.ship(m.sku, m.quantity, m.location_id, m.source_id, m.seq)
+            if after is record:
+                continue  # applied before a crash that left it in the outbox
+            p = self._position((m.sku, m.counterpart_location_id))
+            p.transit(delta)
+            if delta:
+                self.transfers.put(after, p)
+            else:
+                self.transfers.put(after)
+            self._discrepancies(record, after)
+        await self._durably()
+        for m in shipments:
+            self.commit.shipment_applied(m.location_id, shipment_field(m))
+
+    async def _durably(self) -> None:
+        """Wait until every change made so far is durable, however many flushes fail first."""
+        while True:
+            try:
+                await self.commit.barrier()
+                return
+            except Unavailable:
+                await asyncio.sleep(0.2)
+
+    async def run_shipments(self) -> None:
+        """Apply the shipments a crash left in the outbox, then every TRANSFER_OUT's shipment
+        once it is durable; until cancelled."""
+        while True:
+            try:
+                pending = await self.store.pending_shipments()
+                break
+            except Unavailable as exc:
+                log.warning("cannot read pending transfer shipments yet: %s", exc)
+                await asyncio.sleep(1.0)
+        if pending:
+            log.info("applying %d transfer shipments left by a crash", len(pending))
+            await self._apply_shipments([decode_shipment(v) for _, v in pending])
+        while True:
+            shipments, durable = await self._shipping.get()
+            try:
+                await durable
+            except Unavailable:
+                await self._durably()  # the failed write is retried with a later window
+            await self._apply_shipments(shipments)
+            self._shipments_pending -= len(shipments)
+            self.metrics.shipments_pending.set(self._shipments_pending)
+
+    async def get_transfer(self, transfer_id: str, location_id: str = "") -> list[Transfer]:
+        """The durable records of a transfer (at location_id, or every destination that has
+        one); raises TransferNotFound when there is none."""
+        destinations = (
+            [location_id] if location_id else await self.store.transfer_destinations(transfer_id)
+        )
+        keys = [(d, transfer_id) for d in destinations]
+        await self._ready((), settled=True, transfers=keys)
+        found = [t for k in keys if (t := self.transfers.get(k)) is not None]
+        if not found:
+            raise TransferNotFound(transfer_id, location_id)
+        return found
+
+    async def close_transfer(self, transfer_id: str, location_id: str) -> Transfer:
+        """The destination closes a transfer: what is in transit is lost in transit. Returns
+        the closed record once durable; raises TransferNotFound."""
+        key = (location_id, transfer_id)
+        while True:
+            await self._ready((), settled=True, transfers=[key])
+            record = self.transfers.get(key)
+            if record is None:
+                raise TransferNotFound(transfer_id, location_id)
+            positions = [(ln.sku, location_id) for ln in record.lines]
+            await self._ready(positions, settled=True, transfers=[key])
+            if self.transfers.get(key) is record and not self.positions.missing(positions):
+                break
+        after, deltas = record.close()
+        if after is record:
+            return record
+        changed = []
+        for sku, delta in deltas.items():
+            p = self._position((sku, location_id))
+            p.transit(delta)
+            changed.append(p)
+            self.metrics.transfer_units_lost.inc(-delta)
+        self.transfers.put(after, *changed)
+        self._discrepancies(record, after)
+        await self.commit.barrier()
+        return after
 
     def _mismatch(self, m: Movement, why: str) -> PickupMismatch:
         self.metrics.pickup_mismatches.inc()
@@ -512,6 +667,9 @@ def _freeing(
         return after
 
     return run
+
+
+_OUT, _IN = MovementType.TRANSFER_OUT, MovementType.TRANSFER_IN
 
 
 def _seq_jump(m: Movement, high: int) -> InvalidArgument:

@@ -39,10 +39,18 @@ ROLES: dict[str, frozenset[str]] = {
             "FulfilReservation",
             "ExtendReservation",
             "GetReservation",
+            "GetTransfer",
         }
     ),
     "backoffice": frozenset(
-        {"ApplyMovements", "GetAvailability", "WatchAvailability", "GetReservation"}
+        {
+            "ApplyMovements",
+            "GetAvailability",
+            "WatchAvailability",
+            "GetReservation",
+            "GetTransfer",
+            "CloseTransfer",
+        }
     ),
     # Every method of the service, including ones added later.
     "admin": frozenset(m.name for m in pb.DESCRIPTOR.services_by_name["InventoryService"].methods),

@@ -152,6 +152,7 @@ def movement_from_wire(m: pb.Movement, prefix: str, source_id: str = "") -> Move
         sign,
         tuple(m.epc) if m.epc else (),
         condition,
+        m.counterpart_location_id,
     ).validate(prefix)
 
 

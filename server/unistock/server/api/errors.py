@@ -14,6 +14,7 @@ from unistock.server.domain import (
     ReservationConflict,
     ReservationNotActive,
     ReservationNotFound,
+    TransferNotFound,
     Unavailable,
     UnistockError,
 )
@@ -25,6 +26,7 @@ _CODES: list[tuple[type[UnistockError], grpc.StatusCode]] = [
     (ReservationNotActive, grpc.StatusCode.FAILED_PRECONDITION),
     (ReservationConflict, grpc.StatusCode.ALREADY_EXISTS),
     (ReservationNotFound, grpc.StatusCode.NOT_FOUND),
+    (TransferNotFound, grpc.StatusCode.NOT_FOUND),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
     (Fenced, grpc.StatusCode.UNAVAILABLE),
 ]

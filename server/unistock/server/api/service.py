@@ -36,7 +36,11 @@ from unistock.server.api.watch import WatchHub
 from unistock.server.domain import InvalidArgument, UnistockError, check_id, validate_lines
 from unistock.server.domain.reservation import check_reservation_id
 from unistock.server.domain.values import id_ok
-from unistock.server.persistence.codec import reservation_message, stored_entry
+from unistock.server.persistence.codec import (
+    reservation_message,
+    stored_entry,
+    transfer_message,
+)
 from unistock.server.persistence.keys import parse_position_field
 from unistock.server.persistence.store import stored_version
 from unistock.v1 import inventory_pb2 as pb
@@ -327,6 +331,23 @@ class InventoryService:
     ) -> pb.Reservation:
         rid = check_reservation_id(request.reservation_id)
         return reservation_message(await self.inventory.get_reservation(rid))
+
+    @rpc
+    async def GetTransfer(
+        self, request: pb.GetTransferRequest, context: Context
+    ) -> pb.GetTransferResponse:
+        tid = check_id("transfer_id", request.transfer_id)
+        location = check_id("location_id", request.location_id) if request.location_id else ""
+        found = await self.inventory.get_transfer(tid, location)
+        return pb.GetTransferResponse(transfers=[transfer_message(t) for t in found])
+
+    @rpc
+    async def CloseTransfer(
+        self, request: pb.CloseTransferRequest, context: Context
+    ) -> pb.Transfer:
+        tid = check_id("transfer_id", request.transfer_id)
+        location = check_id("location_id", request.location_id)
+        return transfer_message(await self.inventory.close_transfer(tid, location))
 
     # -- registration --------------------------------------------------------------------------
 

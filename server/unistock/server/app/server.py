@@ -198,6 +198,7 @@ class UnistockServer:
         self.commit.listeners.append(self.hub.publish)
         self._spawn(self._run_commit(), "group-commit")
         self._spawn(self.inventory.run_expiry(s.expiry_interval_s), "reservation-expiry")
+        self._spawn(self.inventory.run_shipments(), "transfer-shipments")
         if s.mqtt_url:
             try:
                 locations = (

@@ -30,6 +30,15 @@ from unistock.server.domain.reservation import (
     reconcile_holds,
     reserve,
 )
+from unistock.server.domain.transfer import (
+    Discrepancy,
+    DiscrepancyKind,
+    Transfer,
+    TransferLine,
+    TransferNotFound,
+    TransferState,
+    new_transfer,
+)
 from unistock.server.domain.values import (
     MAX_QUANTITY,
     MAX_SEQ_JUMP,
@@ -48,6 +57,8 @@ __all__ = [
     "MAX_QUANTITY",
     "MAX_SEQ_JUMP",
     "AdjustmentSign",
+    "Discrepancy",
+    "DiscrepancyKind",
     "Fenced",
     "InsufficientStock",
     "InvalidArgument",
@@ -69,6 +80,10 @@ __all__ = [
     "ReserveRequest",
     "Shortfall",
     "StockKey",
+    "Transfer",
+    "TransferLine",
+    "TransferNotFound",
+    "TransferState",
     "Unavailable",
     "UnistockError",
     "apply_movement",
@@ -76,6 +91,7 @@ __all__ = [
     "check_replay",
     "fingerprint",
     "fulfil",
+    "new_transfer",
     "reconcile_holds",
     "reserve",
     "validate_lines",

@@ -62,6 +62,7 @@ class Position:
         "counts",
         "hold_changes",
         "holds",
+        "in_transit",
         "key",
         "non_sellable",
         "on_hand",
@@ -78,6 +79,7 @@ class Position:
         *,
         on_hand: int = 0,
         non_sellable: int = 0,
+        in_transit: int = 0,
         safety_stock: int = 0,
         version: int = 0,
         marks: tuple[tuple[str, int], ...] = (),
@@ -90,6 +92,9 @@ class Position:
         self.on_hand = on_hand
         #: Units physically here that cannot be sold as they are: never available or reserved.
         self.non_sellable = non_sellable
+        #: Units on the road towards this location (transfers shipped, not yet received): shown,
+        #: never available. Kept equal to the sum of its transfer records' in_transit.
+        self.in_transit = in_transit
         self.safety_stock = safety_stock
         self.version = version
         # Flat (source, seq, source, seq, ...): one tuple instead of one per source.
@@ -183,6 +188,7 @@ class Position:
             self.key,
             on_hand=self.on_hand,
             non_sellable=self.non_sellable,
+            in_transit=self.in_transit,
             safety_stock=self.safety_stock,
             version=self.version,
         )
@@ -388,6 +394,13 @@ class Position:
                 if not self.shipped:
                     self.shipped = None
         self.reserved -= quantity
+
+    def transit(self, delta: int) -> None:
+        """Units on the road towards this location changed by delta (a transfer record's
+        in_transit change, applied in the same turn as the record's)."""
+        if delta:
+            self.in_transit += delta
+            self.version += 1
 
     def set_safety_stock(self, units: int) -> None:
         """Keep units back from remote channels."""

@@ -169,6 +169,8 @@ class Movement(NamedTuple):
     epcs: tuple[str, ...] = ()
     #: On a RETURN or an ADJUSTMENT: which units (non_sellable ones instead of on_hand).
     condition: ItemCondition = ItemCondition.SELLABLE
+    #: On a TRANSFER_OUT the destination (required), on a TRANSFER_IN the origin (optional).
+    counterpart_location_id: str = ""
 
     @property
     def key(self) -> StockKey:
@@ -217,6 +219,7 @@ class Movement(NamedTuple):
             and not self.count_id
             and not self.transfer_id
             and self.condition is ItemCondition.SELLABLE
+            and not self.counterpart_location_id
         ):
             return self
         if self.condition is not ItemCondition.SELLABLE and self.type not in CONDITIONED:
@@ -236,8 +239,21 @@ class Movement(NamedTuple):
                 )
         if self.type is MovementType.COUNT and not self.count_id:
             raise InvalidArgument(prefix + "count_id", "a COUNT needs a count_id")
-        if self.transfer_id or self.type in (MovementType.TRANSFER_OUT, MovementType.TRANSFER_IN):
+        transfer = self.type in (MovementType.TRANSFER_OUT, MovementType.TRANSFER_IN)
+        if self.transfer_id or transfer:
             check_id(prefix + "transfer_id", self.transfer_id)
+        if self.counterpart_location_id and not transfer:
+            raise InvalidArgument(
+                prefix + "counterpart_location_id",
+                f"only a TRANSFER_OUT or TRANSFER_IN has a counterpart, not a {self.type.name}",
+            )
+        if self.type is MovementType.TRANSFER_OUT or self.counterpart_location_id:
+            check_id(prefix + "counterpart_location_id", self.counterpart_location_id)
+            if self.counterpart_location_id == self.location_id:
+                raise InvalidArgument(
+                    prefix + "counterpart_location_id",
+                    f"a transfer moves units between two locations; both are {self.location_id!r}",
+                )
         if self.reservation_id:
             if self.type is not MovementType.SALE:
                 raise InvalidArgument(

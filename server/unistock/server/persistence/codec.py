@@ -18,18 +18,25 @@ from __future__ import annotations
 
 import struct
 import sys
+from typing import TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from unistock.server.domain import (
+    Discrepancy,
+    DiscrepancyKind,
     Line,
     LineProgress,
+    Movement,
+    MovementType,
     Pickup,
     Position,
     Reservation,
     ReservationKind,
     ReservationState,
     StockKey,
+    Transfer,
+    TransferLine,
 )
 from unistock.storage.v1 import storage_pb2 as spb
 from unistock.v1 import inventory_pb2 as pb
@@ -131,6 +138,8 @@ def level_bytes(p: Position) -> bytes:
         out += b"\x48\x01"  # at_risk
     if on_hand < 0 or damaged < 0:
         out += b"\x50\x01"  # negative
+    if p.in_transit:
+        out += _int(b"\x58", p.in_transit)
     return out
 
 
@@ -216,6 +225,7 @@ def decode_stored(key: StockKey, data: bytes) -> tuple[Position, bool]:
         key,
         on_hand=level.on_hand,
         non_sellable=level.non_sellable,
+        in_transit=level.in_transit,
         safety_stock=level.safety_stock,
         version=level.version,
         marks=tuple((sys.intern(m.source_id), m.seq) for m in private.marks),
@@ -323,12 +333,20 @@ def encode_reservation(r: Reservation) -> bytes:
     return _HEADER.pack(FORMAT, r.revision) + record.SerializeToString()
 
 
-def decode_reservation(data: bytes) -> Reservation:
-    """A Reservation from its stored form."""
+_M = TypeVar("_M", spb.ReservationRecord, spb.TransferRecord)
+
+
+def _record(data: bytes, kind: type[_M]) -> tuple[int, _M]:
+    """(revision, message) of a stored record: 0x01 | revision (8 bytes) | message."""
     fmt, revision = _HEADER.unpack_from(data)
     if fmt != FORMAT:
-        raise ValueError(f"unknown stored reservation format {fmt}")
-    record = spb.ReservationRecord.FromString(data[_HEADER.size :])
+        raise ValueError(f"unknown stored {kind.__name__} format {fmt}")
+    return revision, kind.FromString(data[_HEADER.size :])
+
+
+def decode_reservation(data: bytes) -> Reservation:
+    """A Reservation from its stored form."""
+    revision, record = _record(data, spb.ReservationRecord)
     m = record.reservation
 
     def lines(src: object) -> tuple[Line, ...]:
@@ -355,4 +373,99 @@ def decode_reservation(data: bytes) -> Reservation:
             for lp in record.progress
         ),
         requests=tuple((q.request_id, q.fingerprint) for q in record.requests),
+    )
+
+
+# -- transfers ---------------------------------------------------------------------------------
+
+
+def transfer_message(t: Transfer) -> pb.Transfer:
+    """The wire form of a transfer record."""
+    return pb.Transfer(
+        transfer_id=t.transfer_id,
+        origin_location_id=t.origin,
+        destination_location_id=t.destination,
+        state=int(t.state),  # type: ignore[arg-type]
+        lines=[
+            pb.TransferLine(
+                sku=ln.sku,
+                shipped=ln.shipped,
+                received=ln.received,
+                in_transit=ln.in_transit,
+                lost=ln.lost,
+                unexpected=ln.unexpected,
+            )
+            for ln in t.lines
+        ],
+        discrepancies=[
+            pb.TransferDiscrepancy(
+                kind=int(d.kind),  # type: ignore[arg-type]
+                sku=d.sku,
+                quantity=d.quantity,
+                source_id=d.source_id,
+                seq=d.seq,
+            )
+            for d in t.discrepancies
+        ],
+    )
+
+
+def encode_transfer(t: Transfer) -> bytes:
+    """The stored form of a transfer record: 0x01 | revision (8 bytes) | TransferRecord."""
+    record = spb.TransferRecord(
+        transfer=transfer_message(t),
+        applied=[spb.SourceMark(source_id=s, seq=q) for s, q in t.applied],
+    )
+    return _HEADER.pack(FORMAT, t.revision) + record.SerializeToString()
+
+
+def decode_transfer(data: bytes) -> Transfer:
+    """A transfer record from its stored form."""
+    revision, record = _record(data, spb.TransferRecord)
+    m = record.transfer
+    return Transfer(
+        transfer_id=m.transfer_id,
+        destination=m.destination_location_id,
+        origin=m.origin_location_id,
+        lines=tuple(TransferLine(ln.sku, ln.shipped, ln.received, ln.lost) for ln in m.lines),
+        closed=m.state == pb.CLOSED,
+        discrepancies=tuple(
+            Discrepancy(DiscrepancyKind(d.kind), d.sku, d.quantity, d.source_id, d.seq)
+            for d in m.discrepancies
+        ),
+        applied=tuple((a.source_id, a.seq) for a in record.applied),
+        revision=revision,
+    )
+
+
+def shipment_field(m: Movement) -> str:
+    """The outbox field of a TRANSFER_OUT's shipment: "<source_id>|<seq>" (unique)."""
+    return f"{m.source_id}|{m.seq}"
+
+
+def encode_shipment(m: Movement) -> bytes:
+    """The stored form of a TRANSFER_OUT's shipment (see storage.proto Shipment)."""
+    return spb.Shipment(
+        transfer_id=m.transfer_id,
+        sku=m.sku,
+        quantity=m.quantity,
+        origin_location_id=m.location_id,
+        destination_location_id=m.counterpart_location_id,
+        source_id=m.source_id,
+        seq=m.seq,
+    ).SerializeToString()
+
+
+def decode_shipment(data: bytes) -> Movement:
+    """The TRANSFER_OUT a stored shipment came from."""
+    s = spb.Shipment.FromString(data)
+    return Movement(
+        s.source_id,
+        s.seq,
+        s.sku,
+        s.origin_location_id,
+        MovementType.TRANSFER_OUT,
+        s.quantity,
+        transfer_id=s.transfer_id,
+        counterpart_location_id=s.destination_location_id,
     )

@@ -19,6 +19,12 @@ transition a reservation wait until its previous change is durable (actors.inven
 record created in a window never also ends in it, and an ended record never waits behind its
 freed holds (a crash between them would leave an ACTIVE record whose hold is gone).
 
+Transfers (see domain.transfer): a TRANSFER_OUT's shipment is written in the same script call
+as its origin position (the partition's outbox), and the transfer record at the destination in
+the same script call as the destination position it changed; the runtime applies a shipment to
+its record only once the shipment is durable, and deletes it from the outbox only once the
+record is (a crash in between leaves it to be applied again, which the record recognises).
+
 A change that cannot be encoded (a value no validation should have let in) fails its own
 window's waiters with Unavailable and is dropped with an error log; the flusher goes on.
 """
@@ -31,13 +37,22 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import NamedTuple, TypeVar
 
-from unistock.server.domain import Fenced, Position, Reservation, StockKey, Unavailable
+from unistock.server.domain import (
+    Fenced,
+    Position,
+    Reservation,
+    StockKey,
+    Transfer,
+    Unavailable,
+)
 from unistock.server.metrics import Metrics
 from unistock.server.persistence.codec import (
     encode_position_with_level,
     encode_reservation,
+    encode_transfer,
     hold_value,
 )
 from unistock.server.persistence.keys import Keyspace, mark_field, position_field
@@ -93,6 +108,15 @@ class GroupCommit:
         self._inflight_highs: dict[str, int] = {}
         self._inflight_positions: dict[StockKey, Position] = {}
         self._inflight_reservations: set[str] = set()
+        self._transfers: dict[tuple[str, str], Transfer] = {}
+        self._inflight_transfers: set[tuple[str, str]] = set()
+        #: field -> (origin location, stored Shipment): written with the origin position
+        self._shipments: dict[str, tuple[str, bytes]] = {}
+        #: field -> origin location: shipments applied, to delete
+        self._shipped: dict[str, str] = {}
+        #: Positions that must be written in the same flush as this window's transfer records and
+        #: shipments (a burst written in chunks keeps them in the first chunk).
+        self._linked: dict[StockKey, Position] = {}
         self._window: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._inflight: asyncio.Future[None] | None = None
         self._wake = asyncio.Event()
@@ -125,6 +149,30 @@ class GroupCommit:
             self._ending[rid] = reservation
         self._wake.set()
 
+    def transfer_changed(self, transfer: Transfer, *positions: Position) -> None:
+        """Schedule a transfer record for writing, atomically with the destination positions
+        it changed in the same turn (pass them; they are scheduled too)."""
+        self._transfers[transfer.key] = transfer
+        for p in positions:
+            self._linked[p.key] = self._positions[p.key] = p
+        self._wake.set()
+
+    def shipment_recorded(self, origin: Position, field: str, value: bytes) -> None:
+        """Schedule a TRANSFER_OUT's shipment for the outbox, atomically with its origin
+        position (scheduled too)."""
+        self._shipments[field] = (origin.location_id, value)
+        self._linked[origin.key] = self._positions[origin.key] = origin
+        self._wake.set()
+
+    def shipment_applied(self, origin_location: str, field: str) -> None:
+        """Schedule the deletion of a shipment whose transfer record is durable."""
+        self._shipped[field] = origin_location
+        self._wake.set()
+
+    def transfer_dirty(self, key: tuple[str, str]) -> bool:
+        """Whether a transfer record has changes not yet durable."""
+        return key in self._transfers or key in self._inflight_transfers
+
     def source_progress(self, source_id: str, seq: int) -> None:
         """Record that every movement of source_id up to seq is applied (written last, so it
         never claims more than the positions written before it)."""
@@ -145,7 +193,16 @@ class GroupCommit:
 
     def _pending(self) -> bool:
         """Whether anything waits to be written."""
-        return bool(self._positions or self._ending or self._other or self._sources or self._highs)
+        return bool(
+            self._positions
+            or self._ending
+            or self._other
+            or self._sources
+            or self._highs
+            or self._transfers
+            or self._shipments
+            or self._shipped
+        )
 
     def is_dirty(self, key: StockKey) -> bool:
         """Whether a position has changes not yet durable (it must stay resident)."""
@@ -211,52 +268,70 @@ class GroupCommit:
         self._give_up_at = time.monotonic() + grace
         self._wake.set()
 
+    def _take(self) -> tuple[_Batch, bool]:
+        """The changes the next flush writes, and whether they end the window."""
+        if len(self._positions) <= self.max_positions:
+            batch = _Batch(
+                self._positions,
+                self._ending,
+                self._other,
+                self._sources,
+                self._highs,
+                self._transfers,
+                self._shipments,
+                self._shipped,
+            )
+            self._window = asyncio.get_running_loop().create_future()
+            self._positions, self._ending, self._other = {}, {}, {}
+            self._sources, self._highs, self._transfers = {}, {}, {}
+            self._shipments, self._shipped, self._linked = {}, {}, {}
+            return batch, True
+        # A burst larger than one flush: written in chunks under the same window, which resolves
+        # with the last chunk. Shrinking records go first, new records last; transfer records
+        # and shipments with the positions linked to them, in the first chunk.
+        positions = dict(self._linked)
+        room = max(0, self.max_positions - len(positions))
+        positions.update(itertools.islice(self._positions.items(), room))
+        for key in positions:
+            del self._positions[key]
+        batch = _Batch(
+            positions,
+            self._ending,
+            transfers=self._transfers,
+            shipments=self._shipments,
+            shipped=self._shipped,
+        )
+        self._ending, self._transfers, self._shipments, self._shipped = {}, {}, {}, {}
+        self._linked = {}
+        return batch, False
+
     async def _flush_once(self) -> bool:
         window = self._window
-        if len(self._positions) > self.max_positions:
-            # A burst larger than one flush: write it in chunks under the same window, which
-            # resolves with the last chunk. Shrinking records go first, new records last.
-            positions = dict(itertools.islice(self._positions.items(), self.max_positions))
-            for key in positions:
-                del self._positions[key]
-            ending, self._ending = self._ending, {}
-            other: dict[str, Reservation] = {}
-            sources: dict[str, int] = {}
-            highs: dict[str, int] = {}
-            final = False
-        else:
-            self._window = asyncio.get_running_loop().create_future()
-            positions, self._positions = self._positions, {}
-            ending, self._ending = self._ending, {}
-            other, self._other = self._other, {}
-            sources, self._sources = self._sources, {}
-            highs, self._highs = self._highs, {}
-            final = True
+        batch, final = self._take()
         started = time.perf_counter()
         try:
-            phases, durable, new_locations, written = self._encode(
-                positions, ending, other, sources, highs
-            )
+            phases, durable, new_locations, written = self._encode(batch)
         except Exception as exc:
             # A value that cannot be stored (it should never have passed validation): the
             # flusher must not die of it. Fail this window's waiters, drop what cannot be
             # encoded and keep the rest for the next flush.
-            log.exception("flush of %d positions could not be encoded", len(positions))
+            log.exception("flush of %d positions could not be encoded", len(batch.positions))
             self._metrics.redis_errors.labels("encode").inc()
-            self._requeue(*self._encodable(positions, ending, other), sources, highs)
+            self._requeue(batch.encodable())
             self._fail_window(window, Unavailable(f"a change could not be stored: {exc!r}"))
             return False
         # In flight from here (encoding is synchronous: no turn saw the window's changes gone).
-        self._inflight_positions = positions
-        self._inflight_reservations = set(ending) | set(other)
-        self._inflight_highs = highs
+        self._inflight_positions = batch.positions
+        self._inflight_reservations = set(batch.ending) | set(batch.other)
+        self._inflight_transfers = set(batch.transfers)
+        self._inflight_highs = batch.highs
         self._inflight = window
         try:
             _, stale = await self._store.flush(phases)
         except Unavailable as exc:
             self._metrics.redis_errors.labels("flush").inc()
-            log.warning("flush of %d positions failed, will retry: %s", len(positions), exc)
-            self._requeue(positions, ending, other, sources, highs)
+            log.warning("flush of %d positions failed, will retry: %s", len(batch.positions), exc)
+            self._requeue(batch)
             self._fail_window(window, exc)
             return False
         except Fenced as exc:
@@ -269,6 +344,7 @@ class GroupCommit:
         finally:
             self._inflight_positions = {}
             self._inflight_reservations = set()
+            self._inflight_transfers = set()
             self._inflight_highs = {}
             self._inflight = None
         self._backoff = 0.05
@@ -279,8 +355,8 @@ class GroupCommit:
             if holds is not None:
                 p.holds_written(holds)
         self._metrics.flush_latency.observe(time.perf_counter() - started)
-        self._metrics.flush_batch.observe(len(positions))
-        self._last_batch = len(positions) + len(ending) + len(other)
+        self._metrics.flush_batch.observe(len(batch.positions))
+        self._last_batch = len(batch.positions) + len(batch.ending) + len(batch.other)
         if stale:
             self._metrics.flush_stale.inc(stale)
         if final and not window.done():
@@ -295,12 +371,7 @@ class GroupCommit:
         return True
 
     def _encode(
-        self,
-        positions: dict[StockKey, Position],
-        ending: dict[str, Reservation],
-        other: dict[str, Reservation],
-        sources: dict[str, int],
-        highs: dict[str, int],
+        self, batch: _Batch
     ) -> tuple[list[Phase], list[DurableLevel], set[str], list[_Written]]:
         ks = self._ks
         first: Phase = defaultdict(PartitionWrite)
@@ -312,7 +383,7 @@ class GroupCommit:
         writes: dict[str, PartitionWrite] = {}  # by location: a flush has few locations
         known = self._known_locations
         extra: list[_Written] = []
-        for key, p in positions.items():
+        for key, p in batch.positions.items():
             level, value = encode_position_with_level(p)
             location = key[1]
             w = writes.get(location)
@@ -324,7 +395,7 @@ class GroupCommit:
             if (staged := stage_position(ks, w, p, value)) is not None:
                 extra.append(staged)
             durable.append(DurableLevel(key, p.version, level))
-        for records, phase in ((ending, first), (other, last)):
+        for records, phase in ((batch.ending, first), (batch.other, last)):
             for rid, r in records.items():
                 active = r.active and r.expires_at is not None
                 score = str(int(r.expires_at * 1000)) if active and r.expires_at else ""
@@ -332,9 +403,21 @@ class GroupCommit:
                 phase[ks.reservation_partition(rid)].reservations.append(
                     (rid, encode_reservation(r), score, keep)
                 )
-        for source_id, seq in sources.items():
+        for (destination, transfer_id), t in batch.transfers.items():
+            # The index first: a record is never stored without it (both are idempotent).
+            first[ks.transfer_partition(transfer_id)].indexes.append(
+                (ks.transfer_index(transfer_id), destination)
+            )
+            middle[partition_of(destination)].transfers.append(
+                (ks.transfer(destination, transfer_id), encode_transfer(t))
+            )
+        for name, (origin, value) in batch.shipments.items():
+            middle[partition_of(origin)].shipments += (name, value)
+        for name, origin in batch.shipped.items():
+            last[partition_of(origin)].shipped.append(name)
+        for source_id, seq in batch.sources.items():
             last[ks.source_partition(source_id)].sources.append((source_id, seq))
-        for source_id, seq in highs.items():
+        for source_id, seq in batch.highs.items():
             last[ks.source_partition(source_id)].highs.append((source_id, seq))
         return [ph for ph in (first, middle, last) if ph], durable, new_locations, extra
 
@@ -345,40 +428,57 @@ class GroupCommit:
             self._window = asyncio.get_running_loop().create_future()
         _fail(window, exc)
 
-    def _encodable(
-        self,
-        positions: dict[StockKey, Position],
-        ending: dict[str, Reservation],
-        other: dict[str, Reservation],
-    ) -> tuple[dict[StockKey, Position], dict[str, Reservation], dict[str, Reservation]]:
-        """The changes that encode, each alone; the others are logged and dropped."""
-        return (
-            {k: p for k, p in positions.items() if _encodes(encode_position_with_level, p)},
-            {r: v for r, v in ending.items() if _encodes(encode_reservation, v)},
-            {r: v for r, v in other.items() if _encodes(encode_reservation, v)},
-        )
-
-    def _requeue(
-        self,
-        positions: dict[StockKey, Position],
-        ending: dict[str, Reservation],
-        other: dict[str, Reservation],
-        sources: dict[str, int],
-        highs: dict[str, int],
-    ) -> None:
+    def _requeue(self, batch: _Batch) -> None:
         # Changes made since the failed flush are newer: keep them, add back the rest.
-        for source_id, seq in sources.items():
+        for source_id, seq in batch.sources.items():
             if seq > self._sources.get(source_id, 0):
                 self._sources[source_id] = seq
-        for source_id, seq in highs.items():
+        for source_id, seq in batch.highs.items():
             if seq > self._highs.get(source_id, 0):
                 self._highs[source_id] = seq
-        for key, p in positions.items():
+        for key, p in batch.positions.items():
             self._positions.setdefault(key, p)
-        for records, target in ((ending, self._ending), (other, self._other)):
+        for records, target in ((batch.ending, self._ending), (batch.other, self._other)):
             for rid, r in records.items():
                 if rid not in self._ending and rid not in self._other:
                     target[rid] = r
+        for key, t in batch.transfers.items():
+            self._transfers.setdefault(key, t)
+        for name, shipment in batch.shipments.items():
+            self._shipments.setdefault(name, shipment)
+        for name, origin in batch.shipped.items():
+            self._shipped.setdefault(name, origin)
+        # What was written together is written together again.
+        if batch.transfers or batch.shipments:
+            for key in batch.positions:
+                self._linked.setdefault(key, self._positions[key])
+
+
+@dataclass(slots=True)
+class _Batch:
+    """The changes one flush writes."""
+
+    positions: dict[StockKey, Position]
+    ending: dict[str, Reservation]
+    other: dict[str, Reservation] = field(default_factory=dict)
+    sources: dict[str, int] = field(default_factory=dict)
+    highs: dict[str, int] = field(default_factory=dict)
+    transfers: dict[tuple[str, str], Transfer] = field(default_factory=dict)
+    shipments: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+    shipped: dict[str, str] = field(default_factory=dict)
+
+    def encodable(self) -> _Batch:
+        """The changes that encode, each alone; the others are logged and dropped."""
+        return _Batch(
+            {k: p for k, p in self.positions.items() if _encodes(encode_position_with_level, p)},
+            {r: v for r, v in self.ending.items() if _encodes(encode_reservation, v)},
+            {r: v for r, v in self.other.items() if _encodes(encode_reservation, v)},
+            self.sources,
+            self.highs,
+            {k: t for k, t in self.transfers.items() if _encodes(encode_transfer, t)},
+            self.shipments,
+            self.shipped,
+        )
 
 
 def stage_position(ks: Keyspace, w: PartitionWrite, p: Position, value: bytes) -> _Written | None:

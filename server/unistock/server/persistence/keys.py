@@ -19,6 +19,13 @@ set of partitions; each partition has an owner epoch that every write checks (th
     us:{p<n>}:srchi               hash: source id -> highest seq applied from it, anywhere
     us:{p<n>}:srcown              hash: source id -> the store it belongs to (MQTT: the first
                                   store that sent it; never changed)
+    us:{p<n>}:xfer:<dest>|<id>    encoded transfer record at its destination (partition of the
+                                  destination location)
+    us:{p<n>}:xdest:<id>          set: the destinations with a record of transfer <id>
+                                  (partition of the transfer id)
+    us:{p<n>}:xout                hash: "<source_id>|<seq>" -> encoded Shipment, the
+                                  TRANSFER_OUTs of this partition's positions not yet applied to
+                                  their transfer record (the partitions' outbox)
 """
 
 from __future__ import annotations
@@ -50,6 +57,23 @@ class Keyspace:
     def reservation_partition(self, reservation_id: str) -> int:
         """The partition owning a reservation's record."""
         return zlib.crc32(reservation_id.encode()) % self.partitions
+
+    def transfer_partition(self, transfer_id: str) -> int:
+        """The partition owning a transfer's index (its records live with their destination)."""
+        return zlib.crc32(transfer_id.encode()) % self.partitions
+
+    def transfer(self, destination: str, transfer_id: str) -> str:
+        """Key of a transfer's record at its destination."""
+        tag = self._tag(self.location_partition(destination))
+        return f"{tag}:xfer:{destination}|{transfer_id}"
+
+    def transfer_index(self, transfer_id: str) -> str:
+        """Set of the destinations holding a record of a transfer."""
+        return f"{self._tag(self.transfer_partition(transfer_id))}:xdest:{transfer_id}"
+
+    def shipments(self, partition: int) -> str:
+        """Hash of a partition's shipments not yet applied to their transfer record."""
+        return f"{self._tag(partition)}:xout"
 
     def source_partition(self, source_id: str) -> int:
         """The partition owning a movement source's progress."""

@@ -68,11 +68,14 @@ SCAN_CHUNK = 2000
 
 FLUSH_SCRIPT = """
 -- KEYS: epoch, positions hash, locations set, expiry zset, sources hash, source highs hash,
---       spilled marks hash, holds hash per held position..., reservation keys...
+--       spilled marks hash, shipments outbox hash, holds hash per held position..., transfer
+--       record keys..., transfer index keys..., reservation keys...
 -- ARGV: epoch, #positions, (field, value)..., #held, per holds hash: (position number,
---       #holds, (reservation_id, value or '')...), #marks, (field, seq)..., #locations,
---       location..., #sources, (source_id, seq)..., #highs, (source_id, seq)..., then per
---       reservation key: (reservation_id, value, expiry score or '', retention ms or '0')
+--       #holds, (reservation_id, value or '')...), #transfers, value per transfer key...,
+--       #indexes, destination per index key..., #shipments, (field, value)..., #shipped,
+--       field..., #marks, (field, seq)..., #locations, location..., #sources,
+--       (source_id, seq)..., #highs, (source_id, seq)..., then per reservation key:
+--       (reservation_id, value, expiry score or '', retention ms or '0')
 local epoch = redis.call('GET', KEYS[1])
 if epoch ~= ARGV[1] then
   return redis.error_reply('FENCED partition owned by epoch ' .. tostring(epoch) ..
@@ -126,14 +129,35 @@ for h = 1, nheld do
     for k = 0, n - 1 do
       local rid, v = ARGV[i + 2 * k], ARGV[i + 2 * k + 1]
       if v == '' then del[#del + 1] = rid else set[#set + 1] = rid; set[#set + 1] = v end
-      if #set >= 2 * CHUNK then redis.call('HSET', KEYS[7 + h], unpack(set)); set = {} end
-      if #del >= CHUNK then redis.call('HDEL', KEYS[7 + h], unpack(del)); del = {} end
+      if #set >= 2 * CHUNK then redis.call('HSET', KEYS[8 + h], unpack(set)); set = {} end
+      if #del >= CHUNK then redis.call('HDEL', KEYS[8 + h], unpack(del)); del = {} end
     end
-    if #set > 0 then redis.call('HSET', KEYS[7 + h], unpack(set)) end
-    if #del > 0 then redis.call('HDEL', KEYS[7 + h], unpack(del)) end
+    if #set > 0 then redis.call('HSET', KEYS[8 + h], unpack(set)) end
+    if #del > 0 then redis.call('HDEL', KEYS[8 + h], unpack(del)) end
   end
   i = i + 2 * n
 end
+local k = 8 + nheld
+-- Transfer records (a record never replaced by an older revision).
+local nxfer = tonumber(ARGV[i]); i = i + 1
+for _ = 1, nxfer do
+  k = k + 1
+  local v, old = ARGV[i], redis.call('GET', KEYS[k]); i = i + 1
+  if old and string.sub(old, 2, 9) > string.sub(v, 2, 9) then
+    stale = stale + 1
+  else
+    redis.call('SET', KEYS[k], v); written = written + 1
+  end
+end
+-- Transfer index: the destinations with a record of a transfer.
+local nidx = tonumber(ARGV[i]); i = i + 1
+for _ = 1, nidx do k = k + 1; redis.call('SADD', KEYS[k], ARGV[i]); i = i + 1 end
+-- Shipments not yet applied to their transfer record (written with their origin position),
+-- and those applied (deleted once their record is durable).
+local nship = tonumber(ARGV[i]); i = i + 1
+for _ = 1, nship do redis.call('HSET', KEYS[8], ARGV[i], ARGV[i + 1]); i = i + 2 end
+local nshipped = tonumber(ARGV[i]); i = i + 1
+for _ = 1, nshipped do redis.call('HDEL', KEYS[8], ARGV[i]); i = i + 1 end
 -- Spilled marks of those positions (only ever raised: a mark never goes back).
 local nmark = tonumber(ARGV[i]); i = i + 1
 for _ = 1, nmark do raise(KEYS[7], ARGV[i], ARGV[i + 1]); i = i + 2 end
@@ -143,7 +167,7 @@ local nsrc = tonumber(ARGV[i]); i = i + 1
 for _ = 1, nsrc do raise(KEYS[5], ARGV[i], ARGV[i + 1]); i = i + 2 end
 local nhigh = tonumber(ARGV[i]); i = i + 1
 for _ = 1, nhigh do raise(KEYS[6], ARGV[i], ARGV[i + 1]); i = i + 2 end
-for k = 8 + nheld, #KEYS do
+for k = k + 1, #KEYS do
   local rid, v, score, keep = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]; i = i + 4
   local old = redis.call('GET', KEYS[k])
   if old and string.sub(old, 2, 9) > string.sub(v, 2, 9) then
@@ -180,6 +204,14 @@ class PartitionWrite:
     #: changed holds of those positions: (position number from 1, holds hash key,
     #: [reservation_id, value or b"" (deleted), ...])
     holds: list[tuple[int, str, list[bytes | str]]] = field(default_factory=list)
+    #: (transfer record key, stored record) of transfers to this partition's locations
+    transfers: list[tuple[str, bytes]] = field(default_factory=list)
+    #: (transfer index key, destination location) of transfers indexed in this partition
+    indexes: list[tuple[str, str]] = field(default_factory=list)
+    #: shipments of this partition's positions not yet applied: field, value, field, value...
+    shipments: list[bytes | str] = field(default_factory=list)
+    #: shipments applied to their (durable) transfer record: fields to delete
+    shipped: list[str] = field(default_factory=list)
     locations: list[str] = field(default_factory=list)
     #: spilled marks of the positions: field (see keys.mark_field), seq
     marks: list[bytes | str | int] = field(default_factory=list)
@@ -310,6 +342,7 @@ class RedisStore:
                     ks.sources(p),
                     ks.source_highs(p),
                     ks.spilled_marks(p),
+                    ks.shipments(p),
                 ]
                 args: list[bytes | str | int] = [
                     self.epochs[p],
@@ -320,6 +353,15 @@ class RedisStore:
                 for number, holds_key, changes in w.holds:
                     keys.append(holds_key)
                     args += (number, len(changes) // 2, *changes)
+                args.append(len(w.transfers))
+                for key, value in w.transfers:
+                    keys.append(key)
+                    args.append(value)
+                args.append(len(w.indexes))
+                for key, destination in w.indexes:
+                    keys.append(key)
+                    args.append(destination)
+                args += (len(w.shipments) // 2, *w.shipments, len(w.shipped), *w.shipped)
                 args.append(len(w.marks) // 2)
                 args.extend(w.marks)
                 args.append(len(w.locations))
@@ -473,6 +515,28 @@ class RedisStore:
         for rid in ids:
             pipe.get(ks.reservation(ks.reservation_partition(rid), rid))
         return list(await self._execute(pipe))
+
+    async def load_transfers(self, keys: list[tuple[str, str]]) -> list[bytes | None]:
+        """Stored transfer records of (destination, transfer_id) keys (None where absent)."""
+        pipe = self.client.pipeline(transaction=False)
+        for destination, transfer_id in keys:
+            pipe.get(self.keyspace.transfer(destination, transfer_id))
+        return list(await self._execute(pipe))
+
+    async def transfer_destinations(self, transfer_id: str) -> list[str]:
+        """The destinations holding a record of transfer_id, sorted."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.smembers(self.keyspace.transfer_index(transfer_id))
+        [found] = await self._execute(pipe)
+        return sorted(d.decode() for d in found)
+
+    async def pending_shipments(self) -> list[tuple[str, bytes]]:
+        """(field, stored Shipment) of every shipment of the owned partitions not yet applied to
+        its transfer record (normally none: only a crash leaves some)."""
+        pipe = self.client.pipeline(transaction=False)
+        for p in self.epochs:
+            pipe.hgetall(self.keyspace.shipments(p))
+        return [(f.decode(), v) for found in await self._execute(pipe) for f, v in found.items()]
 
     async def due_reservations(self, now: float, limit: int = 1000) -> list[str]:
         """Ids of ACTIVE reservations whose expiry is at or before now, in owned partitions."""
