@@ -343,3 +343,71 @@ async def test_a_second_ctrl_c_also_exits_130_without_a_traceback(server: Unisto
         rc, err = await _watch_then_interrupt(server, lines_before=1, signals=2)
         assert rc == 130, err
         assert "Traceback" not in err, err
+
+
+async def test_a_transfer_from_the_command_line(server: UnistockServer) -> None:
+    """Issue 9: move --counterpart ships to a destination; `transfer` shows it in transit;
+    close-transfer at the destination records the missing unit lost (twice: changes nothing);
+    exit 1 and the reason for an unknown transfer or a TRANSFER_OUT without a destination."""
+    rc, _, err = await cli(server, "move", "dc-sys", "1", "RECEIPT", "SHOE-42@dc-1:10")
+    assert rc == 0, err
+    rc, _, err = await cli(
+        server, "move", "dc-sys", "2", "TRANSFER_OUT", "SHOE-42@dc-1:3", "--transfer-id", "TR-7"
+    )
+    assert rc == 1
+    assert "movements[0].counterpart_location_id: must not be empty" in err
+    rc, _, err = await cli(
+        server, "move", "dc-sys", "3", "TRANSFER_OUT", "SHOE-42@dc-1:3",
+        "--transfer-id", "TR-7", "--counterpart", "store-7",
+    )  # fmt: skip
+    assert rc == 0, err
+    for _ in range(50):  # the shipment reaches the destination just after the ack
+        rc, out, _ = await cli(server, "get", "SHOE-42", "store-7")
+        if json.loads(out).get("inTransit") == "3":
+            break
+        await asyncio.sleep(0.1)
+    assert json.loads(out)["inTransit"] == "3"
+    rc, _, err = await cli(
+        server, "move", "till-7", "1", "TRANSFER_IN", "SHOE-42@store-7:2", "--transfer-id", "TR-7"
+    )
+    assert rc == 0, err
+    rc, out, err = await cli(server, "transfer", "TR-7")
+    assert rc == 0, err
+    t = json.loads(out)
+    assert (t["state"], t["originLocationId"], t["destinationLocationId"]) == (
+        "IN_TRANSIT",
+        "dc-1",
+        "store-7",
+    )
+    assert t["lines"] == [{"sku": "SHOE-42", "shipped": "3", "received": "2", "inTransit": "1"}]
+    for _ in range(2):
+        rc, out, err = await cli(server, "close-transfer", "TR-7", "store-7")
+        assert rc == 0, err
+        closed = json.loads(out)
+        assert closed["state"] == "CLOSED"
+        assert closed["lines"][0]["lost"] == "1"
+        assert [d["kind"] for d in closed["discrepancies"]] == ["CLOSED_SHORT"]
+    rc, out, _ = await cli(server, "get", "SHOE-42", "store-7")
+    assert "inTransit" not in json.loads(out)
+    rc, _, err = await cli(server, "transfer", "TR-none")
+    assert rc == 1
+    assert "NOT_FOUND" in err
+
+
+async def test_a_damaged_return_and_its_write_off_from_the_command_line(
+    server: UnistockServer,
+) -> None:
+    rc, _, err = await cli(server, "move", "till-1", "1", "RECEIPT", "COAT@store-7:2")
+    assert rc == 0, err
+    rc, _, err = await cli(
+        server, "move", "till-1", "2", "RETURN", "COAT@store-7:1", "--condition", "NON_SELLABLE"
+    )
+    assert rc == 0, err
+    rc, _, err = await cli(
+        server, "move", "bo-1", "1", "ADJUSTMENT", "COAT@store-7:1",
+        "--sign", "-", "--reason", "torn", "--condition", "NON_SELLABLE",
+    )  # fmt: skip
+    assert rc == 0, err
+    rc, out, _ = await cli(server, "get", "COAT", "store-7")
+    level = json.loads(out)
+    assert (level["onHand"], level.get("nonSellable", "0")) == ("2", "0")

@@ -222,8 +222,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--count-id", default="")
     m.add_argument("--transfer-id", default="")
+    m.add_argument(
+        "--counterpart",
+        default="",
+        metavar="LOC",
+        help="TRANSFER_OUT: the destination (required); TRANSFER_IN: the origin (optional)",
+    )
     m.add_argument("--reservation-id", default="")
-    m.add_argument("--sign", choices=["+", "-"], default=None)
+    m.add_argument("--sign", choices=["+", "-"], default=None, help="ADJUSTMENT: + or -")
+    m.add_argument("--reason", default="", help="ADJUSTMENT: why (damage, theft, found...)")
+    m.add_argument(
+        "--condition",
+        choices=["SELLABLE", "NON_SELLABLE"],
+        default=None,
+        help="RETURN or ADJUSTMENT: which units (NON_SELLABLE: damaged, to inspect)",
+    )
+    t = command(
+        "transfer",
+        "a transfer: per SKU shipped, received, in transit, lost",
+        description="Show a transfer's record at its destination (LOCATION), or at every\n"
+        "destination that has one.",
+    )
+    t.add_argument("transfer_id")
+    t.add_argument("location", nargs="?", default="")
+    ct = command(
+        "close-transfer",
+        "close a transfer received short",
+        description="The receiving side (LOCATION, the destination) closes a transfer: units\n"
+        "still in transit are recorded lost in transit. Running it again changes nothing.",
+    )
+    ct.add_argument("transfer_id")
+    ct.add_argument("location")
     w = command("watch", "stream levels and changes")
     w.add_argument("--sku", action="append", default=[])
     w.add_argument("--location", action="append", default=[])
@@ -304,8 +333,11 @@ async def _command(c: UnistockClient, args: argparse.Namespace) -> int:
             quantity=qty,
             count_id=args.count_id,
             transfer_id=args.transfer_id,
+            counterpart_location_id=args.counterpart,
             reservation_id=args.reservation_id,
             adjustment_sign=_SIGNS[args.sign],
+            reason=args.reason,
+            condition=pb.ItemCondition.Value(args.condition or "ITEM_CONDITION_UNSPECIFIED"),
         )
         code = 0
         batch = pb.MovementBatch(source_id=args.source, movements=[mv])
@@ -318,6 +350,11 @@ async def _command(c: UnistockClient, args: argparse.Namespace) -> int:
     elif args.command == "watch":
         async for msg in c.watch(args.sku, args.location):
             _print(msg)
+    elif args.command == "transfer":
+        for t in await c.get_transfer(args.transfer_id, args.location):
+            _print(t)
+    elif args.command == "close-transfer":
+        _print(await c.close_transfer(args.transfer_id, args.location))
     return 0
 
 
