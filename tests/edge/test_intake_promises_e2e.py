@@ -48,6 +48,32 @@ async def test_a_receipt_is_only_given_for_what_the_server_will_apply(
             ),
             "movement.transfer_id",
         ),
+        (  # a shipment must say where to
+            ipb.RecordMovementRequest(
+                movement=pb.Movement(sku="SHOE", type=pb.TRANSFER_OUT, quantity=1, transfer_id="t1")
+            ),
+            "movement.counterpart_location_id",
+        ),
+        (  # to another location than the store's own (the agent's default location_id)
+            ipb.RecordMovementRequest(
+                movement=pb.Movement(
+                    sku="SHOE",
+                    type=pb.TRANSFER_OUT,
+                    quantity=1,
+                    transfer_id="t1",
+                    counterpart_location_id="s1",
+                )
+            ),
+            "movement.counterpart_location_id",
+        ),
+        (  # and only transfers have a counterpart
+            ipb.RecordMovementRequest(
+                movement=pb.Movement(
+                    sku="SHOE", type=pb.RECEIPT, quantity=1, counterpart_location_id="s2"
+                )
+            ),
+            "movement.counterpart_location_id",
+        ),
         (
             ipb.RecordMovementRequest(movement=pb.Movement(sku="SHOE", type=pb.COUNT, quantity=3)),
             "movement.count_id",

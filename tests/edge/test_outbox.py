@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from unistock.edge.outbox import Outbox, OutboxError, RequestConflict
+from unistock.edge.outbox import Outbox, OutboxError, RequestConflict, _fingerprint
 from unistock.v1 import inventory_pb2 as pb
 
 SOURCE = "edge-store-042"
@@ -329,6 +329,78 @@ def test_a_request_id_reused_for_another_movement_is_refused(
         outbox.request_seq("t1/r1/1", other)
     assert outbox.depth() == 1
     assert outbox.next_seq == 2
+
+
+def transfer_out(transfer_id: str = "T-1", to: str = "store-017") -> pb.Movement:
+    """A back office's shipment of 3 units of A from store 042 to another store."""
+    return pb.Movement(
+        sku="A",
+        location_id="store-042",
+        type=pb.TRANSFER_OUT,
+        quantity=3,
+        transfer_id=transfer_id,
+        counterpart_location_id=to,
+    )
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        transfer_out(to="store-018"),
+        transfer_out(transfer_id="T-2"),
+        pb.Movement(sku="A", location_id="store-042", type=pb.TRANSFER_OUT, quantity=3),
+        # The two ids swapped: tagged in the fingerprint, not told apart by position only.
+        transfer_out(transfer_id="store-017", to="T-1"),
+    ],
+    ids=["counterpart", "transfer_id", "neither", "swapped"],
+)
+def test_a_request_id_reused_for_another_transfer_is_refused(
+    outbox: Outbox, other: pb.Movement
+) -> None:
+    assert outbox.append_once(transfer_out(), "bo/T-1/out") == (1, True)
+    assert outbox.append_once(transfer_out(), "bo/T-1/out") == (1, False)  # a true retry
+    with pytest.raises(RequestConflict, match=r"'bo/T-1/out' was already used for seq 1"):
+        outbox.append_once(other, "bo/T-1/out")
+    with pytest.raises(RequestConflict):
+        outbox.request_seq("bo/T-1/out", other)
+    assert outbox.depth() == 1
+
+
+def test_fingerprints_of_movements_without_the_newer_fields_are_unchanged(tmp_path: Path) -> None:
+    """Keys recorded by an agent before condition, transfer_id and counterpart were part of the
+    fingerprint still answer a retry: their fingerprints are the same bytes today."""
+    assert _fingerprint(sale("A")) == '["SALE", "A", 1, "store-042"]'
+    returned = pb.Movement(
+        sku="A", location_id="store-042", type=pb.RETURN, quantity=2, condition=pb.SELLABLE
+    )
+    assert _fingerprint(returned) == '["RETURN", "A", 2, "store-042"]'
+    damaged = pb.Movement(
+        sku="A", location_id="store-042", type=pb.RETURN, quantity=2, condition=pb.NON_SELLABLE
+    )
+    assert _fingerprint(damaged) == '["RETURN", "A", 2, "store-042", "NON_SELLABLE"]'
+    assert _fingerprint(transfer_out()) == (
+        '["TRANSFER_OUT", "A", 3, "store-042", {"transfer_id": "T-1"}, '
+        '{"counterpart": "store-017"}]'
+    )
+    # A key as an older agent stored it, in the file: its retry is still a replay.
+    path = tmp_path / "outbox.db"
+    with Outbox(path, SOURCE) as outbox:
+        assert outbox.append([sale("A")]) == [1]
+    engine = create_engine(f"sqlite:///{path}")
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO request (request_id, seq, fingerprint, recorded_at) "
+                    """VALUES ('t1/r1/1', 1, '["SALE", "A", 1, "store-042"]', :now)"""
+                ),
+                {"now": time.time()},
+            )
+    finally:
+        engine.dispose()
+    with Outbox(path, SOURCE) as reopened:
+        assert reopened.append_once(sale("A"), "t1/r1/1") == (1, False)
+        assert reopened.depth() == 1
 
 
 def test_request_ids_are_pruned_by_age_and_by_count(tmp_path: Path) -> None:

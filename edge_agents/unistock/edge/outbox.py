@@ -119,8 +119,8 @@ request_table = Table(
     _metadata,
     Column("request_id", String, primary_key=True),
     Column("seq", Integer, nullable=False, index=True),
-    # JSON [type, sku, quantity, location_id] of the movement (_fingerprint): a reused key with
-    # another content is a till bug, refused rather than answered with the wrong receipt.
+    # JSON [type, sku, quantity, location_id, ...] of the movement (_fingerprint): a reused key
+    # with another content is a till bug, refused rather than answered with the wrong receipt.
     Column("fingerprint", String, nullable=False),
     Column("recorded_at", Float, nullable=False, index=True),
 )
@@ -153,7 +153,7 @@ class RequestConflict(ValueError):
     def __init__(self, request_id: str, seq: int, recorded: str, given: str) -> None:
         super().__init__(
             f"request_id: {request_id!r} was already used for seq {seq} with another movement "
-            f"(recorded [type, sku, quantity, location] {recorded}, this request {given})"
+            f"(recorded [type, sku, quantity, location, ...] {recorded}, this request {given})"
         )
         self.request_id = request_id
         self.seq = seq
@@ -161,7 +161,8 @@ class RequestConflict(ValueError):
 
 def _fingerprint(movement: pb.Movement) -> str:
     """What a retry with the same request_id must repeat: type, SKU, quantity, location, and
-    the condition when it is not the default (so fingerprints stored before it existed hold)."""
+    the condition, transfer and counterpart location when set (each only when set, so that the
+    fingerprints stored before they existed, for movements without them, hold byte for byte)."""
     what: list[object] = [
         pb.MovementType.Name(movement.type),
         movement.sku,
@@ -170,6 +171,11 @@ def _fingerprint(movement: pb.Movement) -> str:
     ]
     if movement.condition not in (pb.ITEM_CONDITION_UNSPECIFIED, pb.SELLABLE):
         what.append(pb.ItemCondition.Name(movement.condition))
+    # Tagged: a list position alone would not tell a transfer_id from a counterpart.
+    if movement.transfer_id:
+        what.append({"transfer_id": movement.transfer_id})
+    if movement.counterpart_location_id:
+        what.append({"counterpart": movement.counterpart_location_id})
     return json.dumps(what)
 
 
@@ -390,7 +396,7 @@ class Outbox:
 
         Raises:
             RequestConflict: ``request_id`` was recorded for a movement with another type, SKU,
-                quantity or location.
+                quantity, location, condition, transfer_id or counterpart_location_id.
         """
         if not request_id:
             raise ValueError("request_id must not be empty")
