@@ -1,9 +1,13 @@
 """F12: random interleavings against the real server on a real Redis, checked against a model.
 
-Rules: receipt, sale, return, transfer, count, pickup (a SALE naming a reservation), multi-line
-reserve (and its replay), release, fulfil, duplicate delivery of an earlier batch, and restart of
-the server on the same Redis. After every step every level and every reservation must be what
-the model says, and reserved must equal the sum of the ACTIVE reservation lines per position.
+Rules: receipt, sale, return, damaged return and inspection, transfer shipments (new transfers
+and further parcels), receipts (short, twice, before the shipment), closes, count, pickup (a SALE
+naming a reservation), multi-line reserve (and its replay), release, fulfil, duplicate delivery
+of an earlier batch, and restart of the server on the same Redis. After every step every level,
+every reservation and every transfer must be what the model says: invariants 1 (conservation), 2
+(reserved is the sum of ACTIVE lines), 3 (available never negative, never over-granted), 4
+(transfers: shipped + unexpected = received + lost + in transit, and in_transit shown at the
+destination), 6 (fulfilment lowers on_hand with reserved) and 7 (counts).
 
 The state machine is synchronous (hypothesis drives it); async calls run on one dedicated event
 loop for the whole test, and one private redis-server (AOF, fsync always) is emptied before each
@@ -53,6 +57,23 @@ qty_st = st.integers(min_value=1, max_value=6)
 
 
 @dataclass
+class TransferModel:
+    src: str
+    dst: str
+    shipped: Counter[str] = field(default_factory=Counter)
+    received: Counter[str] = field(default_factory=Counter)
+    lost: Counter[str] = field(default_factory=Counter)
+    closed: bool = False
+
+    def in_transit(self, sku: str) -> int:
+        return max(0, self.shipped[sku] - self.received[sku] - self.lost[sku])
+
+    @property
+    def skus(self) -> list[str]:
+        return sorted(set(self.shipped) | set(self.received))
+
+
+@dataclass
 class ResModel:
     lines: dict[Key, int]  # units still held while ACTIVE
     request: list[tuple[str, str, int]]  # the original request, for replays
@@ -80,6 +101,7 @@ class RealServerMachine(RuleBasedStateMachine):
         self.on_hand: Counter[Key] = Counter()
         self.non_sellable: Counter[Key] = Counter()
         self.reservations: dict[str, ResModel] = {}
+        self.transfers: dict[str, TransferModel] = {}
         self.seq = 0
         self.batches: list[pb.MovementBatch] = []
         self.next_id = 0
@@ -199,27 +221,55 @@ class RealServerMachine(RuleBasedStateMachine):
         self.on_hand[key] += restocked
         self.non_sellable[key] -= restocked + max(written_off, 0)
 
-    @rule(sku=st.sampled_from(SKUS), q=qty_st, forward=st.booleans())
-    def transfer(self, sku: str, q: int, forward: bool) -> None:
+    @rule(sku=st.sampled_from(SKUS), q=qty_st, forward=st.booleans(), data=st.data())
+    def ship(self, sku: str, q: int, forward: bool, data: st.DataObject) -> None:
+        """A TRANSFER_OUT: a new transfer, or a further parcel of one between the same places
+        (possibly closed, possibly received before it was shipped)."""
         src, dst = LOCS if forward else LOCS[::-1]
-        tid = f"t-{self.seq + 1}"
+        same = sorted(t for t, m in self.transfers.items() if (m.src, m.dst) == (src, dst))
+        tid = data.draw(st.sampled_from([f"t-{self.seq + 1}", *same]), label="transfer")
         self.send(
-            [
-                pb.Movement(
-                    sku=sku,
-                    location_id=src,
-                    type=pb.TRANSFER_OUT,
-                    quantity=q,
-                    transfer_id=tid,
-                    counterpart_location_id=dst,
-                ),
-                pb.Movement(
-                    sku=sku, location_id=dst, type=pb.TRANSFER_IN, quantity=q, transfer_id=tid
-                ),
-            ]
-        )
+            [pb.Movement(sku=sku, location_id=src, type=pb.TRANSFER_OUT, quantity=q,
+                         transfer_id=tid, counterpart_location_id=dst)]
+        )  # fmt: skip
         self.on_hand[(sku, src)] -= q
-        self.on_hand[(sku, dst)] += q
+        t = self.transfers.setdefault(tid, TransferModel(src, dst))
+        t.shipped[sku] += q
+        t.closed = False
+
+    @rule(sku=st.sampled_from(SKUS), q=qty_st, data=st.data())
+    def receive(self, sku: str, q: int, data: st.DataObject) -> None:
+        """A TRANSFER_IN at a transfer's destination: short, exact, twice, or of a transfer not
+        shipped yet (then a later shipment from the other location may follow)."""
+        new = f"t-{self.seq + 1}"
+        tid = data.draw(st.sampled_from([new, *sorted(self.transfers)]), label="transfer")
+        if tid == new:
+            dst = data.draw(st.sampled_from(LOCS), label="destination")
+            self.transfers[tid] = TransferModel(LOCS[1] if dst == LOCS[0] else LOCS[0], dst)
+        t = self.transfers[tid]
+        if data.draw(st.booleans(), label="same sku") and t.skus:
+            sku = t.skus[0]
+        self.send(
+            [pb.Movement(sku=sku, location_id=t.dst, type=pb.TRANSFER_IN, quantity=q,
+                         transfer_id=tid)]
+        )  # fmt: skip
+        self.on_hand[(sku, t.dst)] += q
+        back = min(t.lost[sku], q)
+        t.lost[sku] -= back
+        t.received[sku] += q
+
+    @precondition(lambda self: self.transfers)
+    @rule(data=st.data())
+    def close_transfer(self, data: st.DataObject) -> None:
+        tid = data.draw(st.sampled_from(sorted(self.transfers)), label="transfer")
+        t = self.transfers[tid]
+        self._settled()  # its shipments have reached the record
+        closed = self.run(self.c.close_transfer(tid, t.dst))
+        assert closed.state == pb.CLOSED
+        if not t.closed:
+            for sku in t.skus:
+                t.lost[sku] += t.in_transit(sku)
+            t.closed = True
 
     @rule(key=keys_st, counted=st.integers(min_value=0, max_value=15))
     def count(self, key: Key, counted: int) -> None:
@@ -368,6 +418,48 @@ class RealServerMachine(RuleBasedStateMachine):
             assert lv.negative == (self.on_hand[k] < 0 or self.non_sellable[k] < 0), (k, lv)
             assert lv.at_risk == (self.reserved(k) > 0 and self.on_hand[k] < self.reserved(k))
             assert lv.available >= 0
+
+    def in_transit(self, key: Key) -> int:
+        return sum(t.in_transit(key[0]) for t in self.transfers.values() if t.dst == key[1])
+
+    def _transfers_as_modelled(self) -> bool:
+        got = {(lv.sku, lv.location_id): lv for lv in self.run(self.c.get_availability(keys=KEYS))}
+        if any(got[k].in_transit != self.in_transit(k) for k in KEYS):
+            return False
+        for tid, t in self.transfers.items():
+            try:
+                [rec] = self.run(self.c.get_transfer(tid))
+            except UnistockClientError as exc:
+                if exc.code != grpc.StatusCode.NOT_FOUND:
+                    raise
+                return False  # its first shipment is not applied yet
+            lines = {ln.sku: ln for ln in rec.lines}
+            for sku in t.skus:
+                ln = lines.get(sku)
+                want = (t.shipped[sku], t.received[sku], t.lost[sku], t.in_transit(sku))
+                if ln is None or (ln.shipped, ln.received, ln.lost, ln.in_transit) != want:
+                    return False
+                assert ln.shipped + ln.unexpected == ln.received + ln.lost + ln.in_transit, rec
+            if (rec.state == pb.CLOSED) != t.closed:
+                return False
+        return True
+
+    def _settled(self) -> None:
+        """Wait until every acknowledged TRANSFER_OUT reached its destination (its shipment is
+        applied just after the ack) and the transfers are what the model says."""
+        for _ in range(100):
+            if self._transfers_as_modelled():
+                return
+            self.run(asyncio.sleep(0.05))
+        got = self.run(self.c.get_availability(keys=KEYS))
+        raise AssertionError(
+            f"transfers differ from the model: {self.transfers} vs levels {got} and records "
+            f"{[self.run(self.c.get_transfer(t)) for t in self.transfers]}"
+        )
+
+    @invariant()
+    def transfers_match_the_model(self) -> None:
+        self._settled()
 
     @invariant()
     def reservations_match_the_model(self) -> None:
