@@ -59,8 +59,8 @@ class SaleRequest(_message.Message):
     "<till id>/<receipt number>/<line>". Set it, and keep it for every retry of this call: when
     a call times out after the agent stored the movement, the retry gets the original receipt
     (same seq, replayed = true) instead of recording it a second time. Reusing a request_id for
-    a movement with another type, sku, quantity or location is refused (ALREADY_EXISTS naming
-    request_id). The agent remembers a request_id for 7 days (and its last 200,000 movements),
+    a movement with another type, sku, quantity, location, condition, transfer_id or
+    counterpart_location_id is refused (ALREADY_EXISTS naming request_id). The agent remembers a request_id for 7 days (and its last 200,000 movements),
     across restarts. Empty: no idempotency, every call records a movement.
     """
     @_builtins.property

@@ -383,28 +383,42 @@ class Inventory:
             except Unavailable:
                 await asyncio.sleep(0.2)
 
-    async def run_shipments(self) -> None:
+    async def run_shipments(self, retry: float = 1.0) -> None:
         """Apply the shipments a crash left in the outbox, then every TRANSFER_OUT's shipment
-        once it is durable; until cancelled."""
+        once it is durable; until cancelled. Redis failing only delays them (retried every
+        `retry` s; the outbox keeps them meanwhile, across restarts too)."""
         while True:
             try:
                 pending = await self.store.pending_shipments()
                 break
             except Unavailable as exc:
+                self.metrics.redis_errors.labels("shipments").inc()
                 log.warning("cannot read pending transfer shipments yet: %s", exc)
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(retry)
         if pending:
             log.info("applying %d transfer shipments left by a crash", len(pending))
-            await self._apply_shipments([decode_shipment(v) for _, v in pending])
+            await self._ship_retrying([decode_shipment(v) for _, v in pending], retry)
         while True:
             shipments, durable = await self._shipping.get()
             try:
                 await durable
             except Unavailable:
                 await self._durably()  # the failed write is retried with a later window
-            await self._apply_shipments(shipments)
+            await self._ship_retrying(shipments, retry)
             self._shipments_pending -= len(shipments)
             self.metrics.shipments_pending.set(self._shipments_pending)
+
+    async def _ship_retrying(self, shipments: list[Movement], retry: float) -> None:
+        """_apply_shipments until it does not fail with Unavailable (safe to repeat: a record
+        applies a shipment once)."""
+        while True:
+            try:
+                await self._apply_shipments(shipments)
+                return
+            except Unavailable as exc:
+                self.metrics.redis_errors.labels("shipments").inc()
+                log.warning("applying transfer shipments failed, will retry: %s", exc)
+                await asyncio.sleep(retry)
 
     async def get_transfer(self, transfer_id: str, location_id: str = "") -> list[Transfer]:
         """The durable records of a transfer (at location_id, or every destination that has
