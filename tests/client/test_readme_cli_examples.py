@@ -1,0 +1,55 @@
+"""The README's transfer example runs as written: each `.venv/bin/unistock` line of the block,
+in a shell from the checkout, against a real server (its address and token given the way a
+user would: UNISTOCK_TARGET and UNISTOCK_TOKEN), with what its comments promise."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+from pathlib import Path
+
+from tests.fixtures.server import TOKENS, target
+from unistock.server.app.server import UnistockServer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def transfer_example() -> list[str]:
+    """The commands of the README's sh block that closes a transfer, comments stripped."""
+    blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    [block] = [b for b in blocks if "close-transfer" in b]
+    return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+async def sh(command: str, srv: UnistockServer) -> tuple[int, str, str]:
+    env = dict(os.environ, UNISTOCK_TARGET=target(srv), UNISTOCK_TOKEN=TOKENS["admin"])
+    proc = await asyncio.create_subprocess_shell(
+        command, cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_the_readme_transfer_example_runs_as_written(server: UnistockServer) -> None:
+    commands = transfer_example()
+    assert len(commands) == 6, commands
+    outputs = []
+    for command in commands:
+        assert command.startswith(".venv/bin/unistock "), command
+        rc, out, err = await sh(command, server)
+        assert rc == 0, (command, err)
+        outputs.append(json.loads(out))
+    _, _, level, _, transfer, closed = outputs
+    assert (level["inTransit"], level.get("available", "0")) == ("5", "0")
+    assert transfer["state"] == "IN_TRANSIT"
+    assert transfer["lines"] == [
+        {"sku": "SHOE-42", "shipped": "5", "received": "4", "inTransit": "1"}
+    ]
+    assert closed["state"] == "CLOSED"
+    assert closed["lines"][0]["lost"] == "1"
+    assert [d["kind"] for d in closed["discrepancies"]] == ["CLOSED_SHORT"]
+    rc, out, err = await sh(commands[-1], server)  # again: no change
+    assert (rc, json.loads(out)) == (0, closed), err
