@@ -363,12 +363,6 @@ async def test_in_transit_is_shown_never_available(
     assert await at(client, "s6") == (5, 0, 5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: a location that only ever had units shipped to it is missing from "
-    "Inventory.locations until a restart (the shipment applier never adds it), so "
-    "GetAvailability(sku=...) and a by-SKU watch snapshot leave its in_transit out",
-)
 async def test_a_destination_known_only_from_shipments_is_listed_by_sku(
     admin: UnistockClient, client: UnistockClient
 ) -> None:

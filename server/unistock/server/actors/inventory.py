@@ -42,6 +42,7 @@ from unistock.server.domain import (
 from unistock.server.metrics import Metrics
 from unistock.server.persistence.codec import decode_shipment, encode_shipment, shipment_field
 from unistock.server.persistence.group_commit import GroupCommit
+from unistock.server.persistence.keys import parse_position_field
 from unistock.server.persistence.store import RedisStore
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,8 @@ class Inventory:
         )
         self.positions.reconcile = self.reservations.reconcile
         self.transfers = TransferBook(store, commit)
+        #: The safety stock each position must have (see set_safety_source).
+        self.safety_of: Callable[[StockKey], int] = _no_safety_stock
         #: TRANSFER_OUT batches whose shipments go to their transfer records once durable.
         self._shipping: asyncio.Queue[tuple[list[Movement], asyncio.Future[None]]] = asyncio.Queue()
         self._shipments_pending = 0
@@ -365,6 +368,7 @@ class Inventory:
                 continue  # applied before a crash that left it in the outbox
             p = self._position((m.sku, m.counterpart_location_id))
             p.transit(delta)
+            self.locations.add(m.counterpart_location_id)  # listed by SKU from now on
             if delta:
                 self.transfers.put(after, p)
             else:
@@ -419,6 +423,38 @@ class Inventory:
                 self.metrics.redis_errors.labels("shipments").inc()
                 log.warning("applying transfer shipments failed, will retry: %s", exc)
                 await asyncio.sleep(retry)
+
+    # -- safety stock --------------------------------------------------------------------------
+
+    def set_safety_source(self, safety: Callable[[StockKey], int]) -> None:
+        """Where positions take their safety stock from (master data)."""
+        self.safety_of = safety
+        self.positions.safety = safety
+
+    async def apply_safety_stock(self, keys: Iterable[StockKey]) -> int:
+        """Give positions the safety stock master data now says (safety_of), in chunks; returns
+        once every change is durable; returns the positions changed."""
+        keys = list(dict.fromkeys(keys))
+        changed = 0
+        for i in range(0, len(keys), SAFETY_CHUNK):
+            chunk = keys[i : i + SAFETY_CHUNK]
+            await self._ready(chunk)
+            for key in chunk:
+                p = self._position(key)
+                want = self.safety_of(key)
+                if p.safety_stock != want:
+                    p.set_safety_stock(want)
+                    self.commit.position_changed(p)
+                    changed += 1
+            await self.commit.barrier()
+        return changed
+
+    async def positions_at(self, location_ids: set[str]) -> list[StockKey]:
+        """Every position at these locations: stored ones and resident ones not written yet."""
+        found = {p.key for p in self.positions.resident() if p.location_id in location_ids}
+        async for chunk in self.store.scan_levels(frozenset(), frozenset(location_ids), set()):
+            found.update(parse_position_field(f.decode()) for f, _ in chunk)
+        return sorted(found)
 
     async def get_transfer(self, transfer_id: str, location_id: str = "") -> list[Transfer]:
         """The durable records of a transfer (at location_id, or every destination that has
@@ -684,6 +720,12 @@ def _freeing(
 
 
 _OUT, _IN = MovementType.TRANSFER_OUT, MovementType.TRANSFER_IN
+#: Positions given a new safety stock per turn (a location's default changing touches them all).
+SAFETY_CHUNK = 1000
+
+
+def _no_safety_stock(key: StockKey) -> int:
+    return 0
 
 
 def _seq_jump(m: Movement, high: int) -> InvalidArgument:
