@@ -209,7 +209,7 @@ async def test_a_missing_token_names_the_paths_tried_and_the_ways_to_give_one(
 async def test_the_dev_token_is_found_from_a_subdirectory(
     server: UnistockServer, tmp_path: Path
 ) -> None:
-    (tmp_path / "var").mkdir()
+    (tmp_path / "var").mkdir(exist_ok=True)  # the server's data dir (its SQLite file) too
     (tmp_path / "var" / "dev-token").write_text(TOKENS["admin"] + "\n")
     cwd = tmp_path / "src" / "deep"
     cwd.mkdir(parents=True)

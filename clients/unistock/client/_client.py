@@ -13,6 +13,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 from grpc_status import rpc_status
 
+from unistock.v1 import admin_pb2 as apb
+from unistock.v1 import admin_pb2_grpc as apb_grpc
 from unistock.v1 import inventory_pb2 as pb
 from unistock.v1 import inventory_pb2_grpc as pb_grpc
 
@@ -71,6 +73,8 @@ class UnistockClient:
         else:
             self.channel = aio.insecure_channel(target)
         self.stub = pb_grpc.InventoryServiceStub(self.channel)
+        #: unistock.v1.AdminService (role admin): master data.
+        self.admin = apb_grpc.AdminServiceStub(self.channel)
         self.metadata = (("authorization", f"Bearer {token}"),)
         self.timeout = timeout
 
@@ -185,6 +189,47 @@ class UnistockClient:
         req = pb.CloseTransferRequest(transfer_id=transfer_id, location_id=location_id)
         resp: pb.Transfer = await self._unary(self.stub.CloseTransfer, req)
         return resp
+
+    # -- master data (AdminService, role admin) ------------------------------------------------
+
+    async def upsert_locations(self, locations: Sequence[apb.Location]) -> int:
+        """Create or replace locations (at most 10,000 per call, all or nothing); returns how
+        many. Raises UnistockClientError (INVALID_ARGUMENT naming e.g. locations[3].latitude)."""
+        req = apb.UpsertLocationsRequest(locations=locations)
+        resp: apb.UpsertResponse = await self._unary(self.admin.UpsertLocations, req)
+        return resp.upserted
+
+    async def upsert_networks(self, networks: Sequence[apb.Network]) -> int:
+        """Create or replace networks with their members (each a known location)."""
+        req = apb.UpsertNetworksRequest(networks=networks)
+        resp: apb.UpsertResponse = await self._unary(self.admin.UpsertNetworks, req)
+        return resp.upserted
+
+    async def upsert_products(self, products: Sequence[apb.Product]) -> int:
+        """Create or replace products by SKU (a GTIN names one SKU)."""
+        req = apb.UpsertProductsRequest(products=products)
+        resp: apb.UpsertResponse = await self._unary(self.admin.UpsertProducts, req)
+        return resp.upserted
+
+    async def set_safety_stock(self, positions: Sequence[apb.SafetyStock]) -> int:
+        """Set (or clear) positions' own safety stock; every level shows it once this returns."""
+        req = apb.SetSafetyStockRequest(positions=positions)
+        resp: apb.UpsertResponse = await self._unary(self.admin.SetSafetyStock, req)
+        return resp.upserted
+
+    async def list_locations(self) -> list[apb.Location]:
+        """Every location, sorted by id."""
+        resp: apb.ListLocationsResponse = await self._unary(
+            self.admin.ListLocations, apb.ListLocationsRequest()
+        )
+        return list(resp.locations)
+
+    async def list_networks(self) -> list[apb.Network]:
+        """Every network, sorted by id."""
+        resp: apb.ListNetworksResponse = await self._unary(
+            self.admin.ListNetworks, apb.ListNetworksRequest()
+        )
+        return list(resp.networks)
 
     async def apply_movements(
         self, batches: AsyncIterable[pb.MovementBatch] | Iterable[pb.MovementBatch]

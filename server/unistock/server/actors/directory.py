@@ -48,6 +48,10 @@ class Directory:
         #: Called with newly activated positions that hold units, before they become visible;
         #: it checks their holds against reservation records (see ReservationBook).
         self.reconcile: Callable[[list[Position]], asyncio.Future[None]] | None = None
+        #: The safety stock each position must have (master data). A loaded position that has
+        #: another (its location's default changed while it was not resident, or a crash came
+        #: between the master-data write and the position's) is corrected as it is activated.
+        self.safety: Callable[[StockKey], int] | None = None
 
     def __len__(self) -> int:
         return len(self._resident) - self._has_sentinel
@@ -108,14 +112,33 @@ class Directory:
             for key, p in zip(keys, await self._store.read_positions(keys), strict=True)
             if key not in self._resident  # activated by another batch meanwhile: keep that one
         ]
+        corrected = self._correct_safety(loaded)
         with_holds = [p for p in loaded if p.holds]
         if with_holds and self.reconcile is not None:
             await self.reconcile(with_holds)
         for p in loaded:
-            self._resident.setdefault(p.key, p)
+            if self._resident.setdefault(p.key, p) is p and p in corrected:
+                self._commit.position_changed(p)
         self._metrics.activations.inc(len(loaded))
         self.enforce_cap()
         self._metrics.resident_actors.set(len(self))
+
+    def _correct_safety(self, loaded: list[Position]) -> set[Position]:
+        """Give loaded positions the safety stock master data says; returns the stored ones
+        that changed (a never-stored position just starts with it)."""
+        safety = self.safety
+        changed: set[Position] = set()
+        if safety is None:
+            return changed
+        for p in loaded:
+            want = safety(p.key)
+            if p.safety_stock != want:
+                if p.version == 0:
+                    p.safety_stock = want
+                else:
+                    p.set_safety_stock(want)
+                    changed.add(p)
+        return changed
 
     def enforce_cap(self) -> int:
         """Passivate clean, unpinned positions, least recently used first, down to the cap.

@@ -28,6 +28,8 @@ from unistock.v1 import inventory_pb2 as pb
 log = logging.getLogger(__name__)
 
 SERVICE = "unistock.v1.InventoryService"
+#: Master data: role admin only (every method).
+ADMIN_SERVICE = "unistock.v1.AdminService"
 
 ROLES: dict[str, frozenset[str]] = {
     "channel": frozenset(
@@ -178,11 +180,13 @@ def _denied(
 
 
 class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Refuses calls to the inventory service without a valid token for the method's role."""
+    """Refuses calls to the inventory and admin services without a valid token for the
+    method's role (AdminService: role admin)."""
 
     def __init__(self, tokens: TokenStore) -> None:
         self._tokens = tokens
         self._prefix = f"/{SERVICE}/"
+        self._admin_prefix = f"/{ADMIN_SERVICE}/"
 
     async def intercept_service(
         self,
@@ -193,8 +197,14 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> grpc.RpcMethodHandler[Any, Any]:
         method: str = details.method
         handler = await continuation(details)
-        if handler is None or not method.startswith(self._prefix):
-            return handler  # health, reflection, unknown methods
+        if handler is None:
+            return handler
+        if method.startswith(self._prefix):
+            name = method[len(self._prefix) :]
+        elif method.startswith(self._admin_prefix):
+            name = method[len(self._admin_prefix) :]
+        else:
+            return handler  # health, reflection
         auth = None
         for key, value in details.invocation_metadata or ():
             if key == "authorization" and isinstance(value, str):
@@ -207,8 +217,12 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                 grpc.StatusCode.UNAUTHENTICATED,
                 "missing or unknown bearer token (metadata 'authorization: Bearer <token>')",
             )
-        name = method[len(self._prefix) :]
-        if name not in ROLES[principal.role]:
+        allowed = (
+            principal.role == "admin"
+            if method.startswith(self._admin_prefix)
+            else name in ROLES[principal.role]
+        )
+        if not allowed:
             return _denied(
                 handler,
                 grpc.StatusCode.PERMISSION_DENIED,

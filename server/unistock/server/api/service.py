@@ -11,7 +11,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from grpc import aio
@@ -63,9 +63,16 @@ def _serialize(message: Any) -> bytes:
     return message if isinstance(message, bytes) else message.SerializeToString()
 
 
+class _Service(Protocol):
+    def _latency(self, method: str, code: str) -> Any: ...
+
+
+S = TypeVar("S", bound=_Service)
+
+
 def rpc(
-    fn: Callable[[InventoryService, Any, Context], Awaitable[R]],
-) -> Callable[[InventoryService, Any, Context], Awaitable[R]]:
+    fn: Callable[[S, Any, Context], Awaitable[R]],
+) -> Callable[[S, Any, Context], Awaitable[R]]:
     """Map domain errors to statuses (in one place) and record latency by method and code.
 
     An undecodable request is INVALID_ARGUMENT naming its message; an unexpected exception is
@@ -74,7 +81,7 @@ def rpc(
     name = fn.__name__
 
     @functools.wraps(fn)
-    async def wrapper(self: InventoryService, request: Any, context: Context) -> R:
+    async def wrapper(self: S, request: Any, context: Context) -> R:
         started = time.perf_counter()
         code = "OK"
         try:
@@ -353,19 +360,25 @@ class InventoryService:
 
     def handler(self) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
         """The generic handler serving every method of the service."""
-        d = pb.DESCRIPTOR.services_by_name["InventoryService"]
-        handlers = {}
-        for method in d.methods:
-            impl = getattr(self, method.name)
-            req_cls = getattr(pb, method.input_type.name)
-            kwargs = {
-                "request_deserializer": lenient_deserializer(req_cls),
-                "response_serializer": _serialize,
-            }
-            if method.client_streaming and method.server_streaming:
-                handlers[method.name] = grpc.stream_stream_rpc_method_handler(impl, **kwargs)
-            elif method.server_streaming:
-                handlers[method.name] = grpc.unary_stream_rpc_method_handler(impl, **kwargs)
-            else:
-                handlers[method.name] = grpc.unary_unary_rpc_method_handler(impl, **kwargs)
-        return grpc.method_handlers_generic_handler(SERVICE, handlers)
+        return generic_handler(self, pb, "InventoryService")
+
+
+def generic_handler(impl: object, module: Any, name: str) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
+    """A handler serving every method of service `name` of a generated module by impl's
+    methods of the same names (requests decoded leniently, responses passed through when
+    already bytes)."""
+    d = module.DESCRIPTOR.services_by_name[name]
+    handlers = {}
+    for method in d.methods:
+        fn = getattr(impl, method.name)
+        kwargs = {
+            "request_deserializer": lenient_deserializer(getattr(module, method.input_type.name)),
+            "response_serializer": _serialize,
+        }
+        if method.client_streaming and method.server_streaming:
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(fn, **kwargs)
+        elif method.server_streaming:
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(fn, **kwargs)
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(fn, **kwargs)
+    return grpc.method_handlers_generic_handler(d.full_name, handlers)

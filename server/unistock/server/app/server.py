@@ -17,8 +17,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
+from sqlalchemy.exc import SQLAlchemyError
 
 from unistock.server.actors import Inventory
+from unistock.server.actors.masterdata import MasterData
+from unistock.server.api.admin import SERVICE as ADMIN_SERVICE
+from unistock.server.api.admin import AdminService
 from unistock.server.api.auth import AuthInterceptor, TokenStore
 from unistock.server.api.service import SERVICE, InventoryService
 from unistock.server.api.watch import WatchHub
@@ -28,6 +32,7 @@ from unistock.server.metrics import Metrics
 from unistock.server.mqtt import LocationDirectory, MqttIngestor
 from unistock.server.persistence.group_commit import GroupCommit
 from unistock.server.persistence.keys import Keyspace
+from unistock.server.persistence.sql import MasterDataStore, default_url
 from unistock.server.persistence.store import RedisStore
 
 log = logging.getLogger(__name__)
@@ -194,6 +199,26 @@ class UnistockServer:
             await self.inventory.start()
         except Unavailable as exc:
             raise StartupError(f"--redis-url: cannot use {_redact(s.redis_url)}: {exc}") from None
+        if not s.database_url:
+            try:
+                s.data_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StartupError(f"--data-dir: cannot create {s.data_dir}: {exc}") from None
+        database_url = s.database_url or default_url(s.data_dir)
+        try:
+            self.master = MasterData(MasterDataStore(database_url))
+        except (SQLAlchemyError, ImportError, ValueError) as exc:
+            raise StartupError(
+                f"--database-url: cannot use {_redact(database_url)}: {exc}"
+            ) from None
+        self._opened.append(self.master.close)
+        try:
+            await self.master.start()
+        except Unavailable as exc:
+            raise StartupError(
+                f"--database-url: cannot use {_redact(database_url)}: {exc}"
+            ) from None
+        self.inventory.set_safety_source(self.master.safety_stock)
         self.hub = WatchHub(self.metrics, max_pending=s.watch_max_pending)
         self.commit.listeners.append(self.hub.publish)
         self._spawn(self._run_commit(), "group-commit")
@@ -208,6 +233,7 @@ class UnistockServer:
                 )
             except (OSError, ValueError) as exc:
                 raise StartupError(f"--locations-file: {exc}") from None
+            locations.lookup = self.master.store_of
             self.ingestor: MqttIngestor | None = MqttIngestor(
                 s.mqtt_url, self.inventory, self.metrics, locations
             )
@@ -220,11 +246,12 @@ class UnistockServer:
             )
         self.service = InventoryService(self.inventory, self.hub)
         assert self._grpc is not None
-        self._grpc.add_generic_rpc_handlers((self.service.handler(),))
+        self.admin = AdminService(self.master, self.inventory, self.metrics)
+        self._grpc.add_generic_rpc_handlers((self.service.handler(), self.admin.handler()))
         self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(
-            (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
+            (SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
         )
 
     async def _abort_start(self) -> None:

@@ -15,6 +15,7 @@ class Settings:
     """Everything the server needs to start. Every field has a flag and an env variable."""
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    database_url: str = ""
     mqtt_url: str = ""
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 50051
@@ -67,12 +68,15 @@ class Settings:
 
 _HELP = {
     "redis_url": "Redis holding the positions (AOF with appendfsync always recommended)",
+    "database_url": "SQL database of the master data (locations, networks, products, safety "
+    "stock), a SQLAlchemy URL such as postgresql+psycopg://user:pass@host/db; empty: the "
+    "SQLite file unistock.db in --data-dir",
     "mqtt_url": "MQTT broker of the store edge agents (mqtt[s]://user:pass@host:port); "
     "empty: no MQTT ingestion",
     "grpc_host": "address the gRPC API listens on",
     "grpc_port": "gRPC API port (0: any free port)",
     "metrics_port": "Prometheus /metrics port (0: disabled)",
-    "data_dir": "directory for local state (dev token)",
+    "data_dir": "directory for local state (dev token, the SQLite master data by default)",
     "tokens_file": "bearer tokens, one '<role> <token> [<name>]' per line; "
     "also UNISTOCK_TOKENS=role:token,...",
     "locations_file": "CSV 'location_id,store_id': which store may report each location "

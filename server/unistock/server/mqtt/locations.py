@@ -1,7 +1,8 @@
-"""Which store each location belongs to (location master data, until the omnichannel issue
-brings a master-data store): a CSV file `location_id,store_id`.
+"""Which store each location belongs to: master data first (a location's store_id, set with
+AdminService.UpsertLocations or `unistock admin import`), then the server's --locations-file (a
+CSV `location_id,store_id`, kept for deployments that have no master data yet).
 
-A store may publish movements only for its own locations. Without a file, a store's only
+A store may publish movements only for its own locations. When neither says, a store's only
 location is the one with the store's own id (the usual one-location store).
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import pathlib
+from collections.abc import Callable
 
 
 class LocationDirectory:
@@ -16,6 +18,9 @@ class LocationDirectory:
 
     def __init__(self, owners: dict[str, str] | None = None) -> None:
         self._owners = dict(owners or {})
+        #: Master data's store of a location (None: it does not say), consulted first, so a
+        #: location's store set through the admin API takes effect at once.
+        self.lookup: Callable[[str], str | None] | None = None
 
     @classmethod
     def from_csv(cls, path: pathlib.Path) -> LocationDirectory:
@@ -41,7 +46,9 @@ class LocationDirectory:
 
     def belongs(self, location_id: str, store_id: str) -> bool:
         """Whether store_id may report movements at location_id."""
-        owner = self._owners.get(location_id)
+        owner = self.lookup(location_id) if self.lookup is not None else None
+        if owner is None:
+            owner = self._owners.get(location_id)
         if owner is None:
             return location_id == store_id
         return owner == store_id

@@ -1,0 +1,146 @@
+"""Master data in memory: loaded from SQL at start-up, changed through the admin API (SQL first,
+then memory, then the stock positions it concerns), read by every turn that needs it.
+
+Admin changes are serialised (one at a time), so SQL and memory change in the same order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from unistock.server.domain import InvalidArgument, StockKey, Unavailable
+from unistock.server.domain.masterdata import Location, Network, Product
+from unistock.server.persistence.sql import MasterDataStore, MasterSnapshot
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+
+class MasterData:
+    """Locations, networks, products and position safety stock, served from memory."""
+
+    def __init__(self, store: MasterDataStore) -> None:
+        self.store = store
+        self.locations: dict[str, Location] = {}
+        self.networks: dict[str, Network] = {}
+        self.products: dict[str, Product] = {}
+        self.sku_of_gtin: dict[str, str] = {}
+        #: Positions with their own safety stock (units); the others follow their location's.
+        self.position_safety: dict[StockKey, int] = {}
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Migrate the schema and load everything; raises Unavailable."""
+        snapshot = await self._sql(self._migrate_and_load)
+        self.locations = {loc.location_id: loc for loc in snapshot.locations}
+        self.networks = {n.network_id: n for n in snapshot.networks}
+        self.products = {p.sku: p for p in snapshot.products}
+        self.sku_of_gtin = {p.gtin: p.sku for p in snapshot.products if p.gtin}
+        self.position_safety = {(s, loc): u for s, loc, u in snapshot.safety_stock}
+        log.info(
+            "master data: %d locations, %d networks, %d products, %d position safety stocks",
+            len(self.locations),
+            len(self.networks),
+            len(self.products),
+            len(self.position_safety),
+        )
+
+    def _migrate_and_load(self) -> MasterSnapshot:
+        self.store.migrate()
+        return self.store.load()
+
+    async def close(self) -> None:
+        """Release the SQL connections."""
+        await asyncio.to_thread(self.store.close)
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def store_of(self, location_id: str) -> str | None:
+        """The store whose agent reports location_id (None: master data does not say)."""
+        loc = self.locations.get(location_id)
+        return loc.store_id if loc is not None and loc.store_id else None
+
+    def safety_stock(self, key: StockKey) -> int:
+        """The safety stock a position must have: its own, else its location's default."""
+        own = self.position_safety.get(key)
+        if own is not None:
+            return own
+        loc = self.locations.get(key[1])
+        return 0 if loc is None else loc.default_safety_stock
+
+    # -- writes (SQL first, then memory) -------------------------------------------------------
+
+    async def upsert_locations(self, locations: Sequence[Location]) -> set[str]:
+        """Store locations; returns the ids whose default safety stock changed."""
+        async with self._lock:
+            await self._sql(self.store.upsert_locations, locations)
+            changed = set()
+            for loc in locations:
+                before = self.locations.get(loc.location_id)
+                before_default = 0 if before is None else before.default_safety_stock
+                if before_default != loc.default_safety_stock:
+                    changed.add(loc.location_id)
+                self.locations[loc.location_id] = loc
+            return changed
+
+    async def upsert_networks(self, networks: Sequence[Network]) -> None:
+        """Store networks; every member must be a known location (InvalidArgument)."""
+        async with self._lock:
+            for i, n in enumerate(networks):
+                for j, loc in enumerate(n.location_ids):
+                    if loc not in self.locations:
+                        raise InvalidArgument(
+                            f"networks[{i}].location_ids[{j}]",
+                            f"unknown location {loc!r} (upsert it with UpsertLocations first)",
+                        )
+            await self._sql(self.store.upsert_networks, networks)
+            for n in networks:
+                self.networks[n.network_id] = n
+
+    async def upsert_products(self, products: Sequence[Product]) -> None:
+        """Store products; a GTIN names one SKU (InvalidArgument when another SKU has it and
+        keeps it)."""
+        async with self._lock:
+            moving = {p.sku for p in products}
+            seen: dict[str, int] = {}
+            for i, p in enumerate(products):
+                if not p.gtin:
+                    continue
+                owner = self.sku_of_gtin.get(p.gtin)
+                if p.gtin in seen or (owner is not None and owner != p.sku and owner not in moving):
+                    other = products[seen[p.gtin]].sku if p.gtin in seen else owner
+                    raise InvalidArgument(
+                        f"products[{i}].gtin", f"GTIN {p.gtin} already belongs to SKU {other!r}"
+                    )
+                seen[p.gtin] = i
+            await self._sql(self.store.upsert_products, products)
+            for p in products:
+                old = self.products.get(p.sku)
+                if old is not None and old.gtin and self.sku_of_gtin.get(old.gtin) == p.sku:
+                    del self.sku_of_gtin[old.gtin]
+                self.products[p.sku] = p
+            for p in products:
+                if p.gtin:
+                    self.sku_of_gtin[p.gtin] = p.sku
+
+    async def set_safety_stock(self, positions: Sequence[tuple[str, str, int | None]]) -> None:
+        """(sku, location_id, units or None to clear) of positions."""
+        async with self._lock:
+            await self._sql(self.store.set_safety_stock, positions)
+            for sku, loc, units in positions:
+                if units is None:
+                    self.position_safety.pop((sku, loc), None)
+                else:
+                    self.position_safety[sku, loc] = units
+
+    async def _sql(self, fn: Callable[..., _T], *args: object) -> _T:
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except SQLAlchemyError as exc:
+            log.warning("master data: SQL failed: %s", exc)
+            raise Unavailable(f"master data database: {exc.__class__.__name__}: {exc}") from exc

@@ -1,0 +1,208 @@
+"""The gRPC AdminService: master data (locations, networks, products, safety stock), role admin.
+
+Every upsert validates every row first (INVALID_ARGUMENT naming e.g. `locations[3].latitude`,
+nothing written), then writes SQL in one transaction, then memory, then the stock positions the
+change concerns (a safety stock shows in levels and available when the call returns).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
+from unistock.server.actors import Inventory
+from unistock.server.actors.masterdata import MasterData
+from unistock.server.api.service import Context, generic_handler, rpc
+from unistock.server.domain import InvalidArgument, StockKey, check_id
+from unistock.server.domain.masterdata import (
+    Location,
+    LocationType,
+    Network,
+    Product,
+    check_units,
+)
+from unistock.server.metrics import Metrics
+from unistock.v1 import admin_pb2 as apb
+
+log = logging.getLogger(__name__)
+
+SERVICE = "unistock.v1.AdminService"
+#: Rows per upsert call.
+MAX_ROWS = 10_000
+_TYPES = {t.value: t for t in LocationType}
+
+
+def _rows(field_name: str, rows: Sequence[Any]) -> None:
+    if not rows:
+        raise InvalidArgument(field_name, "give at least one")
+    if len(rows) > MAX_ROWS:
+        raise InvalidArgument(field_name, f"at most {MAX_ROWS:,} per call, got {len(rows):,}")
+
+
+def location_from_wire(m: apb.Location, prefix: str) -> Location:
+    """A validated Location; raises InvalidArgument naming the field."""
+    kind = _TYPES.get(m.type)
+    if kind is None:
+        raise InvalidArgument(prefix + "type", "STORE, WAREHOUSE or VIRTUAL")
+    return Location(
+        m.location_id,
+        kind,
+        m.name,
+        m.latitude if m.has_position else None,
+        m.longitude if m.has_position else None,
+        m.store_id,
+        m.click_and_collect,
+        m.ship_from_store,
+        m.e_reservation,
+        m.default_safety_stock,
+    ).validate(prefix)
+
+
+def location_to_wire(loc: Location) -> apb.Location:
+    """The wire form of a location."""
+    return apb.Location(
+        location_id=loc.location_id,
+        type=int(loc.type),  # type: ignore[arg-type]
+        name=loc.name,
+        latitude=loc.latitude or 0.0,
+        longitude=loc.longitude or 0.0,
+        has_position=loc.latitude is not None,
+        store_id=loc.store_id,
+        click_and_collect=loc.click_and_collect,
+        ship_from_store=loc.ship_from_store,
+        e_reservation=loc.e_reservation,
+        default_safety_stock=loc.default_safety_stock,
+    )
+
+
+def network_to_wire(n: Network) -> apb.Network:
+    """The wire form of a network."""
+    return apb.Network(
+        network_id=n.network_id,
+        channel=n.channel,
+        location_ids=n.location_ids,
+        staleness_limit_seconds=n.staleness_limit,
+    )
+
+
+class AdminService:
+    """Implements unistock.v1.AdminService on MasterData and the Inventory it feeds."""
+
+    def __init__(self, master: MasterData, inventory: Inventory, metrics: Metrics) -> None:
+        self.master = master
+        self.inventory = inventory
+        self._metrics = metrics
+
+    def _latency(self, method: str, code: str) -> Any:
+        return self._metrics.grpc_latency.labels(method, code)
+
+    @rpc
+    async def UpsertLocations(
+        self, request: apb.UpsertLocationsRequest, context: Context
+    ) -> apb.UpsertResponse:
+        _rows("locations", request.locations)
+        locations = _unique(
+            [location_from_wire(m, f"locations[{i}].") for i, m in enumerate(request.locations)],
+            lambda loc: loc.location_id,
+            "locations",
+            "location_id",
+        )
+        changed = await self.master.upsert_locations(locations)
+        if changed:
+            # Their positions without a safety stock of their own follow the new default.
+            keys = await self.inventory.positions_at(changed)
+            n = await self.inventory.apply_safety_stock(keys)
+            log.info("default safety stock changed at %d locations: %d positions", len(changed), n)
+        return apb.UpsertResponse(upserted=len(locations))
+
+    @rpc
+    async def UpsertNetworks(
+        self, request: apb.UpsertNetworksRequest, context: Context
+    ) -> apb.UpsertResponse:
+        _rows("networks", request.networks)
+        networks = _unique(
+            [
+                Network(
+                    m.network_id, tuple(m.location_ids), m.channel, m.staleness_limit_seconds
+                ).validate(f"networks[{i}].")
+                for i, m in enumerate(request.networks)
+            ],
+            lambda n: n.network_id,
+            "networks",
+            "network_id",
+        )
+        await self.master.upsert_networks(networks)
+        return apb.UpsertResponse(upserted=len(networks))
+
+    @rpc
+    async def UpsertProducts(
+        self, request: apb.UpsertProductsRequest, context: Context
+    ) -> apb.UpsertResponse:
+        _rows("products", request.products)
+        products = _unique(
+            [
+                Product(m.sku, m.gtin, m.model, m.size, m.colour).validate(f"products[{i}].")
+                for i, m in enumerate(request.products)
+            ],
+            lambda p: p.sku,
+            "products",
+            "sku",
+        )
+        await self.master.upsert_products(products)
+        return apb.UpsertResponse(upserted=len(products))
+
+    @rpc
+    async def SetSafetyStock(
+        self, request: apb.SetSafetyStockRequest, context: Context
+    ) -> apb.UpsertResponse:
+        _rows("positions", request.positions)
+        rows: list[tuple[str, str, int | None]] = []
+        for i, m in enumerate(request.positions):
+            prefix = f"positions[{i}]."
+            check_id(prefix + "sku", m.sku)
+            check_id(prefix + "location_id", m.location_id)
+            if m.clear and m.units:
+                raise InvalidArgument(prefix + "units", "give units or clear, not both")
+            rows.append(
+                (m.sku, m.location_id, None if m.clear else check_units(prefix + "units", m.units))
+            )
+        _unique(rows, lambda r: (r[0], r[1]), "positions", "sku, location_id")
+        await self.master.set_safety_stock(rows)
+        keys: list[StockKey] = [(s, loc) for s, loc, _ in rows]
+        await self.inventory.apply_safety_stock(keys)
+        return apb.UpsertResponse(upserted=len(rows))
+
+    @rpc
+    async def ListLocations(
+        self, request: apb.ListLocationsRequest, context: Context
+    ) -> apb.ListLocationsResponse:
+        return apb.ListLocationsResponse(
+            locations=[location_to_wire(loc) for _, loc in sorted(self.master.locations.items())]
+        )
+
+    @rpc
+    async def ListNetworks(
+        self, request: apb.ListNetworksRequest, context: Context
+    ) -> apb.ListNetworksResponse:
+        return apb.ListNetworksResponse(
+            networks=[network_to_wire(n) for _, n in sorted(self.master.networks.items())]
+        )
+
+    def handler(self) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
+        """The generic handler serving every method of the service."""
+        return generic_handler(self, apb, "AdminService")
+
+
+def _unique(rows: list[Any], key: Any, field_name: str, what: str) -> list[Any]:
+    seen: dict[object, int] = {}
+    for i, row in enumerate(rows):
+        k = key(row)
+        if k in seen:
+            raise InvalidArgument(
+                f"{field_name}[{i}]", f"the same {what} as {field_name}[{seen[k]}]: give it once"
+            )
+        seen[k] = i
+    return rows
