@@ -9,11 +9,11 @@
   master data in memory; once PostgreSQL is back the same calls succeed, at the first attempt.
 * PostgreSQL frozen (SIGSTOP): admin writes fail at the client's deadline, reads and inventory
   calls keep working.
-* Strict xfails, server bugs found here: the start-up error is three lines, not one; the first
-  admin write after a PostgreSQL restart fails on a stale pooled connection with the whole SQL
+* Server bugs these found (fixed): the start-up error was three lines, not one; the first admin
+  write after a PostgreSQL restart failed on a stale pooled connection with the whole SQL
   statement in its message (RESOURCE_EXHAUSTED past gRPC's metadata limit for a big upsert); a
-  write cancelled by its deadline while PostgreSQL is frozen commits in SQL later but never in
-  memory.
+  write cancelled by its deadline while PostgreSQL was frozen committed in SQL later but never
+  in memory.
 * SetSafetyStock interrupted between its SQL write and the positions' (the crash state is
   written straight into SQL while no server runs): the next server corrects each position as it
   activates it, both a new safety stock and a cleared one, and stores the correction.
@@ -90,12 +90,6 @@ async def test_postgres_down_at_start_fails_naming_the_flag_without_the_password
         assert (await send(c, movement_batch("wms", [(1, "RECEIPT", *SHOE, 3)]))).applied == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: the StartupError of an unreachable --database-url carries libpq's "
-    "multi-line message ('\\n\\tIs the server running on that host...') and SQLAlchemy's "
-    "'\\n(Background on this error at: ...)' line; every other start-up error is one line",
-)
 async def test_postgres_down_at_start_is_one_line(
     make_server: MakeServer, clean_redis_url: str, postgres_server: PostgresServer
 ) -> None:
@@ -193,14 +187,6 @@ async def test_postgres_stopped_admin_writes_unavailable_nothing_half_applied_in
     assert not srv.failed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: no pool_pre_ping, so the first admin write after a PostgreSQL restart "
-    "fails on a stale pooled connection, and its UNAVAILABLE message carries SQLAlchemy's whole "
-    "statement and parameters ([SQL: INSERT ...] [parameters: ...]); for 2,000 locations that "
-    "is ~145 kB, over gRPC's 16 kB metadata limit: the client gets RESOURCE_EXHAUSTED 'Stream "
-    "removed' instead",
-)
 async def test_first_admin_write_after_a_postgres_restart_is_unavailable_at_worst(
     make_server: MakeServer, clean_redis_url: str, postgres_server: PostgresServer
 ) -> None:
@@ -277,13 +263,6 @@ async def _settled(
         await asyncio.sleep(0.1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: an admin write whose RPC is cancelled (client deadline) while its SQL "
-    "thread waits is still committed by that thread once PostgreSQL answers, but the memory "
-    "step never runs: SQL has the location / safety stock, ListLocations, the MQTT store check "
-    "and levels do not, until a restart",
-)
 async def test_postgres_paused_an_admin_write_is_never_half_applied(
     make_server: MakeServer, clean_redis_url: str, postgres_server: PostgresServer
 ) -> None:

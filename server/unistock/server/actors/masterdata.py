@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from unistock.server.domain import InvalidArgument, StockKey, Unavailable
 from unistock.server.domain.masterdata import Location, Network, Product
@@ -142,5 +142,9 @@ class MasterData:
         try:
             return await asyncio.to_thread(fn, *args)
         except SQLAlchemyError as exc:
-            log.warning("master data: SQL failed: %s", exc)
-            raise Unavailable(f"master data database: {exc.__class__.__name__}: {exc}") from exc
+            # One line, without the statement and its parameters (SQLAlchemy appends them:
+            # kilobytes for a big upsert, too long for a gRPC status message).
+            cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+            first = (str(cause).strip().splitlines() or [""])[0]
+            log.warning("master data: SQL failed: %s: %s", type(cause).__name__, first)
+            raise Unavailable(f"master data database: {type(cause).__name__}: {first}") from exc

@@ -7,16 +7,23 @@ change concerns (a safety stock shows in levels and available when the call retu
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
 
 import grpc
 
 from unistock.server.actors import Inventory
 from unistock.server.actors.masterdata import MasterData
 from unistock.server.api.service import Context, generic_handler, rpc
-from unistock.server.domain import InvalidArgument, StockKey, check_id
+from unistock.server.domain import (
+    InvalidArgument,
+    StockKey,
+    Unavailable,
+    UnistockError,
+    check_id,
+)
 from unistock.server.domain.masterdata import (
     Location,
     LocationType,
@@ -30,6 +37,7 @@ from unistock.v1 import admin_pb2 as apb
 log = logging.getLogger(__name__)
 
 SERVICE = "unistock.v1.AdminService"
+_T = TypeVar("_T")
 #: Rows per upsert call.
 MAX_ROWS = 10_000
 _TYPES = {t.value: t for t in LocationType}
@@ -89,12 +97,41 @@ def network_to_wire(n: Network) -> apb.Network:
 
 
 class AdminService:
-    """Implements unistock.v1.AdminService on MasterData and the Inventory it feeds."""
+    """Implements unistock.v1.AdminService on MasterData and the Inventory it feeds.
 
-    def __init__(self, master: MasterData, inventory: Inventory, metrics: Metrics) -> None:
+    A change, once validated, runs to its end even when its caller goes away (a deadline, a
+    disconnect): SQL, memory and positions never disagree because a call was cancelled half
+    way. A caller waits at most `timeout` s for it (then UNAVAILABLE: the change still completes
+    if its SQL commits; upserts are idempotent, so a retry is safe).
+    """
+
+    def __init__(
+        self, master: MasterData, inventory: Inventory, metrics: Metrics, *, timeout: float = 10.0
+    ) -> None:
         self.master = master
         self.inventory = inventory
         self._metrics = metrics
+        self.timeout = timeout
+        self._running: set[asyncio.Task[Any]] = set()
+
+    async def _complete(self, work: Coroutine[Any, Any, _T]) -> _T:
+        task = asyncio.ensure_future(work)
+        self._running.add(task)
+        task.add_done_callback(self._finished)
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await asyncio.shield(task)
+        except TimeoutError:
+            raise Unavailable(
+                f"master data: no answer within {self.timeout:g} s (the database is slow or "
+                "down); the change is still applied if it commits, and retrying is safe"
+            ) from None
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._running.discard(task)
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None and not isinstance(exc, UnistockError):
+            log.error("master data change failed", exc_info=exc)
 
     def _latency(self, method: str, code: str) -> Any:
         return self._metrics.grpc_latency.labels(method, code)
@@ -110,12 +147,18 @@ class AdminService:
             "locations",
             "location_id",
         )
-        changed = await self.master.upsert_locations(locations)
-        if changed:
-            # Their positions without a safety stock of their own follow the new default.
-            keys = await self.inventory.positions_at(changed)
-            n = await self.inventory.apply_safety_stock(keys)
-            log.info("default safety stock changed at %d locations: %d positions", len(changed), n)
+
+        async def work() -> None:
+            changed = await self.master.upsert_locations(locations)
+            if changed:
+                # Their positions without a safety stock of their own follow the new default.
+                keys = await self.inventory.positions_at(changed)
+                n = await self.inventory.apply_safety_stock(keys)
+                log.info(
+                    "default safety stock changed at %d locations: %d positions", len(changed), n
+                )
+
+        await self._complete(work())
         return apb.UpsertResponse(upserted=len(locations))
 
     @rpc
@@ -134,7 +177,7 @@ class AdminService:
             "networks",
             "network_id",
         )
-        await self.master.upsert_networks(networks)
+        await self._complete(self.master.upsert_networks(networks))
         return apb.UpsertResponse(upserted=len(networks))
 
     @rpc
@@ -151,7 +194,7 @@ class AdminService:
             "products",
             "sku",
         )
-        await self.master.upsert_products(products)
+        await self._complete(self.master.upsert_products(products))
         return apb.UpsertResponse(upserted=len(products))
 
     @rpc
@@ -170,9 +213,13 @@ class AdminService:
                 (m.sku, m.location_id, None if m.clear else check_units(prefix + "units", m.units))
             )
         _unique(rows, lambda r: (r[0], r[1]), "positions", "sku, location_id")
-        await self.master.set_safety_stock(rows)
         keys: list[StockKey] = [(s, loc) for s, loc, _ in rows]
-        await self.inventory.apply_safety_stock(keys)
+
+        async def work() -> None:
+            await self.master.set_safety_stock(rows)
+            await self.inventory.apply_safety_stock(keys)
+
+        await self._complete(work())
         return apb.UpsertResponse(upserted=len(rows))
 
     @rpc

@@ -208,8 +208,9 @@ class UnistockServer:
         try:
             self.master = MasterData(MasterDataStore(database_url))
         except (SQLAlchemyError, ImportError, ValueError) as exc:
+            first = (str(exc).strip().splitlines() or [""])[0]
             raise StartupError(
-                f"--database-url: cannot use {_redact(database_url)}: {exc}"
+                f"--database-url: cannot use {_redact(database_url)}: {first}"
             ) from None
         self._opened.append(self.master.close)
         try:

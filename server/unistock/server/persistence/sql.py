@@ -99,7 +99,14 @@ class MasterDataStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine: Engine = sa.create_engine(url)
+        postgres = sa.engine.make_url(url).get_backend_name() == "postgresql"
+        self.engine: Engine = sa.create_engine(
+            url,
+            # A pooled connection that died with its server (a PostgreSQL restart) is replaced
+            # before use, not failed on.
+            pool_pre_ping=True,
+            connect_args={"connect_timeout": 5} if postgres else {},
+        )
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
 
