@@ -90,7 +90,9 @@ class PositionPrivate(_message.Message):
     MARKS_SPILLED_FIELD_NUMBER: _builtins.int
     HOLDS_APART_FIELD_NUMBER: _builtins.int
     safety_stock_set: _builtins.bool
-    """Whether safety_stock was set explicitly for this position (else it follows the default)."""
+    """Never written: master data (its safety_stock table) says which positions have a safety
+    stock of their own; the others follow their location's default.
+    """
     marks_spilled: _builtins.bool
     """Whether some sources' marks are stored outside the position (the partition's marks hash:
     "<location_id>|<sku>|<source_id>" -> seq), because more sources sent to it than it keeps.
