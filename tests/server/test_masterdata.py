@@ -172,3 +172,35 @@ async def test_only_admin_may_change_master_data(
         assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
     finally:
         await anonymous.close()
+
+
+async def test_lists_are_paged_and_members_sorted(admin: UnistockClient) -> None:
+    """A retailer's thousands of locations do not fit one gRPC message: pages of 1,000 by
+    default; the client library reads them all. Network members are a set, listed sorted,
+    the same before and after a restart (sorted in SQL too)."""
+    locations = [apb.Location(location_id=f"loc-{i:05d}", type=apb.STORE) for i in range(2_500)]
+    assert await admin.upsert_locations(locations) == 2_500
+    first = await admin.admin.ListLocations(apb.ListLocationsRequest(), metadata=admin.metadata)
+    assert (len(first.locations), first.next_page_token) == (1000, "loc-00999")
+    got = await admin.list_locations()
+    assert [loc.location_id for loc in got] == [loc.location_id for loc in locations]
+    await admin.upsert_networks(
+        [apb.Network(network_id="web", location_ids=["loc-00009", "loc-00001", "loc-00005"])]
+    )
+    [web] = await admin.list_networks()
+    assert list(web.location_ids) == ["loc-00001", "loc-00005", "loc-00009"]
+    with pytest.raises(grpc.aio.AioRpcError) as raw:
+        await admin.admin.ListLocations(
+            apb.ListLocationsRequest(page_size=10_001), metadata=admin.metadata
+        )
+    assert raw.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "page_size" in (raw.value.details() or "")
+
+
+async def test_coordinates_without_has_position_are_refused(admin: UnistockClient) -> None:
+    with pytest.raises(UnistockClientError) as err:
+        await admin.upsert_locations(
+            [apb.Location(location_id="x", type=apb.STORE, latitude=48.1, longitude=11.5)]
+        )
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "locations[0].has_position" in str(err.value)

@@ -218,18 +218,24 @@ class UnistockClient:
         return resp.upserted
 
     async def list_locations(self) -> list[apb.Location]:
-        """Every location, sorted by id."""
-        resp: apb.ListLocationsResponse = await self._unary(
-            self.admin.ListLocations, apb.ListLocationsRequest()
+        """Every location, sorted by id (all pages)."""
+        return await self._all_pages(
+            self.admin.ListLocations, apb.ListLocationsRequest, "locations"
         )
-        return list(resp.locations)
 
     async def list_networks(self) -> list[apb.Network]:
-        """Every network, sorted by id."""
-        resp: apb.ListNetworksResponse = await self._unary(
-            self.admin.ListNetworks, apb.ListNetworksRequest()
-        )
-        return list(resp.networks)
+        """Every network, sorted by id, members sorted (all pages)."""
+        return await self._all_pages(self.admin.ListNetworks, apb.ListNetworksRequest, "networks")
+
+    async def _all_pages(self, method: Any, request: Any, field: str) -> list[Any]:
+        found: list[Any] = []
+        token = ""
+        while True:
+            resp = await self._unary(method, request(page_token=token))
+            found += getattr(resp, field)
+            token = resp.next_page_token
+            if not token:
+                return found
 
     async def apply_movements(
         self, batches: AsyncIterable[pb.MovementBatch] | Iterable[pb.MovementBatch]

@@ -70,7 +70,9 @@ class Location(_message.Message):
     """Required."""
     name: _builtins.str
     latitude: _builtins.float
-    """Degrees, WGS 84: latitude -90..90, longitude -180..180. Both or neither (has_position)."""
+    """Degrees, WGS 84: latitude -90..90, longitude -180..180, read only when has_position is
+    set (coordinates without it are INVALID_ARGUMENT naming has_position: 0,0 is a place).
+    """
     longitude: _builtins.float
     has_position: _builtins.bool
     store_id: _builtins.str
@@ -123,7 +125,7 @@ class Network(_message.Message):
     """A store whose agent is silent longer than this is stale for the network (0: never)."""
     @_builtins.property
     def location_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Member locations (each must exist in master data)."""
+        """Member locations (each must exist in master data; a set: listed sorted)."""
 
     def __init__(
         self,
@@ -177,7 +179,9 @@ Global___Product: _TypeAlias = Product  # noqa: Y015
 
 @_typing.final
 class SafetyStock(_message.Message):
-    """The safety stock of one position (overrides its location's default_safety_stock)."""
+    """The safety stock of one position (overrides its location's default_safety_stock). Any
+    position: its location need not be in master data (it then has no default to follow).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -321,12 +325,21 @@ Global___UpsertResponse: _TypeAlias = UpsertResponse  # noqa: Y015
 class ListLocationsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most this many per page (0: 1,000; at most 10,000)."""
+    page_token: _builtins.str
+    """Empty for the first page, else the previous response's next_page_token."""
     def __init__(
         self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -337,6 +350,9 @@ class ListLocationsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     LOCATIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
     @_builtins.property
     def locations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Location]:
         """Sorted by location_id."""
@@ -345,10 +361,11 @@ class ListLocationsResponse(_message.Message):
         self,
         *,
         locations: _abc.Iterable[Global___Location] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["locations", b"locations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["locations", b"locations", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -358,12 +375,21 @@ Global___ListLocationsResponse: _TypeAlias = ListLocationsResponse  # noqa: Y015
 class ListNetworksRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most this many per page (0: 1,000; at most 10,000)."""
+    page_token: _builtins.str
+    """Empty for the first page, else the previous response's next_page_token."""
     def __init__(
         self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -374,6 +400,9 @@ class ListNetworksResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NETWORKS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
     @_builtins.property
     def networks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Network]:
         """Sorted by network_id."""
@@ -382,10 +411,11 @@ class ListNetworksResponse(_message.Message):
         self,
         *,
         networks: _abc.Iterable[Global___Network] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["networks", b"networks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["networks", b"networks", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import TypeVar
 
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
@@ -99,8 +100,8 @@ class MasterData:
                             f"unknown location {loc!r} (upsert it with UpsertLocations first)",
                         )
             await self._sql(self.store.upsert_networks, networks)
-            for n in networks:
-                self.networks[n.network_id] = n
+            for n in networks:  # members are a set, listed sorted (as loaded from SQL)
+                self.networks[n.network_id] = replace(n, location_ids=tuple(sorted(n.location_ids)))
 
     async def upsert_products(self, products: Sequence[Product]) -> None:
         """Store products; a GTIN names one SKU (InvalidArgument when another SKU has it and

@@ -55,6 +55,10 @@ def location_from_wire(m: apb.Location, prefix: str) -> Location:
     kind = _TYPES.get(m.type)
     if kind is None:
         raise InvalidArgument(prefix + "type", "STORE, WAREHOUSE or VIRTUAL")
+    if not m.has_position and (m.latitude or m.longitude):
+        raise InvalidArgument(
+            prefix + "has_position", "set it to give latitude and longitude (0,0 is a place)"
+        )
     return Location(
         m.location_id,
         kind,
@@ -226,21 +230,33 @@ class AdminService:
     async def ListLocations(
         self, request: apb.ListLocationsRequest, context: Context
     ) -> apb.ListLocationsResponse:
+        page, token = _page(self.master.locations, request.page_size, request.page_token)
         return apb.ListLocationsResponse(
-            locations=[location_to_wire(loc) for _, loc in sorted(self.master.locations.items())]
+            locations=[location_to_wire(loc) for loc in page], next_page_token=token
         )
 
     @rpc
     async def ListNetworks(
         self, request: apb.ListNetworksRequest, context: Context
     ) -> apb.ListNetworksResponse:
+        page, token = _page(self.master.networks, request.page_size, request.page_token)
         return apb.ListNetworksResponse(
-            networks=[network_to_wire(n) for _, n in sorted(self.master.networks.items())]
+            networks=[network_to_wire(n) for n in page], next_page_token=token
         )
 
     def handler(self) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
         """The generic handler serving every method of the service."""
         return generic_handler(self, apb, "AdminService")
+
+
+def _page(items: dict[str, _T], size: int, token: str) -> tuple[list[_T], str]:
+    """A page of items by id after the token (the last id of the previous page)."""
+    if size > MAX_ROWS:
+        raise InvalidArgument("page_size", f"at most {MAX_ROWS:,}, got {size:,}")
+    size = size or 1000
+    ids = sorted(i for i in items if i > token) if token else sorted(items)
+    page = ids[:size]
+    return [items[i] for i in page], page[-1] if len(ids) > size else ""
 
 
 def _unique(rows: list[Any], key: Any, field_name: str, what: str) -> list[Any]:
