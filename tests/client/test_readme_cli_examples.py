@@ -23,10 +23,11 @@ def transfer_example() -> list[str]:
     return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
 
 
-async def sh(command: str, srv: UnistockServer) -> tuple[int, str, str]:
+async def sh(command: str, srv: UnistockServer, cwd: Path = ROOT) -> tuple[int, str, str]:
+    """Run command in a shell in cwd, as a user who set UNISTOCK_TARGET and UNISTOCK_TOKEN."""
     env = dict(os.environ, UNISTOCK_TARGET=target(srv), UNISTOCK_TOKEN=TOKENS["admin"])
     proc = await asyncio.create_subprocess_shell(
-        command, cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        command, cwd=cwd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     out, err = await proc.communicate()
     assert proc.returncode is not None

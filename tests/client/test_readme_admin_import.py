@@ -1,0 +1,47 @@
+"""The README's master-data import example runs as written: its CSV blocks saved under the
+names their first comment line gives, then each `.venv/bin/unistock` line of the block after
+them, from the checkout, against a real server, with what the comments promise."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from tests.client.test_readme_cli_examples import ROOT, sh
+from unistock.server.app.server import UnistockServer
+
+
+def example() -> tuple[dict[str, str], list[str]]:
+    text = (ROOT / "README.md").read_text()
+    files = {}
+    for block in re.findall(r"```csv\n(.*?)```", text, flags=re.S):
+        lines = block.splitlines()
+        name = lines[0].removeprefix("# ").split()[0]
+        files[name] = "\n".join(ln for ln in lines if not ln.startswith("#")) + "\n"
+    [commands] = [
+        b for b in re.findall(r"```sh\n(.*?)```", text, flags=re.S) if "admin import" in b
+    ]
+    return files, [ln.split("  #")[0].strip() for ln in commands.splitlines() if ln.strip()]
+
+
+async def test_the_readme_admin_import_runs_as_written(
+    server: UnistockServer, tmp_path: Path
+) -> None:
+    files, commands = example()
+    assert set(files) == {"locations.csv", "networks.csv", "products.csv", "safety.csv"}
+    for name, content in files.items():
+        (tmp_path / name).write_text(content)
+    outputs = []
+    for command in commands:
+        assert command.startswith(".venv/bin/unistock "), command
+        rc, out, err = await sh(
+            command.replace(".venv/bin/", f"{ROOT}/.venv/bin/"), server, tmp_path
+        )
+        assert rc == 0, (command, err)
+        outputs.append(out)
+    assert "store-7" in outputs[1]
+    assert "Central DC" in outputs[1]
+    assert json.loads(outputs[2])["safetyStock"] == "2"
+    assert server.master.networks["web"].location_ids == ("dc-1", "store-7")
+    assert server.master.products["SHOE-42"].gtin == "04006381333931"
