@@ -52,7 +52,8 @@ $(STAMP): pyproject.toml
 services: venv
 	$(PY) -m unistock.devtools.ensure
 
-run: venv services
+run: venv
+	$(PY) -m unistock.devtools.ensure --no-postgres
 	$(PY) -m unistock.devtools.run $(ARGS)
 
 test: venv services

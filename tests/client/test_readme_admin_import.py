@@ -1,5 +1,5 @@
-"""The README's master-data import example runs as written: its CSV blocks saved under the
-names their first comment line gives, then each `.venv/bin/unistock` line of the block after
+"""The README's master-data import example runs as written: its CSV blocks saved as they are
+under the names the paragraph before each gives, then each `.venv/bin/unistock` line of the block after
 them, from the checkout, against a real server, with what the comments promise."""
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ from unistock.server.app.server import UnistockServer
 
 def example() -> tuple[dict[str, str], list[str]]:
     text = (ROOT / "README.md").read_text()
-    files = {}
-    for block in re.findall(r"```csv\n(.*?)```", text, flags=re.S):
-        lines = block.splitlines()
-        name = lines[0].removeprefix("# ").split()[0]
-        files[name] = "\n".join(ln for ln in lines if not ln.startswith("#")) + "\n"
+    # Each block as it is, saved under the name the paragraph before it starts with.
+    files = dict(
+        re.findall(r"`([\w.-]+\.csv)`(?:(?!```|\.csv`).)*?:\n\n```csv\n(.*?)```", text, flags=re.S)
+    )
     [commands] = [
         b for b in re.findall(r"```sh\n(.*?)```", text, flags=re.S) if "admin import" in b
     ]

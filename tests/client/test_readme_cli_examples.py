@@ -54,3 +54,19 @@ async def test_the_readme_transfer_example_runs_as_written(server: UnistockServe
     assert [d["kind"] for d in closed["discrepancies"]] == ["CLOSED_SHORT"]
     rc, out, err = await sh(commands[-1], server)  # again: no change
     assert (rc, json.loads(out)) == (0, closed), err
+
+
+async def test_the_readme_quick_start_commands_run_as_written(server: UnistockServer) -> None:
+    """The Quick start's unistock lines, in order (a newcomer runs them so): each exits 0."""
+    blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    [quick] = [b for b in blocks if "reserve hold-1" in b]
+    commands = [
+        line.split("  #")[0].strip()
+        for line in quick.splitlines()
+        if line.startswith(".venv/bin/unistock ") and " watch " not in line
+    ]
+    assert [c.split()[1] for c in commands] == ["move", "reserve", "get", "extend", "fulfil"]
+    for command in commands:
+        rc, out, err = await sh(command, server)
+        assert rc == 0, (command, err)
+    assert json.loads(out)["state"] == "FULFILLED"

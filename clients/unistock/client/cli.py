@@ -5,7 +5,11 @@
     unistock release ID | show ID
     unistock fulfil ID [SKU@LOC:QTY... --request-id R]   ship all, or these lines
     unistock extend ID (SECONDS | --until RFC3339)       hold SECONDS from now, or until then
-    unistock move SOURCE SEQ TYPE SKU@LOC:QTY [--count-id C] [--transfer-id T] [--sign +|-]
+    unistock move SOURCE SEQ TYPE SKU@LOC:QTY [--count-id C] [--transfer-id T]
+                  [--counterpart LOC] [--reservation-id R] [--sign +|- --reason WHY]
+                  [--condition SELLABLE|NON_SELLABLE]
+    unistock transfer ID [LOCATION]           a transfer: shipped, received, in transit, lost
+    unistock close-transfer ID LOCATION       the destination closes it: the rest is lost
     unistock watch [--sku S]... [--location L]...
     unistock admin import [--locations F] [--networks F] [--products F] [--catalogue F]
                           [--safety-stock F] [--batch N] [--dry-run]   master data from CSV
@@ -50,7 +54,8 @@ from unistock.v1 import inventory_pb2 as pb
 
 EPILOG = """\
 exit codes:
-  0    done (a movement applied, or recognised as a duplicate of an applied one)
+  0    done (a movement applied, or recognised as a duplicate of an applied one; a
+       master-data import or listing complete)
   1    refused by the server, a movement rejected, no token, server unreachable, other errors
   2    usage error (bad or out-of-range arguments)
   130  interrupted (Ctrl-C)

@@ -1,8 +1,9 @@
 """Make sure the external services needed for tests and ``make run`` are installed.
 
-Usage: ``python -m unistock.devtools.ensure`` (this is what ``make services`` runs).
-On Debian as root, missing packages are installed with ``apt-get``; otherwise a clear
-error explains which package to install.
+Usage: ``python -m unistock.devtools.ensure [--no-postgres]`` (``make services``, for the tests,
+checks everything; ``make run`` passes ``--no-postgres``: the server's master data is an SQLite
+file unless a PostgreSQL URL is configured). On Debian as root, missing packages are installed
+with ``apt-get``; otherwise a clear error explains which package to install.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ def _version(path: str, flag: str) -> str:
     return text.splitlines()[0] if text else "unknown version"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Check / install every required binary; return a process exit code."""
+    args = sys.argv[1:] if argv is None else argv
     failed = False
     for binary, package, version_flag in REQUIRED:
         try:
@@ -44,6 +46,8 @@ def main() -> int:
             failed = True
             continue
         print(f"{binary}: {path} ({_version(path, version_flag)})")
+    if "--no-postgres" in args:
+        return 1 if failed else 0
     # PostgreSQL (package postgresql): Debian keeps initdb/postgres off PATH.
     try:
         bindir = ensure_postgres_bindir()

@@ -352,7 +352,8 @@ class _ManagedProcess:
         if other != os.getpid() and _pid_is_live(other, self.binary_name):
             raise ServiceError(
                 f"{self.data_dir} is already used by a running {self.binary_name} "
-                f"(pid {other}, see {self.pid_path}); stop it first, e.g. `kill {other}`"
+                f"(pid {other}, see {self.pid_path}): is `make run` already running? Stop that "
+                f"one (Ctrl-C in its terminal); if nothing else uses it, `kill {other}`"
             )
 
     def start(self) -> Self:
