@@ -167,6 +167,7 @@ async def test_reflection_lists_the_service(channel: aio.Channel, server: Unisto
         "GetReservation",
         "GetTransfer",
         "CloseTransfer",
+        "GetNetworkAvailability",
     }
 
 

@@ -117,6 +117,11 @@ REQUESTS: dict[str, st.SearchStrategy[Any]] = {
         transfer_id=st.one_of(st.just("tr-1"), text),
         location_id=st.one_of(st.just(""), loc, text),
     ),
+    "GetNetworkAvailability": st.builds(
+        pb.GetNetworkAvailabilityRequest,
+        network=st.one_of(st.just("web"), text),
+        skus=st.lists(sku, max_size=3),
+    ),
     "CloseTransfer": st.builds(
         pb.CloseTransferRequest,
         transfer_id=st.one_of(st.just("tr-1"), text),

@@ -175,6 +175,17 @@ class UnistockClient:
         resp: pb.Reservation = await self._unary(self.stub.GetReservation, req)
         return resp
 
+    async def get_network_availability(
+        self, network: str, skus: Sequence[str]
+    ) -> list[pb.NetworkLevel]:
+        """Per SKU (1 to 500, in request order), what a network may promise: the sum of its
+        members' available. Raises UnistockClientError (NOT_FOUND: unknown network)."""
+        req = pb.GetNetworkAvailabilityRequest(network=network, skus=skus)
+        resp: pb.GetNetworkAvailabilityResponse = await self._unary(
+            self.stub.GetNetworkAvailability, req
+        )
+        return list(resp.levels)
+
     async def get_transfer(self, transfer_id: str, location_id: str = "") -> list[pb.Transfer]:
         """A transfer's records (per SKU shipped, received, in transit, lost; state;
         discrepancies): the one at location_id, or every destination's (usually one).

@@ -311,9 +311,7 @@ class _TransferStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Transfe
     """
 
 class TransferState(_TransferState, metaclass=_TransferStateEnumTypeWrapper):
-    """The inventory service: levels, movements and reservations.
-    Where a transfer stands.
-    """
+    """Where a transfer stands."""
 
 TRANSFER_STATE_UNSPECIFIED: TransferState.ValueType  # 0
 IN_TRANSIT: TransferState.ValueType  # 1
@@ -1395,6 +1393,100 @@ class WatchAvailabilityResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchAvailabilityResponse: _TypeAlias = WatchAvailabilityResponse  # noqa: Y015
+
+@_typing.final
+class NetworkLevel(_message.Message):
+    """The inventory service: levels, movements and reservations.
+    What a channel may promise of one SKU across a network (AdminService.UpsertNetworks): the
+    sum of the durable available of the network's member locations that are not stale. Derived
+    from durable position levels only, updated as they change (never re-summed per read).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SKU_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
+    AVAILABLE_FIELD_NUMBER: _builtins.int
+    LOCATIONS_FIELD_NUMBER: _builtins.int
+    STALE_LOCATIONS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    sku: _builtins.str
+    network: _builtins.str
+    available: _builtins.int
+    """Sum of the members' available (each after its safety stock), stale members left out."""
+    locations: _builtins.int
+    """Member locations counted."""
+    stale_locations: _builtins.int
+    """Member locations left out because their store's agent is stale (see the network's
+    staleness limit). Store liveness is not followed yet in this version: always 0.
+    """
+    version: _builtins.int
+    """Increases with every change of this network level; order updates by it."""
+    def __init__(
+        self,
+        *,
+        sku: _builtins.str = ...,
+        network: _builtins.str = ...,
+        available: _builtins.int = ...,
+        locations: _builtins.int = ...,
+        stale_locations: _builtins.int = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "locations", b"locations", "network", b"network", "sku", b"sku", "stale_locations", b"stale_locations", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkLevel: _TypeAlias = NetworkLevel  # noqa: Y015
+
+@_typing.final
+class GetNetworkAvailabilityRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NETWORK_FIELD_NUMBER: _builtins.int
+    SKUS_FIELD_NUMBER: _builtins.int
+    network: _builtins.str
+    """A network of master data (NOT_FOUND when unknown). Required."""
+    @_builtins.property
+    def skus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """1 to 500 SKUs."""
+
+    def __init__(
+        self,
+        *,
+        network: _builtins.str = ...,
+        skus: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["network", b"network", "skus", b"skus"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNetworkAvailabilityRequest: _TypeAlias = GetNetworkAvailabilityRequest  # noqa: Y015
+
+@_typing.final
+class GetNetworkAvailabilityResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEVELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def levels(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkLevel]:
+        """One per requested SKU, in request order (a SKU never seen: available 0, version 0)."""
+
+    def __init__(
+        self,
+        *,
+        levels: _abc.Iterable[Global___NetworkLevel] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["levels", b"levels"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetNetworkAvailabilityResponse: _TypeAlias = GetNetworkAvailabilityResponse  # noqa: Y015
 
 @_typing.final
 class TransferLine(_message.Message):

@@ -84,6 +84,11 @@ class InventoryServiceStub:
                 request_serializer=unistock_dot_v1_dot_inventory__pb2.CloseTransferRequest.SerializeToString,
                 response_deserializer=unistock_dot_v1_dot_inventory__pb2.Transfer.FromString,
                 _registered_method=True)
+        self.GetNetworkAvailability = channel.unary_unary(
+                '/unistock.v1.InventoryService/GetNetworkAvailability',
+                request_serializer=unistock_dot_v1_dot_inventory__pb2.GetNetworkAvailabilityRequest.SerializeToString,
+                response_deserializer=unistock_dot_v1_dot_inventory__pb2.GetNetworkAvailabilityResponse.FromString,
+                _registered_method=True)
 
 
 class InventoryServiceServicer:
@@ -166,6 +171,13 @@ class InventoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetNetworkAvailability(self, request, context):
+        """Per SKU, what a network may promise (see NetworkLevel). Roles: channel, backoffice, admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InventoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -218,6 +230,11 @@ def add_InventoryServiceServicer_to_server(servicer, server):
                     servicer.CloseTransfer,
                     request_deserializer=unistock_dot_v1_dot_inventory__pb2.CloseTransferRequest.FromString,
                     response_serializer=unistock_dot_v1_dot_inventory__pb2.Transfer.SerializeToString,
+            ),
+            'GetNetworkAvailability': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNetworkAvailability,
+                    request_deserializer=unistock_dot_v1_dot_inventory__pb2.GetNetworkAvailabilityRequest.FromString,
+                    response_serializer=unistock_dot_v1_dot_inventory__pb2.GetNetworkAvailabilityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -490,6 +507,33 @@ class InventoryService:
             '/unistock.v1.InventoryService/CloseTransfer',
             unistock_dot_v1_dot_inventory__pb2.CloseTransferRequest.SerializeToString,
             unistock_dot_v1_dot_inventory__pb2.Transfer.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNetworkAvailability(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/unistock.v1.InventoryService/GetNetworkAvailability',
+            unistock_dot_v1_dot_inventory__pb2.GetNetworkAvailabilityRequest.SerializeToString,
+            unistock_dot_v1_dot_inventory__pb2.GetNetworkAvailabilityResponse.FromString,
             options,
             channel_credentials,
             insecure,

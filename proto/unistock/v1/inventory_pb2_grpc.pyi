@@ -69,6 +69,8 @@ class InventoryServiceStub:
     in_transit. Closing a CLOSED transfer returns it unchanged. NOT_FOUND when the destination
     has no record of it. Roles: backoffice, admin.
     """
+    GetNetworkAvailability: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.GetNetworkAvailabilityRequest, _inventory_pb2.GetNetworkAvailabilityResponse]
+    """Per SKU, what a network may promise (see NetworkLevel). Roles: channel, backoffice, admin."""
 
 @_typing.type_check_only
 class InventoryServiceAsyncStub(InventoryServiceStub):
@@ -103,6 +105,8 @@ class InventoryServiceAsyncStub(InventoryServiceStub):
     in_transit. Closing a CLOSED transfer returns it unchanged. NOT_FOUND when the destination
     has no record of it. Roles: backoffice, admin.
     """
+    GetNetworkAvailability: _aio.UnaryUnaryMultiCallable[_inventory_pb2.GetNetworkAvailabilityRequest, _inventory_pb2.GetNetworkAvailabilityResponse]  # type: ignore[assignment]
+    """Per SKU, what a network may promise (see NetworkLevel). Roles: channel, backoffice, admin."""
 
 class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -194,5 +198,13 @@ class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
         in_transit. Closing a CLOSED transfer returns it unchanged. NOT_FOUND when the destination
         has no record of it. Roles: backoffice, admin.
         """
+
+    @_abc_1.abstractmethod
+    def GetNetworkAvailability(
+        self,
+        request: _inventory_pb2.GetNetworkAvailabilityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inventory_pb2.GetNetworkAvailabilityResponse, _abc.Awaitable[_inventory_pb2.GetNetworkAvailabilityResponse]]:
+        """Per SKU, what a network may promise (see NetworkLevel). Roles: channel, backoffice, admin."""
 
 def add_InventoryServiceServicer_to_server(servicer: InventoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

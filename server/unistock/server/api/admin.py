@@ -16,6 +16,7 @@ import grpc
 
 from unistock.server.actors import Inventory
 from unistock.server.actors.masterdata import MasterData
+from unistock.server.actors.networks import NetworkIndex
 from unistock.server.api.service import Context, generic_handler, rpc
 from unistock.server.domain import (
     InvalidArgument,
@@ -110,10 +111,17 @@ class AdminService:
     """
 
     def __init__(
-        self, master: MasterData, inventory: Inventory, metrics: Metrics, *, timeout: float = 10.0
+        self,
+        master: MasterData,
+        inventory: Inventory,
+        metrics: Metrics,
+        networks: NetworkIndex | None = None,
+        *,
+        timeout: float = 10.0,
     ) -> None:
         self.master = master
         self.inventory = inventory
+        self.networks = networks
         self._metrics = metrics
         self.timeout = timeout
         self._running: set[asyncio.Task[Any]] = set()
@@ -181,7 +189,13 @@ class AdminService:
             "networks",
             "network_id",
         )
-        await self._complete(self.master.upsert_networks(networks))
+
+        async def work() -> None:
+            await self.master.upsert_networks(networks)
+            if self.networks is not None:  # members joining or leaving a network's sums
+                await self.networks.sync()
+
+        await self._complete(work())
         return apb.UpsertResponse(upserted=len(networks))
 
     @rpc

@@ -42,6 +42,7 @@ ROLES: dict[str, frozenset[str]] = {
             "ExtendReservation",
             "GetReservation",
             "GetTransfer",
+            "GetNetworkAvailability",
         }
     ),
     "backoffice": frozenset(
@@ -52,6 +53,7 @@ ROLES: dict[str, frozenset[str]] = {
             "GetReservation",
             "GetTransfer",
             "CloseTransfer",
+            "GetNetworkAvailability",
         }
     ),
     # Every method of the service, including ones added later.

@@ -11,6 +11,7 @@ from unistock.server.domain import (
     Fenced,
     InsufficientStock,
     InvalidArgument,
+    NetworkNotFound,
     ReservationConflict,
     ReservationNotActive,
     ReservationNotFound,
@@ -27,6 +28,7 @@ _CODES: list[tuple[type[UnistockError], grpc.StatusCode]] = [
     (ReservationConflict, grpc.StatusCode.ALREADY_EXISTS),
     (ReservationNotFound, grpc.StatusCode.NOT_FOUND),
     (TransferNotFound, grpc.StatusCode.NOT_FOUND),
+    (NetworkNotFound, grpc.StatusCode.NOT_FOUND),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
     (Fenced, grpc.StatusCode.UNAVAILABLE),
 ]

@@ -17,6 +17,7 @@ import grpc
 from grpc import aio
 
 from unistock.server.actors import Inventory
+from unistock.server.actors.networks import NetworkIndex
 from unistock.server.api.convert import (
     MAX_BATCH,
     Undecodable,
@@ -33,7 +34,13 @@ from unistock.server.api.convert import (
 )
 from unistock.server.api.errors import status_code, to_status
 from unistock.server.api.watch import WatchHub
-from unistock.server.domain import InvalidArgument, UnistockError, check_id, validate_lines
+from unistock.server.domain import (
+    InvalidArgument,
+    NetworkNotFound,
+    UnistockError,
+    check_id,
+    validate_lines,
+)
 from unistock.server.domain.reservation import check_reservation_id
 from unistock.server.domain.values import id_ok
 from unistock.server.persistence.codec import (
@@ -54,6 +61,8 @@ R = TypeVar("R")
 #: Levels per message of a watch stream: live changes, and the initial snapshot.
 WATCH_BATCH = 512
 SNAPSHOT_BATCH = 2048
+#: SKUs per GetNetworkAvailability call.
+MAX_NETWORK_SKUS = 500
 #: Batches of one ApplyMovements stream being written at once (acks follow in order).
 MOVEMENT_WINDOW = 64
 _SNAPSHOT_COMPLETE = pb.WatchAvailabilityResponse(snapshot_complete=True).SerializeToString()
@@ -115,9 +124,12 @@ def rpc(
 class InventoryService:
     """Implements unistock.v1.InventoryService on an Inventory and a WatchHub."""
 
-    def __init__(self, inventory: Inventory, hub: WatchHub) -> None:
+    def __init__(
+        self, inventory: Inventory, hub: WatchHub, networks: NetworkIndex | None = None
+    ) -> None:
         self.inventory = inventory
         self.hub = hub
+        self.networks = networks
         self._metrics = inventory.metrics
         self._latencies: dict[tuple[str, str], Any] = {}
 
@@ -355,6 +367,34 @@ class InventoryService:
         tid = check_id("transfer_id", request.transfer_id)
         location = check_id("location_id", request.location_id)
         return transfer_message(await self.inventory.close_transfer(tid, location))
+
+    @rpc
+    async def GetNetworkAvailability(
+        self, request: pb.GetNetworkAvailabilityRequest, context: Context
+    ) -> pb.GetNetworkAvailabilityResponse:
+        network = check_id("network", request.network)
+        if not 1 <= len(request.skus) <= MAX_NETWORK_SKUS:
+            raise InvalidArgument(
+                "skus", f"give 1 to {MAX_NETWORK_SKUS} SKUs, got {len(request.skus)}"
+            )
+        skus = [check_id(f"skus[{i}]", s) for i, s in enumerate(request.skus)]
+        index = self.networks
+        if index is None or not index.known(network):
+            raise NetworkNotFound(network)
+        await index.ready.wait()
+        levels = []
+        for sku in skus:
+            available, version, locations = index.level(network, sku)
+            levels.append(
+                pb.NetworkLevel(
+                    sku=sku,
+                    network=network,
+                    available=available,
+                    locations=locations,
+                    version=version,
+                )
+            )
+        return pb.GetNetworkAvailabilityResponse(levels=levels)
 
     # -- registration --------------------------------------------------------------------------
 

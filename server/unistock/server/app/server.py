@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from unistock.server.actors import Inventory
 from unistock.server.actors.masterdata import MasterData
+from unistock.server.actors.networks import NetworkIndex
 from unistock.server.api.admin import SERVICE as ADMIN_SERVICE
 from unistock.server.api.admin import AdminService
 from unistock.server.api.auth import AuthInterceptor, TokenStore
@@ -245,9 +246,11 @@ class UnistockServer:
             self._spawn(
                 self.inventory.run_idle_passivation(s.idle_passivation_s), "idle-passivation"
             )
-        self.service = InventoryService(self.inventory, self.hub)
+        self.networks = NetworkIndex(self.store, self.commit, self.master)
+        self._spawn(self.networks.run(), "network-availability")
+        self.service = InventoryService(self.inventory, self.hub, self.networks)
         assert self._grpc is not None
-        self.admin = AdminService(self.master, self.inventory, self.metrics)
+        self.admin = AdminService(self.master, self.inventory, self.metrics, self.networks)
         self._grpc.add_generic_rpc_handlers((self.service.handler(), self.admin.handler()))
         self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)

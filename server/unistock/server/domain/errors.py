@@ -91,6 +91,14 @@ class ReservationNotActive(UnistockError):
         super().__init__(f"cannot {operation} reservation {reservation_id!r}: it is {state}")
 
 
+class NetworkNotFound(UnistockError):
+    """No network of that id in master data."""
+
+    def __init__(self, network: str) -> None:
+        super().__init__(f"network {network!r} not found (see AdminService.UpsertNetworks)")
+        self.network = network
+
+
 class Unavailable(UnistockError):
     """A dependency is down or too slow; the outcome is unknown (the change may still become
     durable when the dependency is back). Retry with the same ids: every write is idempotent."""

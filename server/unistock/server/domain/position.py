@@ -60,6 +60,7 @@ class Position:
     __slots__ = (
         "_marks",
         "counts",
+        "durable_available",
         "hold_changes",
         "holds",
         "in_transit",
@@ -107,6 +108,9 @@ class Position:
         #: runtime stores each hold apart from the position and writes only these, so writing a
         #: position costs the same with ten thousand carts on it as with none (bench B10).
         self.hold_changes: set[str] | None = None
+        #: `available` as last written durably (the runtime keeps it, to tell what each write
+        #: changed: network availability is summed from these changes).
+        self.durable_available = 0
         self.counts: tuple[str, ...] | None = counts or None
         #: Per reservation still holding units here: the units its fulfilments (FulfilReservation)
         #: took off this position so far. Compared with the record's own total after a crash

@@ -236,6 +236,7 @@ def decode_stored(key: StockKey, data: bytes) -> tuple[Position, bool]:
     )
     if private.holds:
         p.holds_changed(h.reservation_id for h in private.holds)
+    p.durable_available = level.available
     return p, private.holds_apart
 
 

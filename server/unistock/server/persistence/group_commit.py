@@ -69,6 +69,8 @@ class DurableLevel(NamedTuple):
     version: int
     #: Serialised StockLevel without sku and location_id (see codec.stock_level_entry).
     level: bytes
+    #: How much this write changed the position's durable available.
+    available_delta: int = 0
 
 
 Listener = Callable[[list[DurableLevel]], None]
@@ -232,6 +234,13 @@ class GroupCommit:
         done.set_result(None)
         return done
 
+    async def flushed(self) -> None:
+        """Until the flush in flight now (if any) has finished, its listeners called (or it
+        failed). Waits for nothing else."""
+        inflight = self._inflight
+        if inflight is not None:
+            await asyncio.wait([inflight])
+
     # -- the flusher ---------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -310,7 +319,7 @@ class GroupCommit:
         batch, final = self._take()
         started = time.perf_counter()
         try:
-            phases, durable, new_locations, written = self._encode(batch)
+            phases, durable, new_locations, written, flushed = self._encode(batch)
         except Exception as exc:
             # A value that cannot be stored (it should never have passed validation): the
             # flusher must not die of it. Fail this window's waiters, drop what cannot be
@@ -354,6 +363,10 @@ class GroupCommit:
                 p.spilled_written(marks)
             if holds is not None:
                 p.holds_written(holds)
+        for i, (p, available) in enumerate(flushed):
+            if available != p.durable_available:
+                durable[i] = durable[i]._replace(available_delta=available - p.durable_available)
+                p.durable_available = available
         self._metrics.flush_latency.observe(time.perf_counter() - started)
         self._metrics.flush_batch.observe(len(batch.positions))
         self._last_batch = len(batch.positions) + len(batch.ending) + len(batch.other)
@@ -372,7 +385,9 @@ class GroupCommit:
 
     def _encode(
         self, batch: _Batch
-    ) -> tuple[list[Phase], list[DurableLevel], set[str], list[_Written]]:
+    ) -> tuple[
+        list[Phase], list[DurableLevel], set[str], list[_Written], list[tuple[Position, int]]
+    ]:
         ks = self._ks
         first: Phase = defaultdict(PartitionWrite)
         middle: Phase = defaultdict(PartitionWrite)
@@ -383,6 +398,7 @@ class GroupCommit:
         writes: dict[str, PartitionWrite] = {}  # by location: a flush has few locations
         known = self._known_locations
         extra: list[_Written] = []
+        flushed: list[tuple[Position, int]] = []  # with durable: the available written
         for key, p in batch.positions.items():
             level, value = encode_position_with_level(p)
             location = key[1]
@@ -395,6 +411,7 @@ class GroupCommit:
             if (staged := stage_position(ks, w, p, value)) is not None:
                 extra.append(staged)
             durable.append(DurableLevel(key, p.version, level))
+            flushed.append((p, p.available))
         for records, phase in ((batch.ending, first), (batch.other, last)):
             for rid, r in records.items():
                 active = r.active and r.expires_at is not None
@@ -419,7 +436,7 @@ class GroupCommit:
             last[ks.source_partition(source_id)].sources.append((source_id, seq))
         for source_id, seq in batch.highs.items():
             last[ks.source_partition(source_id)].highs.append((source_id, seq))
-        return [ph for ph in (first, middle, last) if ph], durable, new_locations, extra
+        return [ph for ph in (first, middle, last) if ph], durable, new_locations, extra, flushed
 
     def _fail_window(self, window: asyncio.Future[None], exc: BaseException) -> None:
         """Fail a window whose flush failed; when it is still the current one (a chunk of a

@@ -1,0 +1,188 @@
+"""Network availability (domain.md "Availability for a channel"): per (network, SKU), the sum of
+the durable `available` of the network's member locations, kept up to date incrementally.
+
+Every group-commit flush reports, per position written, how much its durable available changed
+(`DurableLevel.available_delta`, from `Position.durable_available`); the index adds each change
+to the networks of the position's location. No per-position state is kept here: a million
+positions cost nothing but the per-(network, SKU) sums.
+
+A location joins or leaves a network's sum (at start-up, when master data changes its
+membership) by a scan of its stored positions, merged with the durable levels that flushes
+report meanwhile (the highest version of each position wins), and applied in one synchronous
+step once the flush in flight at the end of the scan has reported: so the sums never count a
+change twice and never miss one (see `_scan`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+
+from unistock.server.actors.masterdata import MasterData
+from unistock.server.domain import StockKey
+from unistock.server.persistence.codec import split_position
+from unistock.server.persistence.group_commit import DurableLevel, GroupCommit
+from unistock.server.persistence.keys import parse_position_field
+from unistock.server.persistence.store import RedisStore, stored_version
+from unistock.v1 import inventory_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+#: (network, sku)
+NetKey = tuple[str, str]
+
+
+def _available(level: bytes) -> int:
+    return pb.StockLevel.FromString(level).available
+
+
+class NetworkIndex:
+    """The per-(network, SKU) available sums and their versions."""
+
+    def __init__(self, store: RedisStore, commit: GroupCommit, master: MasterData) -> None:
+        self._store = store
+        self._commit = commit
+        self._master = master
+        self.totals: dict[NetKey, int] = defaultdict(int)
+        self.versions: dict[NetKey, int] = defaultdict(int)
+        #: network -> the member locations counted in its sums
+        self.counted: dict[str, set[str]] = defaultdict(set)
+        #: location -> the networks whose sums count it
+        self._networks_of: dict[str, tuple[str, ...]] = {}
+        #: locations being scanned -> sku -> (version, available) reported meanwhile
+        self._capture: dict[str, dict[str, tuple[int, int]]] = {}
+        self._lock = asyncio.Lock()
+        #: Set once the sums cover every member location (after the start-up sync).
+        self.ready = asyncio.Event()
+        commit.listeners.append(self.on_durable)
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def known(self, network: str) -> bool:
+        """Whether master data has this network."""
+        return network in self._master.networks
+
+    def level(self, network: str, sku: str) -> tuple[int, int, int]:
+        """(available, version, locations counted) of a SKU in a network."""
+        key = (network, sku)
+        return (
+            self.totals.get(key, 0),
+            self.versions.get(key, 0),
+            len(self.counted.get(network, ())),
+        )
+
+    # -- the flush listener (synchronous) ------------------------------------------------------
+
+    def on_durable(self, levels: list[DurableLevel]) -> None:
+        """Add each durable change of available to the networks of its location."""
+        networks_of, capture = self._networks_of, self._capture
+        for d in levels:
+            sku, loc = d.key
+            if capture:
+                seen = capture.get(loc)
+                if seen is not None:
+                    before = seen.get(sku)
+                    if before is None or before[0] < d.version:
+                        seen[sku] = (d.version, _available(d.level))
+            if d.available_delta:
+                for net in networks_of.get(loc, ()):
+                    key = (net, sku)
+                    self.totals[key] += d.available_delta
+                    self.versions[key] += 1
+
+    # -- membership ----------------------------------------------------------------------------
+
+    async def sync(self) -> None:
+        """Make the counted members of every network what master data says (joins and
+        leaves, each exact); raises Unavailable (the index stays as it was for the rest)."""
+        async with self._lock:
+            wanted: dict[str, set[str]] = defaultdict(set)
+            for network in self._master.networks.values():
+                for loc in network.location_ids:
+                    wanted[loc].add(network.network_id)
+            have: dict[str, set[str]] = defaultdict(set)
+            for net_id, locs in self.counted.items():
+                for loc in locs:
+                    have[loc].add(net_id)
+            joins = {loc: nets - have[loc] for loc, nets in wanted.items() if nets - have[loc]}
+            leaves = {loc: nets - wanted[loc] for loc, nets in have.items() if nets - wanted[loc]}
+            if leaves:
+                found = await self._scan(leaves)
+                for loc, nets in leaves.items():
+                    self._apply(loc, nets, found[loc], -1)
+            if joins:
+                found = await self._scan(joins)
+                for loc, nets in joins.items():
+                    self._apply(loc, nets, found[loc], +1)
+            if joins or leaves:
+                log.info(
+                    "network availability: %d location joins, %d leaves", len(joins), len(leaves)
+                )
+        self.ready.set()
+
+    def _apply(self, loc: str, nets: set[str], found: dict[str, int], sign: int) -> None:
+        """Add (sign +1) or remove (-1) a location's levels to/from networks, and its
+        membership: one synchronous step."""
+        for net in nets:
+            for sku, available in found.items():
+                if available:
+                    key = (net, sku)
+                    self.totals[key] += sign * available
+                    self.versions[key] += 1
+            if sign > 0:
+                self.counted[net].add(loc)
+            else:
+                self.counted[net].discard(loc)
+        networks = {n for n, locs in self.counted.items() if loc in locs}
+        if networks:
+            self._networks_of[loc] = tuple(sorted(networks))
+        else:
+            self._networks_of.pop(loc, None)
+
+    async def _scan(self, locations: Iterable[str]) -> dict[str, dict[str, int]]:
+        """The latest durable available of every stored position of these locations.
+
+        Flushes go on meanwhile: what they report for these locations is captured (from before
+        the first read), the scan waits until the flush in flight at its end has reported, and
+        the higher version of each position wins. Whatever is reported after this returns is a
+        change on top of the value returned (the caller applies it before awaiting anything).
+        """
+        locs = set(locations)
+        for loc in locs:
+            self._capture[loc] = {}
+        try:
+            ks = self._store.keyspace
+            found: dict[str, dict[str, tuple[int, int]]] = {loc: {} for loc in locs}
+            partitions = sorted({ks.location_partition(loc) for loc in locs})
+            async for chunk in self._store.scan_positions([(p, None) for p in partitions]):
+                for field, value in chunk:
+                    key: StockKey = parse_position_field(field.decode())
+                    levels = found.get(key[1])
+                    if levels is not None:
+                        level, _ = split_position(value)
+                        levels[key[0]] = (stored_version(value), _available(level))
+            await self._commit.flushed()  # the flush in flight now has reported its levels
+            out: dict[str, dict[str, int]] = {}
+            for loc in locs:
+                merged = found[loc]
+                for sku, seen in self._capture[loc].items():
+                    if sku not in merged or merged[sku][0] < seen[0]:
+                        merged[sku] = seen
+                out[loc] = {sku: available for sku, (_, available) in merged.items()}
+            return out
+        finally:
+            for loc in locs:
+                self._capture.pop(loc, None)
+
+    async def run(self, retry: float = 1.0) -> None:
+        """The start-up sync, retried until Redis answers; then nothing (master-data changes
+        call sync themselves)."""
+        while True:
+            try:
+                await self.sync()
+                return
+            except Exception as exc:  # Unavailable mostly; never leave the index unready
+                log.warning("network availability not built yet: %r; retrying", exc)
+                await asyncio.sleep(retry)

@@ -1,0 +1,230 @@
+"""F18 (issue 10 item 1): network availability equals the oracle after every step.
+
+A hypothesis state machine drives a real server on a real Redis (and its SQLite master data)
+with movements, reservations and releases, safety stock changes (per position and a location's
+default), locations joining and leaving networks, restarts, and positions passivated all the
+time (max_resident=2). After every step, for every network and SKU, GetNetworkAvailability
+equals the oracle: the sum of GetAvailability's available over the network's members as master
+data says (each member's level is durable when it is answered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import redis
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from tests.fixtures.server import TOKENS, token_store
+from unistock.client import UnistockClient, UnistockClientError
+from unistock.devtools.services import RedisServer
+from unistock.server.app.server import UnistockServer
+from unistock.server.app.settings import Settings
+from unistock.v1 import admin_pb2 as apb
+from unistock.v1 import inventory_pb2 as pb
+
+pytestmark = pytest.mark.slow
+
+SKUS = ("A", "B")
+LOCS = ("L1", "L2", "L3")
+NETWORKS = ("web", "market")
+KEYS = [(s, loc) for s in SKUS for loc in LOCS]
+
+
+class NetworkMachine(RuleBasedStateMachine):
+    loop: ClassVar[asyncio.AbstractEventLoop]
+    redis: ClassVar[RedisServer]
+    tmp: ClassVar[Path]
+    runs: ClassVar[int] = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        r = redis.Redis.from_url(self.redis.url, socket_timeout=5)
+        try:
+            r.flushall()
+        finally:
+            r.close()
+        NetworkMachine.runs += 1
+        self.data_dir = self.tmp / f"run-{self.runs}"  # a fresh SQLite per example
+        self.srv: UnistockServer | None = None
+        self.client: UnistockClient | None = None
+        self.seq = 0
+        self.rid = 0
+        self.active: list[str] = []
+        self.members: dict[str, set[str]] = {"web": {"L1", "L2"}, "market": {"L3"}}
+        self.run(self._start())
+        self.run(
+            self.c.upsert_locations([apb.Location(location_id=loc, type=apb.STORE) for loc in LOCS])
+        )
+        self.run(self._networks())
+
+    def run(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(coro)
+
+    async def _start(self) -> None:
+        s = Settings(
+            redis_url=self.redis.url,
+            grpc_port=0,
+            metrics_port=0,
+            data_dir=self.data_dir,
+            shutdown_grace_s=1.0,
+            redis_timeout_s=2.0,
+            max_resident=2,
+        )
+        self.srv = UnistockServer(s, token_store())
+        await self.srv.start()
+        self.client = UnistockClient(f"127.0.0.1:{self.srv.grpc_port}", TOKENS["admin"], timeout=10)
+
+    async def _stop(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
+        if self.srv is not None:
+            await self.srv.stop()
+            assert not self.srv.failed
+            self.srv = None
+
+    async def _networks(self) -> None:
+        await self.c.upsert_networks(
+            [apb.Network(network_id=n, location_ids=sorted(m)) for n, m in self.members.items()]
+        )
+
+    def teardown(self) -> None:
+        self.run(self._stop())
+
+    @property
+    def c(self) -> UnistockClient:
+        assert self.client is not None
+        return self.client
+
+    def send(self, movements: list[pb.Movement]) -> None:
+        for m in movements:
+            self.seq += 1
+            m.seq = self.seq
+        batch = pb.MovementBatch(source_id="bo", movements=movements)
+        [ack] = self.run(_collect(self.c.apply_movements([batch])))
+        assert not ack.rejections, ack
+
+    # -- rules -----------------------------------------------------------------------------
+
+    @initialize(stock=st.lists(st.integers(0, 9), min_size=len(KEYS), max_size=len(KEYS)))
+    def receive(self, stock: list[int]) -> None:
+        moves = [
+            pb.Movement(sku=s, location_id=loc, type=pb.RECEIPT, quantity=q)
+            for (s, loc), q in zip(KEYS, stock, strict=True)
+            if q
+        ]
+        if moves:
+            self.send(moves)
+
+    @rule(
+        moves=st.lists(
+            st.tuples(
+                st.sampled_from(["RECEIPT", "SALE"]), st.sampled_from(KEYS), st.integers(1, 5)
+            ),
+            min_size=1,
+            max_size=3,
+        )
+    )
+    def movements(self, moves: list[tuple[str, tuple[str, str], int]]) -> None:
+        self.send(
+            [
+                pb.Movement(sku=k[0], location_id=k[1], type=pb.MovementType.Value(t), quantity=q)
+                for t, k, q in moves
+            ]
+        )
+
+    @rule(key=st.sampled_from(KEYS), q=st.integers(1, 4))
+    def reserve(self, key: tuple[str, str], q: int) -> None:
+        self.rid += 1
+        rid = f"r{self.rid}"
+        try:
+            self.run(self.c.reserve(rid, [(key[0], key[1], q)], kind="ORDER"))
+        except UnistockClientError:
+            return
+        self.active.append(rid)
+
+    @precondition(lambda self: self.active)
+    @rule(data=st.data())
+    def release(self, data: st.DataObject) -> None:
+        rid = data.draw(st.sampled_from(self.active))
+        self.active.remove(rid)
+        self.run(self.c.release(rid))
+
+    @rule(key=st.sampled_from(KEYS), units=st.one_of(st.none(), st.integers(0, 4)))
+    def safety_stock(self, key: tuple[str, str], units: int | None) -> None:
+        row = apb.SafetyStock(sku=key[0], location_id=key[1], units=units or 0, clear=units is None)
+        self.run(self.c.set_safety_stock([row]))
+
+    @rule(loc=st.sampled_from(LOCS), units=st.integers(0, 3))
+    def default_safety_stock(self, loc: str, units: int) -> None:
+        self.run(
+            self.c.upsert_locations(
+                [apb.Location(location_id=loc, type=apb.STORE, default_safety_stock=units)]
+            )
+        )
+
+    @rule(network=st.sampled_from(NETWORKS), loc=st.sampled_from(LOCS))
+    def toggle_member(self, network: str, loc: str) -> None:
+        self.members[network] ^= {loc}
+        self.run(self._networks())
+
+    @rule()
+    def restart(self) -> None:
+        self.run(self._stop())
+        self.run(self._start())
+
+    # -- the invariant ---------------------------------------------------------------------
+
+    @invariant()
+    def networks_equal_the_oracle(self) -> None:
+        levels = {
+            (lv.sku, lv.location_id): lv for lv in self.run(self.c.get_availability(keys=KEYS))
+        }
+        for network, members in self.members.items():
+            got = self.run(self.c.get_network_availability(network, list(SKUS)))
+            for lv in got:
+                oracle = sum(levels[lv.sku, loc].available for loc in members)
+                assert (lv.available, lv.locations) == (oracle, len(members)), (
+                    network,
+                    lv,
+                    {loc: levels[lv.sku, loc] for loc in members},
+                )
+
+
+async def _collect(acks: Any) -> list[pb.MovementAck]:
+    return [a async for a in acks]
+
+
+def test_network_availability_equals_the_oracle(tmp_path_factory: pytest.TempPathFactory) -> None:
+    loop = asyncio.new_event_loop()
+    server = RedisServer(tmp_path_factory.mktemp("f18-redis"))
+    with server:
+        NetworkMachine.loop = loop
+        NetworkMachine.redis = server
+        NetworkMachine.tmp = tmp_path_factory.mktemp("f18-var")
+        try:
+            run_state_machine_as_test(
+                NetworkMachine,
+                settings=settings(
+                    max_examples=20,
+                    stateful_step_count=30,
+                    deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+                ),
+            )
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
