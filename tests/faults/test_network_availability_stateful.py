@@ -27,11 +27,10 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from tests.fixtures.server import TOKENS, token_store
+from tests.faults.machines import RealServer
 from unistock.client import UnistockClient, UnistockClientError
 from unistock.devtools.services import RedisServer
 from unistock.server.app.server import UnistockServer
-from unistock.server.app.settings import Settings
 from unistock.v1 import admin_pb2 as apb
 from unistock.v1 import inventory_pb2 as pb
 
@@ -43,11 +42,10 @@ NETWORKS = ("web", "market")
 KEYS = [(s, loc) for s in SKUS for loc in LOCS]
 
 
-class NetworkMachine(RuleBasedStateMachine):
-    loop: ClassVar[asyncio.AbstractEventLoop]
-    redis: ClassVar[RedisServer]
+class NetworkMachine(RealServer, RuleBasedStateMachine):
     tmp: ClassVar[Path]
     runs: ClassVar[int] = 0
+    server_settings: ClassVar[dict[str, Any]] = {"max_resident": 2}  # passivated all the time
 
     def __init__(self) -> None:
         super().__init__()
@@ -70,44 +68,10 @@ class NetworkMachine(RuleBasedStateMachine):
         )
         self.run(self._networks())
 
-    def run(self, coro: Any) -> Any:
-        return self.loop.run_until_complete(coro)
-
-    async def _start(self) -> None:
-        s = Settings(
-            redis_url=self.redis.url,
-            grpc_port=0,
-            metrics_port=0,
-            data_dir=self.data_dir,
-            shutdown_grace_s=1.0,
-            redis_timeout_s=2.0,
-            max_resident=2,
-        )
-        self.srv = UnistockServer(s, token_store())
-        await self.srv.start()
-        self.client = UnistockClient(f"127.0.0.1:{self.srv.grpc_port}", TOKENS["admin"], timeout=10)
-
-    async def _stop(self) -> None:
-        if self.client is not None:
-            await self.client.close()
-            self.client = None
-        if self.srv is not None:
-            await self.srv.stop()
-            assert not self.srv.failed
-            self.srv = None
-
     async def _networks(self) -> None:
         await self.c.upsert_networks(
             [apb.Network(network_id=n, location_ids=sorted(m)) for n, m in self.members.items()]
         )
-
-    def teardown(self) -> None:
-        self.run(self._stop())
-
-    @property
-    def c(self) -> UnistockClient:
-        assert self.client is not None
-        return self.client
 
     def send(self, movements: list[pb.Movement]) -> None:
         for m in movements:

@@ -36,11 +36,10 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from tests.fixtures.server import TOKENS, token_store
+from tests.faults.machines import RealServer
 from unistock.client import UnistockClient, UnistockClientError
 from unistock.devtools.services import RedisServer
 from unistock.server.app.server import UnistockServer
-from unistock.server.app.settings import Settings
 from unistock.v1 import inventory_pb2 as pb
 
 pytestmark = pytest.mark.slow
@@ -83,7 +82,7 @@ class ResModel:
     shipped_open: Counter[Key] = field(default_factory=Counter)
 
 
-class RealServerMachine(RuleBasedStateMachine):
+class RealServerMachine(RealServer, RuleBasedStateMachine):
     loop: ClassVar[asyncio.AbstractEventLoop]
     redis: ClassVar[RedisServer]
     data_dir: ClassVar[Path]
@@ -108,39 +107,6 @@ class RealServerMachine(RuleBasedStateMachine):
         self.steps_since_restart = 0
 
     # -- plumbing --------------------------------------------------------------------------
-
-    def run(self, coro: Any) -> Any:
-        return self.loop.run_until_complete(coro)
-
-    async def _start(self) -> None:
-        s = Settings(
-            redis_url=self.redis.url,
-            grpc_port=0,
-            metrics_port=0,
-            data_dir=self.data_dir,
-            shutdown_grace_s=1.0,
-            redis_timeout_s=2.0,
-        )
-        self.srv = UnistockServer(s, token_store())
-        await self.srv.start()
-        self.client = UnistockClient(f"127.0.0.1:{self.srv.grpc_port}", TOKENS["admin"], timeout=10)
-
-    async def _stop(self) -> None:
-        if self.client is not None:
-            await self.client.close()
-            self.client = None
-        if self.srv is not None:
-            await self.srv.stop()
-            assert not self.srv.failed
-            self.srv = None
-
-    def teardown(self) -> None:
-        self.run(self._stop())
-
-    @property
-    def c(self) -> UnistockClient:
-        assert self.client is not None
-        return self.client
 
     def reserved(self, key: Key) -> int:
         return sum(r.lines.get(key, 0) for r in self.reservations.values() if r.state == pb.ACTIVE)
