@@ -168,6 +168,7 @@ async def test_reflection_lists_the_service(channel: aio.Channel, server: Unisto
         "GetTransfer",
         "CloseTransfer",
         "GetNetworkAvailability",
+        "WatchNetworkAvailability",
     }
 
 

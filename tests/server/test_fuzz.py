@@ -122,6 +122,14 @@ REQUESTS: dict[str, st.SearchStrategy[Any]] = {
         network=st.one_of(st.just("web"), text),
         skus=st.lists(sku, max_size=3),
     ),
+    "WatchNetworkAvailability": st.builds(
+        pb.WatchNetworkAvailabilityRequest,
+        networks=st.lists(st.one_of(st.just("web"), text), max_size=2),
+        skus=st.lists(sku, max_size=3),
+        known_versions=st.lists(
+            st.builds(pb.NetworkKnownVersion, sku=sku, network=text, version=UINT64), max_size=2
+        ),
+    ),
     "CloseTransfer": st.builds(
         pb.CloseTransferRequest,
         transfer_id=st.one_of(st.just("tr-1"), text),
@@ -141,6 +149,11 @@ call = st.one_of(
 )
 role = st.sampled_from(["admin", "admin", "admin", "channel", "backoffice"])
 BAD = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE}
+#: The server-streaming calls: read until their snapshot is complete.
+STREAMS: dict[str, Any] = {
+    "WatchAvailability": pb.WatchAvailabilityResponse,
+    "WatchNetworkAvailability": pb.WatchNetworkAvailabilityResponse,
+}
 
 
 def raw(message: Any) -> bytes:
@@ -160,10 +173,10 @@ def invoke(channel: grpc.Channel, name: str, request: Any, who: str) -> None:
                 )
             )
             assert len(acks) == len(request), (request, acks)
-        elif name == "WatchAvailability":
+        elif name in STREAMS:
             stream = channel.unary_stream(path, None, None)(raw(request), metadata=md, timeout=20)
             for message in stream:
-                if pb.WatchAvailabilityResponse.FromString(message).snapshot_complete:
+                if STREAMS[name].FromString(message).snapshot_complete:
                     stream.cancel()  # type: ignore[no-untyped-call]
                     break
         else:
@@ -172,7 +185,7 @@ def invoke(channel: grpc.Channel, name: str, request: Any, who: str) -> None:
         failed = exc
     if failed is not None:
         code = failed.code()
-        if not (code == grpc.StatusCode.CANCELLED and name == "WatchAvailability"):
+        if not (code == grpc.StatusCode.CANCELLED and name in STREAMS):
             assert code not in BAD, (name, request, code, failed.details())
 
 

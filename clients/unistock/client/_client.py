@@ -186,6 +186,31 @@ class UnistockClient:
         )
         return list(resp.levels)
 
+    async def watch_networks(
+        self,
+        networks: Sequence[str],
+        skus: Sequence[str] = (),
+        known_versions: dict[tuple[str, str], int] | None = None,
+    ) -> AsyncIterator[pb.WatchNetworkAvailabilityResponse]:
+        """One network watch stream: the levels (skipping those not newer than known_versions,
+        keyed (sku, network)), then every change."""
+        req = pb.WatchNetworkAvailabilityRequest(
+            networks=networks,
+            skus=skus,
+            known_versions=[
+                pb.NetworkKnownVersion(sku=s, network=n, version=v)
+                for (s, n), v in (known_versions or {}).items()
+            ],
+        )
+        call = self.stub.WatchNetworkAvailability(req, metadata=self.metadata)
+        try:
+            async for msg in call:
+                yield msg
+        except aio.AioRpcError as exc:
+            raise _error(exc) from None
+        finally:
+            call.cancel()
+
     async def get_transfer(self, transfer_id: str, location_id: str = "") -> list[pb.Transfer]:
         """A transfer's records (per SKU shipped, received, in transit, lost; state;
         discrepancies): the one at location_id, or every destination's (usually one).

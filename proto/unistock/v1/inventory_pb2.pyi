@@ -1421,7 +1421,9 @@ class NetworkLevel(_message.Message):
     staleness limit). Store liveness is not followed yet in this version: always 0.
     """
     version: _builtins.int
-    """Increases with every change of this network level; order updates by it."""
+    """Increases with every change of this network level, also across server restarts; order
+    updates by it. Never-seen: 0.
+    """
     def __init__(
         self,
         *,
@@ -1439,6 +1441,99 @@ class NetworkLevel(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NetworkLevel: _TypeAlias = NetworkLevel  # noqa: Y015
+
+@_typing.final
+class NetworkKnownVersion(_message.Message):
+    """A network level the client already has, to resume a stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SKU_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    sku: _builtins.str
+    network: _builtins.str
+    version: _builtins.int
+    def __init__(
+        self,
+        *,
+        sku: _builtins.str = ...,
+        network: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["network", b"network", "sku", b"sku", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkKnownVersion: _TypeAlias = NetworkKnownVersion  # noqa: Y015
+
+@_typing.final
+class WatchNetworkAvailabilityRequest(_message.Message):
+    """Subscribe to network levels and their changes: first the current levels (skipping those not
+    newer than known_versions), then every change, coalesced like WatchAvailability (a watcher
+    behind gets each level's latest version; one too far behind is cut with RESOURCE_EXHAUSTED
+    and resumes with its known versions).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NETWORKS_FIELD_NUMBER: _builtins.int
+    SKUS_FIELD_NUMBER: _builtins.int
+    KNOWN_VERSIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def networks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Networks of master data, 1 to 100 (NOT_FOUND names an unknown one)."""
+
+    @_builtins.property
+    def skus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only these SKUs, at most 10,000 (empty: every SKU of the networks)."""
+
+    @_builtins.property
+    def known_versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkKnownVersion]:
+        """At most 100,000."""
+
+    def __init__(
+        self,
+        *,
+        networks: _abc.Iterable[_builtins.str] | None = ...,
+        skus: _abc.Iterable[_builtins.str] | None = ...,
+        known_versions: _abc.Iterable[Global___NetworkKnownVersion] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["known_versions", b"known_versions", "networks", b"networks", "skus", b"skus"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchNetworkAvailabilityRequest: _TypeAlias = WatchNetworkAvailabilityRequest  # noqa: Y015
+
+@_typing.final
+class WatchNetworkAvailabilityResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEVELS_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_COMPLETE_FIELD_NUMBER: _builtins.int
+    snapshot_complete: _builtins.bool
+    """Set on the message that ends the initial snapshot (it may carry no levels)."""
+    @_builtins.property
+    def levels(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkLevel]:
+        """Current or changed levels; one (sku, network)'s arrive in increasing version order."""
+
+    def __init__(
+        self,
+        *,
+        levels: _abc.Iterable[Global___NetworkLevel] | None = ...,
+        snapshot_complete: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["levels", b"levels", "snapshot_complete", b"snapshot_complete"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchNetworkAvailabilityResponse: _TypeAlias = WatchNetworkAvailabilityResponse  # noqa: Y015
 
 @_typing.final
 class GetNetworkAvailabilityRequest(_message.Message):

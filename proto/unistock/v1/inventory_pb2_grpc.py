@@ -89,6 +89,11 @@ class InventoryServiceStub:
                 request_serializer=unistock_dot_v1_dot_inventory__pb2.GetNetworkAvailabilityRequest.SerializeToString,
                 response_deserializer=unistock_dot_v1_dot_inventory__pb2.GetNetworkAvailabilityResponse.FromString,
                 _registered_method=True)
+        self.WatchNetworkAvailability = channel.unary_stream(
+                '/unistock.v1.InventoryService/WatchNetworkAvailability',
+                request_serializer=unistock_dot_v1_dot_inventory__pb2.WatchNetworkAvailabilityRequest.SerializeToString,
+                response_deserializer=unistock_dot_v1_dot_inventory__pb2.WatchNetworkAvailabilityResponse.FromString,
+                _registered_method=True)
 
 
 class InventoryServiceServicer:
@@ -178,6 +183,14 @@ class InventoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchNetworkAvailability(self, request, context):
+        """Network levels, then their changes (see WatchNetworkAvailabilityRequest). Roles: channel,
+        backoffice, admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InventoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -235,6 +248,11 @@ def add_InventoryServiceServicer_to_server(servicer, server):
                     servicer.GetNetworkAvailability,
                     request_deserializer=unistock_dot_v1_dot_inventory__pb2.GetNetworkAvailabilityRequest.FromString,
                     response_serializer=unistock_dot_v1_dot_inventory__pb2.GetNetworkAvailabilityResponse.SerializeToString,
+            ),
+            'WatchNetworkAvailability': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchNetworkAvailability,
+                    request_deserializer=unistock_dot_v1_dot_inventory__pb2.WatchNetworkAvailabilityRequest.FromString,
+                    response_serializer=unistock_dot_v1_dot_inventory__pb2.WatchNetworkAvailabilityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -534,6 +552,33 @@ class InventoryService:
             '/unistock.v1.InventoryService/GetNetworkAvailability',
             unistock_dot_v1_dot_inventory__pb2.GetNetworkAvailabilityRequest.SerializeToString,
             unistock_dot_v1_dot_inventory__pb2.GetNetworkAvailabilityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchNetworkAvailability(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/unistock.v1.InventoryService/WatchNetworkAvailability',
+            unistock_dot_v1_dot_inventory__pb2.WatchNetworkAvailabilityRequest.SerializeToString,
+            unistock_dot_v1_dot_inventory__pb2.WatchNetworkAvailabilityResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -71,6 +71,10 @@ class InventoryServiceStub:
     """
     GetNetworkAvailability: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.GetNetworkAvailabilityRequest, _inventory_pb2.GetNetworkAvailabilityResponse]
     """Per SKU, what a network may promise (see NetworkLevel). Roles: channel, backoffice, admin."""
+    WatchNetworkAvailability: _grpc.UnaryStreamMultiCallable[_inventory_pb2.WatchNetworkAvailabilityRequest, _inventory_pb2.WatchNetworkAvailabilityResponse]
+    """Network levels, then their changes (see WatchNetworkAvailabilityRequest). Roles: channel,
+    backoffice, admin.
+    """
 
 @_typing.type_check_only
 class InventoryServiceAsyncStub(InventoryServiceStub):
@@ -107,6 +111,10 @@ class InventoryServiceAsyncStub(InventoryServiceStub):
     """
     GetNetworkAvailability: _aio.UnaryUnaryMultiCallable[_inventory_pb2.GetNetworkAvailabilityRequest, _inventory_pb2.GetNetworkAvailabilityResponse]  # type: ignore[assignment]
     """Per SKU, what a network may promise (see NetworkLevel). Roles: channel, backoffice, admin."""
+    WatchNetworkAvailability: _aio.UnaryStreamMultiCallable[_inventory_pb2.WatchNetworkAvailabilityRequest, _inventory_pb2.WatchNetworkAvailabilityResponse]  # type: ignore[assignment]
+    """Network levels, then their changes (see WatchNetworkAvailabilityRequest). Roles: channel,
+    backoffice, admin.
+    """
 
 class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -206,5 +214,15 @@ class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_inventory_pb2.GetNetworkAvailabilityResponse, _abc.Awaitable[_inventory_pb2.GetNetworkAvailabilityResponse]]:
         """Per SKU, what a network may promise (see NetworkLevel). Roles: channel, backoffice, admin."""
+
+    @_abc_1.abstractmethod
+    def WatchNetworkAvailability(
+        self,
+        request: _inventory_pb2.WatchNetworkAvailabilityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_inventory_pb2.WatchNetworkAvailabilityResponse], _abc.AsyncIterator[_inventory_pb2.WatchNetworkAvailabilityResponse]]:
+        """Network levels, then their changes (see WatchNetworkAvailabilityRequest). Roles: channel,
+        backoffice, admin.
+        """
 
 def add_InventoryServiceServicer_to_server(servicer: InventoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -18,11 +18,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from unistock.server.actors.masterdata import MasterData
 from unistock.server.domain import StockKey
-from unistock.server.persistence.codec import split_position
+from unistock.server.persistence.codec import split_position, varint
 from unistock.server.persistence.group_commit import DurableLevel, GroupCommit
 from unistock.server.persistence.keys import parse_position_field
 from unistock.server.persistence.store import RedisStore, stored_version
@@ -41,8 +41,20 @@ def _available(level: bytes) -> int:
 class NetworkIndex:
     """The per-(network, SKU) available sums and their versions."""
 
-    def __init__(self, store: RedisStore, commit: GroupCommit, master: MasterData) -> None:
+    def __init__(
+        self,
+        store: RedisStore,
+        commit: GroupCommit,
+        master: MasterData,
+        publish: Callable[[list[tuple[NetKey, int, bytes]]], None] | None = None,
+    ) -> None:
         self._store = store
+        #: Called with the (sku, network) levels that changed: ((sku, network), version,
+        #: WatchNetworkAvailabilityResponse `levels` entry) (a WatchHub's publish_entries).
+        self.publish = publish
+        #: Versions start at generation << 32; the generation grows with every start (stored in
+        #: Redis), so a level's version grows across restarts too.
+        self._base = 0
         self._commit = commit
         self._master = master
         self.totals: dict[NetKey, int] = defaultdict(int)
@@ -65,7 +77,8 @@ class NetworkIndex:
         return network in self._master.networks
 
     def level(self, network: str, sku: str) -> tuple[int, int, int]:
-        """(available, version, locations counted) of a SKU in a network."""
+        """(available, version, locations counted) of a SKU in a network (version 0: never
+        seen)."""
         key = (network, sku)
         return (
             self.totals.get(key, 0),
@@ -73,11 +86,41 @@ class NetworkIndex:
             len(self.counted.get(network, ())),
         )
 
+    def message(self, network: str, sku: str) -> pb.NetworkLevel:
+        """The wire NetworkLevel of a SKU in a network."""
+        available, version, locations = self.level(network, sku)
+        return pb.NetworkLevel(
+            sku=sku, network=network, available=available, locations=locations, version=version
+        )
+
+    def skus_of(self, network: str) -> list[str]:
+        """Every SKU the network has a level of, sorted."""
+        return sorted(sku for net, sku in self.versions if net == network)
+
+    def entry(self, network: str, sku: str) -> bytes:
+        """The serialised `levels` entry (field 1) of a watch response for a network level."""
+        msg = self.message(network, sku).SerializeToString()
+        return b"\x0a" + varint(len(msg)) + msg
+
+    def _bump(self, key: NetKey, changed: set[NetKey]) -> None:
+        self.versions[key] = max(self.versions.get(key, 0), self._base) + 1
+        changed.add(key)
+
+    def _published(self, changed: set[NetKey]) -> None:
+        if changed and self.publish is not None:
+            self.publish(
+                [
+                    ((sku, net), self.versions[net, sku], self.entry(net, sku))
+                    for net, sku in changed
+                ]
+            )
+
     # -- the flush listener (synchronous) ------------------------------------------------------
 
     def on_durable(self, levels: list[DurableLevel]) -> None:
         """Add each durable change of available to the networks of its location."""
         networks_of, capture = self._networks_of, self._capture
+        changed: set[NetKey] = set()
         for d in levels:
             sku, loc = d.key
             if capture:
@@ -90,7 +133,8 @@ class NetworkIndex:
                 for net in networks_of.get(loc, ()):
                     key = (net, sku)
                     self.totals[key] += d.available_delta
-                    self.versions[key] += 1
+                    self._bump(key, changed)
+        self._published(changed)
 
     # -- membership ----------------------------------------------------------------------------
 
@@ -125,12 +169,13 @@ class NetworkIndex:
     def _apply(self, loc: str, nets: set[str], found: dict[str, int], sign: int) -> None:
         """Add (sign +1) or remove (-1) a location's levels to/from networks, and its
         membership: one synchronous step."""
+        changed: set[NetKey] = set()
         for net in nets:
             for sku, available in found.items():
                 if available:
                     key = (net, sku)
                     self.totals[key] += sign * available
-                    self.versions[key] += 1
+                    self._bump(key, changed)
             if sign > 0:
                 self.counted[net].add(loc)
             else:
@@ -140,6 +185,10 @@ class NetworkIndex:
             self._networks_of[loc] = tuple(sorted(networks))
         else:
             self._networks_of.pop(loc, None)
+        # The number of locations counted changed for every level of these networks.
+        for key in [k for k in self.versions if k[0] in nets and k not in changed]:
+            self._bump(key, changed)
+        self._published(changed)
 
     async def _scan(self, locations: Iterable[str]) -> dict[str, dict[str, int]]:
         """The latest durable available of every stored position of these locations.
@@ -181,6 +230,8 @@ class NetworkIndex:
         call sync themselves)."""
         while True:
             try:
+                if not self._base:
+                    self._base = await self._store.next_generation("networks") << 32
                 await self.sync()
                 return
             except Exception as exc:  # Unavailable mostly; never leave the index unready

@@ -43,6 +43,7 @@ ROLES: dict[str, frozenset[str]] = {
             "GetReservation",
             "GetTransfer",
             "GetNetworkAvailability",
+            "WatchNetworkAvailability",
         }
     ),
     "backoffice": frozenset(
@@ -54,6 +55,7 @@ ROLES: dict[str, frozenset[str]] = {
             "GetTransfer",
             "CloseTransfer",
             "GetNetworkAvailability",
+            "WatchNetworkAvailability",
         }
     ),
     # Every method of the service, including ones added later.

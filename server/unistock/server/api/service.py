@@ -66,6 +66,13 @@ MAX_NETWORK_SKUS = 500
 #: Batches of one ApplyMovements stream being written at once (acks follow in order).
 MOVEMENT_WINDOW = 64
 _SNAPSHOT_COMPLETE = pb.WatchAvailabilityResponse(snapshot_complete=True).SerializeToString()
+_NETWORK_SNAPSHOT_COMPLETE = pb.WatchNetworkAvailabilityResponse(
+    snapshot_complete=True
+).SerializeToString()
+#: Filter bounds of WatchNetworkAvailability.
+MAX_WATCHED_NETWORKS = 100
+MAX_WATCH_SKUS = 10_000
+MAX_KNOWN_VERSIONS = 100_000
 
 
 def _serialize(message: Any) -> bytes:
@@ -125,11 +132,16 @@ class InventoryService:
     """Implements unistock.v1.InventoryService on an Inventory and a WatchHub."""
 
     def __init__(
-        self, inventory: Inventory, hub: WatchHub, networks: NetworkIndex | None = None
+        self,
+        inventory: Inventory,
+        hub: WatchHub,
+        networks: NetworkIndex | None = None,
+        network_hub: WatchHub | None = None,
     ) -> None:
         self.inventory = inventory
         self.hub = hub
         self.networks = networks
+        self.network_hub = network_hub
         self._metrics = inventory.metrics
         self._latencies: dict[tuple[str, str], Any] = {}
 
@@ -382,19 +394,66 @@ class InventoryService:
         if index is None or not index.known(network):
             raise NetworkNotFound(network)
         await index.ready.wait()
-        levels = []
-        for sku in skus:
-            available, version, locations = index.level(network, sku)
-            levels.append(
-                pb.NetworkLevel(
-                    sku=sku,
-                    network=network,
-                    available=available,
-                    locations=locations,
-                    version=version,
-                )
+        return pb.GetNetworkAvailabilityResponse(
+            levels=[index.message(network, sku) for sku in skus]
+        )
+
+    @rpc
+    async def WatchNetworkAvailability(
+        self, request: pb.WatchNetworkAvailabilityRequest, context: Context
+    ) -> None:
+        index, hub = self.networks, self.network_hub
+        if not 1 <= len(request.networks) <= MAX_WATCHED_NETWORKS:
+            raise InvalidArgument(
+                "networks",
+                f"give 1 to {MAX_WATCHED_NETWORKS} networks, got {len(request.networks)}",
             )
-        return pb.GetNetworkAvailabilityResponse(levels=levels)
+        if len(request.skus) > MAX_WATCH_SKUS:
+            raise InvalidArgument("skus", f"at most {MAX_WATCH_SKUS:,}, got {len(request.skus):,}")
+        if len(request.known_versions) > MAX_KNOWN_VERSIONS:
+            raise InvalidArgument(
+                "known_versions",
+                f"at most {MAX_KNOWN_VERSIONS:,}, got {len(request.known_versions):,}",
+            )
+        networks = [check_id(f"networks[{i}]", n) for i, n in enumerate(request.networks)]
+        skus = [check_id(f"skus[{i}]", s) for i, s in enumerate(request.skus)]
+        for network in networks:
+            if index is None or hub is None or not index.known(network):
+                raise NetworkNotFound(network)
+        assert index is not None
+        assert hub is not None
+        known = {(k.sku, k.network): k.version for k in request.known_versions}
+        await index.ready.wait()
+        # Subscribed before the snapshot is taken, both in this loop pass: nothing between.
+        sub = hub.subscribe(skus, networks)
+        try:
+            snapshot = [
+                index.entry(network, sku)
+                for network in networks
+                for sku in (skus or index.skus_of(network))
+                if index.level(network, sku)[1] > known.get((sku, network), -1)
+                and index.level(network, sku)[1] > 0
+            ]
+            for i in range(0, len(snapshot), SNAPSHOT_BATCH):
+                await context.write(b"".join(snapshot[i : i + SNAPSHOT_BATCH]))
+            await context.write(_NETWORK_SNAPSHOT_COMPLETE)
+            while True:
+                await sub.event.wait()
+                if sub.overflowed:
+                    if hub.closing:
+                        await context.abort(
+                            grpc.StatusCode.UNAVAILABLE,
+                            "server shutting down; reconnect with known_versions to resume",
+                        )
+                    await context.abort(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        "watcher fell too far behind; reconnect with known_versions to resume",
+                    )
+                entries = sub.take(WATCH_BATCH)
+                if entries:
+                    await context.write(b"".join(entries))
+        finally:
+            sub.close()
 
     # -- registration --------------------------------------------------------------------------
 

@@ -109,7 +109,7 @@ class WatchHub:
         if not sub.skus and not sub.locations:
             self._all.add(sub)
         self._count += 1
-        self.metrics.watch_subscribers.set(self._count)
+        self.metrics.watch_subscribers.inc()  # a gauge shared with the network levels' hub
         return sub
 
     def _indexes(
@@ -137,7 +137,7 @@ class WatchHub:
                         del index[v]
         if found:
             self._count -= 1
-            self.metrics.watch_subscribers.set(self._count)
+            self.metrics.watch_subscribers.dec()
 
     def shutdown(self) -> None:
         """End every stream (the server is stopping; clients resume elsewhere)."""
@@ -154,19 +154,36 @@ class WatchHub:
         if not self._count:
             return
         for d in levels:
-            sku, loc = d.key
-            targets: list[Subscription] = list(self._all)
-            by_sku = self._by_sku.get(sku)
-            if by_sku:
-                targets.extend(s for s in by_sku if not s.locations or loc in s.locations)
-            by_loc = self._by_location.get(loc)
-            if by_loc:
-                targets.extend(by_loc)
-            if not targets:
-                continue
-            entry = stock_level_entry(sku.encode(), loc.encode(), d.level)
-            for sub in targets:
-                sub.offer(d.key, d.version, entry)
+            targets = self._targets(d.key)
+            if targets:
+                entry = stock_level_entry(d.key[0].encode(), d.key[1].encode(), d.level)
+                for sub in targets:
+                    sub.offer(d.key, d.version, entry)
+        self._count_offers()
+
+    def publish_entries(self, changes: Iterable[tuple[StockKey, int, bytes]]) -> None:
+        """Offer (key, version, serialised entry) changes to matching subscribers."""
+        if not self._count:
+            return
+        for key, version, entry in changes:
+            for sub in self._targets(key):
+                sub.offer(key, version, entry)
+        self._count_offers()
+
+    def _targets(self, key: StockKey) -> list[Subscription]:
+        """The subscriptions whose filter selects key (its second part is the location, or
+        the network in a hub of network levels)."""
+        sku, loc = key
+        targets: list[Subscription] = list(self._all)
+        by_sku = self._by_sku.get(sku)
+        if by_sku:
+            targets.extend(s for s in by_sku if not s.locations or loc in s.locations)
+        by_loc = self._by_location.get(loc)
+        if by_loc:
+            targets.extend(by_loc)
+        return targets
+
+    def _count_offers(self) -> None:
         if self.n_queued:
             self._queued.inc(self.n_queued)
             self.n_queued = 0

@@ -246,9 +246,12 @@ class UnistockServer:
             self._spawn(
                 self.inventory.run_idle_passivation(s.idle_passivation_s), "idle-passivation"
             )
-        self.networks = NetworkIndex(self.store, self.commit, self.master)
+        self.network_hub = WatchHub(self.metrics, max_pending=s.watch_max_pending)
+        self.networks = NetworkIndex(
+            self.store, self.commit, self.master, self.network_hub.publish_entries
+        )
         self._spawn(self.networks.run(), "network-availability")
-        self.service = InventoryService(self.inventory, self.hub, self.networks)
+        self.service = InventoryService(self.inventory, self.hub, self.networks, self.network_hub)
         assert self._grpc is not None
         self.admin = AdminService(self.master, self.inventory, self.metrics, self.networks)
         self._grpc.add_generic_rpc_handlers((self.service.handler(), self.admin.handler()))
@@ -318,6 +321,7 @@ class UnistockServer:
             grace = self.settings.shutdown_grace_s if grace is None else grace
             await self.health.enter_graceful_shutdown()
             self.hub.shutdown()
+            self.network_hub.shutdown()
             assert self._grpc is not None
             await self._grpc.stop(grace)
             for task in self._tasks:

@@ -516,6 +516,14 @@ class RedisStore:
             pipe.get(ks.reservation(ks.reservation_partition(rid), rid))
         return list(await self._execute(pipe))
 
+    async def next_generation(self, name: str) -> int:
+        """A counter that grows by one with every call, kept in the layout hash (durable):
+        what makes versions kept in memory grow across restarts too."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hincrby(self.keyspace.meta, f"generation:{name}", 1)
+        [n] = await self._execute(pipe)
+        return int(n)
+
     async def load_transfers(self, keys: list[tuple[str, str]]) -> list[bytes | None]:
         """Stored transfer records of (destination, transfer_id) keys (None where absent)."""
         pipe = self.client.pipeline(transaction=False)
