@@ -1417,8 +1417,11 @@ class NetworkLevel(_message.Message):
     locations: _builtins.int
     """Member locations counted."""
     stale_locations: _builtins.int
-    """Member locations left out because their store's agent is stale (see the network's
-    staleness limit). Store liveness is not followed yet in this version: always 0.
+    """Member locations left out because their store is stale: a member with a store_id in
+    master data whose agent the server has not heard from (no movement batch, no ONLINE status)
+    for longer than the network's staleness limit, or whose agent reports an unacknowledged
+    movement older than that. Its units count again once it is heard from and caught up.
+    Locations without a store_id (a warehouse fed by its WMS) are never stale.
     """
     version: _builtins.int
     """Increases with every change of this network level, also across server restarts; order

@@ -20,6 +20,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 
+from unistock.server.actors.liveness import StoreLiveness
 from unistock.server.actors.masterdata import MasterData
 from unistock.server.domain import StockKey
 from unistock.server.persistence.codec import split_position, varint
@@ -66,6 +67,10 @@ class NetworkIndex:
         #: locations being scanned -> sku -> (version, available) reported meanwhile
         self._capture: dict[str, dict[str, tuple[int, int]]] = {}
         self._lock = asyncio.Lock()
+        #: Store liveness (None: nothing is ever stale, e.g. without MQTT ingestion).
+        self.liveness: StoreLiveness | None = None
+        #: network -> member locations left out of its sums because their store is stale
+        self.stale: dict[str, set[str]] = defaultdict(set)
         #: Set once the sums cover every member location (after the start-up sync).
         self.ready = asyncio.Event()
         commit.listeners.append(self.on_durable)
@@ -90,7 +95,12 @@ class NetworkIndex:
         """The wire NetworkLevel of a SKU in a network."""
         available, version, locations = self.level(network, sku)
         return pb.NetworkLevel(
-            sku=sku, network=network, available=available, locations=locations, version=version
+            sku=sku,
+            network=network,
+            available=available,
+            locations=locations,
+            stale_locations=len(self.stale.get(network, ())),
+            version=version,
         )
 
     def skus_of(self, network: str) -> list[str]:
@@ -143,9 +153,12 @@ class NetworkIndex:
         leaves, each exact); raises Unavailable (the index stays as it was for the rest)."""
         async with self._lock:
             wanted: dict[str, set[str]] = defaultdict(set)
+            stale = self._stale_members()
             for network in self._master.networks.values():
                 for loc in network.location_ids:
-                    wanted[loc].add(network.network_id)
+                    if loc not in stale.get(network.network_id, ()):
+                        wanted[loc].add(network.network_id)
+            self.stale = stale
             have: dict[str, set[str]] = defaultdict(set)
             for net_id, locs in self.counted.items():
                 for loc in locs:
@@ -190,6 +203,22 @@ class NetworkIndex:
             self._bump(key, changed)
         self._published(changed)
 
+    def _stale_members(self) -> dict[str, set[str]]:
+        """network -> its members whose store is stale for its staleness limit. Only locations
+        with a store_id in master data (reported by a store's agent) can be stale."""
+        out: dict[str, set[str]] = defaultdict(set)
+        live = self.liveness
+        if live is None:
+            return out
+        for network in self._master.networks.values():
+            if network.staleness_limit <= 0:
+                continue
+            for loc in network.location_ids:
+                store = self._master.store_of(loc)
+                if store is not None and live.stale(store, network.staleness_limit):
+                    out[network.network_id].add(loc)
+        return out
+
     async def _scan(self, locations: Iterable[str]) -> dict[str, dict[str, int]]:
         """The latest durable available of every stored position of these locations.
 
@@ -225,15 +254,30 @@ class NetworkIndex:
             for loc in locs:
                 self._capture.pop(loc, None)
 
-    async def run(self, retry: float = 1.0) -> None:
-        """The start-up sync, retried until Redis answers; then nothing (master-data changes
-        call sync themselves)."""
+    async def run(self, retry: float = 1.0, every: float = 1.0) -> None:
+        """The start-up sync, retried until Redis answers; then, every `every` s, stores that
+        became stale leave their networks' sums and stores back (and caught up) rejoin them.
+        Master-data changes call sync themselves."""
         while True:
             try:
                 if not self._base:
                     self._base = await self._store.next_generation("networks") << 32
                 await self.sync()
-                return
+                break
             except Exception as exc:  # Unavailable mostly; never leave the index unready
                 log.warning("network availability not built yet: %r; retrying", exc)
                 await asyncio.sleep(retry)
+        while True:
+            await asyncio.sleep(every)
+            stale = self._stale_members()
+            if stale != {n: s for n, s in self.stale.items() if s}:
+                for net in self._master.networks:
+                    gone, back = stale.get(net, set()), self.stale.get(net, set())
+                    for loc in gone - back:
+                        log.warning("network %s: %s is stale, its units are left out", net, loc)
+                    for loc in back - gone:
+                        log.info("network %s: %s is back, its units count again", net, loc)
+                try:
+                    await self.sync()
+                except Exception as exc:
+                    log.warning("network staleness not applied yet: %r", exc)

@@ -20,6 +20,7 @@ from prometheus_client import start_http_server
 from sqlalchemy.exc import SQLAlchemyError
 
 from unistock.server.actors import Inventory
+from unistock.server.actors.liveness import StoreLiveness
 from unistock.server.actors.masterdata import MasterData
 from unistock.server.actors.networks import NetworkIndex
 from unistock.server.api.admin import SERVICE as ADMIN_SERVICE
@@ -239,9 +240,12 @@ class UnistockServer:
             self.ingestor: MqttIngestor | None = MqttIngestor(
                 s.mqtt_url, self.inventory, self.metrics, locations
             )
+            self.liveness: StoreLiveness | None = StoreLiveness()
+            self.ingestor.liveness = self.liveness
             self._spawn(self.ingestor.run(), "mqtt-ingest")
         else:
             self.ingestor = None
+            self.liveness = None  # no agents to hear from: no store is ever stale
         if s.idle_passivation_s > 0:
             self._spawn(
                 self.inventory.run_idle_passivation(s.idle_passivation_s), "idle-passivation"
@@ -250,6 +254,7 @@ class UnistockServer:
         self.networks = NetworkIndex(
             self.store, self.commit, self.master, self.network_hub.publish_entries
         )
+        self.networks.liveness = self.liveness
         self._spawn(self.networks.run(), "network-availability")
         self.service = InventoryService(self.inventory, self.hub, self.networks, self.network_hub)
         assert self._grpc is not None

@@ -41,6 +41,7 @@ from paho.mqtt.properties import Properties
 
 from unistock.client.mqtt import broker_args
 from unistock.server.actors import Inventory
+from unistock.server.actors.liveness import StoreLiveness
 from unistock.server.api.convert import (
     MAX_BATCH,
     ack_feedback,
@@ -66,6 +67,18 @@ log = logging.getLogger(__name__)
 
 TOPIC_ROOT = "unistock/v1/stores"
 MOVEMENTS_TOPIC = f"{TOPIC_ROOT}/+/movements"
+#: The agents' retained statuses: store liveness for network staleness.
+STATUS_TOPIC = f"{TOPIC_ROOT}/+/status"
+
+
+def status_store(topic: str) -> str | None:
+    """The store id of a status topic, or None if the topic is not one."""
+    parts = topic.split("/")
+    if len(parts) == 5 and "/".join(parts[:3]) == TOPIC_ROOT and parts[4] == "status":
+        return parts[3] or None
+    return None
+
+
 JSON = "application/json"
 #: Acks published whose broker PUBACK has not arrived yet (the client allows 1000 in flight).
 MAX_ACKS_IN_FLIGHT = 256
@@ -122,6 +135,8 @@ class MqttIngestor:
         self.sources = SourceTable(max_sources)
         self.store_series = StoreSeries(metrics.mqtt_store_last_seen, max_store_series)
         self.connected = asyncio.Event()
+        #: Told of every store heard from (batches, statuses); see actors.liveness.
+        self.liveness: StoreLiveness | None = None
 
     # -- one message -----------------------------------------------------------------------------
 
@@ -207,6 +222,8 @@ class MqttIngestor:
             ]
             return self._refused(store_id, "wrong_store", rejections, batch)
         self.store_series.seen(store_id, time.time())
+        if self.liveness is not None:
+            self.liveness.heard(store_id)
         valid, rejected = batch_from_wire(batch)
         ack = pb.MovementAck(batch_id=batch.batch_id)
         by_seq: dict[int, Movement] = {}
@@ -309,6 +326,7 @@ class MqttIngestor:
             try:
                 async with self._client() as client:
                     await client.subscribe(MOVEMENTS_TOPIC, qos=1)
+                    await client.subscribe(STATUS_TOPIC, qos=1)
                     self.metrics.mqtt_connected.set(1)
                     self.connected.set()
                     backoff = 0.2
@@ -359,7 +377,12 @@ class MqttIngestor:
 
         async def receive(queue: FairQueue[tuple[float, aiomqtt.Message]]) -> None:
             async for message in client.messages:
-                queue.put(queue_key(str(message.topic)), (time.perf_counter(), message))
+                topic = str(message.topic)
+                store = status_store(topic)
+                if store is not None:
+                    self._status(store, message.payload)
+                    continue
+                queue.put(queue_key(topic), (time.perf_counter(), message))
 
         async with asyncio.TaskGroup() as tg:
             tg.create_task(publish_acks(tg), name="mqtt-acks")
@@ -387,6 +410,19 @@ class MqttIngestor:
                 # flush that makes it durable, the acks, the watch streams and the receiver
                 # wait (bench B2).
                 await asyncio.sleep(0)
+
+    def _status(self, store_id: str, payload: object) -> None:
+        """An agent's status (binary AgentStatus; anything else is ignored): its liveness."""
+        if self.liveness is None or not isinstance(payload, bytes) or not id_ok(store_id):
+            return
+        try:
+            status = pb.AgentStatus.FromString(payload)
+        except DecodeError:
+            log.warning("store %s: unreadable status message ignored", store_id)
+            return
+        self.liveness.status(
+            store_id, status.state == pb.AgentStatus.ONLINE, status.oldest_unacked_age_seconds
+        )
 
 
 def _redact(url: str) -> str:
