@@ -19,7 +19,7 @@ def example() -> tuple[dict[str, str], list[str]]:
         re.findall(r"`([\w.-]+\.csv)`(?:(?!```|\.csv`).)*?:\n\n```csv\n(.*?)```", text, flags=re.S)
     )
     [commands] = [
-        b for b in re.findall(r"```sh\n(.*?)```", text, flags=re.S) if "admin import" in b
+        b for b in re.findall(r"```sh\n(.*?)```", text, flags=re.S) if "--safety-stock" in b
     ]
     return files, [ln.split("  #")[0].strip() for ln in commands.splitlines() if ln.strip()]
 
@@ -44,3 +44,25 @@ async def test_the_readme_admin_import_runs_as_written(
     assert json.loads(outputs[2])["safetyStock"] == "2"
     assert server.master.networks["web"].location_ids == ("dc-1", "store-7")
     assert server.master.products["SHOE-42"].gtin == "04006381333931"
+
+
+async def test_the_readme_network_example_runs_as_written(
+    server: UnistockServer, tmp_path: Path
+) -> None:
+    files, _ = example()
+    for name, content in files.items():
+        (tmp_path / name).write_text(content)
+    text = (ROOT / "README.md").read_text()
+    [block] = [
+        b for b in re.findall(r"```sh\n(.*?)```", text, flags=re.S) if "unistock network" in b
+    ]
+    commands = [ln.split("  #")[0].strip() for ln in block.splitlines() if ln.strip()]
+    assert commands[-1].endswith("--watch")
+    for command in commands[:-1]:
+        rc, out, err = await sh(
+            command.replace(".venv/bin/", f"{ROOT}/.venv/bin/"), server, tmp_path
+        )
+        assert rc == 0, (command, err)
+    level = json.loads(out)
+    # store-7's default safety stock is 1 in locations.csv: 10 + (3 - 1)
+    assert (level["network"], level["available"], level["locations"]) == ("web", "12", 2)

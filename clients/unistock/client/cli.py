@@ -8,6 +8,7 @@
     unistock move SOURCE SEQ TYPE SKU@LOC:QTY [--count-id C] [--transfer-id T]
                   [--counterpart LOC] [--reservation-id R] [--sign +|- --reason WHY]
                   [--condition SELLABLE|NON_SELLABLE]
+    unistock network NETWORK SKU... [--watch]   what a network may promise (or watch it)
     unistock transfer ID [LOCATION]           a transfer: shipped, received, in transit, lost
     unistock close-transfer ID LOCATION       the destination closes it: the rest is lost
     unistock watch [--sku S]... [--location L]...
@@ -310,6 +311,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="RETURN or ADJUSTMENT: which units (NON_SELLABLE: damaged, to inspect)",
     )
+    n = command(
+        "network",
+        "what a network may promise of SKUs",
+        description="Per SKU, the sum of the available of the network's member locations that\n"
+        "are not stale (NetworkLevel). --watch: the levels, then every change, until Ctrl-C.",
+    )
+    n.add_argument("network")
+    n.add_argument("skus", nargs="*", metavar="SKU", help="1 to 500 (with --watch: none = all)")
+    n.add_argument("--watch", action="store_true", help="stream the levels and their changes")
     t = command(
         "transfer",
         "a transfer: per SKU shipped, received, in transit, lost",
@@ -374,6 +384,8 @@ def _check(args: argparse.Namespace) -> None:
     sub: argparse.ArgumentParser = args.command_parser
     if args.command == "move" and args.line[2] == 0 and args.type != "COUNT":
         sub.error("argument SKU@LOC:QTY: quantity must be at least 1 (0 only for a COUNT)")
+    if args.command == "network" and not args.watch and not args.skus:
+        sub.error("give at least one SKU (or --watch for every SKU of the network)")
     if args.command == "fulfil" and args.lines and not args.request_id:
         sub.error(
             "argument --request-id: required with lines (without it, running the command "
@@ -397,7 +409,8 @@ def _rejected(ack: pb.MovementAck) -> str:
 async def run(args: argparse.Namespace) -> int:
     """Execute one command; returns the exit code."""
     uploads: list[_Upload] = []
-    timeout: float | None = None if args.command == "watch" else 10
+    streaming = args.command == "watch" or (args.command == "network" and args.watch)
+    timeout: float | None = None if streaming else 10
     if args.command == "admin" and args.admin_command == "import":
         uploads = _read_import(args)  # every file checked before anything is sent
         if args.dry_run:
@@ -476,6 +489,13 @@ async def _command(c: UnistockClient, args: argparse.Namespace) -> int:
     elif args.command == "watch":
         async for msg in c.watch(args.sku, args.location):
             _print(msg)
+    elif args.command == "network":
+        if args.watch:
+            async for update in c.watch_networks([args.network], args.skus):
+                _print(update)
+        else:
+            for network_level in await c.get_network_availability(args.network, args.skus):
+                _print(network_level)
     elif args.command == "transfer":
         for t in await c.get_transfer(args.transfer_id, args.location):
             _print(t)
