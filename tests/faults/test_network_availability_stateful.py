@@ -5,12 +5,14 @@ with movements, reservations and releases, safety stock changes (per position an
 default), locations joining and leaving networks, restarts, and positions passivated all the
 time (max_resident=2). After every step, for every network and SKU, GetNetworkAvailability
 equals the oracle: the sum of GetAvailability's available over the network's members as master
-data says (each member's level is durable when it is answered).
+data says (each member's level is durable when it is answered); and a WatchNetworkAvailability
+stream, resumed with its known versions after every restart, converges to the same levels.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -62,11 +64,15 @@ class NetworkMachine(RealServer, RuleBasedStateMachine):
         self.rid = 0
         self.active: list[str] = []
         self.members: dict[str, set[str]] = {"web": {"L1", "L2"}, "market": {"L3"}}
+        #: (network, sku) -> (version, available, locations) as the watch stream last said
+        self.watched: dict[tuple[str, str], tuple[int, int, int]] = {}
+        self.watcher: asyncio.Task[None] | None = None
         self.run(self._start())
         self.run(
             self.c.upsert_locations([apb.Location(location_id=loc, type=apb.STORE) for loc in LOCS])
         )
         self.run(self._networks())
+        self._watch()
 
     async def _networks(self) -> None:
         await self.c.upsert_networks(
@@ -149,6 +155,30 @@ class NetworkMachine(RealServer, RuleBasedStateMachine):
     def restart(self) -> None:
         self.run(self._stop())
         self.run(self._start())
+        self._watch()
+
+    # -- the watch stream ------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        """(Re)start following every network, resuming from the versions already seen."""
+        if self.watcher is not None:
+            self.watcher.cancel()
+        self.watcher = self.loop.create_task(self._follow(self.c))
+
+    async def _follow(self, c: UnistockClient) -> None:
+        known = {(sku, net): v for (net, sku), (v, _, _) in self.watched.items()}
+        with contextlib.suppress(UnistockClientError):  # the server stopped: resumed later
+            async for msg in c.watch_networks(list(NETWORKS), known_versions=known):
+                for lv in msg.levels:
+                    key = (lv.network, lv.sku)
+                    if key not in self.watched or self.watched[key][0] < lv.version:
+                        self.watched[key] = (lv.version, lv.available, lv.locations)
+
+    def teardown(self) -> None:
+        if self.watcher is not None:
+            self.watcher.cancel()
+            self.run(asyncio.gather(self.watcher, return_exceptions=True))
+        super().teardown()
 
     # -- the invariant ---------------------------------------------------------------------
 
@@ -157,6 +187,7 @@ class NetworkMachine(RealServer, RuleBasedStateMachine):
         levels = {
             (lv.sku, lv.location_id): lv for lv in self.run(self.c.get_availability(keys=KEYS))
         }
+        want: dict[tuple[str, str], tuple[int, int, int]] = {}
         for network, members in self.members.items():
             got = self.run(self.c.get_network_availability(network, list(SKUS)))
             for lv in got:
@@ -166,6 +197,13 @@ class NetworkMachine(RealServer, RuleBasedStateMachine):
                     lv,
                     {loc: levels[lv.sku, loc] for loc in members},
                 )
+                if lv.version:
+                    want[network, lv.sku] = (lv.version, lv.available, lv.locations)
+        for _ in range(100):  # the stream converges to the same levels
+            if all(self.watched.get(k) == v for k, v in want.items()):
+                return
+            self.run(asyncio.sleep(0.02))
+        assert {k: self.watched.get(k) for k in want} == want
 
 
 async def _collect(acks: Any) -> list[pb.MovementAck]:

@@ -79,6 +79,17 @@ def _serialize(message: Any) -> bytes:
     return message if isinstance(message, bytes) else message.SerializeToString()
 
 
+def _call_ended(context: Context, exc: Exception) -> bool:
+    """Whether exc only says the call was already over (grpc's ExecuteBatchError on a call
+    that is cancelled or done)."""
+    if type(exc).__name__ != "ExecuteBatchError":
+        return False
+    try:
+        return bool(context.cancelled() or context.done())
+    except Exception:  # a context that cannot even tell: treat it as over
+        return True
+
+
 class _Service(Protocol):
     def _latency(self, method: str, code: str) -> Any: ...
 
@@ -115,7 +126,14 @@ def rpc(
             c = context.code()
             code = c.name if isinstance(c, grpc.StatusCode) else "ABORTED"
             raise
-        except Exception:
+        except grpc.aio.UsageError:
+            raise  # grpc's own complaint about this call: nothing more to send
+        except Exception as exc:
+            if _call_ended(context, exc):
+                # The call is over (the client went away, the server is stopping) while the
+                # handler was still writing or ending it: nobody to tell, nothing failed here.
+                code = "CANCELLED"
+                raise asyncio.CancelledError from exc
             code = "INTERNAL"
             log.exception("%s failed", name)
             await context.abort(
