@@ -17,6 +17,7 @@ from tests.fixtures.server import TOKENS, target
 from unistock.client import UnistockClient
 from unistock.client.cli import build_parser
 from unistock.server.app.server import UnistockServer
+from unistock.v1 import admin_pb2 as apb
 from unistock.v1 import inventory_pb2 as pb
 
 
@@ -411,3 +412,33 @@ async def test_a_damaged_return_and_its_write_off_from_the_command_line(
     rc, out, _ = await cli(server, "get", "COAT", "store-7")
     level = json.loads(out)
     assert (level["onHand"], level.get("nonSellable", "0")) == ("2", "0")
+
+
+async def test_find_from_the_command_line(server: UnistockServer) -> None:
+    """Issue 10: unistock find ranks a network's locations; usage errors exit 2."""
+    async with UnistockClient(target(server), TOKENS["admin"]) as c:
+        await c.upsert_locations(
+            [
+                apb.Location(location_id="s1", type=apb.STORE, latitude=48.1372,
+                             longitude=11.5756, has_position=True, ship_from_store=True),
+                apb.Location(location_id="s2", type=apb.STORE, latitude=48.1480,
+                             longitude=11.5756, has_position=True, ship_from_store=True),
+            ]
+        )  # fmt: skip
+        await c.upsert_networks([apb.Network(network_id="web", location_ids=["s1", "s2"])])
+    rc, _, err = await cli(server, "move", "wms", "1", "RECEIPT", "SHOE-42@s2:2")
+    assert rc == 0, err
+    rc, out, err = await cli(server, "find", "SHOE-42:2", "--near", "s1")
+    assert rc == 0, err
+    [option] = json.loads(out)["options"]
+    assert (option["locationId"], round(option["distanceKm"], 1), option["coversAll"]) == (
+        "s2",
+        1.2,
+        True,
+    )
+    rc, _, err = await cli(server, "find", "SHOE-42:0")
+    assert rc == 2
+    assert "SKU[:QTY]" in err
+    rc, _, err = await cli(server, "find", "SHOE-42", "--network", "nope")
+    assert rc == 1
+    assert "NOT_FOUND" in err

@@ -169,6 +169,7 @@ async def test_reflection_lists_the_service(channel: aio.Channel, server: Unisto
         "CloseTransfer",
         "GetNetworkAvailability",
         "WatchNetworkAvailability",
+        "FindStock",
     }
 
 

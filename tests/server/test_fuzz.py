@@ -130,6 +130,17 @@ REQUESTS: dict[str, st.SearchStrategy[Any]] = {
             st.builds(pb.NetworkKnownVersion, sku=sku, network=text, version=UINT64), max_size=2
         ),
     ),
+    "FindStock": st.builds(
+        pb.FindStockRequest,
+        lines=st.lists(st.builds(pb.StockLine, sku=sku, quantity=quantity), max_size=3),
+        mode=st.integers(0, 4),
+        network=st.one_of(st.just("web"), text),
+        near_location_id=st.one_of(st.just(""), loc),
+        max_distance_km=st.one_of(st.just(0.0), st.floats(allow_nan=True)),
+        limit=st.integers(0, 200),
+        allow_split=st.booleans(),
+        include_variants=st.booleans(),
+    ),
     "CloseTransfer": st.builds(
         pb.CloseTransferRequest,
         transfer_id=st.one_of(st.just("tr-1"), text),

@@ -211,6 +211,37 @@ class UnistockClient:
         finally:
             call.cancel()
 
+    async def find_stock(
+        self,
+        network: str,
+        lines: Sequence[tuple[str, int]],
+        mode: str = "SHIP",
+        *,
+        near: tuple[float, float] | None = None,
+        near_location_id: str = "",
+        max_distance_km: float = 0.0,
+        limit: int = 10,
+        allow_split: bool = False,
+        include_variants: bool = False,
+    ) -> pb.FindStockResponse:
+        """Ranked locations of a network for (sku, quantity) lines: mode SHIP,
+        CLICK_AND_COLLECT or E_RESERVATION; near (latitude, longitude) or near_location_id.
+        Raises UnistockClientError (INVALID_ARGUMENT naming the field, NOT_FOUND)."""
+        req = pb.FindStockRequest(
+            lines=[pb.StockLine(sku=s, quantity=q) for s, q in lines],
+            mode=pb.FindStockRequest.FulfilmentMode.Value(mode),
+            network=network,
+            near_location_id=near_location_id,
+            max_distance_km=max_distance_km,
+            limit=limit,
+            allow_split=allow_split,
+            include_variants=include_variants,
+        )
+        if near is not None:
+            req.near.latitude, req.near.longitude = near
+        resp: pb.FindStockResponse = await self._unary(self.stub.FindStock, req)
+        return resp
+
     async def get_transfer(self, transfer_id: str, location_id: str = "") -> list[pb.Transfer]:
         """A transfer's records (per SKU shipped, received, in transit, lost; state;
         discrepancies): the one at location_id, or every destination's (usually one).

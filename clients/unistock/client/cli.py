@@ -9,6 +9,8 @@
                   [--counterpart LOC] [--reservation-id R] [--sign +|- --reason WHY]
                   [--condition SELLABLE|NON_SELLABLE]
     unistock network NETWORK SKU... [--watch]   what a network may promise (or watch it)
+    unistock find SKU[:QTY]... [--near LOC | --at LAT,LON] [--mode M] [--network N]
+                  [--max-km K] [--limit N] [--split] [--variants]   where to serve an order
     unistock transfer ID [LOCATION]           a transfer: shipped, received, in transit, lost
     unistock close-transfer ID LOCATION       the destination closes it: the rest is lost
     unistock watch [--sku S]... [--location L]...
@@ -150,6 +152,23 @@ def _line_of(min_quantity: int) -> Callable[[str], tuple[str, str, int]]:
             raise argparse.ArgumentTypeError(f"quantity {exc} (in {text!r})") from None
 
     return parse
+
+
+def _sku_qty(text: str) -> tuple[str, int]:
+    """An argparse type: SKU or SKU:QTY (QTY 1 to 1e9, default 1)."""
+    sku, _, qty = text.rpartition(":") if ":" in text else (text, "", "1")
+    if not sku:
+        raise argparse.ArgumentTypeError(f"expected SKU or SKU:QTY, got {text!r}")
+    return sku, _int_in(1, MAX_QUANTITY)(qty)
+
+
+def _lat_lon(text: str) -> tuple[float, float]:
+    """An argparse type: LAT,LON in degrees."""
+    try:
+        lat, lon = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LAT,LON in degrees, got {text!r}") from None
+    return lat, lon
 
 
 def _rfc3339(text: str) -> datetime:
@@ -311,6 +330,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="RETURN or ADJUSTMENT: which units (NON_SELLABLE: damaged, to inspect)",
     )
+    fs = command(
+        "find",
+        "which locations of a network should serve an order",
+        description="Rank a network's locations for an order (FindStock): those that serve every\n"
+        "line alone first, then the nearest, then the deepest stock. SKU or SKU:QTY (1 unit).",
+    )
+    fs.add_argument("lines", nargs="+", type=_sku_qty, metavar="SKU[:QTY]")
+    fs.add_argument("--network", default="web", help="the network (default web)")
+    fs.add_argument(
+        "--mode", default="SHIP", choices=["SHIP", "CLICK_AND_COLLECT", "E_RESERVATION"]
+    )
+    where = fs.add_mutually_exclusive_group()
+    where.add_argument("--near", default="", metavar="LOCATION", help="from this location")
+    where.add_argument("--at", type=_lat_lon, metavar="LAT,LON", help="from these coordinates")
+    fs.add_argument("--max-km", type=float, default=0.0, help="only this far (0: any)")
+    fs.add_argument("--limit", type=_int_in(1, 100), default=10)
+    fs.add_argument("--split", action="store_true", help="also the fewest locations together")
+    fs.add_argument("--variants", action="store_true", help="also the model's other sizes/colours")
     n = command(
         "network",
         "what a network may promise of SKUs",
@@ -489,6 +526,20 @@ async def _command(c: UnistockClient, args: argparse.Namespace) -> int:
     elif args.command == "watch":
         async for msg in c.watch(args.sku, args.location):
             _print(msg)
+    elif args.command == "find":
+        _print(
+            await c.find_stock(
+                args.network,
+                args.lines,
+                args.mode,
+                near=args.at,
+                near_location_id=args.near,
+                max_distance_km=args.max_km,
+                limit=args.limit,
+                allow_split=args.split,
+                include_variants=args.variants,
+            )
+        )
     elif args.command == "network":
         if args.watch:
             async for update in c.watch_networks([args.network], args.skus):

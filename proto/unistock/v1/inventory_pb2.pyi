@@ -1587,6 +1587,266 @@ class GetNetworkAvailabilityResponse(_message.Message):
 Global___GetNetworkAvailabilityResponse: _TypeAlias = GetNetworkAvailabilityResponse  # noqa: Y015
 
 @_typing.final
+class StockLine(_message.Message):
+    """Units of a SKU wanted (FindStockRequest) or servable (FindStockOption)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SKU_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
+    sku: _builtins.str
+    quantity: _builtins.int
+    """At least 1."""
+    def __init__(
+        self,
+        *,
+        sku: _builtins.str = ...,
+        quantity: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["quantity", b"quantity", "sku", b"sku"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StockLine: _TypeAlias = StockLine  # noqa: Y015
+
+@_typing.final
+class GeoPoint(_message.Message):
+    """A point on the map: degrees, WGS 84."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LATITUDE_FIELD_NUMBER: _builtins.int
+    LONGITUDE_FIELD_NUMBER: _builtins.int
+    latitude: _builtins.float
+    longitude: _builtins.float
+    def __init__(
+        self,
+        *,
+        latitude: _builtins.float = ...,
+        longitude: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["latitude", b"latitude", "longitude", b"longitude"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GeoPoint: _TypeAlias = GeoPoint  # noqa: Y015
+
+@_typing.final
+class FindStockRequest(_message.Message):
+    """Which locations of a network should serve an order (domain.md "Sourcing"). Answered from
+    memory (the network's per-SKU index of where units are available), never by reading every
+    position.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _FulfilmentMode:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _FulfilmentModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[FindStockRequest._FulfilmentMode.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        FULFILMENT_MODE_UNSPECIFIED: FindStockRequest._FulfilmentMode.ValueType  # 0
+        SHIP: FindStockRequest._FulfilmentMode.ValueType  # 1
+        """Shipped: from a warehouse or virtual location, or a store with ship_from_store."""
+        CLICK_AND_COLLECT: FindStockRequest._FulfilmentMode.ValueType  # 2
+        """Paid online, picked up at a store with click_and_collect."""
+        E_RESERVATION: FindStockRequest._FulfilmentMode.ValueType  # 3
+        """Held for the customer to try at a store with e_reservation."""
+
+    class FulfilmentMode(_FulfilmentMode, metaclass=_FulfilmentModeEnumTypeWrapper):
+        """How an order's units reach the customer (nested: ReservationKind has values of these
+        names in the package scope).
+        """
+
+    FULFILMENT_MODE_UNSPECIFIED: FindStockRequest.FulfilmentMode.ValueType  # 0
+    SHIP: FindStockRequest.FulfilmentMode.ValueType  # 1
+    """Shipped: from a warehouse or virtual location, or a store with ship_from_store."""
+    CLICK_AND_COLLECT: FindStockRequest.FulfilmentMode.ValueType  # 2
+    """Paid online, picked up at a store with click_and_collect."""
+    E_RESERVATION: FindStockRequest.FulfilmentMode.ValueType  # 3
+    """Held for the customer to try at a store with e_reservation."""
+
+    LINES_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
+    NEAR_FIELD_NUMBER: _builtins.int
+    NEAR_LOCATION_ID_FIELD_NUMBER: _builtins.int
+    MAX_DISTANCE_KM_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    ALLOW_SPLIT_FIELD_NUMBER: _builtins.int
+    INCLUDE_VARIANTS_FIELD_NUMBER: _builtins.int
+    mode: Global___FindStockRequest.FulfilmentMode.ValueType
+    """Required: only locations offering it are candidates."""
+    network: _builtins.str
+    """A network of master data (NOT_FOUND when unknown). Required."""
+    near_location_id: _builtins.str
+    max_distance_km: _builtins.float
+    """Only locations at most this far (0: any distance). Needs near or near_location_id;
+    locations without coordinates are then left out.
+    """
+    limit: _builtins.int
+    """1 to 100 options (and variant entries)."""
+    allow_split: _builtins.bool
+    """Also answer the fewest locations that together cover the order (split), when no single
+    one does.
+    """
+    include_variants: _builtins.bool
+    """Also answer the same model's other SKUs (sizes, colours) available here and nearby."""
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___StockLine]:
+        """1 to 100 lines, one per SKU."""
+
+    @_builtins.property
+    def near(self) -> Global___GeoPoint:
+        """The customer's position, or a location's (near_location_id, which must have one); at most
+        one of the two. Without either, candidates are ranked without distance (distance_km 0).
+        """
+
+    def __init__(
+        self,
+        *,
+        lines: _abc.Iterable[Global___StockLine] | None = ...,
+        mode: Global___FindStockRequest.FulfilmentMode.ValueType = ...,
+        network: _builtins.str = ...,
+        near: Global___GeoPoint | None = ...,
+        near_location_id: _builtins.str = ...,
+        max_distance_km: _builtins.float = ...,
+        limit: _builtins.int = ...,
+        allow_split: _builtins.bool = ...,
+        include_variants: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["near", b"near"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_split", b"allow_split", "include_variants", b"include_variants", "limit", b"limit", "lines", b"lines", "max_distance_km", b"max_distance_km", "mode", b"mode", "near", b"near", "near_location_id", b"near_location_id", "network", b"network"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FindStockRequest: _TypeAlias = FindStockRequest  # noqa: Y015
+
+@_typing.final
+class FindStockOption(_message.Message):
+    """A candidate location and what it can serve of the order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOCATION_ID_FIELD_NUMBER: _builtins.int
+    DISTANCE_KM_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    COVERS_ALL_FIELD_NUMBER: _builtins.int
+    location_id: _builtins.str
+    distance_km: _builtins.float
+    """Great-circle distance from the customer (0 without a position)."""
+    covers_all: _builtins.bool
+    """It can serve every line alone."""
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___StockLine]:
+        """Per requested SKU it has: the units it can serve (at most those wanted)."""
+
+    def __init__(
+        self,
+        *,
+        location_id: _builtins.str = ...,
+        distance_km: _builtins.float = ...,
+        lines: _abc.Iterable[Global___StockLine] | None = ...,
+        covers_all: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["covers_all", b"covers_all", "distance_km", b"distance_km", "lines", b"lines", "location_id", b"location_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FindStockOption: _TypeAlias = FindStockOption  # noqa: Y015
+
+@_typing.final
+class VariantOption(_message.Message):
+    """Another size or colour of a requested SKU's model, available at a location."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OF_SKU_FIELD_NUMBER: _builtins.int
+    SKU_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    COLOUR_FIELD_NUMBER: _builtins.int
+    LOCATION_ID_FIELD_NUMBER: _builtins.int
+    DISTANCE_KM_FIELD_NUMBER: _builtins.int
+    AVAILABLE_FIELD_NUMBER: _builtins.int
+    of_sku: _builtins.str
+    """The requested SKU it is a variant of."""
+    sku: _builtins.str
+    size: _builtins.str
+    colour: _builtins.str
+    location_id: _builtins.str
+    distance_km: _builtins.float
+    available: _builtins.int
+    def __init__(
+        self,
+        *,
+        of_sku: _builtins.str = ...,
+        sku: _builtins.str = ...,
+        size: _builtins.str = ...,
+        colour: _builtins.str = ...,
+        location_id: _builtins.str = ...,
+        distance_km: _builtins.float = ...,
+        available: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "colour", b"colour", "distance_km", b"distance_km", "location_id", b"location_id", "of_sku", b"of_sku", "size", b"size", "sku", b"sku"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VariantOption: _TypeAlias = VariantOption  # noqa: Y015
+
+@_typing.final
+class FindStockResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPTIONS_FIELD_NUMBER: _builtins.int
+    SPLIT_FIELD_NUMBER: _builtins.int
+    SPLIT_COVERS_ALL_FIELD_NUMBER: _builtins.int
+    VARIANTS_FIELD_NUMBER: _builtins.int
+    split_covers_all: _builtins.bool
+    """Whether split covers every line (false: even together they fall short)."""
+    @_builtins.property
+    def options(self) -> _containers.RepeatedCompositeFieldContainer[Global___FindStockOption]:
+        """Ranked: those that serve every line alone first, then by distance, then by stock depth
+        (more to spare first: a store's last unit is the last choice). Stale locations are left
+        out.
+        """
+
+    @_builtins.property
+    def split(self) -> _containers.RepeatedCompositeFieldContainer[Global___FindStockOption]:
+        """With allow_split and no single location covering the order: the fewest locations that
+        together cover it (each option's lines are the units assigned to it), else empty.
+        """
+
+    @_builtins.property
+    def variants(self) -> _containers.RepeatedCompositeFieldContainer[Global___VariantOption]:
+        """With include_variants: nearest first."""
+
+    def __init__(
+        self,
+        *,
+        options: _abc.Iterable[Global___FindStockOption] | None = ...,
+        split: _abc.Iterable[Global___FindStockOption] | None = ...,
+        split_covers_all: _builtins.bool = ...,
+        variants: _abc.Iterable[Global___VariantOption] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["options", b"options", "split", b"split", "split_covers_all", b"split_covers_all", "variants", b"variants"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FindStockResponse: _TypeAlias = FindStockResponse  # noqa: Y015
+
+@_typing.final
 class TransferLine(_message.Message):
     """One SKU of a transfer. Units are conserved at every moment:
     shipped + unexpected = received + lost + in_transit.

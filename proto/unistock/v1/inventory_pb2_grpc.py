@@ -89,6 +89,11 @@ class InventoryServiceStub:
                 request_serializer=unistock_dot_v1_dot_inventory__pb2.GetNetworkAvailabilityRequest.SerializeToString,
                 response_deserializer=unistock_dot_v1_dot_inventory__pb2.GetNetworkAvailabilityResponse.FromString,
                 _registered_method=True)
+        self.FindStock = channel.unary_unary(
+                '/unistock.v1.InventoryService/FindStock',
+                request_serializer=unistock_dot_v1_dot_inventory__pb2.FindStockRequest.SerializeToString,
+                response_deserializer=unistock_dot_v1_dot_inventory__pb2.FindStockResponse.FromString,
+                _registered_method=True)
         self.WatchNetworkAvailability = channel.unary_stream(
                 '/unistock.v1.InventoryService/WatchNetworkAvailability',
                 request_serializer=unistock_dot_v1_dot_inventory__pb2.WatchNetworkAvailabilityRequest.SerializeToString,
@@ -183,6 +188,13 @@ class InventoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FindStock(self, request, context):
+        """Ranked locations for an order (see FindStockRequest). Roles: channel, backoffice, admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchNetworkAvailability(self, request, context):
         """Network levels, then their changes (see WatchNetworkAvailabilityRequest). Roles: channel,
         backoffice, admin.
@@ -248,6 +260,11 @@ def add_InventoryServiceServicer_to_server(servicer, server):
                     servicer.GetNetworkAvailability,
                     request_deserializer=unistock_dot_v1_dot_inventory__pb2.GetNetworkAvailabilityRequest.FromString,
                     response_serializer=unistock_dot_v1_dot_inventory__pb2.GetNetworkAvailabilityResponse.SerializeToString,
+            ),
+            'FindStock': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindStock,
+                    request_deserializer=unistock_dot_v1_dot_inventory__pb2.FindStockRequest.FromString,
+                    response_serializer=unistock_dot_v1_dot_inventory__pb2.FindStockResponse.SerializeToString,
             ),
             'WatchNetworkAvailability': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchNetworkAvailability,
@@ -552,6 +569,33 @@ class InventoryService:
             '/unistock.v1.InventoryService/GetNetworkAvailability',
             unistock_dot_v1_dot_inventory__pb2.GetNetworkAvailabilityRequest.SerializeToString,
             unistock_dot_v1_dot_inventory__pb2.GetNetworkAvailabilityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindStock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/unistock.v1.InventoryService/FindStock',
+            unistock_dot_v1_dot_inventory__pb2.FindStockRequest.SerializeToString,
+            unistock_dot_v1_dot_inventory__pb2.FindStockResponse.FromString,
             options,
             channel_credentials,
             insecure,

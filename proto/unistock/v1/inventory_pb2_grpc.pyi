@@ -71,6 +71,8 @@ class InventoryServiceStub:
     """
     GetNetworkAvailability: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.GetNetworkAvailabilityRequest, _inventory_pb2.GetNetworkAvailabilityResponse]
     """Per SKU, what a network may promise (see NetworkLevel). Roles: channel, backoffice, admin."""
+    FindStock: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.FindStockRequest, _inventory_pb2.FindStockResponse]
+    """Ranked locations for an order (see FindStockRequest). Roles: channel, backoffice, admin."""
     WatchNetworkAvailability: _grpc.UnaryStreamMultiCallable[_inventory_pb2.WatchNetworkAvailabilityRequest, _inventory_pb2.WatchNetworkAvailabilityResponse]
     """Network levels, then their changes (see WatchNetworkAvailabilityRequest). Roles: channel,
     backoffice, admin.
@@ -111,6 +113,8 @@ class InventoryServiceAsyncStub(InventoryServiceStub):
     """
     GetNetworkAvailability: _aio.UnaryUnaryMultiCallable[_inventory_pb2.GetNetworkAvailabilityRequest, _inventory_pb2.GetNetworkAvailabilityResponse]  # type: ignore[assignment]
     """Per SKU, what a network may promise (see NetworkLevel). Roles: channel, backoffice, admin."""
+    FindStock: _aio.UnaryUnaryMultiCallable[_inventory_pb2.FindStockRequest, _inventory_pb2.FindStockResponse]  # type: ignore[assignment]
+    """Ranked locations for an order (see FindStockRequest). Roles: channel, backoffice, admin."""
     WatchNetworkAvailability: _aio.UnaryStreamMultiCallable[_inventory_pb2.WatchNetworkAvailabilityRequest, _inventory_pb2.WatchNetworkAvailabilityResponse]  # type: ignore[assignment]
     """Network levels, then their changes (see WatchNetworkAvailabilityRequest). Roles: channel,
     backoffice, admin.
@@ -214,6 +218,14 @@ class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_inventory_pb2.GetNetworkAvailabilityResponse, _abc.Awaitable[_inventory_pb2.GetNetworkAvailabilityResponse]]:
         """Per SKU, what a network may promise (see NetworkLevel). Roles: channel, backoffice, admin."""
+
+    @_abc_1.abstractmethod
+    def FindStock(
+        self,
+        request: _inventory_pb2.FindStockRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inventory_pb2.FindStockResponse, _abc.Awaitable[_inventory_pb2.FindStockResponse]]:
+        """Ranked locations for an order (see FindStockRequest). Roles: channel, backoffice, admin."""
 
     @_abc_1.abstractmethod
     def WatchNetworkAvailability(

@@ -31,6 +31,8 @@ class MasterData:
         self.networks: dict[str, Network] = {}
         self.products: dict[str, Product] = {}
         self.sku_of_gtin: dict[str, str] = {}
+        #: model -> its SKUs (variants: sizes, colours)
+        self._by_model: dict[str, set[str]] = {}
         #: Positions with their own safety stock (units); the others follow their location's.
         self.position_safety: dict[StockKey, int] = {}
         self._lock = asyncio.Lock()
@@ -42,6 +44,9 @@ class MasterData:
         self.networks = {n.network_id: n for n in snapshot.networks}
         self.products = {p.sku: p for p in snapshot.products}
         self.sku_of_gtin = {p.gtin: p.sku for p in snapshot.products if p.gtin}
+        for p in snapshot.products:
+            if p.model:
+                self._by_model.setdefault(p.model, set()).add(p.sku)
         self.position_safety = {(s, loc): u for s, loc, u in snapshot.safety_stock}
         log.info(
             "master data: %d locations, %d networks, %d products, %d position safety stocks",
@@ -60,6 +65,10 @@ class MasterData:
         await asyncio.to_thread(self.store.close)
 
     # -- reads ---------------------------------------------------------------------------------
+
+    def skus_of_model(self, model: str) -> list[str]:
+        """The SKUs of a model, sorted."""
+        return sorted(self._by_model.get(model, ()))
 
     def store_of(self, location_id: str) -> str | None:
         """The store whose agent reports location_id (None: master data does not say)."""
@@ -124,6 +133,10 @@ class MasterData:
                 old = self.products.get(p.sku)
                 if old is not None and old.gtin and self.sku_of_gtin.get(old.gtin) == p.sku:
                     del self.sku_of_gtin[old.gtin]
+                if old is not None and old.model:
+                    self._by_model.get(old.model, set()).discard(p.sku)
+                if p.model:
+                    self._by_model.setdefault(p.model, set()).add(p.sku)
                 self.products[p.sku] = p
             for p in products:
                 if p.gtin:

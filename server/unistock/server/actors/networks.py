@@ -71,11 +71,19 @@ class NetworkIndex:
         self.liveness: StoreLiveness | None = None
         #: network -> member locations left out of its sums because their store is stale
         self.stale: dict[str, set[str]] = defaultdict(set)
+        #: sku -> location -> durable available > 0, for every location counted in some
+        #: network: where units are (FindStock), without reading positions.
+        self.where: dict[str, dict[str, int]] = {}
         #: Set once the sums cover every member location (after the start-up sync).
         self.ready = asyncio.Event()
         commit.listeners.append(self.on_durable)
 
     # -- reads ---------------------------------------------------------------------------------
+
+    @property
+    def master(self) -> MasterData:
+        """The master data the networks come from."""
+        return self._master
 
     def known(self, network: str) -> bool:
         """Whether master data has this network."""
@@ -140,11 +148,27 @@ class NetworkIndex:
                     if before is None or before[0] < d.version:
                         seen[sku] = (d.version, _available(d.level))
             if d.available_delta:
-                for net in networks_of.get(loc, ()):
+                nets = networks_of.get(loc, ())
+                for net in nets:
                     key = (net, sku)
                     self.totals[key] += d.available_delta
                     self._bump(key, changed)
+                if nets:
+                    self._place(sku, loc, d.available_delta)
         self._published(changed)
+
+    def _place(self, sku: str, loc: str, delta: int) -> None:
+        """Change what `where` says of a position by delta."""
+        here = self.where.get(sku)
+        units = (0 if here is None else here.get(loc, 0)) + delta
+        if units > 0:
+            if here is None:
+                here = self.where[sku] = {}
+            here[loc] = units
+        elif here is not None:
+            here.pop(loc, None)
+            if not here:
+                del self.where[sku]
 
     # -- membership ----------------------------------------------------------------------------
 
@@ -183,6 +207,7 @@ class NetworkIndex:
         """Add (sign +1) or remove (-1) a location's levels to/from networks, and its
         membership: one synchronous step."""
         changed: set[NetKey] = set()
+        was_counted = loc in self._networks_of
         for net in nets:
             for sku, available in found.items():
                 if available:
@@ -198,6 +223,10 @@ class NetworkIndex:
             self._networks_of[loc] = tuple(sorted(networks))
         else:
             self._networks_of.pop(loc, None)
+        if bool(networks) != was_counted:  # first network joined / last one left
+            for sku, available in found.items():
+                if available > 0:
+                    self._place(sku, loc, available if networks else -available)
         # The number of locations counted changed for every level of these networks.
         for key in [k for k in self.versions if k[0] in nets and k not in changed]:
             self._bump(key, changed)

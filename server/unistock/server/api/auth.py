@@ -44,6 +44,7 @@ ROLES: dict[str, frozenset[str]] = {
             "GetTransfer",
             "GetNetworkAvailability",
             "WatchNetworkAvailability",
+            "FindStock",
         }
     ),
     "backoffice": frozenset(
@@ -56,6 +57,7 @@ ROLES: dict[str, frozenset[str]] = {
             "CloseTransfer",
             "GetNetworkAvailability",
             "WatchNetworkAvailability",
+            "FindStock",
         }
     ),
     # Every method of the service, including ones added later.

@@ -33,6 +33,7 @@ from unistock.server.api.convert import (
     watch_filter_from_wire,
 )
 from unistock.server.api.errors import status_code, to_status
+from unistock.server.api.sourcing import find_stock
 from unistock.server.api.watch import WatchHub
 from unistock.server.domain import (
     InvalidArgument,
@@ -415,6 +416,16 @@ class InventoryService:
         return pb.GetNetworkAvailabilityResponse(
             levels=[index.message(network, sku) for sku in skus]
         )
+
+    @rpc
+    async def FindStock(
+        self, request: pb.FindStockRequest, context: Context
+    ) -> pb.FindStockResponse:
+        index = self.networks
+        if index is None:
+            raise NetworkNotFound(request.network)
+        await index.ready.wait()
+        return find_stock(request, index)
 
     @rpc
     async def WatchNetworkAvailability(

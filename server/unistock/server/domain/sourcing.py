@@ -1,0 +1,90 @@
+"""Sourcing (domain.md "Availability for a channel", FindStock): which locations should serve an
+order. Pure: the caller gives the candidates (locations offering the mode, not stale, within
+the distance asked) and what each has available.
+
+Ranking: the locations that can serve every line alone first (one parcel, one pickup), then by
+distance, then by stock depth: the smallest spare (available - wanted) over the lines, more
+first, so a store's last unit is the last choice. A split is the fewest locations that together
+cover the order, found greedily (most units still wanted first, then the ranking).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A location that may serve: its distance from the customer (km; None: unknown)."""
+
+    location_id: str
+    distance_km: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """What a location can serve of the order: (sku, units) per line it has any of."""
+
+    location_id: str
+    distance_km: float | None
+    lines: tuple[tuple[str, int], ...]
+    covers_all: bool
+    #: min over the order's lines of (available - wanted): how much it has to spare
+    depth: int
+
+
+def rank(
+    lines: Sequence[tuple[str, int]],
+    candidates: Sequence[Candidate],
+    available: Callable[[str, str], int],
+) -> list[Option]:
+    """Every candidate that has any unit of the order, ranked (see the module docstring).
+    available(sku, location_id) is what the location may promise now."""
+    options = []
+    for c in candidates:
+        have = [(sku, want, available(sku, c.location_id)) for sku, want in lines]
+        served = tuple((sku, min(want, units)) for sku, want, units in have if units > 0)
+        if not served:
+            continue
+        options.append(
+            Option(
+                c.location_id,
+                c.distance_km,
+                served,
+                covers_all=all(units >= want for _, want, units in have),
+                depth=min(units - want for _, want, units in have),
+            )
+        )
+    options.sort(key=_order)
+    return options
+
+
+def _order(o: Option) -> tuple[bool, float, int, str]:
+    distance = o.distance_km if o.distance_km is not None else float("inf")
+    return (not o.covers_all, distance, -o.depth, o.location_id)
+
+
+def split(lines: Sequence[tuple[str, int]], ranked: Sequence[Option]) -> tuple[list[Option], bool]:
+    """The fewest locations (greedily) that together cover the order, each with the units
+    assigned to it, and whether they cover every line."""
+    wanted = dict(lines)
+    plan: list[Option] = []
+    pool = list(ranked)
+    while any(wanted.values()) and pool:
+        best, best_units = None, 0
+        for o in pool:  # ranked order breaks ties: nearer and deeper first
+            units = sum(min(wanted.get(sku, 0), n) for sku, n in o.lines)
+            if units > best_units:
+                best, best_units = o, units
+        if best is None:
+            break
+        pool.remove(best)
+        assigned = []
+        for sku, n in best.lines:
+            take = min(wanted.get(sku, 0), n)
+            if take:
+                assigned.append((sku, take))
+                wanted[sku] -= take
+        plan.append(Option(best.location_id, best.distance_km, tuple(assigned), False, best.depth))
+    return plan, not any(wanted.values())
