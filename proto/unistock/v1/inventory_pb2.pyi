@@ -887,22 +887,34 @@ class ReservationLine(_message.Message):
     SKU_FIELD_NUMBER: _builtins.int
     LOCATION_ID_FIELD_NUMBER: _builtins.int
     QUANTITY_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
     sku: _builtins.str
     """Stock keeping unit."""
     location_id: _builtins.str
-    """Location the units are promised from."""
+    """Location the units are promised from. In a ReserveRequest, give it or network, not both."""
     quantity: _builtins.int
     """Units, >= 1."""
+    network: _builtins.str
+    """Instead of location_id: hold the units anywhere in this network (master data). The server
+    chooses one location by the FindStock rules (a location that has every unit of the line;
+    the nearest is not known here: then the deepest stock), in the same all-or-nothing step as
+    the other lines; the reservation's line names both the network and the location chosen. A
+    line is never split across locations: when no single location of the network can promise
+    its units, the reservation fails (FAILED_PRECONDITION; its short line's location_id is the
+    network). The location follows the reservation kind's mode: SHIP for CART, ORDER and
+    SHIP_FROM_STORE, else CLICK_AND_COLLECT or E_RESERVATION; stale locations are never chosen.
+    """
     def __init__(
         self,
         *,
         sku: _builtins.str = ...,
         location_id: _builtins.str = ...,
         quantity: _builtins.int = ...,
+        network: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["location_id", b"location_id", "quantity", b"quantity", "sku", b"sku"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["location_id", b"location_id", "network", b"network", "quantity", b"quantity", "sku", b"sku"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

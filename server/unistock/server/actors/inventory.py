@@ -24,9 +24,11 @@ from unistock.server.domain import (
     Movement,
     MovementResult,
     MovementType,
+    NetworkNotFound,
     Outcome,
     Position,
     Reservation,
+    ReservationKind,
     ReservationNotFound,
     ReservationState,
     ReserveRequest,
@@ -36,6 +38,7 @@ from unistock.server.domain import (
     Unavailable,
     apply_movement,
     check_replay,
+    choose_locations,
     fulfil,
     reserve,
 )
@@ -105,6 +108,9 @@ class Inventory:
         self.transfers = TransferBook(store, commit)
         #: The safety stock each position must have (see set_safety_source).
         self.safety_of: Callable[[StockKey], int] = _no_safety_stock
+        #: (network, sku, units, kind) -> the network's locations that may serve a network line,
+        #: best first (the sourcing rules); raises NetworkNotFound. None: no networks.
+        self.sourcer: Callable[[str, str, int, ReservationKind], list[str]] | None = None
         #: TRANSFER_OUT batches whose shipments go to their transfer records once durable.
         self._shipping: asyncio.Queue[tuple[list[Movement], asyncio.Future[None]]] = asyncio.Queue()
         self._shipments_pending = 0
@@ -538,7 +544,9 @@ class Inventory:
         """
         rid = request.reservation_id
         kind = request.kind.name
-        keys = [ln.key for ln in request.lines]
+        candidates = self._candidates(request)
+        keys = [ln.key for ln in request.lines if not ln.network]
+        keys += [(request.lines[i].sku, loc) for i, locs in candidates.items() for loc in locs]
         await self._ready(keys, [rid])
         existing = self.reservations.get(rid)
         if existing is not None:
@@ -553,17 +561,28 @@ class Inventory:
             return found, True
         positions = {key: self._position(key) for key in keys}
         try:
-            made = reserve(request, positions, self.clock())
+            chosen = choose_locations(request, positions, candidates) if candidates else None
+            made = reserve(request, positions, self.clock(), chosen)
         except Exception:
             self.metrics.reservations.labels("reserve", kind, "insufficient").inc()
             await self._revealed(keys)
             raise
-        for p in positions.values():
-            self.commit.position_changed(p)
+        for ln in made.lines:
+            self.commit.position_changed(positions[ln.key])
         self.reservations.put(made, created=True)
         await self.commit.barrier()
         self.metrics.reservations.labels("reserve", kind, "held").inc()
         return made, False
+
+    def _candidates(self, request: ReserveRequest) -> dict[int, list[str]]:
+        """For each network line (by index), the locations that may serve it, best first."""
+        out: dict[int, list[str]] = {}
+        for i, ln in enumerate(request.lines):
+            if ln.network:
+                if self.sourcer is None:
+                    raise NetworkNotFound(ln.network)
+                out[i] = self.sourcer(ln.network, ln.sku, ln.quantity, request.kind)
+        return out
 
     async def _durable(self, reservation_id: str) -> None:
         if self.commit.reservation_dirty(reservation_id):

@@ -223,7 +223,7 @@ def lines_from_wire(lines: Sequence[pb.ReservationLine]) -> list[Line]:
     """Domain lines (validated later by the domain, which names `lines[i]`)."""
     if len(lines) > MAX_LINES:
         raise InvalidArgument("lines", f"at most {MAX_LINES} lines per reservation")
-    return [Line(ln.sku, ln.location_id, ln.quantity) for ln in lines]
+    return [Line(ln.sku, ln.location_id, ln.quantity, ln.network) for ln in lines]
 
 
 def reserve_from_wire(req: pb.ReserveRequest) -> ReserveRequest:

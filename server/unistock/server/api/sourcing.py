@@ -7,7 +7,7 @@ from __future__ import annotations
 from haversine import Unit, haversine  # type: ignore[import-untyped]
 
 from unistock.server.actors.networks import NetworkIndex
-from unistock.server.domain import InvalidArgument, NetworkNotFound, check_id
+from unistock.server.domain import InvalidArgument, NetworkNotFound, ReservationKind, check_id
 from unistock.server.domain.masterdata import Location, LocationType
 from unistock.server.domain.sourcing import Candidate, Option, rank, split
 from unistock.server.domain.values import MAX_QUANTITY
@@ -109,6 +109,42 @@ def find_stock(request: pb.FindStockRequest, index: NetworkIndex) -> pb.FindStoc
     if request.include_variants:
         response.variants.extend(_variants(lines, candidates, index, request.limit))
     return response
+
+
+#: The mode a reservation kind's units are served by.
+MODE_OF_KIND = {
+    ReservationKind.CART: pb.FindStockRequest.SHIP,
+    ReservationKind.ORDER: pb.FindStockRequest.SHIP,
+    ReservationKind.SHIP_FROM_STORE: pb.FindStockRequest.SHIP,
+    ReservationKind.CLICK_AND_COLLECT: pb.FindStockRequest.CLICK_AND_COLLECT,
+    ReservationKind.E_RESERVATION: pb.FindStockRequest.E_RESERVATION,
+}
+#: Locations tried for one network line (the best by the sourcing rules).
+NETWORK_LINE_CANDIDATES = 8
+
+
+def network_candidates(
+    index: NetworkIndex, network_id: str, sku: str, units: int, kind: ReservationKind
+) -> list[str]:
+    """The network's locations that may serve a network line of a reservation, best first:
+    offering the kind's mode, not stale, and (by their durable available) having every unit;
+    raises NetworkNotFound."""
+    network = index.master.networks.get(network_id)
+    if network is None:
+        raise NetworkNotFound(network_id)
+    mode = MODE_OF_KIND[kind]
+    stale = index.stale.get(network_id, set())
+    here = index.where.get(sku, {})
+    candidates = [
+        Candidate(loc_id, None)
+        for loc_id in network.location_ids
+        if loc_id not in stale
+        and here.get(loc_id, 0) >= units
+        and (loc := index.master.locations.get(loc_id)) is not None
+        and offers(loc, mode)
+    ]
+    ranked = rank([(sku, units)], candidates, lambda s, loc: here.get(loc, 0))
+    return [o.location_id for o in ranked[:NETWORK_LINE_CANDIDATES]]
 
 
 def _distance(origin: tuple[float, float] | None, loc: Location) -> float | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import secrets
 import urllib.parse
@@ -27,6 +28,7 @@ from unistock.server.api.admin import SERVICE as ADMIN_SERVICE
 from unistock.server.api.admin import AdminService
 from unistock.server.api.auth import AuthInterceptor, TokenStore
 from unistock.server.api.service import SERVICE, InventoryService
+from unistock.server.api.sourcing import network_candidates
 from unistock.server.api.watch import WatchHub
 from unistock.server.app.settings import Settings
 from unistock.server.domain import Unavailable
@@ -256,6 +258,7 @@ class UnistockServer:
         )
         self.networks.liveness = self.liveness
         self._spawn(self.networks.run(), "network-availability")
+        self.inventory.sourcer = functools.partial(network_candidates, self.networks)
         self.service = InventoryService(self.inventory, self.hub, self.networks, self.network_hub)
         assert self._grpc is not None
         self.admin = AdminService(self.master, self.inventory, self.metrics, self.networks)

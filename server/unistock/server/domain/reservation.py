@@ -97,7 +97,12 @@ class Pickup:
 
 def fingerprint(lines: Sequence[Line]) -> bytes:
     """A digest of the lines, independent of their order: equal lines, equal fingerprint."""
-    canon = "\n".join(sorted(f"{ln.sku}|{ln.location_id}|{ln.quantity}" for ln in lines))
+    canon = "\n".join(
+        sorted(
+            f"{ln.sku}|{ln.location_id}|{ln.quantity}" + (f"|@{ln.network}" if ln.network else "")
+            for ln in lines
+        )
+    )
     return hashlib.blake2b(canon.encode(), digest_size=16).digest()
 
 
@@ -335,13 +340,25 @@ def check_replay(existing: Reservation, request: ReserveRequest) -> Reservation:
 
 
 def reserve(
-    request: ReserveRequest, positions: Mapping[StockKey, Position], now: float
+    request: ReserveRequest,
+    positions: Mapping[StockKey, Position],
+    now: float,
+    lines: tuple[Line, ...] | None = None,
 ) -> Reservation:
     """Hold every line of request on its position, or nothing: raises InsufficientStock.
 
     positions must hold every line's position. One synchronous step: no other turn can run
     between the check and the holds, so two channels can never both get the last unit.
+    lines: the request's lines with a location chosen for each network line (see
+    choose_locations); the record keeps the request's fingerprint, so a replay of the request
+    finds it.
     """
+    asked = request.lines
+    if lines is not None:
+        request = ReserveRequest(
+            request.reservation_id, lines, request.kind, request.ttl_seconds,
+            request.channel, request.customer_id,
+        )  # fmt: skip
     short = [
         Shortfall(ln.sku, ln.location_id, ln.quantity, positions[ln.key].available)
         for ln in request.lines
@@ -358,10 +375,42 @@ def reserve(
         lines=request.lines,
         created_at=round(now, 3),
         expires_at=None if request.ttl_seconds is None else round(now + request.ttl_seconds, 3),
-        fingerprint=fingerprint(request.lines),
+        fingerprint=fingerprint(asked),
         channel=request.channel,
         customer_id=request.customer_id,
     )
+
+
+def choose_locations(
+    request: ReserveRequest,
+    positions: Mapping[StockKey, Position],
+    candidates: Mapping[int, Sequence[str]],
+) -> tuple[Line, ...]:
+    """The request's lines with a location for each network line: the first of its candidates
+    (ranked by the sourcing rules) whose position can promise the line's units now, never a
+    position another line of the request holds. Raises InsufficientStock when one has none
+    (location_id of its shortfall: the network)."""
+    taken = {ln.key for ln in request.lines if not ln.network}
+    out = []
+    short = []
+    for i, ln in enumerate(request.lines):
+        if not ln.network:
+            out.append(ln)
+            continue
+        for loc in candidates.get(i, ()):
+            key = (ln.sku, loc)
+            if key not in taken and positions[key].fits(ln.quantity):
+                taken.add(key)
+                out.append(Line(ln.sku, loc, ln.quantity, ln.network))
+                break
+        else:
+            best = max(
+                (positions[ln.sku, loc].available for loc in candidates.get(i, ())), default=0
+            )
+            short.append(Shortfall(ln.sku, ln.network, ln.quantity, best))
+    if short:
+        raise InsufficientStock(short)
+    return tuple(out)
 
 
 def fulfil(

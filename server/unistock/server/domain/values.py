@@ -267,11 +267,13 @@ class Movement(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Line:
-    """Units of one SKU at one location, as a reservation line."""
+    """Units of one SKU at one location, as a reservation line. A line asked of a network has
+    network set and no location_id until the server chooses one (then both are set)."""
 
     sku: str
     location_id: str
     quantity: int
+    network: str = ""
 
     @property
     def key(self) -> StockKey:
@@ -288,12 +290,23 @@ def validate_lines(
     seen: set[StockKey] = set()
     for i, line in enumerate(lines):
         check_id(f"{field_name}[{i}].sku", line.sku)
-        check_id(f"{field_name}[{i}].location_id", line.location_id)
+        if line.network:
+            if line.location_id:
+                raise InvalidArgument(
+                    f"{field_name}[{i}]",
+                    "give location_id or network, not both (the server chooses the location "
+                    "of a network line)",
+                )
+            check_id(f"{field_name}[{i}].network", line.network)
+        else:
+            check_id(f"{field_name}[{i}].location_id", line.location_id)
         check_quantity(f"{field_name}[{i}].quantity", line.quantity, minimum=1)
-        if line.key in seen:
+        key = (line.sku, line.location_id or "@" + line.network)
+        if key in seen:
+            where = line.location_id or f"network {line.network!r}"
             raise InvalidArgument(
                 f"{field_name}[{i}]",
-                f"duplicate line for sku {line.sku!r} at {line.location_id!r}; merge the quantities",
+                f"duplicate line for sku {line.sku!r} at {where}; merge the quantities",
             )
-        seen.add(line.key)
+        seen.add(key)
     return tuple(lines)

@@ -289,7 +289,9 @@ def _ts(seconds: float) -> Timestamp:
 
 def _lines(lines: tuple[Line, ...]) -> list[pb.ReservationLine]:
     return [
-        pb.ReservationLine(sku=ln.sku, location_id=ln.location_id, quantity=ln.quantity)
+        pb.ReservationLine(
+            sku=ln.sku, location_id=ln.location_id, quantity=ln.quantity, network=ln.network
+        )
         for ln in lines
     ]
 
@@ -351,7 +353,7 @@ def decode_reservation(data: bytes) -> Reservation:
     m = record.reservation
 
     def lines(src: object) -> tuple[Line, ...]:
-        return tuple(Line(ln.sku, ln.location_id, ln.quantity) for ln in src)  # type: ignore[attr-defined]
+        return tuple(Line(ln.sku, ln.location_id, ln.quantity, ln.network) for ln in src)  # type: ignore[attr-defined]
 
     return Reservation(
         reservation_id=m.reservation_id,
