@@ -442,3 +442,20 @@ async def test_find_from_the_command_line(server: UnistockServer) -> None:
     rc, _, err = await cli(server, "find", "SHOE-42", "--network", "nope")
     assert rc == 1
     assert "NOT_FOUND" in err
+
+
+async def test_reserve_a_line_anywhere_in_a_network(server: UnistockServer) -> None:
+    """Issue 10: reserve --in NETWORK SKU[:QTY]: the server chooses the location; no line at
+    all is a usage error."""
+    async with UnistockClient(target(server), TOKENS["admin"]) as c:
+        await c.upsert_locations([apb.Location(location_id="dc", type=apb.WAREHOUSE)])
+        await c.upsert_networks([apb.Network(network_id="web", location_ids=["dc"])])
+    rc, _, err = await cli(server, "move", "wms", "1", "RECEIPT", "SHOE-42@dc:5")
+    assert rc == 0, err
+    rc, out, err = await cli(server, "reserve", "cart-7", "--in", "web", "SHOE-42:2")
+    assert rc == 0, err
+    [line] = json.loads(out)["reservation"]["lines"]
+    assert line == {"sku": "SHOE-42", "locationId": "dc", "quantity": "2", "network": "web"}
+    rc, _, err = await cli(server, "reserve", "cart-8")
+    assert rc == 2
+    assert "--in NETWORK" in err

@@ -115,11 +115,18 @@ class UnistockClient:
         ttl_seconds: int = 0,
         channel: str = "",
         customer_id: str = "",
+        network_lines: Iterable[tuple[str, str, int]] = (),
     ) -> pb.ReserveResponse:
-        """Hold every line or none; raises InsufficientStockError with the short lines."""
+        """Hold every line or none; raises InsufficientStockError with the short lines.
+
+        lines: (sku, location_id, quantity); network_lines: (sku, network, quantity), held at a
+        location of the network the server chooses (the answer's lines name it)."""
         req = pb.ReserveRequest(
             reservation_id=reservation_id,
-            lines=_lines(lines),
+            lines=[
+                *_lines(lines),
+                *(pb.ReservationLine(sku=s, network=n, quantity=q) for s, n, q in network_lines),
+            ],
             kind=pb.ReservationKind.Value(kind) if isinstance(kind, str) else kind,  # type: ignore[arg-type]
             ttl_seconds=ttl_seconds,
             channel=channel,

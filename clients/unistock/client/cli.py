@@ -1,7 +1,7 @@
 """`unistock`: a command line for the inventory API (ops, demos, scripts).
 
     unistock get SKU [LOCATION]               levels of a SKU (everywhere or at one location)
-    unistock reserve ID SKU@LOC:QTY...        hold units (all lines or none)
+    unistock reserve ID SKU@LOC:QTY... [--in NETWORK SKU[:QTY]]...   hold units (all or none)
     unistock release ID | show ID
     unistock fulfil ID [SKU@LOC:QTY... --request-id R]   ship all, or these lines
     unistock extend ID (SECONDS | --until RFC3339)       hold SECONDS from now, or until then
@@ -254,7 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("location", nargs="?")
     r = command("reserve", "hold units")
     r.add_argument("reservation_id")
-    r.add_argument("lines", nargs="+", type=line, metavar="SKU@LOC:QTY")
+    r.add_argument("lines", nargs="*", type=line, metavar="SKU@LOC:QTY")
+    r.add_argument(
+        "--in",
+        dest="network_lines",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NETWORK", "SKU[:QTY]"),
+        help="a line held anywhere in NETWORK (the server chooses the location); repeatable",
+    )
     r.add_argument(
         "--kind",
         default="CART",
@@ -421,6 +430,14 @@ def _check(args: argparse.Namespace) -> None:
     sub: argparse.ArgumentParser = args.command_parser
     if args.command == "move" and args.line[2] == 0 and args.type != "COUNT":
         sub.error("argument SKU@LOC:QTY: quantity must be at least 1 (0 only for a COUNT)")
+    if args.command == "reserve" and not args.lines and not args.network_lines:
+        sub.error("give at least one line: SKU@LOC:QTY, or --in NETWORK SKU[:QTY]")
+    if args.command == "reserve":
+        for _, item in args.network_lines:
+            try:
+                _sku_qty(item)
+            except argparse.ArgumentTypeError as exc:
+                sub.error(f"argument --in: {exc}")
     if args.command == "network" and not args.watch and not args.skus:
         sub.error("give at least one SKU (or --watch for every SKU of the network)")
     if args.command == "fulfil" and args.lines and not args.request_id:
@@ -485,6 +502,10 @@ async def _command(c: UnistockClient, args: argparse.Namespace) -> int:
                 kind=args.kind,
                 ttl_seconds=args.ttl,
                 channel=args.channel,
+                network_lines=[
+                    (sku, network, qty)
+                    for network, (sku, qty) in ((n, _sku_qty(x)) for n, x in args.network_lines)
+                ],
             )
         )
     elif args.command == "release":
