@@ -3,7 +3,8 @@
 Redis applies a pipeline's script calls in order and appends them to its AOF in that order, so a
 crash (or an AOF cut short) keeps every earlier flush and a prefix of the last one's calls. This
 test records every flush of random sequences of reservation operations (several landing in one
-window: reserve, release, extend, fulfil all or part, expire, on shared positions), then, for
+window: reserve, release, extend, fulfil all or part, expire, transfer held units between
+locations, on shared positions), then, for
 every flush and every prefix of its script calls, rebuilds exactly that Redis state on a real
 redis-server, starts a fresh inventory on it (a restart: positions are reconciled with their
 records as they are activated) and checks the domain's invariants:
@@ -27,7 +28,14 @@ from hypothesis import strategies as st
 
 from unistock.devtools.services import RedisServer
 from unistock.server.actors import Inventory
-from unistock.server.domain import Line, Movement, MovementType, ReserveRequest, UnistockError
+from unistock.server.domain import (
+    Line,
+    Move,
+    Movement,
+    MovementType,
+    ReserveRequest,
+    UnistockError,
+)
 from unistock.server.metrics import Metrics
 from unistock.server.persistence.group_commit import GroupCommit
 from unistock.server.persistence.keys import Keyspace
@@ -119,6 +127,8 @@ ops_st = st.one_of(
     st.tuples(st.just("extend"), st.sampled_from(RIDS)),
     st.tuples(st.just("fulfil"), st.sampled_from(RIDS), st.integers(0, 2)),
     st.tuples(st.just("expire"), st.integers(30, 120)),
+    # Move one held unit of S1 between L1 and L2 (TransferReservation, issue 10).
+    st.tuples(st.just("transfer"), st.sampled_from(RIDS), st.integers(1, 2)),
 )
 reserves_st = st.lists(reserve_st, min_size=1, max_size=3)
 # A first round of reservations, then rounds of operations on them.
@@ -139,6 +149,15 @@ async def run_op(rt: Runtime, op: Op) -> None:
             await inv.release(op[1])
         elif op[0] == "extend":
             await inv.extend(op[1], rt.clock.now + 3600)
+        elif op[0] == "transfer":
+            _, rid, n = op
+            record = await inv.get_reservation(rid)
+            for ln in record.lines:
+                if ln.sku == "S1":
+                    to = "L2" if ln.location_id == "L1" else "L1"
+                    moves = [Move("S1", ln.location_id, to, min(n, ln.quantity))]
+                    await inv.transfer_reservation(rid, f"t{n}-{ln.location_id}", moves)
+                    break
         elif op[0] == "fulfil":
             _, rid, units = op
             record = await inv.get_reservation(rid)

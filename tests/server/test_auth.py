@@ -170,6 +170,7 @@ async def test_reflection_lists_the_service(channel: aio.Channel, server: Unisto
         "GetNetworkAvailability",
         "WatchNetworkAvailability",
         "FindStock",
+        "TransferReservation",
     }
 
 

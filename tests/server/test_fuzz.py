@@ -130,6 +130,21 @@ REQUESTS: dict[str, st.SearchStrategy[Any]] = {
             st.builds(pb.NetworkKnownVersion, sku=sku, network=text, version=UINT64), max_size=2
         ),
     ),
+    "TransferReservation": st.builds(
+        pb.TransferReservationRequest,
+        reservation_id=rid,
+        request_id=st.one_of(st.just(""), st.just("t1"), text),
+        moves=st.lists(
+            st.builds(
+                pb.ReservationMove,
+                sku=sku,
+                from_location_id=loc,
+                to_location_id=loc,
+                quantity=quantity,
+            ),
+            max_size=3,
+        ),
+    ),
     "FindStock": st.builds(
         pb.FindStockRequest,
         lines=st.lists(st.builds(pb.StockLine, sku=sku, quantity=quantity), max_size=3),

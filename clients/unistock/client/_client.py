@@ -218,6 +218,22 @@ class UnistockClient:
         finally:
             call.cancel()
 
+    async def transfer_reservation(
+        self, reservation_id: str, request_id: str, moves: Sequence[tuple[str, str, str, int]]
+    ) -> pb.Reservation:
+        """Move held units (sku, from_location_id, to_location_id, quantity) of an ACTIVE
+        reservation, every move or none; idempotent on request_id (reuse it on retry)."""
+        req = pb.TransferReservationRequest(
+            reservation_id=reservation_id,
+            request_id=request_id,
+            moves=[
+                pb.ReservationMove(sku=s, from_location_id=f, to_location_id=t, quantity=q)
+                for s, f, t, q in moves
+            ],
+        )
+        resp: pb.Reservation = await self._unary(self.stub.TransferReservation, req)
+        return resp
+
     async def find_stock(
         self,
         network: str,

@@ -1859,6 +1859,79 @@ class FindStockResponse(_message.Message):
 Global___FindStockResponse: _TypeAlias = FindStockResponse  # noqa: Y015
 
 @_typing.final
+class ReservationMove(_message.Message):
+    """Held units of a reservation to move from one location to another."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SKU_FIELD_NUMBER: _builtins.int
+    FROM_LOCATION_ID_FIELD_NUMBER: _builtins.int
+    TO_LOCATION_ID_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
+    sku: _builtins.str
+    from_location_id: _builtins.str
+    """A location the reservation holds the SKU at (at least quantity units)."""
+    to_location_id: _builtins.str
+    """Another location; it must be able to promise the units now."""
+    quantity: _builtins.int
+    """At least 1."""
+    def __init__(
+        self,
+        *,
+        sku: _builtins.str = ...,
+        from_location_id: _builtins.str = ...,
+        to_location_id: _builtins.str = ...,
+        quantity: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_location_id", b"from_location_id", "quantity", b"quantity", "sku", b"sku", "to_location_id", b"to_location_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReservationMove: _TypeAlias = ReservationMove  # noqa: Y015
+
+@_typing.final
+class TransferReservationRequest(_message.Message):
+    """Move held units of an ACTIVE reservation between locations (the order manager re-sources a
+    line): every move or none. Idempotent on request_id: the same request again returns the
+    reservation as it is; the same request_id with other moves is ALREADY_EXISTS. Crash-safe: the
+    destinations' holds are written before the reservation's new lines, and the origins' holds
+    freed only after them, so a unit is never promised by no location; after a crash in between,
+    the origins' extra holds are freed when those positions are next loaded, and a retry of the
+    request frees them at once. A moved line names its new location (no network). Units of a
+    line a fulfilment or a pickup reported only in part cannot move (INVALID_ARGUMENT): fulfil
+    first.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    MOVES_FIELD_NUMBER: _builtins.int
+    reservation_id: _builtins.str
+    request_id: _builtins.str
+    """Required, chosen by the caller, unique per transfer; the same on every retry."""
+    @_builtins.property
+    def moves(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReservationMove]:
+        """1 to 500."""
+
+    def __init__(
+        self,
+        *,
+        reservation_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        moves: _abc.Iterable[Global___ReservationMove] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["moves", b"moves", "request_id", b"request_id", "reservation_id", b"reservation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferReservationRequest: _TypeAlias = TransferReservationRequest  # noqa: Y015
+
+@_typing.final
 class TransferLine(_message.Message):
     """One SKU of a transfer. Units are conserved at every moment:
     shipped + unexpected = received + lost + in_transit.

@@ -89,6 +89,11 @@ class InventoryServiceStub:
                 request_serializer=unistock_dot_v1_dot_inventory__pb2.GetNetworkAvailabilityRequest.SerializeToString,
                 response_deserializer=unistock_dot_v1_dot_inventory__pb2.GetNetworkAvailabilityResponse.FromString,
                 _registered_method=True)
+        self.TransferReservation = channel.unary_unary(
+                '/unistock.v1.InventoryService/TransferReservation',
+                request_serializer=unistock_dot_v1_dot_inventory__pb2.TransferReservationRequest.SerializeToString,
+                response_deserializer=unistock_dot_v1_dot_inventory__pb2.Reservation.FromString,
+                _registered_method=True)
         self.FindStock = channel.unary_unary(
                 '/unistock.v1.InventoryService/FindStock',
                 request_serializer=unistock_dot_v1_dot_inventory__pb2.FindStockRequest.SerializeToString,
@@ -188,6 +193,14 @@ class InventoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TransferReservation(self, request, context):
+        """Move held units of a reservation between locations (see TransferReservationRequest).
+        Roles: channel, admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def FindStock(self, request, context):
         """Ranked locations for an order (see FindStockRequest). Roles: channel, backoffice, admin.
         """
@@ -260,6 +273,11 @@ def add_InventoryServiceServicer_to_server(servicer, server):
                     servicer.GetNetworkAvailability,
                     request_deserializer=unistock_dot_v1_dot_inventory__pb2.GetNetworkAvailabilityRequest.FromString,
                     response_serializer=unistock_dot_v1_dot_inventory__pb2.GetNetworkAvailabilityResponse.SerializeToString,
+            ),
+            'TransferReservation': grpc.unary_unary_rpc_method_handler(
+                    servicer.TransferReservation,
+                    request_deserializer=unistock_dot_v1_dot_inventory__pb2.TransferReservationRequest.FromString,
+                    response_serializer=unistock_dot_v1_dot_inventory__pb2.Reservation.SerializeToString,
             ),
             'FindStock': grpc.unary_unary_rpc_method_handler(
                     servicer.FindStock,
@@ -569,6 +587,33 @@ class InventoryService:
             '/unistock.v1.InventoryService/GetNetworkAvailability',
             unistock_dot_v1_dot_inventory__pb2.GetNetworkAvailabilityRequest.SerializeToString,
             unistock_dot_v1_dot_inventory__pb2.GetNetworkAvailabilityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TransferReservation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/unistock.v1.InventoryService/TransferReservation',
+            unistock_dot_v1_dot_inventory__pb2.TransferReservationRequest.SerializeToString,
+            unistock_dot_v1_dot_inventory__pb2.Reservation.FromString,
             options,
             channel_credentials,
             insecure,

@@ -71,6 +71,10 @@ class InventoryServiceStub:
     """
     GetNetworkAvailability: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.GetNetworkAvailabilityRequest, _inventory_pb2.GetNetworkAvailabilityResponse]
     """Per SKU, what a network may promise (see NetworkLevel). Roles: channel, backoffice, admin."""
+    TransferReservation: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.TransferReservationRequest, _inventory_pb2.Reservation]
+    """Move held units of a reservation between locations (see TransferReservationRequest).
+    Roles: channel, admin.
+    """
     FindStock: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.FindStockRequest, _inventory_pb2.FindStockResponse]
     """Ranked locations for an order (see FindStockRequest). Roles: channel, backoffice, admin."""
     WatchNetworkAvailability: _grpc.UnaryStreamMultiCallable[_inventory_pb2.WatchNetworkAvailabilityRequest, _inventory_pb2.WatchNetworkAvailabilityResponse]
@@ -113,6 +117,10 @@ class InventoryServiceAsyncStub(InventoryServiceStub):
     """
     GetNetworkAvailability: _aio.UnaryUnaryMultiCallable[_inventory_pb2.GetNetworkAvailabilityRequest, _inventory_pb2.GetNetworkAvailabilityResponse]  # type: ignore[assignment]
     """Per SKU, what a network may promise (see NetworkLevel). Roles: channel, backoffice, admin."""
+    TransferReservation: _aio.UnaryUnaryMultiCallable[_inventory_pb2.TransferReservationRequest, _inventory_pb2.Reservation]  # type: ignore[assignment]
+    """Move held units of a reservation between locations (see TransferReservationRequest).
+    Roles: channel, admin.
+    """
     FindStock: _aio.UnaryUnaryMultiCallable[_inventory_pb2.FindStockRequest, _inventory_pb2.FindStockResponse]  # type: ignore[assignment]
     """Ranked locations for an order (see FindStockRequest). Roles: channel, backoffice, admin."""
     WatchNetworkAvailability: _aio.UnaryStreamMultiCallable[_inventory_pb2.WatchNetworkAvailabilityRequest, _inventory_pb2.WatchNetworkAvailabilityResponse]  # type: ignore[assignment]
@@ -218,6 +226,16 @@ class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_inventory_pb2.GetNetworkAvailabilityResponse, _abc.Awaitable[_inventory_pb2.GetNetworkAvailabilityResponse]]:
         """Per SKU, what a network may promise (see NetworkLevel). Roles: channel, backoffice, admin."""
+
+    @_abc_1.abstractmethod
+    def TransferReservation(
+        self,
+        request: _inventory_pb2.TransferReservationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inventory_pb2.Reservation, _abc.Awaitable[_inventory_pb2.Reservation]]:
+        """Move held units of a reservation between locations (see TransferReservationRequest).
+        Roles: channel, admin.
+        """
 
     @_abc_1.abstractmethod
     def FindStock(

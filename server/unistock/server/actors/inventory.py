@@ -19,8 +19,10 @@ from unistock.server.actors.reservations import ReservationBook
 from unistock.server.actors.transfers import TransferBook, TransferKey
 from unistock.server.domain import (
     MAX_SEQ_JUMP,
+    InsufficientStock,
     InvalidArgument,
     Line,
+    Move,
     Movement,
     MovementResult,
     MovementType,
@@ -32,6 +34,7 @@ from unistock.server.domain import (
     ReservationNotFound,
     ReservationState,
     ReserveRequest,
+    Shortfall,
     StockKey,
     Transfer,
     TransferNotFound,
@@ -623,6 +626,57 @@ class Inventory:
         return await self._end(
             reservation_id, "fulfil", lambda r, ps: fulfil(r, ps, lines, request_id)
         )
+
+    async def transfer_reservation(
+        self, reservation_id: str, request_id: str, moves: Sequence[Move]
+    ) -> Reservation:
+        """Move held units of an ACTIVE reservation between locations, every move or none;
+        idempotent on request_id. Crash-safe like a reservation across positions: the new
+        holds are written first (intents), then the record (the commit point), and the old
+        holds are freed only once the record is durable; a crash in between leaves holds the
+        record no longer backs, which reconcile_holds frees at activation, and a retry of the
+        request finishes the freeing. Raises InvalidArgument, InsufficientStock (a destination
+        cannot promise the units), ReservationConflict, ReservationNotActive,
+        ReservationNotFound, Unavailable."""
+        while True:
+            record = await self._record(reservation_id)
+            keys = {ln.key for ln in record.lines} | {(m.sku, m.destination) for m in moves}
+            await self._ready(keys, [reservation_id], settled=True)
+            if self.reservations.get(reservation_id) is record and not self.positions.missing(keys):
+                break
+        positions = {key: self._position(key) for key in keys}
+        after = record.transfer(moves, request_id)
+        if after is not record:
+            gain: dict[StockKey, int] = {}
+            for m in moves:
+                key = (m.sku, m.destination)
+                gain[key] = gain.get(key, 0) + m.quantity
+            short = [
+                Shortfall(k[0], k[1], q, positions[k].available)
+                for k, q in gain.items()
+                if not positions[k].fits(q)
+            ]
+            if short:
+                self.metrics.reservations.labels("transfer", record.kind.name, "insufficient").inc()
+                await self._revealed(gain)
+                raise InsufficientStock(short)
+            for key, q in gain.items():  # intents first: written before the record
+                positions[key].hold(reservation_id, q)
+                self.commit.position_changed(positions[key])
+            self.reservations.put(after, created=True)  # the commit point, written last
+            await self.commit.barrier()
+        # Then (and on a retry) free what the record no longer holds.
+        freed = False
+        for key, p in positions.items():
+            excess = p.held(reservation_id) - after.held(key)
+            if excess > 0:
+                p.release(reservation_id, excess)
+                self.commit.position_changed(p)
+                freed = True
+        if freed:
+            await self.commit.barrier()
+        self.metrics.reservations.labels("transfer", record.kind.name, "ok").inc()
+        return after
 
     async def extend(self, reservation_id: str, expires_at: float) -> Reservation:
         """Move an ACTIVE reservation's expiry."""

@@ -41,6 +41,7 @@ ROLES: dict[str, frozenset[str]] = {
             "FulfilReservation",
             "ExtendReservation",
             "GetReservation",
+            "TransferReservation",
             "GetTransfer",
             "GetNetworkAvailability",
             "WatchNetworkAvailability",

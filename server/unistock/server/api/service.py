@@ -37,6 +37,7 @@ from unistock.server.api.sourcing import find_stock
 from unistock.server.api.watch import WatchHub
 from unistock.server.domain import (
     InvalidArgument,
+    Move,
     NetworkNotFound,
     UnistockError,
     check_id,
@@ -62,6 +63,8 @@ R = TypeVar("R")
 #: Levels per message of a watch stream: live changes, and the initial snapshot.
 WATCH_BATCH = 512
 SNAPSHOT_BATCH = 2048
+#: Moves per TransferReservation call.
+MAX_MOVES = 500
 #: SKUs per GetNetworkAvailability call.
 MAX_NETWORK_SKUS = 500
 #: Batches of one ApplyMovements stream being written at once (acks follow in order).
@@ -374,6 +377,21 @@ class InventoryService:
         rid = check_reservation_id(request.reservation_id)
         at = expiry_from_wire(request, self.inventory.clock())
         return reservation_message(await self.inventory.extend(rid, at))
+
+    @rpc
+    async def TransferReservation(
+        self, request: pb.TransferReservationRequest, context: Context
+    ) -> pb.Reservation:
+        rid = check_reservation_id(request.reservation_id)
+        request_id = check_id("request_id", request.request_id)
+        if len(request.moves) > MAX_MOVES:
+            raise InvalidArgument("moves", f"at most {MAX_MOVES} moves, got {len(request.moves)}")
+        moves = [
+            Move(m.sku, m.from_location_id, m.to_location_id, m.quantity) for m in request.moves
+        ]
+        return reservation_message(
+            await self.inventory.transfer_reservation(rid, request_id, moves)
+        )
 
     @rpc
     async def GetReservation(

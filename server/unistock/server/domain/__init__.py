@@ -19,6 +19,7 @@ from unistock.server.domain.position import MovementResult, Outcome, Position
 from unistock.server.domain.reservation import (
     DEFAULT_TTL,
     LineProgress,
+    Move,
     Pickup,
     Reservation,
     ReservationKind,
@@ -67,6 +68,7 @@ __all__ = [
     "ItemCondition",
     "Line",
     "LineProgress",
+    "Move",
     "Movement",
     "MovementResult",
     "MovementType",

@@ -28,7 +28,14 @@ from unistock.server.domain.errors import (
     Shortfall,
 )
 from unistock.server.domain.position import MovementResult, Outcome, Position
-from unistock.server.domain.values import Line, Movement, StockKey, check_id, validate_lines
+from unistock.server.domain.values import (
+    Line,
+    Movement,
+    StockKey,
+    check_id,
+    check_quantity,
+    validate_lines,
+)
 
 
 class ReservationKind(enum.IntEnum):
@@ -104,6 +111,18 @@ def fingerprint(lines: Sequence[Line]) -> bytes:
         )
     )
     return hashlib.blake2b(canon.encode(), digest_size=16).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """Held units of a reservation to move from one location to another (TransferReservation)."""
+
+    sku: str
+    origin: str
+    destination: str
+    quantity: int
+    #: The moved line stays a network line (the server's own re-sourcing).
+    keep_network: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +245,69 @@ class Reservation:
         if self.active and self.expires_at is not None and self.expires_at <= now:
             return self.ended(ReservationState.EXPIRED)
         return None
+
+    def transfer(self, moves: Sequence[Move], request_id: str) -> Reservation:
+        """Move held units between locations: every move or none (InvalidArgument naming
+        moves[i]). Idempotent on request_id (repeated: this record; reused with other moves:
+        ReservationConflict). A moved line names its new location only (no network: it was
+        chosen, not left to the server), unless keep_network (the server's own re-sourcing).
+        Raises ReservationNotActive.
+        """
+        digest = hashlib.blake2b(
+            "\n".join(
+                sorted(f"{m.sku}|{m.origin}|{m.destination}|{m.quantity}" for m in moves)
+            ).encode(),
+            digest_size=16,
+        ).digest()
+        for rid, fp in self.requests:
+            if rid == request_id:
+                if fp != digest:
+                    raise ReservationConflict(self.reservation_id, request_id)
+                return self
+        self._require_active("transfer")
+        if not moves:
+            raise InvalidArgument("moves", "at least one move is required")
+        held = {ln.key: ln for ln in self.lines}
+        left = {key: ln.quantity for key, ln in held.items()}
+        added: dict[StockKey, int] = {}
+        networks: dict[StockKey, str] = {}
+        for i, m in enumerate(moves):
+            f = f"moves[{i}]"
+            check_id(f + ".sku", m.sku)
+            check_id(f + ".from_location_id", m.origin)
+            check_id(f + ".to_location_id", m.destination)
+            check_quantity(f + ".quantity", m.quantity, minimum=1)
+            if m.origin == m.destination:
+                raise InvalidArgument(f + ".to_location_id", "a move goes to another location")
+            origin = (m.sku, m.origin)
+            if left.get(origin, 0) < m.quantity:
+                raise InvalidArgument(
+                    f + ".quantity",
+                    f"the reservation holds {left.get(origin, 0)} of {m.sku} at {m.origin}, "
+                    f"not {m.quantity}",
+                )
+            p = self.progress_of(origin)
+            if p.shipped_open or p.sold_open:
+                raise InvalidArgument(
+                    f, f"units of {m.sku} at {m.origin} were partly reported left; fulfil first"
+                )
+            left[origin] -= m.quantity
+            dest = (m.sku, m.destination)
+            added[dest] = added.get(dest, 0) + m.quantity
+            if m.keep_network and held[origin].network:
+                networks[dest] = held[origin].network
+        lines = [replace(ln, quantity=left[ln.key]) for ln in self.lines if left[ln.key] > 0]
+        at = {ln.key: i for i, ln in enumerate(lines)}
+        for key, q in added.items():
+            if key in at:
+                ln = lines[at[key]]
+                lines[at[key]] = replace(ln, quantity=ln.quantity + q)
+            else:
+                lines.append(Line(key[0], key[1], q, networks.get(key, "")))
+        return self._next(
+            lines=tuple(lines),
+            requests=(*self.requests, (request_id, digest))[-MAX_FULFIL_REQUESTS:],
+        )
 
     def fulfil(self, lines: Sequence[Line] = (), request_id: str = "") -> Reservation:
         """Units left physically: every held line (lines empty) or the given quantities.
