@@ -459,3 +459,24 @@ async def test_reserve_a_line_anywhere_in_a_network(server: UnistockServer) -> N
     rc, _, err = await cli(server, "reserve", "cart-8")
     assert rc == 2
     assert "--in NETWORK" in err
+
+
+async def test_transfer_reservation_from_the_command_line(server: UnistockServer) -> None:
+    rc, _, err = await cli(server, "move", "wms", "1", "RECEIPT", "SHOE-42@s1:2")
+    assert rc == 0, err
+    rc, _, err = await cli(server, "move", "wms", "2", "RECEIPT", "SHOE-42@s2:2")
+    assert rc == 0, err
+    rc, _, err = await cli(server, "reserve", "o-9", "SHOE-42@s1:2", "--kind", "ORDER")
+    assert rc == 0, err
+    for _ in range(2):  # the retry moves nothing more
+        rc, out, err = await cli(
+            server, "transfer-reservation", "o-9", "SHOE-42@s1>s2:1", "--request-id", "m1"
+        )
+        assert rc == 0, err
+        got = sorted((ln["locationId"], ln["quantity"]) for ln in json.loads(out)["lines"])
+        assert got == [("s1", "1"), ("s2", "1")]
+    rc, _, err = await cli(
+        server, "transfer-reservation", "o-9", "SHOE-42@s1:1", "--request-id", "m2"
+    )
+    assert rc == 2
+    assert "SKU@FROM>TO:QTY" in err

@@ -9,6 +9,7 @@
                   [--counterpart LOC] [--reservation-id R] [--sign +|- --reason WHY]
                   [--condition SELLABLE|NON_SELLABLE]
     unistock network NETWORK SKU... [--watch]   what a network may promise (or watch it)
+    unistock transfer-reservation ID SKU@FROM>TO:QTY... --request-id R   re-source held units
     unistock find SKU[:QTY]... [--near LOC | --at LAT,LON] [--mode M] [--network N]
                   [--max-km K] [--limit N] [--split] [--variants]   where to serve an order
     unistock transfer ID [LOCATION]           a transfer: shipped, received, in transit, lost
@@ -160,6 +161,16 @@ def _sku_qty(text: str) -> tuple[str, int]:
     if not sku:
         raise argparse.ArgumentTypeError(f"expected SKU or SKU:QTY, got {text!r}")
     return sku, _int_in(1, MAX_QUANTITY)(qty)
+
+
+def _move(text: str) -> tuple[str, str, str, int]:
+    """An argparse type: SKU@FROM>TO:QTY."""
+    sku, at, rest = text.partition("@")
+    origin, gt, rest = rest.partition(">")
+    destination, colon, qty = rest.rpartition(":")
+    if not (sku and at and origin and gt and destination and colon):
+        raise argparse.ArgumentTypeError(f"expected SKU@FROM>TO:QTY, got {text!r}")
+    return sku, origin, destination, _int_in(1, MAX_QUANTITY)(qty)
 
 
 def _lat_lon(text: str) -> tuple[float, float]:
@@ -339,6 +350,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="RETURN or ADJUSTMENT: which units (NON_SELLABLE: damaged, to inspect)",
     )
+    tr = command(
+        "transfer-reservation",
+        "move held units of a reservation between locations",
+        description="Move held units of an ACTIVE reservation: every move or none. MOVE is\n"
+        "SKU@FROM>TO:QTY. --request-id makes it idempotent (reuse it on retry).",
+    )
+    tr.add_argument("reservation_id")
+    tr.add_argument("moves", nargs="+", type=_move, metavar="SKU@FROM>TO:QTY")
+    tr.add_argument("--request-id", required=True, help="idempotency key, the same on retry")
     fs = command(
         "find",
         "which locations of a network should serve an order",
@@ -547,6 +567,8 @@ async def _command(c: UnistockClient, args: argparse.Namespace) -> int:
     elif args.command == "watch":
         async for msg in c.watch(args.sku, args.location):
             _print(msg)
+    elif args.command == "transfer-reservation":
+        _print(await c.transfer_reservation(args.reservation_id, args.request_id, args.moves))
     elif args.command == "find":
         _print(
             await c.find_stock(
