@@ -986,6 +986,7 @@ class Reservation(_message.Message):
     CUSTOMER_ID_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     FULFILLED_FIELD_NUMBER: _builtins.int
+    RESOURCED_FIELD_NUMBER: _builtins.int
     reservation_id: _builtins.str
     """Client-chosen id."""
     state: Global___ReservationState.ValueType
@@ -1016,6 +1017,14 @@ class Reservation(_message.Message):
     def fulfilled(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReservationLine]:
         """Units that left so far, per line, by FulfilReservation or a SALE naming the reservation."""
 
+    @_builtins.property
+    def resourced(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReservationMove]:
+        """What the server moved itself (self-healing): when a sale left units of a network line at
+        risk (on_hand below reserved at its location), it moved them to another location of that
+        network that could promise them, and recorded the move here (the latest 32). Lines that
+        name their location (not a network) are never moved: the customer chose that store.
+        """
+
     def __init__(
         self,
         *,
@@ -1028,10 +1037,11 @@ class Reservation(_message.Message):
         customer_id: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         fulfilled: _abc.Iterable[Global___ReservationLine] | None = ...,
+        resourced: _abc.Iterable[Global___ReservationMove] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "created_at", b"created_at", "customer_id", b"customer_id", "expires_at", b"expires_at", "fulfilled", b"fulfilled", "kind", b"kind", "lines", b"lines", "reservation_id", b"reservation_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "created_at", b"created_at", "customer_id", b"customer_id", "expires_at", b"expires_at", "fulfilled", b"fulfilled", "kind", b"kind", "lines", b"lines", "reservation_id", b"reservation_id", "resourced", b"resourced", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

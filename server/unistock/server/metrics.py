@@ -103,6 +103,18 @@ class Metrics:
             "transfer record (normally 0; they stay in Redis until applied).",
             registry=r,
         )
+        self.reservations_healed = Counter(
+            "unistock_reservation_units_resourced_total",
+            "Units of network lines the server moved from a location where a sale left them at "
+            "risk to another location of the network (self-healing).",
+            registry=r,
+        )
+        self.reservations_unhealed = Counter(
+            "unistock_reservations_left_at_risk_total",
+            "Times a position stayed at risk because no location of its reservations' "
+            "networks could take the units (reported for the order manager).",
+            registry=r,
+        )
         self.negative_positions = Counter(
             "unistock_negative_positions_total",
             "Times a position's on_hand went below zero (a fact the server must not refuse: "

@@ -117,6 +117,8 @@ class Inventory:
         #: TRANSFER_OUT batches whose shipments go to their transfer records once durable.
         self._shipping: asyncio.Queue[tuple[list[Movement], asyncio.Future[None]]] = asyncio.Queue()
         self._shipments_pending = 0
+        #: Self-healing tasks in flight (kept referenced).
+        self._healing: set[asyncio.Task[None]] = set()
         self.locations: set[str] = set()
         #: Highest seq applied from each source anywhere (bounds seq jumps), most recent last.
         self._highs: dict[str, int] = {}
@@ -129,7 +131,10 @@ class Inventory:
         self.locations = await self.store.locations()
 
     async def close(self) -> None:
-        """Stop loads in progress."""
+        """Stop loads and re-sourcing in progress."""
+        for task in list(self._healing):
+            task.cancel()
+        await asyncio.gather(*self._healing, return_exceptions=True)
         await self.positions.close()
         await self.reservations.close()
         await self.transfers.close()
@@ -223,6 +228,7 @@ class Inventory:
         changed = self.commit.position_changed
         locations = self.locations
         shipments: list[Movement] = []
+        at_risk: set[StockKey] = set()
         for m in movements:
             high = high_of[m.source_id]
             if m.seq > high + MAX_SEQ_JUMP:
@@ -249,6 +255,8 @@ class Inventory:
             if r.at_risk and not was_at_risk:
                 self.metrics.at_risk.inc()
                 log.warning("reservations at risk (on_hand below reserved): %r", p)
+            if r.at_risk and self.sourcer is not None:
+                at_risk.add(m.key)
             if p.negative and not was_negative:
                 self.metrics.negative_positions.inc()
                 log.warning(
@@ -280,6 +288,8 @@ class Inventory:
             self.metrics.movements.labels(mtype.name, outcome.value).inc(n)
         # Duplicates too: the original may still be on its way to Redis.
         durable = self.commit.barrier()
+        if at_risk:
+            self._spawn_heal(at_risk, durable)
         if shipments:
             self._shipments_pending += len(shipments)
             self.metrics.shipments_pending.set(self._shipments_pending)
@@ -576,6 +586,67 @@ class Inventory:
         await self.commit.barrier()
         self.metrics.reservations.labels("reserve", kind, "held").inc()
         return made, False
+
+    # -- self-healing ----------------------------------------------------------------------------
+
+    def _spawn_heal(self, keys: set[StockKey], durable: asyncio.Future[None]) -> None:
+        task = asyncio.get_running_loop().create_task(self._heal_after(keys, durable))
+        self._healing.add(task)
+        task.add_done_callback(self._healing.discard)
+
+    async def _heal_after(self, keys: set[StockKey], durable: asyncio.Future[None]) -> None:
+        try:
+            await durable  # the sale is a fact first; then what it left at risk is re-sourced
+            for key in sorted(keys):
+                await self.heal(key)
+        except Exception:  # a heal that cannot run now is retried by the next sale
+            log.warning("re-sourcing of reservations at risk failed", exc_info=True)
+
+    async def heal(self, key: StockKey) -> int:
+        """Move the at-risk units of network lines held at a position (on_hand below reserved)
+        to other locations of their network that can promise them (TransferReservation, moves
+        recorded on the reservation); returns the units moved. Lines naming their location are
+        never moved. What cannot be moved stays at risk and is counted and logged."""
+        await self._ready([key])
+        p = self._position(key)
+        deficit = p.reserved - max(p.on_hand, 0)
+        moved = 0
+        for rid, _ in sorted(p.hold_items()):
+            if deficit <= 0:
+                break
+            record = await self._record(rid, keys_of=False)
+            if not record.active:
+                continue
+            line = next((ln for ln in record.lines if ln.key == key and ln.network), None)
+            if line is None or self.sourcer is None:
+                continue
+            units = min(line.quantity, deficit)
+            try:
+                places = self.sourcer(line.network, key[0], units, record.kind)
+            except NetworkNotFound:
+                continue
+            for loc in places:
+                if loc == key[1]:
+                    continue
+                request_id = f"heal:{key[0]}@{key[1]}:{p.version}:{loc}"
+                try:
+                    await self.transfer_reservation(
+                        rid, request_id, [Move(key[0], key[1], loc, units, keep_network=True)]
+                    )
+                except (InsufficientStock, InvalidArgument):
+                    continue
+                deficit -= units
+                moved += units
+                self.metrics.reservations_healed.inc(units)
+                log.warning(
+                    "reservation %s: %d of %s moved from %s (at risk) to %s in network %s",
+                    rid, units, key[0], key[1], loc, line.network,
+                )  # fmt: skip
+                break
+        if deficit > 0 and p.reserved - max(p.on_hand, 0) > 0:
+            self.metrics.reservations_unhealed.inc()
+            log.warning("position %r stays at risk: no location of the network can take it", p)
+        return moved
 
     def _candidates(self, request: ReserveRequest) -> dict[int, list[str]]:
         """For each network line (by index), the locations that may serve it, best first."""

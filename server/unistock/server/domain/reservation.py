@@ -69,6 +69,8 @@ DEFAULT_TTL: dict[ReservationKind, int | None] = {
 
 #: Fulfilment request_ids a reservation remembers (oldest forgotten first).
 MAX_FULFIL_REQUESTS = 64
+#: Self-healing moves a record remembers.
+MAX_RESOURCED = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +184,8 @@ class Reservation:
     progress: tuple[LineProgress, ...] = field(default=())
     #: (request_id, fingerprint of its lines) of the last fulfilments, for idempotency.
     requests: tuple[tuple[str, bytes], ...] = field(default=())
+    #: Moves the server made itself (self-healing), the latest MAX_RESOURCED.
+    resourced: tuple[Move, ...] = field(default=())
 
     def pickup_by(self, source_id: str, seq: int) -> Pickup | None:
         """The pickup made by the movement (source_id, seq), if it made one."""
@@ -304,9 +308,11 @@ class Reservation:
                 lines[at[key]] = replace(ln, quantity=ln.quantity + q)
             else:
                 lines.append(Line(key[0], key[1], q, networks.get(key, "")))
+        healed = tuple(m for m in moves if m.keep_network)
         return self._next(
             lines=tuple(lines),
             requests=(*self.requests, (request_id, digest))[-MAX_FULFIL_REQUESTS:],
+            resourced=(*self.resourced, *healed)[-MAX_RESOURCED:] if healed else self.resourced,
         )
 
     def fulfil(self, lines: Sequence[Line] = (), request_id: str = "") -> Reservation:

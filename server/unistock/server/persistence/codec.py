@@ -27,6 +27,7 @@ from unistock.server.domain import (
     DiscrepancyKind,
     Line,
     LineProgress,
+    Move,
     Movement,
     MovementType,
     Pickup,
@@ -306,7 +307,14 @@ def reservation_message(r: Reservation) -> pb.Reservation:
         channel=r.channel,
         customer_id=r.customer_id,
         fulfilled=_lines(r.fulfilled),
-    )
+        resourced=[
+            pb.ReservationMove(
+                sku=m.sku, from_location_id=m.origin, to_location_id=m.destination,
+                quantity=m.quantity,
+            )
+            for m in r.resourced
+        ],
+    )  # fmt: skip
     if r.expires_at is not None:
         msg.expires_at.CopyFrom(_ts(r.expires_at))
     msg.created_at.CopyFrom(_ts(r.created_at))
@@ -376,6 +384,10 @@ def decode_reservation(data: bytes) -> Reservation:
             for lp in record.progress
         ),
         requests=tuple((q.request_id, q.fingerprint) for q in record.requests),
+        resourced=tuple(
+            Move(x.sku, x.from_location_id, x.to_location_id, x.quantity, keep_network=True)
+            for x in m.resourced
+        ),
     )
 
 
