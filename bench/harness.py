@@ -37,6 +37,7 @@ SCENARIO_MODULES = (
     "bench.scenarios.b5",
     "bench.scenarios.b6",
     "bench.scenarios.b7",
+    "bench.scenarios.b8",
     "bench.scenarios.b9",
     "bench.scenarios.b10",
 )
