@@ -191,22 +191,27 @@ class NetworkIndex:
             leaves = {loc: nets - wanted[loc] for loc, nets in have.items() if nets - wanted[loc]}
             if leaves:
                 found = await self._scan(leaves)
+                changed: set[NetKey] = set()
                 for loc, nets in leaves.items():
-                    self._apply(loc, nets, found[loc], -1)
+                    self._apply(loc, nets, found[loc], -1, changed)
+                self._settle({n for nets in leaves.values() for n in nets}, changed)
             if joins:
                 found = await self._scan(joins)
+                changed = set()
                 for loc, nets in joins.items():
-                    self._apply(loc, nets, found[loc], +1)
+                    self._apply(loc, nets, found[loc], +1, changed)
+                self._settle({n for nets in joins.values() for n in nets}, changed)
             if joins or leaves:
                 log.info(
                     "network availability: %d location joins, %d leaves", len(joins), len(leaves)
                 )
         self.ready.set()
 
-    def _apply(self, loc: str, nets: set[str], found: dict[str, int], sign: int) -> None:
+    def _apply(
+        self, loc: str, nets: set[str], found: dict[str, int], sign: int, changed: set[NetKey]
+    ) -> None:
         """Add (sign +1) or remove (-1) a location's levels to/from networks, and its
-        membership: one synchronous step."""
-        changed: set[NetKey] = set()
+        membership; the levels changed are added to `changed` (see _settle)."""
         was_counted = loc in self._networks_of
         for net in nets:
             for sku, available in found.items():
@@ -227,8 +232,11 @@ class NetworkIndex:
             for sku, available in found.items():
                 if available > 0:
                     self._place(sku, loc, available if networks else -available)
-        # The number of locations counted changed for every level of these networks.
-        for key in [k for k in self.versions if k[0] in nets and k not in changed]:
+
+    def _settle(self, networks: set[str], changed: set[NetKey]) -> None:
+        """After joins and leaves: every level of these networks changed (their number of
+        locations did), once per sync however many locations joined; publish them."""
+        for key in [k for k in self.versions if k[0] in networks and k not in changed]:
             self._bump(key, changed)
         self._published(changed)
 
