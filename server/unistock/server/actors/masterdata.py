@@ -36,6 +36,8 @@ class MasterData:
         #: Positions with their own safety stock (units); the others follow their location's.
         self.position_safety: dict[StockKey, int] = {}
         self._lock = asyncio.Lock()
+        #: Grows with every change (readers cache what they derive from master data by it).
+        self.revision = 0
 
     async def start(self) -> None:
         """Migrate the schema and load everything; raises Unavailable."""
@@ -88,6 +90,7 @@ class MasterData:
     async def upsert_locations(self, locations: Sequence[Location]) -> set[str]:
         """Store locations; returns the ids whose default safety stock changed."""
         async with self._lock:
+            self.revision += 1
             await self._sql(self.store.upsert_locations, locations)
             changed = set()
             for loc in locations:
@@ -101,6 +104,7 @@ class MasterData:
     async def upsert_networks(self, networks: Sequence[Network]) -> None:
         """Store networks; every member must be a known location (InvalidArgument)."""
         async with self._lock:
+            self.revision += 1
             for i, n in enumerate(networks):
                 for j, loc in enumerate(n.location_ids):
                     if loc not in self.locations:
@@ -116,6 +120,7 @@ class MasterData:
         """Store products; a GTIN names one SKU (InvalidArgument when another SKU has it and
         keeps it)."""
         async with self._lock:
+            self.revision += 1
             moving = {p.sku for p in products}
             seen: dict[str, int] = {}
             for i, p in enumerate(products):
@@ -145,6 +150,7 @@ class MasterData:
     async def set_safety_stock(self, positions: Sequence[tuple[str, str, int | None]]) -> None:
         """(sku, location_id, units or None to clear) of positions."""
         async with self._lock:
+            self.revision += 1
             await self._sql(self.store.set_safety_stock, positions)
             for sku, loc, units in positions:
                 if units is None:

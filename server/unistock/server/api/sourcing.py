@@ -81,26 +81,39 @@ def find_stock(request: pb.FindStockRequest, index: NetworkIndex) -> pb.FindStoc
     if max_km and origin is None:
         raise InvalidArgument("max_distance_km", "needs near or near_location_id")
     master = index.master
-    network = master.networks.get(network_id)
-    if network is None:
+    if network_id not in master.networks:
         raise NetworkNotFound(network_id)
-    stale = index.stale.get(network_id, set())
+    eligible = _eligible(index, network_id, request.mode)
+    where = index.where
+    # Only the locations holding some of the order are looked at (not every member).
+    holding: set[str] = set()
+    for sku, _ in lines:
+        here = where.get(sku)
+        if here:
+            holding.update(here)
     candidates = []
-    for loc_id in network.location_ids:
-        loc = master.locations.get(loc_id)
-        if loc is None or loc_id in stale or not offers(loc, request.mode):
+    for loc_id in holding:
+        loc = eligible.get(loc_id)
+        if loc is None:
             continue
         distance = _distance(origin, loc)
         if max_km and (distance is None or distance > max_km):
             continue
         candidates.append(Candidate(loc_id, distance))
-    where = index.where
+    if request.include_variants:  # variants may be where none of the order is
+        candidates += [
+            Candidate(loc_id, _distance(origin, loc))
+            for loc_id, loc in eligible.items()
+            if loc_id not in holding
+            and (not max_km or ((d := _distance(origin, loc)) is not None and d <= max_km))
+        ]
 
     def available(sku: str, loc_id: str) -> int:
         here = where.get(sku)
         return 0 if here is None else here.get(loc_id, 0)
 
-    ranked = rank(lines, candidates, available)
+    # Only the best `limit` are built, unless a split needs them all.
+    ranked = rank(lines, candidates, available, None if request.allow_split else request.limit)
     response = pb.FindStockResponse(options=[_option(o) for o in ranked[: request.limit]])
     if request.allow_split and not any(o.covers_all for o in ranked):
         plan, covered = split(lines, ranked)
@@ -145,6 +158,31 @@ def network_candidates(
     ]
     ranked = rank([(sku, units)], candidates, lambda s, loc: here.get(loc, 0))
     return [o.location_id for o in ranked[:NETWORK_LINE_CANDIDATES]]
+
+
+_ELIGIBLE: dict[tuple[str, int], tuple[int, frozenset[str], dict[str, Location]]] = {}
+
+
+def _eligible(index: NetworkIndex, network_id: str, mode: int) -> dict[str, Location]:
+    """The network's members offering the mode and not stale (cached by master-data revision
+    and the network's stale set)."""
+    master = index.master
+    stale = frozenset(index.stale.get(network_id, ()))
+    cached = _ELIGIBLE.get((network_id, mode))
+    if cached is not None and cached[0] == master.revision and cached[1] == stale:
+        return cached[2]
+    network = master.networks[network_id]
+    found = {
+        loc_id: loc
+        for loc_id in network.location_ids
+        if loc_id not in stale
+        and (loc := master.locations.get(loc_id)) is not None
+        and offers(loc, mode)
+    }
+    if len(_ELIGIBLE) > 1024:
+        _ELIGIBLE.clear()
+    _ELIGIBLE[network_id, mode] = (master.revision, stale, found)
+    return found
 
 
 def _distance(origin: tuple[float, float] | None, loc: Location) -> float | None:

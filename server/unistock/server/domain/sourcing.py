@@ -10,6 +10,7 @@ cover the order, found greedily (most units still wanted first, then the ranking
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -38,31 +39,32 @@ def rank(
     lines: Sequence[tuple[str, int]],
     candidates: Sequence[Candidate],
     available: Callable[[str, str], int],
+    limit: int | None = None,
 ) -> list[Option]:
-    """Every candidate that has any unit of the order, ranked (see the module docstring).
-    available(sku, location_id) is what the location may promise now."""
-    options = []
+    """The candidates that have any unit of the order, ranked (see the module docstring): all
+    of them, or the best `limit`. available(sku, location_id) is what the location may promise
+    now."""
+    inf = float("inf")
+    keyed = []
     for c in candidates:
-        have = [(sku, want, available(sku, c.location_id)) for sku, want in lines]
-        served = tuple((sku, min(want, units)) for sku, want, units in have if units > 0)
-        if not served:
+        units = [available(sku, c.location_id) for sku, _ in lines]
+        if not any(units):
             continue
-        options.append(
-            Option(
-                c.location_id,
-                c.distance_km,
-                served,
-                covers_all=all(units >= want for _, want, units in have),
-                depth=min(units - want for _, want, units in have),
-            )
+        covers = all(u >= want for u, (_, want) in zip(units, lines, strict=True))
+        depth = min(u - want for u, (_, want) in zip(units, lines, strict=True))
+        distance = c.distance_km if c.distance_km is not None else inf
+        keyed.append(((not covers, distance, -depth, c.location_id), c, units, covers, depth))
+    best = sorted(keyed) if limit is None else heapq.nsmallest(limit, keyed)
+    return [
+        Option(
+            c.location_id,
+            c.distance_km,
+            tuple((sku, min(want, u)) for u, (sku, want) in zip(units, lines, strict=True) if u),
+            covers_all=covers,
+            depth=depth,
         )
-    options.sort(key=_order)
-    return options
-
-
-def _order(o: Option) -> tuple[bool, float, int, str]:
-    distance = o.distance_km if o.distance_km is not None else float("inf")
-    return (not o.covers_all, distance, -o.depth, o.location_id)
+        for _, c, units, covers, depth in best
+    ]
 
 
 def split(lines: Sequence[tuple[str, int]], ranked: Sequence[Option]) -> tuple[list[Option], bool]:
