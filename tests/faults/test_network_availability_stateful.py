@@ -2,11 +2,13 @@
 
 A hypothesis state machine drives a real server on a real Redis (and its SQLite master data)
 with movements, reservations and releases, safety stock changes (per position and a location's
-default), locations joining and leaving networks, restarts, and positions passivated all the
-time (max_resident=2). After every step, for every network and SKU, GetNetworkAvailability
-equals the oracle: the sum of GetAvailability's available over the network's members as master
-data says (each member's level is durable when it is answered); and a WatchNetworkAvailability
-stream, resumed with its known versions after every restart, converges to the same levels.
+default), locations joining and leaving networks, stores going silent past web's staleness
+limit and heard from again (their locations leave and rejoin web's sums, counted as stale),
+restarts, and positions passivated all the time (max_resident=2). After every step, for every
+network and SKU, GetNetworkAvailability equals the oracle: the sum of GetAvailability's
+available over the network's members that are not stale (each member's level is durable when
+it is answered); and a WatchNetworkAvailability stream, resumed with its known versions after
+every restart, converges to the same levels.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from hypothesis.stateful import (
 from tests.faults.machines import RealServer
 from unistock.client import UnistockClient, UnistockClientError
 from unistock.devtools.services import RedisServer
+from unistock.server.actors.liveness import StoreLiveness
 from unistock.server.app.server import UnistockServer
 from unistock.v1 import admin_pb2 as apb
 from unistock.v1 import inventory_pb2 as pb
@@ -41,6 +44,14 @@ pytestmark = pytest.mark.slow
 SKUS = ("A", "B")
 LOCS = ("L1", "L2", "L3")
 NETWORKS = ("web", "market")
+LIMIT = 60  # web's staleness limit, seconds
+
+
+def _store(loc: str, **fields: Any) -> apb.Location:
+    """A store location reported by the store of the same id."""
+    return apb.Location(location_id=loc, type=apb.STORE, store_id=loc, **fields)
+
+
 KEYS = [(s, loc) for s in SKUS for loc in LOCS]
 
 
@@ -64,20 +75,37 @@ class NetworkMachine(RealServer, RuleBasedStateMachine):
         self.rid = 0
         self.active: list[str] = []
         self.members: dict[str, set[str]] = {"web": {"L1", "L2"}, "market": {"L3"}}
+        #: Stores (= locations) silent past web's staleness limit; market is never stale.
+        self.silent: set[str] = set()
+        self.now = 1000.0
         #: (network, sku) -> (version, available, locations) as the watch stream last said
         self.watched: dict[tuple[str, str], tuple[int, int, int]] = {}
         self.watcher: asyncio.Task[None] | None = None
         self.run(self._start())
-        self.run(
-            self.c.upsert_locations([apb.Location(location_id=loc, type=apb.STORE) for loc in LOCS])
-        )
+        self.run(self.c.upsert_locations([_store(loc) for loc in LOCS]))
         self.run(self._networks())
         self._watch()
 
     async def _networks(self) -> None:
         await self.c.upsert_networks(
-            [apb.Network(network_id=n, location_ids=sorted(m)) for n, m in self.members.items()]
+            [
+                apb.Network(
+                    network_id=n,
+                    location_ids=sorted(m),
+                    staleness_limit_seconds=LIMIT if n == "web" else 0,
+                )
+                for n, m in self.members.items()
+            ]
         )
+
+    async def _start(self) -> None:
+        await super()._start()
+        # Store liveness on the machine's clock (the server has no MQTT here): every store is
+        # heard of at the start, as after any restart.
+        assert self.srv is not None
+        self.liveness = StoreLiveness(lambda: self.now)
+        self.srv.networks.liveness = self.liveness
+        self.silent = set()
 
     def send(self, movements: list[pb.Movement]) -> None:
         for m in movements:
@@ -140,16 +168,33 @@ class NetworkMachine(RealServer, RuleBasedStateMachine):
 
     @rule(loc=st.sampled_from(LOCS), units=st.integers(0, 3))
     def default_safety_stock(self, loc: str, units: int) -> None:
-        self.run(
-            self.c.upsert_locations(
-                [apb.Location(location_id=loc, type=apb.STORE, default_safety_stock=units)]
-            )
-        )
+        self.run(self.c.upsert_locations([_store(loc, default_safety_stock=units)]))
 
     @rule(network=st.sampled_from(NETWORKS), loc=st.sampled_from(LOCS))
     def toggle_member(self, network: str, loc: str) -> None:
         self.members[network] ^= {loc}
         self.run(self._networks())
+
+    @rule(loc=st.sampled_from(LOCS))
+    def store_goes_silent(self, loc: str) -> None:
+        """Time passes beyond web's limit; every store but this one (and those already
+        silent) is heard from meanwhile."""
+        self.now += LIMIT + 1
+        for other in LOCS:
+            if other != loc and other not in self.silent:
+                self.liveness.heard(other)
+        self.silent.add(loc)
+        assert self.srv is not None
+        self.run(self.srv.networks.sync())
+
+    @precondition(lambda self: self.silent)
+    @rule(data=st.data())
+    def store_heard_again(self, data: st.DataObject) -> None:
+        loc = data.draw(st.sampled_from(sorted(self.silent)))
+        self.liveness.heard(loc)
+        self.silent.discard(loc)
+        assert self.srv is not None
+        self.run(self.srv.networks.sync())
 
     @rule()
     def restart(self) -> None:
@@ -189,14 +234,16 @@ class NetworkMachine(RealServer, RuleBasedStateMachine):
         }
         want: dict[tuple[str, str], tuple[int, int, int]] = {}
         for network, members in self.members.items():
+            stale = members & self.silent if network == "web" else set()
+            counted = members - stale
             got = self.run(self.c.get_network_availability(network, list(SKUS)))
             for lv in got:
-                oracle = sum(levels[lv.sku, loc].available for loc in members)
-                assert (lv.available, lv.locations) == (oracle, len(members)), (
-                    network,
-                    lv,
-                    {loc: levels[lv.sku, loc] for loc in members},
-                )
+                oracle = sum(levels[lv.sku, loc].available for loc in counted)
+                assert (lv.available, lv.locations, lv.stale_locations) == (
+                    oracle,
+                    len(counted),
+                    len(stale),
+                ), (network, lv, {loc: levels[lv.sku, loc] for loc in members}, stale)
                 if lv.version:
                     want[network, lv.sku] = (lv.version, lv.available, lv.locations)
         for _ in range(100):  # the stream converges to the same levels
