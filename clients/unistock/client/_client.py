@@ -209,14 +209,8 @@ class UnistockClient:
                 for (s, n), v in (known_versions or {}).items()
             ],
         )
-        call = self.stub.WatchNetworkAvailability(req, metadata=self.metadata)
-        try:
-            async for msg in call:
-                yield msg
-        except aio.AioRpcError as exc:
-            raise _error(exc) from None
-        finally:
-            call.cancel()
+        async for msg in _stream(self.stub.WatchNetworkAvailability(req, metadata=self.metadata)):
+            yield msg
 
     async def transfer_reservation(
         self, reservation_id: str, request_id: str, moves: Sequence[tuple[str, str, str, int]]
@@ -353,14 +347,19 @@ class UnistockClient:
                 for (s, loc), v in (known_versions or {}).items()
             ],
         )
-        call = self.stub.WatchAvailability(req, metadata=self.metadata)
-        try:
-            async for msg in call:
-                yield msg
-        except aio.AioRpcError as exc:
-            raise _error(exc) from None
-        finally:
-            call.cancel()
+        async for msg in _stream(self.stub.WatchAvailability(req, metadata=self.metadata)):
+            yield msg
+
+
+async def _stream(call: Any) -> AsyncIterator[Any]:
+    """A server stream's messages; its errors as UnistockClientError; cancelled when left."""
+    try:
+        async for msg in call:
+            yield msg
+    except aio.AioRpcError as exc:
+        raise _error(exc) from None
+    finally:
+        call.cancel()
 
 
 class Watcher:

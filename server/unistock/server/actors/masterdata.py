@@ -7,8 +7,9 @@ Admin changes are serialised (one at a time), so SQL and memory change in the sa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from typing import TypeVar
 
@@ -89,8 +90,7 @@ class MasterData:
 
     async def upsert_locations(self, locations: Sequence[Location]) -> set[str]:
         """Store locations; returns the ids whose default safety stock changed."""
-        async with self._lock:
-            self.revision += 1
+        async with self._change():
             await self._sql(self.store.upsert_locations, locations)
             changed = set()
             for loc in locations:
@@ -103,8 +103,7 @@ class MasterData:
 
     async def upsert_networks(self, networks: Sequence[Network]) -> None:
         """Store networks; every member must be a known location (InvalidArgument)."""
-        async with self._lock:
-            self.revision += 1
+        async with self._change():
             for i, n in enumerate(networks):
                 for j, loc in enumerate(n.location_ids):
                     if loc not in self.locations:
@@ -119,8 +118,7 @@ class MasterData:
     async def upsert_products(self, products: Sequence[Product]) -> None:
         """Store products; a GTIN names one SKU (InvalidArgument when another SKU has it and
         keeps it)."""
-        async with self._lock:
-            self.revision += 1
+        async with self._change():
             moving = {p.sku for p in products}
             seen: dict[str, int] = {}
             for i, p in enumerate(products):
@@ -149,14 +147,23 @@ class MasterData:
 
     async def set_safety_stock(self, positions: Sequence[tuple[str, str, int | None]]) -> None:
         """(sku, location_id, units or None to clear) of positions."""
-        async with self._lock:
-            self.revision += 1
+        async with self._change():
             await self._sql(self.store.set_safety_stock, positions)
             for sku, loc, units in positions:
                 if units is None:
                     self.position_safety.pop((sku, loc), None)
                 else:
                     self.position_safety[sku, loc] = units
+
+    @contextlib.asynccontextmanager
+    async def _change(self) -> AsyncIterator[None]:
+        """One admin change at a time; the revision grows once it is in memory (also when it
+        failed half way: readers recompute rather than keep a view it may have changed)."""
+        async with self._lock:
+            try:
+                yield
+            finally:
+                self.revision += 1
 
     async def _sql(self, fn: Callable[..., _T], *args: object) -> _T:
         try:

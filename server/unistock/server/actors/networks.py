@@ -3,8 +3,9 @@ the durable `available` of the network's member locations, kept up to date incre
 
 Every group-commit flush reports, per position written, how much its durable available changed
 (`DurableLevel.available_delta`, from `Position.durable_available`); the index adds each change
-to the networks of the position's location. No per-position state is kept here: a million
-positions cost nothing but the per-(network, SKU) sums.
+to the networks of the position's location, and to `where` (per SKU, the locations where units
+are available, for FindStock): only positions with units available at a network's member
+locations have an entry.
 
 A location joins or leaves a network's sum (at start-up, when master data changes its
 membership) by a scan of its stored positions, merged with the durable levels that flushes
@@ -23,6 +24,7 @@ from collections.abc import Callable, Iterable
 from unistock.server.actors.liveness import StoreLiveness
 from unistock.server.actors.masterdata import MasterData
 from unistock.server.domain import StockKey
+from unistock.server.domain.masterdata import Location
 from unistock.server.persistence.codec import split_position, varint
 from unistock.server.persistence.group_commit import DurableLevel, GroupCommit
 from unistock.server.persistence.keys import parse_position_field
@@ -74,6 +76,8 @@ class NetworkIndex:
         #: sku -> location -> durable available > 0, for every location counted in some
         #: network: where units are (FindStock), without reading positions.
         self.where: dict[str, dict[str, int]] = {}
+        #: (network, mode) -> (master-data revision, stale members, members offering the mode)
+        self._eligible: dict[tuple[str, int], tuple[int, frozenset[str], dict[str, Location]]] = {}
         #: Set once the sums cover every member location (after the start-up sync).
         self.ready = asyncio.Event()
         commit.listeners.append(self.on_durable)
@@ -88,6 +92,25 @@ class NetworkIndex:
     def known(self, network: str) -> bool:
         """Whether master data has this network."""
         return network in self._master.networks
+
+    def eligible(
+        self, network_id: str, mode: int, offers: Callable[[Location, int], bool]
+    ) -> dict[str, Location]:
+        """The members of a network (of master data) that offer a fulfilment mode and are not
+        stale, by id; cached until master data or the network's stale members change."""
+        stale = frozenset(self.stale.get(network_id, ()))
+        cached = self._eligible.get((network_id, mode))
+        if cached is not None and cached[0] == self._master.revision and cached[1] == stale:
+            return cached[2]
+        found = {
+            loc_id: loc
+            for loc_id in self._master.networks[network_id].location_ids
+            if loc_id not in stale
+            and (loc := self._master.locations.get(loc_id)) is not None
+            and offers(loc, mode)
+        }
+        self._eligible[network_id, mode] = (self._master.revision, stale, found)
+        return found
 
     def level(self, network: str, sku: str) -> tuple[int, int, int]:
         """(available, version, locations counted) of a SKU in a network (version 0: never

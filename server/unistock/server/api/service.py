@@ -34,7 +34,7 @@ from unistock.server.api.convert import (
 )
 from unistock.server.api.errors import status_code, to_status
 from unistock.server.api.sourcing import find_stock
-from unistock.server.api.watch import WatchHub
+from unistock.server.api.watch import Subscription, WatchHub
 from unistock.server.domain import (
     InvalidArgument,
     Move,
@@ -81,6 +81,26 @@ MAX_KNOWN_VERSIONS = 100_000
 
 def _serialize(message: Any) -> bytes:
     return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+async def _changes(sub: Subscription, hub: WatchHub, context: Context) -> None:
+    """Write a subscription's changes as they come, until it is cut (too far behind:
+    RESOURCE_EXHAUSTED; the server stopping: UNAVAILABLE) or the call ends."""
+    while True:
+        await sub.event.wait()
+        if sub.overflowed:
+            if hub.closing:
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "server shutting down; reconnect with known_versions to resume",
+                )
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "watcher fell too far behind; reconnect with known_versions to resume",
+            )
+        entries = sub.take(WATCH_BATCH)
+        if entries:
+            await context.write(b"".join(entries))
 
 
 def _call_ended(context: Context, exc: Exception) -> bool:
@@ -197,21 +217,7 @@ class InventoryService:
         try:
             await self._snapshot(sub.pending, skus, locations, known, context)
             await context.write(_SNAPSHOT_COMPLETE)
-            while True:
-                await sub.event.wait()
-                if sub.overflowed:
-                    if self.hub.closing:
-                        await context.abort(
-                            grpc.StatusCode.UNAVAILABLE,
-                            "server shutting down; reconnect with known_versions to resume",
-                        )
-                    await context.abort(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        "watcher fell too far behind; reconnect with known_versions to resume",
-                    )
-                entries = sub.take(WATCH_BATCH)
-                if entries:
-                    await context.write(b"".join(entries))
+            await _changes(sub, self.hub, context)
         finally:
             sub.close()
 
@@ -478,27 +484,13 @@ class InventoryService:
                 index.entry(network, sku)
                 for network in networks
                 for sku in (skus or index.skus_of(network))
-                if index.level(network, sku)[1] > known.get((sku, network), -1)
-                and index.level(network, sku)[1] > 0
+                if (version := index.level(network, sku)[1]) > 0
+                and version > known.get((sku, network), -1)
             ]
             for i in range(0, len(snapshot), SNAPSHOT_BATCH):
                 await context.write(b"".join(snapshot[i : i + SNAPSHOT_BATCH]))
             await context.write(_NETWORK_SNAPSHOT_COMPLETE)
-            while True:
-                await sub.event.wait()
-                if sub.overflowed:
-                    if hub.closing:
-                        await context.abort(
-                            grpc.StatusCode.UNAVAILABLE,
-                            "server shutting down; reconnect with known_versions to resume",
-                        )
-                    await context.abort(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        "watcher fell too far behind; reconnect with known_versions to resume",
-                    )
-                entries = sub.take(WATCH_BATCH)
-                if entries:
-                    await context.write(b"".join(entries))
+            await _changes(sub, hub, context)
         finally:
             sub.close()
 

@@ -83,7 +83,7 @@ def find_stock(request: pb.FindStockRequest, index: NetworkIndex) -> pb.FindStoc
     master = index.master
     if network_id not in master.networks:
         raise NetworkNotFound(network_id)
-    eligible = _eligible(index, network_id, request.mode)
+    eligible = index.eligible(network_id, request.mode, offers)
     where = index.where
     # Only the locations holding some of the order are looked at (not every member).
     holding: set[str] = set()
@@ -101,12 +101,12 @@ def find_stock(request: pb.FindStockRequest, index: NetworkIndex) -> pb.FindStoc
             continue
         candidates.append(Candidate(loc_id, distance))
     if request.include_variants:  # variants may be where none of the order is
-        candidates += [
-            Candidate(loc_id, _distance(origin, loc))
-            for loc_id, loc in eligible.items()
-            if loc_id not in holding
-            and (not max_km or ((d := _distance(origin, loc)) is not None and d <= max_km))
-        ]
+        for loc_id, loc in eligible.items():
+            distance = _distance(origin, loc)
+            if loc_id not in holding and (
+                not max_km or (distance is not None and distance <= max_km)
+            ):
+                candidates.append(Candidate(loc_id, distance))
 
     def available(sku: str, loc_id: str) -> int:
         here = where.get(sku)
@@ -142,47 +142,16 @@ def network_candidates(
     """The network's locations that may serve a network line of a reservation, best first:
     offering the kind's mode, not stale, and (by their durable available) having every unit;
     raises NetworkNotFound."""
-    network = index.master.networks.get(network_id)
-    if network is None:
+    if network_id not in index.master.networks:
         raise NetworkNotFound(network_id)
-    mode = MODE_OF_KIND[kind]
-    stale = index.stale.get(network_id, set())
     here = index.where.get(sku, {})
     candidates = [
         Candidate(loc_id, None)
-        for loc_id in network.location_ids
-        if loc_id not in stale
-        and here.get(loc_id, 0) >= units
-        and (loc := index.master.locations.get(loc_id)) is not None
-        and offers(loc, mode)
+        for loc_id in index.eligible(network_id, MODE_OF_KIND[kind], offers)
+        if here.get(loc_id, 0) >= units
     ]
     ranked = rank([(sku, units)], candidates, lambda s, loc: here.get(loc, 0))
     return [o.location_id for o in ranked[:NETWORK_LINE_CANDIDATES]]
-
-
-_ELIGIBLE: dict[tuple[str, int], tuple[int, frozenset[str], dict[str, Location]]] = {}
-
-
-def _eligible(index: NetworkIndex, network_id: str, mode: int) -> dict[str, Location]:
-    """The network's members offering the mode and not stale (cached by master-data revision
-    and the network's stale set)."""
-    master = index.master
-    stale = frozenset(index.stale.get(network_id, ()))
-    cached = _ELIGIBLE.get((network_id, mode))
-    if cached is not None and cached[0] == master.revision and cached[1] == stale:
-        return cached[2]
-    network = master.networks[network_id]
-    found = {
-        loc_id: loc
-        for loc_id in network.location_ids
-        if loc_id not in stale
-        and (loc := master.locations.get(loc_id)) is not None
-        and offers(loc, mode)
-    }
-    if len(_ELIGIBLE) > 1024:
-        _ELIGIBLE.clear()
-    _ELIGIBLE[network_id, mode] = (master.revision, stale, found)
-    return found
 
 
 def _distance(origin: tuple[float, float] | None, loc: Location) -> float | None:
