@@ -53,6 +53,8 @@ from rich.table import Table
 from rich.text import Text
 
 from unistock.client._client import UnistockClient, UnistockClientError
+from unistock.server.domain.masterdata import MAX_TEXT, gtin14
+from unistock.server.domain.values import MAX_QUANTITY, MAX_TTL_SECONDS, id_ok
 from unistock.v1 import admin_pb2 as apb
 from unistock.v1 import inventory_pb2 as pb
 
@@ -66,15 +68,12 @@ exit codes:
 """
 
 _SIGNS = {None: pb.ADJUSTMENT_SIGN_UNSPECIFIED, "+": pb.INCREASE, "-": pb.DECREASE}
-MAX_QUANTITY = 1_000_000_000
-MAX_TTL_SECONDS = 31_622_400  # 366 days
 MAX_UINT64 = 2**64 - 1
 #: Rows per master-data call the server accepts.
 MAX_ADMIN_ROWS = 10_000
 #: The largest request `admin import` sends (the server accepts 16 MiB): many networks with
 #: thousands of members each are split into more calls than --batch alone would make.
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
-MAX_TEXT = 256
 MAX_STALENESS_SECONDS = 31_622_400
 
 IMPORT_DESCRIPTION = """\
@@ -596,27 +595,24 @@ async def _command(c: UnistockClient, args: argparse.Namespace) -> int:
     elif args.command == "close-transfer":
         _print(await c.close_transfer(args.transfer_id, args.location))
     elif args.command == "admin" and args.admin_command == "locations":
-        locations = await c.list_locations()
-        if args.json:
-            _print_json_array(locations)
-        elif locations:
-            _show(_locations_table(locations))
-        else:
-            _note("no locations in master data")
+        _listing(await c.list_locations(), _locations_table, "locations", args.json)
     elif args.command == "admin" and args.admin_command == "networks":
-        networks = await c.list_networks()
-        if args.json:
-            _print_json_array(networks)
-        elif networks:
-            _show(_networks_table(networks))
-        else:
-            _note("no networks in master data")
+        _listing(await c.list_networks(), _networks_table, "networks", args.json)
     return 0
+
+
+def _listing(rows: Sequence[Any], table: Callable[[Any], Any], what: str, as_json: bool) -> None:
+    """Master-data rows as one JSON array, or a table (a note when there are none)."""
+    if as_json:
+        _print_json_array(rows)
+    elif rows:
+        _show(table(rows))
+    else:
+        _note(f"no {what} in master data")
 
 
 # -- admin: master data ----------------------------------------------------------------------
 
-_ID_RE = re.compile(r"[!-{}~]{1,128}")  # the server's identifiers: printable ASCII, no ' ', '|'
 _TRUE = frozenset({"true", "yes", "1"})
 _FALSE = frozenset({"false", "no", "0", ""})
 _LOCATION_TYPES = ("STORE", "WAREHOUSE", "VIRTUAL")
@@ -771,7 +767,7 @@ def _id(values: dict[str, str], column: str, *, optional: bool = False) -> str:
         if optional:
             return ""
         raise _BadValue(f"{column}: empty")
-    if _ID_RE.fullmatch(value) is None:
+    if not id_ok(value):  # the server's own rule, checked before anything is sent
         raise _BadValue(
             f"{column}: {value!r} is not 1-128 printable ASCII characters without spaces or '|'"
         )
@@ -816,16 +812,6 @@ def _bool(values: dict[str, str], column: str) -> bool:
     if value in _FALSE:
         return False
     raise _BadValue(f"{column}: expected true/false, yes/no or 1/0, got {values[column]!r}")
-
-
-def gtin14(value: str) -> str | None:
-    """value as a GTIN-14 (left-padded with zeros) when it is a GTIN-8/12/13/14 with a valid
-    check digit, else None (as the server stores it)."""
-    if len(value) not in (8, 12, 13, 14) or not value.isascii() or not value.isdigit():
-        return None
-    digits = value.zfill(14)
-    total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(digits[:13]))
-    return digits if (10 - total % 10) % 10 == int(digits[13]) else None
 
 
 def _gtin(values: dict[str, str], *, optional: bool) -> str:
