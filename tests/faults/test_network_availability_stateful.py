@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-import redis
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -28,12 +25,10 @@ from hypothesis.stateful import (
     invariant,
     precondition,
     rule,
-    run_state_machine_as_test,
 )
 
-from tests.faults.machines import RealServer
+from tests.faults.machines import RealServer, collect, run_machine
 from unistock.client import UnistockClient, UnistockClientError
-from unistock.devtools.services import RedisServer
 from unistock.server.actors.liveness import StoreLiveness
 from unistock.server.app.server import UnistockServer
 from unistock.v1 import admin_pb2 as apb
@@ -56,17 +51,12 @@ KEYS = [(s, loc) for s in SKUS for loc in LOCS]
 
 
 class NetworkMachine(RealServer, RuleBasedStateMachine):
-    tmp: ClassVar[Path]
     runs: ClassVar[int] = 0
     server_settings: ClassVar[dict[str, Any]] = {"max_resident": 2}  # passivated all the time
 
     def __init__(self) -> None:
         super().__init__()
-        r = redis.Redis.from_url(self.redis.url, socket_timeout=5)
-        try:
-            r.flushall()
-        finally:
-            r.close()
+        self.empty_redis()
         NetworkMachine.runs += 1
         self.data_dir = self.tmp / f"run-{self.runs}"  # a fresh SQLite per example
         self.srv: UnistockServer | None = None
@@ -112,7 +102,7 @@ class NetworkMachine(RealServer, RuleBasedStateMachine):
             self.seq += 1
             m.seq = self.seq
         batch = pb.MovementBatch(source_id="bo", movements=movements)
-        [ack] = self.run(_collect(self.c.apply_movements([batch])))
+        [ack] = self.run(collect(self.c.apply_movements([batch])))
         assert not ack.rejections, ack
 
     # -- rules -----------------------------------------------------------------------------
@@ -253,27 +243,5 @@ class NetworkMachine(RealServer, RuleBasedStateMachine):
         assert {k: self.watched.get(k) for k in want} == want
 
 
-async def _collect(acks: Any) -> list[pb.MovementAck]:
-    return [a async for a in acks]
-
-
 def test_network_availability_equals_the_oracle(tmp_path_factory: pytest.TempPathFactory) -> None:
-    loop = asyncio.new_event_loop()
-    server = RedisServer(tmp_path_factory.mktemp("f18-redis"))
-    with server:
-        NetworkMachine.loop = loop
-        NetworkMachine.redis = server
-        NetworkMachine.tmp = tmp_path_factory.mktemp("f18-var")
-        try:
-            run_state_machine_as_test(
-                NetworkMachine,
-                settings=settings(
-                    max_examples=20,
-                    stateful_step_count=30,
-                    deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-                ),
-            )
-        finally:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
+    run_machine(NetworkMachine, tmp_path_factory, "f18", max_examples=20, steps=30)

@@ -19,13 +19,9 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, ClassVar
 
 import grpc
 import pytest
-import redis
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -33,12 +29,10 @@ from hypothesis.stateful import (
     invariant,
     precondition,
     rule,
-    run_state_machine_as_test,
 )
 
-from tests.faults.machines import RealServer
+from tests.faults.machines import RealServer, collect, run_machine
 from unistock.client import UnistockClient, UnistockClientError
-from unistock.devtools.services import RedisServer
 from unistock.server.app.server import UnistockServer
 from unistock.v1 import inventory_pb2 as pb
 
@@ -83,17 +77,9 @@ class ResModel:
 
 
 class RealServerMachine(RealServer, RuleBasedStateMachine):
-    loop: ClassVar[asyncio.AbstractEventLoop]
-    redis: ClassVar[RedisServer]
-    data_dir: ClassVar[Path]
-
     def __init__(self) -> None:
         super().__init__()
-        r = redis.Redis.from_url(self.redis.url, socket_timeout=5)
-        try:
-            r.flushall()
-        finally:
-            r.close()
+        self.empty_redis()
         self.srv: UnistockServer | None = None
         self.client: UnistockClient | None = None
         self.run(self._start())
@@ -120,7 +106,7 @@ class RealServerMachine(RealServer, RuleBasedStateMachine):
             m.seq = self.seq
         batch = pb.MovementBatch(source_id=SOURCE, movements=movements)
         self.batches.append(batch)
-        acks: list[pb.MovementAck] = self.run(_collect(self.c.apply_movements([batch])))
+        acks: list[pb.MovementAck] = self.run(collect(self.c.apply_movements([batch])))
         [ack] = acks
         assert not ack.rejections, ack
         assert (ack.applied, ack.duplicates) == (len(movements), 0)
@@ -256,7 +242,7 @@ class RealServerMachine(RealServer, RuleBasedStateMachine):
     @rule(data=st.data())
     def duplicate_delivery(self, data: st.DataObject) -> None:
         batch = data.draw(st.sampled_from(self.batches), label="batch")
-        [ack] = self.run(_collect(self.c.apply_movements([batch])))
+        [ack] = self.run(collect(self.c.apply_movements([batch])))
         assert (ack.applied, ack.duplicates) == (0, len(batch.movements)), ack
 
     @precondition(lambda self: self.active())
@@ -439,27 +425,5 @@ class RealServerMachine(RealServer, RuleBasedStateMachine):
             assert done == {k: v for k, v in r.fulfilled.items() if v}, (rid, got)
 
 
-async def _collect(acks: Any) -> list[pb.MovementAck]:
-    return [a async for a in acks]
-
-
 def test_stateful_against_real_redis(tmp_path_factory: pytest.TempPathFactory) -> None:
-    loop = asyncio.new_event_loop()
-    server = RedisServer(tmp_path_factory.mktemp("stateful-redis"))
-    with server:
-        RealServerMachine.loop = loop
-        RealServerMachine.redis = server
-        RealServerMachine.data_dir = tmp_path_factory.mktemp("stateful-var")
-        try:
-            run_state_machine_as_test(
-                RealServerMachine,
-                settings=settings(
-                    max_examples=25,
-                    stateful_step_count=40,
-                    deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-                ),
-            )
-        finally:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
+    run_machine(RealServerMachine, tmp_path_factory, "stateful", max_examples=25, steps=40)
