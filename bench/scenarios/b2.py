@@ -164,18 +164,7 @@ async def unistock(cfg: Config) -> Latency:
             full = await _measured_max(agents, calibrate_s(cfg))
             rate = full / 2
             log(f"B2: max {full:,.0f} movements/s measured; background at {rate:,.0f}/s")
-            # The POS agent: its first message (RECEIPT of the hot stock) proves the server is
-            # subscribed; then one SALE per message.
-            pos = StoreAgent(POS_STORE, broker.port, batch_size=1, window=1 << 30)
-            await stack.enter_async_context(pos.connected())
-            tpl = pos._templates
-            for t in tpl:
-                m = t.movements[0]
-                m.sku, m.type, m.quantity = HOT_SKU, pb.RECEIPT, HOT_STOCK
-            await pos.prime()
-            for t in tpl:
-                m = t.movements[0]
-                m.type, m.quantity = pb.SALE, 1
+            pos = await pos_agent(broker.port, stack)
             w = HotWatch()
             watch = asyncio.create_task(w.stream(stub))
             await asyncio.wait_for(w.live.wait(), 30)
@@ -238,6 +227,23 @@ async def unistock(cfg: Config) -> Latency:
         },
         cpu_s=cpu_s,
     )
+
+
+async def pos_agent(port: int, stack: contextlib.AsyncExitStack) -> StoreAgent:
+    """The POS agent of store POS_STORE, connected (closed with stack): its first message (a
+    RECEIPT of HOT_STOCK units of HOT_SKU) proves the server is subscribed; then it publishes one
+    SALE of 1 unit per message."""
+    pos = StoreAgent(POS_STORE, port, batch_size=1, window=1 << 30)
+    await stack.enter_async_context(pos.connected())
+    tpl = pos._templates
+    for t in tpl:
+        m = t.movements[0]
+        m.sku, m.type, m.quantity = HOT_SKU, pb.RECEIPT, HOT_STOCK
+    await pos.prime()
+    for t in tpl:
+        m = t.movements[0]
+        m.type, m.quantity = pb.SALE, 1
+    return pos
 
 
 @scenario(ID, NAME, target=TARGET)

@@ -57,9 +57,9 @@ from bench.harness import (
     scenario,
     try_unistock,
 )
-from bench.mqtt_side import StoreAgent, broker_pid, mosquitto, stop_all, store_ids
+from bench.mqtt_side import broker_pid, mosquitto, stop_all, store_ids
 from bench.scenarios.b1 import BATCH, STORES, agents_online, make_agents
-from bench.scenarios.b2 import HOT_SKU, HOT_STOCK, INTERVAL_MS, POS_STORE, _measured_max
+from bench.scenarios.b2 import HOT_SKU, HOT_STOCK, INTERVAL_MS, POS_STORE, _measured_max, pos_agent
 from bench.unistock_side import METADATA, Stub, channel, unistock_server
 from unistock.v1 import admin_pb2 as apb
 from unistock.v1 import admin_pb2_grpc as apb_grpc
@@ -227,16 +227,7 @@ async def unistock(cfg: Config) -> Paths:
             full = await _measured_max(agents, calibrate_s(cfg))
             rate = full / 2
             log(f"B9: max {full:,.0f} movements/s measured; background at {rate:,.0f}/s")
-            pos = StoreAgent(POS_STORE, broker.port, batch_size=1, window=1 << 30)
-            await stack.enter_async_context(pos.connected())
-            tpl = pos._templates
-            for t in tpl:
-                m = t.movements[0]
-                m.sku, m.type, m.quantity = HOT_SKU, pb.RECEIPT, HOT_STOCK
-            await pos.prime()
-            for t in tpl:
-                m = t.movements[0]
-                m.type, m.quantity = pb.SALE, 1
+            pos = await pos_agent(broker.port, stack)
             sent: dict[int, int] = {}
             pw, nw = PositionWatch(sent), NetworkWatch(sent)
             watches = [
