@@ -43,7 +43,7 @@ import asyncio
 import itertools
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -189,6 +189,18 @@ class Top:
     distance_km: float | None
     n: int
 
+    @classmethod
+    def of(cls, options: Sequence[Any]) -> Top:
+        """The spot-check view of ranked options (either side's: location_id, covers_all,
+        distance_km)."""
+        first = options[0] if options else None
+        return cls(
+            [x.location_id for x in options],
+            first.covers_all if first else None,
+            first.distance_km if first else None,
+            len(options),
+        )
+
 
 @dataclass
 class Side:
@@ -227,14 +239,7 @@ async def baseline(cfg: Config, data: Data) -> Side | None:
             spot = []
             for o in orders[:SPOT]:
                 opts = await finder.find(o.lines, o.mode, o.near, LIMIT)
-                spot.append(
-                    Top(
-                        [x.location_id for x in opts],
-                        opts[0].covers_all if opts else None,
-                        opts[0].distance_km if opts else None,
-                        len(opts),
-                    )
-                )
+                spot.append(Top.of(opts))
             seq = itertools.count()
 
             async def op(_: int) -> None:
@@ -335,14 +340,7 @@ async def unistock(cfg: Config, data: Data) -> Side:
         for r in reqs[:SPOT]:
             resp = await stub.FindStock(r, metadata=METADATA)
             opts = list(resp.options)
-            spot.append(
-                Top(
-                    [x.location_id for x in opts],
-                    opts[0].covers_all if opts else None,
-                    opts[0].distance_km if opts else None,
-                    len(opts),
-                )
-            )
+            spot.append(Top.of(opts))
         seq = itertools.count()
 
         async def op(_: int) -> None:
