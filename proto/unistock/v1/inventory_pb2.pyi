@@ -1760,11 +1760,17 @@ class FindStockOption(_message.Message):
     DISTANCE_KM_FIELD_NUMBER: _builtins.int
     LINES_FIELD_NUMBER: _builtins.int
     COVERS_ALL_FIELD_NUMBER: _builtins.int
+    STALE_FIELD_NUMBER: _builtins.int
     location_id: _builtins.str
     distance_km: _builtins.float
     """Great-circle distance from the customer (0 without a position)."""
     covers_all: _builtins.bool
     """It can serve every line alone."""
+    stale: _builtins.bool
+    """Its store is stale for the network (see NetworkLevel.stale_locations): its units are what
+    the server last heard, not vouched for. Offered only by a network whose stale_policy is
+    DISCOUNT, and after every fresh location.
+    """
     @_builtins.property
     def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___StockLine]:
         """Per requested SKU it has: the units it can serve (at most those wanted)."""
@@ -1776,10 +1782,11 @@ class FindStockOption(_message.Message):
         distance_km: _builtins.float = ...,
         lines: _abc.Iterable[Global___StockLine] | None = ...,
         covers_all: _builtins.bool = ...,
+        stale: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["covers_all", b"covers_all", "distance_km", b"distance_km", "lines", b"lines", "location_id", b"location_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["covers_all", b"covers_all", "distance_km", b"distance_km", "lines", b"lines", "location_id", b"location_id", "stale", b"stale"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -84,6 +84,7 @@ def find_stock(request: pb.FindStockRequest, index: NetworkIndex) -> pb.FindStoc
     if network_id not in master.networks:
         raise NetworkNotFound(network_id)
     eligible = index.eligible(network_id, request.mode, offers)
+    stale = index.stale.get(network_id, ())  # members eligible only by a DISCOUNT policy
     where = index.where
     # Only the locations holding some of the order are looked at (not every member).
     holding: set[str] = set()
@@ -99,14 +100,14 @@ def find_stock(request: pb.FindStockRequest, index: NetworkIndex) -> pb.FindStoc
         distance = _distance(origin, loc)
         if max_km and (distance is None or distance > max_km):
             continue
-        candidates.append(Candidate(loc_id, distance))
+        candidates.append(Candidate(loc_id, distance, loc_id in stale))
     if request.include_variants:  # variants may be where none of the order is
         for loc_id, loc in eligible.items():
             distance = _distance(origin, loc)
             if loc_id not in holding and (
                 not max_km or (distance is not None and distance <= max_km)
             ):
-                candidates.append(Candidate(loc_id, distance))
+                candidates.append(Candidate(loc_id, distance, loc_id in stale))
 
     def available(sku: str, loc_id: str) -> int:
         here = where.get(sku)
@@ -140,13 +141,14 @@ def network_candidates(
     index: NetworkIndex, network_id: str, sku: str, units: int, kind: ReservationKind
 ) -> list[str]:
     """The network's locations that may serve a network line of a reservation, best first:
-    offering the kind's mode, not stale, and (by their durable available) having every unit;
-    raises NetworkNotFound."""
+    offering the kind's mode, not stale (or stale, last, by a DISCOUNT policy), and (by their
+    durable available) having every unit; raises NetworkNotFound."""
     if network_id not in index.master.networks:
         raise NetworkNotFound(network_id)
     here = index.where.get(sku, {})
+    stale = index.stale.get(network_id, ())
     candidates = [
-        Candidate(loc_id, None)
+        Candidate(loc_id, None, loc_id in stale)
         for loc_id in index.eligible(network_id, MODE_OF_KIND[kind], offers)
         if here.get(loc_id, 0) >= units
     ]
@@ -168,6 +170,7 @@ def _option(o: Option) -> pb.FindStockOption:
         distance_km=round(o.distance_km or 0.0, 3),
         lines=[pb.StockLine(sku=sku, quantity=n) for sku, n in o.lines],
         covers_all=o.covers_all,
+        stale=o.stale,
     )
 
 

@@ -1,11 +1,14 @@
 """Sourcing (domain.md "Availability for a channel", FindStock): which locations should serve an
-order. Pure: the caller gives the candidates (locations offering the mode, not stale, within
-the distance asked) and what each has available.
+order. Pure: the caller gives the candidates (locations offering the mode within the distance
+asked, each marked stale or not) and what each has available.
 
-Ranking: the locations that can serve every line alone first (one parcel, one pickup), then by
-distance, then by stock depth: the smallest spare (available - wanted) over the lines, more
-first, so a store's last unit is the last choice. A split is the fewest locations that together
-cover the order, found greedily (most units still wanted first, then the ranking).
+Ranking: fresh locations before stale ones (a stale store's stock is older news than its network
+accepts: the caller leaves stale locations out, or passes them to be offered last), then the
+locations that can serve every line alone first (one parcel, one pickup), then by distance, then
+by stock depth: the smallest spare (available - wanted) over the lines, more first, so a store's
+last unit is the last choice. A split is the fewest locations that together
+cover the order, found greedily (fresh locations first, then most units still wanted, then the
+ranking).
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
-    """A location that may serve: its distance from the customer (km; None: unknown)."""
+    """A location that may serve: its distance from the customer (km; None: unknown), and
+    whether its store is stale (ranked after every fresh location)."""
 
     location_id: str
     distance_km: float | None
+    stale: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +38,8 @@ class Option:
     covers_all: bool
     #: min over the order's lines of (available - wanted): how much it has to spare
     depth: int
+    #: its store is stale (offered after every fresh location)
+    stale: bool = False
 
 
 def rank(
@@ -53,7 +60,9 @@ def rank(
         covers = all(u >= want for u, (_, want) in zip(units, lines, strict=True))
         depth = min(u - want for u, (_, want) in zip(units, lines, strict=True))
         distance = c.distance_km if c.distance_km is not None else inf
-        keyed.append(((not covers, distance, -depth, c.location_id), c, units, covers, depth))
+        keyed.append(
+            ((c.stale, not covers, distance, -depth, c.location_id), c, units, covers, depth)
+        )
     best = sorted(keyed) if limit is None else heapq.nsmallest(limit, keyed)
     return [
         Option(
@@ -62,6 +71,7 @@ def rank(
             tuple((sku, min(want, u)) for u, (sku, want) in zip(units, lines, strict=True) if u),
             covers_all=covers,
             depth=depth,
+            stale=c.stale,
         )
         for _, c, units, covers, depth in best
     ]
@@ -69,16 +79,17 @@ def rank(
 
 def split(lines: Sequence[tuple[str, int]], ranked: Sequence[Option]) -> tuple[list[Option], bool]:
     """The fewest locations (greedily) that together cover the order, each with the units
-    assigned to it, and whether they cover every line."""
+    assigned to it, and whether they cover every line. A stale location is taken only for what
+    the fresh ones cannot cover."""
     wanted = dict(lines)
     plan: list[Option] = []
     pool = list(ranked)
     while any(wanted.values()) and pool:
-        best, best_units = None, 0
-        for o in pool:  # ranked order breaks ties: nearer and deeper first
+        best, best_key = None, (False, 0)
+        for o in pool:  # fresh first; ranked order breaks ties: nearer and deeper first
             units = sum(min(wanted.get(sku, 0), n) for sku, n in o.lines)
-            if units > best_units:
-                best, best_units = o, units
+            if units and (not o.stale, units) > best_key:
+                best, best_key = o, (not o.stale, units)
         if best is None:
             break
         pool.remove(best)
@@ -88,5 +99,14 @@ def split(lines: Sequence[tuple[str, int]], ranked: Sequence[Option]) -> tuple[l
             if take:
                 assigned.append((sku, take))
                 wanted[sku] -= take
-        plan.append(Option(best.location_id, best.distance_km, tuple(assigned), False, best.depth))
+        plan.append(
+            Option(
+                best.location_id,
+                best.distance_km,
+                tuple(assigned),
+                False,
+                best.depth,
+                best.stale,
+            )
+        )
     return plan, not any(wanted.values())
