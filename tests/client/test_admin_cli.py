@@ -30,9 +30,9 @@ LOCATIONS = (
 )
 OLD_LOCATIONS = "location_id,store_id\ns2,store-2\ns2-back,store-2\n"
 NETWORKS = (
-    "network_id,channel,staleness_limit_seconds,location_ids\n"
-    "web,web-shop,300,s1; dc ;s2\n"
-    "stores,,,s1;s2;s2-back;\n"
+    "network_id,channel,staleness_limit_seconds,location_ids,stale_policy,stale_discount_percent\n"
+    "web,web-shop,300,s1; dc ;s2,discount,50\n"
+    "stores,,,s1;s2;s2-back;,,\n"
 )
 PRODUCTS = "sku,gtin,model,size,colour\nSHOE-42,,SHOE,42,black\nBAG,4006381333931,BAG,,brown\n"
 CATALOGUE = "gtin,sku\n80614141123458,SHOE-42\n4006381333931,BAG\n96385074,HAT\n"
@@ -64,12 +64,16 @@ EXPECTED_LOCATIONS = [
     apb.Location(location_id="s2-back", type=apb.STORE, store_id="store-2"),
 ]
 EXPECTED_NETWORKS = [
-    apb.Network(network_id="stores", location_ids=["s1", "s2", "s2-back"]),
+    apb.Network(
+        network_id="stores", location_ids=["s1", "s2", "s2-back"], stale_policy=apb.Network.EXCLUDE
+    ),
     apb.Network(
         network_id="web",
         channel="web-shop",
         location_ids=["dc", "s1", "s2"],  # a set: listed sorted
         staleness_limit_seconds=300,
+        stale_policy=apb.Network.DISCOUNT,
+        stale_discount_percent=50,
     ),
 ]
 
@@ -155,6 +159,8 @@ async def test_import_of_all_five_files_is_what_the_server_then_holds_and_again_
         ("locations.csv", LOCATIONS.replace("Central DC,", "Central DC"), 4, "expected 10 values"),
         ("networks.csv", NETWORKS.replace("300", "soon"), 2, "staleness_limit_seconds: expected a whole number"),
         ("networks.csv", NETWORKS.replace("s2;s2-back", "s2;s2"), 3, "location_ids: 's2' is listed twice"),
+        ("networks.csv", NETWORKS.replace(",discount,", ",halve,"), 2, "stale_policy: expected EXCLUDE or DISCOUNT, got 'halve'"),
+        ("networks.csv", NETWORKS.replace(",50", ",150"), 2, "stale_discount_percent: "),
         ("products.csv", PRODUCTS.replace("4006381333931", "4006381333932"), 3, "gtin: '4006381333932' is not"),
         ("catalogue.csv", CATALOGUE + "4006381333931,HAT\n", 5, "GTIN 04006381333931 names SKU 'BAG' on line 3"),
         ("catalogue.csv", CATALOGUE + "4012345000009,HAT\n", 5, "SKU 'HAT' has GTIN 00000096385074 on line 4"),

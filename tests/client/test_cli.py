@@ -333,6 +333,8 @@ async def test_ctrl_c_on_watch_exits_130_without_a_traceback(server: UnistockSer
     assert rc == 0, err
     for run in range(int(os.environ.get("CTRLC_RUNS", "12"))):
         rc, err = await _watch_then_interrupt(server, lines_before=2 if run % 3 else 0)
+        if run % 3 == 0 and ("Fatal Python error" in err or "Could not import runpy" in err):
+            continue  # SIGINT while the interpreter itself starts, before any code of ours
         assert "Traceback" not in err, err
         assert "KeyboardInterrupt" not in err, err
         if run % 3:  # interrupted while watching (earlier, Python may die of SIGINT itself)

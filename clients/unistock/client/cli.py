@@ -89,9 +89,12 @@ the columns (any order); blank lines are skipped and spaces around values ignore
       (empty: false). default_safety_stock: units (empty: 0). The server's old
       --locations-file, `location_id,store_id`, is accepted too: its locations are STOREs.
   --networks FILE
-      network_id,channel,staleness_limit_seconds,location_ids
+      network_id,channel,staleness_limit_seconds,location_ids[,stale_policy,
+      stale_discount_percent]
       location_ids: the members, separated by ';' (each must be a location the server
       knows, e.g. from --locations). staleness_limit_seconds: empty or 0 is never stale.
+      stale_policy: EXCLUDE (empty: a stale store's units are left out) or DISCOUNT (they
+      count at stale_discount_percent, 0 to 100, and its stock is offered last).
   --products FILE
       sku,gtin,model,size,colour
       gtin: GTIN-8, -12, -13 or -14 with its check digit, or empty.
@@ -630,7 +633,14 @@ _LOCATION_COLUMNS = (
 )
 #: The server's old --locations-file: every location a STORE.
 _OLD_LOCATION_COLUMNS = ["location_id", "store_id"]
-_NETWORK_COLUMNS = ("network_id", "channel", "staleness_limit_seconds", "location_ids")
+_NETWORK_COLUMNS = (
+    "network_id",
+    "channel",
+    "staleness_limit_seconds",
+    "location_ids",
+    "stale_policy",
+    "stale_discount_percent",
+)
 _PRODUCT_COLUMNS = ("sku", "gtin", "model", "size", "colour")
 _CATALOGUE_COLUMNS = ("gtin", "sku")
 _SAFETY_COLUMNS = ("sku", "location_id", "units")
@@ -890,12 +900,19 @@ def _read_networks(path: str) -> _Upload:
             if member in members:
                 raise _BadValue(f"location_ids: {member!r} is listed twice")
             members.append(member)
+        policy = v.get("stale_policy", "").upper() or "EXCLUDE"
+        if policy not in ("EXCLUDE", "DISCOUNT"):
+            raise _BadValue(
+                f"stale_policy: expected EXCLUDE or DISCOUNT, got {v['stale_policy']!r}"
+            )
         seen[network_id] = line
         return apb.Network(
             network_id=network_id,
             channel=_text(v, "channel"),
             location_ids=members,
             staleness_limit_seconds=_int(v, "staleness_limit_seconds", MAX_STALENESS_SECONDS),
+            stale_policy=apb.Network.StalePolicy.Value(policy),
+            stale_discount_percent=_int(v, "stale_discount_percent", 100),
         )
 
     return _Upload(path, "network", _rows(path, rows, parse), lambda c, ms: c.upsert_networks(ms))
@@ -1143,6 +1160,7 @@ def _networks_table(networks: Sequence[apb.Network]) -> Table:
     t.add_column("network", no_wrap=True)
     t.add_column("channel")
     t.add_column("staleness limit", justify="right")
+    t.add_column("stale stores")
     t.add_column("locations", justify="right")
     t.add_column("members")
     for n in networks:
@@ -1150,6 +1168,11 @@ def _networks_table(networks: Sequence[apb.Network]) -> Table:
             Text(n.network_id),
             Text(n.channel),
             f"{n.staleness_limit_seconds:,} s" if n.staleness_limit_seconds else "never",
+            (
+                f"count {n.stale_discount_percent} %"
+                if n.stale_policy == apb.Network.DISCOUNT
+                else "left out"
+            ),
             f"{len(n.location_ids):,}",
             Text(", ".join(n.location_ids)),
         )
@@ -1233,6 +1256,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             file=sys.stderr,
         )
         code = 1
+    # The outcome is decided: a Ctrl-C from now on changes nothing. Ignored, not left to the
+    # handler: the interpreter's shutdown resets Python handlers to the default, and a second
+    # Ctrl-C there would kill the process by SIGINT (exit -2) instead of 130.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.exit(code)
 
 
