@@ -4,9 +4,11 @@ A hypothesis state machine drives a real server on a real Redis (and its SQLite 
 with movements, reservations and releases, safety stock changes (per position and a location's
 default), locations joining and leaving networks, stores going silent past web's staleness
 limit and heard from again (their locations leave and rejoin web's sums, counted as stale),
-restarts, and positions passivated all the time (max_resident=2). After every step, for every
-network and SKU, GetNetworkAvailability equals the oracle: the sum of GetAvailability's
-available over the network's members that are not stale (each member's level is durable when
+web's stale policy switched between EXCLUDE and DISCOUNT at any percent (stale members then
+count at that share of their available), restarts, and positions passivated all the time
+(max_resident=2). After every step, for every network and SKU, GetNetworkAvailability equals
+the oracle: the sum of GetAvailability's available over the network's fresh members plus, under
+DISCOUNT, each stale member's available * percent // 100 (each member's level is durable when
 it is answered); and a WatchNetworkAvailability stream, resumed with its known versions after
 every restart, converges to the same levels.
 """
@@ -67,6 +69,8 @@ class NetworkMachine(RealServer, RuleBasedStateMachine):
         self.members: dict[str, set[str]] = {"web": {"L1", "L2"}, "market": {"L3"}}
         #: Stores (= locations) silent past web's staleness limit; market is never stale.
         self.silent: set[str] = set()
+        #: web's stale policy: None EXCLUDE, else DISCOUNT at this percent
+        self.discount: int | None = None
         self.now = 1000.0
         #: (network, sku) -> (version, available, locations) as the watch stream last said
         self.watched: dict[tuple[str, str], tuple[int, int, int]] = {}
@@ -83,6 +87,12 @@ class NetworkMachine(RealServer, RuleBasedStateMachine):
                     network_id=n,
                     location_ids=sorted(m),
                     staleness_limit_seconds=LIMIT if n == "web" else 0,
+                    stale_policy=(
+                        apb.Network.DISCOUNT
+                        if n == "web" and self.discount is not None
+                        else apb.Network.EXCLUDE
+                    ),
+                    stale_discount_percent=(self.discount or 0) if n == "web" else 0,
                 )
                 for n, m in self.members.items()
             ]
@@ -165,6 +175,11 @@ class NetworkMachine(RealServer, RuleBasedStateMachine):
         self.members[network] ^= {loc}
         self.run(self._networks())
 
+    @rule(discount=st.one_of(st.none(), st.sampled_from([0, 33, 50, 100])))
+    def web_stale_policy(self, discount: int | None) -> None:
+        self.discount = discount
+        self.run(self._networks())
+
     @rule(loc=st.sampled_from(LOCS))
     def store_goes_silent(self, loc: str) -> None:
         """Time passes beyond web's limit; every store but this one (and those already
@@ -229,6 +244,10 @@ class NetworkMachine(RealServer, RuleBasedStateMachine):
             got = self.run(self.c.get_network_availability(network, list(SKUS)))
             for lv in got:
                 oracle = sum(levels[lv.sku, loc].available for loc in counted)
+                if network == "web" and self.discount is not None:
+                    oracle += sum(
+                        levels[lv.sku, loc].available * self.discount // 100 for loc in stale
+                    )
                 assert (lv.available, lv.locations, lv.stale_locations) == (
                     oracle,
                     len(counted),
@@ -244,4 +263,4 @@ class NetworkMachine(RealServer, RuleBasedStateMachine):
 
 
 def test_network_availability_equals_the_oracle(tmp_path_factory: pytest.TempPathFactory) -> None:
-    run_machine(NetworkMachine, tmp_path_factory, "f18", max_examples=20, steps=30)
+    run_machine(NetworkMachine, tmp_path_factory, "f18", max_examples=40, steps=30)

@@ -3,11 +3,20 @@ tables the code queries, upgrading twice changes nothing, and the store round-tr
 
 from __future__ import annotations
 
+import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
 
-from unistock.server.domain.masterdata import Location, LocationType, Network, Product
-from unistock.server.persistence.sql import METADATA, MasterDataStore
+from unistock.server.domain.masterdata import (
+    Location,
+    LocationType,
+    Network,
+    Product,
+    StalePolicy,
+)
+from unistock.server.persistence.sql import METADATA, MIGRATIONS, MasterDataStore
 
 
 def test_the_migrations_build_the_schema_the_code_uses(sql_url: str) -> None:
@@ -33,6 +42,7 @@ def test_upserts_replace_by_id_and_move_a_gtin(sql_url: str) -> None:
         store.upsert_locations([Location("s1", LocationType.STORE, "Store One")])
         store.upsert_networks([Network("web", ("dc", "s1"), "web", 60)])
         store.upsert_networks([Network("web", ("s1",), "web", 0)])
+        store.upsert_networks([Network("app", ("dc",), "app", 60, StalePolicy.DISCOUNT, 40)])
         store.upsert_products([Product("A", "04006381333931", "M", "42", "red")])
         store.upsert_products([Product("B", "04006381333931"), Product("A", "", "M", "43", "red")])
         store.set_safety_stock([("A", "s1", 3), ("B", "s1", 1)])
@@ -42,8 +52,41 @@ def test_upserts_replace_by_id_and_move_a_gtin(sql_url: str) -> None:
             Location("dc", LocationType.WAREHOUSE),
             Location("s1", LocationType.STORE, "Store One"),
         ]
-        assert got.networks == [Network("web", ("s1",), "web", 0)]
+        assert got.networks == [
+            Network("app", ("dc",), "app", 60, StalePolicy.DISCOUNT, 40),
+            Network("web", ("s1",), "web", 0),
+        ]
         assert got.products == [Product("A", "", "M", "43", "red"), Product("B", "04006381333931")]
         assert got.safety_stock == [("B", "s1", 4)]
+    finally:
+        store.close()
+
+
+def test_a_database_of_the_first_schema_upgrades_keeping_its_networks(sql_url: str) -> None:
+    """A database created by revision 0001 (before stale policies) is upgraded at start-up:
+    its networks keep excluding stale stores, as they did."""
+    store = MasterDataStore(sql_url)
+    try:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with store.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0001")
+            conn.execute(sa.text("INSERT INTO locations (location_id, type) VALUES ('s1', 1)"))
+            conn.execute(
+                sa.text(
+                    "INSERT INTO networks (network_id, channel, staleness_limit_s)"
+                    " VALUES ('web', 'web-shop', 300)"
+                )
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO network_members (network_id, location_id) VALUES ('web', 's1')"
+                )
+            )
+        store.migrate()
+        assert store.load().networks == [
+            Network("web", ("s1",), "web-shop", 300, StalePolicy.EXCLUDE, 0)
+        ]
     finally:
         store.close()

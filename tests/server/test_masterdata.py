@@ -58,6 +58,7 @@ async def test_locations_networks_products_round_trip_and_survive_a_restart(
         assert s1 == S1
         assert dc == DC
         [n] = await c.list_networks()
+        web.stale_policy = apb.Network.EXCLUDE  # unset: listed as the policy applied
         assert n == web
     assert srv.master.products["SHOE-42"].gtin == "04006381333931"  # stored as GTIN-14
     assert srv.master.sku_of_gtin["04006381333931"] == "SHOE-42"

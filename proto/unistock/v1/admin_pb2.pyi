@@ -113,16 +113,60 @@ Global___Location: _TypeAlias = Location  # noqa: Y015
 class Network(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    class _StalePolicy:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StalePolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Network._StalePolicy.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STALE_POLICY_UNSPECIFIED: Network._StalePolicy.ValueType  # 0
+        """As EXCLUDE."""
+        EXCLUDE: Network._StalePolicy.ValueType  # 1
+        """Left out: of the network's available, of FindStock's options and of the locations a
+        network hold may choose, until the store is heard from and caught up.
+        """
+        DISCOUNT: Network._StalePolicy.ValueType  # 2
+        """Counted at stale_discount_percent of each stale position's available (rounded down) in
+        the network's available; FindStock offers the location after every fresh one (its
+        option says stale), and a network hold chooses it only when no fresh location can hold
+        the line.
+        """
+
+    class StalePolicy(_StalePolicy, metaclass=_StalePolicyEnumTypeWrapper):
+        """What the units of a stale member count for."""
+
+    STALE_POLICY_UNSPECIFIED: Network.StalePolicy.ValueType  # 0
+    """As EXCLUDE."""
+    EXCLUDE: Network.StalePolicy.ValueType  # 1
+    """Left out: of the network's available, of FindStock's options and of the locations a
+    network hold may choose, until the store is heard from and caught up.
+    """
+    DISCOUNT: Network.StalePolicy.ValueType  # 2
+    """Counted at stale_discount_percent of each stale position's available (rounded down) in
+    the network's available; FindStock offers the location after every fresh one (its
+    option says stale), and a network hold chooses it only when no fresh location can hold
+    the line.
+    """
+
     NETWORK_ID_FIELD_NUMBER: _builtins.int
     CHANNEL_FIELD_NUMBER: _builtins.int
     LOCATION_IDS_FIELD_NUMBER: _builtins.int
     STALENESS_LIMIT_SECONDS_FIELD_NUMBER: _builtins.int
+    STALE_POLICY_FIELD_NUMBER: _builtins.int
+    STALE_DISCOUNT_PERCENT_FIELD_NUMBER: _builtins.int
     network_id: _builtins.str
     """The network's id, e.g. "web". Same alphabet as location_id. Required."""
     channel: _builtins.str
     """The channel it serves (informational, e.g. "web-shop")."""
     staleness_limit_seconds: _builtins.int
-    """A store whose agent is silent longer than this is stale for the network (0: never)."""
+    """A store whose agent is silent longer than this is stale for the network (0: never);
+    see NetworkLevel.stale_locations. At most 31,622,400 (366 days).
+    """
+    stale_policy: Global___Network.StalePolicy.ValueType
+    stale_discount_percent: _builtins.int
+    """With DISCOUNT: 0 to 100 (0: a stale store adds nothing to available yet is still offered,
+    last). Must be 0 with EXCLUDE (INVALID_ARGUMENT otherwise).
+    """
     @_builtins.property
     def location_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Member locations (each must exist in master data; a set: listed sorted)."""
@@ -134,10 +178,12 @@ class Network(_message.Message):
         channel: _builtins.str = ...,
         location_ids: _abc.Iterable[_builtins.str] | None = ...,
         staleness_limit_seconds: _builtins.int = ...,
+        stale_policy: Global___Network.StalePolicy.ValueType = ...,
+        stale_discount_percent: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "location_ids", b"location_ids", "network_id", b"network_id", "staleness_limit_seconds", b"staleness_limit_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "location_ids", b"location_ids", "network_id", b"network_id", "stale_discount_percent", b"stale_discount_percent", "stale_policy", b"stale_policy", "staleness_limit_seconds", b"staleness_limit_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -902,7 +902,9 @@ class ReservationLine(_message.Message):
     line is never split across locations: when no single location of the network can promise
     its units, the reservation fails (FAILED_PRECONDITION; its short line's location_id is the
     network). The location follows the reservation kind's mode: SHIP for CART, ORDER and
-    SHIP_FROM_STORE, else CLICK_AND_COLLECT or E_RESERVATION; stale locations are never chosen.
+    SHIP_FROM_STORE, else CLICK_AND_COLLECT or E_RESERVATION. A stale location is never chosen
+    under the network's EXCLUDE stale policy, and only when no fresh one can hold the line
+    under DISCOUNT (Network.stale_policy).
     """
     def __init__(
         self,
@@ -1420,8 +1422,9 @@ Global___WatchAvailabilityResponse: _TypeAlias = WatchAvailabilityResponse  # no
 class NetworkLevel(_message.Message):
     """The inventory service: levels, movements and reservations.
     What a channel may promise of one SKU across a network (AdminService.UpsertNetworks): the
-    sum of the durable available of the network's member locations that are not stale. Derived
-    from durable position levels only, updated as they change (never re-summed per read).
+    sum of the durable available of the network's member locations that are not stale, plus,
+    under the network's DISCOUNT stale policy, each stale member's share. Derived from durable
+    position levels only, updated as they change (never re-summed per read).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1435,15 +1438,19 @@ class NetworkLevel(_message.Message):
     sku: _builtins.str
     network: _builtins.str
     available: _builtins.int
-    """Sum of the members' available (each after its safety stock), stale members left out."""
+    """Sum of the fresh members' available (each after its safety stock); a stale member's units
+    are left out (stale_policy EXCLUDE, the default) or count at stale_discount_percent of each
+    of its positions' available, rounded down per position (DISCOUNT).
+    """
     locations: _builtins.int
-    """Member locations counted."""
+    """Fresh member locations, counted in full."""
     stale_locations: _builtins.int
-    """Member locations left out because their store is stale: a member with a store_id in
+    """Stale member locations (left out or discounted, by the policy): a member with a store_id in
     master data whose agent the server has not heard from (no movement batch, no ONLINE status)
     for longer than the network's staleness limit, or whose agent reports an unacknowledged
-    movement older than that. Its units count again once it is heard from and caught up.
-    Locations without a store_id (a warehouse fed by its WMS) are never stale.
+    movement older than that. Its units count in full again once it is heard from and caught
+    up. Locations without a store_id (a warehouse fed by its WMS) are never stale.
+    locations + stale_locations is the number of members.
     """
     version: _builtins.int
     """Increases with every change of this network level, also across server restarts; order
@@ -1846,7 +1853,8 @@ class FindStockResponse(_message.Message):
     def options(self) -> _containers.RepeatedCompositeFieldContainer[Global___FindStockOption]:
         """Ranked: those that serve every line alone first, then by distance, then by stock depth
         (more to spare first: a store's last unit is the last choice). Stale locations are left
-        out.
+        out under the network's EXCLUDE stale policy, and come after every fresh one under
+        DISCOUNT (their option says stale).
         """
 
     @_builtins.property

@@ -12,6 +12,11 @@ membership) by a scan of its stored positions, merged with the durable levels th
 report meanwhile (the highest version of each position wins), and applied in one synchronous
 step once the flush in flight at the end of the scan has reported: so the sums never count a
 change twice and never miss one (see `_scan`).
+
+A member whose store is stale (`StoreLiveness`, the network's staleness limit) leaves the sum
+under the network's EXCLUDE policy; under DISCOUNT it stays counted at the network's share of
+its available (`Network.share`), re-weighted in one synchronous step from `where` when it goes
+stale or comes back.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from collections.abc import Callable, Iterable
 from unistock.server.actors.liveness import StoreLiveness
 from unistock.server.actors.masterdata import MasterData
 from unistock.server.domain import StockKey
-from unistock.server.domain.masterdata import Location
+from unistock.server.domain.masterdata import Location, Network, StalePolicy
 from unistock.server.persistence.codec import split_position, varint
 from unistock.server.persistence.group_commit import DurableLevel, GroupCommit
 from unistock.server.persistence.keys import parse_position_field
@@ -35,6 +40,8 @@ log = logging.getLogger(__name__)
 
 #: (network, sku)
 NetKey = tuple[str, str]
+#: How a member is counted in a network: None in full, else (stale) by that network's share.
+Weight = Network | None
 
 
 def _available(level: bytes) -> int:
@@ -71,8 +78,12 @@ class NetworkIndex:
         self._lock = asyncio.Lock()
         #: Store liveness (None: nothing is ever stale, e.g. without MQTT ingestion).
         self.liveness: StoreLiveness | None = None
-        #: network -> member locations left out of its sums because their store is stale
+        #: network -> member locations whose store is stale (left out of its sums, or counted
+        #: discounted: `_discounted`)
         self.stale: dict[str, set[str]] = defaultdict(set)
+        #: network -> its stale members counted at its DISCOUNT share -> the network as it was
+        #: when they were weighted (its stale_discount_percent)
+        self._discounted: dict[str, dict[str, Network]] = {}
         #: sku -> location -> durable available > 0, for every location counted in some
         #: network: where units are (FindStock), without reading positions.
         self.where: dict[str, dict[str, int]] = {}
@@ -96,16 +107,19 @@ class NetworkIndex:
     def eligible(
         self, network_id: str, mode: int, offers: Callable[[Location, int], bool]
     ) -> dict[str, Location]:
-        """The members of a network (of master data) that offer a fulfilment mode and are not
-        stale, by id; cached until master data or the network's stale members change."""
+        """The members of a network (of master data) that offer a fulfilment mode, by id: the
+        stale ones too under a DISCOUNT policy (`stale` tells them), else only fresh ones;
+        cached until master data or the network's stale members change."""
         stale = frozenset(self.stale.get(network_id, ()))
         cached = self._eligible.get((network_id, mode))
         if cached is not None and cached[0] == self._master.revision and cached[1] == stale:
             return cached[2]
+        network = self._master.networks[network_id]
+        left_out = stale if network.stale_policy is StalePolicy.EXCLUDE else frozenset()
         found = {
             loc_id: loc
-            for loc_id in self._master.networks[network_id].location_ids
-            if loc_id not in stale
+            for loc_id in network.location_ids
+            if loc_id not in left_out
             and (loc := self._master.locations.get(loc_id)) is not None
             and offers(loc, mode)
         }
@@ -113,13 +127,13 @@ class NetworkIndex:
         return found
 
     def level(self, network: str, sku: str) -> tuple[int, int, int]:
-        """(available, version, locations counted) of a SKU in a network (version 0: never
-        seen)."""
+        """(available, version, fresh locations counted in full) of a SKU in a network
+        (version 0: never seen)."""
         key = (network, sku)
         return (
             self.totals.get(key, 0),
             self.versions.get(key, 0),
-            len(self.counted.get(network, ())),
+            len(self.counted.get(network, ())) - len(self._discounted.get(network, ())),
         )
 
     def message(self, network: str, sku: str) -> pb.NetworkLevel:
@@ -159,8 +173,9 @@ class NetworkIndex:
     # -- the flush listener (synchronous) ------------------------------------------------------
 
     def on_durable(self, levels: list[DurableLevel]) -> None:
-        """Add each durable change of available to the networks of its location."""
-        networks_of, capture = self._networks_of, self._capture
+        """Add each durable change of available to the networks of its location (a stale
+        member's by its network's share)."""
+        networks_of, capture, discounted = self._networks_of, self._capture, self._discounted
         changed: set[NetKey] = set()
         for d in levels:
             sku, loc = d.key
@@ -174,7 +189,15 @@ class NetworkIndex:
                 nets = networks_of.get(loc, ())
                 for net in nets:
                     key = (net, sku)
-                    self.totals[key] += d.available_delta
+                    delta = d.available_delta
+                    weight = discounted.get(net, {}).get(loc) if discounted else None
+                    if weight is not None:  # a stale member counted at a share
+                        here = self.where.get(sku)
+                        was = 0 if here is None else here.get(loc, 0)
+                        delta = weight.share(was + delta, True) - weight.share(was, True)
+                        if not delta:
+                            continue
+                    self.totals[key] += delta
                     self._bump(key, changed)
                 if nets:
                     self._place(sku, loc, d.available_delta)
@@ -196,22 +219,26 @@ class NetworkIndex:
     # -- membership ----------------------------------------------------------------------------
 
     async def sync(self) -> None:
-        """Make the counted members of every network what master data says (joins and
-        leaves, each exact); raises Unavailable (the index stays as it was for the rest)."""
+        """Make the counted members of every network, and how each counts, what master data
+        and store liveness say (joins, leaves and re-weights, each exact); raises Unavailable
+        (the index stays as it was for the rest)."""
         async with self._lock:
-            wanted: dict[str, set[str]] = defaultdict(set)
+            wanted: dict[str, dict[str, Weight]] = defaultdict(dict)
             stale = self._stale_members()
             for network in self._master.networks.values():
+                net_id = network.network_id
                 for loc in network.location_ids:
-                    if loc not in stale.get(network.network_id, ()):
-                        wanted[loc].add(network.network_id)
+                    if loc not in stale.get(net_id, ()):
+                        wanted[loc][net_id] = None
+                    elif network.stale_policy is StalePolicy.DISCOUNT:
+                        wanted[loc][net_id] = network
             self.stale = stale
-            have: dict[str, set[str]] = defaultdict(set)
+            have: dict[str, dict[str, Weight]] = defaultdict(dict)
             for net_id, locs in self.counted.items():
+                weights = self._discounted.get(net_id, {})
                 for loc in locs:
-                    have[loc].add(net_id)
-            joins = {loc: nets - have[loc] for loc, nets in wanted.items() if nets - have[loc]}
-            leaves = {loc: nets - wanted[loc] for loc, nets in have.items() if nets - wanted[loc]}
+                    have[loc][net_id] = weights.get(loc)
+            joins, leaves, reweights = _membership_changes(wanted, have)
             if leaves:
                 found = await self._scan(leaves)
                 changed: set[NetKey] = set()
@@ -224,28 +251,63 @@ class NetworkIndex:
                 for loc, nets in joins.items():
                     self._apply(loc, nets, found[loc], +1, changed)
                 self._settle({n for nets in joins.values() for n in nets}, changed)
-            if joins or leaves:
+            if reweights:  # from `where`, exact for counted members: no scan, no await
+                found = self._held_at(set(reweights))
+                changed = set()
+                for loc, pairs in reweights.items():
+                    self._apply(
+                        loc, {n: old for n, (old, _) in pairs.items()}, found[loc], -1, changed
+                    )
+                    self._apply(
+                        loc, {n: new for n, (_, new) in pairs.items()}, found[loc], +1, changed
+                    )
+                self._settle({n for pairs in reweights.values() for n in pairs}, changed)
+            if joins or leaves or reweights:
                 log.info(
-                    "network availability: %d location joins, %d leaves", len(joins), len(leaves)
+                    "network availability: %d location joins, %d leaves, %d re-weighted",
+                    len(joins),
+                    len(leaves),
+                    len(reweights),
                 )
         self.ready.set()
 
+    def _held_at(self, locations: set[str]) -> dict[str, dict[str, int]]:
+        """location -> sku -> available > 0, from `where` (locations counted somewhere)."""
+        out: dict[str, dict[str, int]] = {loc: {} for loc in locations}
+        for sku, here in self.where.items():
+            for loc in locations.intersection(here):
+                out[loc][sku] = here[loc]
+        return out
+
     def _apply(
-        self, loc: str, nets: set[str], found: dict[str, int], sign: int, changed: set[NetKey]
+        self,
+        loc: str,
+        nets: dict[str, Weight],
+        found: dict[str, int],
+        sign: int,
+        changed: set[NetKey],
     ) -> None:
-        """Add (sign +1) or remove (-1) a location's levels to/from networks, and its
-        membership; the levels changed are added to `changed` (see _settle)."""
+        """Add (sign +1) or remove (-1) a location's levels to/from networks, each at its
+        weight, and its membership; the levels changed are added to `changed` (see _settle)."""
         was_counted = loc in self._networks_of
-        for net in nets:
+        for net, weight in nets.items():
             for sku, available in found.items():
-                if available:
+                share = available if weight is None else weight.share(available, True)
+                if share:
                     key = (net, sku)
-                    self.totals[key] += sign * available
+                    self.totals[key] += sign * share
                     self._bump(key, changed)
             if sign > 0:
                 self.counted[net].add(loc)
+                if weight is not None:
+                    self._discounted.setdefault(net, {})[loc] = weight
             else:
                 self.counted[net].discard(loc)
+                weights = self._discounted.get(net)
+                if weights is not None:
+                    weights.pop(loc, None)
+                    if not weights:
+                        del self._discounted[net]
         networks = {n for n, locs in self.counted.items() if loc in locs}
         if networks:
             self._networks_of[loc] = tuple(sorted(networks))
@@ -331,13 +393,50 @@ class NetworkIndex:
             await asyncio.sleep(every)
             stale = self._stale_members()
             if stale != {n: s for n, s in self.stale.items() if s}:
-                for net in self._master.networks:
+                for net, network in self._master.networks.items():
                     gone, back = stale.get(net, set()), self.stale.get(net, set())
+                    counted = (
+                        f"counted at {network.stale_discount_percent} %"
+                        if network.stale_policy is StalePolicy.DISCOUNT
+                        else "left out"
+                    )
                     for loc in gone - back:
-                        log.warning("network %s: %s is stale, its units are left out", net, loc)
+                        log.warning("network %s: %s is stale, its units are %s", net, loc, counted)
                     for loc in back - gone:
                         log.info("network %s: %s is back, its units count again", net, loc)
                 try:
                     await self.sync()
                 except Exception as exc:
                     log.warning("network staleness not applied yet: %r", exc)
+
+
+def _weight_key(weight: Weight) -> int | None:
+    return None if weight is None else weight.stale_discount_percent
+
+
+def _membership_changes(
+    wanted: dict[str, dict[str, Weight]], have: dict[str, dict[str, Weight]]
+) -> tuple[
+    dict[str, dict[str, Weight]],
+    dict[str, dict[str, Weight]],
+    dict[str, dict[str, tuple[Weight, Weight]]],
+]:
+    """(joins, leaves, re-weights): per location, the networks it joins (at their weight),
+    leaves (at the weight it was counted at), and stays in at another weight (old, new)."""
+    joins: dict[str, dict[str, Weight]] = {}
+    leaves: dict[str, dict[str, Weight]] = {}
+    reweights: dict[str, dict[str, tuple[Weight, Weight]]] = {}
+    for loc, nets in wanted.items():
+        had = have.get(loc, {})
+        if new := {n: w for n, w in nets.items() if n not in had}:
+            joins[loc] = new
+        if moved := {
+            n: (had[n], w)
+            for n, w in nets.items()
+            if n in had and _weight_key(had[n]) != _weight_key(w)
+        }:
+            reweights[loc] = moved
+    for loc, nets in have.items():
+        if gone := {n: w for n, w in nets.items() if n not in wanted.get(loc, {})}:
+            leaves[loc] = gone
+    return joins, leaves, reweights

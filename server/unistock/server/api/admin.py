@@ -30,6 +30,7 @@ from unistock.server.domain.masterdata import (
     LocationType,
     Network,
     Product,
+    StalePolicy,
     check_units,
 )
 from unistock.server.metrics import Metrics
@@ -42,6 +43,7 @@ _T = TypeVar("_T")
 #: Rows per upsert call.
 MAX_ROWS = 10_000
 _TYPES = {t.value: t for t in LocationType}
+_STALE_POLICIES = {0: StalePolicy.EXCLUDE} | {p.value: p for p in StalePolicy}
 
 
 def _rows(field_name: str, rows: Sequence[Any]) -> None:
@@ -49,6 +51,13 @@ def _rows(field_name: str, rows: Sequence[Any]) -> None:
         raise InvalidArgument(field_name, "give at least one")
     if len(rows) > MAX_ROWS:
         raise InvalidArgument(field_name, f"at most {MAX_ROWS:,} per call, got {len(rows):,}")
+
+
+def _stale_policy(value: int, field_name: str) -> StalePolicy:
+    policy = _STALE_POLICIES.get(value)
+    if policy is None:
+        raise InvalidArgument(field_name, f"EXCLUDE or DISCOUNT, got {value}")
+    return policy
 
 
 def location_from_wire(m: apb.Location, prefix: str) -> Location:
@@ -98,6 +107,8 @@ def network_to_wire(n: Network) -> apb.Network:
         channel=n.channel,
         location_ids=n.location_ids,
         staleness_limit_seconds=n.staleness_limit,
+        stale_policy=int(n.stale_policy),  # type: ignore[arg-type]
+        stale_discount_percent=n.stale_discount_percent,
     )
 
 
@@ -181,7 +192,12 @@ class AdminService:
         networks = _unique(
             [
                 Network(
-                    m.network_id, tuple(m.location_ids), m.channel, m.staleness_limit_seconds
+                    m.network_id,
+                    tuple(m.location_ids),
+                    m.channel,
+                    m.staleness_limit_seconds,
+                    _stale_policy(m.stale_policy, f"networks[{i}].stale_policy"),
+                    m.stale_discount_percent,
                 ).validate(f"networks[{i}].")
                 for i, m in enumerate(request.networks)
             ],

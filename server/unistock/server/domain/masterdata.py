@@ -24,6 +24,16 @@ class LocationType(enum.IntEnum):
     VIRTUAL = 3
 
 
+class StalePolicy(enum.IntEnum):
+    """What a network does with a stale member's units (the wire enum's numbers)."""
+
+    #: Left out of the network's available, of FindStock's options and of network holds.
+    EXCLUDE = 1
+    #: Counted at the network's stale_discount_percent in its available; offered and held
+    #: after every fresh location.
+    DISCOUNT = 2
+
+
 @dataclass(frozen=True, slots=True)
 class Location:
     """A store, warehouse or virtual location. latitude/longitude in degrees (WGS 84), both
@@ -66,12 +76,24 @@ class Location:
 
 @dataclass(frozen=True, slots=True)
 class Network:
-    """The locations that serve a channel. staleness_limit in seconds (0: never stale)."""
+    """The locations that serve a channel. staleness_limit in seconds (0: never stale);
+    stale_policy: what a stale member's units count for; stale_discount_percent (0 to 100,
+    DISCOUNT only): the share of each stale position's available counted, rounded down."""
 
     network_id: str
     location_ids: tuple[str, ...] = ()
     channel: str = ""
     staleness_limit: int = 0
+    stale_policy: StalePolicy = StalePolicy.EXCLUDE
+    stale_discount_percent: int = 0
+
+    def share(self, available: int, stale: bool) -> int:
+        """What a member's available counts for in the network's available (units)."""
+        if not stale:
+            return available
+        if self.stale_policy is StalePolicy.DISCOUNT:
+            return available * self.stale_discount_percent // 100
+        return 0
 
     def validate(self, prefix: str = "") -> Network:
         """Check every field; raise InvalidArgument naming the first bad one."""
@@ -87,6 +109,16 @@ class Network:
             raise InvalidArgument(
                 prefix + "staleness_limit_seconds",
                 f"must be 0 (never stale) to 31,622,400, got {self.staleness_limit}",
+            )
+        if not 0 <= self.stale_discount_percent <= 100:
+            raise InvalidArgument(
+                prefix + "stale_discount_percent",
+                f"must be 0 to 100, got {self.stale_discount_percent}",
+            )
+        if self.stale_discount_percent and self.stale_policy is not StalePolicy.DISCOUNT:
+            raise InvalidArgument(
+                prefix + "stale_discount_percent",
+                "applies only with stale_policy DISCOUNT (EXCLUDE counts nothing of a stale store)",
             )
         return self
 

@@ -19,7 +19,13 @@ from alembic.config import Config
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from unistock.server.domain.masterdata import Location, LocationType, Network, Product
+from unistock.server.domain.masterdata import (
+    Location,
+    LocationType,
+    Network,
+    Product,
+    StalePolicy,
+)
 
 _T = TypeVar("_T")
 METADATA = sa.MetaData()
@@ -44,6 +50,8 @@ NETWORKS = sa.Table(
     sa.Column("network_id", sa.String(128), primary_key=True),
     sa.Column("channel", sa.String(256), nullable=False, server_default=""),
     sa.Column("staleness_limit_s", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("stale_policy", sa.SmallInteger, nullable=False, server_default="1"),
+    sa.Column("stale_discount_percent", sa.SmallInteger, nullable=False, server_default="0"),
 )
 MEMBERS = sa.Table(
     "network_members",
@@ -141,6 +149,8 @@ class MasterDataStore:
                         tuple(members.get(r.network_id, ())),
                         r.channel,
                         r.staleness_limit_s,
+                        StalePolicy(r.stale_policy),
+                        r.stale_discount_percent,
                     )
                     for r in conn.execute(sa.select(NETWORKS).order_by(NETWORKS.c.network_id))
                 ],
@@ -186,6 +196,8 @@ class MasterDataStore:
                         "network_id": n.network_id,
                         "channel": n.channel,
                         "staleness_limit_s": n.staleness_limit,
+                        "stale_policy": int(n.stale_policy),
+                        "stale_discount_percent": n.stale_discount_percent,
                     }
                     for n in networks
                 ],
