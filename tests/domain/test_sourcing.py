@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from unistock.server.domain.sourcing import Candidate, rank, split
+from unistock.server.domain.sourcing import Candidate, Table, rank, split
 
 
 def test_the_last_unit_of_a_store_is_the_last_choice_at_equal_distance() -> None:
@@ -70,3 +71,49 @@ def test_ranking_and_split_properties(
     union = {s: sum(available(s, c.location_id) for c in candidates) for s, _ in lines}
     assert covered == all(union[s] >= q for s, q in lines)  # covers whenever together they can
     assert len({o.location_id for o in plan}) == len(plan)
+
+
+LOCS = ["l1", "l2", "l3", "l4", "l5"]
+stale_candidates_st = st.lists(
+    st.builds(
+        Candidate,
+        st.sampled_from(LOCS),
+        st.one_of(st.none(), st.sampled_from([0.0, 1.5, 7.0]), st.floats(0, 100)),
+        st.booleans(),
+    ),
+    unique_by=lambda c: c.location_id,
+)
+
+
+@given(
+    lines_st,
+    st.dictionaries(st.tuples(st.sampled_from("ABC"), st.sampled_from(LOCS)), st.integers(0, 5)),
+    stale_candidates_st,
+    st.one_of(st.none(), st.integers(1, 6)),
+)
+def test_the_table_ranks_as_rank_does(
+    lines: list[tuple[str, int]],
+    stock: dict[tuple[str, str], int],
+    candidates: list[Candidate],
+    limit: int | None,
+) -> None:
+    """FindStock's arrays (every location a column, the non-candidates with no units) give
+    the same options, in the same order, as `rank` over the candidates."""
+    by_id = {c.location_id: c for c in candidates}
+    units = np.array(
+        [[stock.get((s, loc), 0) if loc in by_id else 0 for loc in LOCS] for s, _ in lines],
+        dtype=np.int64,
+    )
+    distance = np.array(
+        [np.nan if (c := by_id.get(loc)) is None or c.distance_km is None else c.distance_km
+         for loc in LOCS],
+        dtype=np.float64,
+    )  # fmt: skip
+    stale = np.array([loc in by_id and by_id[loc].stale for loc in LOCS], dtype=np.bool_)
+    table = Table(lines, LOCS, units, distance, stale)
+
+    def available(sku: str, loc: str) -> int:
+        return stock.get((sku, loc), 0)
+
+    assert table.ranked(limit) == rank(lines, candidates, available, limit)
+    assert table.any_covers() == any(o.covers_all for o in rank(lines, candidates, available))

@@ -91,6 +91,32 @@ async def test_ranking_covers_all_first_then_distance_then_depth(admin: Unistock
     assert ids(r) == ["store-3"]
 
 
+async def test_a_location_without_a_position_comes_after_those_with_one(
+    admin: UnistockClient,
+) -> None:
+    """Distance unknown: ranked as infinitely far (after every location with a position that
+    covers as much), and never within a max distance."""
+    await master(admin)
+    await admin.upsert_locations([apb.Location(location_id="dc-2", type=apb.WAREHOUSE)])
+    await admin.upsert_networks([apb.Network(network_id="web", location_ids=[*SITES, "dc-2"])])
+    await send(
+        admin,
+        batch(
+            "wms",
+            mv(1, "RECEIPT", "SHOE-42", "dc-2", 90),  # deepest, position unknown
+            mv(2, "RECEIPT", "SHOE-42", "dc", 5),
+            mv(3, "RECEIPT", "SHOE-42", "store-3", 1),
+        ),
+    )
+    r = await admin.find_stock("web", [("SHOE-42", 1)], "SHIP", near_location_id="store-1")
+    assert ids(r) == ["store-3", "dc", "dc-2"]
+    assert r.options[2].distance_km == 0  # unknown: 0 on the wire
+    r = await admin.find_stock(
+        "web", [("SHOE-42", 1)], "SHIP", near_location_id="store-1", max_distance_km=1000
+    )
+    assert ids(r) == ["store-3", "dc"]
+
+
 async def test_modes_distance_split_and_variants(admin: UnistockClient) -> None:
     await master(admin, e_reservation_at_3=False)
     await send(

@@ -1,15 +1,28 @@
 """FindStock: the wire request validated, the candidates of the network chosen (mode, staleness,
 distance), ranked by domain.sourcing from the network index's per-SKU map of where units are,
-and variants from the catalogue. No position is read: everything is in memory."""
+and variants from the catalogue. No position is read: everything is in memory.
+
+A popular SKU is at hundreds of locations, so the work per candidate is done on arrays (numpy):
+the eligible members of a (network, mode) are kept as arrays (`_Sites`, rebuilt when the
+index's eligible set changes), what an order's lines have there is copied into a units matrix
+by C-level dict iteration, distances are one `haversine_vector` call, and domain.sourcing.Table
+ranks; only the options returned become Python objects.
+"""
 
 from __future__ import annotations
 
-from haversine import Unit, haversine  # type: ignore[import-untyped]
+import itertools
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+from haversine import Unit, haversine_vector  # type: ignore[import-untyped]
+from numpy.typing import NDArray
 
 from unistock.server.actors.networks import NetworkIndex
 from unistock.server.domain import InvalidArgument, NetworkNotFound, ReservationKind, check_id
 from unistock.server.domain.masterdata import Location, LocationType
-from unistock.server.domain.sourcing import Candidate, Option, rank, split
+from unistock.server.domain.sourcing import Candidate, Option, Table, rank, split
 from unistock.server.domain.values import MAX_QUANTITY
 from unistock.v1 import inventory_pb2 as pb
 
@@ -84,45 +97,108 @@ def find_stock(request: pb.FindStockRequest, index: NetworkIndex) -> pb.FindStoc
     if network_id not in master.networks:
         raise NetworkNotFound(network_id)
     eligible = index.eligible(network_id, request.mode, offers)
-    stale = index.stale.get(network_id, ())  # members eligible only by a DISCOUNT policy
-    where = index.where
-    # Only the locations holding some of the order are looked at (not every member).
-    holding: set[str] = set()
-    for sku, _ in lines:
-        here = where.get(sku)
-        if here:
-            holding.update(here)
-    candidates = []
-    for loc_id in holding:
-        loc = eligible.get(loc_id)
-        if loc is None:
-            continue
-        distance = _distance(origin, loc)
-        if max_km and (distance is None or distance > max_km):
-            continue
-        candidates.append(Candidate(loc_id, distance, loc_id in stale))
-    if request.include_variants:  # variants may be where none of the order is
-        for loc_id, loc in eligible.items():
-            distance = _distance(origin, loc)
-            if loc_id not in holding and (
-                not max_km or (distance is not None and distance <= max_km)
-            ):
-                candidates.append(Candidate(loc_id, distance, loc_id in stale))
-
-    def available(sku: str, loc_id: str) -> int:
-        here = where.get(sku)
-        return 0 if here is None else here.get(loc_id, 0)
-
-    # Only the best `limit` are built, unless a split needs them all.
-    ranked = rank(lines, candidates, available, None if request.allow_split else request.limit)
-    response = pb.FindStockResponse(options=[_option(o) for o in ranked[: request.limit]])
-    if request.allow_split and not any(o.covers_all for o in ranked):
-        plan, covered = split(lines, ranked)
+    stale = index.stale.get(network_id, set())  # members eligible only by a DISCOUNT policy
+    sites = _sites(index, network_id, request.mode, eligible, stale)
+    units = _units(lines, sites, index.where)
+    distance = np.full(len(sites.ids), np.nan)
+    if origin is not None:
+        # Distances where needed: the holders (the candidates), or every member for variants.
+        near = sites.known if request.include_variants else sites.known & (units > 0).any(axis=0)
+        distance[near] = haversine_vector(
+            np.array([origin]), sites.points[near], Unit.KILOMETERS, comb=True, check=False
+        )[:, 0]
+        if max_km:
+            units[:, ~(distance <= max_km)] = 0  # beyond it, or no position: not a candidate
+    table = Table(lines, sites.ids, units, distance, sites.stale)
+    # Only the best `limit` become options; a split ranks them all.
+    response = pb.FindStockResponse(options=[_option(o) for o in table.ranked(request.limit)])
+    if request.allow_split and not table.any_covers():
+        plan, covered = split(lines, table.ranked())
         response.split.extend(_option(o) for o in plan)
         response.split_covers_all = covered
-    if request.include_variants:
+    if request.include_variants:  # variants may be where none of the order is
+        within = np.flatnonzero(~(distance > max_km)) if max_km else range(len(sites.ids))
+        candidates = [
+            Candidate(sites.ids[j], None if np.isnan(distance[j]) else float(distance[j]))
+            for j in within
+        ]
         response.variants.extend(_variants(lines, candidates, index, request.limit))
     return response
+
+
+@dataclass(frozen=True, slots=True)
+class _Sites:
+    """The eligible members of one (network, mode) as arrays, one column per location in
+    location-id order (domain.sourcing.Table's columns); built once per eligible set."""
+
+    #: the index's eligible dict this was built from (the index keeps it until it changes)
+    eligible: dict[str, Location]
+    #: the network's stale members then
+    stale_members: frozenset[str]
+    #: location id per column, increasing
+    ids: list[str]
+    #: location id -> column
+    column: dict[str, int]
+    #: float64 (n, 2): latitude, longitude in degrees; NaN where unknown
+    points: NDArray[np.float64]
+    #: bool (n,): has a position
+    known: NDArray[np.bool_]
+    #: bool (n,): its store is stale
+    stale: NDArray[np.bool_]
+
+
+#: index -> (network, mode) -> its eligible members as arrays
+_SITES: weakref.WeakKeyDictionary[NetworkIndex, dict[tuple[str, int], _Sites]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _sites(
+    index: NetworkIndex, network_id: str, mode: int, eligible: dict[str, Location], stale: set[str]
+) -> _Sites:
+    """The eligible members as arrays, cached while the index's eligible set is the same."""
+    cache = _SITES.setdefault(index, {})
+    got = cache.get((network_id, mode))
+    if got is not None and got.eligible is eligible and got.stale_members == stale:
+        return got
+    ids = sorted(eligible)
+    points = np.array(
+        [
+            (loc.latitude, loc.longitude)
+            if loc.latitude is not None and loc.longitude is not None
+            else (np.nan, np.nan)
+            for loc in (eligible[i] for i in ids)
+        ],
+        dtype=np.float64,
+    ).reshape(len(ids), 2)
+    got = cache[network_id, mode] = _Sites(
+        eligible,
+        frozenset(stale),
+        ids,
+        {loc_id: j for j, loc_id in enumerate(ids)},
+        points,
+        ~np.isnan(points[:, 0]),
+        np.array([loc_id in stale for loc_id in ids], dtype=np.bool_),
+    )
+    return got
+
+
+def _units(
+    lines: list[tuple[str, int]], sites: _Sites, where: dict[str, dict[str, int]]
+) -> NDArray[np.int64]:
+    """int64 (lines, columns): what each eligible member has available of each line (from the
+    index's `where`; locations that are not eligible are left out)."""
+    units = np.zeros((len(lines), len(sites.ids)), np.int64)
+    column = sites.column.get
+    for i, (sku, _) in enumerate(lines):
+        here = where.get(sku)
+        if here:
+            n = len(here)
+            cols = np.fromiter(map(column, here, itertools.repeat(-1)), np.intp, n)
+            got = np.fromiter(here.values(), np.int64, n)
+            member = cols >= 0
+            units[i, cols[member]] = got[member]
+    return units
 
 
 #: The mode a reservation kind's units are served by.
@@ -154,14 +230,6 @@ def network_candidates(
     ]
     ranked = rank([(sku, units)], candidates, lambda s, loc: here.get(loc, 0))
     return [o.location_id for o in ranked[:NETWORK_LINE_CANDIDATES]]
-
-
-def _distance(origin: tuple[float, float] | None, loc: Location) -> float | None:
-    if origin is None:
-        return None
-    if loc.latitude is None or loc.longitude is None:
-        return None
-    return float(haversine(origin, (loc.latitude, loc.longitude), unit=Unit.KILOMETERS))
 
 
 def _option(o: Option) -> pb.FindStockOption:

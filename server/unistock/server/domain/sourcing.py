@@ -9,13 +9,21 @@ by stock depth: the smallest spare (available - wanted) over the lines, more fir
 last unit is the last choice. A split is the fewest locations that together
 cover the order, found greedily (fresh locations first, then most units still wanted, then the
 ranking).
+
+Two ways in, one ranking: `rank` over candidates and a lookup of what each has (a few
+candidates: network lines), and `Table` over arrays (FindStock: hundreds of candidates per
+order, whose per-candidate Python work was the cost; numpy does it per array instead).
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +83,83 @@ def rank(
         )
         for _, c, units, covers, depth in best
     ]
+
+
+class Table:
+    """What candidate locations have of an order, as arrays over the locations (columns), ranked
+    as `rank` ranks the same candidates.
+
+    lines: the order, (sku, units wanted) per line (distinct SKUs).
+    ids: location id per column, in increasing order (the last tie-break is the column).
+    units: int64 (len(lines), len(ids)): what each location may promise now of each line,
+    0 where it has none; a column that is not a candidate (another mode, beyond the distance
+    asked) has 0 everywhere, so it is never offered.
+    distance_km: float64 (len(ids),), km from the customer, NaN where unknown (ranked as
+    infinitely far; Option.distance_km None).
+    stale: bool (len(ids),), the location's store is stale (ranked after every fresh one).
+    """
+
+    def __init__(
+        self,
+        lines: Sequence[tuple[str, int]],
+        ids: Sequence[str],
+        units: NDArray[np.int64],
+        distance_km: NDArray[np.float64],
+        stale: NDArray[np.bool_],
+    ) -> None:
+        self.lines = lines
+        self.ids = ids
+        self.units = units
+        self.distance_km = distance_km
+        self.stale = stale
+        want = np.fromiter((q for _, q in lines), np.int64, len(lines))[:, None]
+        #: columns with some unit of the order (the only ones offered), in column order
+        self.holders: NDArray[np.intp] = np.flatnonzero((units > 0).any(axis=0))
+        held = units[:, self.holders]
+        #: per holder: it can serve every line alone
+        self.covers: NDArray[np.bool_] = np.asarray((held >= want).all(axis=0))
+        #: per holder: min over the lines of (available - wanted)
+        self.depth: NDArray[np.int64] = (held - want).min(axis=0)
+
+    def any_covers(self) -> bool:
+        """Whether some location (fresh or stale) can serve every line alone."""
+        return bool(self.covers.any())
+
+    def ranked(self, limit: int | None = None) -> list[Option]:
+        """The holders ranked (see the module docstring): all of them, or the best `limit`."""
+        cols = self.holders
+        distance = self.distance_km[cols]
+        far = np.where(np.isnan(distance), np.inf, distance)
+        # np.lexsort: the last key is the first compared.
+        order = np.lexsort((cols, -self.depth, far, ~self.covers, self.stale[cols]))
+        if limit is not None:
+            order = order[:limit]
+        lines, ids = self.lines, self.ids
+        out = []
+        for col, covers, depth, km, stale in zip(
+            cols[order].tolist(),
+            self.covers[order].tolist(),
+            self.depth[order].tolist(),
+            distance[order].tolist(),
+            self.stale[cols[order]].tolist(),
+            strict=True,
+        ):
+            units = self.units[:, col].tolist()
+            out.append(
+                Option(
+                    ids[col],
+                    None if math.isnan(km) else km,
+                    tuple(
+                        (sku, min(want, u))
+                        for u, (sku, want) in zip(units, lines, strict=True)
+                        if u
+                    ),
+                    covers_all=covers,
+                    depth=depth,
+                    stale=stale,
+                )
+            )
+        return out
 
 
 def split(lines: Sequence[tuple[str, int]], ranked: Sequence[Option]) -> tuple[list[Option], bool]:
