@@ -35,17 +35,33 @@ single query), the same orders through SQLAlchemy asyncio + asyncpg on a pool of
 
 Spot check: the first ``SPOT`` orders on both sides after the load; compared are the top option
 (location id, covers_all, distance within 1 m) and the whole top-10 list of location ids.
+
+What limits it (rows of their own, so the ratio to SQL can be read against them):
+
+- transport: the same server, channel and ``CONCURRENCY`` callers with a trivial call
+  (``GetNetworkAvailability`` of one SKU: no sourcing at all), calls/s. Python gRPC (grpc.aio)
+  on both ends of one 2-core machine; FindStock cannot be faster than this through it.
+- compute: FindStock's own work per order, µs: ``find_stock`` called in this process on a
+  ``NetworkIndex`` built here from the same data (the real index and master-data classes,
+  ``where`` filled as the server's flushes fill it; no Redis, no gRPC), each pre-built request
+  parsed from its bytes and the answer serialised, as the server does; next to PostgreSQL's own
+  execution time of the same orders' query (``EXPLAIN (ANALYZE, TIMING OFF)``, planning time
+  apart), i.e. either side's work without its client and protocol.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import itertools
 import random
+import statistics
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 from grpc import aio
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -64,6 +80,13 @@ from bench.unistock_side import (
     receipt,
     unistock_server,
 )
+from unistock.server.actors.masterdata import MasterData
+from unistock.server.actors.networks import NetworkIndex
+from unistock.server.api.sourcing import find_stock
+from unistock.server.domain.masterdata import Location, LocationType, Network
+from unistock.server.persistence.group_commit import GroupCommit
+from unistock.server.persistence.sql import MasterDataStore
+from unistock.server.persistence.store import RedisStore
 from unistock.v1 import admin_pb2 as apb
 from unistock.v1 import admin_pb2_grpc as apb_grpc
 from unistock.v1 import inventory_pb2 as pb
@@ -82,6 +105,10 @@ LINES = 3
 LIMIT = 10
 CONCURRENCY = 4
 SPOT = 100
+#: orders timed in process (compute rows), after as many again to warm up
+COMPUTE_ORDERS = 4000
+#: orders EXPLAIN ANALYZEd on the SQL side
+EXPLAIN_ORDERS = 300
 P99_TARGET_MS = 5.0
 BOX = ((47.3, 55.0), (5.9, 15.0))  # Germany: latitude, longitude
 MODES = ("SHIP", "CLICK_AND_COLLECT")
@@ -99,13 +126,27 @@ async def measure(
     op: Callable[[int], Awaitable[object]], cfg: Config, cpu: Callable[[], CpuMeter]
 ) -> tuple[LoadStats, LoadStats]:
     """One caller (service time, no queueing), then ``CONCURRENCY`` callers."""
-    one = await closed_loop(
-        op, concurrency=1, duration_s=single_duration(cfg), warmup_s=0.5, cpu=cpu()
-    )
-    many = await closed_loop(
-        op, concurrency=CONCURRENCY, duration_s=duration(cfg), warmup_s=1.0, cpu=cpu()
-    )
+    with client_gc_frozen():
+        one = await closed_loop(
+            op, concurrency=1, duration_s=single_duration(cfg), warmup_s=0.5, cpu=cpu()
+        )
+        many = await closed_loop(
+            op, concurrency=CONCURRENCY, duration_s=duration(cfg), warmup_s=1.0, cpu=cpu()
+        )
     return one, many
+
+
+@contextlib.contextmanager
+def client_gc_frozen() -> Iterator[None]:
+    """This (client) process's data (orders, stock rows) out of its garbage collector's reach
+    while measuring, so neither side's latencies include the client's full collections (60-70
+    ms each, several per run before)."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 # --------------------------------------------------------------------------------------- data
@@ -210,6 +251,10 @@ class Side:
     backend: str = ""
     setup_s: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the transport alone (Unistock: a trivial call, CONCURRENCY callers)
+    trivial: LoadStats | None = None
+    #: the side's own work per order, µs (Unistock: in-process find_stock; SQL: execution)
+    compute_us: float | None = None
 
 
 # ------------------------------------------------------------------------------------ baseline
@@ -249,14 +294,23 @@ async def baseline(cfg: Config, data: Data) -> Side | None:
             single, load = await measure(
                 op, cfg, lambda: CpuMeter(by_name={"postgres": "postgres"})
             )
+            times = [
+                await finder.explain(o.lines, o.mode, o.near, LIMIT)
+                for o in orders[: cfg.n(EXPLAIN_ORDERS, EXPLAIN_ORDERS // 3)]
+            ]
         finally:
             await engine.dispose()
+    planning, execution = (statistics.mean(t) * 1000 for t in zip(*times, strict=True))
     return Side(
         load,
         single,
         spot,
         backend=f"postgresql ({how}) via SQLAlchemy asyncio + asyncpg, one query per order",
         setup_s={"load_and_index_s": round(load_s, 2)},
+        extra={
+            "explain_mean_us": {"planning": round(planning, 1), "execution": round(execution, 1)}
+        },
+        compute_us=execution,
     )
 
 
@@ -347,6 +401,19 @@ async def unistock(cfg: Config, data: Data) -> Side:
             await stub.FindStock(reqs[next(seq) % len(reqs)], metadata=METADATA)
 
         single, load = await measure(op, cfg, lambda: CpuMeter(server=srv.pid, redis=redis.pid))
+        level = pb.GetNetworkAvailabilityRequest(network=NETWORK, skus=[head])
+
+        async def trivial_op(_: int) -> None:
+            await stub.GetNetworkAvailability(level, metadata=METADATA)
+
+        with client_gc_frozen():
+            trivial = await closed_loop(
+                trivial_op,
+                concurrency=CONCURRENCY,
+                duration_s=duration(cfg),
+                warmup_s=1.0,
+                cpu=CpuMeter(server=srv.pid, redis=redis.pid),
+            )
     return Side(
         load,
         single,
@@ -354,7 +421,52 @@ async def unistock(cfg: Config, data: Data) -> Side:
         backend="unistock server subprocess + private redis-server; FindStock via generated "
         "stub, one channel",
         setup_s={"master_data_s": round(master_s, 2), "seed_s": round(seed_s, 2)},
+        trivial=trivial,
+        compute_us=in_process_us(data),
     )
+
+
+def in_process_index(data: Data) -> NetworkIndex:
+    """The server's network index over ``data``, built in this process: the real MasterData
+    and NetworkIndex (neither reads its store for FindStock: none is given), `where` as the
+    flushes of the seeded RECEIPTs make it (sku -> location -> available)."""
+    master = MasterData(cast(MasterDataStore, None))
+    master.locations = {
+        x.id: Location(
+            x.id,
+            LocationType.WAREHOUSE if x.type == "WAREHOUSE" else LocationType.STORE,
+            name=x.id,
+            latitude=x.lat,
+            longitude=x.lon,
+            click_and_collect=x.click_and_collect,
+            ship_from_store=x.ship_from_store,
+            e_reservation=x.e_reservation,
+        )
+        for x in data.locations
+    }
+    master.networks = {
+        NETWORK: Network(NETWORK, tuple(sorted(master.locations)), channel="web-shop")
+    }
+    commit = cast(GroupCommit, SimpleNamespace(listeners=[]))
+    index = NetworkIndex(cast(RedisStore, None), commit, master)
+    for loc, sku, units in data.stock:
+        index.where.setdefault(sku, {})[loc] = units
+    return index
+
+
+def in_process_us(data: Data) -> float:
+    """FindStock's own work per order (µs, mean over ``COMPUTE_ORDERS``): request bytes parsed,
+    ``find_stock``, answer serialised, on `in_process_index` (see the module docstring)."""
+    index = in_process_index(data)
+    raw = [_request(o).SerializeToString() for o in data.orders[: 2 * COMPUTE_ORDERS]]
+    parse = pb.FindStockRequest.FromString
+    with client_gc_frozen():  # as in the server, no full collection of the index meanwhile
+        for r in raw[COMPUTE_ORDERS:]:  # warm-up: caches, allocator
+            find_stock(parse(r), index).SerializeToString()
+        t0 = time.perf_counter()
+        for r in raw[:COMPUTE_ORDERS]:
+            find_stock(parse(r), index).SerializeToString()
+        return (time.perf_counter() - t0) / COMPUTE_ORDERS * 1e6
 
 
 # ---------------------------------------------------------------------------------- spot check
@@ -425,6 +537,7 @@ async def run(cfg: Config) -> list[Result]:
         status, note = "skipped", "no PostgreSQL available"
     ul, bl = (uni.load if uni else None), (base.load if base else None)
     u1, b1 = (uni.single if uni else None), (base.single if base else None)
+    tr = uni.trivial if uni else None
     return [
         row(ID, f"calls/s, {CONCURRENCY} callers (base = SQL queries/s)", "/s",
             ul.ops_per_s if ul else None, bl.ops_per_s if bl else None,
@@ -443,6 +556,16 @@ async def run(cfg: Config) -> list[Result]:
         row(ID, "p99 latency, 1 caller (service time)", "ms",
             u1.p99_ms if u1 else None, b1.p99_ms if b1 else None,
             status=status, note=note, target=f"≤ {P99_TARGET_MS:g} ms"),
+        row(ID, f"trivial gRPC call/s, {CONCURRENCY} callers (ceiling)", "/s",
+            tr.ops_per_s if tr else None, bl.ops_per_s if bl else None,
+            status=status, note=note, target="ceiling",
+            extra={"trivial": asdict(tr) if tr else None,
+                   "findstock_share_of_trivial": round(ul.ops_per_s / tr.ops_per_s, 3)
+                   if ul and tr and tr.ops_per_s else None}),
+        row(ID, "compute/order in process (base: PG exec)", "µs",
+            uni.compute_us if uni else None, base.compute_us if base else None,
+            status=status, note=note, target="-",
+            extra={"sql_explain_mean_us": base.extra.get("explain_mean_us") if base else None}),
         row(ID, f"spot check: top option differs ({SPOT} orders)", "",
             float(check["top_mismatches"]) if check else None,
             None, status=status, note=note, target="0"),
