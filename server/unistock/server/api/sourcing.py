@@ -16,6 +16,7 @@ import weakref
 from dataclasses import dataclass
 
 import numpy as np
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from haversine import Unit, haversine_vector  # type: ignore[import-untyped]
 from numpy.typing import NDArray
 
@@ -111,10 +112,11 @@ def find_stock(request: pb.FindStockRequest, index: NetworkIndex) -> pb.FindStoc
             units[:, ~(distance <= max_km)] = 0  # beyond it, or no position: not a candidate
     table = Table(lines, sites.ids, units, distance, sites.stale)
     # Only the best `limit` become options; a split ranks them all.
-    response = pb.FindStockResponse(options=[_option(o) for o in table.ranked(request.limit)])
+    response = pb.FindStockResponse()
+    _add_options(response.options, table.ranked(request.limit))
     if request.allow_split and not table.any_covers():
         plan, covered = split(lines, table.ranked())
-        response.split.extend(_option(o) for o in plan)
+        _add_options(response.split, plan)
         response.split_covers_all = covered
     if request.include_variants:  # variants may be where none of the order is
         within = np.flatnonzero(~(distance > max_km)) if max_km else range(len(sites.ids))
@@ -187,15 +189,21 @@ def _units(
     lines: list[tuple[str, int]], sites: _Sites, where: dict[str, dict[str, int]]
 ) -> NDArray[np.int64]:
     """int64 (lines, columns): what each eligible member has available of each line (from the
-    index's `where`; locations that are not eligible are left out)."""
-    units = np.zeros((len(lines), len(sites.ids)), np.int64)
-    column = sites.column.get
+    index's `where`; locations that are not eligible are left out). A SKU held at as many
+    locations as half the columns or more is read per column (one dict lookup each), a
+    rarer one per location holding it: C-level iteration either way, over the shorter."""
+    ids, column = sites.ids, sites.column.get
+    n = len(ids)
+    units = np.zeros((len(lines), n), np.int64)
     for i, (sku, _) in enumerate(lines):
         here = where.get(sku)
-        if here:
-            n = len(here)
-            cols = np.fromiter(map(column, here, itertools.repeat(-1)), np.intp, n)
-            got = np.fromiter(here.values(), np.int64, n)
+        if not here:
+            continue
+        if 2 * len(here) >= n:
+            units[i] = np.fromiter(map(here.get, ids, itertools.repeat(0)), np.int64, n)
+        else:
+            cols = np.fromiter(map(column, here, itertools.repeat(-1)), np.intp, len(here))
+            got = np.fromiter(here.values(), np.int64, len(here))
             member = cols >= 0
             units[i, cols[member]] = got[member]
     return units
@@ -232,14 +240,21 @@ def network_candidates(
     return [o.location_id for o in ranked[:NETWORK_LINE_CANDIDATES]]
 
 
-def _option(o: Option) -> pb.FindStockOption:
-    return pb.FindStockOption(
-        location_id=o.location_id,
-        distance_km=round(o.distance_km or 0.0, 3),
-        lines=[pb.StockLine(sku=sku, quantity=n) for sku, n in o.lines],
-        covers_all=o.covers_all,
-        stale=o.stale,
-    )
+def _add_options(
+    to: RepeatedCompositeFieldContainer[pb.FindStockOption], options: list[Option]
+) -> None:
+    """Append options to a response's repeated field, built in place (half the time of
+    building each message and copying it in)."""
+    for o in options:
+        added = to.add(
+            location_id=o.location_id,
+            distance_km=round(o.distance_km or 0.0, 3),
+            covers_all=o.covers_all,
+            stale=o.stale,
+        )
+        line = added.lines.add
+        for sku, n in o.lines:
+            line(sku=sku, quantity=n)
 
 
 def _variants(
