@@ -23,9 +23,7 @@ def upgrade() -> None:
             sa.Column("stale_policy", sa.SmallInteger, nullable=False, server_default="1")
         )
         batch.add_column(
-            sa.Column(
-                "stale_discount_percent", sa.SmallInteger, nullable=False, server_default="0"
-            )
+            sa.Column("stale_discount_percent", sa.SmallInteger, nullable=False, server_default="0")
         )
 
 
