@@ -36,3 +36,43 @@ def test_a_store_whose_agent_cannot_deliver_is_stale() -> None:
     assert live.stale("s1", 60)
     live.status("s1", online=True, backlog_age=2)  # caught up
     assert not live.stale("s1", 60)
+
+
+def test_last_heard_times_survive_a_restart() -> None:
+    """What `changed` gives is what a new StoreLiveness `restore`s: a store long silent, or
+    never heard from at all, is as silent after a restart as before (not fresh again)."""
+    clock, wall = Clock(), Clock()
+    wall.now = 1_700_000_000.0
+    live = StoreLiveness(clock, lambda: wall.now)
+    live.heard("s1")
+    assert not live.stale("never", 60)  # never heard from: assumed heard of now
+    saved = live.changed()
+    assert saved == {"s1": wall.now, "never": wall.now}
+    assert live.changed() == {}  # only what changed since
+    clock.now += 100
+    wall.now += 100  # 100 s later the server restarts
+    again = StoreLiveness(clock, lambda: wall.now)
+    assert not again.stale("never", 60)  # asked before the restore: an assumption ...
+    again.restore(saved)
+    assert again.stale("s1", 60)
+    assert again.stale("never", 60)
+    assert not again.stale("s1", 120)
+    again.heard("s1")
+    again.restore({"s1": wall.now - 500})  # never older than what was heard since
+    assert not again.stale("s1", 60)
+
+
+def test_a_retained_status_counts_from_when_the_agent_made_it() -> None:
+    clock, wall = Clock(), Clock()
+    wall.now = 1_700_000_000.0
+    live = StoreLiveness(clock, lambda: wall.now)
+    # A dead agent's last ONLINE status, retained by the broker 10 minutes ago.
+    live.status("s1", online=True, backlog_age=0, at=wall.now - 600)
+    assert live.stale("s1", 60)
+    live.status("s1", online=True, backlog_age=0, at=wall.now + 30)  # a clock ahead: now
+    assert not live.stale("s1", 1)
+    clock.now += 2
+    assert live.stale("s1", 1)
+    failed = live.changed()
+    live.unsaved(failed)  # could not be stored: given again
+    assert live.changed() == failed

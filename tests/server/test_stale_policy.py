@@ -12,6 +12,8 @@ liveness on a test clock (the real agent's side is tests/edge/test_network_stale
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 import pytest
 
@@ -56,7 +58,10 @@ async def options(c: UnistockClient) -> list[tuple[str, bool]]:
     return [(o.location_id, o.stale) for o in r.options]
 
 
-async def test_exclude_and_discount(server: UnistockServer, admin: UnistockClient) -> None:
+async def test_exclude_and_discount(
+    server: UnistockServer, admin: UnistockClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "unistock.server.actors.networks")
     clock = Clock()
     live = StoreLiveness(clock)
     server.networks.liveness = live
@@ -87,6 +92,7 @@ async def test_exclude_and_discount(server: UnistockServer, admin: UnistockClien
     live.heard("far")
     await server.networks.sync()
     assert await level(admin) == (5, 2, 1)  # EXCLUDE: its 10 units left out
+    assert "network web: near is stale, its units are left out" in caplog.messages
     assert await options(admin) == [("far", False), ("dc", False)]
     # A network hold never chooses it, though it is nearest and has the most.
     r = await admin.reserve("cart-1", [], network_lines=[("BOOT", "web", 2)], kind="CART")
@@ -110,10 +116,12 @@ async def test_exclude_and_discount(server: UnistockServer, admin: UnistockClien
     live.heard("near")  # back and caught up: counted in full again
     await server.networks.sync()
     assert await level(admin) == (0 + 1 + 2, 3, 0)
+    assert "network web: near is back, its units count in full again" in caplog.messages
     assert await options(admin) == [("near", False), ("dc", False)]
 
     clock.now += LIMIT + 1
     await web(admin, apb.Network.DISCOUNT, 0)  # both stores stale, counting nothing ...
+    assert "network web: far is stale, its units are counted at 0 %" in caplog.messages
     assert await level(admin) == (1, 1, 2)
     assert await options(admin) == [("dc", False), ("near", True)]  # ... yet offered, last
     await web(admin, apb.Network.EXCLUDE)

@@ -160,7 +160,9 @@ class Network(_message.Message):
     """The channel it serves (informational, e.g. "web-shop")."""
     staleness_limit_seconds: _builtins.int
     """A store whose agent is silent longer than this is stale for the network (0: never);
-    see NetworkLevel.stale_locations. At most 31,622,400 (366 days).
+    see NetworkLevel.stale_locations. At most 31,622,400 (366 days). An idle agent's only sign
+    of life is its status, every 10 s: under 30 s an idle store flips between stale and fresh
+    (accepted, with a warning in the server's log). Last-heard times survive restarts.
     """
     stale_policy: Global___Network.StalePolicy.ValueType
     stale_discount_percent: _builtins.int

@@ -78,6 +78,8 @@ class NetworkIndex:
         self._lock = asyncio.Lock()
         #: Store liveness (None: nothing is ever stale, e.g. without MQTT ingestion).
         self.liveness: StoreLiveness | None = None
+        #: whether liveness was restored from Redis (once, before the first sync)
+        self._restored = False
         #: network -> member locations whose store is stale (left out of its sums, or counted
         #: discounted: `_discounted`)
         self.stale: dict[str, set[str]] = defaultdict(set)
@@ -225,6 +227,7 @@ class NetworkIndex:
         async with self._lock:
             wanted: dict[str, dict[str, Weight]] = defaultdict(dict)
             stale = self._stale_members()
+            self._log_staleness(stale)
             for network in self._master.networks.values():
                 net_id = network.network_id
                 for loc in network.location_ids:
@@ -377,13 +380,17 @@ class NetworkIndex:
                 self._capture.pop(loc, None)
 
     async def run(self, retry: float = 1.0, every: float = 1.0) -> None:
-        """The start-up sync, retried until Redis answers; then, every `every` s, stores that
-        became stale leave their networks' sums and stores back (and caught up) rejoin them.
-        Master-data changes call sync themselves."""
+        """The start-up sync (store liveness restored from Redis first), retried until Redis
+        answers; then, every `every` s, the stores' last-heard times are saved, stores that
+        became stale leave their networks' sums (or count discounted) and stores back (and
+        caught up) count in full again. Master-data changes call sync themselves."""
         while True:
             try:
                 if not self._base:
                     self._base = await self._store.next_generation("networks") << 32
+                if self.liveness is not None and not self._restored:
+                    self.liveness.restore(await self._store.load_heard())
+                    self._restored = True
                 await self.sync()
                 break
             except Exception as exc:  # Unavailable mostly; never leave the index unready
@@ -391,23 +398,39 @@ class NetworkIndex:
                 await asyncio.sleep(retry)
         while True:
             await asyncio.sleep(every)
-            stale = self._stale_members()
-            if stale != {n: s for n, s in self.stale.items() if s}:
-                for net, network in self._master.networks.items():
-                    gone, back = stale.get(net, set()), self.stale.get(net, set())
-                    counted = (
-                        f"counted at {network.stale_discount_percent} %"
-                        if network.stale_policy is StalePolicy.DISCOUNT
-                        else "left out"
-                    )
-                    for loc in gone - back:
-                        log.warning("network %s: %s is stale, its units are %s", net, loc, counted)
-                    for loc in back - gone:
-                        log.info("network %s: %s is back, its units count again", net, loc)
+            await self._save_liveness()
+            if self._stale_members() != {n: s for n, s in self.stale.items() if s}:
                 try:
                     await self.sync()
                 except Exception as exc:
                     log.warning("network staleness not applied yet: %r", exc)
+
+    async def _save_liveness(self) -> None:
+        live = self.liveness
+        if live is None:
+            return
+        changed = live.changed()
+        try:
+            await self._store.save_heard(changed)
+        except Exception as exc:  # kept for the next round
+            live.unsaved(changed)
+            log.warning("store liveness not saved yet: %r", exc)
+
+    def _log_staleness(self, stale: dict[str, set[str]]) -> None:
+        """Log each member that became stale or came back (whatever changed it: time passing,
+        a store heard from, master data)."""
+        for net, network in self._master.networks.items():
+            now, before = stale.get(net, set()), self.stale.get(net, set())
+            counted = (
+                f"counted at {network.stale_discount_percent} %"
+                if network.stale_policy is StalePolicy.DISCOUNT
+                else "left out"
+            )
+            for loc in sorted(now - before):
+                log.warning("network %s: %s is stale, its units are %s", net, loc, counted)
+            for loc in sorted(before - now):
+                if loc in network.location_ids:
+                    log.info("network %s: %s is back, its units count in full again", net, loc)
 
 
 def _weight_key(weight: Weight) -> int | None:

@@ -43,6 +43,8 @@ _T = TypeVar("_T")
 #: Rows per upsert call.
 MAX_ROWS = 10_000
 _TYPES = {t.value: t for t in LocationType}
+#: Seconds: 3 of the edge agents' status intervals (an idle agent's only sign of life).
+MIN_SENSIBLE_STALENESS = 30
 _STALE_POLICIES = {0: StalePolicy.EXCLUDE} | {p.value: p for p in StalePolicy}
 
 
@@ -205,6 +207,15 @@ class AdminService:
             "networks",
             "network_id",
         )
+
+        for n in networks:
+            if 0 < n.staleness_limit < MIN_SENSIBLE_STALENESS:
+                log.warning(
+                    "network %s: a staleness limit of %d s is under 3 of the agents' status "
+                    "intervals (10 s): an idle store will flip between stale and fresh",
+                    n.network_id,
+                    n.staleness_limit,
+                )
 
         async def work() -> None:
             await self.master.upsert_networks(networks)

@@ -380,7 +380,7 @@ class MqttIngestor:
                 topic = str(message.topic)
                 store = status_store(topic)
                 if store is not None:
-                    self._status(store, message.payload)
+                    self._status(store, message.payload, bool(message.retain))
                     continue
                 queue.put(queue_key(topic), (time.perf_counter(), message))
 
@@ -411,8 +411,10 @@ class MqttIngestor:
                 # wait (bench B2).
                 await asyncio.sleep(0)
 
-    def _status(self, store_id: str, payload: object) -> None:
-        """An agent's status (binary AgentStatus; anything else is ignored): its liveness."""
+    def _status(self, store_id: str, payload: object, retained: bool = False) -> None:
+        """An agent's status (binary AgentStatus; anything else is ignored): its liveness. A
+        retained one (sent by the broker as we subscribe) may be old: it counts from its `at`,
+        while a live one counts from now (the agent's clock may be off)."""
         if self.liveness is None or not isinstance(payload, bytes) or not id_ok(store_id):
             return
         try:
@@ -421,7 +423,10 @@ class MqttIngestor:
             log.warning("store %s: unreadable status message ignored", store_id)
             return
         self.liveness.status(
-            store_id, status.state == pb.AgentStatus.ONLINE, status.oldest_unacked_age_seconds
+            store_id,
+            status.state == pb.AgentStatus.ONLINE,
+            status.oldest_unacked_age_seconds,
+            at=status.at.ToNanoseconds() / 1e9 if retained and status.HasField("at") else None,
         )
 
 

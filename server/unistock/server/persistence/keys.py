@@ -26,6 +26,8 @@ set of partitions; each partition has an owner epoch that every write checks (th
     us:{p<n>}:xout                hash: "<source_id>|<seq>" -> encoded Shipment, the
                                   TRANSFER_OUTs of this partition's positions not yet applied to
                                   their transfer record (the partitions' outbox)
+    us:{p<n>}:heard               hash: store id -> when its agent was last heard from (Unix
+                                  seconds; partition of the store id): store liveness
 """
 
 from __future__ import annotations
@@ -74,6 +76,14 @@ class Keyspace:
     def shipments(self, partition: int) -> str:
         """Hash of a partition's shipments not yet applied to their transfer record."""
         return f"{self._tag(partition)}:xout"
+
+    def store_partition(self, store_id: str) -> int:
+        """Partition of a store's liveness."""
+        return zlib.crc32(store_id.encode()) % self.partitions
+
+    def heard(self, partition: int) -> str:
+        """Hash of the stores' last-heard times (store liveness)."""
+        return f"{self._tag(partition)}:heard"
 
     def source_partition(self, source_id: str) -> int:
         """The partition owning a movement source's progress."""

@@ -524,6 +524,32 @@ class RedisStore:
         [n] = await self._execute(pipe)
         return int(n)
 
+    async def save_heard(self, heard: dict[str, float]) -> None:
+        """Store liveness: store id -> last heard (Unix seconds), one HSET per partition in one
+        pipeline; raises Unavailable. Advisory data, not fenced: a later save wins."""
+        if not heard:
+            return
+        by_partition: dict[int, dict[str, str]] = {}
+        for store_id, at in heard.items():
+            by_partition.setdefault(self.keyspace.store_partition(store_id), {})[store_id] = (
+                f"{at:.3f}"
+            )
+        pipe = self.client.pipeline(transaction=False)
+        for partition, fields in sorted(by_partition.items()):
+            pipe.hset(self.keyspace.heard(partition), mapping=fields)  # type: ignore[arg-type]
+        await self._execute(pipe)
+
+    async def load_heard(self) -> dict[str, float]:
+        """Every stored last-heard time (see save_heard); raises Unavailable."""
+        pipe = self.client.pipeline(transaction=False)
+        for partition in range(self.keyspace.partitions):
+            pipe.hgetall(self.keyspace.heard(partition))
+        out: dict[str, float] = {}
+        for fields in await self._execute(pipe):
+            for store_id, at in fields.items():
+                out[store_id.decode()] = float(at)
+        return out
+
     async def load_transfers(self, keys: list[tuple[str, str]]) -> list[bytes | None]:
         """Stored transfer records of (destination, transfer_id) keys (None where absent)."""
         pipe = self.client.pipeline(transaction=False)
