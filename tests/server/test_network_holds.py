@@ -9,7 +9,7 @@ import pytest
 
 from tests.fixtures.server import TOKENS, MakeServer, target
 from tests.server.test_api import batch, level, mv, send
-from unistock.client import UnistockClient
+from unistock.client import InsufficientStockError, UnistockClient
 from unistock.v1 import admin_pb2 as apb
 from unistock.v1 import inventory_pb2 as pb
 
@@ -82,6 +82,11 @@ async def test_a_network_line_is_held_at_the_best_location_and_named(
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "web" in (err.value.details() or "")
         assert (await level(c, "A", "dc")).reserved == 2  # nothing of cart-2 held
+        # The short line says the most one location of the network could promise: dc's 3.
+        with pytest.raises(InsufficientStockError) as short:
+            await c.reserve("cart-2", [], network_lines=[("A", "web", 7)])
+        [line] = short.value.short_lines
+        assert (line.sku, line.location_id, line.requested, line.available) == ("A", "web", 7, 3)
     await srv.stop()
     srv = await make_server(clean_redis_url)
     async with UnistockClient(target(srv), TOKENS["admin"]) as c:

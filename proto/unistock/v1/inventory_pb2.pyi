@@ -901,7 +901,7 @@ class ReservationLine(_message.Message):
     the other lines; the reservation's line names both the network and the location chosen. A
     line is never split across locations: when no single location of the network can promise
     its units, the reservation fails (FAILED_PRECONDITION; its short line's location_id is the
-    network). The location follows the reservation kind's mode: SHIP for CART, ORDER and
+    network, its available the most one location of it could promise). The location follows the reservation kind's mode: SHIP for CART, ORDER and
     SHIP_FROM_STORE, else CLICK_AND_COLLECT or E_RESERVATION. A stale location is never chosen
     under the network's EXCLUDE stale policy, and only when no fresh one can hold the line
     under DISCOUNT (Network.stale_policy).

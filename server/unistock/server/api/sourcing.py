@@ -225,17 +225,16 @@ def network_candidates(
     index: NetworkIndex, network_id: str, sku: str, units: int, kind: ReservationKind
 ) -> list[str]:
     """The network's locations that may serve a network line of a reservation, best first:
-    offering the kind's mode, not stale (or stale, last, by a DISCOUNT policy), and (by their
-    durable available) having every unit; raises NetworkNotFound."""
+    offering the kind's mode, not stale (or stale, last, by a DISCOUNT policy), holding some of
+    the SKU (by their durable available), those with every unit first, then the deepest (so
+    that, when none can hold the line, the first says the most one location could promise);
+    raises NetworkNotFound."""
     if network_id not in index.master.networks:
         raise NetworkNotFound(network_id)
     here = index.where.get(sku, {})
     stale = index.stale.get(network_id, ())
-    candidates = [
-        Candidate(loc_id, None, loc_id in stale)
-        for loc_id in index.eligible(network_id, MODE_OF_KIND[kind], offers)
-        if here.get(loc_id, 0) >= units
-    ]
+    eligible = index.eligible(network_id, MODE_OF_KIND[kind], offers)
+    candidates = [Candidate(loc_id, None, loc_id in stale) for loc_id in here if loc_id in eligible]
     ranked = rank([(sku, units)], candidates, lambda s, loc: here.get(loc, 0))
     return [o.location_id for o in ranked[:NETWORK_LINE_CANDIDATES]]
 
