@@ -43,6 +43,8 @@ async def test_held_units_move_every_move_or_none_and_once(
         with pytest.raises(UnistockClientError) as err:  # the request_id reused
             await c.transfer_reservation("o-1", "move-1", [("A", "s1", "s2", 1)])
         assert err.value.code == grpc.StatusCode.ALREADY_EXISTS
+        assert "'move-1' was already used on reservation 'o-1' with other moves" in str(err.value)
+        assert "for another transfer" in str(err.value)
         # s2 cannot promise one more: nothing moves, not even the B move that would fit.
         with pytest.raises(UnistockClientError) as err:
             await c.transfer_reservation(

@@ -56,15 +56,19 @@ class InsufficientStock(UnistockError):
 
 
 class ReservationConflict(UnistockError):
-    """A reservation_id (or a fulfilment's request_id) was reused with different lines."""
+    """A reservation_id, or the request_id of a fulfilment or a transfer of held units
+    (`operation`: "fulfilment" or "transfer"), was reused with different lines or moves."""
 
-    def __init__(self, reservation_id: str, request_id: str = "") -> None:
+    def __init__(
+        self, reservation_id: str, request_id: str = "", operation: str = "fulfilment"
+    ) -> None:
         self.reservation_id = reservation_id
         self.request_id = request_id
         if request_id:
             message = (
-                f"request_id {request_id!r} already fulfilled other lines of reservation "
-                f"{reservation_id!r}; use a new request_id for another fulfilment"
+                f"request_id {request_id!r} was already used on reservation {reservation_id!r} "
+                f"with other {'moves' if operation == 'transfer' else 'lines'}; use a new "
+                f"request_id for another {operation}"
             )
         else:
             message = (

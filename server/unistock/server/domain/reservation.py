@@ -266,7 +266,7 @@ class Reservation:
         for rid, fp in self.requests:
             if rid == request_id:
                 if fp != digest:
-                    raise ReservationConflict(self.reservation_id, request_id)
+                    raise ReservationConflict(self.reservation_id, request_id, "transfer")
                 return self
         self._require_active("transfer")
         if not moves:
