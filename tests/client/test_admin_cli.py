@@ -161,6 +161,8 @@ async def test_import_of_all_five_files_is_what_the_server_then_holds_and_again_
         ("networks.csv", NETWORKS.replace("s2;s2-back", "s2;s2"), 3, "location_ids: 's2' is listed twice"),
         ("networks.csv", NETWORKS.replace(",discount,", ",halve,"), 2, "stale_policy: expected EXCLUDE or DISCOUNT, got 'halve'"),
         ("networks.csv", NETWORKS.replace(",50", ",150"), 2, "stale_discount_percent: "),
+        ("networks.csv", NETWORKS.replace(",50", ","), 2, "stale_discount_percent: give 0 to 100 with stale_policy DISCOUNT"),
+        ("networks.csv", NETWORKS.replace(",discount,50", ",EXCLUDE,10"), 2, "stale_discount_percent: applies only with"),
         ("products.csv", PRODUCTS.replace("4006381333931", "4006381333932"), 3, "gtin: '4006381333932' is not"),
         ("catalogue.csv", CATALOGUE + "4006381333931,HAT\n", 5, "GTIN 04006381333931 names SKU 'BAG' on line 3"),
         ("catalogue.csv", CATALOGUE + "4012345000009,HAT\n", 5, "SKU 'HAT' has GTIN 00000096385074 on line 4"),

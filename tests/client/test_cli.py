@@ -438,9 +438,21 @@ async def test_find_from_the_command_line(server: UnistockServer) -> None:
         1.2,
         True,
     )
-    rc, _, err = await cli(server, "find", "SHOE-42:0")
-    assert rc == 2
-    assert "SKU[:QTY]" in err
+    # Nothing found, asked for a split: every field asked for is shown, empty.
+    rc, out, err = await cli(server, "find", "BAG-1", "--split", "--near", "s1")
+    assert rc == 0, err
+    assert json.loads(out) == {"options": [], "split": [], "splitCoversAll": False}
+    for args, words in [
+        (["SHOE-42:0"], "SKU[:QTY]"),
+        (["SHOE-42", "--at", "91,0"], "argument --at: latitude must be -90 to 90, got 91"),
+        (["SHOE-42", "--at", "0,-181"], "argument --at: longitude must be -180 to 180"),
+        (["SHOE-42", "--max-km", "5"], "argument --max-km: needs --near or --at"),
+        (["SHOE-42", "--max-km", "-1", "--near", "s1"], "argument --max-km: must be 0"),
+        (["SHOE-42", "--limit", "0"], "argument --limit"),
+    ]:
+        rc, _, err = await cli(server, "find", *args)
+        assert rc == 2, (args, err)
+        assert words in err, (args, err)
     rc, _, err = await cli(server, "find", "SHOE-42", "--network", "nope")
     assert rc == 1
     assert "NOT_FOUND" in err
@@ -461,6 +473,9 @@ async def test_reserve_a_line_anywhere_in_a_network(server: UnistockServer) -> N
     rc, _, err = await cli(server, "reserve", "cart-8")
     assert rc == 2
     assert "--in NETWORK" in err
+    rc, _, err = await cli(server, "reserve", "cart-8", "--in", "web", "SHOE-42@dc:1")
+    assert rc == 2
+    assert "give SKU[:QTY]; the network chooses the location" in err
 
 
 async def test_transfer_reservation_from_the_command_line(server: UnistockServer) -> None:

@@ -94,7 +94,7 @@ the columns (any order); blank lines are skipped and spaces around values ignore
       location_ids: the members, separated by ';' (each must be a location the server
       knows, e.g. from --locations). staleness_limit_seconds: empty or 0 is never stale.
       stale_policy: EXCLUDE (empty: a stale store's units are left out) or DISCOUNT (they
-      count at stale_discount_percent, 0 to 100, and its stock is offered last).
+      count at stale_discount_percent, 0 to 100, required, and its stock is offered last).
   --products FILE
       sku,gtin,model,size,colour
       gtin: GTIN-8, -12, -13 or -14 with its check digit, or empty.
@@ -176,12 +176,27 @@ def _move(text: str) -> tuple[str, str, str, int]:
 
 
 def _lat_lon(text: str) -> tuple[float, float]:
-    """An argparse type: LAT,LON in degrees."""
+    """An argparse type: LAT,LON in degrees (-90 to 90, -180 to 180)."""
     try:
         lat, lon = (float(x) for x in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected LAT,LON in degrees, got {text!r}") from None
+    if not -90 <= lat <= 90:
+        raise argparse.ArgumentTypeError(f"latitude must be -90 to 90, got {lat:g}")
+    if not -180 <= lon <= 180:
+        raise argparse.ArgumentTypeError(f"longitude must be -180 to 180, got {lon:g}")
     return lat, lon
+
+
+def _km(text: str) -> float:
+    """An argparse type: a distance in km, >= 0."""
+    try:
+        km = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected kilometres, got {text!r}") from None
+    if not km >= 0:  # also NaN
+        raise argparse.ArgumentTypeError(f"must be 0 (any distance) or more, got {text}")
+    return km
 
 
 def _rfc3339(text: str) -> datetime:
@@ -370,20 +385,28 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument("lines", nargs="+", type=_sku_qty, metavar="SKU[:QTY]")
     fs.add_argument("--network", default="web", help="the network (default web)")
     fs.add_argument(
-        "--mode", default="SHIP", choices=["SHIP", "CLICK_AND_COLLECT", "E_RESERVATION"]
+        "--mode",
+        default="SHIP",
+        choices=["SHIP", "CLICK_AND_COLLECT", "E_RESERVATION"],
+        help="the fulfilment mode the locations must offer (default SHIP)",
     )
     where = fs.add_mutually_exclusive_group()
     where.add_argument("--near", default="", metavar="LOCATION", help="from this location")
     where.add_argument("--at", type=_lat_lon, metavar="LAT,LON", help="from these coordinates")
-    fs.add_argument("--max-km", type=float, default=0.0, help="only this far (0: any)")
-    fs.add_argument("--limit", type=_int_in(1, 100), default=10)
+    fs.add_argument(
+        "--max-km", type=_km, default=0.0, help="only this far (0: any; needs --near or --at)"
+    )
+    fs.add_argument(
+        "--limit", type=_int_in(1, 100), default=10, help="1 to 100 options (default 10)"
+    )
     fs.add_argument("--split", action="store_true", help="also the fewest locations together")
     fs.add_argument("--variants", action="store_true", help="also the model's other sizes/colours")
     n = command(
         "network",
         "what a network may promise of SKUs",
         description="Per SKU, the sum of the available of the network's member locations that\n"
-        "are not stale (NetworkLevel). --watch: the levels, then every change, until Ctrl-C.",
+        "are not stale, plus a stale one's share under a DISCOUNT stale policy (NetworkLevel).\n"
+        "--watch: the levels, then every change, until Ctrl-C.",
     )
     n.add_argument("network")
     n.add_argument("skus", nargs="*", metavar="SKU", help="1 to 500 (with --watch: none = all)")
@@ -456,10 +479,17 @@ def _check(args: argparse.Namespace) -> None:
         sub.error("give at least one line: SKU@LOC:QTY, or --in NETWORK SKU[:QTY]")
     if args.command == "reserve":
         for _, item in args.network_lines:
+            if "@" in item:
+                sub.error(
+                    f"argument --in: {item!r}: give SKU[:QTY]; the network chooses the location "
+                    "(a line at a location is SKU@LOC:QTY, without --in)"
+                )
             try:
                 _sku_qty(item)
             except argparse.ArgumentTypeError as exc:
                 sub.error(f"argument --in: {exc}")
+    if args.command == "find" and args.max_km and not (args.near or args.at):
+        sub.error("argument --max-km: needs --near or --at (a distance from where?)")
     if args.command == "network" and not args.watch and not args.skus:
         sub.error("give at least one SKU (or --watch for every SKU of the network)")
     if args.command == "fulfil" and args.lines and not args.request_id:
@@ -572,7 +602,7 @@ async def _command(c: UnistockClient, args: argparse.Namespace) -> int:
     elif args.command == "transfer-reservation":
         _print(await c.transfer_reservation(args.reservation_id, args.request_id, args.moves))
     elif args.command == "find":
-        _print(
+        found = json_format.MessageToDict(
             await c.find_stock(
                 args.network,
                 args.lines,
@@ -585,6 +615,14 @@ async def _command(c: UnistockClient, args: argparse.Namespace) -> int:
                 include_variants=args.variants,
             )
         )
+        # What was asked for is always shown, also when empty (no options: "options": []).
+        found.setdefault("options", [])
+        if args.split:
+            found.setdefault("split", [])
+            found.setdefault("splitCoversAll", False)
+        if args.variants:
+            found.setdefault("variants", [])
+        print(json.dumps(found))
     elif args.command == "network":
         if args.watch:
             async for update in c.watch_networks([args.network], args.skus):
@@ -904,6 +942,14 @@ def _read_networks(path: str) -> _Upload:
         if policy not in ("EXCLUDE", "DISCOUNT"):
             raise _BadValue(
                 f"stale_policy: expected EXCLUDE or DISCOUNT, got {v['stale_policy']!r}"
+            )
+        percent = v.get("stale_discount_percent", "")
+        if policy == "DISCOUNT" and not percent:
+            raise _BadValue("stale_discount_percent: give 0 to 100 with stale_policy DISCOUNT")
+        if policy == "EXCLUDE" and percent not in ("", "0"):
+            raise _BadValue(
+                "stale_discount_percent: applies only with stale_policy DISCOUNT (EXCLUDE "
+                "counts nothing of a stale store)"
             )
         seen[network_id] = line
         return apb.Network(
