@@ -1454,7 +1454,9 @@ class NetworkLevel(_message.Message):
     """
     version: _builtins.int
     """Increases with every change of this network level, also across server restarts; order
-    updates by it. Never-seen: 0.
+    updates by it. 0: no member has had units of the SKU since the server started (available
+    0; a watcher keeps the level it has, which a later change supersedes with a higher
+    version).
     """
     def __init__(
         self,
@@ -1600,7 +1602,9 @@ class GetNetworkAvailabilityResponse(_message.Message):
     LEVELS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def levels(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkLevel]:
-        """One per requested SKU, in request order (a SKU never seen: available 0, version 0)."""
+        """One per requested SKU, in request order (a SKU no member has had units of since the server
+        started: available 0, version 0).
+        """
 
     def __init__(
         self,
