@@ -16,7 +16,8 @@ class Clock:
 def test_a_store_is_stale_after_the_limit_of_silence_and_fresh_when_heard_again() -> None:
     clock = Clock()
     live = StoreLiveness(clock)
-    assert not live.stale("s1", 60)  # never heard of: as heard of at the start
+    clock.now += 100  # a store added to a running server ...
+    assert not live.stale("s1", 60)  # ... is heard of when first asked about, not stale
     clock.now += 61
     assert live.stale("s1", 60)
     assert not live.stale("s1", 0)  # a limit of 0: never stale

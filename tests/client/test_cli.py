@@ -449,6 +449,7 @@ async def test_find_from_the_command_line(server: UnistockServer) -> None:
         (["SHOE-42", "--max-km", "5"], "argument --max-km: needs --near or --at"),
         (["SHOE-42", "--max-km", "-1", "--near", "s1"], "argument --max-km: must be 0"),
         (["SHOE-42", "--limit", "0"], "argument --limit"),
+        (["SHOE-42@s1:1"], "no @LOCATION here"),
     ]:
         rc, _, err = await cli(server, "find", *args)
         assert rc == 2, (args, err)

@@ -157,12 +157,22 @@ def _line_of(min_quantity: int) -> Callable[[str], tuple[str, str, int]]:
     return parse
 
 
+def _sku(text: str) -> str:
+    """An argparse type: a SKU alone (SKU@LOC is the location form of other commands)."""
+    if "@" in text:
+        raise argparse.ArgumentTypeError(
+            f"expected a SKU, got {text!r}: no @LOCATION here (the network's locations are "
+            "all looked at)"
+        )
+    return text
+
+
 def _sku_qty(text: str) -> tuple[str, int]:
-    """An argparse type: SKU or SKU:QTY (QTY 1 to 1e9, default 1)."""
+    """An argparse type: SKU or SKU:QTY (QTY 1 to 1e9, default 1), no @LOCATION."""
     sku, _, qty = text.rpartition(":") if ":" in text else (text, "", "1")
     if not sku:
         raise argparse.ArgumentTypeError(f"expected SKU or SKU:QTY, got {text!r}")
-    return sku, _int_in(1, MAX_QUANTITY)(qty)
+    return _sku(sku), _int_in(1, MAX_QUANTITY)(qty)
 
 
 def _move(text: str) -> tuple[str, str, str, int]:
@@ -290,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar=("NETWORK", "SKU[:QTY]"),
-        help="a line held anywhere in NETWORK (the server chooses the location); repeatable",
+        help="a line held anywhere in NETWORK (the server chooses the location); one --in per "
+        "line: --in web A:1 --in web B:2",
     )
     r.add_argument(
         "--kind",
@@ -409,7 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--watch: the levels, then every change, until Ctrl-C.",
     )
     n.add_argument("network")
-    n.add_argument("skus", nargs="*", metavar="SKU", help="1 to 500 (with --watch: none = all)")
+    n.add_argument(
+        "skus", nargs="*", type=_sku, metavar="SKU", help="1 to 500 (with --watch: none = all)"
+    )
     n.add_argument("--watch", action="store_true", help="stream the levels and their changes")
     t = command(
         "transfer",

@@ -61,8 +61,8 @@ class StoreLiveness:
     def silent_for(self, store_id: str) -> float:
         """Seconds since the store was last heard of."""
         heard = self._heard.get(store_id)
-        if heard is None:  # first asked about: heard of at the start, and remembered so
-            heard = self._heard[store_id] = self.started
+        if heard is None:  # first asked about (it joined a network): heard of now, remembered
+            heard = self._heard[store_id] = self._clock()
             self._assumed.add(store_id)
             self._dirty.add(store_id)
         return self._clock() - heard

@@ -78,6 +78,8 @@ class NetworkIndex:
         self._lock = asyncio.Lock()
         #: Store liveness (None: nothing is ever stale, e.g. without MQTT ingestion).
         self.liveness: StoreLiveness | None = None
+        #: network -> (stale policy, discount percent) as last logged
+        self._policies: dict[str, tuple[StalePolicy, int]] = {}
         #: whether liveness was restored from Redis (once, before the first sync)
         self._restored = False
         #: network -> member locations whose store is stale (left out of its sums, or counted
@@ -417,20 +419,34 @@ class NetworkIndex:
             log.warning("store liveness not saved yet: %r", exc)
 
     def _log_staleness(self, stale: dict[str, set[str]]) -> None:
-        """Log each member that became stale or came back (whatever changed it: time passing,
-        a store heard from, master data)."""
+        """Log each member that became stale or fresh, and what a stale member's units count
+        for when its network's policy changed (whatever changed it: time passing, a store
+        heard from, master data)."""
         for net, network in self._master.networks.items():
             now, before = stale.get(net, set()), self.stale.get(net, set())
+            policy = (network.stale_policy, network.stale_discount_percent)
             counted = (
                 f"counted at {network.stale_discount_percent} %"
                 if network.stale_policy is StalePolicy.DISCOUNT
                 else "left out"
             )
-            for loc in sorted(now - before):
-                log.warning("network %s: %s is stale, its units are %s", net, loc, counted)
+            was = self._policies.get(net)
+            self._policies[net] = policy
+            for loc in sorted(now):
+                if loc not in before:
+                    log.warning("network %s: %s is stale, its units are %s", net, loc, counted)
+                elif was is not None and was != policy:
+                    log.warning(
+                        "network %s: stale policy changed: %s's units are now %s", net, loc, counted
+                    )
             for loc in sorted(before - now):
                 if loc in network.location_ids:
-                    log.info("network %s: %s is back, its units count in full again", net, loc)
+                    log.info(
+                        "network %s: %s is no longer stale (heard from, or the network's limit "
+                        "changed): its units count in full",
+                        net,
+                        loc,
+                    )
 
 
 def _weight_key(weight: Weight) -> int | None:
