@@ -7,8 +7,9 @@ has not had).
 
 Last-heard times are kept in Redis (`changed` / `restore`, saved every second by the network
 index), so a restart does not make a store that was long silent fresh again. A store nobody
-has heard of counts as heard of when the server first asked about it (a new store is not stale
-at once); that time is kept too, so a store that never had an agent is not fresh again after a
+has heard of counts as heard of when the server first knew of it (`know`: every store of master
+data at start-up, a new one when it is added), so a new store is not stale at once; that time is
+kept too, so a store that never had an agent is not fresh again after a
 restart either. A retained status the broker sends as the server subscribes counts from the
 time the agent made it (`at`): a dead agent's last ONLINE status does not revive its store.
 """
@@ -58,14 +59,19 @@ class StoreLiveness:
         self._assumed.discard(store_id)
         self._dirty.add(store_id)
 
-    def silent_for(self, store_id: str) -> float:
-        """Seconds since the store was last heard of."""
+    def know(self, store_id: str) -> float:
+        """When the store was last heard of (monotonic seconds); a store not known yet (new in
+        master data) counts as heard of now, and that is remembered (and saved)."""
         heard = self._heard.get(store_id)
-        if heard is None:  # first asked about (it joined a network): heard of now, remembered
+        if heard is None:
             heard = self._heard[store_id] = self._clock()
             self._assumed.add(store_id)
             self._dirty.add(store_id)
-        return self._clock() - heard
+        return heard
+
+    def silent_for(self, store_id: str) -> float:
+        """Seconds since the store was last heard of (see know)."""
+        return self._clock() - self.know(store_id)
 
     def stale(self, store_id: str, limit: float) -> bool:
         """Whether the store's stock is older news than limit seconds (0: never stale)."""
