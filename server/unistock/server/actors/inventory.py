@@ -19,6 +19,7 @@ from unistock.server.actors.reservations import ReservationBook
 from unistock.server.actors.transfers import TransferBook, TransferKey
 from unistock.server.domain import (
     MAX_SEQ_JUMP,
+    FeedItem,
     InsufficientStock,
     InvalidArgument,
     Line,
@@ -229,6 +230,7 @@ class Inventory:
         locations = self.locations
         shipments: list[Movement] = []
         at_risk: set[StockKey] = set()
+        at_ms = int(time.time() * 1000)
         for m in movements:
             high = high_of[m.source_id]
             if m.seq > high + MAX_SEQ_JUMP:
@@ -238,12 +240,28 @@ class Inventory:
             assert p is not None, "turn ran before its position was resident"
             record = self.reservations.get(m.reservation_id) if m.reservation_id else None
             was_at_risk, was_negative = p.at_risk, p.negative
+            on_hand, non_sellable = p.on_hand, p.non_sellable
             r, picked, mismatch = apply_movement(p, m, record)
             results.append(r)
             outcomes[m.type, r.outcome] += 1
             if r.outcome is Outcome.DUPLICATE:
                 out.duplicates += 1
                 continue
+            item = FeedItem(
+                at_ms,
+                m,
+                r,
+                p.on_hand - on_hand,
+                p.non_sellable - non_sellable,
+                p.on_hand,
+                p.non_sellable,
+                p.reserved,
+                p.version,
+            )
+            if p.feed is None:
+                p.feed = [item]
+            else:
+                p.feed.append(item)
             if m.seq > high:
                 high_of[m.source_id] = m.seq
             if m.location_id not in locations:

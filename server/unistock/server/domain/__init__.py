@@ -15,7 +15,7 @@ from unistock.server.domain.errors import (
     Unavailable,
     UnistockError,
 )
-from unistock.server.domain.position import MovementResult, Outcome, Position
+from unistock.server.domain.position import FeedItem, MovementResult, Outcome, Position
 from unistock.server.domain.reservation import (
     DEFAULT_TTL,
     LineProgress,
@@ -62,6 +62,7 @@ __all__ = [
     "AdjustmentSign",
     "Discrepancy",
     "DiscrepancyKind",
+    "FeedItem",
     "Fenced",
     "InsufficientStock",
     "InvalidArgument",

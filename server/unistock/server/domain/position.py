@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from unistock.server.domain.values import ItemCondition, Movement, MovementType, StockKey
 
@@ -54,6 +55,21 @@ _DUPLICATE = MovementResult(Outcome.DUPLICATE)
 _APPLIED = MovementResult(Outcome.APPLIED)
 
 
+class FeedItem(NamedTuple):
+    """A movement applied to a position, as the change feed reports it: what it did
+    (deltas of on_hand and non_sellable) and the position after it (its version included)."""
+
+    at_ms: int
+    movement: Movement
+    result: MovementResult
+    on_hand_delta: int
+    non_sellable_delta: int
+    on_hand: int
+    non_sellable: int
+    reserved: int
+    version: int
+
+
 class Position:
     """The authoritative levels of one stock position and its idempotency marks."""
 
@@ -61,6 +77,7 @@ class Position:
         "_marks",
         "counts",
         "durable_available",
+        "feed",
         "hold_changes",
         "holds",
         "in_transit",
@@ -111,6 +128,9 @@ class Position:
         #: `available` as last written durably (the runtime keeps it, to tell what each write
         #: changed: network availability is summed from these changes).
         self.durable_available = 0
+        #: The changes made here since the last durable write, for the change feed (the
+        #: runtime writes them with the position, then forgets them; see FeedItem).
+        self.feed: list[FeedItem] | None = None
         self.counts: tuple[str, ...] | None = counts or None
         #: Per reservation still holding units here: the units its fulfilments (FulfilReservation)
         #: took off this position so far. Compared with the record's own total after a crash

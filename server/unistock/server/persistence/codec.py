@@ -25,11 +25,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from unistock.server.domain import (
     Discrepancy,
     DiscrepancyKind,
+    FeedItem,
     Line,
     LineProgress,
     Move,
     Movement,
     MovementType,
+    Outcome,
     Pickup,
     Position,
     Reservation,
@@ -44,6 +46,7 @@ from unistock.v1 import inventory_pb2 as pb
 
 FORMAT = 1
 _HEADER = struct.Struct(">BQ")
+_VERSION = struct.Struct(">Q")
 
 
 def _varint_slow(n: int) -> bytes:
@@ -484,3 +487,43 @@ def decode_shipment(data: bytes) -> Movement:
         transfer_id=s.transfer_id,
         counterpart_location_id=s.destination_location_id,
     )
+
+
+def feed_change(item: FeedItem) -> bytes:
+    """One entry of a FeedBatch's `changes` (field 1, length-delimited): the stream entry of a
+    script call is the concatenation of its changes (see storage.proto FeedBatch)."""
+    m, r = item.movement, item.result
+    msg = spb.FeedChange(
+        at_ms=item.at_ms,
+        movement=spb.AppliedMovement(
+            source_id=m.source_id,
+            seq=m.seq,
+            sku=m.sku,
+            location_id=m.location_id,
+            type=int(m.type),  # type: ignore[arg-type]
+            quantity=m.quantity,
+            condition=int(m.condition),  # type: ignore[arg-type]
+            adjustment_sign=int(m.adjustment_sign or 0),  # type: ignore[arg-type]
+            reservation_id=m.reservation_id,
+            count_id=m.count_id,
+            transfer_id=m.transfer_id,
+            counterpart_location_id=m.counterpart_location_id,
+            reason=m.reason,
+            count_correction=r.outcome is Outcome.COUNT_CORRECTION,
+            on_hand_delta=item.on_hand_delta,
+            non_sellable_delta=item.non_sellable_delta,
+            on_hand=item.on_hand,
+            non_sellable=item.non_sellable,
+            reserved=item.reserved,
+            variance=r.variance,
+            picked_up=r.picked_up,
+            version=item.version,
+        ),
+    ).SerializeToString()
+    return b"\x0a" + varint(len(msg)) + msg
+
+
+def feed_version(version: int) -> bytes:
+    """A position version as the flush script compares it with the stored one (8 bytes,
+    big-endian, as in the stored position's header)."""
+    return _VERSION.pack(version)

@@ -53,6 +53,8 @@ from unistock.server.persistence.codec import (
     encode_position_with_level,
     encode_reservation,
     encode_transfer,
+    feed_change,
+    feed_version,
     hold_value,
 )
 from unistock.server.persistence.keys import Keyspace, mark_field, position_field
@@ -76,7 +78,8 @@ class DurableLevel(NamedTuple):
 Listener = Callable[[list[DurableLevel]], None]
 #: What a flush wrote besides a position's value: its spilled marks (source -> seq) and its
 #: changed holds (reservation_id -> (units, shipped)), None when none.
-_Written = tuple[Position, dict[str, int] | None, dict[str, tuple[int, int]] | None]
+#: (position, spilled marks written, holds written, feed changes written)
+_Written = tuple[Position, dict[str, int] | None, dict[str, tuple[int, int]] | None, int]
 
 
 class GroupCommit:
@@ -358,11 +361,17 @@ class GroupCommit:
             self._inflight = None
         self._backoff = 0.05
         self._known_locations |= new_locations
-        for p, marks, holds in written:
+        for p, marks, holds, changes in written:
             if marks is not None:
                 p.spilled_written(marks)
             if holds is not None:
                 p.holds_written(holds)
+            if changes:  # the first `changes` are in the feed; later ones go with the next write
+                feed = p.feed
+                if feed is not None:
+                    del feed[:changes]
+                    if not feed:
+                        p.feed = None
         for i, (p, available) in enumerate(flushed):
             if available != p.durable_available:
                 durable[i] = durable[i]._replace(available_delta=available - p.durable_available)
@@ -500,11 +509,19 @@ class _Batch:
 
 def stage_position(ks: Keyspace, w: PartitionWrite, p: Position, value: bytes) -> _Written | None:
     """Add a position's stored form to its partition's write, with what goes in the same
-    script call: its spilled marks and its changed holds. Returns what else was staged (for
-    Position.spilled_written and holds_written once durable), None when nothing."""
+    script call: its spilled marks, its changed holds and its changes for the feed. Returns
+    what else was staged (for Position.spilled_written, holds_written and the feed once
+    durable), None when nothing."""
     key = p.key
     w.positions += (position_field(key), value)
     marks = holds = None
+    fed = 0
+    if p.feed:
+        fed = len(p.feed)
+        staged: list[bytes] = []
+        for item in p.feed:
+            staged += (feed_version(item.version), feed_change(item))
+        w.feed.append((len(w.positions) // 2, staged))
     if p.spill:  # marks this position no longer keeps itself
         marks = dict(p.spill)
         for source_id, seq in marks.items():
@@ -515,9 +532,9 @@ def stage_position(ks: Keyspace, w: PartitionWrite, p: Position, value: bytes) -
         for rid, (units, shipped) in holds.items():
             changes += (rid, hold_value(units, shipped))
         w.holds.append((len(w.positions) // 2, ks.holds(key), changes))
-    if marks is None and holds is None:
+    if marks is None and holds is None and not fed:
         return None
-    return p, marks, holds
+    return p, marks, holds, fed
 
 
 def _encodes(encode: Callable[[_T], object], value: _T) -> bool:

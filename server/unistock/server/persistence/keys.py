@@ -26,6 +26,8 @@ set of partitions; each partition has an owner epoch that every write checks (th
     us:{p<n>}:xout                hash: "<source_id>|<seq>" -> encoded Shipment, the
                                   TRANSFER_OUTs of this partition's positions not yet applied to
                                   their transfer record (the partitions' outbox)
+    us:{p<n>}:feed                stream: the change feed of the partition (entry "e" = a
+                                  FeedBatch: the changes one flush made durable here)
     us:{p<n>}:heard               hash: store id -> when its agent was last heard from (Unix
                                   seconds; partition of the store id): store liveness
 """
@@ -80,6 +82,10 @@ class Keyspace:
     def store_partition(self, store_id: str) -> int:
         """Partition of a store's liveness."""
         return zlib.crc32(store_id.encode()) % self.partitions
+
+    def feed(self, partition: int) -> str:
+        """Stream of the partition's durable changes (the change feed)."""
+        return f"{self._tag(partition)}:feed"
 
     def heard(self, partition: int) -> str:
         """Hash of the stores' last-heard times (store liveness)."""

@@ -17,7 +17,7 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 import redis.asyncio as aioredis
@@ -68,10 +68,12 @@ SCAN_CHUNK = 2000
 
 FLUSH_SCRIPT = """
 -- KEYS: epoch, positions hash, locations set, expiry zset, sources hash, source highs hash,
---       spilled marks hash, shipments outbox hash, holds hash per held position..., transfer
---       record keys..., transfer index keys..., reservation keys...
+--       spilled marks hash, shipments outbox hash, feed stream, holds hash per held
+--       position..., transfer record keys..., transfer index keys..., reservation keys...
 -- ARGV: epoch, #positions, (field, value)..., #held, per holds hash: (position number,
---       #holds, (reservation_id, value or '')...), #transfers, value per transfer key...,
+--       #holds, (reservation_id, value or '')...), feed entry id, feed max entries, #positions
+--       with changes, per position: (position number, #changes, (version, change)...),
+--       #transfers, value per transfer key...,
 --       #indexes, destination per index key..., #shipments, (field, value)..., #shipped,
 --       field..., #marks, (field, seq)..., #locations, location..., #sources,
 --       (source_id, seq)..., #highs, (source_id, seq)..., then per reservation key:
@@ -98,7 +100,7 @@ local npos = tonumber(ARGV[i]); i = i + 1
 -- Positions: one HMGET and one HSET per CHUNK fields (not two calls per position: the calls
 -- were most of the script's time), skipping any whose stored version is newer.
 local CHUNK = 1000
-local ok = {}
+local ok, had = {}, {}
 for c = 0, npos - 1, CHUNK do
   local n = math.min(CHUNK, npos - c)
   local fields = {}
@@ -112,6 +114,7 @@ for c = 0, npos - 1, CHUNK do
     else
       pairs_[#pairs_ + 1] = fields[k]; pairs_[#pairs_ + 1] = v
       ok[c + k] = true
+      if old then had[c + k] = string.sub(old, 2, 9) end
       written = written + 1
     end
   end
@@ -129,15 +132,39 @@ for h = 1, nheld do
     for k = 0, n - 1 do
       local rid, v = ARGV[i + 2 * k], ARGV[i + 2 * k + 1]
       if v == '' then del[#del + 1] = rid else set[#set + 1] = rid; set[#set + 1] = v end
-      if #set >= 2 * CHUNK then redis.call('HSET', KEYS[8 + h], unpack(set)); set = {} end
-      if #del >= CHUNK then redis.call('HDEL', KEYS[8 + h], unpack(del)); del = {} end
+      if #set >= 2 * CHUNK then redis.call('HSET', KEYS[9 + h], unpack(set)); set = {} end
+      if #del >= CHUNK then redis.call('HDEL', KEYS[9 + h], unpack(del)); del = {} end
     end
-    if #set > 0 then redis.call('HSET', KEYS[8 + h], unpack(set)) end
-    if #del > 0 then redis.call('HDEL', KEYS[8 + h], unpack(del)) end
+    if #set > 0 then redis.call('HSET', KEYS[9 + h], unpack(set)) end
+    if #del > 0 then redis.call('HDEL', KEYS[9 + h], unpack(del)) end
   end
   i = i + 2 * n
 end
-local k = 8 + nheld
+-- The change feed: the changes of the positions written, in one stream entry with the id the
+-- server gave, in the same call as the positions. A change whose version the stored position
+-- already had is not appended again (an earlier attempt of this write, reported failed, did
+-- apply): each change is in the feed exactly once, and only if its position is.
+local feed_id, feed_max = ARGV[i], ARGV[i + 1]; i = i + 2
+local nfeed = tonumber(ARGV[i]); i = i + 1
+local parts = {}
+for _ = 1, nfeed do
+  local at, n = tonumber(ARGV[i]), tonumber(ARGV[i + 1]); i = i + 2
+  if ok[at] then
+    local before = had[at]
+    for c = 0, n - 1 do
+      if not before or ARGV[i + 2 * c] > before then parts[#parts + 1] = ARGV[i + 2 * c + 1] end
+    end
+  end
+  i = i + 2 * n
+end
+if #parts > 0 then
+  local blob = table.concat(parts)
+  local added = redis.pcall('XADD', KEYS[9], 'MAXLEN', '~', feed_max, feed_id, 'e', blob)
+  if type(added) == 'table' and added.err then  -- an id not above the stream's last: Redis's
+    redis.call('XADD', KEYS[9], 'MAXLEN', '~', feed_max, '*', 'e', blob)
+  end
+end
+local k = 9 + nheld
 -- Transfer records (a record never replaced by an older revision).
 local nxfer = tonumber(ARGV[i]); i = i + 1
 for _ = 1, nxfer do
@@ -178,7 +205,7 @@ for k = k + 1, #KEYS do
     written = written + 1
   end
 end
-return {written, stale}
+return {written, stale, #parts}
 """
 
 
@@ -204,6 +231,9 @@ class PartitionWrite:
     #: changed holds of those positions: (position number from 1, holds hash key,
     #: [reservation_id, value or b"" (deleted), ...])
     holds: list[tuple[int, str, list[bytes | str]]] = field(default_factory=list)
+    #: feed changes of those positions: (position number from 1, [version (8 bytes), change,
+    #: ...]) (see codec.feed_change)
+    feed: list[tuple[int, list[bytes]]] = field(default_factory=list)
     #: (transfer record key, stored record) of transfers to this partition's locations
     transfers: list[tuple[str, bytes]] = field(default_factory=list)
     #: (transfer index key, destination location) of transfers indexed in this partition
@@ -240,6 +270,12 @@ class RedisStore:
         self.keyspace = keyspace
         self.command_timeout = command_timeout
         self.epochs: dict[int, int] = {}
+        #: Entries kept per partition's feed stream (approximately: XADD MAXLEN ~).
+        self.feed_max_entries = 10_000
+        #: Changes appended to the feed by this process (a counter, for the metrics).
+        self.feed_changes = 0
+        #: The last feed entry id given: (ms, sequence).
+        self._feed_last = (0, 0)
         self._flush_sha = hashlib.sha1(FLUSH_SCRIPT.encode()).hexdigest()
         self._claim = client.register_script(CLAIM_SCRIPT)  # loads itself on NOSCRIPT
         #: Spilled marks this process wrote or read (field -> seq), the most recent last: this
@@ -303,6 +339,13 @@ class RedisStore:
                 for p in owned:
                     pipe.incr(ks.epoch(p))
                 epochs = await pipe.execute()
+                pipe = self.client.pipeline(transaction=False)
+                for p in owned:
+                    pipe.xrevrange(ks.feed(p), count=1)
+                for last in await pipe.execute():
+                    if last:
+                        ms, _, n = last[0][0].decode().partition("-")
+                        self._feed_last = max(self._feed_last, (int(ms), int(n)))
         except (RedisError, OSError, TimeoutError) as exc:
             raise Unavailable(f"redis: {exc}") from exc
         self.epochs = dict(zip(owned, (int(e) for e in epochs), strict=True))
@@ -322,6 +365,33 @@ class RedisStore:
                 raise Unavailable(f"redis script load failed: {exc!r}") from exc
             # Safe to repeat: the script never replaces a newer version with an older one.
             return await self._flush(phases)
+
+    def feed_id(self) -> str:
+        """The next feed entry id, "<ms>-<n>": above every id given before (and every id in
+        the streams when the partitions were opened), from the wall clock when it moved on.
+        The ids of one flush's entries increase in the order of its script calls, and a later
+        flush's are higher: the feed's global order."""
+        ms, n = self._feed_last
+        now = int(time.time() * 1000)
+        self._feed_last = (now, 0) if now > ms else (ms, n + 1)
+        return f"{self._feed_last[0]}-{self._feed_last[1]}"
+
+    async def read_feed(
+        self, partition: int, after: str = "0-0", count: int = 1000
+    ) -> list[tuple[str, bytes]]:
+        """Entries of a partition's feed after an id (exclusive): (id, FeedBatch bytes), oldest
+        first, at most count; raises Unavailable."""
+        try:
+            async with asyncio.timeout(self.command_timeout):
+                entries = await self.client.xrange(
+                    self.keyspace.feed(partition), min=f"({after}", count=count
+                )
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise Unavailable(f"redis feed read failed: {exc!r}") from exc
+        out: list[tuple[str, bytes]] = []
+        for entry_id, fields in cast(list[tuple[bytes, dict[bytes, bytes]]], entries):
+            out.append((entry_id.decode(), fields[b"e"]))
+        return out
 
     async def _flush(self, phases: list[Phase]) -> tuple[int, int]:
         """Write phases in order in one pipeline; returns (records written, stale skipped).
@@ -343,6 +413,7 @@ class RedisStore:
                     ks.source_highs(p),
                     ks.spilled_marks(p),
                     ks.shipments(p),
+                    ks.feed(p),
                 ]
                 args: list[bytes | str | int] = [
                     self.epochs[p],
@@ -353,6 +424,9 @@ class RedisStore:
                 for number, holds_key, changes in w.holds:
                     keys.append(holds_key)
                     args += (number, len(changes) // 2, *changes)
+                args += (self.feed_id() if w.feed else "", self.feed_max_entries, len(w.feed))
+                for number, staged in w.feed:
+                    args += (number, len(staged) // 2, *staged)
                 args.append(len(w.transfers))
                 for key, value in w.transfers:
                     keys.append(key)
@@ -382,6 +456,7 @@ class RedisStore:
         except (RedisError, OSError, TimeoutError) as exc:
             raise Unavailable(f"redis flush failed: {exc!r}") from exc
         written = stale = 0
+        appended = 0
         for r in results:
             if isinstance(r, NoScriptError):
                 raise r
@@ -391,6 +466,8 @@ class RedisStore:
                 raise Unavailable(f"redis flush failed: {r}")
             written += int(r[0])
             stale += int(r[1])
+            appended += int(r[2])
+        self.feed_changes += appended
         for phase in phases:
             for w in phase.values():
                 marks = w.marks

@@ -1,0 +1,119 @@
+"""The change feed's write path (issue 11 item 1) against a real redis-server: the flush script
+appends a position's changes to its partition's stream in the same call as the position, only
+when the position is written, each change once (an ambiguous earlier attempt that did apply is
+not repeated), with ids that increase across partitions and across a reopening."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.persistence.test_store import KS, pos_write
+from unistock.server.domain import FeedItem, Movement, MovementType, Position
+from unistock.server.persistence.store import RedisStore
+from unistock.storage.v1 import storage_pb2 as spb
+
+
+@pytest.fixture
+async def store(clean_redis_url: str) -> RedisStore:
+    s = RedisStore.from_url(clean_redis_url, KS)
+    await s.open()
+    yield s  # type: ignore[misc]
+    await s.close()
+
+
+def receive(p: Position, seq: int, qty: int, source: str = "wms") -> None:
+    """A RECEIPT applied to p, recorded for the feed as the runtime records it."""
+    m = Movement(source, seq, p.key[0], p.key[1], MovementType.RECEIPT, qty)
+    before = p.on_hand
+    r = p.apply(m)
+    item = FeedItem(1_000 + seq, m, r, p.on_hand - before, 0, p.on_hand, 0, p.reserved, p.version)
+    p.feed = [*(p.feed or []), item]
+
+
+async def feed(store: RedisStore, location: str) -> list[tuple[str, list[spb.AppliedMovement]]]:
+    entries = await store.read_feed(KS.location_partition(location))
+    return [
+        (entry_id, [c.movement for c in spb.FeedBatch.FromString(blob).changes])
+        for entry_id, blob in entries
+    ]
+
+
+def seqs(entries: list[tuple[str, list[spb.AppliedMovement]]]) -> list[int]:
+    return [m.seq for _, changes in entries for m in changes]
+
+
+async def test_changes_go_with_their_position_once(store: RedisStore) -> None:
+    p = Position(("SKU", "s1"))
+    receive(p, 1, 5)
+    receive(p, 2, 3)
+    assert (await store.flush([pos_write(p)]))[0] == 1
+    [(first_id, changes)] = await feed(store, "s1")
+    assert [(m.seq, m.on_hand_delta, m.on_hand, m.version) for m in changes] == [
+        (1, 5, 5, 1),
+        (2, 3, 8, 2),
+    ]
+    assert (changes[0].type, changes[0].source_id, changes[0].sku) == (
+        MovementType.RECEIPT,
+        "wms",
+        "SKU",
+    )
+    # The same write again (an attempt reported failed that did apply): nothing twice.
+    await store.flush([pos_write(p)])
+    assert seqs(await feed(store, "s1")) == [1, 2]
+    # Changes written are forgotten by the runtime; a later change is appended after them.
+    p.feed = None
+    receive(p, 3, 1)
+    await store.flush([pos_write(p)])
+    entries = await feed(store, "s1")
+    assert seqs(entries) == [1, 2, 3]
+    assert entries[1][0] > first_id
+
+
+async def test_a_retry_carrying_old_and_new_changes_appends_only_the_new(
+    store: RedisStore,
+) -> None:
+    """An attempt reported failed did apply (changes 1-2); the retry carries them with a newer
+    change (3): only 3 is appended."""
+    p = Position(("SKU", "s1"))
+    receive(p, 1, 5)
+    receive(p, 2, 3)
+    await store.flush([pos_write(p)])
+    receive(p, 3, 1)  # p.feed still holds 1 and 2: the runtime thinks they failed
+    await store.flush([pos_write(p)])
+    assert seqs(await feed(store, "s1")) == [1, 2, 3]
+
+
+async def test_a_stale_position_write_appends_none_of_its_changes(store: RedisStore) -> None:
+    newer = Position(("SKU", "s1"))
+    for seq in (1, 2, 3):
+        receive(newer, seq, 1)
+    older = Position(("SKU", "s1"))
+    for seq in (1, 2):
+        receive(older, seq, 1)
+    await store.flush([pos_write(newer)])
+    assert await store.flush([pos_write(older)]) == (0, 1)
+    assert seqs(await feed(store, "s1")) == [1, 2, 3]
+
+
+async def test_ids_increase_across_partitions_and_reopening(
+    store: RedisStore, clean_redis_url: str
+) -> None:
+    locations = [f"s{i}" for i in range(20)]  # several partitions of the 8
+    for round_ in range(3):
+        ps = []
+        for loc in locations:
+            p = Position(("SKU", loc), version=round_ * 10)
+            receive(p, round_ + 1, 1)
+            ps.append(p)
+        await store.flush([pos_write(*ps)])
+    ids = []
+    for partition in {KS.location_partition(loc) for loc in locations}:
+        ids += [entry_id for entry_id, _ in await store.read_feed(partition)]
+    assert len(ids) == len(set(ids))
+    top = max(ids, key=lambda i: tuple(map(int, i.split("-"))))
+    again = RedisStore.from_url(clean_redis_url, KS)
+    await again.open()  # a restart: ids go on above every stored one
+    try:
+        assert tuple(map(int, again.feed_id().split("-"))) > tuple(map(int, top.split("-")))
+    finally:
+        await again.close()
