@@ -5,12 +5,27 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from unistock.server.domain import Line, Position, ReservationKind, ReserveRequest, reserve
+from unistock.server.domain import (
+    AdjustmentSign,
+    FeedItem,
+    ItemCondition,
+    Line,
+    Movement,
+    MovementResult,
+    MovementType,
+    Outcome,
+    Position,
+    ReservationKind,
+    ReserveRequest,
+    reserve,
+)
 from unistock.server.persistence.codec import (
+    decode_feed,
     decode_reservation,
     decode_stored,
     encode_position,
     encode_reservation,
+    feed_change,
     hold_value,
     level_bytes,
     parse_hold,
@@ -19,6 +34,7 @@ from unistock.server.persistence.codec import (
     split_position,
     stock_level_entry,
     stored_entry,
+    varint,
 )
 from unistock.server.persistence.store import stored_version
 from unistock.storage.v1 import storage_pb2 as spb
@@ -196,3 +212,74 @@ def test_stored_entry_matches_the_general_encoding(sku: str, loc: str, on_hand: 
     assert entry == position_entry(p)
     [level] = pb.WatchAvailabilityResponse.FromString(entry).levels
     assert (level.sku, level.location_id, level.on_hand) == (sku, loc, on_hand)
+
+
+big_ints = st.integers(-(2**62), 2**62)
+
+
+@given(
+    source=st.text(min_size=1, max_size=40),
+    seq=st.integers(1, 2**63 - 1),
+    sku=st.text(alphabet="AZ09-.", min_size=1, max_size=128),
+    loc=st.text(alphabet="az09-.", min_size=1, max_size=128),
+    mtype=st.sampled_from(list(MovementType)),
+    quantity=st.integers(0, 10**9),
+    condition=st.sampled_from(list(ItemCondition)),
+    sign=st.sampled_from([None, *AdjustmentSign]),
+    texts=st.lists(st.text(max_size=50), min_size=5, max_size=5),
+    outcome=st.sampled_from([Outcome.APPLIED, Outcome.COUNT_CORRECTION]),
+    numbers=st.lists(big_ints, min_size=7, max_size=7),
+    at_ms=st.integers(0, 2**50),
+    version=st.integers(1, 2**63 - 1),
+)
+def test_feed_changes_read_back_as_written(
+    source: str,
+    seq: int,
+    sku: str,
+    loc: str,
+    mtype: MovementType,
+    quantity: int,
+    condition: ItemCondition,
+    sign: AdjustmentSign | None,
+    texts: list[str],
+    outcome: Outcome,
+    numbers: list[int],
+    at_ms: int,
+    version: int,
+) -> None:
+    """A feed change, grouped under its position as the flush script groups it (field, count,
+    changes), reads back as what was applied; the rare fields only when there are any."""
+    rid, count_id, transfer_id, counterpart, reason = texts
+    m = Movement(source, seq, sku, loc, mtype, quantity, rid, count_id, transfer_id, reason,
+                 sign, (), condition, counterpart)  # fmt: skip
+    delta, ns_delta, on_hand, non_sellable, available, variance, picked = numbers
+    r = MovementResult(outcome, variance, picked)
+    item = FeedItem(at_ms, m, r, delta, ns_delta, on_hand, non_sellable, available, version)
+    change = feed_change(item)
+    assert change[:8] == version.to_bytes(8, "big")  # what the script compares
+    field = f"{loc}|{sku}".encode()
+    entry = varint(len(field)) + field + varint(2) + change + change
+    first, second = decode_feed(entry)
+    assert first == second
+    assert (first.sku, first.location_id, first.version, first.at_ms, first.source_id) == (
+        sku, loc, version, at_ms, source,
+    )  # fmt: skip
+    assert (first.seq, first.type, first.quantity, first.on_hand_delta) == (
+        seq, mtype, quantity, delta,
+    )  # fmt: skip
+    assert (first.on_hand, first.available) == (on_hand, available)
+    rare = any(texts) or sign or condition is not ItemCondition.SELLABLE
+    rare = rare or outcome is not Outcome.APPLIED or variance or ns_delta or non_sellable
+    if not rare:
+        assert first.extra is None
+    else:
+        assert first.extra is not None
+        x = first.extra
+        assert (x.reservation_id, x.count_id, x.transfer_id, x.counterpart_location_id) == (
+            rid, count_id, transfer_id, counterpart,
+        )  # fmt: skip
+        assert (x.reason, x.condition, x.adjustment_sign) == (reason, condition, sign or 0)
+        assert x.count_correction == (outcome is Outcome.COUNT_CORRECTION)
+        assert (x.non_sellable_delta, x.non_sellable, x.variance, x.picked_up) == (
+            ns_delta, non_sellable, variance, picked,
+        )  # fmt: skip

@@ -9,8 +9,8 @@ import pytest
 
 from tests.persistence.test_store import KS, pos_write
 from unistock.server.domain import FeedItem, Movement, MovementType, Position
+from unistock.server.persistence.codec import FeedRecord, decode_feed
 from unistock.server.persistence.store import RedisStore
-from unistock.storage.v1 import storage_pb2 as spb
 
 
 @pytest.fixture
@@ -26,19 +26,16 @@ def receive(p: Position, seq: int, qty: int, source: str = "wms") -> None:
     m = Movement(source, seq, p.key[0], p.key[1], MovementType.RECEIPT, qty)
     before = p.on_hand
     r = p.apply(m)
-    item = FeedItem(1_000 + seq, m, r, p.on_hand - before, 0, p.on_hand, 0, p.reserved, p.version)
+    item = FeedItem(1_000 + seq, m, r, p.on_hand - before, 0, p.on_hand, 0, p.available, p.version)
     p.feed = [*(p.feed or []), item]
 
 
-async def feed(store: RedisStore, location: str) -> list[tuple[str, list[spb.AppliedMovement]]]:
+async def feed(store: RedisStore, location: str) -> list[tuple[str, list[FeedRecord]]]:
     entries = await store.read_feed(KS.location_partition(location))
-    return [
-        (entry_id, [c.movement for c in spb.FeedBatch.FromString(blob).changes])
-        for entry_id, blob in entries
-    ]
+    return [(entry_id, decode_feed(blob)) for entry_id, blob in entries]
 
 
-def seqs(entries: list[tuple[str, list[spb.AppliedMovement]]]) -> list[int]:
+def seqs(entries: list[tuple[str, list[FeedRecord]]]) -> list[int]:
     return [m.seq for _, changes in entries for m in changes]
 
 
@@ -52,11 +49,13 @@ async def test_changes_go_with_their_position_once(store: RedisStore) -> None:
         (1, 5, 5, 1),
         (2, 3, 8, 2),
     ]
-    assert (changes[0].type, changes[0].source_id, changes[0].sku) == (
+    assert (changes[0].type, changes[0].source_id, changes[0].sku, changes[0].location_id) == (
         MovementType.RECEIPT,
         "wms",
         "SKU",
+        "s1",
     )
+    assert (changes[1].available, changes[1].at_ms, changes[1].extra) == (8, 1_002, None)
     # The same write again (an attempt reported failed that did apply): nothing twice.
     await store.flush([pos_write(p)])
     assert seqs(await feed(store, "s1")) == [1, 2]

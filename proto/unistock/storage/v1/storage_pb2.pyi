@@ -343,70 +343,18 @@ class Shipment(_message.Message):
 Global___Shipment: _TypeAlias = Shipment  # noqa: Y015
 
 @_typing.final
-class FeedBatch(_message.Message):
+class FeedExtra(_message.Message):
     """The change feed (issue 11): what every flush made durable, appended to its partition's
     stream us:{p<n>}:feed by the flush script itself, in the same script call as the state it
     describes (so the feed never misses a change and never carries one that was not made). A
-    stream entry holds the changes of one script call: field "e" = FeedBatch. Entry ids are
-    given by the server, increasing across partitions in flush order (see RedisStore.feed_id).
+    stream entry (field "e") holds the changes of one script call in a compact binary form (see
+    persistence.codec: feed_change, decode_feed): per position, its field and its changes, each a
+    fixed part and this message for what is rare. Entry ids are given by the server, increasing
+    across partitions in flush order (see RedisStore.feed_id).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    CHANGES_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeedChange]: ...
-    def __init__(
-        self,
-        *,
-        changes: _abc.Iterable[Global___FeedChange] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___FeedBatch: _TypeAlias = FeedBatch  # noqa: Y015
-
-@_typing.final
-class FeedChange(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    AT_MS_FIELD_NUMBER: _builtins.int
-    MOVEMENT_FIELD_NUMBER: _builtins.int
-    at_ms: _builtins.int
-    """When the turn made the change: server wall clock, ms since the Unix epoch."""
-    @_builtins.property
-    def movement(self) -> Global___AppliedMovement: ...
-    def __init__(
-        self,
-        *,
-        at_ms: _builtins.int = ...,
-        movement: Global___AppliedMovement | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "movement", b"movement"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_ms", b"at_ms", "change", b"change", "movement", b"movement"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_change: _TypeAlias = _typing.Literal["movement"]  # noqa: Y015
-    _WhichOneofArgType_change: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015
-    def WhichOneof(self, oneof_group: _WhichOneofArgType_change) -> _WhichOneofReturnType_change | None: ...
-
-Global___FeedChange: _TypeAlias = FeedChange  # noqa: Y015
-
-@_typing.final
-class AppliedMovement(_message.Message):
-    """A movement applied to a position (never a duplicate), with what it did to the position."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    SOURCE_ID_FIELD_NUMBER: _builtins.int
-    SEQ_FIELD_NUMBER: _builtins.int
-    SKU_FIELD_NUMBER: _builtins.int
-    LOCATION_ID_FIELD_NUMBER: _builtins.int
-    TYPE_FIELD_NUMBER: _builtins.int
-    QUANTITY_FIELD_NUMBER: _builtins.int
     CONDITION_FIELD_NUMBER: _builtins.int
     ADJUSTMENT_SIGN_FIELD_NUMBER: _builtins.int
     RESERVATION_ID_FIELD_NUMBER: _builtins.int
@@ -415,20 +363,10 @@ class AppliedMovement(_message.Message):
     COUNTERPART_LOCATION_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     COUNT_CORRECTION_FIELD_NUMBER: _builtins.int
-    ON_HAND_DELTA_FIELD_NUMBER: _builtins.int
     NON_SELLABLE_DELTA_FIELD_NUMBER: _builtins.int
-    ON_HAND_FIELD_NUMBER: _builtins.int
     NON_SELLABLE_FIELD_NUMBER: _builtins.int
-    RESERVED_FIELD_NUMBER: _builtins.int
     VARIANCE_FIELD_NUMBER: _builtins.int
     PICKED_UP_FIELD_NUMBER: _builtins.int
-    VERSION_FIELD_NUMBER: _builtins.int
-    source_id: _builtins.str
-    seq: _builtins.int
-    sku: _builtins.str
-    location_id: _builtins.str
-    type: _inventory_pb2.MovementType.ValueType
-    quantity: _builtins.int
     condition: _inventory_pb2.ItemCondition.ValueType
     adjustment_sign: _inventory_pb2.AdjustmentSign.ValueType
     reservation_id: _builtins.str
@@ -438,28 +376,16 @@ class AppliedMovement(_message.Message):
     reason: _builtins.str
     count_correction: _builtins.bool
     """It came before a count already applied here: it only corrected the count's variance."""
-    on_hand_delta: _builtins.int
-    """What it changed: on_hand and non_sellable after minus before (a COUNT: the variance)."""
     non_sellable_delta: _builtins.int
-    on_hand: _builtins.int
-    """The position after it."""
+    """What it changed of non_sellable (after minus before), and non_sellable after it."""
     non_sellable: _builtins.int
-    reserved: _builtins.int
     variance: _builtins.int
     """A COUNT's variance (count - on_hand before), or a correction's change to it."""
     picked_up: _builtins.int
     """Units of reservation_id picked up by this SALE."""
-    version: _builtins.int
-    """The position's version after it (the feed's idempotency: see the flush script)."""
     def __init__(
         self,
         *,
-        source_id: _builtins.str = ...,
-        seq: _builtins.int = ...,
-        sku: _builtins.str = ...,
-        location_id: _builtins.str = ...,
-        type: _inventory_pb2.MovementType.ValueType = ...,
-        quantity: _builtins.int = ...,
         condition: _inventory_pb2.ItemCondition.ValueType = ...,
         adjustment_sign: _inventory_pb2.AdjustmentSign.ValueType = ...,
         reservation_id: _builtins.str = ...,
@@ -468,19 +394,15 @@ class AppliedMovement(_message.Message):
         counterpart_location_id: _builtins.str = ...,
         reason: _builtins.str = ...,
         count_correction: _builtins.bool = ...,
-        on_hand_delta: _builtins.int = ...,
         non_sellable_delta: _builtins.int = ...,
-        on_hand: _builtins.int = ...,
         non_sellable: _builtins.int = ...,
-        reserved: _builtins.int = ...,
         variance: _builtins.int = ...,
         picked_up: _builtins.int = ...,
-        version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjustment_sign", b"adjustment_sign", "condition", b"condition", "count_correction", b"count_correction", "count_id", b"count_id", "counterpart_location_id", b"counterpart_location_id", "location_id", b"location_id", "non_sellable", b"non_sellable", "non_sellable_delta", b"non_sellable_delta", "on_hand", b"on_hand", "on_hand_delta", b"on_hand_delta", "picked_up", b"picked_up", "quantity", b"quantity", "reason", b"reason", "reservation_id", b"reservation_id", "reserved", b"reserved", "seq", b"seq", "sku", b"sku", "source_id", b"source_id", "transfer_id", b"transfer_id", "type", b"type", "variance", b"variance", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjustment_sign", b"adjustment_sign", "condition", b"condition", "count_correction", b"count_correction", "count_id", b"count_id", "counterpart_location_id", b"counterpart_location_id", "non_sellable", b"non_sellable", "non_sellable_delta", b"non_sellable_delta", "picked_up", b"picked_up", "reason", b"reason", "reservation_id", b"reservation_id", "transfer_id", b"transfer_id", "variance", b"variance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___AppliedMovement: _TypeAlias = AppliedMovement  # noqa: Y015
+Global___FeedExtra: _TypeAlias = FeedExtra  # noqa: Y015

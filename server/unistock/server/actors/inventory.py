@@ -255,7 +255,7 @@ class Inventory:
                 p.non_sellable - non_sellable,
                 p.on_hand,
                 p.non_sellable,
-                p.reserved,
+                p.available,
                 p.version,
             )
             if p.feed is None:

@@ -337,9 +337,9 @@ class NetworkIndex:
         live = self.liveness
         if live is None:
             return out
-        for loc in self._master.locations.values():  # silent since the server knew of it
-            if loc.store_id:
-                live.know(loc.store_id)
+        for known in self._master.locations.values():  # silent since the server knew of it
+            if known.store_id:
+                live.know(known.store_id)
         for network in self._master.networks.values():
             if network.staleness_limit <= 0:
                 continue

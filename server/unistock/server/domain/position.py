@@ -66,7 +66,7 @@ class FeedItem(NamedTuple):
     non_sellable_delta: int
     on_hand: int
     non_sellable: int
-    reserved: int
+    available: int
     version: int
 
 

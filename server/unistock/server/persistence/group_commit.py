@@ -54,7 +54,6 @@ from unistock.server.persistence.codec import (
     encode_reservation,
     encode_transfer,
     feed_change,
-    feed_version,
     hold_value,
 )
 from unistock.server.persistence.keys import Keyspace, mark_field, position_field
@@ -518,10 +517,7 @@ def stage_position(ks: Keyspace, w: PartitionWrite, p: Position, value: bytes) -
     fed = 0
     if p.feed:
         fed = len(p.feed)
-        staged: list[bytes] = []
-        for item in p.feed:
-            staged += (feed_version(item.version), feed_change(item))
-        w.feed.append((len(w.positions) // 2, staged))
+        w.feed.append((len(w.positions) // 2, [feed_change(item) for item in p.feed]))
     if p.spill:  # marks this position no longer keeps itself
         marks = dict(p.spill)
         for source_id, seq in marks.items():

@@ -72,7 +72,8 @@ FLUSH_SCRIPT = """
 --       position..., transfer record keys..., transfer index keys..., reservation keys...
 -- ARGV: epoch, #positions, (field, value)..., #held, per holds hash: (position number,
 --       #holds, (reservation_id, value or '')...), feed entry id, feed max entries, #positions
---       with changes, per position: (position number, #changes, (version, change)...),
+--       with changes, per position: (position number, #changes, change...) (see
+--       codec.feed_change: each starts with its position version),
 --       #transfers, value per transfer key...,
 --       #indexes, destination per index key..., #shipments, (field, value)..., #shipped,
 --       field..., #marks, (field, seq)..., #locations, location..., #sources,
@@ -113,7 +114,7 @@ for c = 0, npos - 1, CHUNK do
       stale = stale + 1
     else
       pairs_[#pairs_ + 1] = fields[k]; pairs_[#pairs_ + 1] = v
-      ok[c + k] = true
+      ok[c + k] = fields[k]
       if old then had[c + k] = string.sub(old, 2, 9) end
       written = written + 1
     end
@@ -144,18 +145,30 @@ end
 -- server gave, in the same call as the positions. A change whose version the stored position
 -- already had is not appended again (an earlier attempt of this write, reported failed, did
 -- apply): each change is in the feed exactly once, and only if its position is.
+local function uvarint(n)
+  local out = {}
+  while n >= 128 do out[#out + 1] = string.char(n % 128 + 128); n = math.floor(n / 128) end
+  out[#out + 1] = string.char(n)
+  return table.concat(out)
+end
 local feed_id, feed_max = ARGV[i], ARGV[i + 1]; i = i + 2
 local nfeed = tonumber(ARGV[i]); i = i + 1
-local parts = {}
+local parts, appended = {}, 0
 for _ = 1, nfeed do
   local at, n = tonumber(ARGV[i]), tonumber(ARGV[i + 1]); i = i + 2
-  if ok[at] then
-    local before = had[at]
+  local field = ok[at]
+  if field then
+    local before, mine = had[at], {}
     for c = 0, n - 1 do
-      if not before or ARGV[i + 2 * c] > before then parts[#parts + 1] = ARGV[i + 2 * c + 1] end
+      local change = ARGV[i + c]
+      if not before or string.sub(change, 1, 8) > before then mine[#mine + 1] = change end
+    end
+    if #mine > 0 then
+      parts[#parts + 1] = uvarint(#field) .. field .. uvarint(#mine) .. table.concat(mine)
+      appended = appended + #mine
     end
   end
-  i = i + 2 * n
+  i = i + n
 end
 if #parts > 0 then
   local blob = table.concat(parts)
@@ -205,7 +218,7 @@ for k = k + 1, #KEYS do
     written = written + 1
   end
 end
-return {written, stale, #parts}
+return {written, stale, appended}
 """
 
 
@@ -231,8 +244,8 @@ class PartitionWrite:
     #: changed holds of those positions: (position number from 1, holds hash key,
     #: [reservation_id, value or b"" (deleted), ...])
     holds: list[tuple[int, str, list[bytes | str]]] = field(default_factory=list)
-    #: feed changes of those positions: (position number from 1, [version (8 bytes), change,
-    #: ...]) (see codec.feed_change)
+    #: feed changes of those positions: (position number from 1, [change, ...]) (see
+    #: codec.feed_change)
     feed: list[tuple[int, list[bytes]]] = field(default_factory=list)
     #: (transfer record key, stored record) of transfers to this partition's locations
     transfers: list[tuple[str, bytes]] = field(default_factory=list)
@@ -426,7 +439,7 @@ class RedisStore:
                     args += (number, len(changes) // 2, *changes)
                 args += (self.feed_id() if w.feed else "", self.feed_max_entries, len(w.feed))
                 for number, staged in w.feed:
-                    args += (number, len(staged) // 2, *staged)
+                    args += (number, len(staged), *staged)
                 args.append(len(w.transfers))
                 for key, value in w.transfers:
                     keys.append(key)
