@@ -11,7 +11,10 @@ records as they are activated) and checks the domain's invariants:
 
 1. conservation: on_hand = units received - units shipped by the fulfilments that are durable,
 2. reserved = the sum of the ACTIVE records' lines on the position (= the sum of its holds),
-3. nothing is promised beyond what is there: reserved <= on_hand, available >= 0.
+3. nothing is promised beyond what is there: reserved <= on_hand, available >= 0;
+4. the change feed (issue 11) has every change of on_hand that is durable and no other: per
+   position, the on_hand deltas of its feed changes (the seed's receipts, the fulfilments'
+   shipments) sum to its stored on_hand, each fulfilment's shipment naming its reservation.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from unistock.server.domain import (
     UnistockError,
 )
 from unistock.server.metrics import Metrics
+from unistock.server.persistence.codec import decode_feed, decode_position
 from unistock.server.persistence.group_commit import GroupCommit
 from unistock.server.persistence.keys import Keyspace
 from unistock.server.persistence.store import Phase, RedisStore
@@ -168,7 +172,29 @@ async def run_op(rt: Runtime, op: Op) -> None:
             await inv.expire_due()
 
 
+async def check_feed(url: str, where: str) -> None:
+    """Invariant 4, on the state as rebuilt (before a restart changes anything)."""
+    store = RedisStore.from_url(url, KS)
+    try:
+        stored = dict(zip(KEYS, await store.load_positions(KEYS), strict=True))
+        changes = []
+        for partition in range(KS.partitions):
+            for _, entry in await store.read_feed(partition, count=100_000):
+                changes += decode_feed(entry)
+    finally:
+        await store.close()
+    for key, data in stored.items():
+        mine = [c for c in changes if (c.sku, c.location_id) == key]
+        on_hand = 0 if data is None else decode_position(key, data).on_hand
+        assert sum(c.on_hand_delta for c in mine) == on_hand, (where, key, on_hand, mine)
+        for c in mine:
+            if c.type is None:
+                assert c.extra is not None, (where, c)
+                assert c.extra.reservation_id in RIDS, (where, c)
+
+
 async def check_invariants(url: str, where: str) -> None:
+    await check_feed(url, where)
     async with runtime(url) as rt:
         inv = rt.inventory
         records = {}

@@ -283,3 +283,15 @@ def test_feed_changes_read_back_as_written(
         assert (x.non_sellable_delta, x.non_sellable, x.variance, x.picked_up) == (
             ns_delta, non_sellable, variance, picked,
         )  # fmt: skip
+
+
+def test_a_fulfilments_shipment_reads_back_as_one() -> None:
+    item = FeedItem(1_700_000_000_000, None, None, -2, 0, 3, 0, 1, 42, "order-7")
+    field = b"store-7|SHOE-42"
+    [c] = decode_feed(varint(len(field)) + field + varint(1) + feed_change(item))
+    assert (c.type, c.quantity, c.on_hand_delta, c.on_hand, c.available, c.version) == (
+        None, 2, -2, 3, 1, 42,
+    )  # fmt: skip
+    assert (c.source_id, c.seq, c.sku, c.location_id) == ("", 0, "SHOE-42", "store-7")
+    assert c.extra is not None
+    assert c.extra.reservation_id == "order-7"

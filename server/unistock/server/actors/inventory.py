@@ -261,7 +261,7 @@ class Inventory:
             if p.feed is None:
                 p.feed = [item]
             else:
-                p.feed.append(item)
+                p.feed.append(item)  # (feed_add inlined: once per movement)
             if m.seq > high:
                 high_of[m.source_id] = m.seq
             if m.location_id not in locations:
@@ -799,6 +799,7 @@ class Inventory:
         held = holds and record.active
         positions = {ln.key: self._position(ln.key) for ln in record.lines} if held else {}
         versions = [p.version for p in positions.values()]
+        on_hand = [p.on_hand for p in positions.values()]
         kind = record.kind.name
         try:
             after = transition(record, positions)
@@ -807,8 +808,16 @@ class Inventory:
             raise
         if after is record:
             return record
-        for p, version in zip(positions.values(), versions, strict=True):
+        at_ms = int(time.time() * 1000)
+        for p, version, before in zip(positions.values(), versions, on_hand, strict=True):
             if p.version != version:
+                if p.on_hand != before:  # shipped by a fulfilment: in the feed too
+                    p.feed_add(
+                        FeedItem(
+                            at_ms, None, None, p.on_hand - before, 0, p.on_hand,
+                            p.non_sellable, p.available, p.version, reservation_id,
+                        )
+                    )  # fmt: skip
                 self.commit.position_changed(p)
         self.reservations.put(after)
         await self.commit.barrier()

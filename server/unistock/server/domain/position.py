@@ -56,18 +56,22 @@ _APPLIED = MovementResult(Outcome.APPLIED)
 
 
 class FeedItem(NamedTuple):
-    """A movement applied to a position, as the change feed reports it: what it did
-    (deltas of on_hand and non_sellable) and the position after it (its version included)."""
+    """A change of a position's on_hand, as the change feed reports it: a movement applied
+    (with its result), or units shipped by a reservation's fulfilment (movement None,
+    reservation_id); what it did (deltas of on_hand and non_sellable) and the position after it
+    (its version included)."""
 
     at_ms: int
-    movement: Movement
-    result: MovementResult
+    movement: Movement | None
+    result: MovementResult | None
     on_hand_delta: int
     non_sellable_delta: int
     on_hand: int
     non_sellable: int
     available: int
     version: int
+    #: the reservation whose fulfilment shipped the units (movement None)
+    reservation_id: str = ""
 
 
 class Position:
@@ -131,6 +135,7 @@ class Position:
         #: The changes made here since the last durable write, for the change feed (the
         #: runtime writes them with the position, then forgets them; see FeedItem).
         self.feed: list[FeedItem] | None = None
+
         self.counts: tuple[str, ...] | None = counts or None
         #: Per reservation still holding units here: the units its fulfilments (FulfilReservation)
         #: took off this position so far. Compared with the record's own total after a crash
@@ -139,6 +144,13 @@ class Position:
         #: None while every source's mark is in `marks`. Once marks were spilled: the spilled
         #: marks not yet written (source -> seq), empty when all are written.
         self.spill: dict[str, int] | None = {} if spilled else None
+
+    def feed_add(self, item: FeedItem) -> None:
+        """Record a change for the change feed (the runtime writes and forgets it)."""
+        if self.feed is None:
+            self.feed = [item]
+        else:
+            self.feed.append(item)
 
     # -- reads ---------------------------------------------------------------------------------
 

@@ -499,12 +499,15 @@ def decode_shipment(data: bytes) -> Movement:
 #     on_hand after (i64) | available after (i64) | type (u8) | flags (u8) |
 #     u8 len(source_id) | source_id | [varint len | FeedExtra]   (big-endian)
 #
-# flags: 1 = a FeedExtra follows. The version comes first: the script compares it with the
+# flags: 1 = a FeedExtra follows. Type 0 (FULFILMENT): units shipped by a reservation's
+# fulfilment (source "", seq 0, quantity the units, the reservation in the FeedExtra). The version comes first: the script compares it with the
 # stored position's to skip a change already in the feed. A fixed binary part instead of a
 # protobuf message because every applied movement is one (bench B1/B11: ~0.5 us instead of
 # ~1.8 us a movement); decode_feed reads it back.
 _FEED_FIXED = struct.Struct(">QQQqqqqBB")
 FEED_EXTRA = 1
+#: The type of a change that is a fulfilment's shipment, not a movement.
+FULFILMENT = 0
 
 
 class FeedRecord(NamedTuple):
@@ -516,7 +519,8 @@ class FeedRecord(NamedTuple):
     at_ms: int
     source_id: str
     seq: int
-    type: MovementType
+    #: None: units shipped by the fulfilment of extra.reservation_id (no movement)
+    type: MovementType | None
     quantity: int
     #: on_hand after minus before (a COUNT: its variance)
     on_hand_delta: int
@@ -530,8 +534,17 @@ _SOURCE_BYTES: dict[str, bytes] = {}
 
 
 def feed_change(item: FeedItem) -> bytes:
-    """The stored form of one feed change (see above)."""
+    """The stored form of one feed change (see above). A fulfilment's shipment (no movement)
+    has type 0, no source, seq 0, the units shipped as quantity and its reservation in the
+    FeedExtra."""
     m, r = item.movement, item.result
+    if m is None or r is None:
+        extra = spb.FeedExtra(reservation_id=item.reservation_id).SerializeToString()
+        fixed = _FEED_FIXED.pack(
+            item.version, item.at_ms, 0, -item.on_hand_delta, item.on_hand_delta, item.on_hand,
+            item.available, FULFILMENT, FEED_EXTRA,
+        )  # fmt: skip
+        return fixed + b"\x00" + varint(len(extra)) + extra
     source = _SOURCE_BYTES.get(m.source_id)
     if source is None:
         raw = m.source_id.encode()
@@ -606,7 +619,8 @@ def decode_feed(entry: bytes) -> list[FeedRecord]:
                 pos += n
             out.append(
                 FeedRecord(
-                    sku, location_id, version, at_ms, source_id, seq, MovementType(mtype), qty,
+                    sku, location_id, version, at_ms, source_id, seq,
+                    MovementType(mtype) if mtype != FULFILMENT else None, qty,
                     delta, on_hand, available, extra,
                 )
             )  # fmt: skip
