@@ -33,7 +33,7 @@ from tests.faults.test_flush_prefix_crash import (
 )
 from unistock.devtools.services import RedisServer
 from unistock.server.domain import AdjustmentSign, Movement, MovementType, StockKey
-from unistock.server.persistence.codec import decode_feed, decode_position
+from unistock.server.persistence.codec import FeedRecord, decode_feed, decode_position
 from unistock.server.persistence.store import RedisStore
 
 pytestmark = pytest.mark.slow
@@ -71,7 +71,7 @@ async def check_feed(url: str, applied: set[tuple[str, int]], where: str) -> Non
         changes = []
         for partition in range(KS.partitions):
             for _, entry in await store.read_feed(partition, count=100_000):
-                changes += decode_feed(entry)
+                changes += [c for c in decode_feed(entry) if isinstance(c, FeedRecord)]
         stored = dict(zip(KEYS, await store.load_positions(KEYS), strict=True))
     finally:
         await store.close()

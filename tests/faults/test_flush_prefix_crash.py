@@ -14,7 +14,9 @@ records as they are activated) and checks the domain's invariants:
 3. nothing is promised beyond what is there: reserved <= on_hand, available >= 0;
 4. the change feed (issue 11) has every change of on_hand that is durable and no other: per
    position, the on_hand deltas of its feed changes (the seed's receipts, the fulfilments'
-   shipments) sum to its stored on_hand, each fulfilment's shipment naming its reservation.
+   shipments) sum to its stored on_hand, each fulfilment's shipment naming its reservation;
+   and every reservation's transitions: its first is CREATED, each revision once, the last
+   carries the stored record (as the wire shows it), and none for a record not stored.
 """
 
 from __future__ import annotations
@@ -37,10 +39,18 @@ from unistock.server.domain import (
     Movement,
     MovementType,
     ReserveRequest,
+    Transition,
     UnistockError,
 )
 from unistock.server.metrics import Metrics
-from unistock.server.persistence.codec import decode_feed, decode_position
+from unistock.server.persistence.codec import (
+    FeedRecord,
+    ReservationFeedRecord,
+    decode_feed,
+    decode_position,
+    decode_reservation,
+    reservation_message,
+)
 from unistock.server.persistence.group_commit import GroupCommit
 from unistock.server.persistence.keys import Keyspace
 from unistock.server.persistence.store import Phase, RedisStore
@@ -177,12 +187,31 @@ async def check_feed(url: str, where: str) -> None:
     store = RedisStore.from_url(url, KS)
     try:
         stored = dict(zip(KEYS, await store.load_positions(KEYS), strict=True))
-        changes = []
+        records = dict(zip(RIDS, await store.load_reservations(RIDS), strict=True))
+        changes: list[FeedRecord] = []
+        transitions: list[ReservationFeedRecord] = []
         for partition in range(KS.partitions):
             for _, entry in await store.read_feed(partition, count=100_000):
-                changes += decode_feed(entry)
+                for c in decode_feed(entry):
+                    if isinstance(c, FeedRecord):
+                        changes.append(c)
+                    else:
+                        transitions.append(c)
     finally:
         await store.close()
+    for rid, data in records.items():
+        mine_ = [t for t in transitions if t.reservation_id == rid]
+        if data is None:
+            assert not mine_, (where, rid, mine_)
+            continue
+        record = decode_reservation(data)
+        revisions = [t.revision for t in mine_]
+        assert revisions == sorted(set(revisions)), (where, rid, revisions)
+        assert mine_[0].transitions[0] == Transition.CREATED, (where, rid, mine_)
+        # The last change is the stored record as readers see it (a later revision that
+        # changed nothing they see, e.g. a repeated extension to the same time, has none).
+        assert mine_[-1].revision <= record.revision, (where, rid, record, mine_)
+        assert mine_[-1].reservation == reservation_message(record), (where, rid, record, mine_)
     for key, data in stored.items():
         mine = [c for c in changes if (c.sku, c.location_id) == key]
         on_hand = 0 if data is None else decode_position(key, data).on_hand

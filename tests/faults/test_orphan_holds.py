@@ -65,7 +65,7 @@ def record_phase(ks: Keyspace, r: Reservation) -> Phase:
     phase: Phase = defaultdict(PartitionWrite)
     keep = "0" if r.active else RETENTION_MS
     phase[ks.reservation_partition(r.reservation_id)].reservations.append(
-        (r.reservation_id, encode_reservation(r), "", keep)
+        (r.reservation_id, encode_reservation(r), "", keep, [])
     )
     return phase
 

@@ -258,7 +258,7 @@ def test_feed_changes_read_back_as_written(
     change = feed_change(item)
     assert change[:8] == version.to_bytes(8, "big")  # what the script compares
     field = f"{loc}|{sku}".encode()
-    entry = varint(len(field)) + field + varint(2) + change + change
+    entry = b"\x01" + varint(len(field)) + field + varint(2) + change + change
     first, second = decode_feed(entry)
     assert first == second
     assert (first.sku, first.location_id, first.version, first.at_ms, first.source_id) == (
@@ -288,7 +288,7 @@ def test_feed_changes_read_back_as_written(
 def test_a_fulfilments_shipment_reads_back_as_one() -> None:
     item = FeedItem(1_700_000_000_000, None, None, -2, 0, 3, 0, 1, 42, "order-7")
     field = b"store-7|SHOE-42"
-    [c] = decode_feed(varint(len(field)) + field + varint(1) + feed_change(item))
+    [c] = decode_feed(b"\x01" + varint(len(field)) + field + varint(1) + feed_change(item))
     assert (c.type, c.quantity, c.on_hand_delta, c.on_hand, c.available, c.version) == (
         None, 2, -2, 3, 1, 42,
     )  # fmt: skip

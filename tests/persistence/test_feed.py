@@ -32,7 +32,10 @@ def receive(p: Position, seq: int, qty: int, source: str = "wms") -> None:
 
 async def feed(store: RedisStore, location: str) -> list[tuple[str, list[FeedRecord]]]:
     entries = await store.read_feed(KS.location_partition(location))
-    return [(entry_id, decode_feed(blob)) for entry_id, blob in entries]
+    return [
+        (entry_id, [c for c in decode_feed(blob) if isinstance(c, FeedRecord)])
+        for entry_id, blob in entries
+    ]
 
 
 def seqs(entries: list[tuple[str, list[FeedRecord]]]) -> list[int]:

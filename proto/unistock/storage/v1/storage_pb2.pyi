@@ -11,6 +11,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from unistock.v1 import inventory_pb2 as _inventory_pb2
 import builtins as _builtins
 import sys
@@ -406,3 +407,62 @@ class FeedExtra(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FeedExtra: _TypeAlias = FeedExtra  # noqa: Y015
+
+@_typing.final
+class ReservationChange(_message.Message):
+    """A reservation's transition in the change feed, with its record after it (see
+    domain.reservation.transitions).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Transition:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _TransitionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[ReservationChange._Transition.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        TRANSITION_UNSPECIFIED: ReservationChange._Transition.ValueType  # 0
+        CREATED: ReservationChange._Transition.ValueType  # 1
+        EXTENDED: ReservationChange._Transition.ValueType  # 2
+        PARTLY_FULFILLED: ReservationChange._Transition.ValueType  # 3
+        FULFILLED: ReservationChange._Transition.ValueType  # 4
+        RELEASED: ReservationChange._Transition.ValueType  # 5
+        EXPIRED: ReservationChange._Transition.ValueType  # 6
+        MOVED: ReservationChange._Transition.ValueType  # 7
+        HEALED: ReservationChange._Transition.ValueType  # 8
+
+    class Transition(_Transition, metaclass=_TransitionEnumTypeWrapper): ...
+    TRANSITION_UNSPECIFIED: ReservationChange.Transition.ValueType  # 0
+    CREATED: ReservationChange.Transition.ValueType  # 1
+    EXTENDED: ReservationChange.Transition.ValueType  # 2
+    PARTLY_FULFILLED: ReservationChange.Transition.ValueType  # 3
+    FULFILLED: ReservationChange.Transition.ValueType  # 4
+    RELEASED: ReservationChange.Transition.ValueType  # 5
+    EXPIRED: ReservationChange.Transition.ValueType  # 6
+    MOVED: ReservationChange.Transition.ValueType  # 7
+    HEALED: ReservationChange.Transition.ValueType  # 8
+
+    AT_MS_FIELD_NUMBER: _builtins.int
+    TRANSITIONS_FIELD_NUMBER: _builtins.int
+    RESERVATION_FIELD_NUMBER: _builtins.int
+    at_ms: _builtins.int
+    """When the turn made it: server wall clock, ms since the Unix epoch."""
+    @_builtins.property
+    def transitions(self) -> _containers.RepeatedScalarFieldContainer[Global___ReservationChange.Transition.ValueType]: ...
+    @_builtins.property
+    def reservation(self) -> _inventory_pb2.Reservation: ...
+    def __init__(
+        self,
+        *,
+        at_ms: _builtins.int = ...,
+        transitions: _abc.Iterable[Global___ReservationChange.Transition.ValueType] | None = ...,
+        reservation: _inventory_pb2.Reservation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reservation", b"reservation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_ms", b"at_ms", "reservation", b"reservation", "transitions", b"transitions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReservationChange: _TypeAlias = ReservationChange  # noqa: Y015

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable
 
 from unistock.server.actors.loader import BatchLoader
-from unistock.server.domain import Position, Reservation, reconcile_holds
+from unistock.server.domain import Position, Reservation, reconcile_holds, transitions
 from unistock.server.metrics import Metrics
-from unistock.server.persistence.codec import decode_reservation
+from unistock.server.persistence.codec import decode_reservation, reservation_change
 from unistock.server.persistence.group_commit import GroupCommit
 from unistock.server.persistence.store import RedisStore
 
@@ -42,8 +43,11 @@ class ReservationBook:
         created: a new reservation (its record is written after its holds; every later state
         before the positions).
         """
-        self._cache[reservation.reservation_id] = reservation
-        self._commit.reservation_changed(reservation, created=created)
+        rid = reservation.reservation_id
+        kinds = transitions(self._cache.get(rid), reservation)
+        change = reservation_change(int(time.time() * 1000), kinds, reservation) if kinds else b""
+        self._cache[rid] = reservation
+        self._commit.reservation_changed(reservation, created=created, change=change)
 
     async def load(self, ids: Iterable[str]) -> None:
         """Make ids known (loading them from Redis); raises Unavailable.

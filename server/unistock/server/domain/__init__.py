@@ -25,6 +25,7 @@ from unistock.server.domain.reservation import (
     ReservationKind,
     ReservationState,
     ReserveRequest,
+    Transition,
     apply_movement,
     check_replay,
     choose_locations,
@@ -32,6 +33,7 @@ from unistock.server.domain.reservation import (
     fulfil,
     reconcile_holds,
     reserve,
+    transitions,
 )
 from unistock.server.domain.transfer import (
     Discrepancy,
@@ -90,6 +92,7 @@ __all__ = [
     "TransferLine",
     "TransferNotFound",
     "TransferState",
+    "Transition",
     "Unavailable",
     "UnistockError",
     "apply_movement",
@@ -101,5 +104,6 @@ __all__ = [
     "new_transfer",
     "reconcile_holds",
     "reserve",
+    "transitions",
     "validate_lines",
 ]

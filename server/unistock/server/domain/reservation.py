@@ -590,3 +590,46 @@ def reconcile_holds(
 def check_reservation_id(value: str) -> str:
     """Validate a reservation_id field."""
     return check_id("reservation_id", value)
+
+
+class Transition(enum.IntEnum):
+    """What happened to a reservation (the change feed's reservation changes). Values are the
+    storage enum's numbers (storage.proto ReservationChange)."""
+
+    CREATED = 1
+    EXTENDED = 2
+    #: Some units left (a fulfilment or a pickup), others still held.
+    PARTLY_FULFILLED = 3
+    FULFILLED = 4
+    RELEASED = 5
+    EXPIRED = 6
+    #: Held units moved between locations (TransferReservation).
+    MOVED = 7
+    #: Held units at risk moved by the server itself (self-healing).
+    HEALED = 8
+
+
+_ENDED = {
+    ReservationState.FULFILLED: Transition.FULFILLED,
+    ReservationState.RELEASED: Transition.RELEASED,
+    ReservationState.EXPIRED: Transition.EXPIRED,
+}
+
+
+def transitions(before: Reservation | None, after: Reservation) -> list[Transition]:
+    """What turned record `before` (None: there was none) into `after`, in the order a reader
+    should see them; empty when nothing a reader cares about changed."""
+    if before is None:
+        return [Transition.CREATED]
+    out = []
+    if after.fulfilled != before.fulfilled and after.active:
+        out.append(Transition.PARTLY_FULFILLED)
+    if after.resourced != before.resourced:
+        out.append(Transition.HEALED)
+    elif after.lines != before.lines and after.fulfilled == before.fulfilled and after.active:
+        out.append(Transition.MOVED)
+    if after.expires_at != before.expires_at and after.active:
+        out.append(Transition.EXTENDED)
+    if after.state is not before.state and not after.active:
+        out.append(_ENDED[after.state])
+    return out

@@ -41,6 +41,7 @@ from unistock.server.domain import (
     StockKey,
     Transfer,
     TransferLine,
+    Transition,
 )
 from unistock.storage.v1 import storage_pb2 as spb
 from unistock.v1 import inventory_pb2 as pb
@@ -491,16 +492,20 @@ def decode_shipment(data: bytes) -> Movement:
     )
 
 
-# The change feed's stream entries (see storage.proto FeedExtra and the flush script): per
-# position written, its stored field ("<location_id>|<sku>", varint length first), the number
-# of its changes (varint) and the changes, each
+# The change feed's stream entries (see storage.proto FeedExtra and the flush script): groups,
+# each a kind byte, a key (varint length first) and the number of its changes (varint), then
+# the changes. Kind 1: a position written, key its stored field "<location_id>|<sku>", each
+# change
 #
 #     version (u64) | at_ms (u64) | seq (u64) | quantity (i64) | on_hand_delta (i64) |
 #     on_hand after (i64) | available after (i64) | type (u8) | flags (u8) |
 #     u8 len(source_id) | source_id | [varint len | FeedExtra]   (big-endian)
 #
 # flags: 1 = a FeedExtra follows. Type 0 (FULFILMENT): units shipped by a reservation's
-# fulfilment (source "", seq 0, quantity the units, the reservation in the FeedExtra). The version comes first: the script compares it with the
+# fulfilment (source "", seq 0, quantity the units, the reservation in the FeedExtra).
+# Kind 2: a reservation record written, key its id, each change its revision (u64) then a
+# ReservationChange (varint length first). Every change starts with the version (revision) of
+# the state it leads to: the script skips those the stored state already has. The version comes first: the script compares it with the
 # stored position's to skip a change already in the feed. A fixed binary part instead of a
 # protobuf message because every applied movement is one (bench B1/B11: ~0.5 us instead of
 # ~1.8 us a movement); decode_feed reads it back.
@@ -528,6 +533,31 @@ class FeedRecord(NamedTuple):
     available: int
     #: the rare fields (condition, reservation, count, transfer, reason, non_sellable...)
     extra: spb.FeedExtra | None
+
+
+class ReservationFeedRecord(NamedTuple):
+    """A reservation's transitions, as read back from the change feed."""
+
+    reservation_id: str
+    revision: int
+    at_ms: int
+    transitions: tuple[int, ...]
+    #: the record after them (wire form)
+    reservation: pb.Reservation
+
+
+FEED_POSITION, FEED_RESERVATION = 1, 2
+_REVISION = struct.Struct(">Q")
+
+
+def reservation_change(at_ms: int, kinds: list[Transition], record: Reservation) -> bytes:
+    """The stored form of a reservation's feed change (see above)."""
+    msg = spb.ReservationChange(
+        at_ms=at_ms,
+        transitions=[int(k) for k in kinds],  # type: ignore[misc]
+        reservation=reservation_message(record),
+    ).SerializeToString()
+    return _REVISION.pack(record.revision) + varint(len(msg)) + msg
 
 
 _SOURCE_BYTES: dict[str, bytes] = {}
@@ -595,17 +625,31 @@ def feed_change(item: FeedItem) -> bytes:
     return fixed + source + varint(len(extra)) + extra
 
 
-def decode_feed(entry: bytes) -> list[FeedRecord]:
+def decode_feed(entry: bytes) -> list[FeedRecord | ReservationFeedRecord]:
     """The changes of one feed stream entry, in order."""
-    out: list[FeedRecord] = []
+    out: list[FeedRecord | ReservationFeedRecord] = []
     pos, end = 0, len(entry)
     unpack = _FEED_FIXED.unpack_from
     size = _FEED_FIXED.size
     while pos < end:
-        n, pos = _read_varint(entry, pos)
-        location_id, _, sku = entry[pos : pos + n].decode().partition("|")
+        kind = entry[pos]
+        n, pos = _read_varint(entry, pos + 1)
+        key = entry[pos : pos + n].decode()
         pos += n
         count, pos = _read_varint(entry, pos)
+        if kind == FEED_RESERVATION:
+            for _ in range(count):
+                (revision,) = _REVISION.unpack_from(entry, pos)
+                n, pos = _read_varint(entry, pos + 8)
+                change = spb.ReservationChange.FromString(entry[pos : pos + n])
+                pos += n
+                out.append(
+                    ReservationFeedRecord(
+                        key, revision, change.at_ms, tuple(change.transitions), change.reservation
+                    )
+                )
+            continue
+        location_id, _, sku = key.partition("|")
         for _ in range(count):
             version, at_ms, seq, qty, delta, on_hand, available, mtype, flags = unpack(entry, pos)
             pos += size

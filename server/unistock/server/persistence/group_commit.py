@@ -107,6 +107,8 @@ class GroupCommit:
         self._positions: dict[StockKey, Position] = {}
         self._ending: dict[str, Reservation] = {}
         self._other: dict[str, Reservation] = {}
+        #: reservation_id -> its feed changes not yet durable (codec.reservation_change)
+        self._transitions: dict[str, list[bytes]] = {}
         self._sources: dict[str, int] = {}
         self._highs: dict[str, int] = {}
         self._inflight_highs: dict[str, int] = {}
@@ -137,13 +139,18 @@ class GroupCommit:
         self._positions[position.key] = position
         self._wake.set()
 
-    def reservation_changed(self, reservation: Reservation, *, created: bool) -> None:
-        """Schedule a reservation record for writing (await barrier() for durability).
+    def reservation_changed(
+        self, reservation: Reservation, *, created: bool, change: bytes = b""
+    ) -> None:
+        """Schedule a reservation record for writing (await barrier() for durability), with
+        its change for the feed (codec.reservation_change; written with the record).
 
         created: a new reservation, written after its holds; any later state of a record is
         written before the positions (see the module docstring).
         """
         rid = reservation.reservation_id
+        if change:
+            self._transitions.setdefault(rid, []).append(change)
         if created or rid in self._other:
             # A record not yet written even once stays after the positions whatever it became
             # in this window (only pickups can change it before it is durable, and they shrink
@@ -291,7 +298,9 @@ class GroupCommit:
                 self._transfers,
                 self._shipments,
                 self._shipped,
+                self._transitions,
             )
+            self._transitions = {}
             self._window = asyncio.get_running_loop().create_future()
             self._positions, self._ending, self._other = {}, {}, {}
             self._sources, self._highs, self._transfers = {}, {}, {}
@@ -311,6 +320,9 @@ class GroupCommit:
             transfers=self._transfers,
             shipments=self._shipments,
             shipped=self._shipped,
+            transitions={
+                rid: self._transitions.pop(rid) for rid in self._ending if rid in self._transitions
+            },
         )
         self._ending, self._transfers, self._shipments, self._shipped = {}, {}, {}, {}
         self._linked = {}
@@ -426,7 +438,7 @@ class GroupCommit:
                 score = str(int(r.expires_at * 1000)) if active and r.expires_at else ""
                 keep = "0" if r.active else self._retention_ms
                 phase[ks.reservation_partition(rid)].reservations.append(
-                    (rid, encode_reservation(r), score, keep)
+                    (rid, encode_reservation(r), score, keep, batch.transitions.get(rid, []))
                 )
         for (destination, transfer_id), t in batch.transfers.items():
             # The index first: a record is never stored without it (both are idempotent).
@@ -467,6 +479,8 @@ class GroupCommit:
             for rid, r in records.items():
                 if rid not in self._ending and rid not in self._other:
                     target[rid] = r
+        for rid, changes in batch.transitions.items():  # before any made since
+            self._transitions[rid] = changes + self._transitions.get(rid, [])
         for key, t in batch.transfers.items():
             self._transfers.setdefault(key, t)
         for name, shipment in batch.shipments.items():
@@ -491,6 +505,8 @@ class _Batch:
     transfers: dict[tuple[str, str], Transfer] = field(default_factory=dict)
     shipments: dict[str, tuple[str, bytes]] = field(default_factory=dict)
     shipped: dict[str, str] = field(default_factory=dict)
+    #: reservation_id -> its feed changes (written with its record)
+    transitions: dict[str, list[bytes]] = field(default_factory=dict)
 
     def encodable(self) -> _Batch:
         """The changes that encode, each alone; the others are logged and dropped."""
@@ -503,6 +519,7 @@ class _Batch:
             {k: t for k, t in self.transfers.items() if _encodes(encode_transfer, t)},
             self.shipments,
             self.shipped,
+            self.transitions,
         )
 
 

@@ -78,7 +78,8 @@ FLUSH_SCRIPT = """
 --       #indexes, destination per index key..., #shipments, (field, value)..., #shipped,
 --       field..., #marks, (field, seq)..., #locations, location..., #sources,
 --       (source_id, seq)..., #highs, (source_id, seq)..., then per reservation key:
---       (reservation_id, value, expiry score or '', retention ms or '0')
+--       (reservation_id, value, expiry score or '', retention ms or '0', #changes,
+--       change...) (see codec.reservation_change: each starts with its revision)
 local epoch = redis.call('GET', KEYS[1])
 if epoch ~= ARGV[1] then
   return redis.error_reply('FENCED partition owned by epoch ' .. tostring(epoch) ..
@@ -141,10 +142,11 @@ for h = 1, nheld do
   end
   i = i + 2 * n
 end
--- The change feed: the changes of the positions written, in one stream entry with the id the
--- server gave, in the same call as the positions. A change whose version the stored position
--- already had is not appended again (an earlier attempt of this write, reported failed, did
--- apply): each change is in the feed exactly once, and only if its position is.
+-- The change feed: the changes of the positions and reservation records written, in one
+-- stream entry with the id the server gave, in the same call as the state they describe
+-- (appended at the end of the script). A change whose version the stored state already had
+-- is not appended again (an earlier attempt of this write, reported failed, did apply): each
+-- change is in the feed exactly once, and only if its state is.
 local function uvarint(n)
   local out = {}
   while n >= 128 do out[#out + 1] = string.char(n % 128 + 128); n = math.floor(n / 128) end
@@ -164,18 +166,11 @@ for _ = 1, nfeed do
       if not before or string.sub(change, 1, 8) > before then mine[#mine + 1] = change end
     end
     if #mine > 0 then
-      parts[#parts + 1] = uvarint(#field) .. field .. uvarint(#mine) .. table.concat(mine)
+      parts[#parts + 1] = '\1' .. uvarint(#field) .. field .. uvarint(#mine) .. table.concat(mine)
       appended = appended + #mine
     end
   end
   i = i + n
-end
-if #parts > 0 then
-  local blob = table.concat(parts)
-  local added = redis.pcall('XADD', KEYS[9], 'MAXLEN', '~', feed_max, feed_id, 'e', blob)
-  if type(added) == 'table' and added.err then  -- an id not above the stream's last: Redis's
-    redis.call('XADD', KEYS[9], 'MAXLEN', '~', feed_max, '*', 'e', blob)
-  end
 end
 local k = 9 + nheld
 -- Transfer records (a record never replaced by an older revision).
@@ -208,7 +203,8 @@ for _ = 1, nsrc do raise(KEYS[5], ARGV[i], ARGV[i + 1]); i = i + 2 end
 local nhigh = tonumber(ARGV[i]); i = i + 1
 for _ = 1, nhigh do raise(KEYS[6], ARGV[i], ARGV[i + 1]); i = i + 2 end
 for k = k + 1, #KEYS do
-  local rid, v, score, keep = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]; i = i + 4
+  local rid, v, score, keep = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local n = tonumber(ARGV[i + 4]); i = i + 5
   local old = redis.call('GET', KEYS[k])
   if old and string.sub(old, 2, 9) > string.sub(v, 2, 9) then
     stale = stale + 1
@@ -216,6 +212,23 @@ for k = k + 1, #KEYS do
     if keep ~= '0' then redis.call('SET', KEYS[k], v, 'PX', keep) else redis.call('SET', KEYS[k], v) end
     if score ~= '' then redis.call('ZADD', KEYS[4], score, rid) else redis.call('ZREM', KEYS[4], rid) end
     written = written + 1
+    local before, mine = old and string.sub(old, 2, 9), {}
+    for c = 0, n - 1 do
+      local change = ARGV[i + c]
+      if not before or string.sub(change, 1, 8) > before then mine[#mine + 1] = change end
+    end
+    if #mine > 0 then
+      parts[#parts + 1] = '\2' .. uvarint(#rid) .. rid .. uvarint(#mine) .. table.concat(mine)
+      appended = appended + #mine
+    end
+  end
+  i = i + n
+end
+if #parts > 0 then
+  local blob = table.concat(parts)
+  local added = redis.pcall('XADD', KEYS[9], 'MAXLEN', '~', feed_max, feed_id, 'e', blob)
+  if type(added) == 'table' and added.err then  -- an id not above the stream's last: Redis's
+    redis.call('XADD', KEYS[9], 'MAXLEN', '~', feed_max, '*', 'e', blob)
   end
 end
 return {written, stale, appended}
@@ -262,8 +275,8 @@ class PartitionWrite:
     sources: list[tuple[str, int]] = field(default_factory=list)
     #: (source_id, highest seq applied from it anywhere): only ever raised
     highs: list[tuple[str, int]] = field(default_factory=list)
-    #: (reservation_id, value, expiry score or "", retention ms or "0")
-    reservations: list[tuple[str, bytes, str, str]] = field(default_factory=list)
+    #: (reservation_id, value, expiry score or "", retention ms or "0", feed changes)
+    reservations: list[tuple[str, bytes, str, str, list[bytes]]] = field(default_factory=list)
 
 
 Phase = dict[int, PartitionWrite]
@@ -437,7 +450,8 @@ class RedisStore:
                 for number, holds_key, changes in w.holds:
                     keys.append(holds_key)
                     args += (number, len(changes) // 2, *changes)
-                args += (self.feed_id() if w.feed else "", self.feed_max_entries, len(w.feed))
+                feeds = w.feed or any(r[4] for r in w.reservations)
+                args += (self.feed_id() if feeds else "", self.feed_max_entries, len(w.feed))
                 for number, staged in w.feed:
                     args += (number, len(staged), *staged)
                 args.append(len(w.transfers))
@@ -459,9 +473,9 @@ class RedisStore:
                 args.append(len(w.highs))
                 for source_id, seq in w.highs:
                     args.extend((source_id, seq))
-                for rid, value, score, keep in w.reservations:
+                for rid, value, score, keep, fed in w.reservations:
                     keys.append(ks.reservation(p, rid))
-                    args.extend((rid, value, score, keep))
+                    args.extend((rid, value, score, keep, len(fed), *fed))
                 pipe.evalsha(self._flush_sha, len(keys), *keys, *args)
         try:
             async with asyncio.timeout(self.command_timeout):
