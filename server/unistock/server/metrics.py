@@ -138,6 +138,12 @@ class Metrics:
             "Writes the flush script skipped because Redis held a newer version.",
             registry=r,
         )
+        self.feed_changes = Counter(
+            "unistock_feed_changes_total",
+            "Changes appended to the change feed (movements applied, fulfilments' shipments, "
+            "reservation transitions), with the state they describe.",
+            registry=r,
+        )
         self.redis_errors = Counter(
             "unistock_redis_errors_total",
             "Redis operations that failed, by operation.",

@@ -349,6 +349,7 @@ class GroupCommit:
         self._inflight_transfers = set(batch.transfers)
         self._inflight_highs = batch.highs
         self._inflight = window
+        fed = self._store.feed_changes
         try:
             _, stale = await self._store.flush(phases)
         except Unavailable as exc:
@@ -392,6 +393,8 @@ class GroupCommit:
         self._last_batch = len(batch.positions) + len(batch.ending) + len(batch.other)
         if stale:
             self._metrics.flush_stale.inc(stale)
+        if self._store.feed_changes > fed:
+            self._metrics.feed_changes.inc(self._store.feed_changes - fed)
         if final and not window.done():
             window.set_result(None)
         else:
