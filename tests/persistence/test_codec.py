@@ -7,7 +7,6 @@ from hypothesis import strategies as st
 
 from unistock.server.domain import (
     AdjustmentSign,
-    FeedItem,
     ItemCondition,
     Line,
     Movement,
@@ -254,8 +253,7 @@ def test_feed_changes_read_back_as_written(
                  sign, (), condition, counterpart)  # fmt: skip
     delta, ns_delta, on_hand, non_sellable, available, variance, picked = numbers
     r = MovementResult(outcome, variance, picked)
-    item = FeedItem(at_ms, m, r, delta, ns_delta, on_hand, non_sellable, available, version)
-    change = feed_change(item)
+    change = feed_change(at_ms, m, r, delta, ns_delta, on_hand, non_sellable, available, version)
     assert change[:8] == version.to_bytes(8, "big")  # what the script compares
     field = f"{loc}|{sku}".encode()
     entry = b"\x01" + varint(len(field)) + field + varint(2) + change + change
@@ -286,9 +284,9 @@ def test_feed_changes_read_back_as_written(
 
 
 def test_a_fulfilments_shipment_reads_back_as_one() -> None:
-    item = FeedItem(1_700_000_000_000, None, None, -2, 0, 3, 0, 1, 42, "order-7")
+    change = feed_change(1_700_000_000_000, None, None, -2, 0, 3, 0, 1, 42, "order-7")
     field = b"store-7|SHOE-42"
-    [c] = decode_feed(b"\x01" + varint(len(field)) + field + varint(1) + feed_change(item))
+    [c] = decode_feed(b"\x01" + varint(len(field)) + field + varint(1) + change)
     assert (c.type, c.quantity, c.on_hand_delta, c.on_hand, c.available, c.version) == (
         None, 2, -2, 3, 1, 42,
     )  # fmt: skip

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 
 from tests.persistence.test_store import KS, pos_write
-from unistock.server.domain import FeedItem, Movement, MovementType, Position
-from unistock.server.persistence.codec import FeedRecord, decode_feed
+from unistock.server.domain import Movement, MovementType, Position
+from unistock.server.persistence.codec import FeedRecord, decode_feed, feed_change
 from unistock.server.persistence.store import RedisStore
 
 
@@ -26,8 +26,9 @@ def receive(p: Position, seq: int, qty: int, source: str = "wms") -> None:
     m = Movement(source, seq, p.key[0], p.key[1], MovementType.RECEIPT, qty)
     before = p.on_hand
     r = p.apply(m)
-    item = FeedItem(1_000 + seq, m, r, p.on_hand - before, 0, p.on_hand, 0, p.available, p.version)
-    p.feed = [*(p.feed or []), item]
+    p.feed_add(
+        feed_change(1_000 + seq, m, r, p.on_hand - before, 0, p.on_hand, 0, p.available, p.version)
+    )
 
 
 async def feed(store: RedisStore, location: str) -> list[tuple[str, list[FeedRecord]]]:

@@ -19,7 +19,6 @@ from unistock.server.actors.reservations import ReservationBook
 from unistock.server.actors.transfers import TransferBook, TransferKey
 from unistock.server.domain import (
     MAX_SEQ_JUMP,
-    FeedItem,
     InsufficientStock,
     InvalidArgument,
     Line,
@@ -47,7 +46,12 @@ from unistock.server.domain import (
     reserve,
 )
 from unistock.server.metrics import Metrics
-from unistock.server.persistence.codec import decode_shipment, encode_shipment, shipment_field
+from unistock.server.persistence.codec import (
+    decode_shipment,
+    encode_shipment,
+    feed_change,
+    shipment_field,
+)
 from unistock.server.persistence.group_commit import GroupCommit
 from unistock.server.persistence.keys import parse_position_field
 from unistock.server.persistence.store import RedisStore
@@ -247,7 +251,7 @@ class Inventory:
             if r.outcome is Outcome.DUPLICATE:
                 out.duplicates += 1
                 continue
-            item = FeedItem(
+            change = feed_change(
                 at_ms,
                 m,
                 r,
@@ -259,9 +263,9 @@ class Inventory:
                 p.version,
             )
             if p.feed is None:
-                p.feed = [item]
+                p.feed = [change]
             else:
-                p.feed.append(item)  # (feed_add inlined: once per movement)
+                p.feed.append(change)  # (feed_add inlined: once per movement)
             if m.seq > high:
                 high_of[m.source_id] = m.seq
             if m.location_id not in locations:
@@ -813,7 +817,7 @@ class Inventory:
             if p.version != version:
                 if p.on_hand != before:  # shipped by a fulfilment: in the feed too
                     p.feed_add(
-                        FeedItem(
+                        feed_change(
                             at_ms, None, None, p.on_hand - before, 0, p.on_hand,
                             p.non_sellable, p.available, p.version, reservation_id,
                         )

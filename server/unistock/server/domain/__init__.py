@@ -15,7 +15,7 @@ from unistock.server.domain.errors import (
     Unavailable,
     UnistockError,
 )
-from unistock.server.domain.position import FeedItem, MovementResult, Outcome, Position
+from unistock.server.domain.position import MovementResult, Outcome, Position
 from unistock.server.domain.reservation import (
     DEFAULT_TTL,
     LineProgress,
@@ -64,7 +64,6 @@ __all__ = [
     "AdjustmentSign",
     "Discrepancy",
     "DiscrepancyKind",
-    "FeedItem",
     "Fenced",
     "InsufficientStock",
     "InvalidArgument",

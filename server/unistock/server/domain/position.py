@@ -10,7 +10,6 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from unistock.server.domain.values import ItemCondition, Movement, MovementType, StockKey
 
@@ -53,25 +52,6 @@ class MovementResult:
 #: The common results, shared (a result is immutable; building one per movement costs ~1 us).
 _DUPLICATE = MovementResult(Outcome.DUPLICATE)
 _APPLIED = MovementResult(Outcome.APPLIED)
-
-
-class FeedItem(NamedTuple):
-    """A change of a position's on_hand, as the change feed reports it: a movement applied
-    (with its result), or units shipped by a reservation's fulfilment (movement None,
-    reservation_id); what it did (deltas of on_hand and non_sellable) and the position after it
-    (its version included)."""
-
-    at_ms: int
-    movement: Movement | None
-    result: MovementResult | None
-    on_hand_delta: int
-    non_sellable_delta: int
-    on_hand: int
-    non_sellable: int
-    available: int
-    version: int
-    #: the reservation whose fulfilment shipped the units (movement None)
-    reservation_id: str = ""
 
 
 class Position:
@@ -132,9 +112,10 @@ class Position:
         #: `available` as last written durably (the runtime keeps it, to tell what each write
         #: changed: network availability is summed from these changes).
         self.durable_available = 0
-        #: The changes made here since the last durable write, for the change feed (the
-        #: runtime writes them with the position, then forgets them; see FeedItem).
-        self.feed: list[FeedItem] | None = None
+        #: The changes made here since the last durable write, for the change feed, as the
+        #: runtime encoded them (persistence.codec.feed_change): written with the position,
+        #: then forgotten.
+        self.feed: list[bytes] | None = None
 
         self.counts: tuple[str, ...] | None = counts or None
         #: Per reservation still holding units here: the units its fulfilments (FulfilReservation)
@@ -145,12 +126,12 @@ class Position:
         #: marks not yet written (source -> seq), empty when all are written.
         self.spill: dict[str, int] | None = {} if spilled else None
 
-    def feed_add(self, item: FeedItem) -> None:
+    def feed_add(self, change: bytes) -> None:
         """Record a change for the change feed (the runtime writes and forgets it)."""
         if self.feed is None:
-            self.feed = [item]
+            self.feed = [change]
         else:
-            self.feed.append(item)
+            self.feed.append(change)
 
     # -- reads ---------------------------------------------------------------------------------
 

@@ -25,12 +25,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from unistock.server.domain import (
     Discrepancy,
     DiscrepancyKind,
-    FeedItem,
     ItemCondition,
     Line,
     LineProgress,
     Move,
     Movement,
+    MovementResult,
     MovementType,
     Outcome,
     Pickup,
@@ -563,16 +563,28 @@ def reservation_change(at_ms: int, kinds: list[Transition], record: Reservation)
 _SOURCE_BYTES: dict[str, bytes] = {}
 
 
-def feed_change(item: FeedItem) -> bytes:
-    """The stored form of one feed change (see above). A fulfilment's shipment (no movement)
-    has type 0, no source, seq 0, the units shipped as quantity and its reservation in the
-    FeedExtra."""
-    m, r = item.movement, item.result
+def feed_change(
+    at_ms: int,
+    m: Movement | None,
+    r: MovementResult | None,
+    on_hand_delta: int,
+    non_sellable_delta: int,
+    on_hand: int,
+    non_sellable: int,
+    available: int,
+    version: int,
+    reservation_id: str = "",
+) -> bytes:
+    """The stored form of one feed change (see above): a movement m applied with result r, or
+    (m and r None) units shipped by reservation_id's fulfilment; what it did to on_hand and
+    non_sellable, and the position after it. A fulfilment's shipment (no movement) has type 0, no source,
+    seq 0, the units shipped as quantity and its reservation in the FeedExtra. Called once per
+    movement applied: positional arguments, no intermediate object."""
     if m is None or r is None:
-        extra = spb.FeedExtra(reservation_id=item.reservation_id).SerializeToString()
+        extra = spb.FeedExtra(reservation_id=reservation_id).SerializeToString()
         fixed = _FEED_FIXED.pack(
-            item.version, item.at_ms, 0, -item.on_hand_delta, item.on_hand_delta, item.on_hand,
-            item.available, FULFILMENT, FEED_EXTRA,
+            version, at_ms, 0, -on_hand_delta, on_hand_delta, on_hand,
+            available, FULFILMENT, FEED_EXTRA,
         )  # fmt: skip
         return fixed + b"\x00" + varint(len(extra)) + extra
     source = _SOURCE_BYTES.get(m.source_id)
@@ -592,17 +604,17 @@ def feed_change(item: FeedItem) -> bytes:
         or m.condition is not ItemCondition.SELLABLE
         or r.outcome is not Outcome.APPLIED
         or r.variance
-        or item.non_sellable_delta
-        or item.non_sellable
+        or non_sellable_delta
+        or non_sellable
     )
     fixed = _FEED_FIXED.pack(
-        item.version,
-        item.at_ms,
+        version,
+        at_ms,
         m.seq,
         m.quantity,
-        item.on_hand_delta,
-        item.on_hand,
-        item.available,
+        on_hand_delta,
+        on_hand,
+        available,
         m.type,
         FEED_EXTRA if rare else 0,
     )
@@ -617,8 +629,8 @@ def feed_change(item: FeedItem) -> bytes:
         counterpart_location_id=m.counterpart_location_id,
         reason=m.reason,
         count_correction=r.outcome is Outcome.COUNT_CORRECTION,
-        non_sellable_delta=item.non_sellable_delta,
-        non_sellable=item.non_sellable,
+        non_sellable_delta=non_sellable_delta,
+        non_sellable=non_sellable,
         variance=r.variance,
         picked_up=r.picked_up,
     ).SerializeToString()

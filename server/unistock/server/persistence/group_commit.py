@@ -53,7 +53,6 @@ from unistock.server.persistence.codec import (
     encode_position_with_level,
     encode_reservation,
     encode_transfer,
-    feed_change,
     hold_value,
 )
 from unistock.server.persistence.keys import Keyspace, mark_field, position_field
@@ -537,7 +536,7 @@ def stage_position(ks: Keyspace, w: PartitionWrite, p: Position, value: bytes) -
     fed = 0
     if p.feed:
         fed = len(p.feed)
-        w.feed.append((len(w.positions) // 2, [feed_change(item) for item in p.feed]))
+        w.feed.append((len(w.positions) // 2, list(p.feed)))
     if p.spill:  # marks this position no longer keeps itself
         marks = dict(p.spill)
         for source_id, seq in marks.items():
