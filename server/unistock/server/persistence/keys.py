@@ -28,6 +28,8 @@ set of partitions; each partition has an owner epoch that every write checks (th
                                   their transfer record (the partitions' outbox)
     us:{p<n>}:feed                stream: the change feed of the partition (entry "e" = a
                                   FeedBatch: the changes one flush made durable here)
+    us:{p<n>}:feedcur             hash: durable feed consumer -> the last feed id it has (the
+                                  feed is trimmed behind the slowest)
     us:{p<n>}:heard               hash: store id -> when its agent was last heard from (Unix
                                   seconds; partition of the store id): store liveness
 """
@@ -86,6 +88,10 @@ class Keyspace:
     def feed(self, partition: int) -> str:
         """Stream of the partition's durable changes (the change feed)."""
         return f"{self._tag(partition)}:feed"
+
+    def feed_cursors(self, partition: int) -> str:
+        """Hash of the durable feed consumers' cursors."""
+        return f"{self._tag(partition)}:feedcur"
 
     def heard(self, partition: int) -> str:
         """Hash of the stores' last-heard times (store liveness)."""

@@ -302,6 +302,10 @@ class RedisStore:
         self.feed_changes = 0
         #: The last feed entry id given: (ms, sequence).
         self._feed_last = (0, 0)
+        #: The first feed id of the flush in progress, or of a flush that failed (its script
+        #: calls may have applied, and may still): no reader goes past it until a later flush
+        #: completes. None when every id given is settled.
+        self._feed_open: tuple[int, int] | None = None
         self._flush_sha = hashlib.sha1(FLUSH_SCRIPT.encode()).hexdigest()
         self._claim = client.register_script(CLAIM_SCRIPT)  # loads itself on NOSCRIPT
         #: Spilled marks this process wrote or read (field -> seq), the most recent last: this
@@ -400,7 +404,80 @@ class RedisStore:
         ms, n = self._feed_last
         now = int(time.time() * 1000)
         self._feed_last = (now, 0) if now > ms else (ms, n + 1)
+        if self._feed_open is None:
+            self._feed_open = self._feed_last
         return f"{self._feed_last[0]}-{self._feed_last[1]}"
+
+    def feed_watermark(self) -> tuple[int, int]:
+        """Every feed entry with an id below this is in the streams to stay (ms, sequence): the
+        first id of a flush in progress (or failed), else just above the last id given."""
+        if self._feed_open is not None:
+            return self._feed_open
+        ms, n = self._feed_last
+        return (ms, n + 1)
+
+    async def read_feed_from(
+        self, after: tuple[int, int], limit: int = 1000
+    ) -> list[tuple[tuple[int, int], int, bytes]]:
+        """The feed entries of every owned partition after an id (exclusive), in the feed's
+        global order, at most limit, only those below the watermark (settled): (id, partition,
+        entry). Raises Unavailable."""
+        watermark = self.feed_watermark()  # first: whatever is below it is already readable
+        owned = sorted(self.epochs)
+        pipe = self.client.pipeline(transaction=False)
+        for p in owned:
+            pipe.xrange(self.keyspace.feed(p), min=f"({after[0]}-{after[1]}", count=limit)
+        try:
+            async with asyncio.timeout(self.command_timeout):
+                results = await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise Unavailable(f"redis feed read failed: {exc!r}") from exc
+        out: list[tuple[tuple[int, int], int, bytes]] = []
+        for p, entries in zip(owned, results, strict=True):
+            for entry_id, fields in cast(list[tuple[bytes, dict[bytes, bytes]]], entries):
+                ms, _, n = entry_id.decode().partition("-")
+                at = (int(ms), int(n))
+                if at < watermark:
+                    out.append((at, p, fields[b"e"]))
+        out.sort(key=lambda e: e[0])
+        return out[:limit]
+
+    async def save_feed_cursor(self, consumer: str, at: tuple[int, int]) -> None:
+        """A durable consumer has what the feed holds up to `at` (inclusive): kept in every
+        owned partition (us:{p}:feedcur), so the feed is trimmed behind it. Raises Unavailable."""
+        pipe = self.client.pipeline(transaction=False)
+        for p in sorted(self.epochs):
+            pipe.hset(self.keyspace.feed_cursors(p), consumer, f"{at[0]}-{at[1]}")
+        await self._execute(pipe)
+
+    async def load_feed_cursor(self, consumer: str) -> tuple[int, int]:
+        """Where a durable consumer is (the lowest over the owned partitions; (0, 0): nowhere
+        yet). Raises Unavailable."""
+        pipe = self.client.pipeline(transaction=False)
+        owned = sorted(self.epochs)
+        for p in owned:
+            pipe.hget(self.keyspace.feed_cursors(p), consumer)
+        values = await self._execute(pipe)
+        found = [_feed_id(v) for v in values if v is not None]
+        return min(found) if len(found) == len(owned) else (0, 0)
+
+    async def trim_feed(self, consumers: list[str]) -> None:
+        """Trim every owned partition's feed behind the slowest of these durable consumers
+        (nothing where one has no cursor yet). Raises Unavailable."""
+        if not consumers:
+            return
+        owned = sorted(self.epochs)
+        pipe = self.client.pipeline(transaction=False)
+        for p in owned:
+            pipe.hmget(self.keyspace.feed_cursors(p), consumers)
+        cursors = await self._execute(pipe)
+        pipe = self.client.pipeline(transaction=False)
+        for p, values in zip(owned, cursors, strict=True):
+            if any(v is None for v in values):
+                continue
+            ms, n = min(_feed_id(v) for v in values)
+            pipe.xtrim(self.keyspace.feed(p), minid=f"{ms}-{n + 1}", approximate=False)
+        await self._execute(pipe)
 
     async def read_feed(
         self, partition: int, after: str = "0-0", count: int = 1000
@@ -482,6 +559,8 @@ class RedisStore:
                 results = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError, TimeoutError) as exc:
             raise Unavailable(f"redis flush failed: {exc!r}") from exc
+        if not any(isinstance(r, Exception) for r in results):
+            self._feed_open = None  # this flush's ids, and any failed one's before, settled
         written = stale = 0
         appended = 0
         for r in results:
@@ -778,3 +857,9 @@ def _glob_escape(text: str) -> str:
 def stored_version(value: bytes) -> int:
     """The version in a stored position's header, without decoding it."""
     return int.from_bytes(value[1:9], "big")
+
+
+def _feed_id(value: bytes | str) -> tuple[int, int]:
+    text = value.decode() if isinstance(value, bytes) else value
+    ms, _, n = text.partition("-")
+    return (int(ms), int(n))
