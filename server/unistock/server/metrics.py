@@ -144,6 +144,21 @@ class Metrics:
             "reservation transitions), with the state they describe.",
             registry=r,
         )
+        self.ledger_entries = Counter(
+            "unistock_ledger_entries_total",
+            "Changes written to the SQL ledger (each once).",
+            registry=r,
+        )
+        self.ledger_lag = Gauge(
+            "unistock_ledger_lag_seconds",
+            "How far behind the change feed the SQL ledger is (0: caught up).",
+            registry=r,
+        )
+        self.ledger_errors = Counter(
+            "unistock_ledger_errors_total",
+            "Ledger rounds that failed (SQL or Redis unavailable); retried, nothing lost.",
+            registry=r,
+        )
         self.redis_errors = Counter(
             "unistock_redis_errors_total",
             "Redis operations that failed, by operation.",

@@ -22,6 +22,7 @@ from prometheus_client import start_http_server
 from sqlalchemy.exc import SQLAlchemyError
 
 from unistock.server.actors import Inventory
+from unistock.server.actors.ledger import LedgerWriter
 from unistock.server.actors.liveness import StoreLiveness
 from unistock.server.actors.masterdata import MasterData
 from unistock.server.actors.networks import NetworkIndex
@@ -37,6 +38,7 @@ from unistock.server.metrics import Metrics
 from unistock.server.mqtt import LocationDirectory, MqttIngestor
 from unistock.server.persistence.group_commit import GroupCommit
 from unistock.server.persistence.keys import Keyspace
+from unistock.server.persistence.ledger import LedgerStore
 from unistock.server.persistence.sql import MasterDataStore, default_url
 from unistock.server.persistence.store import RedisStore
 
@@ -236,6 +238,9 @@ class UnistockServer:
                 f"--database-url: cannot use {_redact(database_url)}: {exc}"
             ) from None
         self.inventory.set_safety_source(self.master.safety_stock)
+        # The change feed into the SQL ledger (same database as master data), off the hot path.
+        self.ledger = LedgerWriter(self.store, LedgerStore(self.master.store.engine), self.metrics)
+        self._spawn(self.ledger.run(), "ledger")
         self.hub = WatchHub(self.metrics, max_pending=s.watch_max_pending)
         self.commit.listeners.append(self.hub.publish)
         self._spawn(self._run_commit(), "group-commit")

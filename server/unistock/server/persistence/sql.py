@@ -83,6 +83,44 @@ SAFETY_STOCK = sa.Table(
     sa.Column("units", sa.BigInteger, nullable=False),
 )
 
+#: The ledger (issue 11): every change of the change feed, exactly once (entry_key: a position
+#: change "p:<location>|<sku>:<version>", a reservation change "r:<id>:<revision>").
+LEDGER = sa.Table(
+    "ledger_entries",
+    METADATA,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("entry_key", sa.String(300), nullable=False, unique=True),
+    sa.Column("feed_id", sa.String(40), nullable=False),
+    # 1 a movement, 2 a fulfilment's shipment, 3 a reservation's transitions
+    sa.Column("kind", sa.SmallInteger, nullable=False),
+    sa.Column("at_ms", sa.BigInteger, nullable=False),
+    sa.Column("sku", sa.String(128), nullable=True),
+    sa.Column("location_id", sa.String(128), nullable=True),
+    sa.Column("version", sa.BigInteger, nullable=True),
+    sa.Column("source_id", sa.String(128), nullable=True),
+    sa.Column("seq", sa.BigInteger, nullable=True),
+    sa.Column("movement_type", sa.SmallInteger, nullable=True),
+    sa.Column("quantity", sa.BigInteger, nullable=True),
+    sa.Column("on_hand_delta", sa.BigInteger, nullable=True),
+    sa.Column("on_hand", sa.BigInteger, nullable=True),
+    sa.Column("available", sa.BigInteger, nullable=True),
+    sa.Column("variance", sa.BigInteger, nullable=True),
+    sa.Column("count_id", sa.String(128), nullable=True),
+    sa.Column("transfer_id", sa.String(128), nullable=True),
+    sa.Column("reason", sa.String(256), nullable=True),
+    sa.Column("reservation_id", sa.String(128), nullable=True),
+    sa.Column("revision", sa.BigInteger, nullable=True),
+    sa.Column("transitions", sa.String(200), nullable=True),
+    sa.Column("state", sa.SmallInteger, nullable=True),
+    sa.Column("channel", sa.String(256), nullable=True),
+    sa.Column("customer_id", sa.String(256), nullable=True),
+    # the reservation after its transitions (JSON of unistock.v1.Reservation)
+    sa.Column("detail", sa.Text, nullable=True),
+    sa.Index("ix_ledger_position", "location_id", "sku", "at_ms"),
+    sa.Index("ix_ledger_location_at", "location_id", "at_ms"),
+    sa.Index("ix_ledger_reservation", "reservation_id"),
+)
+
 MIGRATIONS = pathlib.Path(__file__).with_name("migrations")
 
 
