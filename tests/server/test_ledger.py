@@ -29,7 +29,7 @@ async def settled(srv: UnistockServer, rows: int) -> LedgerStore:
 async def test_every_change_reaches_the_ledger_once(
     make_server: MakeServer, clean_redis_url: str, sql_url: str
 ) -> None:
-    srv = await make_server(clean_redis_url, database_url=sql_url)
+    srv = await make_server(clean_redis_url, database_url=sql_url, ledger_in_process=1)
     async with UnistockClient(target(srv), TOKENS["admin"]) as c:
         await send(
             c,
@@ -65,7 +65,7 @@ async def test_every_change_reaches_the_ledger_once(
     [count] = [r for r in rows if r.count_id]
     assert (count.variance, count.on_hand) == (2, 6)
     await srv.stop()
-    srv = await make_server(clean_redis_url, database_url=sql_url)  # nothing written twice
+    srv = await make_server(clean_redis_url, database_url=sql_url, ledger_in_process=1)
     await asyncio.sleep(0.5)
     assert await asyncio.to_thread(srv.ledger._ledger.count) == len(rows)
 

@@ -238,9 +238,11 @@ class UnistockServer:
                 f"--database-url: cannot use {_redact(database_url)}: {exc}"
             ) from None
         self.inventory.set_safety_source(self.master.safety_stock)
-        # The change feed into the SQL ledger (same database as master data), off the hot path.
+        # The change feed into the SQL ledger (same database as master data), off the hot path
+        # but in this process when asked (it shares its CPU: README B11).
         self.ledger = LedgerWriter(self.store, LedgerStore(self.master.store.engine), self.metrics)
-        self._spawn(self.ledger.run(), "ledger")
+        if s.ledger_in_process:
+            self._spawn(self.ledger.run(), "ledger")
         self.hub = WatchHub(self.metrics, max_pending=s.watch_max_pending)
         self.commit.listeners.append(self.hub.publish)
         self._spawn(self._run_commit(), "group-commit")

@@ -31,6 +31,7 @@ class Settings:
     flush_max_positions: int = 8192
     max_resident: int = 2_000_000
     idle_passivation_s: float = 900.0
+    ledger_in_process: int = 0
     expiry_interval_s: float = 1.0
     reservation_retention_s: float = 7 * 86400
     watch_max_pending: int = 100_000
@@ -59,6 +60,8 @@ class Settings:
                 v = pathlib.Path(v)
             values[f.name] = v
         s = cls(**values)
+        if s.ledger_in_process not in (0, 1):
+            parser.error(f"--ledger-in-process: 0 or 1, got {s.ledger_in_process}")
         if bool(s.tls_cert) != bool(s.tls_key):
             parser.error("--tls-cert and --tls-key go together")
         if s.partitions < 1:
@@ -90,6 +93,8 @@ _HELP = {
     "flush_max_positions": "most positions in one group commit",
     "max_resident": "most positions kept in memory (LRU passivation beyond)",
     "idle_passivation_s": "passivate positions unused for this long (0: never)",
+    "ledger_in_process": "1: write the change feed to the SQL ledger inside this server (small "
+    "deployments and tests: it shares the server's CPU, see README B11); 0: off",
     "expiry_interval_s": "how often expired reservations are released",
     "reservation_retention_s": "how long ended reservations stay readable (idempotent replays)",
     "watch_max_pending": "positions a watcher may lag behind before it is cut",
