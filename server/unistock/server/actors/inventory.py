@@ -122,6 +122,9 @@ class Inventory:
         #: TRANSFER_OUT batches whose shipments go to their transfer records once durable.
         self._shipping: asyncio.Queue[tuple[list[Movement], asyncio.Future[None]]] = asyncio.Queue()
         self._shipments_pending = 0
+        #: "position went negative" lines: at most 10 per 10 s (a wrong feed can drive
+        #: thousands of positions negative at once; the metric counts every one).
+        self.negative_log = LogBudget(10, 10.0)
         #: Self-healing tasks in flight (kept referenced).
         self._healing: set[asyncio.Task[None]] = set()
         self.locations: set[str] = set()
@@ -281,16 +284,22 @@ class Inventory:
                 at_risk.add(m.key)
             if p.negative and not was_negative:
                 self.metrics.negative_positions.inc()
-                log.warning(
-                    "position went negative (on_hand %d, non_sellable %d) with %s seq %d from "
-                    "%s: investigate %r",
-                    p.on_hand,
-                    p.non_sellable,
-                    m.type.name,
-                    m.seq,
-                    m.source_id,
-                    p,
-                )
+                allowed, held = self.negative_log.allow()
+                if allowed:
+                    log.warning(
+                        "position went negative (on_hand %d, non_sellable %d) with %s seq %d "
+                        "from %s: investigate %r%s",
+                        p.on_hand,
+                        p.non_sellable,
+                        m.type.name,
+                        m.seq,
+                        m.source_id,
+                        p,
+                        f" ({held} more went negative since the last line, not logged: see "
+                        "unistock_negative_positions_total)"
+                        if held
+                        else "",
+                    )
             if m.type is MovementType.COUNT or r.outcome is Outcome.COUNT_CORRECTION:
                 direction = "gain" if r.variance > 0 else "loss"
                 self.metrics.count_variance.labels(direction).inc(abs(r.variance))
@@ -909,3 +918,30 @@ def _seq_jump(m: Movement, high: int) -> InvalidArgument:
         f"{m.seq} lies more than {MAX_SEQ_JUMP:,} beyond {high}, the highest seq applied from "
         f"source {m.source_id!r}; seqs start at 1 and grow by one per movement",
     )
+
+
+class LogBudget:
+    """At most `lines` log lines per `window` seconds; counts the ones held back, to say so in
+    the next line allowed."""
+
+    def __init__(
+        self, lines: int, window: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.lines = lines
+        self.window = window
+        self._clock = clock
+        self._start = -window
+        self._used = 0
+        self._held = 0
+
+    def allow(self) -> tuple[bool, int]:
+        """(whether to log now, how many were held back since the last line logged)."""
+        now = self._clock()
+        if now - self._start >= self.window:
+            self._start, self._used = now, 0
+        if self._used >= self.lines:
+            self._held += 1
+            return False, 0
+        self._used += 1
+        held, self._held = self._held, 0
+        return True, held
