@@ -30,7 +30,6 @@ class StoreLiveness:
     ) -> None:
         self._clock = clock
         self._wall = wall
-        self.started = clock()
         self._heard: dict[str, float] = {}
         #: stores whose last-heard time is only the server's assumption (first asked about)
         self._assumed: set[str] = set()
