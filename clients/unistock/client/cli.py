@@ -53,7 +53,14 @@ from rich.table import Table
 from rich.text import Text
 
 from unistock.client._client import UnistockClient, UnistockClientError
-from unistock.server.domain.masterdata import MAX_TEXT, gtin14
+from unistock.server.domain.errors import InvalidArgument
+from unistock.server.domain.masterdata import (
+    MAX_STALENESS_SECONDS,
+    MAX_TEXT,
+    Network,
+    StalePolicy,
+    gtin14,
+)
 from unistock.server.domain.values import MAX_QUANTITY, MAX_TTL_SECONDS, id_ok
 from unistock.v1 import admin_pb2 as apb
 from unistock.v1 import inventory_pb2 as pb
@@ -74,7 +81,6 @@ MAX_ADMIN_ROWS = 10_000
 #: The largest request `admin import` sends (the server accepts 16 MiB): many networks with
 #: thousands of members each are split into more calls than --batch alone would make.
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
-MAX_STALENESS_SECONDS = 31_622_400
 
 IMPORT_DESCRIPTION = """\
 Import master data from CSV files, in this order: locations, networks, products, catalogue,
@@ -956,16 +962,9 @@ def _read_networks(path: str) -> _Upload:
             raise _BadValue(
                 f"stale_policy: expected EXCLUDE or DISCOUNT, got {v['stale_policy']!r}"
             )
-        percent = v.get("stale_discount_percent", "")
-        if policy == "DISCOUNT" and not percent:
+        if policy == "DISCOUNT" and not v.get("stale_discount_percent"):
             raise _BadValue("stale_discount_percent: give 0 to 100 with stale_policy DISCOUNT")
-        if policy == "EXCLUDE" and percent not in ("", "0"):
-            raise _BadValue(
-                "stale_discount_percent: applies only with stale_policy DISCOUNT (EXCLUDE "
-                "counts nothing of a stale store)"
-            )
-        seen[network_id] = line
-        return apb.Network(
+        n = apb.Network(
             network_id=network_id,
             channel=_text(v, "channel"),
             location_ids=members,
@@ -973,6 +972,15 @@ def _read_networks(path: str) -> _Upload:
             stale_policy=apb.Network.StalePolicy.Value(policy),
             stale_discount_percent=_int(v, "stale_discount_percent", 100),
         )
+        try:  # the server's own rules (e.g. a discount only with DISCOUNT)
+            Network(
+                network_id, tuple(members), n.channel, n.staleness_limit_seconds,
+                StalePolicy[policy], n.stale_discount_percent,
+            ).validate()  # fmt: skip
+        except InvalidArgument as exc:
+            raise _BadValue(str(exc)) from None
+        seen[network_id] = line
+        return n
 
     return _Upload(path, "network", _rows(path, rows, parse), lambda c, ms: c.upsert_networks(ms))
 

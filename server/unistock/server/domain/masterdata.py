@@ -14,6 +14,8 @@ from unistock.server.domain.values import MAX_QUANTITY, check_id
 
 #: Longest free-text master-data fields (names, channel, model, size, colour).
 MAX_TEXT = 256
+#: Longest staleness limit of a network, seconds (366 days).
+MAX_STALENESS_SECONDS = 366 * 86400
 
 
 class LocationType(enum.IntEnum):
@@ -105,10 +107,10 @@ class Network:
             if loc in seen:
                 raise InvalidArgument(f"{prefix}location_ids[{i}]", f"{loc!r} is listed twice")
             seen.add(loc)
-        if not 0 <= self.staleness_limit <= 366 * 86400:
+        if not 0 <= self.staleness_limit <= MAX_STALENESS_SECONDS:
             raise InvalidArgument(
                 prefix + "staleness_limit_seconds",
-                f"must be 0 (never stale) to 31,622,400, got {self.staleness_limit}",
+                f"must be 0 (never stale) to {MAX_STALENESS_SECONDS:,}, got {self.staleness_limit}",
             )
         if not 0 <= self.stale_discount_percent <= 100:
             raise InvalidArgument(
