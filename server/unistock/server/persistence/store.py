@@ -154,22 +154,24 @@ local function uvarint(n)
   return table.concat(out)
 end
 local feed_id, feed_max = ARGV[i], ARGV[i + 1]; i = i + 2
-local nfeed = tonumber(ARGV[i]); i = i + 1
 local parts, appended = {}, 0
+-- The n changes from ARGV[i] of a state written over `before` (its stored version, nil if
+-- none): those above it, as one group of the entry (kind byte, key, count, changes).
+local function group(kind, key, before, n)
+  local mine = {}
+  for c = 0, n - 1 do
+    local change = ARGV[i + c]
+    if not before or string.sub(change, 1, 8) > before then mine[#mine + 1] = change end
+  end
+  if #mine > 0 then
+    parts[#parts + 1] = kind .. uvarint(#key) .. key .. uvarint(#mine) .. table.concat(mine)
+    appended = appended + #mine
+  end
+end
+local nfeed = tonumber(ARGV[i]); i = i + 1
 for _ = 1, nfeed do
   local at, n = tonumber(ARGV[i]), tonumber(ARGV[i + 1]); i = i + 2
-  local field = ok[at]
-  if field then
-    local before, mine = had[at], {}
-    for c = 0, n - 1 do
-      local change = ARGV[i + c]
-      if not before or string.sub(change, 1, 8) > before then mine[#mine + 1] = change end
-    end
-    if #mine > 0 then
-      parts[#parts + 1] = '\1' .. uvarint(#field) .. field .. uvarint(#mine) .. table.concat(mine)
-      appended = appended + #mine
-    end
-  end
+  if ok[at] then group('\1', ok[at], had[at], n) end
   i = i + n
 end
 local k = 9 + nheld
@@ -212,15 +214,7 @@ for k = k + 1, #KEYS do
     if keep ~= '0' then redis.call('SET', KEYS[k], v, 'PX', keep) else redis.call('SET', KEYS[k], v) end
     if score ~= '' then redis.call('ZADD', KEYS[4], score, rid) else redis.call('ZREM', KEYS[4], rid) end
     written = written + 1
-    local before, mine = old and string.sub(old, 2, 9), {}
-    for c = 0, n - 1 do
-      local change = ARGV[i + c]
-      if not before or string.sub(change, 1, 8) > before then mine[#mine + 1] = change end
-    end
-    if #mine > 0 then
-      parts[#parts + 1] = '\2' .. uvarint(#rid) .. rid .. uvarint(#mine) .. table.concat(mine)
-      appended = appended + #mine
-    end
+    group('\2', rid, old and string.sub(old, 2, 9), n)
   end
   i = i + n
 end
