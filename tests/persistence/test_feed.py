@@ -98,31 +98,11 @@ async def test_a_stale_position_write_appends_none_of_its_changes(store: RedisSt
     assert seqs(await feed(store, "s1")) == [1, 2, 3]
 
 
-async def test_ids_increase_across_partitions_and_reopening(
-    store: RedisStore, clean_redis_url: str
-) -> None:
-    locations = [f"s{i}" for i in range(20)]  # several partitions of the 8
-    for round_ in range(3):
-        ps = []
-        for loc in locations:
-            p = Position(("SKU", loc), version=round_ * 10)
-            receive(p, round_ + 1, 1)
-            ps.append(p)
-        await store.flush([pos_write(*ps)])
-    ids = []
-    for partition in {KS.location_partition(loc) for loc in locations}:
-        ids += [entry_id for entry_id, _ in await store.read_feed(partition)]
-    assert len(ids) == len(set(ids))
-    top = max(ids, key=lambda i: tuple(map(int, i.split("-"))))
-    again = RedisStore.from_url(clean_redis_url, KS)
-    await again.open()  # a restart: ids go on above every stored one
-    try:
-        assert tuple(map(int, again.feed_id().split("-"))) > tuple(map(int, top.split("-")))
-    finally:
-        await again.close()
+LOCATIONS = [f"s{i}" for i in range(12)]  # several partitions of the 8
 
 
-async def flush_round(store: RedisStore, round_: int, locations: list[str]) -> None:
+async def flush_round(store: RedisStore, round_: int, locations: list[str] = LOCATIONS) -> None:
+    """One flush of a RECEIPT at each location (seq round_ + 1)."""
     ps = []
     for loc in locations:
         p = Position(("SKU", loc), version=round_ * 10)
@@ -131,16 +111,43 @@ async def flush_round(store: RedisStore, round_: int, locations: list[str]) -> N
     await store.flush([pos_write(*ps)])
 
 
+async def three_rounds(store: RedisStore) -> list[tuple[tuple[int, int], int, bytes]]:
+    """Three flushes of flush_round; the feed they made, in order."""
+    for round_ in range(3):
+        await flush_round(store, round_)
+    return await store.read_feed_from((0, 0))
+
+
+def feed_id(text: str) -> tuple[int, int]:
+    ms, _, n = text.partition("-")
+    return (int(ms), int(n))
+
+
+async def test_ids_increase_across_partitions_and_reopening(
+    store: RedisStore, clean_redis_url: str
+) -> None:
+    for round_ in range(3):
+        await flush_round(store, round_)
+    ids = []
+    for partition in {KS.location_partition(loc) for loc in LOCATIONS}:
+        ids += [entry_id for entry_id, _ in await store.read_feed(partition)]
+    assert len(ids) == len(set(ids))
+    top = max(ids, key=feed_id)
+    again = RedisStore.from_url(clean_redis_url, KS)
+    await again.open()  # a restart: ids go on above every stored one
+    try:
+        assert feed_id(again.feed_id()) > feed_id(top)
+    finally:
+        await again.close()
+
+
 async def test_a_reader_gets_every_partition_in_order_and_nothing_unsettled(
     store: RedisStore,
 ) -> None:
-    locations = [f"s{i}" for i in range(12)]
-    for round_ in range(3):
-        await flush_round(store, round_, locations)
-    got = await store.read_feed_from((0, 0))
+    got = await three_rounds(store)
     ids = [at for at, _, _ in got]
     assert ids == sorted(ids)
-    assert len(got) == len({KS.location_partition(loc) for loc in locations}) * 3
+    assert len(got) == len({KS.location_partition(loc) for loc in LOCATIONS}) * 3
     rounds = [c.seq for _, _, entry in got for c in decode_feed(entry)]
     assert rounds == sorted(rounds)  # round 1's changes, then round 2's, then round 3's
     assert await store.read_feed_from(ids[3], limit=2) == got[4:6]
@@ -149,17 +156,14 @@ async def test_a_reader_gets_every_partition_in_order_and_nothing_unsettled(
     first = store.feed_id()
     store.feed_id()
     last = store.feed_id()
-    assert store.feed_watermark() == tuple(map(int, first.split("-")))
-    await flush_round(store, 3, locations)
-    assert store.feed_watermark() > tuple(map(int, last.split("-")))
+    assert store.feed_watermark() == feed_id(first)
+    await flush_round(store, 3)
+    assert store.feed_watermark() > feed_id(last)
     assert len(await store.read_feed_from((0, 0))) == len(got) + len(got) // 3
 
 
 async def test_the_feed_is_trimmed_behind_the_slowest_durable_consumer(store: RedisStore) -> None:
-    locations = [f"s{i}" for i in range(12)]
-    for round_ in range(3):
-        await flush_round(store, round_, locations)
-    got = await store.read_feed_from((0, 0))
+    got = await three_rounds(store)
     assert await store.load_feed_cursor("ledger") == (0, 0)
     middle = got[len(got) // 2][0]
     await store.save_feed_cursor("ledger", middle)
