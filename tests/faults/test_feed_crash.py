@@ -30,10 +30,11 @@ from tests.faults.test_flush_prefix_crash import (
     prefixes,
     rebuild,
     runtime,
+    whole_feed,
 )
 from unistock.devtools.services import RedisServer
 from unistock.server.domain import AdjustmentSign, Movement, MovementType, StockKey
-from unistock.server.persistence.codec import FeedRecord, decode_feed, decode_position
+from unistock.server.persistence.codec import decode_position
 from unistock.server.persistence.store import RedisStore
 
 pytestmark = pytest.mark.slow
@@ -68,10 +69,7 @@ def movement(source: str, seq: int, kind: str, key: StockKey, qty: int) -> Movem
 async def check_feed(url: str, applied: set[tuple[str, int]], where: str) -> None:
     store = RedisStore.from_url(url, KS)
     try:
-        changes = []
-        for partition in range(KS.partitions):
-            for _, entry in await store.read_feed(partition, count=100_000):
-                changes += [c for c in decode_feed(entry) if isinstance(c, FeedRecord)]
+        changes, _ = await whole_feed(store)
         stored = dict(zip(KEYS, await store.load_positions(KEYS), strict=True))
     finally:
         await store.close()

@@ -182,21 +182,30 @@ async def run_op(rt: Runtime, op: Op) -> None:
             await inv.expire_due()
 
 
+async def whole_feed(
+    store: RedisStore,
+) -> tuple[list[FeedRecord], list[ReservationFeedRecord]]:
+    """Every change in the stored feed of every partition: (position changes, reservation
+    changes), each in its partition's order."""
+    changes: list[FeedRecord] = []
+    transitions: list[ReservationFeedRecord] = []
+    for partition in range(KS.partitions):
+        for _, entry in await store.read_feed(partition, count=100_000):
+            for c in decode_feed(entry):
+                if isinstance(c, FeedRecord):
+                    changes.append(c)
+                else:
+                    transitions.append(c)
+    return changes, transitions
+
+
 async def check_feed(url: str, where: str) -> None:
     """Invariant 4, on the state as rebuilt (before a restart changes anything)."""
     store = RedisStore.from_url(url, KS)
     try:
         stored = dict(zip(KEYS, await store.load_positions(KEYS), strict=True))
         records = dict(zip(RIDS, await store.load_reservations(RIDS), strict=True))
-        changes: list[FeedRecord] = []
-        transitions: list[ReservationFeedRecord] = []
-        for partition in range(KS.partitions):
-            for _, entry in await store.read_feed(partition, count=100_000):
-                for c in decode_feed(entry):
-                    if isinstance(c, FeedRecord):
-                        changes.append(c)
-                    else:
-                        transitions.append(c)
+        changes, transitions = await whole_feed(store)
     finally:
         await store.close()
     for rid, data in records.items():
