@@ -10,7 +10,7 @@ import asyncio
 from pathlib import Path
 
 from tests.edge.harness import drained, intake, start_agent, stop_agent
-from tests.fixtures.server import TOKENS, MakeServer, target
+from tests.fixtures.server import TOKENS, MakeServer, start_mqtt_server, target
 from tests.server.test_api import batch, mv, send
 from unistock.client import UnistockClient
 from unistock.devtools.services import MosquittoBroker
@@ -34,23 +34,24 @@ async def until(c: UnistockClient, want: tuple[int, int, int], within: float = 1
     raise AssertionError(f"web level {got}, expected {want}")
 
 
+async def web_with(c: UnistockClient, store: str) -> None:
+    """Master data: a store (reported by its own agent) and a DC, both in web (LIMIT)."""
+    await c.upsert_locations(
+        [
+            apb.Location(location_id=store, type=apb.STORE, store_id=store),
+            apb.Location(location_id="dc", type=apb.WAREHOUSE),
+        ]
+    )
+    await c.upsert_networks(
+        [apb.Network(network_id="web", location_ids=[store, "dc"], staleness_limit_seconds=LIMIT)]
+    )
+
+
 async def test_a_silent_store_drops_out_of_the_network_and_returns(
     tmp_path: Path, mosquitto_broker: MosquittoBroker, mqtt_server: UnistockServer
 ) -> None:
     async with UnistockClient(target(mqtt_server), TOKENS["admin"]) as c:
-        await c.upsert_locations(
-            [
-                apb.Location(location_id="s1", type=apb.STORE, store_id="s1"),
-                apb.Location(location_id="dc", type=apb.WAREHOUSE),
-            ]
-        )
-        await c.upsert_networks(
-            [
-                apb.Network(
-                    network_id="web", location_ids=["s1", "dc"], staleness_limit_seconds=LIMIT
-                )
-            ]
-        )
+        await web_with(c, "s1")
         await send(c, batch("wms", mv(1, "RECEIPT", "JACKET", "dc", 10)))
         agent, task = await start_agent(tmp_path, mosquitto_broker, "s1")
         try:
@@ -98,35 +99,16 @@ async def test_a_store_silent_before_a_restart_is_still_stale_after_it(
     """Last-heard times are kept in Redis: a store with no agent (never heard from) that went
     stale is stale at once after a restart, not fresh again for another staleness limit."""
 
-    async def start() -> UnistockServer:
-        srv = await make_server(clean_redis_url, mqtt_url=mosquitto_broker.url)
-        assert srv.ingestor is not None
-        async with asyncio.timeout(20):
-            await srv.ingestor.connected.wait()
-        return srv
-
-    srv = await start()
+    srv = await start_mqtt_server(make_server, clean_redis_url, mosquitto_broker)
     async with UnistockClient(target(srv), TOKENS["admin"]) as c:
-        await c.upsert_locations(
-            [
-                apb.Location(location_id="s9", type=apb.STORE, store_id="s9"),
-                apb.Location(location_id="dc", type=apb.WAREHOUSE),
-            ]
-        )
-        await c.upsert_networks(
-            [
-                apb.Network(
-                    network_id="web", location_ids=["s9", "dc"], staleness_limit_seconds=LIMIT
-                )
-            ]
-        )
+        await web_with(c, "s9")
         await send(
             c,
             batch("wms", mv(1, "RECEIPT", "JACKET", "dc", 10), mv(2, "RECEIPT", "JACKET", "s9", 5)),
         )
         await until(c, (10, 1, 1))  # no agent: stale once the limit has passed
     await srv.stop()
-    srv = await start()
+    srv = await start_mqtt_server(make_server, clean_redis_url, mosquitto_broker)
     async with UnistockClient(target(srv), TOKENS["admin"]) as c:
         [lv] = await c.get_network_availability("web", ["JACKET"])  # the first answer
         assert (lv.available, lv.locations, lv.stale_locations) == (10, 1, 1)
