@@ -362,14 +362,13 @@ class RedisStore:
                 pipe = self.client.pipeline(transaction=False)
                 for p in owned:
                     pipe.incr(ks.epoch(p))
-                epochs = await pipe.execute()
-                pipe = self.client.pipeline(transaction=False)
-                for p in owned:
+                for p in owned:  # the feeds' last ids: new ones go on above them
                     pipe.xrevrange(ks.feed(p), count=1)
-                for last in await pipe.execute():
+                replies = await pipe.execute()
+                epochs = replies[: len(owned)]
+                for last in replies[len(owned) :]:
                     if last:
-                        ms, _, n = last[0][0].decode().partition("-")
-                        self._feed_last = max(self._feed_last, (int(ms), int(n)))
+                        self._feed_last = max(self._feed_last, _feed_id(last[0][0]))
         except (RedisError, OSError, TimeoutError) as exc:
             raise Unavailable(f"redis: {exc}") from exc
         self.epochs = dict(zip(owned, (int(e) for e in epochs), strict=True))
@@ -429,8 +428,7 @@ class RedisStore:
         out: list[tuple[tuple[int, int], int, bytes]] = []
         for p, entries in zip(owned, results, strict=True):
             for entry_id, fields in cast(list[tuple[bytes, dict[bytes, bytes]]], entries):
-                ms, _, n = entry_id.decode().partition("-")
-                at = (int(ms), int(n))
+                at = _feed_id(entry_id)
                 if at < watermark:
                     out.append((at, p, fields[b"e"]))
         out.sort(key=lambda e: e[0])
