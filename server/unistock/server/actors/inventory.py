@@ -110,7 +110,7 @@ class Inventory:
         self.clock = clock
         self.positions = Directory(store, commit, metrics, max_resident=max_resident)
         self.reservations = ReservationBook(
-            store, commit, metrics, max_cached=max_cached_reservations
+            store, commit, metrics, max_cached=max_cached_reservations, clock=clock
         )
         self.positions.reconcile = self.reservations.reconcile
         self.transfers = TransferBook(store, commit)
@@ -237,7 +237,7 @@ class Inventory:
         locations = self.locations
         shipments: list[Movement] = []
         at_risk: set[StockKey] = set()
-        at_ms = int(time.time() * 1000)
+        at_ms = int(self.clock() * 1000)
         for m in movements:
             high = high_of[m.source_id]
             if m.seq > high + MAX_SEQ_JUMP:
@@ -821,7 +821,7 @@ class Inventory:
             raise
         if after is record:
             return record
-        at_ms = int(time.time() * 1000)
+        at_ms = int(self.clock() * 1000)
         for p, version, before in zip(positions.values(), versions, on_hand, strict=True):
             if p.version != version:
                 if p.on_hand != before:  # shipped by a fulfilment: in the feed too

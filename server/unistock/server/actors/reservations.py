@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from unistock.server.actors.loader import BatchLoader
 from unistock.server.domain import Position, Reservation, reconcile_holds, transitions
@@ -20,12 +20,20 @@ class ReservationBook:
     """Reservation records by id; None marks an id known not to exist."""
 
     def __init__(
-        self, store: RedisStore, commit: GroupCommit, metrics: Metrics, *, max_cached: int = 200_000
+        self,
+        store: RedisStore,
+        commit: GroupCommit,
+        metrics: Metrics,
+        *,
+        max_cached: int = 200_000,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._commit = commit
         self._metrics = metrics
         self.max_cached = max_cached
+        #: The clock of the records' times (seconds), also the feed changes' at_ms.
+        self._clock = clock
         self._cache: dict[str, Reservation | None] = {}
         self._loader: BatchLoader[str] = BatchLoader(self._fetch)
 
@@ -45,7 +53,8 @@ class ReservationBook:
         """
         rid = reservation.reservation_id
         kinds = transitions(self._cache.get(rid), reservation)
-        change = reservation_change(int(time.time() * 1000), kinds, reservation) if kinds else b""
+        at_ms = int(self._clock() * 1000)
+        change = reservation_change(at_ms, kinds, reservation) if kinds else b""
         self._cache[rid] = reservation
         self._commit.reservation_changed(reservation, created=created, change=change)
 
