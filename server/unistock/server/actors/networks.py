@@ -244,18 +244,14 @@ class NetworkIndex:
                 for loc in locs:
                     have[loc][net_id] = weights.get(loc)
             joins, leaves, reweights = _membership_changes(wanted, have)
-            if leaves:
-                found = await self._scan(leaves)
-                changed: set[NetKey] = set()
-                for loc, nets in leaves.items():
-                    self._apply(loc, nets, found[loc], -1, changed)
-                self._settle({n for nets in leaves.values() for n in nets}, changed)
-            if joins:
-                found = await self._scan(joins)
-                changed = set()
-                for loc, nets in joins.items():
-                    self._apply(loc, nets, found[loc], +1, changed)
-                self._settle({n for nets in joins.values() for n in nets}, changed)
+            changed: set[NetKey]
+            for moves, sign in ((leaves, -1), (joins, +1)):  # leaves first, each scanned
+                if moves:
+                    found = await self._scan(moves)
+                    changed = set()
+                    for loc, nets in moves.items():
+                        self._apply(loc, nets, found[loc], sign, changed)
+                    self._settle({n for nets in moves.values() for n in nets}, changed)
             if reweights:  # from `where`, exact for counted members: no scan, no await
                 found = self._held_at(set(reweights))
                 changed = set()
