@@ -19,9 +19,11 @@ from sqlalchemy.engine import Engine
 from unistock.server.domain import Transition
 from unistock.server.persistence.codec import FeedRecord, ReservationFeedRecord
 from unistock.server.persistence.sql import LEDGER
+from unistock.storage.v1 import storage_pb2 as spb
 
 #: ledger_entries.kind
 MOVEMENT, SHIPMENT, RESERVATION = 1, 2, 3
+_NO_EXTRA = spb.FeedExtra()
 
 
 def ledger_rows(
@@ -31,7 +33,7 @@ def ledger_rows(
     rows: list[dict[str, Any]] = []
     for r in records:
         if isinstance(r, FeedRecord):
-            x = r.extra
+            x = r.extra or _NO_EXTRA  # its strings are "" (stored as NULL)
             rows.append(
                 {
                     "entry_key": f"p:{r.location_id}|{r.sku}:{r.version}",
@@ -48,11 +50,11 @@ def ledger_rows(
                     "on_hand_delta": r.on_hand_delta,
                     "on_hand": r.on_hand,
                     "available": r.available,
-                    "variance": x.variance if x is not None else None,
-                    "count_id": (x.count_id or None) if x is not None else None,
-                    "transfer_id": (x.transfer_id or None) if x is not None else None,
-                    "reason": (x.reason or None) if x is not None else None,
-                    "reservation_id": (x.reservation_id or None) if x is not None else None,
+                    "variance": x.variance if r.extra is not None else None,
+                    "count_id": x.count_id or None,
+                    "transfer_id": x.transfer_id or None,
+                    "reason": x.reason or None,
+                    "reservation_id": x.reservation_id or None,
                 }
             )
         else:
