@@ -171,16 +171,10 @@ async def unistock(cfg: Config) -> Latency:
             v0 = w.version
 
             # restart the background agents at half the measured maximum
-            for a in agents:
-                a.running = True
-                a._slots = asyncio.Semaphore(a.window - len(a.inflight))
-            per_store = rate / BATCH / STORES
-            tasks = [asyncio.create_task(a.paced(per_store)) for a in agents]
+            tasks = background(agents, rate)
             cpu = CpuMeter(server=srv.pid, redis=redis.pid, mosquitto=broker_pid(broker))
             try:
-                await asyncio.sleep(1.0)
-                for a in agents:
-                    a.measuring, a.done, a.lat = True, 0, []
+                await measured_from_now(agents)
                 cpu.start()
                 before = await srv.scrape()
                 t0 = time.perf_counter()
@@ -279,3 +273,19 @@ async def run(cfg: Config) -> list[Result]:
             target=f"≤ baseline + 2 ms ({base.p99_ms + 2:.2f}); ≤ 10 ms"),
         *parts,
     ]  # fmt: skip
+
+
+def background(agents: list[StoreAgent], rate: float) -> list[asyncio.Task[None]]:
+    """The background agents sending again, `rate` movements/s in all (paced)."""
+    for a in agents:
+        a.running = True
+        a._slots = asyncio.Semaphore(a.window - len(a.inflight))
+    per_store = rate / BATCH / STORES
+    return [asyncio.create_task(a.paced(per_store)) for a in agents]
+
+
+async def measured_from_now(agents: list[StoreAgent]) -> None:
+    """After a second of warm-up, the agents' latencies count from now."""
+    await asyncio.sleep(1.0)
+    for a in agents:
+        a.measuring, a.done, a.lat = True, 0, []

@@ -58,8 +58,17 @@ from bench.harness import (
     try_unistock,
 )
 from bench.mqtt_side import broker_pid, mosquitto, stop_all, store_ids
-from bench.scenarios.b1 import BATCH, STORES, agents_online, make_agents
-from bench.scenarios.b2 import HOT_SKU, HOT_STOCK, INTERVAL_MS, POS_STORE, _measured_max, pos_agent
+from bench.scenarios.b1 import STORES, agents_online, make_agents
+from bench.scenarios.b2 import (
+    HOT_SKU,
+    HOT_STOCK,
+    INTERVAL_MS,
+    POS_STORE,
+    _measured_max,
+    background,
+    measured_from_now,
+    pos_agent,
+)
 from bench.unistock_side import METADATA, Stub, channel, unistock_server
 from unistock.v1 import admin_pb2 as apb
 from unistock.v1 import admin_pb2_grpc as apb_grpc
@@ -242,16 +251,10 @@ async def unistock(cfg: Config) -> Paths:
                         f"before the sales: position available {pw.available}, web level "
                         f"available {nw.a0}, expected {HOT_STOCK} on both (matching needs it)"
                     )
-                for a in agents:
-                    a.running = True
-                    a._slots = asyncio.Semaphore(a.window - len(a.inflight))
-                per_store = rate / BATCH / STORES
-                tasks = [asyncio.create_task(a.paced(per_store)) for a in agents]
+                tasks = background(agents, rate)
                 cpu = CpuMeter(server=srv.pid, redis=redis.pid, mosquitto=broker_pid(broker))
                 try:
-                    await asyncio.sleep(1.0)
-                    for a in agents:
-                        a.measuring, a.done, a.lat = True, 0, []
+                    await measured_from_now(agents)
                     cpu.start()
                     before = await srv.scrape()
                     t0 = time.perf_counter()
