@@ -158,3 +158,43 @@ async def test_bad_policies_name_the_field(
     assert err.value.code is grpc.StatusCode.INVALID_ARGUMENT
     assert f"{field}:" in str(err.value), err.value
     assert words in str(err.value)
+
+
+async def test_a_stale_store_that_can_hold_a_line_is_chosen_before_fresh_ones_that_cannot(
+    server: UnistockServer, admin: UnistockClient
+) -> None:
+    """DISCOUNT: "a network hold chooses it only when no fresh location can hold the line" -
+    and then it does, however many fresh locations hold a few units."""
+    clock = Clock()
+    live = StoreLiveness(clock)
+    server.networks.liveness = live
+    fresh = [f"f{i}" for i in range(12)]
+    await admin.upsert_locations(
+        [apb.Location(location_id=loc, type=apb.WAREHOUSE) for loc in fresh]
+        + [apb.Location(location_id="old", type=apb.STORE, store_id="old", ship_from_store=True)]
+    )
+    await admin.upsert_networks(
+        [
+            apb.Network(
+                network_id="web",
+                location_ids=[*fresh, "old"],
+                staleness_limit_seconds=LIMIT,
+                stale_policy=apb.Network.DISCOUNT,
+                stale_discount_percent=50,
+            )
+        ]
+    )
+    await send(
+        admin,
+        batch(
+            "wms",
+            *(mv(i, "RECEIPT", "BOOT", loc, 1) for i, loc in enumerate(fresh, 1)),
+            mv(99, "RECEIPT", "BOOT", "old", 7),
+        ),
+    )
+    clock.now += LIMIT + 1
+    await server.networks.sync()
+    assert (await level(admin))[2] == 1  # "old" is stale
+    r = await admin.reserve("cart-5", [], network_lines=[("BOOT", "web", 5)], kind="CART")
+    [line] = r.reservation.lines
+    assert line.location_id == "old"

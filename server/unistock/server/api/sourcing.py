@@ -225,10 +225,10 @@ def network_candidates(
     index: NetworkIndex, network_id: str, sku: str, units: int, kind: ReservationKind
 ) -> list[str]:
     """The network's locations that may serve a network line of a reservation, best first:
-    offering the kind's mode, not stale (or stale, last, by a DISCOUNT policy), holding some of
-    the SKU (by their durable available), those with every unit first, then the deepest (so
-    that, when none can hold the line, the first says the most one location could promise);
-    raises NetworkNotFound."""
+    offering the kind's mode, not stale (or stale, after the fresh ones, by a DISCOUNT policy),
+    holding some of the SKU (by their durable available), those with every unit first, then
+    the deepest (so that, when none can hold the line, the first says the most one location
+    could promise); raises NetworkNotFound."""
     if network_id not in index.master.networks:
         raise NetworkNotFound(network_id)
     here = index.where.get(sku, {})
@@ -236,6 +236,10 @@ def network_candidates(
     eligible = index.eligible(network_id, MODE_OF_KIND[kind], offers)
     candidates = [Candidate(loc_id, None, loc_id in stale) for loc_id in here if loc_id in eligible]
     ranked = rank([(sku, units)], candidates, lambda s, loc: here.get(loc, 0))
+    # Those with every unit first, fresh before stale (rank's order, kept: the sort is stable);
+    # then the others, deepest first (the first says what the shortfall reports), so that a
+    # stale store that can hold the line is not pushed out by fresh ones that cannot.
+    ranked.sort(key=lambda o: (not o.covers_all, 0 if o.covers_all else -o.depth))
     return [o.location_id for o in ranked[:NETWORK_LINE_CANDIDATES]]
 
 
