@@ -21,8 +21,10 @@ from unistock.server.persistence.codec import FeedRecord, ReservationFeedRecord
 from unistock.server.persistence.sql import LEDGER
 from unistock.storage.v1 import storage_pb2 as spb
 
-#: ledger_entries.kind
-MOVEMENT, SHIPMENT, RESERVATION = 1, 2, 3
+#: ledger_entries.kind: an applied movement, a fulfilment's shipment, a reservation's
+#: transitions, a transfer discrepancy (transfer_id, sku, location_id the destination, quantity
+#: the units, reason the DiscrepancyKind's name, on_hand_delta NULL)
+MOVEMENT, SHIPMENT, RESERVATION, TRANSFER = 1, 2, 3, 4
 _NO_EXTRA = spb.FeedExtra()
 
 
