@@ -11,7 +11,50 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 _LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
+_LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+
+class LedgerMetrics:
+    """The metrics of the ledger writer (its own process, `unistock-ledger`, or in the server)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.ledger_entries = Counter(
+            "unistock_ledger_entries_total",
+            "Changes written to the SQL ledger (each once).",
+            registry=r,
+        )
+        self.ledger_lag = Gauge(
+            "unistock_ledger_lag_seconds",
+            "How far behind the change feed the SQL ledger is: the age of the oldest change not "
+            "yet in SQL as of the last round (0: caught up).",
+            registry=r,
+        )
+        self.ledger_delay = Histogram(
+            "unistock_ledger_delay_seconds",
+            "Per feed entry, from its flush (its feed id's time) to its rows committed in SQL.",
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
+        self.ledger_errors = Counter(
+            "unistock_ledger_errors_total",
+            "Ledger rounds that failed (SQL or Redis unavailable); retried, nothing lost.",
+            registry=r,
+        )
+        self.feed_lost = Counter(
+            "unistock_feed_entries_lost_total",
+            "Feed entries a durable consumer found trimmed by the feed's cap "
+            "(--feed-max-entries) before it read them. Any increase is an incident.",
+            ["consumer"],
+            registry=r,
+        )
+        self.feed_retained = Gauge(
+            "unistock_feed_retained_entries",
+            "Entries the change feed's streams hold (not yet trimmed behind every durable "
+            "consumer), summed over partitions.",
+            registry=r,
+        )
 
 
 class Metrics:
@@ -144,19 +187,20 @@ class Metrics:
             "reservation transitions), with the state they describe.",
             registry=r,
         )
-        self.ledger_entries = Counter(
-            "unistock_ledger_entries_total",
-            "Changes written to the SQL ledger (each once).",
-            registry=r,
-        )
-        self.ledger_lag = Gauge(
-            "unistock_ledger_lag_seconds",
-            "How far behind the change feed the SQL ledger is (0: caught up).",
-            registry=r,
-        )
-        self.ledger_errors = Counter(
-            "unistock_ledger_errors_total",
-            "Ledger rounds that failed (SQL or Redis unavailable); retried, nothing lost.",
+        ledger = LedgerMetrics(r)
+        self.ledger_entries = ledger.ledger_entries
+        self.ledger_lag = ledger.ledger_lag
+        self.ledger_delay = ledger.ledger_delay
+        self.ledger_errors = ledger.ledger_errors
+        self.feed_lost = ledger.feed_lost
+        self.feed_retained = ledger.feed_retained
+        #: the ledger writer's metrics, when it runs inside the server (--ledger-in-process 1)
+        self.ledger = ledger
+        self.feed_fill = Gauge(
+            "unistock_feed_fill_ratio",
+            "The fullest partition's change feed over its cap (--feed-max-entries), sampled every "
+            "5 s: at 1 a durable consumer that far behind (the ledger) starts losing entries. "
+            "Alert well before (e.g. > 0.5).",
             registry=r,
         )
         self.redis_errors = Counter(

@@ -1,12 +1,16 @@
 """The ledger writer (issue 11 item 4): a durable consumer of the change feed that writes every
-change to SQL, off the hot path.
+change to SQL, off the hot path. It runs as its own process (`unistock-ledger`, see
+app/ledger.py; `make run` starts one) or, for small deployments and tests, inside the server
+(`--ledger-in-process 1`).
 
-Each round reads the feed after the writer's cursor (in the feed's global order, never past a
-flush still in progress), writes the rows in one SQL transaction (idempotent on each row's
-entry_key), then saves the cursor in Redis and trims the feed behind it. A crash between the
-SQL commit and the cursor's save only makes the next round write the same rows again, which
+Each round reads every partition's feed after the writer's cursor there (persistence.feed:
+FeedReader), writes the rows in one SQL transaction (idempotent on each row's entry_key), then
+saves the cursors in Redis and trims the feeds behind the slowest consumer. A crash between the
+SQL commit and the cursors' save only makes the next round write the same rows again, which
 adds nothing: every change is in the ledger exactly once. A SQL or Redis outage delays it; no
-reply ever waits for it.
+reply ever waits for it. Entries the feed's cap trimmed before the writer read them are
+reported (log and `unistock_feed_entries_lost_total`): the one way the ledger can miss changes,
+when it stays behind for longer than the cap allows (see README, "The change feed").
 """
 
 from __future__ import annotations
@@ -15,10 +19,10 @@ import asyncio
 import logging
 import time
 
-from unistock.server.metrics import Metrics
+from unistock.server.metrics import LedgerMetrics
 from unistock.server.persistence.codec import decode_feed
+from unistock.server.persistence.feed import FeedId, FeedReader, format_feed_id
 from unistock.server.persistence.ledger import LedgerStore, ledger_rows
-from unistock.server.persistence.store import RedisStore
 
 log = logging.getLogger(__name__)
 
@@ -27,38 +31,58 @@ CONSUMER = "ledger"
 
 
 class LedgerWriter:
-    """Moves the change feed into the SQL ledger, `batch` feed entries per round."""
+    """Moves the change feed into the SQL ledger, at most `batch` feed entries per partition
+    per round."""
 
     def __init__(
-        self, store: RedisStore, ledger: LedgerStore, metrics: Metrics, *, batch: int = 500
+        self, feed: FeedReader, ledger: LedgerStore, metrics: LedgerMetrics, *, batch: int = 200
     ) -> None:
-        self._store = store
+        self._feed = feed
         self._ledger = ledger
         self._metrics = metrics
         self.batch = batch
-        self._cursor: tuple[int, int] | None = None
+        self._loaded = False
 
     async def drain_once(self) -> int:
         """One round: returns the feed entries consumed (0: caught up). Raises Unavailable or
         SQLAlchemyError (nothing consumed then)."""
-        if self._cursor is None:
-            self._cursor = await self._store.load_feed_cursor(CONSUMER)
-        entries = await self._store.read_feed_from(self._cursor, self.batch)
-        if not entries:
+        if not self._loaded:
+            await self._feed.load()
+            self._loaded = True
+        got = await self._feed.read(self.batch)
+        rows = []
+        last: dict[int, FeedId] = {}
+        for p, at, entry in got.entries:
+            rows += ledger_rows(format_feed_id(at), decode_feed(entry))
+            last[p] = at
+        new = await asyncio.to_thread(self._ledger.write, rows) if rows else 0
+        await self._feed.commit(got)
+        self._report_lost(got.lost)
+        if not got.entries:
             self._metrics.ledger_lag.set(0)
             return 0
-        rows = []
-        for (ms, n), _, entry in entries:
-            rows += ledger_rows(f"{ms}-{n}", decode_feed(entry))
-        new = await asyncio.to_thread(self._ledger.write, rows)
-        last = entries[-1][0]
-        await self._store.save_feed_cursor(CONSUMER, last)
-        self._cursor = last
-        await self._store.trim_feed([CONSUMER])
+        now = time.time()
+        for _, at, _ in got.entries:
+            self._metrics.ledger_delay.observe(max(0.0, now - at[0] / 1000))
         self._metrics.ledger_entries.inc(new)
-        behind = len(entries) == self.batch
-        self._metrics.ledger_lag.set(max(0.0, time.time() - last[0] / 1000) if behind else 0)
-        return len(entries)
+        # Behind: the oldest change still unread is younger than the last read of a partition
+        # that had more; caught up everywhere else.
+        behind = [last[p][0] for p in got.more]
+        self._metrics.ledger_lag.set(max(0.0, now - min(behind) / 1000) if behind else 0.0)
+        return len(got.entries)
+
+    def _report_lost(self, lost: dict[int, tuple[int, int]]) -> None:
+        for p, (first, last) in lost.items():
+            self._metrics.feed_lost.labels(CONSUMER).inc(last - first + 1)
+            log.error(
+                "feed partition %d: %d entries (the %d-th to the %d-th) were trimmed by the "
+                "feed's cap before the ledger read them (it was behind by more than "
+                "--feed-max-entries): their changes are missing from the ledger",
+                p,
+                last - first + 1,
+                first,
+                last,
+            )
 
     async def run(self, idle: float = 0.2, retry: float = 1.0) -> None:
         """Drain forever: at once while there is more, every `idle` s when caught up, every

@@ -22,6 +22,7 @@ from prometheus_client import start_http_server
 from sqlalchemy.exc import SQLAlchemyError
 
 from unistock.server.actors import Inventory
+from unistock.server.actors.ledger import CONSUMER as LEDGER_CONSUMER
 from unistock.server.actors.ledger import LedgerWriter
 from unistock.server.actors.liveness import StoreLiveness
 from unistock.server.actors.masterdata import MasterData
@@ -36,6 +37,7 @@ from unistock.server.app.settings import Settings
 from unistock.server.domain import Unavailable
 from unistock.server.metrics import Metrics
 from unistock.server.mqtt import LocationDirectory, MqttIngestor
+from unistock.server.persistence.feed import FeedReader
 from unistock.server.persistence.group_commit import GroupCommit
 from unistock.server.persistence.keys import Keyspace
 from unistock.server.persistence.ledger import LedgerStore
@@ -195,6 +197,7 @@ class UnistockServer:
             Keyspace(s.key_prefix, s.partitions),
             command_timeout=s.redis_timeout_s,
         )
+        self.store.feed_max_entries = s.feed_max_entries
         self._opened.append(self.store.close)
         try:
             await self.store.open()
@@ -240,9 +243,20 @@ class UnistockServer:
         self.inventory.set_safety_source(self.master.safety_stock)
         # The change feed into the SQL ledger (same database as master data), off the hot path
         # but in this process when asked (it shares its CPU: README B11).
-        self.ledger = LedgerWriter(self.store, LedgerStore(self.master.store.engine), self.metrics)
+        self.ledger = LedgerWriter(
+            FeedReader(
+                self.store.client,
+                self.store.keyspace,
+                LEDGER_CONSUMER,
+                self.store.epochs,
+                command_timeout=s.redis_timeout_s,
+            ),
+            LedgerStore(self.master.store.engine),
+            self.metrics.ledger,
+        )
         if s.ledger_in_process:
             self._spawn(self.ledger.run(), "ledger")
+        self._spawn(self._sample_feed(), "feed-fill")
         self.hub = WatchHub(self.metrics, max_pending=s.watch_max_pending)
         self.commit.listeners.append(self.hub.publish)
         self._spawn(self._run_commit(), "group-commit")
@@ -326,6 +340,17 @@ class UnistockServer:
 
     async def _run_commit(self) -> None:
         await self.commit.run()
+
+    async def _sample_feed(self, every: float = 5.0) -> None:
+        """unistock_feed_fill_ratio every `every` s: the fullest partition's feed stream over
+        its cap (1: a consumer that far behind starts losing entries)."""
+        while True:
+            try:
+                fullest = await self.store.feed_fullest()
+                self.metrics.feed_fill.set(fullest / self.store.feed_max_entries)
+            except Unavailable:
+                pass  # Redis down: the flushes say so (unistock_redis_errors_total)
+            await asyncio.sleep(every)
 
     async def wait(self) -> None:
         """Until a background task fails (e.g. the partitions were taken over) or stop()."""

@@ -32,9 +32,14 @@ class Settings:
     max_resident: int = 2_000_000
     idle_passivation_s: float = 900.0
     ledger_in_process: int = 0
+    feed_max_entries: int = 100_000
     expiry_interval_s: float = 1.0
     reservation_retention_s: float = 7 * 86400
     watch_max_pending: int = 100_000
+    events: int = 1
+    events_retention_s: float = 86400.0
+    events_max_per_partition: int = 1_000_000
+    events_max_pending: int = 10_000
     redis_timeout_s: float = 5.0
     shutdown_grace_s: float = 5.0
     log_level: str = "INFO"
@@ -47,25 +52,17 @@ class Settings:
         env = os.environ if env is None else env
         parser = build_parser(env)
         ns = parser.parse_args(argv)
-        values = {}
-        for f in fields(cls):
-            v = getattr(ns, f.name)
-            if v is not None and f.name in (
-                "data_dir",
-                "tokens_file",
-                "locations_file",
-                "tls_cert",
-                "tls_key",
-            ):
-                v = pathlib.Path(v)
-            values[f.name] = v
-        s = cls(**values)
+        s = cls(**values_of(cls, ns))
+        if s.events not in (0, 1):
+            parser.error(f"--events: 0 or 1, got {s.events}")
         if s.ledger_in_process not in (0, 1):
             parser.error(f"--ledger-in-process: 0 or 1, got {s.ledger_in_process}")
         if bool(s.tls_cert) != bool(s.tls_key):
             parser.error("--tls-cert and --tls-key go together")
         if s.partitions < 1:
             parser.error("--partitions must be >= 1")
+        if s.feed_max_entries < 1000:
+            parser.error(f"--feed-max-entries: at least 1000, got {s.feed_max_entries}")
         return s
 
 
@@ -95,23 +92,47 @@ _HELP = {
     "idle_passivation_s": "passivate positions unused for this long (0: never)",
     "ledger_in_process": "1: write the change feed to the SQL ledger inside this server (small "
     "deployments and tests: it shares the server's CPU, see README B11); 0: off",
+    "feed_max_entries": "cap of each partition's change feed stream (entries, approximate): a "
+    "durable consumer (the ledger) further behind than this loses entries (alert on "
+    "unistock_feed_fill_ratio)",
     "expiry_interval_s": "how often expired reservations are released",
     "reservation_retention_s": "how long ended reservations stay readable (idempotent replays)",
     "watch_max_pending": "positions a watcher may lag behind before it is cut",
+    "events": "1: derive events from the change feed (WatchEvents); 0: off (WatchEvents is "
+    "UNAVAILABLE)",
+    "events_retention_s": "how long events stay readable for a resuming WatchEvents",
+    "events_max_per_partition": "cap of each partition's events stream (approximate)",
+    "events_max_pending": "events a WatchEvents subscriber may lag behind before it is cut",
     "redis_timeout_s": "deadline of one Redis round trip before UNAVAILABLE",
     "shutdown_grace_s": "time in-flight calls get to finish on SIGTERM",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
 }
 
 
-def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
-    """The argument parser; each default comes from UNISTOCK_<NAME> when set."""
+def values_of(cls: Any, ns: argparse.Namespace) -> dict[str, Any]:
+    """The dataclass cls's field values in parsed flags (path fields as Paths)."""
+    values = {}
+    for f in fields(cls):
+        v = getattr(ns, f.name)
+        if v is not None and "Path" in str(f.type):
+            v = pathlib.Path(v)
+        values[f.name] = v
+    return values
+
+
+def build_parser(
+    env: Mapping[str, str],
+    cls: Any = None,
+    helps: Mapping[str, str] = _HELP,
+    prog: str = "unistock-server",
+    description: str = "Unistock: real-time inventory server (gRPC API, Redis persistence).",
+) -> argparse.ArgumentParser:
+    """The argument parser of a settings dataclass (the server's by default): one flag per
+    field; each default comes from UNISTOCK_<NAME> when set."""
     parser = argparse.ArgumentParser(
-        prog="unistock-server",
-        description="Unistock: real-time inventory server (gRPC API, Redis persistence).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    for f in fields(Settings):
+    for f in fields(cls or Settings):
         flag = "--" + f.name.replace("_", "-")
         envname = "UNISTOCK_" + f.name.upper()
         fallback: object = f.default
@@ -124,6 +145,6 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
             dest=f.name,
             type=kind,
             default=None if default is None else kind(default),
-            help=f"{_HELP[f.name]} [env {envname}]",
+            help=f"{helps[f.name]} [env {envname}]",
         )
     return parser

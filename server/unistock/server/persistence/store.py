@@ -25,6 +25,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from unistock.server.domain import Fenced, Position, StockKey, Unavailable
 from unistock.server.persistence.codec import decode_stored, parse_hold
+from unistock.server.persistence.feed import parse_feed_id
 from unistock.server.persistence.keys import (
     LAYOUT_VERSION,
     Keyspace,
@@ -290,8 +291,8 @@ class RedisStore:
         self.keyspace = keyspace
         self.command_timeout = command_timeout
         self.epochs: dict[int, int] = {}
-        #: Entries kept per partition's feed stream (approximately: XADD MAXLEN ~).
-        self.feed_max_entries = 10_000
+        #: Entries kept per partition's feed (approximately: MAXLEN ~); --feed-max-entries.
+        self.feed_max_entries = 100_000
         #: Changes appended to the feed by this process (a counter, for the metrics).
         self.feed_changes = 0
         #: The last feed entry id given: (ms, sequence).
@@ -368,7 +369,7 @@ class RedisStore:
                 epochs = replies[: len(owned)]
                 for last in replies[len(owned) :]:
                     if last:
-                        self._feed_last = max(self._feed_last, _feed_id(last[0][0]))
+                        self._feed_last = max(self._feed_last, parse_feed_id(last[0][0]))
         except (RedisError, OSError, TimeoutError) as exc:
             raise Unavailable(f"redis: {exc}") from exc
         self.epochs = dict(zip(owned, (int(e) for e in epochs), strict=True))
@@ -428,7 +429,7 @@ class RedisStore:
         out: list[tuple[tuple[int, int], int, bytes]] = []
         for p, entries in zip(owned, results, strict=True):
             for entry_id, fields in cast(list[tuple[bytes, dict[bytes, bytes]]], entries):
-                at = _feed_id(entry_id)
+                at = parse_feed_id(entry_id)
                 if at < watermark:
                     out.append((at, p, fields[b"e"]))
         out.sort(key=lambda e: e[0])
@@ -450,26 +451,34 @@ class RedisStore:
         for p in owned:
             pipe.hget(self.keyspace.feed_cursors(p), consumer)
         values = await self._execute(pipe)
-        found = [_feed_id(v) for v in values if v is not None]
+        found = [parse_feed_id(v) for v in values if v is not None]
         return min(found) if len(found) == len(owned) else (0, 0)
 
     async def trim_feed(self, consumers: list[str]) -> None:
-        """Trim every owned partition's feed behind the slowest of these durable consumers
-        (nothing where one has no cursor yet). Raises Unavailable."""
+        """Trim every owned partition's feed behind the slowest durable consumer with a cursor
+        there (every one counts, these or others, such as a ledger writer in another process),
+        and not at all where one of these has no cursor yet. Raises Unavailable."""
         if not consumers:
             return
         owned = sorted(self.epochs)
         pipe = self.client.pipeline(transaction=False)
         for p in owned:
-            pipe.hmget(self.keyspace.feed_cursors(p), consumers)
+            pipe.hgetall(self.keyspace.feed_cursors(p))
         cursors = await self._execute(pipe)
         pipe = self.client.pipeline(transaction=False)
         for p, values in zip(owned, cursors, strict=True):
-            if any(v is None for v in values):
+            if any(c.encode() not in values for c in consumers):
                 continue
-            ms, n = min(_feed_id(v) for v in values)
+            ms, n = min(parse_feed_id(v) for v in values.values())
             pipe.xtrim(self.keyspace.feed(p), minid=f"{ms}-{n + 1}", approximate=False)
         await self._execute(pipe)
+
+    async def feed_fullest(self) -> int:
+        """Entries held by the fullest of the owned partitions' feed streams."""
+        pipe = self.client.pipeline(transaction=False)
+        for p in sorted(self.epochs):
+            pipe.xlen(self.keyspace.feed(p))
+        return max((int(n) for n in await self._execute(pipe)), default=0)
 
     async def read_feed(
         self, partition: int, after: str = "0-0", count: int = 1000
@@ -849,9 +858,3 @@ def _glob_escape(text: str) -> str:
 def stored_version(value: bytes) -> int:
     """The version in a stored position's header, without decoding it."""
     return int.from_bytes(value[1:9], "big")
-
-
-def _feed_id(value: bytes | str) -> tuple[int, int]:
-    text = value.decode() if isinstance(value, bytes) else value
-    ms, _, n = text.partition("-")
-    return (int(ms), int(n))

@@ -1,0 +1,185 @@
+"""The ledger writer as its own process (`unistock-ledger`) beside a real server, Redis and
+SQLite / PostgreSQL: every change once, across a kill -9 of the writer; it waits for a server
+that has not created the keyspace yet; its exit codes; a gap left by the feed's cap is
+reported; a consumer's trim never passes another consumer's cursor."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.ledger import LedgerProcess, rows_settle
+from tests.fixtures.server import TOKENS, MakeServer, target
+from tests.server.test_api import batch, mv, send
+from unistock.client import UnistockClient
+from unistock.server.actors.ledger import CONSUMER, LedgerWriter
+from unistock.server.app.server import UnistockServer
+from unistock.server.metrics import LedgerMetrics
+from unistock.server.persistence.feed import FeedReader
+from unistock.server.persistence.ledger import MOVEMENT, RESERVATION, LedgerStore
+
+SKUS = [f"SKU-{i}" for i in range(6)]
+LOCS = ["s1", "s2", "dc-1"]
+
+
+def movements(source: str, first: int, n: int) -> list:
+    """n receipts and sales over SKUS x LOCS, seqs from first."""
+    out = []
+    for i in range(n):
+        seq = first + i
+        sku, loc = SKUS[seq % len(SKUS)], LOCS[seq % len(LOCS)]
+        out.append(mv(seq, "RECEIPT" if seq % 3 else "SALE", sku, loc, 1 + seq % 4))
+    return out
+
+
+async def on_hands(c: UnistockClient) -> dict[tuple[str, str], int]:
+    got = {}
+    for sku in SKUS:
+        for lv in await c.get_availability(sku=sku):
+            got[(lv.sku, lv.location_id)] = lv.on_hand
+    return got
+
+
+def check_exactly_once(rows: list, sent: set[tuple[str, int]], levels: dict) -> None:
+    """Every sent movement once, nothing else; invariant 9 per position."""
+    moved = Counter((r.source_id, r.seq) for r in rows if r.kind == MOVEMENT)
+    assert set(moved) == sent
+    assert max(moved.values()) == 1
+    sums: Counter[tuple[str, str]] = Counter()
+    for r in rows:
+        if r.on_hand_delta is not None:
+            sums[(r.sku, r.location_id)] += r.on_hand_delta
+    assert {k: v for k, v in sums.items() if v or k in levels} == levels
+
+
+async def test_the_ledger_process_writes_every_change_once_across_a_kill(
+    make_server: MakeServer, clean_redis_url: str, sql_url: str, tmp_path: Path
+) -> None:
+    srv = await make_server(clean_redis_url, database_url=sql_url)
+    ledger = LedgerProcess(clean_redis_url, sql_url, tmp_path).start()
+    sent: set[tuple[str, int]] = set()
+    try:
+        async with UnistockClient(target(srv), TOKENS["admin"]) as c:
+            for k in range(4):
+                first = 1 + 60 * k
+                await send(c, batch("wms", *movements("wms", first, 60)))
+                sent |= {("wms", s) for s in range(first, first + 60)}
+                if k == 1:
+                    ledger.kill()  # mid-stream: rows of the round in flight may be written
+                if k == 2:  # or not, and its cursors may be behind them: written again
+                    ledger.start()
+            await c.reserve("o-1", [("SKU-1", "s2", 1)], kind="CLICK_AND_COLLECT", channel="web")
+            await c.release("o-1")
+            levels = await on_hands(c)
+        rows = await rows_settle(sql_url, len(sent) + 2)
+        check_exactly_once(rows, sent, levels)
+        assert [r.transitions for r in rows if r.kind == RESERVATION] == ["CREATED", "RELEASED"]
+        assert ledger.stop() == 0
+        assert "stopped" in ledger.log_text()
+    finally:
+        ledger.kill()
+
+
+async def test_it_waits_for_the_server_to_create_the_keyspace(
+    make_server: MakeServer, clean_redis_url: str, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    ledger = LedgerProcess(clean_redis_url, url, tmp_path / "l")
+    ledger.spawn()
+    try:
+        for _ in range(100):
+            if "waiting for the server" in ledger.log_text():
+                break
+            await asyncio.sleep(0.05)
+        assert "waiting for the server to create it" in ledger.log_text()
+        srv = await make_server(clean_redis_url, database_url=url)
+        async with UnistockClient(target(srv), TOKENS["admin"]) as c:
+            await send(c, batch("wms", *movements("wms", 1, 10)))
+        rows = await rows_settle(url, 10)
+        assert len(rows) == 10
+    finally:
+        ledger.kill()
+
+
+def run_ledger(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "unistock.server.app.ledger", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_exit_codes(tmp_path: Path) -> None:
+    bad = run_ledger("--ledger-batch", "0")
+    assert bad.returncode == 2
+    assert "--ledger-batch: 1 to 10000, got 0" in bad.stderr
+    assert run_ledger("--no-such-flag").returncode == 2
+    down = run_ledger("--redis-url", "redis://127.0.0.1:1/0", "--data-dir", str(tmp_path))
+    assert down.returncode == 1
+    assert "unistock-ledger: cannot start: --redis-url:" in down.stderr
+
+
+async def writer(srv: UnistockServer, metrics: LedgerMetrics) -> LedgerWriter:
+    feed = FeedReader(srv.store.client, srv.store.keyspace, CONSUMER)
+    return LedgerWriter(feed, LedgerStore(srv.master.store.engine), metrics)
+
+
+async def test_a_gap_left_by_the_cap_is_reported(
+    server: UnistockServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    metrics = LedgerMetrics()
+    w = await writer(server, metrics)
+    async with UnistockClient(target(server), TOKENS["admin"]) as c:
+        await send(c, batch("wms", mv(1, "RECEIPT", "A", "s1", 5)))
+        assert await w.drain_once() == 1
+        await send(c, batch("wms", mv(2, "RECEIPT", "A", "s1", 1)))
+        p = server.store.keyspace.location_partition("s1")
+        await server.store.client.xtrim(server.store.keyspace.feed(p), maxlen=0)  # the cap
+        await send(c, batch("wms", mv(3, "RECEIPT", "A", "s1", 2)))
+    assert await w.drain_once() == 1
+    lost = metrics.feed_lost.labels(CONSUMER)._value.get()
+    assert lost == 1
+    assert "trimmed by the feed's cap before the ledger read them" in caplog.text
+    assert await w.drain_once() == 0  # reported once
+    assert metrics.feed_lost.labels(CONSUMER)._value.get() == 1
+    seqs = [r.seq for r in w._ledger.history("s1", "A")]
+    assert sorted(seqs) == [1, 3]
+    # A gap with nothing after it yet: reported once, the cursor moves past it.
+    async with UnistockClient(target(server), TOKENS["admin"]) as c:
+        await send(c, batch("wms", mv(4, "RECEIPT", "A", "s1", 1)))
+        await server.store.client.xtrim(server.store.keyspace.feed(p), maxlen=0)
+        assert await w.drain_once() == 0
+        assert await w.drain_once() == 0
+        assert metrics.feed_lost.labels(CONSUMER)._value.get() == 2
+        await send(c, batch("wms", mv(5, "RECEIPT", "A", "s1", 1)))
+    again = await writer(server, metrics)  # a restart: the gap is not reported again
+    assert await again.drain_once() == 1
+    assert metrics.feed_lost.labels(CONSUMER)._value.get() == 2
+
+
+async def test_a_consumer_never_trims_past_another_ones_cursor(server: UnistockServer) -> None:
+    ks = server.store.keyspace
+    feed = ks.feed(ks.location_partition("s1"))
+    async with UnistockClient(target(server), TOKENS["admin"]) as c:
+        await send(c, batch("wms", mv(1, "RECEIPT", "A", "s1", 5)))
+        slow = FeedReader(server.store.client, ks, "slow")
+        await slow.commit(await slow.read())  # slow has the first entry
+        await send(c, batch("wms", mv(2, "RECEIPT", "A", "s1", 5)))
+        await send(c, batch("wms", mv(3, "RECEIPT", "A", "s1", 5)))
+        fast = FeedReader(server.store.client, ks, "fast")
+        got = await fast.read()
+        assert len(got.entries) == 2
+        await fast.commit(got)  # fast has all: trimmed behind slow only
+    assert await server.store.client.xlen(feed) == 2
+    slow = FeedReader(server.store.client, ks, "slow")
+    again = await slow.read()
+    assert [at for _, at, _ in again.entries] == [at for _, at, _ in got.entries]
+    assert not again.lost
+    await slow.commit(again)
+    assert await server.store.client.xlen(feed) == 0
