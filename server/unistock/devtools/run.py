@@ -12,6 +12,10 @@ Usage: ``python -m unistock.devtools.run [server args...]`` (this is what ``make
   ``./var``) in its environment.  SIGINT/SIGTERM/SIGHUP are forwarded to it (SIGHUP as
   SIGTERM); once it exits, the services started here are stopped and this process exits
   with the server's exit code.
+* Beside it, the ledger writer runs as ``python -m unistock.server.app.ledger`` (same
+  environment; its metrics on ``UNISTOCK_LEDGER_METRICS_PORT``, default 9465 or a free
+  port), unless ``UNISTOCK_LEDGER_IN_PROCESS=1`` (the server writes the ledger itself) or
+  ``UNISTOCK_DEV_LEDGER=0``. It gets the same signals and is stopped when the server exits.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from unistock.devtools.services import (
 )
 
 SERVER_MODULE = "unistock.server.app.cli"
+LEDGER_MODULE = "unistock.server.app.ledger"
+DEFAULT_LEDGER_METRICS_PORT = 9465
 DEFAULT_REDIS_PORT = 6390
 DEFAULT_MQTT_PORT = 1890
 
@@ -91,16 +97,37 @@ def main() -> int:
         _log("running: " + " ".join(cmd))
         # Own session: a terminal Ctrl-C reaches only this process, which forwards it once.
         child = subprocess.Popen(cmd, env=env, start_new_session=True)
+        children = [child]
+        if (
+            env.get("UNISTOCK_LEDGER_IN_PROCESS", "0") != "1"
+            and env.get("UNISTOCK_DEV_LEDGER") != "0"
+        ):
+            env["UNISTOCK_LEDGER_METRICS_PORT"] = str(
+                _pick_port("UNISTOCK_LEDGER_METRICS_PORT", DEFAULT_LEDGER_METRICS_PORT)
+            )
+            ledger_cmd = [sys.executable, "-m", LEDGER_MODULE]
+            _log("running: " + " ".join(ledger_cmd))
+            children.append(subprocess.Popen(ledger_cmd, env=env, start_new_session=True))
+
+        signalled: list[int] = []
 
         def forward(signum: int, _frame: FrameType | None) -> None:
             sig = signal.SIGTERM if signum == signal.SIGHUP else signal.Signals(signum)
-            if child.poll() is None:
-                child.send_signal(sig)
+            signalled.append(sig)
+            for c in children:
+                if c.poll() is None:
+                    c.send_signal(sig)
 
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, forward)
         returncode = child.wait()
         _log(f"server exited with code {returncode}")
+        for c in children[1:]:
+            try:  # it got the signal the server got: let it finish on its own
+                c.wait(timeout=10 if signalled else 0)
+            except subprocess.TimeoutExpired:
+                c.send_signal(signal.SIGTERM)
+            _log(f"ledger writer exited with code {c.wait()}")
         return _exit_code(returncode)
     except ServiceError as exc:
         _log(f"error: {exc}")

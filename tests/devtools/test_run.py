@@ -1,0 +1,90 @@
+"""`make run` (python -m unistock.devtools.run): private Redis and Mosquitto, the server and the
+ledger writer beside it; a movement reaches the SQLite ledger in ./var; SIGTERM stops all of
+them cleanly (exit 0)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.fixtures.server import TOKENS
+from unistock.devtools.services import free_port
+
+
+def wait_for(path: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in path.read_text(errors="replace"):
+        assert proc.poll() is None, path.read_text()[-3000:]
+        assert time.monotonic() < deadline, path.read_text()[-3000:]
+        time.sleep(0.1)
+
+
+def test_make_run_starts_the_server_and_the_ledger_writer(tmp_path: Path) -> None:
+    grpc_port = free_port()
+    env = dict(os.environ)
+    for name in ("UNISTOCK_REDIS_URL", "UNISTOCK_MQTT_URL", "UNISTOCK_DATABASE_URL"):
+        env.pop(name, None)
+    env |= {
+        "UNISTOCK_GRPC_PORT": str(grpc_port),
+        "UNISTOCK_METRICS_PORT": "0",
+        "UNISTOCK_DEV_REDIS_PORT": str(free_port()),
+        "UNISTOCK_DEV_MQTT_PORT": str(free_port()),
+        "UNISTOCK_LEDGER_METRICS_PORT": str(free_port()),
+        "UNISTOCK_TOKENS": f"admin:{TOKENS['admin']}",
+    }
+    out = tmp_path / "run.out"
+    with out.open("wb") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "unistock.devtools.run"],
+            cwd=tmp_path,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(out, "unistock-server ready", proc)
+        wait_for(out, "unistock-ledger ready", proc)
+        sent = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import asyncio, sys\n"
+                "from unistock.client import UnistockClient\n"
+                "from unistock.v1 import inventory_pb2 as pb\n"
+                "async def main():\n"
+                f"    async with UnistockClient('127.0.0.1:{grpc_port}', sys.argv[1]) as c:\n"
+                "        b = pb.MovementBatch(source_id='wms', movements=[pb.Movement(seq=1,"
+                " sku='A', location_id='s1', type=pb.RECEIPT, quantity=5)])\n"
+                "        [a async for a in c.apply_movements([b])]\n"
+                "asyncio.run(main())\n",
+                TOKENS["admin"],
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert sent.returncode == 0, sent.stderr
+        db = tmp_path / "var" / "unistock.db"
+        rows: list[tuple[str, str, int]] = []
+        deadline = time.monotonic() + 30
+        while not rows and time.monotonic() < deadline:
+            with sqlite3.connect(db) as conn:
+                rows = conn.execute(
+                    "select sku, location_id, on_hand_delta from ledger_entries"
+                ).fetchall()
+            time.sleep(0.1)
+        assert rows == [("A", "s1", 5)]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        text = out.read_text()
+        assert "ledger writer exited with code 0" in text
+        assert "stopped redis" in text
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
