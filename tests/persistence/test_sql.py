@@ -3,6 +3,9 @@ tables the code queries, upgrading twice changes nothing, and the store round-tr
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -17,6 +20,17 @@ from unistock.server.domain.masterdata import (
     StalePolicy,
 )
 from unistock.server.persistence.sql import METADATA, MIGRATIONS, MasterDataStore
+
+
+@contextlib.contextmanager
+def upgraded_to(store: MasterDataStore, revision: str) -> Iterator[sa.Connection]:
+    """A transaction on store's database, its schema upgraded to Alembic revision first."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with store.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+        yield conn
 
 
 def test_the_migrations_build_the_schema_the_code_uses(sql_url: str) -> None:
@@ -67,11 +81,7 @@ def test_a_database_of_the_first_schema_upgrades_keeping_its_networks(sql_url: s
     its networks keep excluding stale stores, as they did."""
     store = MasterDataStore(sql_url)
     try:
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS))
-        with store.engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "0001")
+        with upgraded_to(store, "0001") as conn:
             conn.execute(sa.text("INSERT INTO locations (location_id, type) VALUES ('s1', 1)"))
             conn.execute(
                 sa.text(

@@ -17,9 +17,13 @@ from unistock.v1 import admin_pb2 as apb
 from unistock.v1 import admin_pb2_grpc as apb_grpc
 from unistock.v1 import inventory_pb2 as pb
 from unistock.v1 import inventory_pb2_grpc as pb_grpc
+from unistock.v1 import ledger_pb2 as lpb
+from unistock.v1 import ledger_pb2_grpc as lpb_grpc
 
 Line = tuple[str, str, int]
 """(sku, location_id, quantity)"""
+Time = datetime | Timestamp
+"""An aware datetime (with a UTC offset) or a protobuf Timestamp."""
 
 
 class UnistockClientError(Exception):
@@ -51,6 +55,23 @@ def _error(exc: aio.AioRpcError) -> UnistockClientError:
     return UnistockClientError(code, exc.details() or "")
 
 
+def _set_time(field: Timestamp, name: str, value: Time) -> None:
+    """Set a Timestamp field from value; ValueError for a naive datetime."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"{name} must be an aware datetime (with a UTC offset)")
+        field.FromDatetime(value.astimezone(UTC).replace(tzinfo=None))
+    else:
+        field.CopyFrom(value)
+
+
+def _set_range(request: Any, since: Time | None, until: Time | None) -> None:
+    """Set a request's since and until fields (None: left unset, no bound)."""
+    for name, value in (("since", since), ("until", until)):
+        if value is not None:
+            _set_time(getattr(request, name), name, value)
+
+
 def _lines(lines: Iterable[Line]) -> list[pb.ReservationLine]:
     return [pb.ReservationLine(sku=s, location_id=loc, quantity=q) for s, loc, q in lines]
 
@@ -75,6 +96,8 @@ class UnistockClient:
         self.stub = pb_grpc.InventoryServiceStub(self.channel)
         #: unistock.v1.AdminService (role admin): master data.
         self.admin = apb_grpc.AdminServiceStub(self.channel)
+        #: unistock.v1.LedgerService (roles backoffice, admin): histories and KPIs.
+        self.ledger = lpb_grpc.LedgerServiceStub(self.channel)
         self.metadata = (("authorization", f"Bearer {token}"),)
         self.timeout = timeout
 
@@ -167,12 +190,8 @@ class UnistockClient:
         req = pb.ExtendReservationRequest(reservation_id=reservation_id)
         if ttl_seconds is not None:
             req.ttl_seconds = ttl_seconds
-        elif isinstance(expires_at, datetime):
-            if expires_at.tzinfo is None or expires_at.utcoffset() is None:
-                raise ValueError("expires_at must be an aware datetime (with a UTC offset)")
-            req.expires_at.FromDatetime(expires_at.astimezone(UTC).replace(tzinfo=None))
         elif expires_at is not None:
-            req.expires_at.CopyFrom(expires_at)
+            _set_time(req.expires_at, "expires_at", expires_at)
         resp: pb.Reservation = await self._unary(self.stub.ExtendReservation, req)
         return resp
 
@@ -272,6 +291,80 @@ class UnistockClient:
         lost in transit. Idempotent (a CLOSED transfer is returned as it is)."""
         req = pb.CloseTransferRequest(transfer_id=transfer_id, location_id=location_id)
         resp: pb.Transfer = await self._unary(self.stub.CloseTransfer, req)
+        return resp
+
+    # -- the ledger (LedgerService, roles backoffice and admin) ----------------------------------
+
+    async def list_ledger_entries(
+        self,
+        *,
+        sku: str = "",
+        location_id: str = "",
+        reservation_id: str = "",
+        types: Sequence[str | int] = (),
+        since: Time | None = None,
+        until: Time | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> lpb.ListLedgerEntriesResponse:
+        """One page of a history, oldest first: of a position (sku and location_id), a SKU, a
+        location, or a reservation (reservation_id alone). types: LedgerEntry.Type names
+        ("SALE", "SHIPMENT"...) or numbers; since inclusive, until exclusive; page_size 0 is
+        100 (at most 1,000). Raises UnistockClientError (INVALID_ARGUMENT naming the field;
+        UNAVAILABLE: the ledger's database is down), ValueError for a naive datetime."""
+        req = lpb.ListLedgerEntriesRequest(
+            sku=sku,
+            location_id=location_id,
+            reservation_id=reservation_id,
+            types=[lpb.LedgerEntry.Type.Value(t) if isinstance(t, str) else t for t in types],  # type: ignore[misc]
+            page_size=page_size,
+            page_token=page_token,
+        )
+        _set_range(req, since, until)
+        resp: lpb.ListLedgerEntriesResponse = await self._unary(self.ledger.ListLedgerEntries, req)
+        return resp
+
+    async def ledger_entries(
+        self, *, limit: int | None = None, page_size: int = 0, **where: Any
+    ) -> AsyncIterator[lpb.LedgerEntry]:
+        """Every entry of a history (list_ledger_entries' filters as keywords), page after
+        page, oldest first; at most limit entries (None: all)."""
+        token = ""
+        left = limit
+        while left is None or left > 0:
+            size = page_size if left is None else min(left, page_size or 1_000)
+            page = await self.list_ledger_entries(page_size=size, page_token=token, **where)
+            for entry in page.entries:
+                yield entry
+            if left is not None:
+                left -= len(page.entries)
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def get_kpis(
+        self,
+        group_by: str | int = "LOCATION",
+        *,
+        since: Time | None = None,
+        until: Time | None = None,
+        location_ids: Sequence[str] = (),
+        channels: Sequence[str] = (),
+    ) -> lpb.GetKpisResponse:
+        """Per location, store or channel (group_by "LOCATION", "STORE", "CHANNEL"), over a
+        time range: units sold, returned, shrinkage, lost in transit, reservations made,
+        fulfilled, expired and released. Raises UnistockClientError, ValueError as above."""
+        req = lpb.GetKpisRequest(
+            group_by=(
+                lpb.GetKpisRequest.GroupBy.Value(group_by)  # type: ignore[arg-type]
+                if isinstance(group_by, str)
+                else group_by
+            ),
+            location_ids=location_ids,
+            channels=channels,
+        )
+        _set_range(req, since, until)
+        resp: lpb.GetKpisResponse = await self._unary(self.ledger.GetKpis, req)
         return resp
 
     # -- master data (AdminService, role admin) ------------------------------------------------

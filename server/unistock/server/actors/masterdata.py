@@ -166,12 +166,18 @@ class MasterData:
                 self.revision += 1
 
     async def _sql(self, fn: Callable[..., _T], *args: object) -> _T:
-        try:
-            return await asyncio.to_thread(fn, *args)
-        except SQLAlchemyError as exc:
-            # One line, without the statement and its parameters (SQLAlchemy appends them:
-            # kilobytes for a big upsert, too long for a gRPC status message).
-            cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-            first = (str(cause).strip().splitlines() or [""])[0]
-            log.warning("master data: SQL failed: %s: %s", type(cause).__name__, first)
-            raise Unavailable(f"master data database: {type(cause).__name__}: {first}") from exc
+        return await sql_in_thread("master data", fn, *args)
+
+
+async def sql_in_thread(what: str, fn: Callable[..., _T], *args: object) -> _T:
+    """fn(*args) in a thread (never blocking the event loop); a SQL failure is logged and
+    raised as Unavailable naming `what` ("master data", "ledger") and the driver's error."""
+    try:
+        return await asyncio.to_thread(fn, *args)
+    except SQLAlchemyError as exc:
+        # One line, without the statement and its parameters (SQLAlchemy appends them:
+        # kilobytes for a big upsert, too long for a gRPC status message).
+        cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+        first = (str(cause).strip().splitlines() or [""])[0]
+        log.warning("%s: SQL failed: %s: %s", what, type(cause).__name__, first)
+        raise Unavailable(f"{what} database: {type(cause).__name__}: {first}") from exc

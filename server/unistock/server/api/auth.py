@@ -5,6 +5,8 @@ Roles:
   backoffice  send movements, read levels and reservations, watch (warehouse, back office)
   admin       everything
 
+Whole services with their own roles: AdminService (admin), LedgerService (backoffice, admin).
+
 Tokens come from a file (one `<role> <token> [<name>]` per line, `#` comments) and/or the
 environment variable UNISTOCK_TOKENS (`role:token,role:token`). Tokens are compared by their
 SHA-256 digest, never stored or logged in clear beyond start-up.
@@ -30,6 +32,13 @@ log = logging.getLogger(__name__)
 SERVICE = "unistock.v1.InventoryService"
 #: Master data: role admin only (every method).
 ADMIN_SERVICE = "unistock.v1.AdminService"
+#: The ledger (histories, KPIs): roles backoffice and admin (every method).
+LEDGER_SERVICE = "unistock.v1.LedgerService"
+#: The roles that may call every method of a service (the others: ROLES, by method).
+SERVICE_ROLES: dict[str, frozenset[str]] = {
+    ADMIN_SERVICE: frozenset({"admin"}),
+    LEDGER_SERVICE: frozenset({"backoffice", "admin"}),
+}
 
 ROLES: dict[str, frozenset[str]] = {
     "channel": frozenset(
@@ -187,13 +196,14 @@ def _denied(
 
 
 class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Refuses calls to the inventory and admin services without a valid token for the
-    method's role (AdminService: role admin)."""
+    """Refuses calls to the inventory, admin and ledger services without a valid token for
+    the method's role (AdminService: role admin; LedgerService: backoffice or admin)."""
 
     def __init__(self, tokens: TokenStore) -> None:
         self._tokens = tokens
         self._prefix = f"/{SERVICE}/"
-        self._admin_prefix = f"/{ADMIN_SERVICE}/"
+        #: "/<service>/" -> the roles that may call its methods
+        self._service_roles = {f"/{s}/": roles for s, roles in SERVICE_ROLES.items()}
 
     async def intercept_service(
         self,
@@ -206,11 +216,9 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         handler = await continuation(details)
         if handler is None:
             return handler
-        if method.startswith(self._prefix):
-            name = method[len(self._prefix) :]
-        elif method.startswith(self._admin_prefix):
-            name = method[len(self._admin_prefix) :]
-        else:
+        service, _, name = method.rpartition("/")
+        roles = self._service_roles.get(service + "/")
+        if roles is None and not method.startswith(self._prefix):
             return handler  # health, reflection
         auth = None
         for key, value in details.invocation_metadata or ():
@@ -224,11 +232,7 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
                 grpc.StatusCode.UNAUTHENTICATED,
                 "missing or unknown bearer token (metadata 'authorization: Bearer <token>')",
             )
-        allowed = (
-            principal.role == "admin"
-            if method.startswith(self._admin_prefix)
-            else name in ROLES[principal.role]
-        )
+        allowed = principal.role in roles if roles is not None else name in ROLES[principal.role]
         if not allowed:
             return _denied(
                 handler,

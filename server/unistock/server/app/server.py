@@ -30,6 +30,8 @@ from unistock.server.actors.networks import NetworkIndex
 from unistock.server.api.admin import SERVICE as ADMIN_SERVICE
 from unistock.server.api.admin import AdminService
 from unistock.server.api.auth import AuthInterceptor, TokenStore
+from unistock.server.api.ledger import SERVICE as LEDGER_SERVICE
+from unistock.server.api.ledger import LedgerService
 from unistock.server.api.service import SERVICE, InventoryService
 from unistock.server.api.sourcing import network_candidates
 from unistock.server.api.watch import WatchHub
@@ -41,6 +43,7 @@ from unistock.server.persistence.feed import FeedReader
 from unistock.server.persistence.group_commit import GroupCommit
 from unistock.server.persistence.keys import Keyspace
 from unistock.server.persistence.ledger import LedgerStore
+from unistock.server.persistence.ledger_queries import LedgerQueries
 from unistock.server.persistence.sql import MasterDataStore, default_url
 from unistock.server.persistence.store import RedisStore
 
@@ -295,11 +298,16 @@ class UnistockServer:
         self.service = InventoryService(self.inventory, self.hub, self.networks, self.network_hub)
         assert self._grpc is not None
         self.admin = AdminService(self.master, self.inventory, self.metrics, self.networks)
-        self._grpc.add_generic_rpc_handlers((self.service.handler(), self.admin.handler()))
+        # Histories and KPIs, read from the ledger's tables in the master data's database.
+        self.ledger_service = LedgerService(LedgerQueries(self.master.store.engine), self.metrics)
+        self._grpc.add_generic_rpc_handlers(
+            (self.service.handler(), self.admin.handler(), self.ledger_service.handler())
+        )
         self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(
-            (SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
+            (SERVICE, ADMIN_SERVICE, LEDGER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            self._grpc,
         )
 
     async def _abort_start(self) -> None:

@@ -91,7 +91,8 @@ LEDGER = sa.Table(
     sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
     sa.Column("entry_key", sa.String(300), nullable=False, unique=True),
     sa.Column("feed_id", sa.String(40), nullable=False),
-    # 1 a movement, 2 a fulfilment's shipment, 3 a reservation's transitions
+    # 1 a movement, 2 a fulfilment's shipment, 3 a reservation's transitions, 4 a transfer
+    # discrepancy (persistence.ledger)
     sa.Column("kind", sa.SmallInteger, nullable=False),
     sa.Column("at_ms", sa.BigInteger, nullable=False),
     sa.Column("sku", sa.String(128), nullable=True),
@@ -119,6 +120,9 @@ LEDGER = sa.Table(
     sa.Index("ix_ledger_position", "location_id", "sku", "at_ms"),
     sa.Index("ix_ledger_location_at", "location_id", "at_ms"),
     sa.Index("ix_ledger_reservation", "reservation_id"),
+    # 0004: a SKU's history everywhere; KPIs over a time range (by kind, then time)
+    sa.Index("ix_ledger_sku_at", "sku", "at_ms"),
+    sa.Index("ix_ledger_kind_at", "kind", "at_ms"),
 )
 
 MIGRATIONS = pathlib.Path(__file__).with_name("migrations")
