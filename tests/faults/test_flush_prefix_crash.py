@@ -16,7 +16,9 @@ records as they are activated) and checks the domain's invariants:
    position, the on_hand deltas of its feed changes (the seed's receipts, the fulfilments'
    shipments) sum to its stored on_hand, each fulfilment's shipment naming its reservation;
    and every reservation's transitions: its first is CREATED, each revision once, the last
-   carries the stored record (as the wire shows it), and none for a record not stored.
+   carries the stored record (as the wire shows it), and none for a record not stored;
+5. the reservation indexes (issue 11 item 3) hold exactly the entries of the stored records
+   (their state's customer, channel and location sets; a moved one not at its old location).
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.persistence.rindex_helpers import expected_index, stored_index
 from unistock.devtools.services import RedisServer
 from unistock.server.actors import Inventory
 from unistock.server.domain import (
@@ -157,7 +160,14 @@ async def run_op(rt: Runtime, op: Op) -> None:
         if op[0] == "reserve":
             _, rid, lines, ttl = op
             await inv.reserve(
-                ReserveRequest.build(rid, [Line(k[0], k[1], q) for k, q in lines], 5, ttl)
+                ReserveRequest.build(
+                    rid,
+                    [Line(k[0], k[1], q) for k, q in lines],
+                    5,
+                    ttl,
+                    "web",
+                    "ann" if rid != "R3" else "bob",
+                )
             )
         elif op[0] == "release":
             await inv.release(op[1])
@@ -194,7 +204,7 @@ async def whole_feed(
             for c in decode_feed(entry):
                 if isinstance(c, FeedRecord):
                     changes.append(c)
-                else:
+                elif isinstance(c, ReservationFeedRecord):  # (not level changes)
                     transitions.append(c)
     return changes, transitions
 
@@ -231,8 +241,24 @@ async def check_feed(url: str, where: str) -> None:
                 assert c.extra.reservation_id in RIDS, (where, c)
 
 
+async def check_index(url: str, where: str) -> None:
+    """Invariant 5: the reservation indexes hold exactly the stored records' entries, and only
+    terminal records have entries kept for the sweep."""
+    store = RedisStore.from_url(url, KS)
+    try:
+        assert await stored_index(store) == await expected_index(store), where
+        for p in range(KS.partitions):
+            for rid in await store.client.hkeys(KS.index_terminal(p)):
+                [data] = await store.load_reservations([cast(bytes, rid).decode()])
+                assert data is not None, (where, rid)
+                assert not decode_reservation(data).active, (where, rid)
+    finally:
+        await store.close()
+
+
 async def check_invariants(url: str, where: str) -> None:
     await check_feed(url, where)
+    await check_index(url, where)
     async with runtime(url) as rt:
         inv = rt.inventory
         records = {}

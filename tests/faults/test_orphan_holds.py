@@ -37,6 +37,7 @@ from unistock.server.domain import (
 from unistock.server.persistence.codec import encode_position, encode_reservation
 from unistock.server.persistence.group_commit import stage_position
 from unistock.server.persistence.keys import Keyspace
+from unistock.server.persistence.rindex import index_write
 from unistock.server.persistence.store import PartitionWrite, Phase, RedisStore
 from unistock.v1 import inventory_pb2 as pb
 
@@ -65,7 +66,14 @@ def record_phase(ks: Keyspace, r: Reservation) -> Phase:
     phase: Phase = defaultdict(PartitionWrite)
     keep = "0" if r.active else RETENTION_MS
     phase[ks.reservation_partition(r.reservation_id)].reservations.append(
-        (r.reservation_id, encode_reservation(r), "", keep, [])
+        (
+            r.reservation_id,
+            encode_reservation(r),
+            "",
+            keep,
+            [],
+            index_write(ks, r, (), 0, int(keep)),
+        )
     )
     return phase
 

@@ -14,6 +14,7 @@ from unistock.server.persistence.codec import (
 )
 from unistock.server.persistence.group_commit import stage_position
 from unistock.server.persistence.keys import Keyspace, position_field
+from unistock.server.persistence.rindex import index_write
 from unistock.server.persistence.store import PartitionWrite, RedisStore, with_hiredis_packing
 from unistock.storage.v1 import storage_pb2 as spb
 
@@ -194,12 +195,16 @@ async def test_reservation_records_and_expiry_index(
     req = ReserveRequest.build("cart-1", [Line("SKU", "store-1", 2)], ReservationKind.CART, 60)
     r = reserve(req, {p.key: p}, now=1000.0)
     part = KS.reservation_partition("cart-1")
-    w = PartitionWrite(reservations=[("cart-1", encode_reservation(r), str(1060 * 1000), "0", [])])
+    index = index_write(KS, r, (), 0, 0)
+    w = PartitionWrite(
+        reservations=[("cart-1", encode_reservation(r), str(1060 * 1000), "0", [], index)]
+    )
     await store.flush([{part: w}])
     assert await store.due_reservations(now=1059.0) == []
     assert await store.due_reservations(now=1060.0) == ["cart-1"]
     ended = r.release()
-    w = PartitionWrite(reservations=[("cart-1", encode_reservation(ended), "", "60000", [])])
+    index = index_write(KS, ended, (), 0, 60000)
+    w = PartitionWrite(reservations=[("cart-1", encode_reservation(ended), "", "60000", [], index)])
     await store.flush([{part: w}])
     assert await store.due_reservations(now=2000.0) == []
     client = aioredis.Redis.from_url(clean_redis_url)

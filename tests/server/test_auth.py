@@ -171,6 +171,8 @@ async def test_reflection_lists_the_service(channel: aio.Channel, server: Unisto
         "WatchNetworkAvailability",
         "FindStock",
         "TransferReservation",
+        "ListReservations",
+        "WatchReservations",
     }
 
 

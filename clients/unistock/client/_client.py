@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -70,6 +70,24 @@ def _set_range(request: Any, since: Time | None, until: Time | None) -> None:
     for name, value in (("since", since), ("until", until)):
         if value is not None:
             _set_time(getattr(request, name), name, value)
+
+
+_F = TypeVar("_F", pb.ListReservationsRequest, pb.WatchReservationsRequest)
+
+
+def _reservations_filter(
+    message: type[_F],
+    customer_id: str,
+    channel: str,
+    location_id: str,
+    states: Sequence[str | int],
+) -> _F:
+    return message(
+        customer_id=customer_id,
+        channel=channel,
+        location_id=location_id,
+        states=[pb.ReservationState.Value(s) if isinstance(s, str) else s for s in states],  # type: ignore[misc]
+    )
 
 
 def _lines(lines: Iterable[Line]) -> list[pb.ReservationLine]:
@@ -200,6 +218,66 @@ class UnistockClient:
         req = pb.GetReservationRequest(reservation_id=reservation_id)
         resp: pb.Reservation = await self._unary(self.stub.GetReservation, req)
         return resp
+
+    async def list_reservations(
+        self,
+        *,
+        customer_id: str = "",
+        channel: str = "",
+        location_id: str = "",
+        states: Sequence[str | int] = (),
+        page_size: int = 0,
+        page_token: str = "",
+        newest_first: bool = False,
+    ) -> pb.ListReservationsResponse:
+        """One page of the reservations of a customer, a channel and/or a location (at least
+        one; all given must match), in the states given (names "ACTIVE"... or numbers; none:
+        every state), oldest first unless newest_first; page_size 0 is 100 (at most 1,000).
+        A page may be short while more follow: go on while next_page_token is set. Raises
+        UnistockClientError (INVALID_ARGUMENT naming the field)."""
+        req = _reservations_filter(
+            pb.ListReservationsRequest, customer_id, channel, location_id, states
+        )
+        req.page_size = page_size
+        req.page_token = page_token
+        req.newest_first = newest_first
+        resp: pb.ListReservationsResponse = await self._unary(self.stub.ListReservations, req)
+        return resp
+
+    async def reservations(
+        self, *, limit: int | None = None, page_size: int = 0, **where: Any
+    ) -> AsyncIterator[pb.Reservation]:
+        """Every reservation list_reservations selects (its filters as keywords), page after
+        page; at most limit (None: all)."""
+        token = ""
+        left = limit
+        while left is None or left > 0:
+            size = page_size if left is None else min(left, page_size or 1_000)
+            page = await self.list_reservations(page_size=size, page_token=token, **where)
+            for r in page.reservations:
+                yield r
+            if left is not None:
+                left -= len(page.reservations)
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def watch_reservations(
+        self,
+        *,
+        customer_id: str = "",
+        channel: str = "",
+        location_id: str = "",
+        states: Sequence[str | int] = (),
+    ) -> AsyncIterator[pb.WatchReservationsResponse]:
+        """One reservations watch (list_reservations' filter): the matching reservations
+        (snapshot, ended by a message with snapshot_complete), then every change of one that
+        matches before or after it, with its transitions."""
+        req = _reservations_filter(
+            pb.WatchReservationsRequest, customer_id, channel, location_id, states
+        )
+        async for msg in _stream(self.stub.WatchReservations(req, metadata=self.metadata)):
+            yield msg
 
     async def get_network_availability(
         self, network: str, skus: Sequence[str]

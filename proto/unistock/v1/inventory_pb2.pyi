@@ -1263,6 +1263,235 @@ class GetReservationRequest(_message.Message):
 Global___GetReservationRequest: _TypeAlias = GetReservationRequest  # noqa: Y015
 
 @_typing.final
+class ListReservationsRequest(_message.Message):
+    """Reservations by customer, channel or location (ListReservations). Give at least one of
+    customer_id, channel, location_id (else INVALID_ARGUMENT naming customer_id); a reservation
+    is listed when it matches every one given and one of states.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    LOCATION_ID_FIELD_NUMBER: _builtins.int
+    STATES_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    NEWEST_FIRST_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    """The customer the units are promised to (Reservation.customer_id)."""
+    channel: _builtins.str
+    """The channel that made it (Reservation.channel)."""
+    location_id: _builtins.str
+    """A location of its lines: held there, or fulfilled from there."""
+    page_size: _builtins.int
+    """Reservations per page: 0 means 100; at most 1,000."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page (with the same filter and order); empty: the
+    first page.
+    """
+    newest_first: _builtins.bool
+    """Newest first (by creation); default oldest first."""
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[Global___ReservationState.ValueType]:
+        """The states listed; empty: every state. Ended reservations are kept for the server's
+        retention (--reservation-retention-s, 7 days by default), then neither read nor listed.
+        """
+
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        location_id: _builtins.str = ...,
+        states: _abc.Iterable[Global___ReservationState.ValueType] | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        newest_first: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "customer_id", b"customer_id", "location_id", b"location_id", "newest_first", b"newest_first", "page_size", b"page_size", "page_token", b"page_token", "states", b"states"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListReservationsRequest: _TypeAlias = ListReservationsRequest  # noqa: Y015
+
+@_typing.final
+class ListReservationsResponse(_message.Message):
+    """A page of ListReservations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVATIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Opaque; empty when nothing follows."""
+    @_builtins.property
+    def reservations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Reservation]:
+        """In creation order (then reservation_id), oldest first unless newest_first. A page may hold
+        fewer than page_size reservations, even none, while more follow: read on until
+        next_page_token is empty. Each reservation is listed once across the pages; one created
+        or changed into the filter while paging appears if it sorts after the page being read.
+        """
+
+    def __init__(
+        self,
+        *,
+        reservations: _abc.Iterable[Global___Reservation] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "reservations", b"reservations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListReservationsResponse: _TypeAlias = ListReservationsResponse  # noqa: Y015
+
+@_typing.final
+class WatchReservationsRequest(_message.Message):
+    """WatchReservations: the same filter as ListReservationsRequest (customer_id, channel,
+    location_id: at least one; states: empty = every state).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    LOCATION_ID_FIELD_NUMBER: _builtins.int
+    STATES_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    channel: _builtins.str
+    location_id: _builtins.str
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[Global___ReservationState.ValueType]: ...
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        location_id: _builtins.str = ...,
+        states: _abc.Iterable[Global___ReservationState.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "customer_id", b"customer_id", "location_id", b"location_id", "states", b"states"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchReservationsRequest: _TypeAlias = WatchReservationsRequest  # noqa: Y015
+
+@_typing.final
+class ReservationUpdate(_message.Message):
+    """A reservation as one change left it (or as it is, in a watch's snapshot)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Transition:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _TransitionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[ReservationUpdate._Transition.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        TRANSITION_UNSPECIFIED: ReservationUpdate._Transition.ValueType  # 0
+        CREATED: ReservationUpdate._Transition.ValueType  # 1
+        """Made by Reserve."""
+        EXTENDED: ReservationUpdate._Transition.ValueType  # 2
+        """Its expiry moved (ExtendReservation)."""
+        PARTLY_FULFILLED: ReservationUpdate._Transition.ValueType  # 3
+        """Some units left (a fulfilment or a pickup at a till), others still held."""
+        FULFILLED: ReservationUpdate._Transition.ValueType  # 4
+        """Every unit left."""
+        RELEASED: ReservationUpdate._Transition.ValueType  # 5
+        """Cancelled (ReleaseReservation)."""
+        EXPIRED: ReservationUpdate._Transition.ValueType  # 6
+        """Its hold ran out."""
+        MOVED: ReservationUpdate._Transition.ValueType  # 7
+        """Held units moved between locations (TransferReservation)."""
+        HEALED: ReservationUpdate._Transition.ValueType  # 8
+        """Held units at risk moved by the server itself (self-healing)."""
+
+    class Transition(_Transition, metaclass=_TransitionEnumTypeWrapper):
+        """What happened to it."""
+
+    TRANSITION_UNSPECIFIED: ReservationUpdate.Transition.ValueType  # 0
+    CREATED: ReservationUpdate.Transition.ValueType  # 1
+    """Made by Reserve."""
+    EXTENDED: ReservationUpdate.Transition.ValueType  # 2
+    """Its expiry moved (ExtendReservation)."""
+    PARTLY_FULFILLED: ReservationUpdate.Transition.ValueType  # 3
+    """Some units left (a fulfilment or a pickup at a till), others still held."""
+    FULFILLED: ReservationUpdate.Transition.ValueType  # 4
+    """Every unit left."""
+    RELEASED: ReservationUpdate.Transition.ValueType  # 5
+    """Cancelled (ReleaseReservation)."""
+    EXPIRED: ReservationUpdate.Transition.ValueType  # 6
+    """Its hold ran out."""
+    MOVED: ReservationUpdate.Transition.ValueType  # 7
+    """Held units moved between locations (TransferReservation)."""
+    HEALED: ReservationUpdate.Transition.ValueType  # 8
+    """Held units at risk moved by the server itself (self-healing)."""
+
+    AT_MS_FIELD_NUMBER: _builtins.int
+    TRANSITIONS_FIELD_NUMBER: _builtins.int
+    RESERVATION_FIELD_NUMBER: _builtins.int
+    at_ms: _builtins.int
+    """When the server made the change (ms since the Unix epoch); 0 in a snapshot."""
+    @_builtins.property
+    def transitions(self) -> _containers.RepeatedScalarFieldContainer[Global___ReservationUpdate.Transition.ValueType]:
+        """What the change did, in order (several when one change did several things, e.g. a move
+        and a new expiry); empty in a snapshot.
+        """
+
+    @_builtins.property
+    def reservation(self) -> Global___Reservation:
+        """The reservation after the change."""
+
+    def __init__(
+        self,
+        *,
+        at_ms: _builtins.int = ...,
+        transitions: _abc.Iterable[Global___ReservationUpdate.Transition.ValueType] | None = ...,
+        reservation: Global___Reservation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reservation", b"reservation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_ms", b"at_ms", "reservation", b"reservation", "transitions", b"transitions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReservationUpdate: _TypeAlias = ReservationUpdate  # noqa: Y015
+
+@_typing.final
+class WatchReservationsResponse(_message.Message):
+    """A message of WatchReservations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPDATES_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_COMPLETE_FIELD_NUMBER: _builtins.int
+    snapshot_complete: _builtins.bool
+    """Sent once, after the last snapshot message: changes follow."""
+    @_builtins.property
+    def updates(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReservationUpdate]:
+        """Reservations in the snapshot, or changes, in the order they were made per reservation."""
+
+    def __init__(
+        self,
+        *,
+        updates: _abc.Iterable[Global___ReservationUpdate] | None = ...,
+        snapshot_complete: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["snapshot_complete", b"snapshot_complete", "updates", b"updates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchReservationsResponse: _TypeAlias = WatchReservationsResponse  # noqa: Y015
+
+@_typing.final
 class GetAvailabilityRequest(_message.Message):
     """Levels of several positions."""
 

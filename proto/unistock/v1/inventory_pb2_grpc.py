@@ -74,6 +74,16 @@ class InventoryServiceStub:
                 request_serializer=unistock_dot_v1_dot_inventory__pb2.GetReservationRequest.SerializeToString,
                 response_deserializer=unistock_dot_v1_dot_inventory__pb2.Reservation.FromString,
                 _registered_method=True)
+        self.ListReservations = channel.unary_unary(
+                '/unistock.v1.InventoryService/ListReservations',
+                request_serializer=unistock_dot_v1_dot_inventory__pb2.ListReservationsRequest.SerializeToString,
+                response_deserializer=unistock_dot_v1_dot_inventory__pb2.ListReservationsResponse.FromString,
+                _registered_method=True)
+        self.WatchReservations = channel.unary_stream(
+                '/unistock.v1.InventoryService/WatchReservations',
+                request_serializer=unistock_dot_v1_dot_inventory__pb2.WatchReservationsRequest.SerializeToString,
+                response_deserializer=unistock_dot_v1_dot_inventory__pb2.WatchReservationsResponse.FromString,
+                _registered_method=True)
         self.GetTransfer = channel.unary_unary(
                 '/unistock.v1.InventoryService/GetTransfer',
                 request_serializer=unistock_dot_v1_dot_inventory__pb2.GetTransferRequest.SerializeToString,
@@ -163,6 +173,28 @@ class InventoryServiceServicer:
 
     def GetReservation(self, request, context):
         """Current state of a reservation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListReservations(self, request, context):
+        """Reservations by customer_id, channel and/or location_id, and states, a page at a time, in
+        creation order (see ListReservationsRequest). Read from indexes written with the records:
+        a reservation is listed as soon as Reserve answered. Roles: channel, backoffice, admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchReservations(self, request, context):
+        """First the reservations matching the filter as they are (the snapshot, then a message with
+        snapshot_complete), then every durable change of a reservation that matches the filter
+        before or after it (so a watcher sees a reservation leave: moved elsewhere, or into a
+        state it does not watch), in order per reservation. A watcher that falls too far behind is
+        ended with RESOURCE_EXHAUSTED (UNAVAILABLE when the server stops): watch again for a new
+        snapshot. A snapshot larger than the server's bound (50,000) is RESOURCE_EXHAUSTED: narrow
+        the filter. Roles: channel, backoffice, admin.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -258,6 +290,16 @@ def add_InventoryServiceServicer_to_server(servicer, server):
                     servicer.GetReservation,
                     request_deserializer=unistock_dot_v1_dot_inventory__pb2.GetReservationRequest.FromString,
                     response_serializer=unistock_dot_v1_dot_inventory__pb2.Reservation.SerializeToString,
+            ),
+            'ListReservations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReservations,
+                    request_deserializer=unistock_dot_v1_dot_inventory__pb2.ListReservationsRequest.FromString,
+                    response_serializer=unistock_dot_v1_dot_inventory__pb2.ListReservationsResponse.SerializeToString,
+            ),
+            'WatchReservations': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchReservations,
+                    request_deserializer=unistock_dot_v1_dot_inventory__pb2.WatchReservationsRequest.FromString,
+                    response_serializer=unistock_dot_v1_dot_inventory__pb2.WatchReservationsResponse.SerializeToString,
             ),
             'GetTransfer': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTransfer,
@@ -506,6 +548,60 @@ class InventoryService:
             '/unistock.v1.InventoryService/GetReservation',
             unistock_dot_v1_dot_inventory__pb2.GetReservationRequest.SerializeToString,
             unistock_dot_v1_dot_inventory__pb2.Reservation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReservations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/unistock.v1.InventoryService/ListReservations',
+            unistock_dot_v1_dot_inventory__pb2.ListReservationsRequest.SerializeToString,
+            unistock_dot_v1_dot_inventory__pb2.ListReservationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchReservations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/unistock.v1.InventoryService/WatchReservations',
+            unistock_dot_v1_dot_inventory__pb2.WatchReservationsRequest.SerializeToString,
+            unistock_dot_v1_dot_inventory__pb2.WatchReservationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

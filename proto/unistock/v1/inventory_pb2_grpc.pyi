@@ -59,6 +59,20 @@ class InventoryServiceStub:
     """Move an ACTIVE reservation's expiry."""
     GetReservation: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.GetReservationRequest, _inventory_pb2.Reservation]
     """Current state of a reservation."""
+    ListReservations: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.ListReservationsRequest, _inventory_pb2.ListReservationsResponse]
+    """Reservations by customer_id, channel and/or location_id, and states, a page at a time, in
+    creation order (see ListReservationsRequest). Read from indexes written with the records:
+    a reservation is listed as soon as Reserve answered. Roles: channel, backoffice, admin.
+    """
+    WatchReservations: _grpc.UnaryStreamMultiCallable[_inventory_pb2.WatchReservationsRequest, _inventory_pb2.WatchReservationsResponse]
+    """First the reservations matching the filter as they are (the snapshot, then a message with
+    snapshot_complete), then every durable change of a reservation that matches the filter
+    before or after it (so a watcher sees a reservation leave: moved elsewhere, or into a
+    state it does not watch), in order per reservation. A watcher that falls too far behind is
+    ended with RESOURCE_EXHAUSTED (UNAVAILABLE when the server stops): watch again for a new
+    snapshot. A snapshot larger than the server's bound (50,000) is RESOURCE_EXHAUSTED: narrow
+    the filter. Roles: channel, backoffice, admin.
+    """
     GetTransfer: _grpc.UnaryUnaryMultiCallable[_inventory_pb2.GetTransferRequest, _inventory_pb2.GetTransferResponse]
     """A transfer's records: per SKU shipped, received, in transit, lost; its state and its
     discrepancies. NOT_FOUND when nothing of it was applied. Roles: channel, backoffice, admin.
@@ -105,6 +119,20 @@ class InventoryServiceAsyncStub(InventoryServiceStub):
     """Move an ACTIVE reservation's expiry."""
     GetReservation: _aio.UnaryUnaryMultiCallable[_inventory_pb2.GetReservationRequest, _inventory_pb2.Reservation]  # type: ignore[assignment]
     """Current state of a reservation."""
+    ListReservations: _aio.UnaryUnaryMultiCallable[_inventory_pb2.ListReservationsRequest, _inventory_pb2.ListReservationsResponse]  # type: ignore[assignment]
+    """Reservations by customer_id, channel and/or location_id, and states, a page at a time, in
+    creation order (see ListReservationsRequest). Read from indexes written with the records:
+    a reservation is listed as soon as Reserve answered. Roles: channel, backoffice, admin.
+    """
+    WatchReservations: _aio.UnaryStreamMultiCallable[_inventory_pb2.WatchReservationsRequest, _inventory_pb2.WatchReservationsResponse]  # type: ignore[assignment]
+    """First the reservations matching the filter as they are (the snapshot, then a message with
+    snapshot_complete), then every durable change of a reservation that matches the filter
+    before or after it (so a watcher sees a reservation leave: moved elsewhere, or into a
+    state it does not watch), in order per reservation. A watcher that falls too far behind is
+    ended with RESOURCE_EXHAUSTED (UNAVAILABLE when the server stops): watch again for a new
+    snapshot. A snapshot larger than the server's bound (50,000) is RESOURCE_EXHAUSTED: narrow
+    the filter. Roles: channel, backoffice, admin.
+    """
     GetTransfer: _aio.UnaryUnaryMultiCallable[_inventory_pb2.GetTransferRequest, _inventory_pb2.GetTransferResponse]  # type: ignore[assignment]
     """A transfer's records: per SKU shipped, received, in transit, lost; its state and its
     discrepancies. NOT_FOUND when nothing of it was applied. Roles: channel, backoffice, admin.
@@ -196,6 +224,32 @@ class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_inventory_pb2.Reservation, _abc.Awaitable[_inventory_pb2.Reservation]]:
         """Current state of a reservation."""
+
+    @_abc_1.abstractmethod
+    def ListReservations(
+        self,
+        request: _inventory_pb2.ListReservationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inventory_pb2.ListReservationsResponse, _abc.Awaitable[_inventory_pb2.ListReservationsResponse]]:
+        """Reservations by customer_id, channel and/or location_id, and states, a page at a time, in
+        creation order (see ListReservationsRequest). Read from indexes written with the records:
+        a reservation is listed as soon as Reserve answered. Roles: channel, backoffice, admin.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchReservations(
+        self,
+        request: _inventory_pb2.WatchReservationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_inventory_pb2.WatchReservationsResponse], _abc.AsyncIterator[_inventory_pb2.WatchReservationsResponse]]:
+        """First the reservations matching the filter as they are (the snapshot, then a message with
+        snapshot_complete), then every durable change of a reservation that matches the filter
+        before or after it (so a watcher sees a reservation leave: moved elsewhere, or into a
+        state it does not watch), in order per reservation. A watcher that falls too far behind is
+        ended with RESOURCE_EXHAUSTED (UNAVAILABLE when the server stops): watch again for a new
+        snapshot. A snapshot larger than the server's bound (50,000) is RESOURCE_EXHAUSTED: narrow
+        the filter. Roles: channel, backoffice, admin.
+        """
 
     @_abc_1.abstractmethod
     def GetTransfer(

@@ -225,6 +225,27 @@ class Metrics:
             "Watch streams cut because they fell too far behind.",
             registry=r,
         )
+        self.reservation_watchers = Gauge(
+            "unistock_reservation_watchers",
+            "Open WatchReservations streams.",
+            registry=r,
+        )
+        self.reservation_watch_dropped = Counter(
+            "unistock_reservation_watchers_dropped_total",
+            "WatchReservations streams cut because they fell too far behind.",
+            registry=r,
+        )
+        self.reservation_index_swept = Counter(
+            "unistock_reservation_index_swept_total",
+            "Ended reservations whose index entries were removed once their record's retention "
+            "ran out (the expiry loop's sweep).",
+            registry=r,
+        )
+        self.reservation_index_backfilled = Counter(
+            "unistock_reservation_index_backfilled_total",
+            "Reservation records stored before the indexes existed, indexed at start-up.",
+            registry=r,
+        )
         self.mqtt_messages = Counter(
             "unistock_mqtt_messages_total",
             "MQTT movement messages by outcome (received, applied, nothing_new, out_of_order; "

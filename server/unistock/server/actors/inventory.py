@@ -54,6 +54,7 @@ from unistock.server.persistence.codec import (
 )
 from unistock.server.persistence.group_commit import GroupCommit
 from unistock.server.persistence.keys import parse_position_field
+from unistock.server.persistence.rindex import ReservationIndex
 from unistock.server.persistence.store import RedisStore
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,8 @@ class Inventory:
         )
         self.positions.reconcile = self.reservations.reconcile
         self.transfers = TransferBook(store, commit)
+        #: Reservations by customer, channel and location (ListReservations).
+        self.reservation_index = ReservationIndex(store)
         #: The safety stock each position must have (see set_safety_source).
         self.safety_of: Callable[[StockKey], int] = _no_safety_stock
         #: (network, sku, units, kind) -> the network's locations that may serve a network line,
@@ -870,14 +873,38 @@ class Inventory:
         return after.state is ReservationState.EXPIRED
 
     async def run_expiry(self, interval: float = 1.0) -> None:
-        """Expire due reservations every interval seconds, until cancelled."""
+        """Expire due reservations every interval seconds, and remove the index entries of
+        ended records whose retention ran out, until cancelled."""
         while True:
             try:
                 await self.expire_due()
             except Unavailable as exc:
                 self.metrics.redis_errors.labels("expiry").inc()
                 log.warning("reservation expiry sweep failed: %s", exc)
+            try:
+                swept = await self.reservation_index.sweep(round(time.time() * 1000))
+                if swept:
+                    self.metrics.reservation_index_swept.inc(swept)
+            except Unavailable as exc:
+                self.metrics.redis_errors.labels("index_sweep").inc()
+                log.warning("reservation index sweep failed: %s", exc)
             await asyncio.sleep(interval)
+
+    async def run_index_backfill(self, retry: float = 5.0) -> None:
+        """Index the reservation records stored before the indexes existed (once per
+        partition; retried while Redis fails), then return."""
+        while True:
+            try:
+                n = await self.reservation_index.backfill()
+            except Unavailable as exc:
+                self.metrics.redis_errors.labels("index_backfill").inc()
+                log.warning("reservation index backfill failed, will retry: %s", exc)
+                await asyncio.sleep(retry)
+                continue
+            if n:
+                self.metrics.reservation_index_backfilled.inc(n)
+                log.info("reservation index: %d records stored before it indexed", n)
+            return
 
     async def run_idle_passivation(self, idle: float) -> None:
         """Passivate positions unused for about idle seconds, until cancelled."""

@@ -52,11 +52,12 @@ class ReservationBook:
         before the positions).
         """
         rid = reservation.reservation_id
-        kinds = transitions(self._cache.get(rid), reservation)
+        before = self._cache.get(rid)
+        kinds = transitions(before, reservation)
         at_ms = int(self._clock() * 1000)
         change = reservation_change(at_ms, kinds, reservation) if kinds else b""
         self._cache[rid] = reservation
-        self._commit.reservation_changed(reservation, created=created, change=change)
+        self._commit.reservation_changed(reservation, created=created, change=change, before=before)
 
     async def load(self, ids: Iterable[str]) -> None:
         """Make ids known (loading them from Redis); raises Unavailable.

@@ -33,6 +33,11 @@ from unistock.server.api.convert import (
     watch_filter_from_wire,
 )
 from unistock.server.api.errors import status_code, to_status
+from unistock.server.api.reservations import (
+    ReservationHub,
+    list_reservations,
+    watch_reservations,
+)
 from unistock.server.api.sourcing import find_stock
 from unistock.server.api.watch import Subscription, WatchHub
 from unistock.server.domain import (
@@ -186,6 +191,10 @@ class InventoryService:
         self.network_hub = network_hub
         self._metrics = inventory.metrics
         self._latencies: dict[tuple[str, str], Any] = {}
+
+        #: WatchReservations' fan-out of the durable reservation records
+        self.reservation_hub = ReservationHub(inventory.metrics)
+        inventory.commit.reservation_listeners.append(self.reservation_hub.publish)
 
     def _latency(self, method: str, code: str) -> Any:
         key = (method, code)
@@ -405,6 +414,24 @@ class InventoryService:
     ) -> pb.Reservation:
         rid = check_reservation_id(request.reservation_id)
         return reservation_message(await self.inventory.get_reservation(rid))
+
+    @rpc
+    async def ListReservations(
+        self, request: pb.ListReservationsRequest, context: Context
+    ) -> pb.ListReservationsResponse:
+        return await list_reservations(self.inventory.reservation_index, request)
+
+    @rpc
+    async def WatchReservations(
+        self, request: pb.WatchReservationsRequest, context: Context
+    ) -> None:
+        await watch_reservations(
+            self.inventory.reservation_index,
+            self.reservation_hub,
+            self.inventory.commit.flushed,
+            request,
+            context,
+        )
 
     @rpc
     async def GetTransfer(

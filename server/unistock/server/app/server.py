@@ -265,6 +265,7 @@ class UnistockServer:
         self._spawn(self._run_commit(), "group-commit")
         self._spawn(self.inventory.run_expiry(s.expiry_interval_s), "reservation-expiry")
         self._spawn(self.inventory.run_shipments(), "transfer-shipments")
+        self._spawn(self.inventory.run_index_backfill(), "reservation-index-backfill")
         if s.mqtt_url:
             try:
                 locations = (
@@ -296,6 +297,7 @@ class UnistockServer:
         self._spawn(self.networks.run(), "network-availability")
         self.inventory.sourcer = functools.partial(network_candidates, self.networks)
         self.service = InventoryService(self.inventory, self.hub, self.networks, self.network_hub)
+        self.service.reservation_hub.max_pending = s.watch_max_pending
         assert self._grpc is not None
         self.admin = AdminService(self.master, self.inventory, self.metrics, self.networks)
         # Histories and KPIs, read from the ledger's tables in the master data's database.
@@ -382,6 +384,7 @@ class UnistockServer:
             await self.health.enter_graceful_shutdown()
             self.hub.shutdown()
             self.network_hub.shutdown()
+            self.service.reservation_hub.shutdown()
             assert self._grpc is not None
             await self._grpc.stop(grace)
             for task in self._tasks:

@@ -36,7 +36,7 @@ import itertools
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, TypeVar
 
@@ -56,6 +56,7 @@ from unistock.server.persistence.codec import (
     hold_value,
 )
 from unistock.server.persistence.keys import Keyspace, mark_field, position_field
+from unistock.server.persistence.rindex import index_identity, index_write
 from unistock.server.persistence.store import PartitionWrite, Phase, RedisStore
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,20 @@ Listener = Callable[[list[DurableLevel]], None]
 #: changed holds (reservation_id -> (units, shipped)), None when none.
 #: (position, spilled marks written, holds written, feed changes written)
 _Written = tuple[Position, dict[str, int] | None, dict[str, tuple[int, int]] | None, int]
+
+
+class DurableReservation(NamedTuple):
+    """A reservation record a flush made durable."""
+
+    record: Reservation
+    #: its feed changes written with it (codec.reservation_change), oldest first
+    changes: Sequence[bytes]
+    #: its states before this write whose index entries differed from its own (a moved
+    #: record's old locations, an ended record's ACTIVE state), oldest first
+    earlier: Sequence[Reservation]
+
+
+ReservationListener = Callable[[list[DurableReservation]], None]
 
 
 class GroupCommit:
@@ -108,6 +123,9 @@ class GroupCommit:
         self._other: dict[str, Reservation] = {}
         #: reservation_id -> its feed changes not yet durable (codec.reservation_change)
         self._transitions: dict[str, list[bytes]] = {}
+        #: reservation_id -> its states since its last write whose index entries differ from
+        #: the next one's (rindex: entries to remove; a failed write may have stored them)
+        self._earlier: dict[str, list[Reservation]] = {}
         self._sources: dict[str, int] = {}
         self._highs: dict[str, int] = {}
         self._inflight_highs: dict[str, int] = {}
@@ -129,6 +147,9 @@ class GroupCommit:
         self._give_up_at = 0.0
         self._known_locations: set[str] = set()
         self.listeners: list[Listener] = []
+        #: Called after each flush with the reservation records it made durable (only when
+        #: there are some), e.g. the reservations watch.
+        self.reservation_listeners: list[ReservationListener] = []
         self.fenced: Fenced | None = None
 
     # -- called by turns (synchronous) ---------------------------------------------------------
@@ -139,17 +160,25 @@ class GroupCommit:
         self._wake.set()
 
     def reservation_changed(
-        self, reservation: Reservation, *, created: bool, change: bytes = b""
+        self,
+        reservation: Reservation,
+        *,
+        created: bool,
+        change: bytes = b"",
+        before: Reservation | None = None,
     ) -> None:
         """Schedule a reservation record for writing (await barrier() for durability), with
         its change for the feed (codec.reservation_change; written with the record).
 
         created: a new reservation, written after its holds; any later state of a record is
-        written before the positions (see the module docstring).
+        written before the positions (see the module docstring). before: the record it
+        replaces (its index entries that the new one does not have are removed with it).
         """
         rid = reservation.reservation_id
         if change:
             self._transitions.setdefault(rid, []).append(change)
+        if before is not None and index_identity(before) != index_identity(reservation):
+            self._earlier.setdefault(rid, []).append(before)
         if created or rid in self._other:
             # A record not yet written even once stays after the positions whatever it became
             # in this window (only pickups can change it before it is durable, and they shrink
@@ -298,8 +327,9 @@ class GroupCommit:
                 self._shipments,
                 self._shipped,
                 self._transitions,
+                self._earlier,
             )
-            self._transitions = {}
+            self._transitions, self._earlier = {}, {}
             self._window = asyncio.get_running_loop().create_future()
             self._positions, self._ending, self._other = {}, {}, {}
             self._sources, self._highs, self._transfers = {}, {}, {}
@@ -322,6 +352,7 @@ class GroupCommit:
             transitions={
                 rid: self._transitions.pop(rid) for rid in self._ending if rid in self._transitions
             },
+            earlier={rid: self._earlier.pop(rid) for rid in self._ending if rid in self._earlier},
         )
         self._ending, self._transfers, self._shipments, self._shipped = {}, {}, {}, {}
         self._linked = {}
@@ -403,6 +434,17 @@ class GroupCommit:
                 listener(durable)
             except Exception:
                 log.exception("durability listener failed")
+        if self.reservation_listeners and (batch.ending or batch.other):
+            records = [
+                DurableReservation(r, batch.transitions.get(rid, ()), batch.earlier.get(rid, ()))
+                for records_ in (batch.ending, batch.other)
+                for rid, r in records_.items()
+            ]
+            for reservation_listener in self.reservation_listeners:
+                try:
+                    reservation_listener(records)
+                except Exception:
+                    log.exception("reservation durability listener failed")
         return True
 
     def _encode(
@@ -434,13 +476,16 @@ class GroupCommit:
                 extra.append(staged)
             durable.append(DurableLevel(key, p.version, level))
             flushed.append((p, p.available))
+        now_ms = round(time.time() * 1000)  # the retention's (Redis's PX): wall clock
+        retention = int(self._retention_ms)
         for records, phase in ((batch.ending, first), (batch.other, last)):
             for rid, r in records.items():
                 active = r.active and r.expires_at is not None
                 score = str(int(r.expires_at * 1000)) if active and r.expires_at else ""
                 keep = "0" if r.active else self._retention_ms
+                index = index_write(ks, r, batch.earlier.get(rid, ()), now_ms, retention)
                 phase[ks.reservation_partition(rid)].reservations.append(
-                    (rid, encode_reservation(r), score, keep, batch.transitions.get(rid, []))
+                    (rid, encode_reservation(r), score, keep, batch.transitions.get(rid, []), index)
                 )
         for (destination, transfer_id), t in batch.transfers.items():
             # The index first: a record is never stored without it (both are idempotent).
@@ -483,6 +528,8 @@ class GroupCommit:
                     target[rid] = r
         for rid, changes in batch.transitions.items():  # before any made since
             self._transitions[rid] = changes + self._transitions.get(rid, [])
+        for rid, earlier in batch.earlier.items():
+            self._earlier[rid] = earlier + self._earlier.get(rid, [])
         for key, t in batch.transfers.items():
             self._transfers.setdefault(key, t)
         for name, shipment in batch.shipments.items():
@@ -509,6 +556,8 @@ class _Batch:
     shipped: dict[str, str] = field(default_factory=dict)
     #: reservation_id -> its feed changes (written with its record)
     transitions: dict[str, list[bytes]] = field(default_factory=dict)
+    #: reservation_id -> its earlier states whose index entries it may leave
+    earlier: dict[str, list[Reservation]] = field(default_factory=dict)
 
     def encodable(self) -> _Batch:
         """The changes that encode, each alone; the others are logged and dropped."""
@@ -522,6 +571,7 @@ class _Batch:
             self.shipments,
             self.shipped,
             self.transitions,
+            self.earlier,
         )
 
 

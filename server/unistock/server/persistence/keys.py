@@ -14,6 +14,18 @@ set of partitions; each partition has an owner epoch that every write checks (th
     us:{p<n>}:locs                set: location ids with positions in this partition
     us:{p<n>}:res:<reservation>   encoded reservation record (terminal ones expire)
     us:{p<n>}:exp                 sorted set: ACTIVE reservation id -> expiry (ms since epoch)
+    us:{p<n>}:rix:<s>:c:<cust>    sorted sets, the reservation indexes (partition of the
+    us:{p<n>}:rix:<s>:ch:<chan>   reservation): the records in state <s> (1 ACTIVE, 2 FULFILLED,
+    us:{p<n>}:rix:<s>:l:<loc>     3 RELEASED, 4 EXPIRED) of a customer, a channel, a location
+                                  (one per line's location). Every score is 0 and a member is
+                                  "<created ms, 13 digits>|<reservation_id>": lexicographic
+                                  order is (created, id), stable paging with ZRANGE BYLEX.
+                                  Written by the flush script with the record
+    us:{p<n>}:rixt                hash: reservation id -> the index entries of its terminal
+                                  record ("<member>\n<index key>\n..."), to remove them once
+                                  the record's retention ran out
+    us:{p<n>}:rixdrop             sorted set: terminal reservation id -> when its record's
+                                  retention runs out (ms since epoch): swept by the expiry loop
     us:{p<n>}:src                 hash: source id -> highest contiguous durable seq (MQTT acks)
     us:{p<n>}:marks               hash: "<location_id>|<sku>|<source_id>" -> seq (spilled marks)
     us:{p<n>}:srchi               hash: source id -> highest seq applied from it, anywhere
@@ -139,6 +151,19 @@ class Keyspace:
     def source_owners(self, partition: int) -> str:
         """Hash of the store each source belongs to (claimed by its first MQTT batch)."""
         return f"{self._tag(partition)}:srcown"
+
+    def reservation_index(self, partition: int, state: int, dimension: str, value: str) -> str:
+        """Sorted set of the records in state `state` with value for dimension "c" (customer),
+        "ch" (channel) or "l" (a line's location), in the reservations' partition."""
+        return f"{self._tag(partition)}:rix:{state}:{dimension}:{value}"
+
+    def index_terminal(self, partition: int) -> str:
+        """Hash of the index entries of a partition's terminal records."""
+        return f"{self._tag(partition)}:rixt"
+
+    def index_drops(self, partition: int) -> str:
+        """Sorted set of a partition's terminal records by the end of their retention (ms)."""
+        return f"{self._tag(partition)}:rixdrop"
 
     def expiries(self, partition: int) -> str:
         """Sorted set of a partition's ACTIVE reservations by expiry."""

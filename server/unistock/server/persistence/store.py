@@ -17,7 +17,7 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import hiredis
 import redis.asyncio as aioredis
@@ -80,7 +80,9 @@ FLUSH_SCRIPT = """
 --       field..., #marks, (field, seq)..., #locations, location..., #sources,
 --       (source_id, seq)..., #highs, (source_id, seq)..., then per reservation key:
 --       (reservation_id, value, expiry score or '', retention ms or '0', #changes,
---       change...) (see codec.reservation_change: each starts with its revision)
+--       change..., index member, drop at ms or '', #add, #remove[, terminal entries]) (see
+--       codec.reservation_change: each starts with its revision; IndexWrite); a reservation's
+--       KEYS: its record, its index keys to add to, to remove from[, rixdrop, rixt]
 local epoch = redis.call('GET', KEYS[1])
 if epoch ~= ARGV[1] then
   return redis.error_reply('FENCED partition owned by epoch ' .. tostring(epoch) ..
@@ -205,9 +207,17 @@ local nsrc = tonumber(ARGV[i]); i = i + 1
 for _ = 1, nsrc do raise(KEYS[5], ARGV[i], ARGV[i + 1]); i = i + 2 end
 local nhigh = tonumber(ARGV[i]); i = i + 1
 for _ = 1, nhigh do raise(KEYS[6], ARGV[i], ARGV[i + 1]); i = i + 2 end
-for k = k + 1, #KEYS do
+-- Reservation records, each with its index entries (see keys: us:{p}:rix:...): added to the
+-- index keys of the record written, removed from those of its earlier states, and for a
+-- terminal record its entries and the end of its retention kept for the sweep (rixt, rixdrop).
+local nkeys = #KEYS
+while k < nkeys do
+  k = k + 1
   local rid, v, score, keep = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local n = tonumber(ARGV[i + 4]); i = i + 5
+  local j = i + n  -- after the changes: member, drop at or '', #add, #remove[, entries]
+  local member, drop = ARGV[j], ARGV[j + 1]
+  local nadd, ndel = tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3])
   local old = redis.call('GET', KEYS[k])
   if old and string.sub(old, 2, 9) > string.sub(v, 2, 9) then
     stale = stale + 1
@@ -216,8 +226,16 @@ for k = k + 1, #KEYS do
     if score ~= '' then redis.call('ZADD', KEYS[4], score, rid) else redis.call('ZREM', KEYS[4], rid) end
     written = written + 1
     group('\2', rid, old and string.sub(old, 2, 9), n)
+    for a = k + 1, k + nadd do redis.call('ZADD', KEYS[a], 0, member) end
+    for d = k + nadd + 1, k + nadd + ndel do redis.call('ZREM', KEYS[d], member) end
+    if drop ~= '' then
+      redis.call('ZADD', KEYS[k + nadd + ndel + 1], drop, rid)
+      redis.call('HSET', KEYS[k + nadd + ndel + 2], rid, ARGV[j + 4])
+    end
   end
-  i = i + n
+  k = k + nadd + ndel
+  i = j + 4
+  if drop ~= '' then k = k + 2; i = i + 1 end
 end
 if #parts > 0 then
   local blob = table.concat(parts)
@@ -242,6 +260,21 @@ end
 redis.call('HSETNX', KEYS[3], ARGV[2], ARGV[3])
 return {redis.call('HGET', KEYS[3], ARGV[2]), redis.call('HGET', KEYS[2], ARGV[2]) or '0'}
 """
+
+
+class IndexWrite(NamedTuple):
+    """A reservation record's index entries, written with it (see keys: us:{p}:rix:...)."""
+
+    #: "<created ms, 13 digits>|<reservation_id>" (rindex.index_member)
+    member: str
+    #: the index keys of the record written (ZADD, idempotent)
+    add: list[str]
+    #: index keys of its earlier states that it left (ZREM)
+    remove: list[str]
+    #: a terminal record: when its retention runs out (ms since epoch, a decimal string;
+    #: "" for an ACTIVE record), and its entries for the sweep (rindex.terminal_entries)
+    drop_at: str = ""
+    entries: str = ""
 
 
 @dataclass(slots=True)
@@ -270,8 +303,11 @@ class PartitionWrite:
     sources: list[tuple[str, int]] = field(default_factory=list)
     #: (source_id, highest seq applied from it anywhere): only ever raised
     highs: list[tuple[str, int]] = field(default_factory=list)
-    #: (reservation_id, value, expiry score or "", retention ms or "0", feed changes)
-    reservations: list[tuple[str, bytes, str, str, list[bytes]]] = field(default_factory=list)
+    #: (reservation_id, value, expiry score or "", retention ms or "0", feed changes, its
+    #: index entries)
+    reservations: list[tuple[str, bytes, str, str, list[bytes], IndexWrite]] = field(
+        default_factory=list
+    )
 
 
 Phase = dict[int, PartitionWrite]
@@ -551,9 +587,15 @@ class RedisStore:
                 args.append(len(w.highs))
                 for source_id, seq in w.highs:
                     args.extend((source_id, seq))
-                for rid, value, score, keep, fed in w.reservations:
+                for rid, value, score, keep, fed, index in w.reservations:
                     keys.append(ks.reservation(p, rid))
+                    keys += index.add
+                    keys += index.remove
                     args.extend((rid, value, score, keep, len(fed), *fed))
+                    args += (index.member, index.drop_at, len(index.add), len(index.remove))
+                    if index.drop_at:
+                        keys += (ks.index_drops(p), ks.index_terminal(p))
+                        args.append(index.entries)
                 pipe.evalsha(self._flush_sha, len(keys), *keys, *args)
         try:
             async with asyncio.timeout(self.command_timeout):
