@@ -15,6 +15,10 @@
     unistock transfer ID [LOCATION]           a transfer: shipped, received, in transit, lost
     unistock close-transfer ID LOCATION       the destination closes it: the rest is lost
     unistock watch [--sku S]... [--location L]...
+    unistock history SKU@LOC | SKU | --location LOC | --reservation ID [--since WHEN]
+                     [--until WHEN] [--type TYPE]... [--limit N] [--json]   the ledger
+    unistock kpis [--by store|location|channel] [--since WHEN] [--until WHEN]
+                  [--location LOC]... [--channel C]... [--json]   sold, returned, shrinkage...
     unistock admin import [--locations F] [--networks F] [--products F] [--catalogue F]
                           [--safety-stock F] [--batch N] [--dry-run]   master data from CSV
     unistock admin locations | networks [--json]                        master data as tables
@@ -41,18 +45,22 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from types import FrameType
 from typing import Any
 
 from google.protobuf import json_format
-from google.protobuf.message import Message
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
+from unistock.client import cli_ledger
 from unistock.client._client import UnistockClient, UnistockClientError
+from unistock.client.cli_ledger import rfc3339 as _rfc3339
+from unistock.client.output import count as _count
+from unistock.client.output import note as _note
+from unistock.client.output import print_json_array as _print_json_array
+from unistock.client.output import show as _show
 from unistock.server.domain.errors import InvalidArgument
 from unistock.server.domain.masterdata import (
     MAX_STALENESS_SECONDS,
@@ -215,19 +223,6 @@ def _km(text: str) -> float:
     return km
 
 
-def _rfc3339(text: str) -> datetime:
-    """An argparse type: a time with a UTC offset, e.g. 2030-01-31T18:00:00Z."""
-    try:
-        at = datetime.fromisoformat(text)
-    except ValueError:
-        at = None
-    if at is None or at.utcoffset() is None:
-        raise argparse.ArgumentTypeError(
-            f"expected an RFC 3339 time with a UTC offset, e.g. 2030-01-31T18:00:00Z, got {text!r}"
-        )
-    return at
-
-
 def _token_paths() -> list[pathlib.Path]:
     """Where the dev token may be, in the order they are tried."""
     if os.environ.get("UNISTOCK_DATA_DIR"):
@@ -258,10 +253,6 @@ def _token(arg: str | None) -> str:
 
 def _print(message: object) -> None:
     print(json_format.MessageToJson(message, indent=None))  # type: ignore[arg-type]
-
-
-def _note(text: str) -> None:
-    print(f"note: {text}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -449,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     w = command("watch", "stream levels and changes")
     w.add_argument("--sku", action="append", default=[])
     w.add_argument("--location", action="append", default=[])
+    cli_ledger.add_commands(command)
     a = command(
         "admin",
         "master data (role admin): import CSV files, list locations and networks",
@@ -509,6 +501,8 @@ def _check(args: argparse.Namespace) -> None:
                 sub.error(f"argument --in: {exc}")
     if args.command == "find" and args.max_km and not (args.near or args.at):
         sub.error("argument --max-km: needs --near or --at (a distance from where?)")
+    if args.command in cli_ledger.COMMANDS and (problem := cli_ledger.usage_error(args)):
+        sub.error(problem)
     if args.command == "network" and not args.watch and not args.skus:
         sub.error("give at least one SKU (or --watch for every SKU of the network)")
     if args.command == "fulfil" and args.lines and not args.request_id:
@@ -654,6 +648,8 @@ async def _command(c: UnistockClient, args: argparse.Namespace) -> int:
             _print(t)
     elif args.command == "close-transfer":
         _print(await c.close_transfer(args.transfer_id, args.location))
+    elif args.command in cli_ledger.COMMANDS:
+        await cli_ledger.run(c, args)
     elif args.command == "admin" and args.admin_command == "locations":
         _listing(await c.list_locations(), _locations_table, "locations", args.json)
     elif args.command == "admin" and args.admin_command == "networks":
@@ -737,11 +733,6 @@ class _Upload:
         if self.merged:
             text = f"{_count(self.merged, 'GTIN')} merged into --products rows, {text}"
         return text
-
-
-def _count(n: int, noun: str) -> str:
-    plural = "es" if noun.endswith(("s", "ch")) else "s"
-    return f"{n:,} {noun}{'' if n == 1 else plural}"
 
 
 def _import_files(args: argparse.Namespace) -> list[str]:
@@ -1169,26 +1160,6 @@ async def _import(c: UnistockClient, uploads: list[_Upload], size: int) -> None:
 
 
 # -- admin: tables -------------------------------------------------------------------------
-
-
-def _print_json_array(messages: Sequence[Message]) -> None:
-    print(
-        json.dumps(
-            [
-                json_format.MessageToDict(m, always_print_fields_with_no_presence=True)
-                for m in messages
-            ]
-        )
-    )
-
-
-def _show(table: Table) -> None:
-    """table on stdout; as wide as it needs when stdout is no terminal (no wrapped cells)."""
-    console = Console(highlight=False)
-    if not console.is_terminal:
-        width = Console(width=1_000_000).measure(table).maximum
-        console = Console(highlight=False, width=max(80, width))
-    console.print(table)
 
 
 def _locations_table(locations: Sequence[apb.Location]) -> Table:
