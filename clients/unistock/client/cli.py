@@ -15,6 +15,8 @@
     unistock transfer ID [LOCATION]           a transfer: shipped, received, in transit, lost
     unistock close-transfer ID LOCATION       the destination closes it: the rest is lost
     unistock watch [--sku S]... [--location L]...
+    unistock reservations --customer C | --channel CH | --location LOC [--state STATE]...
+                          [--newest-first] [--limit N] [--json] [--watch]   as a table
     unistock history SKU@LOC | SKU | --location LOC | --reservation ID [--since WHEN]
                      [--until WHEN] [--type TYPE]... [--limit N] [--json]   the ledger
     unistock kpis [--by store|location|channel] [--since WHEN] [--until WHEN]
@@ -54,7 +56,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from unistock.client import cli_ledger
+from unistock.client import cli_ledger, cli_reservations
 from unistock.client._client import UnistockClient, UnistockClientError
 from unistock.client.cli_ledger import rfc3339 as _rfc3339
 from unistock.client.output import count as _count
@@ -312,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="hold time in seconds from now (0: the kind's default; at most 31,622,400)",
     )
     r.add_argument("--channel", default="cli")
+    r.add_argument("--customer", default="", help="the customer the units are promised to")
     for name in ("release", "show"):
         c = command(name, f"{name} a reservation")
         c.add_argument("reservation_id")
@@ -441,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--sku", action="append", default=[])
     w.add_argument("--location", action="append", default=[])
     cli_ledger.add_commands(command)
+    cli_reservations.add_commands(command)
     a = command(
         "admin",
         "master data (role admin): import CSV files, list locations and networks",
@@ -503,6 +507,10 @@ def _check(args: argparse.Namespace) -> None:
         sub.error("argument --max-km: needs --near or --at (a distance from where?)")
     if args.command in cli_ledger.COMMANDS and (problem := cli_ledger.usage_error(args)):
         sub.error(problem)
+    if args.command in cli_reservations.COMMANDS and (
+        problem := cli_reservations.usage_error(args)
+    ):
+        sub.error(problem)
     if args.command == "network" and not args.watch and not args.skus:
         sub.error("give at least one SKU (or --watch for every SKU of the network)")
     if args.command == "fulfil" and args.lines and not args.request_id:
@@ -528,7 +536,9 @@ def _rejected(ack: pb.MovementAck) -> str:
 async def run(args: argparse.Namespace) -> int:
     """Execute one command; returns the exit code."""
     uploads: list[_Upload] = []
-    streaming = args.command == "watch" or (args.command == "network" and args.watch)
+    streaming = args.command == "watch" or (
+        args.command in ("network", "reservations") and args.watch
+    )
     timeout: float | None = None if streaming else 10
     if args.command == "admin" and args.admin_command == "import":
         uploads = _read_import(args)  # every file checked before anything is sent
@@ -567,6 +577,7 @@ async def _command(c: UnistockClient, args: argparse.Namespace) -> int:
                 kind=args.kind,
                 ttl_seconds=args.ttl,
                 channel=args.channel,
+                customer_id=args.customer,
                 network_lines=[
                     (sku, network, qty)
                     for network, (sku, qty) in ((n, _sku_qty(x)) for n, x in args.network_lines)
@@ -650,6 +661,8 @@ async def _command(c: UnistockClient, args: argparse.Namespace) -> int:
         _print(await c.close_transfer(args.transfer_id, args.location))
     elif args.command in cli_ledger.COMMANDS:
         await cli_ledger.run(c, args)
+    elif args.command in cli_reservations.COMMANDS:
+        await cli_reservations.run(c, args)
     elif args.command == "admin" and args.admin_command == "locations":
         _listing(await c.list_locations(), _locations_table, "locations", args.json)
     elif args.command == "admin" and args.admin_command == "networks":

@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from unistock.server.api.watch import send_changes
 from unistock.server.domain import InvalidArgument, Reservation, check_id
 from unistock.server.domain.values import MAX_CHANNEL, MAX_CUSTOMER_ID, check_text
 from unistock.server.metrics import Metrics
@@ -245,19 +246,6 @@ async def watch_reservations(
         del seen
         if sub.pending:
             sub.event.set()
-        while True:
-            await sub.event.wait()
-            if sub.overflowed:
-                if hub.closing:
-                    await context.abort(
-                        grpc.StatusCode.UNAVAILABLE, "server shutting down; watch again to resume"
-                    )
-                await context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    "watcher fell too far behind; watch again for a new snapshot",
-                )
-            entries = sub.take(WATCH_BATCH)
-            if entries:
-                await context.write(b"".join(entries))
+        await send_changes(sub, hub, context, "watch again for a new snapshot", WATCH_BATCH)
     finally:
         sub.close()

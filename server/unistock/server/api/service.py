@@ -39,7 +39,7 @@ from unistock.server.api.reservations import (
     watch_reservations,
 )
 from unistock.server.api.sourcing import find_stock
-from unistock.server.api.watch import Subscription, WatchHub
+from unistock.server.api.watch import Subscription, WatchHub, send_changes
 from unistock.server.domain import (
     InvalidArgument,
     Move,
@@ -91,21 +91,7 @@ def _serialize(message: Any) -> bytes:
 async def _changes(sub: Subscription, hub: WatchHub, context: Context) -> None:
     """Write a subscription's changes as they come, until it is cut (too far behind:
     RESOURCE_EXHAUSTED; the server stopping: UNAVAILABLE) or the call ends."""
-    while True:
-        await sub.event.wait()
-        if sub.overflowed:
-            if hub.closing:
-                await context.abort(
-                    grpc.StatusCode.UNAVAILABLE,
-                    "server shutting down; reconnect with known_versions to resume",
-                )
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                "watcher fell too far behind; reconnect with known_versions to resume",
-            )
-        entries = sub.take(WATCH_BATCH)
-        if entries:
-            await context.write(b"".join(entries))
+    await send_changes(sub, hub, context, "reconnect with known_versions to resume", WATCH_BATCH)
 
 
 def _call_ended(context: Context, exc: Exception) -> bool:

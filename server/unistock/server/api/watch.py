@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from typing import Any, Protocol
+
+import grpc
+from grpc import aio
 
 from unistock.server.domain import StockKey
 from unistock.server.metrics import Metrics
@@ -81,6 +85,34 @@ class Subscription:
     def close(self) -> None:
         """Stop receiving updates."""
         self._hub.unsubscribe(self)
+
+
+class Buffered(Protocol):
+    """A subscriber's buffer of serialised updates (Subscription, ReservationSubscription)."""
+
+    event: asyncio.Event
+    overflowed: bool
+
+    def take(self, limit: int) -> list[bytes]: ...
+
+
+async def send_changes(
+    sub: Buffered, closing: Any, context: aio.ServicerContext[Any, Any], resume: str, batch: int
+) -> None:
+    """Write a subscriber's updates as they come, `batch` per message, until it is cut (too far
+    behind: RESOURCE_EXHAUSTED; closing.closing, the server stopping: UNAVAILABLE; both say
+    `resume`, how to go on) or the call ends."""
+    while True:
+        await sub.event.wait()
+        if sub.overflowed:
+            if closing.closing:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"server shutting down; {resume}")
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"watcher fell too far behind; {resume}"
+            )
+        entries = sub.take(batch)
+        if entries:
+            await context.write(b"".join(entries))
 
 
 class WatchHub:
