@@ -14,7 +14,7 @@ from unistock.server.metrics import Metrics
 from unistock.server.persistence.codec import encode_reservation
 from unistock.server.persistence.group_commit import GroupCommit
 from unistock.server.persistence.keys import Keyspace
-from unistock.server.persistence.rindex import Query
+from unistock.server.persistence.rindex import Query, decode_token
 from unistock.server.persistence.store import RedisStore
 
 KS = Keyspace("ix", 8)
@@ -143,3 +143,45 @@ async def test_backfill_skips_a_record_written_since_it_was_read(clean_redis_url
             == 1
         )
         assert await stored_index(store) == before
+
+
+async def test_pages_short_of_matches_go_on_until_the_token_is_empty(clean_redis_url: str) -> None:
+    async with runtime(clean_redis_url) as inv:
+        await inv.apply_movements([Movement("seed", 2, "SKU", "dc", MovementType.RECEIPT, 100)])
+        ids = [f"r{i:02d}" for i in range(80)]
+        wanted = ids[3::8]  # at dc; the others at store-2
+        for rid in ids:
+            where = "dc" if rid in wanted else "store-2"
+            await inv.reserve(
+                ReserveRequest.build(rid, [Line("SKU", where, 1)], 3, 0, "web", "ann")
+            )
+        created = {rid: await inv.get_reservation(rid) for rid in ids}
+        ordered = sorted(ids, key=lambda rid: (round(created[rid].created_at * 1000), rid))
+        index = inv.reservation_index
+
+        async def every(query: Query, size: int, newest_first: bool) -> tuple[list[str], int]:
+            got: list[str] = []
+            pages, after = 0, ""
+            while True:
+                page = await index.page(query, size, after, newest_first=newest_first)
+                pages += 1
+                got += [r.reservation_id for r, _ in page.records]
+                if not page.next_token:
+                    return got, pages
+                after = decode_token(page.next_token, newest_first)
+
+        for newest_first in (False, True):
+            order = ordered[::-1] if newest_first else ordered
+            # Ann's reservations at dc: read through the customer's sets, most members do not
+            # match; each page is exact up to the end of the sets it had to cut short.
+            got, _ = await every(Query(customer_id="ann", location_id="dc"), 2, newest_first)
+            assert got == [rid for rid in order if rid in wanted], newest_first
+            got, _ = await every(Query(customer_id="ann"), 3, newest_first)
+            assert got == order, newest_first
+            # One round per page: pages short of matches (even empty) come first; the token
+            # is what says "go on".
+            index.max_rounds = 1
+            got, pages = await every(Query(customer_id="ann", location_id="dc"), 2, newest_first)
+            assert got == [rid for rid in order if rid in wanted], newest_first
+            assert pages > len(wanted) // 2
+            index.max_rounds = 16

@@ -233,8 +233,8 @@ def decode_token(token: str, newest_first: bool) -> str:
 class ReservationIndex:
     """Reads the reservation indexes of the owned partitions; sweeps and backfills them."""
 
-    #: Index members read per set and round of a listing (a page reads a few rounds at most).
-    max_rounds = 8
+    #: Rounds (two pipelines each) a page reads at most before it returns, short if need be.
+    max_rounds = 16
 
     def __init__(self, store: RedisStore, clock: Callable[[], float] = time.time) -> None:
         self._store = store
@@ -248,46 +248,56 @@ class ReservationIndex:
         self, query: Query, page_size: int, after: str = "", *, newest_first: bool = False
     ) -> Page:
         """Up to page_size records matching query, after member `after` ("" from the start),
-        oldest first (newest first if asked), with their stored bytes. Reads the driving
-        index of every owned partition and state in one pipeline per round, then the records
-        (one MGET pipeline); records gone meanwhile (retention) are skipped. A page may hold
-        fewer than page_size when many index members did not match the other criteria
-        (max_rounds): the token then says where to go on. Raises Unavailable."""
+        oldest first (newest first if asked), with their stored bytes. Raises Unavailable.
+
+        Each round reads a few members after the cursor from the driving index of every
+        owned partition and state (one pipeline), keeps those up to the first set's last
+        member when that set may hold more (the merge is exact up to there), reads their
+        records (one pipeline) and moves the cursor past them. Records gone meanwhile
+        (retention) or changed so that they no longer match are skipped. A page may hold
+        fewer than page_size (max_rounds reached): its token says where to go on."""
         ks, store = self._ks, self._store
         dimension, value = query.driving()
         states = sorted(query.states) if query.states else ALL_STATES
         keys = [
-            (p, ks.reservation_index(p, s, dimension, value))
+            ks.reservation_index(p, s, dimension, value)
             for p in sorted(store.epochs)
             for s in states
         ]
-        want = page_size + 1
+        # Enough per set that a page usually takes one round, little enough that a page of
+        # one big set beside hundreds of others does not read hundreds of pages.
+        limit = min(page_size + 1, max(32, 2 * (page_size + 1) // len(keys) + 1))
         out: list[tuple[Reservation, bytes]] = []
         cursor = after
         for _ in range(self.max_rounds):
             pipe = store.client.pipeline(transaction=False)
-            for _p, key in keys:
+            for key in keys:
                 if newest_first:
-                    pipe.zrevrangebylex(key, f"({cursor}" if cursor else "+", "-", 0, want)
+                    pipe.zrevrangebylex(key, f"({cursor}" if cursor else "+", "-", 0, limit)
                 else:
-                    pipe.zrangebylex(key, f"({cursor}" if cursor else "-", "+", 0, want)
-            found = await store._execute(pipe)
-            members = sorted({m.decode() for ms in found for m in ms}, reverse=newest_first)[:want]
+                    pipe.zrangebylex(key, f"({cursor}" if cursor else "-", "+", 0, limit)
+            found = [[m.decode() for m in ms] for ms in await store._execute(pipe)]
+            # Members past the end of a set cut short by the limit may have others before
+            # them in that set: only those up to the nearest such end are certain.
+            ends = [ms[-1] for ms in found if len(ms) == limit]
+            members = sorted({m for ms in found for m in ms}, reverse=newest_first)
+            if ends:
+                end = max(ends) if newest_first else min(ends)
+                members = [m for m in members if (m >= end if newest_first else m <= end)]
             if not members:
                 return Page(out, "")
             ids = [m.partition("|")[2] for m in members]
             for member, data in zip(members, await store.load_reservations(ids), strict=True):
-                if data is None:
-                    continue  # its retention ran out; the sweep removes its entries
-                r = decode_reservation(data)
-                if query.matches(r):
-                    if len(out) == page_size:
-                        return Page(out, encode_token(cursor, newest_first))
-                    out.append((r, data))
+                if data is not None:  # else its retention ran out; the sweep removes it
+                    r = decode_reservation(data)
+                    if query.matches(r):
+                        if len(out) == page_size:
+                            return Page(out, encode_token(cursor, newest_first))
+                        out.append((r, data))
                 cursor = member
-            if len(members) < want:
+            if not ends:
                 return Page(out, "")
-        return Page(out, encode_token(cursor, newest_first) if cursor != after else "")
+        return Page(out, encode_token(cursor, newest_first))
 
     async def sweep(self, now_ms: int, limit: int = 500) -> int:
         """Remove the index entries of terminal records whose retention ran out (up to limit
