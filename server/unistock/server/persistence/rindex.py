@@ -330,37 +330,48 @@ class ReservationIndex:
             calls.append((keys, args))
         return sum(await self._run(self._sweep_sha, SWEEP_SCRIPT, calls))
 
-    async def backfill(self, batch: int = 500) -> int:
-        """Index the records of every owned partition not yet marked done (records stored
-        before the indexes existed), then mark it; returns the records indexed. Once per
-        partition: a SCAN of its record keys. Raises Unavailable, Fenced."""
+    async def backfill(self, batch: int = 1000) -> int:
+        """Index the records of the owned partitions not yet marked done (records stored
+        before the indexes existed), then mark them; returns the records indexed. One SCAN of
+        the record keys for all of them (a crash before the end: done again, idempotently).
+        Raises Unavailable, Fenced."""
         ks, store = self._ks, self._store
         owned = sorted(store.epochs)
         pipe = store.client.pipeline(transaction=False)
         for p in owned:
             pipe.hexists(ks.meta, f"rix:p{p}")
-        todo = [p for p, done in zip(owned, await store._execute(pipe), strict=True) if not done]
+        todo = {p for p, done in zip(owned, await store._execute(pipe), strict=True) if not done}
+        if not todo:
+            return 0
         total = 0
-        for p in todo:
-            match = _glob_escape(ks.reservation(p, "")) + "*"
-            cursor = 0
-            while True:
-                try:
-                    async with asyncio.timeout(store.command_timeout):
-                        cursor, names = await store.client.scan(cursor, match=match, count=batch)
-                except (RedisError, OSError, TimeoutError) as exc:
-                    raise Unavailable(f"redis scan failed: {exc!r}") from exc
-                if names:
-                    total += await self._backfill_keys(
-                        p, [n.decode() if isinstance(n, bytes) else n for n in names]
-                    )
-                if int(cursor) == 0:
-                    break
-            pipe = store.client.pipeline(transaction=False)
-            pipe.hset(ks.meta, f"rix:p{p}", 1)
-            await store._execute(pipe)
-            log.info("reservation index: partition %d backfilled", p)
+        match = _glob_escape(f"{ks.prefix}:{{p") + "*}:res:*"
+        cursor = 0
+        while True:
+            try:
+                async with asyncio.timeout(store.command_timeout):
+                    cursor, names = await store.client.scan(cursor, match=match, count=batch)
+            except (RedisError, OSError, TimeoutError) as exc:
+                raise Unavailable(f"redis scan failed: {exc!r}") from exc
+            by_partition: dict[int, list[str]] = {}
+            for n in names:
+                name = n.decode() if isinstance(n, bytes) else n
+                p = self._partition_of(name)
+                if p in todo:
+                    by_partition.setdefault(p, []).append(name)
+            for p, found in sorted(by_partition.items()):
+                total += await self._backfill_keys(p, found)
+            if int(cursor) == 0:
+                break
+        pipe = store.client.pipeline(transaction=False)
+        pipe.hset(ks.meta, mapping={f"rix:p{p}": 1 for p in sorted(todo)})
+        await store._execute(pipe)
+        log.info("reservation index: %d partitions backfilled (%d records)", len(todo), total)
         return total
+
+    def _partition_of(self, name: str) -> int:
+        """The partition of a key "<prefix>:{p<n>}:...", -1 when it names none."""
+        tag = name[len(self._ks.prefix) + 1 :].partition("}")[0]
+        return int(tag[2:]) if tag.startswith("{p") and tag[2:].isdigit() else -1
 
     async def _backfill_keys(self, p: int, names: Sequence[str]) -> int:
         pipe = self._store.client.pipeline(transaction=False)
