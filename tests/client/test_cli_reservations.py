@@ -6,6 +6,8 @@ import asyncio
 import json
 import re
 import signal
+import sys
+from pathlib import Path
 
 from tests.client.test_cli import cli, server_args, spawn
 from tests.client.test_readme_cli_examples import ROOT, sh
@@ -120,3 +122,34 @@ async def test_the_readme_reservations_example_runs_as_written(server: UnistockS
     assert "cc-1" in outputs[3]
     assert [r["reservationId"] for r in json.loads(outputs[4])] == ["cc-1"]
     assert commands[-1].endswith("--watch")
+
+
+async def test_the_readme_python_example_runs(server: UnistockServer, tmp_path: Path) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    [code] = [b for b in blocks if "watch_reservations(" in b]
+    here = tmp_path / "example"  # a checkout's layout: var/dev-token
+    (here / "var").mkdir(parents=True)
+    (here / "var" / "dev-token").write_text(TOKENS["channel"] + "\n")
+    script = here / "example.py"
+    script.write_text(code.replace("localhost:50051", target(server)))
+    c = await seeded(server)  # ann: cc-1 ACTIVE at store-2
+    await c.reserve("done-1", [("SHOE", "store-2", 1)], customer_id="ann")
+    await c.fulfil("done-1")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), cwd=here, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+
+        async def line() -> str:
+            async with asyncio.timeout(DEADLINE):
+                return (await proc.stdout.readline()).decode().strip()  # type: ignore[union-attr]
+
+        assert [await line(), await line()] == ["cc-1 ACTIVE", "done-1 FULFILLED"]
+        assert await line() == "cc-1 now"  # the watch's snapshot
+        await c.fulfil("cc-1")
+        assert await line() == "cc-1 ['FULFILLED']"
+    finally:
+        proc.kill()
+        await proc.wait()
+        await c.close()
