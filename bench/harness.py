@@ -40,6 +40,7 @@ SCENARIO_MODULES = (
     "bench.scenarios.b8",
     "bench.scenarios.b9",
     "bench.scenarios.b10",
+    "bench.scenarios.b11",
 )
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 

@@ -26,11 +26,12 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench._procs import python_child
+from bench._procs import RedisProc, python_child
 from bench.baselines.mqtt_raw import SinkProbe
 from bench.harness import (
     Config,
@@ -156,12 +157,20 @@ async def agents_online(srv: ServerProc, agents: list[StoreAgent], stack: Any) -
         raise RuntimeError(f"no ack from the server: {srv.tail()}") from None
 
 
-async def unistock(cfg: Config) -> Throughput:
+#: Started beside the server before the agents, stopped after the measure (B11: the ledger).
+Beside = Callable[[ServerProc, RedisProc], contextlib.AbstractAsyncContextManager[object]]
+
+
+async def unistock(
+    cfg: Config, *, server_args: tuple[str, ...] = (), beside: Beside | None = None
+) -> Throughput:
     with mosquitto() as broker:
         async with (
-            unistock_server("--mqtt-url", broker.url) as (srv, redis),
+            unistock_server("--mqtt-url", broker.url, *server_args) as (srv, redis),
             contextlib.AsyncExitStack() as stack,
         ):
+            if beside is not None:
+                await stack.enter_async_context(beside(srv, redis))
             agents = make_agents(broker.port)
             await agents_online(srv, agents, stack)
             tasks = [asyncio.create_task(a.closed_loop()) for a in agents]

@@ -18,11 +18,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 from unistock.server.metrics import LedgerMetrics
-from unistock.server.persistence.codec import decode_feed
 from unistock.server.persistence.feed import FeedId, FeedReader, format_feed_id
-from unistock.server.persistence.ledger import LedgerStore, ledger_rows
+from unistock.server.persistence.ledger import COLUMNS, LedgerStore, ledger_rows, position_rows
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +50,18 @@ class LedgerWriter:
             await self._feed.load()
             self._loaded = True
         got = await self._feed.read(self.batch)
-        rows = []
+        values: list[tuple[Any, ...]] = []
         last: dict[int, FeedId] = {}
-        for p, at, entry in got.entries:
-            rows += ledger_rows(format_feed_id(at), decode_feed(entry))
-            last[p] = at
-        new = await asyncio.to_thread(self._ledger.write, rows) if rows else 0
+        # In the feed's order across partitions (ids are given in flush order): the ledger's
+        # ids follow what happened.
+        for p, at, entry in sorted(got.entries, key=lambda e: e[1]):
+            feed_id = format_feed_id(at)
+            positions, others = position_rows(feed_id, entry)
+            values += positions
+            if others:
+                values += [tuple(r.get(c) for c in COLUMNS) for r in ledger_rows(feed_id, others)]
+            last[p] = max(at, last.get(p, at))
+        new = await asyncio.to_thread(self._ledger.write_values, values)
         await self._feed.commit(got)
         self._report_lost(got.lost)
         if not got.entries:

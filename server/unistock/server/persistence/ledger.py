@@ -13,10 +13,10 @@ from typing import Any
 
 import sqlalchemy as sa
 from google.protobuf import json_format
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from unistock.server.domain import Transition
+from unistock.server.persistence import codec
 from unistock.server.persistence.codec import FeedRecord, ReservationFeedRecord
 from unistock.server.persistence.sql import LEDGER
 from unistock.storage.v1 import storage_pb2 as spb
@@ -79,8 +79,116 @@ def ledger_rows(
     return rows
 
 
-#: Every column a row may set (rows are completed with None: one INSERT shape per batch).
-_COLUMNS = [c.name for c in LEDGER.columns if c.name != "id"]
+#: The columns a position change's row (movement or shipment) sets, first in COLUMNS.
+POSITION_COLUMNS: tuple[str, ...] = (
+    "entry_key", "feed_id", "kind", "at_ms", "sku", "location_id", "version", "source_id",
+    "seq", "movement_type", "quantity", "on_hand_delta", "on_hand", "available", "variance",
+    "count_id", "transfer_id", "reason", "reservation_id",
+)  # fmt: skip
+#: The other columns (a position change's row has them NULL).
+_REST_COLUMNS = (
+    "revision", "transitions", "state", "channel", "customer_id", "detail",
+)  # fmt: skip
+_REST = (None,) * len(_REST_COLUMNS)
+#: Every column a row may set, in the order of a row's values.
+COLUMNS = POSITION_COLUMNS + _REST_COLUMNS
+assert set(COLUMNS) == {c.name for c in LEDGER.columns} - {"id"}, "ledger.COLUMNS is stale"
+#: codec.LEVEL: a level change (no quantity changed): not a ledger row
+_LEVEL = 255
+_FIXED = codec._FEED_FIXED  # the feed's binary form, read here at full speed
+_read_varint = codec._read_varint
+
+
+def position_rows(
+    feed_id: str, entry: bytes
+) -> tuple[list[tuple[Any, ...]], list[FeedRecord | ReservationFeedRecord]]:
+    """A feed entry's position changes as rows (values of COLUMNS), read straight from its
+    bytes (the ledger writer's hot loop: ~3x faster than decode_feed + ledger_rows), and its
+    other changes (reservation transitions) decoded for `ledger_rows`, which come after them
+    in the entry."""
+    rows: list[tuple[Any, ...]] = []
+    others: list[FeedRecord | ReservationFeedRecord] = []
+    unpack, size = _FIXED.unpack_from, _FIXED.size
+    pos, end = 0, len(entry)
+    while pos < end:
+        start = pos
+        kind = entry[pos]
+        n, pos = _read_varint(entry, pos + 1)
+        key = entry[pos : pos + n].decode()
+        pos += n
+        count, pos = _read_varint(entry, pos)
+        if kind != codec.FEED_POSITION:
+            others += codec.decode_feed(_group_only(entry, start, pos, count))
+            pos = _skip_group(entry, pos, count)
+            continue
+        location_id, _, sku = key.partition("|")
+        prefix = f"p:{key}:"
+        for _ in range(count):
+            version, at_ms, seq, qty, delta, on_hand, available, mtype, flags = unpack(entry, pos)
+            pos += size
+            n = entry[pos]
+            source_id = entry[pos + 1 : pos + 1 + n].decode() if n else None
+            pos += 1 + n
+            x = None
+            if flags & codec.FEED_EXTRA:
+                n, pos = _read_varint(entry, pos)
+                x = spb.FeedExtra.FromString(entry[pos : pos + n])
+                pos += n
+            if mtype == _LEVEL:
+                continue
+            shipped = mtype == codec.FULFILMENT
+            rows.append(
+                (
+                    prefix + str(version), feed_id, SHIPMENT if shipped else MOVEMENT, at_ms,
+                    sku, location_id, version, source_id, seq or None,
+                    None if shipped else mtype, qty, delta, on_hand, available,
+                    None if x is None else x.variance,
+                    x.count_id or None if x else None, x.transfer_id or None if x else None,
+                    x.reason or None if x else None, x.reservation_id or None if x else None,
+                    *_REST,
+                )
+            )  # fmt: skip
+    return rows, others
+
+
+def _skip_group(entry: bytes, pos: int, count: int) -> int:
+    """Past the `count` changes of a reservation group starting at pos."""
+    for _ in range(count):
+        n, pos = _read_varint(entry, pos + 8)
+        pos += n
+    return pos
+
+
+def _group_only(entry: bytes, start: int, pos: int, count: int) -> bytes:
+    """The bytes of the group starting at `start` (its changes from pos), alone."""
+    return entry[start : _skip_group(entry, pos, count)]
+
+
+_NAMES = ", ".join(COLUMNS)
+_SQLITE_INSERT = (
+    f"INSERT INTO ledger_entries ({_NAMES}) VALUES ({', '.join('?' * len(COLUMNS))}) "
+    "ON CONFLICT (entry_key) DO NOTHING"
+)
+
+
+def _copy_postgres(raw: Any, values: Sequence[tuple[Any, ...]]) -> int:
+    """COPY values into a temporary table, then insert those not already in the ledger (in
+    the COPY's order); the rows inserted (psycopg 3, inside the caller's transaction)."""
+    with raw.cursor() as cursor:
+        cursor.execute(
+            "CREATE TEMPORARY TABLE IF NOT EXISTS ledger_in "
+            "(LIKE ledger_entries INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+        with cursor.copy(f"COPY ledger_in ({_NAMES}) FROM STDIN") as copy:
+            for v in values:
+                copy.write_row(v)
+        cursor.execute(
+            f"INSERT INTO ledger_entries ({_NAMES}) SELECT {_NAMES} FROM ledger_in "
+            "ORDER BY id ON CONFLICT (entry_key) DO NOTHING"
+        )
+        inserted = int(cursor.rowcount)
+        cursor.execute("TRUNCATE ledger_in")
+        return inserted
 
 
 class LedgerStore:
@@ -93,17 +201,27 @@ class LedgerStore:
     def write(self, rows: Sequence[dict[str, Any]]) -> int:
         """Insert rows not already there (by entry_key), in one transaction; returns how many
         were new."""
-        if not rows:
+        return self.write_values([tuple(row.get(c) for c in COLUMNS) for row in rows])
+
+    def write_values(self, values: Sequence[tuple[Any, ...]]) -> int:
+        """Insert rows (values of COLUMNS, e.g. from `position_rows`) not already there (by
+        entry_key), in this order (ids follow it), in one transaction; returns how many were
+        new. At the driver's level, not row by row through SQLAlchemy (the ledger must keep up
+        with B1's load, README B11): SQLite an executemany of INSERT ... ON CONFLICT DO
+        NOTHING; PostgreSQL a COPY into a temporary table, then one INSERT ... SELECT ... ON
+        CONFLICT DO NOTHING."""
+        if not values:
             return 0
-        insert = (postgresql if self.engine.dialect.name == "postgresql" else sqlite).insert
-        full = [{c: row.get(c) for c in _COLUMNS} for row in rows]
-        new = 0
         with self.engine.begin() as conn:
-            for start in range(0, len(full), 500):
-                stmt = insert(LEDGER).values(full[start : start + 500])
-                stmt = stmt.on_conflict_do_nothing(index_elements=["entry_key"])
-                new += len(conn.execute(stmt.returning(LEDGER.c.id)).all())
-        return new
+            raw = conn.connection.driver_connection
+            if self.engine.dialect.name == "postgresql":
+                return _copy_postgres(raw, values)
+            cursor = raw.cursor()  # type: ignore[union-attr]
+            try:
+                cursor.executemany(_SQLITE_INSERT, values)
+                return int(cursor.rowcount)
+            finally:
+                cursor.close()
 
     def history(self, location_id: str, sku: str = "", limit: int = 1000) -> list[sa.Row[Any]]:
         """A position's (or a location's) entries, oldest first."""
