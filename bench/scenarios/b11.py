@@ -112,6 +112,12 @@ def count_rows(url: str) -> tuple[int, int]:
         engine.dispose()
 
 
+async def applied_count(srv: ServerProc) -> int:
+    """Movements the server applied (unistock_movements_total, outcome applied)."""
+    server = await srv.scrape()
+    return int(sum(v for k, v in server.items() if k.startswith(MOVEMENTS) and "=applied" in k))
+
+
 def ledger_beside(url: str | None, result: LedgerRun) -> b1.Beside:
     """unistock-ledger beside the server (url None: the server's default SQLite); on exit, wait
     until it has every applied movement and fill `result`."""
@@ -135,21 +141,18 @@ def ledger_beside(url: str | None, result: LedgerRun) -> b1.Beside:
         try:
             yield proc
             ended = time.perf_counter()
-            server = await srv.scrape()
-            applied = int(
-                sum(v for k, v in server.items() if k.startswith(MOVEMENTS) and "=applied" in k)
-            )
             deadline = ended + 120
-            while time.perf_counter() < deadline:
+            while True:  # the server's count read again each time: batches still in flight
+                applied = await applied_count(srv)
                 result.rows, distinct = await asyncio.to_thread(count_rows, database)
-                if distinct >= applied:
+                if distinct >= applied or time.perf_counter() > deadline:
                     break
                 await asyncio.sleep(0.2)
             result.drain_s = round(time.perf_counter() - ended, 3)
             await asyncio.sleep(1.0)  # a late duplicate would show
+            result.applied = await applied_count(srv)
             result.rows, distinct = await asyncio.to_thread(count_rows, database)
-            result.applied = applied
-            result.missing = applied - distinct
+            result.missing = result.applied - distinct
             result.doubled = result.rows - distinct
             stats = await scrape(metrics_port)
             result.lag_p99_s = round(histogram_quantile(0.99, stats["buckets"]), 3)
