@@ -13,7 +13,7 @@ Usage: ``python -m unistock.devtools.run [server args...]`` (this is what ``make
   SIGTERM); once it exits, the services started here are stopped and this process exits
   with the server's exit code.
 * Beside it, the ledger writer runs as ``python -m unistock.server.app.ledger`` (same
-  environment; its metrics on ``UNISTOCK_LEDGER_METRICS_PORT``, default 9465 or a free
+  environment; its metrics on ``UNISTOCK_LEDGER_METRICS_PORT``, default 9466 or a free
   port), unless ``UNISTOCK_LEDGER_IN_PROCESS=1`` (the server writes the ledger itself) or
   ``UNISTOCK_DEV_LEDGER=0``. It gets the same signals and is stopped when the server exits.
 """
@@ -37,7 +37,7 @@ from unistock.devtools.services import (
 
 SERVER_MODULE = "unistock.server.app.cli"
 LEDGER_MODULE = "unistock.server.app.ledger"
-DEFAULT_LEDGER_METRICS_PORT = 9465
+DEFAULT_LEDGER_METRICS_PORT = 9466
 DEFAULT_REDIS_PORT = 6390
 DEFAULT_MQTT_PORT = 1890
 

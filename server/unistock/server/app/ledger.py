@@ -49,7 +49,7 @@ class LedgerSettings:
     data_dir: pathlib.Path = pathlib.Path("var")
     key_prefix: str = "us"
     ledger_metrics_host: str = "127.0.0.1"
-    ledger_metrics_port: int = 9465
+    ledger_metrics_port: int = 9466
     ledger_batch: int = 200
     redis_timeout_s: float = 5.0
     log_level: str = "INFO"
