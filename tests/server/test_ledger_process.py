@@ -183,3 +183,16 @@ async def test_a_consumer_never_trims_past_another_ones_cursor(server: UnistockS
     assert not again.lost
     await slow.commit(again)
     assert await server.store.client.xlen(feed) == 0
+
+
+async def test_the_feed_fill_ratio(make_server: MakeServer, clean_redis_url: str) -> None:
+    """unistock_feed_fill_ratio: the fullest partition's stream over --feed-max-entries."""
+    srv = await make_server(clean_redis_url, feed_max_entries=1000)
+    assert srv.store.feed_max_entries == 1000
+    assert await srv.sample_feed() == 0
+    async with UnistockClient(target(srv), TOKENS["admin"]) as c:
+        for seq in range(1, 6):  # five flushes of s1's partition, one of s2's
+            await send(c, batch("wms", mv(seq, "RECEIPT", "A", "s1", 1)))
+        await send(c, batch("wms", mv(6, "RECEIPT", "A", "s2", 1)))
+    assert await srv.sample_feed() == 5 / 1000
+    assert srv.metrics.feed_fill._value.get() == 5 / 1000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import functools
 import gc
@@ -351,15 +352,17 @@ class UnistockServer:
     async def _run_commit(self) -> None:
         await self.commit.run()
 
+    async def sample_feed(self) -> float:
+        """Set unistock_feed_fill_ratio: the fullest partition's feed stream over its cap (1: a
+        consumer that far behind starts losing entries). Raises Unavailable."""
+        fill = await self.store.feed_fullest() / self.store.feed_max_entries
+        self.metrics.feed_fill.set(fill)
+        return fill
+
     async def _sample_feed(self, every: float = 5.0) -> None:
-        """unistock_feed_fill_ratio every `every` s: the fullest partition's feed stream over
-        its cap (1: a consumer that far behind starts losing entries)."""
         while True:
-            try:
-                fullest = await self.store.feed_fullest()
-                self.metrics.feed_fill.set(fullest / self.store.feed_max_entries)
-            except Unavailable:
-                pass  # Redis down: the flushes say so (unistock_redis_errors_total)
+            with contextlib.suppress(Unavailable):  # Redis down: the flushes say so
+                await self.sample_feed()
             await asyncio.sleep(every)
 
     async def wait(self) -> None:
