@@ -307,6 +307,7 @@ async def test_locations_and_networks_as_tables_and_json(
         "shipFromStore": False,
         "eReservation": True,
         "defaultSafetyStock": "2",  # an int64, a string in protobuf's JSON
+        "lowStockThreshold": "0",
     }
     assert locations[0]["hasPosition"] is False  # every field, also the defaults
     rc, out, _ = await cli(server, "admin", "networks", "--json")
@@ -385,3 +386,19 @@ async def test_usage_errors_exit_2(server: UnistockServer) -> None:
         rc, out, err = await cli(server, "admin", *args)
         assert (rc, out) == (2, ""), err
         assert "usage: unistock admin" in err
+
+
+async def test_low_stock_thresholds_import_from_their_column(
+    server: UnistockServer, tmp_path: Path
+) -> None:
+    csv = "location_id,type,low_stock_threshold\ns1,STORE,4\ns2,STORE,\n"
+    rc, _, err = await cli(
+        server, "admin", "import", "--locations", write(tmp_path, "thresholds.csv", csv)
+    )
+    assert rc == 0, err
+    locations, _ = await lists(server)
+    assert [(loc.location_id, loc.low_stock_threshold) for loc in locations] == [
+        ("s1", 4),
+        ("s2", 0),
+    ]
+    assert server.master.low_stock_threshold("s1") == 4

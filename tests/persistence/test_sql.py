@@ -100,3 +100,24 @@ def test_a_database_of_the_first_schema_upgrades_keeping_its_networks(sql_url: s
         ]
     finally:
         store.close()
+
+
+def test_a_database_before_low_stock_thresholds_upgrades_with_none(sql_url: str) -> None:
+    """A database of revision 0004 (before low_stock_threshold) upgrades at start-up: its
+    locations get 0 (only out of / back in stock events), and a threshold set later is kept."""
+    store = MasterDataStore(sql_url)
+    try:
+        with upgraded_to(store, "0004") as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO locations (location_id, type, default_safety_stock)"
+                    " VALUES ('s1', 1, 2)"
+                )
+            )
+        store.migrate()
+        [s1] = store.load().locations
+        assert (s1.default_safety_stock, s1.low_stock_threshold) == (2, 0)
+        store.upsert_locations([Location("s1", LocationType.STORE, low_stock_threshold=5)])
+        assert [loc.low_stock_threshold for loc in store.load().locations] == [5]
+    finally:
+        store.close()

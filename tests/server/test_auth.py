@@ -173,6 +173,7 @@ async def test_reflection_lists_the_service(channel: aio.Channel, server: Unisto
         "TransferReservation",
         "ListReservations",
         "WatchReservations",
+        "WatchEvents",
     }
 
 

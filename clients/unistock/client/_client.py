@@ -521,6 +521,73 @@ class UnistockClient:
         async for msg in _stream(self.stub.WatchAvailability(req, metadata=self.metadata)):
             yield msg
 
+    async def watch_events(
+        self,
+        types: Sequence[str | int] = (),
+        skus: Sequence[str] = (),
+        location_ids: Sequence[str] = (),
+        networks: Sequence[str] = (),
+        after_event_id: str = "",
+    ) -> AsyncIterator[pb.WatchEventsResponse]:
+        """One WatchEvents stream (types by name, e.g. "LOW_STOCK", or number): its first
+        message carries start_after_event_id, the others events. See EventWatcher for one
+        that resumes by itself. Raises UnistockClientError (OUT_OF_RANGE: after_event_id is
+        older than the events kept)."""
+        req = pb.WatchEventsRequest(
+            types=[pb.EventType.Value(t) if isinstance(t, str) else t for t in types],  # type: ignore[misc]
+            skus=skus,
+            location_ids=location_ids,
+            networks=networks,
+            after_event_id=after_event_id,
+        )
+        async for msg in _stream(self.stub.WatchEvents(req, metadata=self.metadata)):
+            yield msg
+
+
+class EventWatcher:
+    """Events matching a filter, one by one, forever: after a disconnect (the server stopped,
+    or this reader fell behind) it resumes after the last event it yielded, so none is missed
+    or repeated. `last_event_id` is where it is: keep it to resume in another process."""
+
+    def __init__(
+        self,
+        client: UnistockClient,
+        *,
+        types: Sequence[str | int] = (),
+        skus: Sequence[str] = (),
+        location_ids: Sequence[str] = (),
+        networks: Sequence[str] = (),
+        after_event_id: str = "",
+        retry_delay: float = 0.5,
+    ) -> None:
+        self.client = client
+        self.types, self.skus, self.location_ids, self.networks = (
+            types,
+            skus,
+            location_ids,
+            networks,
+        )
+        self.last_event_id = after_event_id
+        self.retry_delay = retry_delay
+
+    async def __aiter__(self) -> AsyncIterator[pb.InventoryEvent]:
+        """Yields every event, reconnecting on UNAVAILABLE/RESOURCE_EXHAUSTED."""
+        retry = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+        while True:
+            try:
+                async for msg in self.client.watch_events(
+                    self.types, self.skus, self.location_ids, self.networks, self.last_event_id
+                ):
+                    if msg.start_after_event_id:
+                        self.last_event_id = msg.start_after_event_id
+                    for ev in msg.events:
+                        self.last_event_id = ev.event_id
+                        yield ev
+            except UnistockClientError as exc:
+                if exc.code not in retry:
+                    raise
+            await asyncio.sleep(self.retry_delay)
+
 
 async def _stream(call: Any) -> AsyncIterator[Any]:
     """A server stream's messages; its errors as UnistockClientError; cancelled when left."""

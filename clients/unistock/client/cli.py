@@ -99,10 +99,12 @@ the columns (any order); blank lines are skipped and spaces around values ignore
 
   --locations FILE
       location_id,type,name,latitude,longitude,store_id,click_and_collect,
-      ship_from_store,e_reservation,default_safety_stock
+      ship_from_store,e_reservation,default_safety_stock[,low_stock_threshold]
       type: STORE, WAREHOUSE or VIRTUAL (any case). latitude, longitude: degrees, both or
       neither. click_and_collect, ship_from_store, e_reservation: true/false, yes/no, 1/0
-      (empty: false). default_safety_stock: units (empty: 0). The server's old
+      (empty: false). default_safety_stock: units (empty: 0). low_stock_threshold: units
+      (empty: 0): a position there with 1 to that many available is low on stock
+      (WatchEvents LOW_STOCK; 0: only out of stock / back in stock). The server's old
       --locations-file, `location_id,store_id`, is accepted too: its locations are STOREs.
   --networks FILE
       network_id,channel,staleness_limit_seconds,location_ids[,stale_policy,
@@ -696,6 +698,7 @@ _LOCATION_COLUMNS = (
     "ship_from_store",
     "e_reservation",
     "default_safety_stock",
+    "low_stock_threshold",
 )
 #: The server's old --locations-file: every location a STORE.
 _OLD_LOCATION_COLUMNS = ["location_id", "store_id"]
@@ -928,6 +931,7 @@ def _read_locations(path: str) -> _Upload:
             ship_from_store=_bool(v, "ship_from_store"),
             e_reservation=_bool(v, "e_reservation"),
             default_safety_stock=_int(v, "default_safety_stock", MAX_QUANTITY),
+            low_stock_threshold=_int(v, "low_stock_threshold", MAX_QUANTITY),
         )
         lat, lon = v.get("latitude", ""), v.get("longitude", "")
         if bool(lat) != bool(lon):

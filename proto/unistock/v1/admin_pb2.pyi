@@ -64,6 +64,7 @@ class Location(_message.Message):
     SHIP_FROM_STORE_FIELD_NUMBER: _builtins.int
     E_RESERVATION_FIELD_NUMBER: _builtins.int
     DEFAULT_SAFETY_STOCK_FIELD_NUMBER: _builtins.int
+    LOW_STOCK_THRESHOLD_FIELD_NUMBER: _builtins.int
     location_id: _builtins.str
     """Same alphabet as StockLevel.location_id. Required."""
     type: Global___LocationType.ValueType
@@ -86,6 +87,10 @@ class Location(_message.Message):
     e_reservation: _builtins.bool
     default_safety_stock: _builtins.int
     """Safety stock of its positions that have none of their own (SetSafetyStock), >= 0."""
+    low_stock_threshold: _builtins.int
+    """A position here whose available is 1 to this many units is low on stock (WatchEvents:
+    LOW_STOCK); 0 (the default): only OUT_OF_STOCK and BACK_IN_STOCK. >= 0.
+    """
     def __init__(
         self,
         *,
@@ -100,10 +105,11 @@ class Location(_message.Message):
         ship_from_store: _builtins.bool = ...,
         e_reservation: _builtins.bool = ...,
         default_safety_stock: _builtins.int = ...,
+        low_stock_threshold: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["click_and_collect", b"click_and_collect", "default_safety_stock", b"default_safety_stock", "e_reservation", b"e_reservation", "has_position", b"has_position", "latitude", b"latitude", "location_id", b"location_id", "longitude", b"longitude", "name", b"name", "ship_from_store", b"ship_from_store", "store_id", b"store_id", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["click_and_collect", b"click_and_collect", "default_safety_stock", b"default_safety_stock", "e_reservation", b"e_reservation", "has_position", b"has_position", "latitude", b"latitude", "location_id", b"location_id", "longitude", b"longitude", "low_stock_threshold", b"low_stock_threshold", "name", b"name", "ship_from_store", b"ship_from_store", "store_id", b"store_id", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

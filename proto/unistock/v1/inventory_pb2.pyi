@@ -368,6 +368,130 @@ lost falls by them and received rises.
 """
 Global___DiscrepancyKind: _TypeAlias = DiscrepancyKind  # noqa: Y015
 
+class _EventType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EVENT_TYPE_UNSPECIFIED: _EventType.ValueType  # 0
+    LOW_STOCK: _EventType.ValueType  # 1
+    """A position's available fell to low_stock_threshold of its location or below, but not to 0
+    (from above the threshold, or from 0). Per position.
+    """
+    OUT_OF_STOCK: _EventType.ValueType  # 2
+    """A position's available fell to 0 (for any reason: movements, reservations, safety stock)."""
+    BACK_IN_STOCK: _EventType.ValueType  # 3
+    """A position's available rose above low_stock_threshold (from 0 or from low). A position's
+    first stock counts as back in stock too.
+    """
+    RESERVATION_AT_RISK: _EventType.ValueType  # 4
+    """A movement left a position's on_hand below its reserved units: one event per reservation
+    holding units there (reservation_id, the line in `lines`), in the same write as the
+    position. Self-healing may then move the hold (RESERVATION_HEALED).
+    """
+    RESERVATION_MOVED: _EventType.ValueType  # 5
+    """Held units moved between locations by TransferReservation (`lines`: the reservation's
+    lines after the move).
+    """
+    RESERVATION_HEALED: _EventType.ValueType  # 6
+    """Held units at risk moved by the server itself (self-healing; `lines` as for MOVED)."""
+    RESERVATION_EXPIRING_SOON: _EventType.ValueType  # 7
+    """Not emitted yet."""
+    RESERVATION_EXPIRED: _EventType.ValueType  # 8
+    """An ACTIVE reservation reached its expiry and released its units."""
+    READY_FOR_PICKUP: _EventType.ValueType  # 9
+    """An ACTIVE CLICK_AND_COLLECT reservation holds units at location_id: one event per location
+    holding its lines (its lines there in `lines`), when it is created and again after each
+    move (RESERVATION_MOVED or RESERVATION_HEALED; every location it then holds units at).
+    """
+    RESERVATION_PICKUP_MISMATCH: _EventType.ValueType  # 10
+    """A SALE named reservation_id but picked up fewer of its units than it sold (quantity: the
+    units sold beyond what the reservation held there).
+    """
+    COUNT_VARIANCE: _EventType.ValueType  # 11
+    """A COUNT (count_id) found a variance (quantity: counted minus on_hand before, or the change
+    a late movement made to that variance).
+    """
+    NEGATIVE_STOCK: _EventType.ValueType  # 12
+    """A position's on_hand went below 0 (it was 0 or more before)."""
+    TRANSFER_SHORT: _EventType.ValueType  # 13
+    """Not emitted yet."""
+    TRANSFER_DISCREPANT: _EventType.ValueType  # 14
+    """Not emitted yet."""
+    STORE_OFFLINE: _EventType.ValueType  # 15
+    """Not emitted yet."""
+    STORE_ONLINE: _EventType.ValueType  # 16
+    """Not emitted yet."""
+    NETWORK_LOW_STOCK: _EventType.ValueType  # 17
+    """Not emitted yet (per network low / out / back in stock)."""
+    NETWORK_OUT_OF_STOCK: _EventType.ValueType  # 18
+    """Not emitted yet."""
+    NETWORK_BACK_IN_STOCK: _EventType.ValueType  # 19
+    """Not emitted yet."""
+
+class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
+    """What happened, for WatchEvents (see InventoryEvent). Events are derived from the server's
+    change feed: each is emitted once, in the feed's order.
+    """
+
+EVENT_TYPE_UNSPECIFIED: EventType.ValueType  # 0
+LOW_STOCK: EventType.ValueType  # 1
+"""A position's available fell to low_stock_threshold of its location or below, but not to 0
+(from above the threshold, or from 0). Per position.
+"""
+OUT_OF_STOCK: EventType.ValueType  # 2
+"""A position's available fell to 0 (for any reason: movements, reservations, safety stock)."""
+BACK_IN_STOCK: EventType.ValueType  # 3
+"""A position's available rose above low_stock_threshold (from 0 or from low). A position's
+first stock counts as back in stock too.
+"""
+RESERVATION_AT_RISK: EventType.ValueType  # 4
+"""A movement left a position's on_hand below its reserved units: one event per reservation
+holding units there (reservation_id, the line in `lines`), in the same write as the
+position. Self-healing may then move the hold (RESERVATION_HEALED).
+"""
+RESERVATION_MOVED: EventType.ValueType  # 5
+"""Held units moved between locations by TransferReservation (`lines`: the reservation's
+lines after the move).
+"""
+RESERVATION_HEALED: EventType.ValueType  # 6
+"""Held units at risk moved by the server itself (self-healing; `lines` as for MOVED)."""
+RESERVATION_EXPIRING_SOON: EventType.ValueType  # 7
+"""Not emitted yet."""
+RESERVATION_EXPIRED: EventType.ValueType  # 8
+"""An ACTIVE reservation reached its expiry and released its units."""
+READY_FOR_PICKUP: EventType.ValueType  # 9
+"""An ACTIVE CLICK_AND_COLLECT reservation holds units at location_id: one event per location
+holding its lines (its lines there in `lines`), when it is created and again after each
+move (RESERVATION_MOVED or RESERVATION_HEALED; every location it then holds units at).
+"""
+RESERVATION_PICKUP_MISMATCH: EventType.ValueType  # 10
+"""A SALE named reservation_id but picked up fewer of its units than it sold (quantity: the
+units sold beyond what the reservation held there).
+"""
+COUNT_VARIANCE: EventType.ValueType  # 11
+"""A COUNT (count_id) found a variance (quantity: counted minus on_hand before, or the change
+a late movement made to that variance).
+"""
+NEGATIVE_STOCK: EventType.ValueType  # 12
+"""A position's on_hand went below 0 (it was 0 or more before)."""
+TRANSFER_SHORT: EventType.ValueType  # 13
+"""Not emitted yet."""
+TRANSFER_DISCREPANT: EventType.ValueType  # 14
+"""Not emitted yet."""
+STORE_OFFLINE: EventType.ValueType  # 15
+"""Not emitted yet."""
+STORE_ONLINE: EventType.ValueType  # 16
+"""Not emitted yet."""
+NETWORK_LOW_STOCK: EventType.ValueType  # 17
+"""Not emitted yet (per network low / out / back in stock)."""
+NETWORK_OUT_OF_STOCK: EventType.ValueType  # 18
+"""Not emitted yet."""
+NETWORK_BACK_IN_STOCK: EventType.ValueType  # 19
+"""Not emitted yet."""
+Global___EventType: _TypeAlias = EventType  # noqa: Y015
+
 @_typing.final
 class StockLevel(_message.Message):
     """The authoritative levels of one stock position (one SKU at one location)."""
@@ -2383,3 +2507,158 @@ class CloseTransferRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CloseTransferRequest: _TypeAlias = CloseTransferRequest  # noqa: Y015
+
+@_typing.final
+class InventoryEvent(_message.Message):
+    """One event. Fields that do not apply to its type are empty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    SKU_FIELD_NUMBER: _builtins.int
+    LOCATION_ID_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
+    ON_HAND_FIELD_NUMBER: _builtins.int
+    AVAILABLE_FIELD_NUMBER: _builtins.int
+    COUNT_ID_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    SOURCE_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """Unique and ordered: resume WatchEvents after it with after_event_id. Opaque: compare two
+    ids only through the order the stream gives them in.
+    """
+    type: Global___EventType.ValueType
+    sku: _builtins.str
+    location_id: _builtins.str
+    network: _builtins.str
+    """The network of a reservation line held "anywhere in a network" (empty otherwise)."""
+    reservation_id: _builtins.str
+    detail: _builtins.str
+    """A human-readable summary (for logs and store screens; not meant to be parsed)."""
+    quantity: _builtins.int
+    """COUNT_VARIANCE: the variance; RESERVATION_PICKUP_MISMATCH: the units sold not picked up from
+    the reservation; NEGATIVE_STOCK: the movement's quantity; otherwise 0.
+    """
+    on_hand: _builtins.int
+    """The position after the change (position events)."""
+    available: _builtins.int
+    count_id: _builtins.str
+    """COUNT_VARIANCE: the count."""
+    source_id: _builtins.str
+    """The movement behind a position event (empty for level changes made by reservations)."""
+    seq: _builtins.int
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """When the change it comes from was made (server clock, millisecond precision)."""
+
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReservationLine]:
+        """Reservation events: the lines concerned (see each type)."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        type: Global___EventType.ValueType = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        sku: _builtins.str = ...,
+        location_id: _builtins.str = ...,
+        network: _builtins.str = ...,
+        reservation_id: _builtins.str = ...,
+        detail: _builtins.str = ...,
+        quantity: _builtins.int = ...,
+        on_hand: _builtins.int = ...,
+        available: _builtins.int = ...,
+        count_id: _builtins.str = ...,
+        lines: _abc.Iterable[Global___ReservationLine] | None = ...,
+        source_id: _builtins.str = ...,
+        seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "available", b"available", "count_id", b"count_id", "detail", b"detail", "event_id", b"event_id", "lines", b"lines", "location_id", b"location_id", "network", b"network", "on_hand", b"on_hand", "quantity", b"quantity", "reservation_id", b"reservation_id", "seq", b"seq", "sku", b"sku", "source_id", b"source_id", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InventoryEvent: _TypeAlias = InventoryEvent  # noqa: Y015
+
+@_typing.final
+class WatchEventsRequest(_message.Message):
+    """WatchEvents' filter: empty lists select everything; a non-empty list restricts to events
+    matching one of its values, and lists combine with AND.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPES_FIELD_NUMBER: _builtins.int
+    SKUS_FIELD_NUMBER: _builtins.int
+    LOCATION_IDS_FIELD_NUMBER: _builtins.int
+    NETWORKS_FIELD_NUMBER: _builtins.int
+    AFTER_EVENT_ID_FIELD_NUMBER: _builtins.int
+    after_event_id: _builtins.str
+    """Resume strictly after this event (the last event_id received). Empty: from now on.
+    OUT_OF_RANGE when events after it were already discarded (retention).
+    """
+    @_builtins.property
+    def types(self) -> _containers.RepeatedScalarFieldContainer[Global___EventType.ValueType]: ...
+    @_builtins.property
+    def skus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def location_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def networks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """An event matches a network when its location_id is a member of the network, or its
+        network field names it.
+        """
+
+    def __init__(
+        self,
+        *,
+        types: _abc.Iterable[Global___EventType.ValueType] | None = ...,
+        skus: _abc.Iterable[_builtins.str] | None = ...,
+        location_ids: _abc.Iterable[_builtins.str] | None = ...,
+        networks: _abc.Iterable[_builtins.str] | None = ...,
+        after_event_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_event_id", b"after_event_id", "location_ids", b"location_ids", "networks", b"networks", "skus", b"skus", "types", b"types"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchEventsRequest: _TypeAlias = WatchEventsRequest  # noqa: Y015
+
+@_typing.final
+class WatchEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    START_AFTER_EVENT_ID_FIELD_NUMBER: _builtins.int
+    start_after_event_id: _builtins.str
+    """Set in the first message of every stream only: the point it starts after (the request's
+    after_event_id, or "now" when it had none). Every event after it is delivered, so a client
+    that disconnects before receiving an event resumes with this as after_event_id.
+    """
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___InventoryEvent]:
+        """Events in event_id order (none in the first message)."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___InventoryEvent] | None = ...,
+        start_after_event_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "start_after_event_id", b"start_after_event_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchEventsResponse: _TypeAlias = WatchEventsResponse  # noqa: Y015

@@ -114,6 +114,11 @@ class InventoryServiceStub:
                 request_serializer=unistock_dot_v1_dot_inventory__pb2.WatchNetworkAvailabilityRequest.SerializeToString,
                 response_deserializer=unistock_dot_v1_dot_inventory__pb2.WatchNetworkAvailabilityResponse.FromString,
                 _registered_method=True)
+        self.WatchEvents = channel.unary_stream(
+                '/unistock.v1.InventoryService/WatchEvents',
+                request_serializer=unistock_dot_v1_dot_inventory__pb2.WatchEventsRequest.SerializeToString,
+                response_deserializer=unistock_dot_v1_dot_inventory__pb2.WatchEventsResponse.FromString,
+                _registered_method=True)
 
 
 class InventoryServiceServicer:
@@ -248,6 +253,18 @@ class InventoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchEvents(self, request, context):
+        """Events matching the filter, first those after after_event_id (kept for the retention set
+        by --events-retention-s and --events-max-per-partition), then live ones, in event_id order:
+        a subscriber resuming with its last event_id misses none and gets none twice, across
+        server restarts. A subscriber that falls too far behind is ended with RESOURCE_EXHAUSTED
+        (UNAVAILABLE when the server stops): reconnect with after_event_id to resume. Roles:
+        channel, backoffice, admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InventoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -330,6 +347,11 @@ def add_InventoryServiceServicer_to_server(servicer, server):
                     servicer.WatchNetworkAvailability,
                     request_deserializer=unistock_dot_v1_dot_inventory__pb2.WatchNetworkAvailabilityRequest.FromString,
                     response_serializer=unistock_dot_v1_dot_inventory__pb2.WatchNetworkAvailabilityResponse.SerializeToString,
+            ),
+            'WatchEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEvents,
+                    request_deserializer=unistock_dot_v1_dot_inventory__pb2.WatchEventsRequest.FromString,
+                    response_serializer=unistock_dot_v1_dot_inventory__pb2.WatchEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -764,6 +786,33 @@ class InventoryService:
             '/unistock.v1.InventoryService/WatchNetworkAvailability',
             unistock_dot_v1_dot_inventory__pb2.WatchNetworkAvailabilityRequest.SerializeToString,
             unistock_dot_v1_dot_inventory__pb2.WatchNetworkAvailabilityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/unistock.v1.InventoryService/WatchEvents',
+            unistock_dot_v1_dot_inventory__pb2.WatchEventsRequest.SerializeToString,
+            unistock_dot_v1_dot_inventory__pb2.WatchEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

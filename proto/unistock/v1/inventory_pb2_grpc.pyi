@@ -95,6 +95,14 @@ class InventoryServiceStub:
     """Network levels, then their changes (see WatchNetworkAvailabilityRequest). Roles: channel,
     backoffice, admin.
     """
+    WatchEvents: _grpc.UnaryStreamMultiCallable[_inventory_pb2.WatchEventsRequest, _inventory_pb2.WatchEventsResponse]
+    """Events matching the filter, first those after after_event_id (kept for the retention set
+    by --events-retention-s and --events-max-per-partition), then live ones, in event_id order:
+    a subscriber resuming with its last event_id misses none and gets none twice, across
+    server restarts. A subscriber that falls too far behind is ended with RESOURCE_EXHAUSTED
+    (UNAVAILABLE when the server stops): reconnect with after_event_id to resume. Roles:
+    channel, backoffice, admin.
+    """
 
 @_typing.type_check_only
 class InventoryServiceAsyncStub(InventoryServiceStub):
@@ -154,6 +162,14 @@ class InventoryServiceAsyncStub(InventoryServiceStub):
     WatchNetworkAvailability: _aio.UnaryStreamMultiCallable[_inventory_pb2.WatchNetworkAvailabilityRequest, _inventory_pb2.WatchNetworkAvailabilityResponse]  # type: ignore[assignment]
     """Network levels, then their changes (see WatchNetworkAvailabilityRequest). Roles: channel,
     backoffice, admin.
+    """
+    WatchEvents: _aio.UnaryStreamMultiCallable[_inventory_pb2.WatchEventsRequest, _inventory_pb2.WatchEventsResponse]  # type: ignore[assignment]
+    """Events matching the filter, first those after after_event_id (kept for the retention set
+    by --events-retention-s and --events-max-per-partition), then live ones, in event_id order:
+    a subscriber resuming with its last event_id misses none and gets none twice, across
+    server restarts. A subscriber that falls too far behind is ended with RESOURCE_EXHAUSTED
+    (UNAVAILABLE when the server stops): reconnect with after_event_id to resume. Roles:
+    channel, backoffice, admin.
     """
 
 class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -307,6 +323,20 @@ class InventoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_inventory_pb2.WatchNetworkAvailabilityResponse], _abc.AsyncIterator[_inventory_pb2.WatchNetworkAvailabilityResponse]]:
         """Network levels, then their changes (see WatchNetworkAvailabilityRequest). Roles: channel,
         backoffice, admin.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchEvents(
+        self,
+        request: _inventory_pb2.WatchEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_inventory_pb2.WatchEventsResponse], _abc.AsyncIterator[_inventory_pb2.WatchEventsResponse]]:
+        """Events matching the filter, first those after after_event_id (kept for the retention set
+        by --events-retention-s and --events-max-per-partition), then live ones, in event_id order:
+        a subscriber resuming with its last event_id misses none and gets none twice, across
+        server restarts. A subscriber that falls too far behind is ended with RESOURCE_EXHAUSTED
+        (UNAVAILABLE when the server stops): reconnect with after_event_id to resume. Roles:
+        channel, backoffice, admin.
         """
 
 def add_InventoryServiceServicer_to_server(servicer: InventoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -290,3 +290,38 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+
+
+class EventMetrics:
+    """The metrics of events (actors.events, api.events), in the server's registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.events = Counter(
+            "unistock_events_total",
+            "Events derived from the change feed and stored (each once), by type.",
+            ["type"],
+            registry=r,
+        )
+        self.lag = Gauge(
+            "unistock_events_lag_seconds",
+            "How far behind the change feed the events are: the age of the oldest feed entry "
+            "not yet derived as of the last round (0: caught up).",
+            registry=r,
+        )
+        self.errors = Counter(
+            "unistock_events_errors_total",
+            "Event derivation rounds that failed (Redis unavailable); retried, nothing lost.",
+            registry=r,
+        )
+        self.subscribers = Gauge(
+            "unistock_event_subscribers",
+            "Open WatchEvents streams.",
+            registry=r,
+        )
+        self.dropped = Counter(
+            "unistock_event_subscribers_dropped_total",
+            "WatchEvents streams ended because the subscriber fell too far behind "
+            "(RESOURCE_EXHAUSTED; it resumes with after_event_id).",
+            registry=r,
+        )

@@ -368,6 +368,7 @@ class FeedExtra(_message.Message):
     NON_SELLABLE_FIELD_NUMBER: _builtins.int
     VARIANCE_FIELD_NUMBER: _builtins.int
     PICKED_UP_FIELD_NUMBER: _builtins.int
+    AT_RISK_FIELD_NUMBER: _builtins.int
     condition: _inventory_pb2.ItemCondition.ValueType
     adjustment_sign: _inventory_pb2.AdjustmentSign.ValueType
     reservation_id: _builtins.str
@@ -384,6 +385,13 @@ class FeedExtra(_message.Message):
     """A COUNT's variance (count - on_hand before), or a correction's change to it."""
     picked_up: _builtins.int
     """Units of reservation_id picked up by this SALE."""
+    @_builtins.property
+    def at_risk(self) -> _containers.RepeatedCompositeFieldContainer[Global___Hold]:
+        """A change of kind LEVEL (no movement, see codec.level_change): the reservations holding
+        units on a position that this write left at risk (on_hand below reserved), with their
+        units held there.
+        """
+
     def __init__(
         self,
         *,
@@ -399,10 +407,11 @@ class FeedExtra(_message.Message):
         non_sellable: _builtins.int = ...,
         variance: _builtins.int = ...,
         picked_up: _builtins.int = ...,
+        at_risk: _abc.Iterable[Global___Hold] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjustment_sign", b"adjustment_sign", "condition", b"condition", "count_correction", b"count_correction", "count_id", b"count_id", "counterpart_location_id", b"counterpart_location_id", "non_sellable", b"non_sellable", "non_sellable_delta", b"non_sellable_delta", "picked_up", b"picked_up", "reason", b"reason", "reservation_id", b"reservation_id", "transfer_id", b"transfer_id", "variance", b"variance"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjustment_sign", b"adjustment_sign", "at_risk", b"at_risk", "condition", b"condition", "count_correction", b"count_correction", "count_id", b"count_id", "counterpart_location_id", b"counterpart_location_id", "non_sellable", b"non_sellable", "non_sellable_delta", b"non_sellable_delta", "picked_up", b"picked_up", "reason", b"reason", "reservation_id", b"reservation_id", "transfer_id", b"transfer_id", "variance", b"variance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

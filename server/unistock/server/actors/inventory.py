@@ -47,9 +47,11 @@ from unistock.server.domain import (
 )
 from unistock.server.metrics import Metrics
 from unistock.server.persistence.codec import (
+    OUT,
     decode_shipment,
     encode_shipment,
     feed_change,
+    level_change,
     shipment_field,
 )
 from unistock.server.persistence.group_commit import GroupCommit
@@ -283,6 +285,12 @@ class Inventory:
             if r.at_risk and not was_at_risk:
                 self.metrics.at_risk.inc()
                 log.warning("reservations at risk (on_hand below reserved): %r", p)
+                # Which reservations, in the feed with the position (RESERVATION_AT_RISK).
+                p.feed_add(
+                    level_change(
+                        at_ms, p.version, OUT, OUT, p.on_hand, p.available, dict(p.holds or {})
+                    )
+                )
             if r.at_risk and self.sourcer is not None:
                 at_risk.add(m.key)
             if p.negative and not was_negative:

@@ -86,6 +86,11 @@ class MasterData:
         loc = self.locations.get(key[1])
         return 0 if loc is None else loc.default_safety_stock
 
+    def low_stock_threshold(self, location_id: str) -> int:
+        """A location's low-stock threshold in units (0 for a location master data lacks)."""
+        loc = self.locations.get(location_id)
+        return 0 if loc is None else loc.low_stock_threshold
+
     # -- writes (SQL first, then memory) -------------------------------------------------------
 
     async def upsert_locations(self, locations: Sequence[Location]) -> set[str]:

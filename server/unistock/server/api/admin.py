@@ -82,6 +82,7 @@ def location_from_wire(m: apb.Location, prefix: str) -> Location:
         m.ship_from_store,
         m.e_reservation,
         m.default_safety_stock,
+        m.low_stock_threshold,
     ).validate(prefix)
 
 
@@ -99,6 +100,7 @@ def location_to_wire(loc: Location) -> apb.Location:
         ship_from_store=loc.ship_from_store,
         e_reservation=loc.e_reservation,
         default_safety_stock=loc.default_safety_stock,
+        low_stock_threshold=loc.low_stock_threshold,
     )
 
 

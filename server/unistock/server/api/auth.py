@@ -57,6 +57,7 @@ ROLES: dict[str, frozenset[str]] = {
             "GetNetworkAvailability",
             "WatchNetworkAvailability",
             "FindStock",
+            "WatchEvents",
         }
     ),
     "backoffice": frozenset(
@@ -72,6 +73,7 @@ ROLES: dict[str, frozenset[str]] = {
             "GetNetworkAvailability",
             "WatchNetworkAvailability",
             "FindStock",
+            "WatchEvents",
         }
     ),
     # Every method of the service, including ones added later.

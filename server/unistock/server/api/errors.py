@@ -8,6 +8,7 @@ from google.rpc import code_pb2, status_pb2
 from grpc_status import rpc_status
 
 from unistock.server.domain import (
+    EventsDiscarded,
     Fenced,
     InsufficientStock,
     InvalidArgument,
@@ -29,6 +30,7 @@ _CODES: list[tuple[type[UnistockError], grpc.StatusCode]] = [
     (ReservationNotFound, grpc.StatusCode.NOT_FOUND),
     (TransferNotFound, grpc.StatusCode.NOT_FOUND),
     (NetworkNotFound, grpc.StatusCode.NOT_FOUND),
+    (EventsDiscarded, grpc.StatusCode.OUT_OF_RANGE),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
     (Fenced, grpc.StatusCode.UNAVAILABLE),
 ]

@@ -33,6 +33,7 @@ from unistock.server.api.convert import (
     watch_filter_from_wire,
 )
 from unistock.server.api.errors import status_code, to_status
+from unistock.server.api.events import EventStreams
 from unistock.server.api.reservations import (
     ReservationHub,
     list_reservations,
@@ -44,6 +45,7 @@ from unistock.server.domain import (
     InvalidArgument,
     Move,
     NetworkNotFound,
+    Unavailable,
     UnistockError,
     check_id,
     validate_lines,
@@ -175,6 +177,8 @@ class InventoryService:
         self.hub = hub
         self.networks = networks
         self.network_hub = network_hub
+        #: WatchEvents' source (None: events off)
+        self.events: EventStreams | None = None
         self._metrics = inventory.metrics
         self._latencies: dict[tuple[str, str], Any] = {}
 
@@ -506,6 +510,14 @@ class InventoryService:
             await _changes(sub, hub, context)
         finally:
             sub.close()
+
+    # -- events --------------------------------------------------------------------------------
+
+    @rpc
+    async def WatchEvents(self, request: pb.WatchEventsRequest, context: Context) -> None:
+        if self.events is None:
+            raise Unavailable("events are off on this server (--events 0)")
+        await self.events.watch(request, context)
 
     # -- registration --------------------------------------------------------------------------
 

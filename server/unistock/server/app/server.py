@@ -23,6 +23,7 @@ from prometheus_client import start_http_server
 from sqlalchemy.exc import SQLAlchemyError
 
 from unistock.server.actors import Inventory
+from unistock.server.actors.events import EventDeriver
 from unistock.server.actors.ledger import CONSUMER as LEDGER_CONSUMER
 from unistock.server.actors.ledger import LedgerWriter
 from unistock.server.actors.liveness import StoreLiveness
@@ -31,6 +32,7 @@ from unistock.server.actors.networks import NetworkIndex
 from unistock.server.api.admin import SERVICE as ADMIN_SERVICE
 from unistock.server.api.admin import AdminService
 from unistock.server.api.auth import AuthInterceptor, TokenStore
+from unistock.server.api.events import EventHub, EventStreams
 from unistock.server.api.ledger import SERVICE as LEDGER_SERVICE
 from unistock.server.api.ledger import LedgerService
 from unistock.server.api.service import SERVICE, InventoryService
@@ -38,8 +40,9 @@ from unistock.server.api.sourcing import network_candidates
 from unistock.server.api.watch import WatchHub
 from unistock.server.app.settings import Settings
 from unistock.server.domain import Unavailable
-from unistock.server.metrics import Metrics
+from unistock.server.metrics import EventMetrics, Metrics
 from unistock.server.mqtt import LocationDirectory, MqttIngestor
+from unistock.server.persistence.events import EventLog
 from unistock.server.persistence.feed import FeedReader
 from unistock.server.persistence.group_commit import GroupCommit
 from unistock.server.persistence.keys import Keyspace
@@ -114,6 +117,9 @@ class UnistockServer:
         self._lost: list[str] = []
         #: What start() opened so far, to close again if it fails half way.
         self._opened: list[Callable[[], Awaitable[None]]] = []
+        #: Events (None: --events 0).
+        self.events: EventDeriver | None = None
+        self.event_hub: EventHub | None = None
 
     async def __aenter__(self) -> UnistockServer:
         await self.start()
@@ -245,6 +251,8 @@ class UnistockServer:
                 f"--database-url: cannot use {_redact(database_url)}: {exc}"
             ) from None
         self.inventory.set_safety_source(self.master.safety_stock)
+        self.commit.low_stock_threshold = self.master.low_stock_threshold
+        self.commit.clock = self.inventory.clock
         # The change feed into the SQL ledger (same database as master data), off the hot path
         # but in this process when asked (it shares its CPU: README B11).
         self.ledger = LedgerWriter(
@@ -299,6 +307,7 @@ class UnistockServer:
         self.inventory.sourcer = functools.partial(network_candidates, self.networks)
         self.service = InventoryService(self.inventory, self.hub, self.networks, self.network_hub)
         self.service.reservation_hub.max_pending = s.watch_max_pending
+        self._start_events()
         assert self._grpc is not None
         self.admin = AdminService(self.master, self.inventory, self.metrics, self.networks)
         # Histories and KPIs, read from the ledger's tables in the master data's database.
@@ -349,6 +358,23 @@ class UnistockServer:
             log.critical("background task %s failed: %r; stopping", task.get_name(), exc)
             self._done.set()
 
+    def _start_events(self) -> None:
+        """Events (WatchEvents): derived from the change feed in this process (--events 1)."""
+        s = self.settings
+        if not s.events:
+            return
+        metrics = EventMetrics(self.metrics.registry)
+        events = EventLog(
+            self.store,
+            max_per_partition=s.events_max_per_partition,
+            retention_s=s.events_retention_s,
+        )
+        self.events = EventDeriver(self.store, events, metrics)
+        self.event_hub = EventHub(metrics, max_pending=s.events_max_pending)
+        self.service.events = EventStreams(self.events, self.event_hub, self.master)
+        self.commit.listeners.append(self.events.wake)
+        self._spawn(self.events.run(), "events")
+
     async def _run_commit(self) -> None:
         await self.commit.run()
 
@@ -388,6 +414,8 @@ class UnistockServer:
             self.hub.shutdown()
             self.network_hub.shutdown()
             self.service.reservation_hub.shutdown()
+            if self.event_hub is not None:
+                self.event_hub.shutdown()
             assert self._grpc is not None
             await self._grpc.stop(grace)
             for task in self._tasks:

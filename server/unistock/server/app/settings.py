@@ -101,7 +101,8 @@ _HELP = {
     "events": "1: derive events from the change feed (WatchEvents); 0: off (WatchEvents is "
     "UNAVAILABLE)",
     "events_retention_s": "how long events stay readable for a resuming WatchEvents",
-    "events_max_per_partition": "cap of each partition's events stream (approximate)",
+    "events_max_per_partition": "cap of each partition's events stream (the oldest beyond "
+    "it are trimmed about every second)",
     "events_max_pending": "events a WatchEvents subscriber may lag behind before it is cut",
     "redis_timeout_s": "deadline of one Redis round trip before UNAVAILABLE",
     "shutdown_grace_s": "time in-flight calls get to finish on SIGTERM",

@@ -4,6 +4,7 @@ Everything else (actors, persistence, gRPC, MQTT) depends on this package, never
 """
 
 from unistock.server.domain.errors import (
+    EventsDiscarded,
     Fenced,
     InsufficientStock,
     InvalidArgument,
@@ -64,6 +65,7 @@ __all__ = [
     "AdjustmentSign",
     "Discrepancy",
     "DiscrepancyKind",
+    "EventsDiscarded",
     "Fenced",
     "InsufficientStock",
     "InvalidArgument",

@@ -103,6 +103,18 @@ class NetworkNotFound(UnistockError):
         self.network = network
 
 
+class EventsDiscarded(UnistockError):
+    """A subscriber asked for events after an id whose successors were already discarded
+    (retention): resuming there would skip some silently."""
+
+    def __init__(self, after_event_id: str) -> None:
+        super().__init__(
+            f"events after {after_event_id!r} were discarded (older than the events' retention);"
+            " resume from now (no after_event_id) and reconcile with GetAvailability"
+        )
+        self.after_event_id = after_event_id
+
+
 class Unavailable(UnistockError):
     """A dependency is down or too slow; the outcome is unknown (the change may still become
     durable when the dependency is back). Retry with the same ids: every write is idempotent."""

@@ -39,7 +39,9 @@ class StalePolicy(enum.IntEnum):
 @dataclass(frozen=True, slots=True)
 class Location:
     """A store, warehouse or virtual location. latitude/longitude in degrees (WGS 84), both
-    None when unknown; default_safety_stock in units."""
+    None when unknown; default_safety_stock and low_stock_threshold in units (a position
+    whose available is 1 to low_stock_threshold is low on stock: LOW_STOCK events; 0: only
+    out of stock and back in stock)."""
 
     location_id: str
     type: LocationType
@@ -51,6 +53,7 @@ class Location:
     ship_from_store: bool = False
     e_reservation: bool = False
     default_safety_stock: int = 0
+    low_stock_threshold: int = 0
 
     def validate(self, prefix: str = "") -> Location:
         """Check every field; raise InvalidArgument naming the first bad one."""
@@ -73,6 +76,7 @@ class Location:
         if self.store_id:
             check_id(prefix + "store_id", self.store_id)
         check_units(prefix + "default_safety_stock", self.default_safety_stock)
+        check_units(prefix + "low_stock_threshold", self.low_stock_threshold)
         return self
 
 

@@ -513,6 +513,44 @@ _FEED_FIXED = struct.Struct(">QQQqqqqBB")
 FEED_EXTRA = 1
 #: The type of a change that is a fulfilment's shipment, not a movement.
 FULFILMENT = 0
+#: The type of a change that records a position's stock level class or reservations at risk,
+#: not a movement (see level_change).
+LEVEL = 255
+#: Stock level classes of a position's available (see level_class).
+OUT, LOW, OK = 0, 1, 2
+
+
+def level_class(available: int, low_stock_threshold: int) -> int:
+    """OUT (available 0), LOW (1 to low_stock_threshold units) or OK (above it)."""
+    if available <= 0:
+        return OUT
+    return LOW if available <= low_stock_threshold else OK
+
+
+def level_change(
+    at_ms: int,
+    version: int,
+    before: int,
+    after: int,
+    on_hand: int,
+    available: int,
+    at_risk: dict[str, int] | None = None,
+) -> bytes:
+    """The stored form of a LEVEL change: a position's level class went from `before` to
+    `after` (OUT, LOW, OK; equal when only at_risk is news) with the write of `version`;
+    at_risk: the reservations holding units there that a movement has just left at risk (id ->
+    units held). Same fixed part as feed_change: seq holds before * 4 + after, quantity and
+    on_hand_delta are 0, no source."""
+    fixed = _FEED_FIXED.pack(
+        version, at_ms, before * 4 + after, 0, 0, on_hand, available, LEVEL,
+        FEED_EXTRA if at_risk else 0,
+    )  # fmt: skip
+    if not at_risk:
+        return fixed + b"\x00"
+    extra = spb.FeedExtra(
+        at_risk=[spb.Hold(reservation_id=rid, quantity=q) for rid, q in at_risk.items()]
+    ).SerializeToString()
+    return fixed + b"\x00" + varint(len(extra)) + extra
 
 
 class FeedRecord(NamedTuple):
@@ -533,6 +571,23 @@ class FeedRecord(NamedTuple):
     available: int
     #: the rare fields (condition, reservation, count, transfer, reason, non_sellable...)
     extra: spb.FeedExtra | None
+
+
+class LevelFeedRecord(NamedTuple):
+    """A position's level class change or reservations left at risk there, as read back from
+    the change feed (see level_change)."""
+
+    sku: str
+    location_id: str
+    version: int
+    at_ms: int
+    #: level classes (OUT, LOW, OK) before and after the write
+    before: int
+    after: int
+    on_hand: int
+    available: int
+    #: (reservation_id, units held) left at risk by a movement
+    at_risk: tuple[tuple[str, int], ...]
 
 
 class ReservationFeedRecord(NamedTuple):
@@ -637,9 +692,15 @@ def feed_change(
     return fixed + source + varint(len(extra)) + extra
 
 
-def decode_feed(entry: bytes) -> list[FeedRecord | ReservationFeedRecord]:
-    """The changes of one feed stream entry, in order."""
-    out: list[FeedRecord | ReservationFeedRecord] = []
+#: A change read back from the feed.
+AnyFeedRecord = FeedRecord | LevelFeedRecord | ReservationFeedRecord
+
+
+def decode_feed(entry: bytes, *, notable: bool = False) -> list[AnyFeedRecord]:
+    """The changes of one feed stream entry, in order. notable: only those that can make an
+    event (actors.events): a plain movement (no FeedExtra) leaving on_hand at 0 or above is
+    skipped without being decoded, which is most of them."""
+    out: list[AnyFeedRecord] = []
     pos, end = 0, len(entry)
     unpack = _FEED_FIXED.unpack_from
     size = _FEED_FIXED.size
@@ -666,6 +727,9 @@ def decode_feed(entry: bytes) -> list[FeedRecord | ReservationFeedRecord]:
             version, at_ms, seq, qty, delta, on_hand, available, mtype, flags = unpack(entry, pos)
             pos += size
             n = entry[pos]
+            if notable and not flags and on_hand >= 0 and mtype != LEVEL:
+                pos += 1 + n
+                continue
             source_id = entry[pos + 1 : pos + 1 + n].decode()
             pos += 1 + n
             extra = None
@@ -673,6 +737,15 @@ def decode_feed(entry: bytes) -> list[FeedRecord | ReservationFeedRecord]:
                 n, pos = _read_varint(entry, pos)
                 extra = spb.FeedExtra.FromString(entry[pos : pos + n])
                 pos += n
+            if mtype == LEVEL:
+                held = tuple((h.reservation_id, h.quantity) for h in extra.at_risk) if extra else ()
+                out.append(
+                    LevelFeedRecord(
+                        sku, location_id, version, at_ms, seq >> 2, seq & 3, on_hand,
+                        available, held,
+                    )
+                )  # fmt: skip
+                continue
             out.append(
                 FeedRecord(
                     sku, location_id, version, at_ms, source_id, seq,

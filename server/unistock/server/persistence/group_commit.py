@@ -54,6 +54,8 @@ from unistock.server.persistence.codec import (
     encode_reservation,
     encode_transfer,
     hold_value,
+    level_change,
+    level_class,
 )
 from unistock.server.persistence.keys import Keyspace, mark_field, position_field
 from unistock.server.persistence.rindex import index_identity, index_write
@@ -151,6 +153,12 @@ class GroupCommit:
         #: there are some), e.g. the reservations watch.
         self.reservation_listeners: list[ReservationListener] = []
         self.fenced: Fenced | None = None
+        #: A location's low-stock threshold in units (master data): a write that moves a
+        #: position's available to another level class (out / low / ok, codec.level_class)
+        #: than its last durable one carries a LEVEL feed change (events).
+        self.low_stock_threshold: Callable[[str], int] = _no_threshold
+        #: The clock of the LEVEL changes' at_ms (the inventory's: Unix seconds).
+        self.clock: Callable[[], float] = time.time
 
     # -- called by turns (synchronous) ---------------------------------------------------------
 
@@ -463,6 +471,8 @@ class GroupCommit:
         known = self._known_locations
         extra: list[_Written] = []
         flushed: list[tuple[Position, int]] = []  # with durable: the available written
+        threshold = self.low_stock_threshold
+        at_ms = int(self.clock() * 1000)
         for key, p in batch.positions.items():
             level, value = encode_position_with_level(p)
             location = key[1]
@@ -472,10 +482,17 @@ class GroupCommit:
                 if location not in known:
                     new_locations.add(location)
                     w.locations.append(location)
-            if (staged := stage_position(ks, w, p, value)) is not None:
+            available = p.available
+            news = None
+            if available != p.durable_available:
+                low = threshold(location)
+                before, after = level_class(p.durable_available, low), level_class(available, low)
+                if before != after:
+                    news = level_change(at_ms, p.version, before, after, p.on_hand, available)
+            if (staged := stage_position(ks, w, p, value, news)) is not None:
                 extra.append(staged)
             durable.append(DurableLevel(key, p.version, level))
-            flushed.append((p, p.available))
+            flushed.append((p, available))
         now_ms = round(time.time() * 1000)  # the retention's (Redis's PX): wall clock
         retention = int(self._retention_ms)
         for records, phase in ((batch.ending, first), (batch.other, last)):
@@ -575,18 +592,23 @@ class _Batch:
         )
 
 
-def stage_position(ks: Keyspace, w: PartitionWrite, p: Position, value: bytes) -> _Written | None:
+def stage_position(
+    ks: Keyspace, w: PartitionWrite, p: Position, value: bytes, level: bytes | None = None
+) -> _Written | None:
     """Add a position's stored form to its partition's write, with what goes in the same
-    script call: its spilled marks, its changed holds and its changes for the feed. Returns
-    what else was staged (for Position.spilled_written, holds_written and the feed once
-    durable), None when nothing."""
+    script call: its spilled marks, its changed holds and its changes for the feed (level: a
+    LEVEL change made by this write, after them; not kept in the position: a failed write's
+    next attempt makes it again). Returns what else was staged (for Position.spilled_written,
+    holds_written and the feed once durable), None when nothing."""
     key = p.key
     w.positions += (position_field(key), value)
     marks = holds = None
     fed = 0
     if p.feed:
         fed = len(p.feed)
-        w.feed.append((len(w.positions) // 2, list(p.feed)))
+        w.feed.append((len(w.positions) // 2, [*p.feed, level] if level else list(p.feed)))
+    elif level:
+        w.feed.append((len(w.positions) // 2, [level]))
     if p.spill:  # marks this position no longer keeps itself
         marks = dict(p.spill)
         for source_id, seq in marks.items():
@@ -600,6 +622,10 @@ def stage_position(ks: Keyspace, w: PartitionWrite, p: Position, value: bytes) -
     if marks is None and holds is None and not fed:
         return None
     return p, marks, holds, fed
+
+
+def _no_threshold(location_id: str) -> int:
+    return 0
 
 
 def _encodes(encode: Callable[[_T], object], value: _T) -> bool:

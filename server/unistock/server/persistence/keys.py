@@ -105,6 +105,14 @@ class Keyspace:
         """Hash of the durable feed consumers' cursors."""
         return f"{self._tag(partition)}:feedcur"
 
+    def events(self, partition: int) -> str:
+        """Stream of the partition's events (actors.events: derived from the feed)."""
+        return f"{self._tag(partition)}:events"
+
+    def events_floor(self, partition: int) -> str:
+        """The highest event id trimmed from the partition's events stream (persistence.events)."""
+        return f"{self._tag(partition)}:evfloor"
+
     def heard(self, partition: int) -> str:
         """Hash of the stores' last-heard times (store liveness)."""
         return f"{self._tag(partition)}:heard"

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 
 from unistock.server.domain import Transition
 from unistock.server.persistence import codec
-from unistock.server.persistence.codec import FeedRecord, ReservationFeedRecord
+from unistock.server.persistence.codec import AnyFeedRecord, FeedRecord, LevelFeedRecord
 from unistock.server.persistence.sql import LEDGER
 from unistock.storage.v1 import storage_pb2 as spb
 
@@ -28,12 +28,13 @@ MOVEMENT, SHIPMENT, RESERVATION, TRANSFER = 1, 2, 3, 4
 _NO_EXTRA = spb.FeedExtra()
 
 
-def ledger_rows(
-    feed_id: str, records: Sequence[FeedRecord | ReservationFeedRecord]
-) -> list[dict[str, Any]]:
-    """The ledger rows of one feed entry's changes."""
+def ledger_rows(feed_id: str, records: Sequence[AnyFeedRecord]) -> list[dict[str, Any]]:
+    """The ledger rows of one feed entry's changes (level changes, which change no quantity,
+    have none: they are events' business)."""
     rows: list[dict[str, Any]] = []
     for r in records:
+        if isinstance(r, LevelFeedRecord):
+            continue
         if isinstance(r, FeedRecord):
             x = r.extra or _NO_EXTRA  # its strings are "" (stored as NULL)
             rows.append(
@@ -99,15 +100,13 @@ _FIXED = codec._FEED_FIXED  # the feed's binary form, read here at full speed
 _read_varint = codec._read_varint
 
 
-def position_rows(
-    feed_id: str, entry: bytes
-) -> tuple[list[tuple[Any, ...]], list[FeedRecord | ReservationFeedRecord]]:
+def position_rows(feed_id: str, entry: bytes) -> tuple[list[tuple[Any, ...]], list[AnyFeedRecord]]:
     """A feed entry's position changes as rows (values of COLUMNS), read straight from its
     bytes (the ledger writer's hot loop: ~3x faster than decode_feed + ledger_rows), and its
     other changes (reservation transitions) decoded for `ledger_rows`, which come after them
     in the entry."""
     rows: list[tuple[Any, ...]] = []
-    others: list[FeedRecord | ReservationFeedRecord] = []
+    others: list[AnyFeedRecord] = []
     unpack, size = _FIXED.unpack_from, _FIXED.size
     pos, end = 0, len(entry)
     while pos < end:

@@ -43,6 +43,8 @@ LOCATIONS = sa.Table(
     sa.Column("ship_from_store", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("e_reservation", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("default_safety_stock", sa.BigInteger, nullable=False, server_default="0"),
+    # 0005
+    sa.Column("low_stock_threshold", sa.BigInteger, nullable=False, server_default="0"),
 )
 NETWORKS = sa.Table(
     "networks",
@@ -221,6 +223,7 @@ class MasterDataStore:
                 "ship_from_store": loc.ship_from_store,
                 "e_reservation": loc.e_reservation,
                 "default_safety_stock": loc.default_safety_stock,
+                "low_stock_threshold": loc.low_stock_threshold,
             }
             for loc in locations
         ]
@@ -330,6 +333,7 @@ def _location(r: sa.Row[object]) -> Location:
         r.ship_from_store,
         r.e_reservation,
         r.default_safety_stock,
+        r.low_stock_threshold,
     )
 
 
