@@ -293,3 +293,38 @@ def test_a_fulfilments_shipment_reads_back_as_one() -> None:
     assert (c.source_id, c.seq, c.sku, c.location_id) == ("", 0, "SHOE-42", "store-7")
     assert c.extra is not None
     assert c.extra.reservation_id == "order-7"
+
+
+def test_level_changes_and_the_notable_reading_of_an_entry() -> None:
+    """A LEVEL change reads back as one (classes, at-risk holds); decode_feed(notable=True)
+    skips exactly the plain movements that leave on_hand at 0 or above, so the events derived
+    from it are those derived from the whole entry."""
+    from unistock.server.actors.events import derive
+    from unistock.server.persistence.codec import LOW, OK, OUT, LevelFeedRecord, level_change
+
+    def mv(seq: int, mtype: MovementType, qty: int, **kw: str) -> Movement:
+        return Movement("till", seq, "A", "s1", mtype, qty, **kw)  # type: ignore[arg-type]
+
+    plain = MovementResult(Outcome.APPLIED)
+    changes = [
+        feed_change(1, mv(1, MovementType.RECEIPT, 5), plain, 5, 0, 5, 0, 5, 1),
+        level_change(1, 1, OUT, OK, 5, 5),
+        feed_change(2, mv(2, MovementType.SALE, 4), plain, -4, 0, 1, 0, 1, 2),
+        level_change(2, 2, OK, LOW, 1, 1),
+        feed_change(3, mv(3, MovementType.SALE, 3), plain, -3, 0, -2, 0, 0, 3),  # negative
+        feed_change(4, mv(4, MovementType.COUNT, 2, count_id="C"), MovementResult(
+            Outcome.APPLIED, variance=4), 4, 0, 2, 0, 2, 4),
+        level_change(4, 4, OUT, OUT, 2, 0, {"cart-1": 3, "cart-2": 1}),
+    ]  # fmt: skip
+    field = b"s1|A"
+    entry = b"\x01" + varint(len(field)) + field + varint(len(changes)) + b"".join(changes)
+    everything = decode_feed(entry)
+    notable = decode_feed(entry, notable=True)
+    assert notable == [everything[i] for i in (1, 3, 4, 5, 6)]
+    assert everything[6] == LevelFeedRecord(
+        "A", "s1", 4, 4, OUT, OUT, 2, 0, (("cart-1", 3), ("cart-2", 1))
+    )
+    assert everything[3][4:6] == (OK, LOW)
+    derived = [ev for r in everything for ev in derive(r)]
+    assert [ev for r in notable for ev in derive(r)] == derived
+    assert len(derived) == 6  # back in stock, low, negative, variance, 2 at risk

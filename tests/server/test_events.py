@@ -4,6 +4,8 @@ subscriber (real Redis, in-process server)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
 import time
 from typing import Any
 
@@ -11,6 +13,7 @@ import grpc
 import pytest
 from grpc import aio
 
+from tests.client.test_cli import server_args, spawn
 from tests.fixtures.server import TOKENS, MakeServer, target
 from unistock.client import EventWatcher, UnistockClient
 from unistock.devtools.services import free_port
@@ -405,6 +408,7 @@ async def test_deriving_again_after_a_crash_adds_no_duplicate(
             task.cancel()
     await counts(backoffice, 4)
     await server.commit.barrier()
+    deriver.save_every = 0  # every round saves
     monkeypatch.setattr(server.store, "save_feed_cursor", crash)
     with pytest.raises(RuntimeError):
         await deriver.drain_once()
@@ -450,3 +454,26 @@ async def test_the_client_event_watcher_resumes_by_itself(
                 got.append(await anext(events))
     assert dropped >= 1
     assert [e.count_id for e in got] == [f"C{i}" for i in range(1, n + 4)]
+
+
+async def test_the_cli_prints_events_as_json_lines(
+    server: UnistockServer, backoffice: UnistockClient
+) -> None:
+    """`unistock events`: the resume point first, then each event, until interrupted; the
+    README's example."""
+    await counts(backoffice, 2)
+    await caught_up(server)
+    proc = await spawn(*server_args(server), "events", "--type", "COUNT_VARIANCE", "--after", "0-0")
+    assert proc.stdout is not None
+    lines = []
+    async with asyncio.timeout(DEADLINE):
+        for _ in range(3):
+            lines.append(json.loads(await proc.stdout.readline()))
+    proc.send_signal(signal.SIGINT)
+    await proc.communicate()
+    assert proc.returncode == 130
+    assert lines[0] == {"startAfterEventId": "0-0"}
+    assert [(e["type"], e["countId"], e["quantity"]) for e in lines[1:]] == [
+        ("COUNT_VARIANCE", "C1", "5"),
+        ("COUNT_VARIANCE", "C2", "2"),
+    ]

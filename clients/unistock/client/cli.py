@@ -15,6 +15,8 @@
     unistock transfer ID [LOCATION]           a transfer: shipped, received, in transit, lost
     unistock close-transfer ID LOCATION       the destination closes it: the rest is lost
     unistock watch [--sku S]... [--location L]...
+    unistock events [--type T]... [--sku S]... [--location L]... [--network N]... [--after ID]
+                    events (low stock, ready for pickup...) as JSON lines until Ctrl-C
     unistock reservations --customer C | --channel CH | --location LOC [--state STATE]...
                           [--newest-first] [--limit N] [--json] [--watch]   as a table
     unistock history SKU@LOC | SKU | --location LOC | --reservation ID [--since WHEN]
@@ -445,6 +447,25 @@ def build_parser() -> argparse.ArgumentParser:
     w = command("watch", "stream levels and changes")
     w.add_argument("--sku", action="append", default=[])
     w.add_argument("--location", action="append", default=[])
+    ev = command(
+        "events",
+        "stream events (low stock, ready for pickup, ...)",
+        description="Events matching every filter given (each repeatable: any of its values),\n"
+        'as JSON lines, until Ctrl-C. The first line is {"startAfterEventId": ...}: pass it,\n'
+        "or the last eventId printed, to --after to resume there.",
+    )
+    ev.add_argument(
+        "--type",
+        action="append",
+        default=[],
+        choices=[v.name for v in pb.EventType.DESCRIPTOR.values if v.number],
+        metavar="TYPE",
+        help="an EventType name, e.g. LOW_STOCK",
+    )
+    ev.add_argument("--sku", action="append", default=[])
+    ev.add_argument("--location", action="append", default=[])
+    ev.add_argument("--network", action="append", default=[])
+    ev.add_argument("--after", default="", help="resume after this event id")
     cli_ledger.add_commands(command)
     cli_reservations.add_commands(command)
     a = command(
@@ -538,7 +559,7 @@ def _rejected(ack: pb.MovementAck) -> str:
 async def run(args: argparse.Namespace) -> int:
     """Execute one command; returns the exit code."""
     uploads: list[_Upload] = []
-    streaming = args.command == "watch" or (
+    streaming = args.command in ("watch", "events") or (
         args.command in ("network", "reservations") and args.watch
     )
     timeout: float | None = None if streaming else 10
@@ -625,6 +646,14 @@ async def _command(c: UnistockClient, args: argparse.Namespace) -> int:
     elif args.command == "watch":
         async for msg in c.watch(args.sku, args.location):
             _print(msg)
+    elif args.command == "events":
+        async for part in c.watch_events(
+            args.type, args.sku, args.location, args.network, args.after
+        ):
+            if part.start_after_event_id:
+                _print(part)
+            for event in part.events:
+                _print(event)
     elif args.command == "transfer-reservation":
         _print(await c.transfer_reservation(args.reservation_id, args.request_id, args.moves))
     elif args.command == "find":

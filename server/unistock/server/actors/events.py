@@ -3,12 +3,13 @@
 Each round reads the feed after the deriver's cursor, in the feed's global order and never
 past a flush still in progress (RedisStore.read_feed_from), derives the events of every change
 (`derive`), appends them to the partitions' event streams with ids made from the feed entry's
-id and the event's index in it (persistence.events), then saves the cursor ("events" in every
-partition's us:{p}:feedcur, which also keeps the feed from being trimmed past it) and only
-then tells live subscribers (`listeners`) and moves `watermark`. A crash between the events'
-write and the cursor's save makes the next round derive the same events with the same ids,
-which the streams refuse: every event is stored once, and none is ever shown to a subscriber
-before it is stored.
+id and the event's index in it (persistence.events), and once they are stored moves
+`watermark` and tells live subscribers (`listeners`). It saves its cursor ("events" in every
+partition's us:{p}:feedcur, which also keeps the feed from being trimmed past it) at most every
+`save_every` s (each save is a call per partition). A restart derives again what came after
+the saved cursor: the same events with the same ids, which the streams refuse, so every event
+is stored once, and none is ever shown to a subscriber before it is stored (one derived again
+is offered to live subscribers, who take only ids after the last they got).
 
 What makes which event (the feed change it comes from):
 
@@ -247,12 +248,15 @@ class EventDeriver:
         *,
         batch: int = 1000,
         trim_every: float = 1.0,
+        save_every: float = 0.5,
     ) -> None:
         self._store = store
         self.log = events
         self._metrics = metrics
         self.batch = batch
         self.trim_every = trim_every
+        self.save_every = save_every
+        self._saved_at = 0.0
         self._cursor: tuple[int, int] | None = None
         #: When the deriver last trimmed (not at once after start: a consumer starting beside it,
         #: such as an in-process ledger writer, registers its cursor first).
@@ -302,7 +306,6 @@ class EventDeriver:
                     k += 1
         await self.log.append(out)
         last = entries[-1][0]
-        await self._store.save_feed_cursor(CONSUMER, last)
         self._cursor = last
         self.watermark = last_event_id(last)
         stored = [se for _, se in out]
@@ -316,13 +319,16 @@ class EventDeriver:
         behind = len(entries) == self.batch
         self._metrics.lag.set(max(0.0, time.time() - last[0] / 1000) if behind else 0)
         now = time.monotonic()
+        if now - self._saved_at >= self.save_every:
+            self._saved_at = now
+            await self._store.save_feed_cursor(CONSUMER, last)
         if now - self._trimmed_at >= self.trim_every:
             self._trimmed_at = now
             await self._store.trim_feed([CONSUMER])
             await self.log.trim(int(time.time() * 1000))
         return len(entries)
 
-    async def run(self, idle: float = 1.0, retry: float = 0.5, linger: float = 0.02) -> None:
+    async def run(self, idle: float = 1.0, retry: float = 0.5, linger: float = 0.05) -> None:
         """Derive forever: at once while there is more; else `linger` s after a flush woke it
         (wake: several flushes make one round, whose Redis calls cost the same for one feed
         entry as for hundreds), and every `idle` s anyway; every `retry` s (doubling to 30 s)

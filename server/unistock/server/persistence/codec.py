@@ -510,6 +510,8 @@ def decode_shipment(data: bytes) -> Movement:
 # protobuf message because every applied movement is one (bench B1/B11: ~0.5 us instead of
 # ~1.8 us a movement); decode_feed reads it back.
 _FEED_FIXED = struct.Struct(">QQQqqqqBB")
+#: on_hand after, type and flags of a change, skipping the rest (decode_feed(notable=True)).
+_FEED_PEEK = struct.Struct(">40xq8xBB")
 FEED_EXTRA = 1
 #: The type of a change that is a fulfilment's shipment, not a movement.
 FULFILMENT = 0
@@ -702,15 +704,16 @@ def decode_feed(entry: bytes, *, notable: bool = False) -> list[AnyFeedRecord]:
     skipped without being decoded, which is most of them."""
     out: list[AnyFeedRecord] = []
     pos, end = 0, len(entry)
-    unpack = _FEED_FIXED.unpack_from
+    unpack, peek = _FEED_FIXED.unpack_from, _FEED_PEEK.unpack_from
     size = _FEED_FIXED.size
     while pos < end:
         kind = entry[pos]
         n, pos = _read_varint(entry, pos + 1)
-        key = entry[pos : pos + n].decode()
+        raw = entry[pos : pos + n]
         pos += n
         count, pos = _read_varint(entry, pos)
         if kind == FEED_RESERVATION:
+            key = raw.decode()
             for _ in range(count):
                 (revision,) = _REVISION.unpack_from(entry, pos)
                 n, pos = _read_varint(entry, pos + 8)
@@ -722,14 +725,18 @@ def decode_feed(entry: bytes, *, notable: bool = False) -> list[AnyFeedRecord]:
                     )
                 )
             continue
-        location_id, _, sku = key.partition("|")
+        sku = ""  # decoded with the group's first change kept
         for _ in range(count):
+            if notable:  # a look at on_hand, type and flags first: most changes stop here
+                on_hand, mtype, flags = peek(entry, pos)
+                if not flags and on_hand >= 0 and mtype != LEVEL:
+                    pos += size + 1 + entry[pos + size]
+                    continue
             version, at_ms, seq, qty, delta, on_hand, available, mtype, flags = unpack(entry, pos)
+            if not sku:
+                location_id, _, sku = raw.decode().partition("|")
             pos += size
             n = entry[pos]
-            if notable and not flags and on_hand >= 0 and mtype != LEVEL:
-                pos += 1 + n
-                continue
             source_id = entry[pos + 1 : pos + 1 + n].decode()
             pos += 1 + n
             extra = None
