@@ -404,7 +404,8 @@ def test_0004_upgrades_a_ledger_keeping_its_rows(sql_url: str) -> None:
         assert LedgerStore(store.engine).write([row]) == 1
         store.migrate()
         indexes = {i["name"] for i in sa.inspect(store.engine).get_indexes("ledger_entries")}
-        assert {"ix_ledger_sku_at", "ix_ledger_kind_at"} <= indexes
+        assert {"ix_ledger_sku_at", "ix_ledger_kind_at", "ix_ledger_reservation_kind"} <= indexes
+        assert "ix_ledger_reservation" not in indexes
         assert LedgerStore(store.engine).count() == 1
     finally:
         store.close()

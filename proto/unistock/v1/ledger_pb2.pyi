@@ -124,8 +124,8 @@ class LedgerEntry(_message.Message):
     CUSTOMER_ID_FIELD_NUMBER: _builtins.int
     RESERVATION_FIELD_NUMBER: _builtins.int
     entry_id: _builtins.int
-    """The entry's id: unique, increasing in the order entries were written (the change feed's
-    order).
+    """The entry's id: unique, increasing in the order the ledger writer wrote the entries (a
+    position's entries in the order they were applied).
     """
     feed_id: _builtins.str
     """The change feed entry it was written from (a Redis stream id, "<ms>-<n>")."""
@@ -237,9 +237,9 @@ class ListLedgerEntriesRequest(_message.Message):
     """Whose history: give sku, location_id or both (one position, every position of a SKU,
     every position of a location), or reservation_id (the reservation's RESERVATION entries,
     and the SALE and SHIPMENT entries naming it), alone. Each is an identifier (1-128
-    printable ASCII characters, no whitespace, no '|'). Neither sku, location_id nor
-    reservation_id, or reservation_id with sku or location_id, is INVALID_ARGUMENT naming
-    the field. The history of a position or location holds its movements, shipments and
+    printable ASCII characters, no whitespace, no '|'). None of the three is INVALID_ARGUMENT
+    naming location_id; reservation_id with sku or location_id is INVALID_ARGUMENT naming
+    reservation_id. The history of a position or location holds its movements, shipments and
     transfer discrepancies; reservation transitions have no position of their own and are
     listed by reservation_id.
     """
@@ -256,7 +256,7 @@ class ListLedgerEntriesRequest(_message.Message):
     """
     @_builtins.property
     def types(self) -> _containers.RepeatedScalarFieldContainer[Global___LedgerEntry.Type.ValueType]:
-        """Only entries of these types (empty: every type); at most 32 (each one once)."""
+        """Only entries of these types (empty: every type); at most 32."""
 
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp:
@@ -296,7 +296,9 @@ class ListLedgerEntriesResponse(_message.Message):
     """
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LedgerEntry]:
-        """Oldest first (by entry_id)."""
+        """By entry_id: in the order they were written (a position's in the order they were
+        applied).
+        """
 
     def __init__(
         self,

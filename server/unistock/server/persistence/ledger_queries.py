@@ -9,7 +9,7 @@ when the database fails. The ledger's rows and kinds are persistence.ledger's.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -75,8 +75,8 @@ class KpiQuery:
     group_by: GroupBy
     since_ms: int | None = None
     until_ms: int | None = None
-    location_ids: Sequence[str] = field(default_factory=tuple)
-    channels: Sequence[str] = field(default_factory=tuple)
+    location_ids: Sequence[str] = ()
+    channels: Sequence[str] = ()
 
 
 _L = LEDGER
@@ -285,6 +285,3 @@ class LedgerQueries:
         if group_by is not GroupBy.STORE:
             return source
         return source.outerjoin(LOCATIONS, LOCATIONS.c.location_id == location)
-
-
-KPI_FIELDS = tuple(f.name for f in fields(Kpis))

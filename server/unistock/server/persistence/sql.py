@@ -121,10 +121,11 @@ LEDGER = sa.Table(
     sa.Column("detail", sa.Text, nullable=True),
     sa.Index("ix_ledger_position", "location_id", "sku", "at_ms"),
     sa.Index("ix_ledger_location_at", "location_id", "at_ms"),
-    sa.Index("ix_ledger_reservation", "reservation_id"),
-    # 0004: a SKU's history everywhere; KPIs over a time range (by kind, then time)
+    # 0004: a SKU's history everywhere; KPIs over a time range (by kind, then time); a
+    # reservation's entries, and its RESERVATION entries alone (KPIs: a pickup's channel)
     sa.Index("ix_ledger_sku_at", "sku", "at_ms"),
     sa.Index("ix_ledger_kind_at", "kind", "at_ms"),
+    sa.Index("ix_ledger_reservation_kind", "reservation_id", "kind"),
 )
 
 MIGRATIONS = pathlib.Path(__file__).with_name("migrations")
