@@ -24,9 +24,10 @@ from tests.server.test_api import batch, mv, send
 from unistock.client import UnistockClient, UnistockClientError
 from unistock.devtools.services import PostgresServer
 from unistock.server.app.server import UnistockServer
-from unistock.server.persistence.ledger import TRANSFER, LedgerStore
+from unistock.server.persistence.ledger import MOVEMENT, TRANSFER, LedgerStore
 from unistock.server.persistence.sql import MasterDataStore
 from unistock.v1 import admin_pb2 as apb
+from unistock.v1 import inventory_pb2 as pb
 from unistock.v1 import ledger_pb2 as lpb
 
 E = lpb.LedgerEntry
@@ -158,6 +159,22 @@ async def test_pages_list_every_entry_once_while_entries_are_added(
         assert len([e async for e in c.ledger_entries(location_id="s1", limit=4)]) == 4
 
 
+async def test_default_page_size_is_100(server: UnistockServer) -> None:
+    rows = [
+        {"entry_key": f"p:s1|A:{i}", "feed_id": "1-0", "kind": MOVEMENT, "at_ms": 1_000 + i,
+         "sku": "A", "location_id": "s1", "version": i, "movement_type": 3, "quantity": i}
+        for i in range(1, 151)
+    ]  # fmt: skip
+    await asyncio.to_thread(LedgerStore(server.master.store.engine).write, rows)
+    async with UnistockClient(target(server), TOKENS["backoffice"]) as c:
+        first = await c.list_ledger_entries(location_id="s1")
+        assert [e.quantity for e in first.entries] == list(range(1, 101))
+        rest = await c.list_ledger_entries(location_id="s1", page_token=first.next_page_token)
+        assert [e.quantity for e in rest.entries] == list(range(101, 151))
+        assert rest.next_page_token == ""
+        assert len((await c.list_ledger_entries(sku="A", page_size=1000)).entries) == 150
+
+
 async def test_type_and_time_filters(
     make_server: MakeServer, clean_redis_url: str, sql_url: str
 ) -> None:
@@ -216,6 +233,16 @@ async def applied_day(c: UnistockClient, srv: UnistockServer, sql_url: str) -> N
     # arrives: it corrects the variance by +1 (shrinkage 1) and is a sale (1 unit).
     await send(c, batch("count", mv(1, "COUNT", "A", "s1", 14, count_id="c-1")))
     await send(c, batch("till", mv(6, "SALE", "A", "s1", 1, count_id="c-1")))
+    # At s1b: a damaged return (returned, though not on_hand) and a damage written off (an
+    # ADJUSTMENT: no shrinkage, which is counts only).
+    await send(
+        c,
+        batch(
+            "till",
+            mv(7, "RETURN", "A", "s1b", 1, condition=pb.NON_SELLABLE),
+            mv(8, "ADJUSTMENT", "A", "s1b", 1, adjustment_sign=pb.DECREASE, reason="damaged"),
+        ),
+    )
     for _ in range(100):  # cart-1 expires (ttl 1 s)
         if (await c.get_reservation("cart-1")).state == 4:
             break
@@ -278,28 +305,30 @@ async def test_kpis_per_location_store_and_channel_equal_what_was_applied(
             else:
                 raise AssertionError(f"{rid} never {last} in the ledger")
         await settled(c, 6, location_id="s1")  # receipt, sale, return, shipment, count, sale
-        await settled(c, 3, location_id="s1b")  # receipt, shipment, pickup
+        s1b = await settled(c, 5, location_id="s1b")  # receipt, shipment, pickup, return, adj.
+        assert [(e.type, e.on_hand_delta) for e in s1b[-2:]] == [(E.RETURN, 0), (E.ADJUSTMENT, -1)]
         by_location = figures(await c.get_kpis("LOCATION", since=started))
         #                sold returned shrink lost made fulf exp rel
         assert by_location == {
             "s1": (3 + 2 + 1, 1, 1, 0, 3, 1, 1, 1),
-            "s1b": (2, 0, 0, 0, 1, 1, 0, 0),
+            "s1b": (2, 1, 0, 0, 1, 1, 0, 0),
             "s2": (0, 0, 0, 3, 0, 0, 0, 0),
         }
         assert figures(await c.get_kpis("STORE", since=started)) == {
-            "store-1": (8, 1, 1, 0, 4, 2, 1, 1),
+            "store-1": (8, 2, 1, 0, 4, 2, 1, 1),
             "s2": (0, 0, 0, 3, 0, 0, 0, 0),
         }
         by_channel = figures(await c.get_kpis("CHANNEL"))
         assert by_channel == {
             "": (0, 0, 0, 0, 1, 0, 0, 1),
             "app": (2, 0, 0, 0, 1, 1, 0, 0),
-            "store": (3 + 1, 1, 1, 3, 0, 0, 0, 0),
+            "store": (3 + 1, 2, 1, 3, 0, 0, 0, 0),
             "web": (2, 0, 0, 0, 2, 1, 1, 0),
         }
         # Filters: the locations' entries (a reservation with a line there), the channels'.
         assert figures(await c.get_kpis("CHANNEL", location_ids=["s1b"])) == {
-            "app": (2, 0, 0, 0, 1, 1, 0, 0)
+            "app": (2, 0, 0, 0, 1, 1, 0, 0),
+            "store": (0, 1, 0, 0, 0, 0, 0, 0),
         }
         assert figures(await c.get_kpis("LOCATION", channels=["web", ""])) == {
             "s1": (2, 0, 0, 0, 3, 1, 1, 1)
@@ -337,6 +366,7 @@ async def test_invalid_requests_name_the_field(server: UnistockServer) -> None:
         await refused(c.list_ledger_entries(location_id="s|1"), bad, "location_id")
         await refused(c.list_ledger_entries(sku="A", types=[0]), bad, "types[0]")
         await refused(c.list_ledger_entries(sku="A", types=["SALE", 99]), bad, "types[1]")
+        await refused(c.list_ledger_entries(sku="A", types=["SALE"] * 33), bad, "types")
         await refused(c.list_ledger_entries(sku="A", page_size=1001), bad, "page_size")
         await refused(c.list_ledger_entries(sku="A", page_token="x!"), bad, "page_token")
         await refused(c.list_ledger_entries(sku="A", page_token="AAAA"), bad, "page_token")
