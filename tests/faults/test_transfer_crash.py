@@ -107,7 +107,9 @@ def recorded_at_destination(t: Transfer, dest: Position) -> list[Phase]:
         (KS.transfer_index(t.transfer_id), t.destination)
     )
     record: Phase = defaultdict(PartitionWrite)
-    stage(record, dest).transfers.append((KS.transfer(*t.key), encode_transfer(t)))
+    stage(record, dest).transfers.append(
+        (KS.transfer(*t.key), encode_transfer(t), "|".join(t.key), [])
+    )
     return [index, record]
 
 

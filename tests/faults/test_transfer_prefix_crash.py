@@ -12,7 +12,9 @@ outbox (as a restarted server does), and the invariants are checked:
    survived always reaches its record, one whose origin did not never does, none twice),
 2. every position's in_transit equals the sum of its transfer records' in_transit,
 3. every record is found from its transfer id (the index is never behind a record),
-4. the outbox is empty once the recovery ran.
+4. the outbox is empty once the recovery ran,
+5. the change feed holds each discrepancy of each record exactly once, in the record's order
+   (none of a record write that was cut, none twice from a write retried after it landed).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from tests.faults.test_flush_prefix_crash import (
 )
 from unistock.devtools.services import RedisServer
 from unistock.server.domain import Movement, MovementType, UnistockError
+from unistock.server.persistence.codec import TransferFeedRecord, decode_feed
 
 pytestmark = pytest.mark.slow
 __all__ = ["crash_redis"]  # the module's Redis, shared with the reservation prefix test
@@ -120,6 +123,21 @@ async def recovered(url: str, where: str) -> None:
                     shown = positions[sku, loc].in_transit
                     owed = sum(t.in_transit(sku) for t in records if t.destination == loc)
                     assert shown == owed, (where, sku, loc, positions, records)
+            # 5. the feed holds each discrepancy of each record once, in order
+            fed: dict[tuple[str, str], list[tuple[int, str, int, str, int]]] = {}
+            for partition in range(KS.partitions):
+                for _, entry in await rt.store.read_feed(partition, count=100_000):
+                    for c in decode_feed(entry):
+                        if isinstance(c, TransferFeedRecord):
+                            fed.setdefault((c.destination, c.transfer_id), []).extend(
+                                (d.kind, d.sku, d.quantity, d.source_id, d.seq)
+                                for d in c.discrepancies
+                            )
+            for t in records:
+                kept = [
+                    (int(d.kind), d.sku, d.quantity, d.source_id, d.seq) for d in t.discrepancies
+                ]
+                assert fed.get(t.key, []) == kept, (where, t)
         finally:
             shipping.cancel()
             await asyncio.gather(shipping, return_exceptions=True)

@@ -477,3 +477,32 @@ async def test_the_cli_prints_events_as_json_lines(
         ("COUNT_VARIANCE", "C1", "5"),
         ("COUNT_VARIANCE", "C2", "2"),
     ]
+
+
+async def test_transfer_short_and_discrepant(
+    server: UnistockServer, backoffice: UnistockClient, admin: UnistockClient
+) -> None:
+    from tests.server.test_api import batch, mv, send
+    from tests.server.test_transfers import into, out
+
+    ev = Events(server, types=[pb.TRANSFER_SHORT, pb.TRANSFER_DISCREPANT])
+    await caught_up(server)
+    await send(backoffice, batch("wms", mv(1, "RECEIPT", "BOOT-42", "dc-1", 20)))
+    await send(backoffice, batch("dc", out(1, 5, "t-1", "s1")))
+    await send(backoffice, batch("till", into(1, 3, "t-1", "s1")))
+    await admin.close_transfer("t-1", "s1")
+    [short] = await ev.take(1)
+    assert (short.type, short.transfer_id, short.sku, short.location_id, short.quantity) == (
+        pb.TRANSFER_SHORT, "t-1", "BOOT-42", "s1", 2,
+    )  # fmt: skip
+    await send(backoffice, batch("till", into(2, 1, "t-1", "s1")))  # found: after the close
+    await send(backoffice, batch("till", into(3, 4, "t-2", "s1")))  # never shipped
+    found, early = await ev.take(2)
+    assert (found.type, found.quantity, found.source_id, found.seq) == (
+        pb.TRANSFER_DISCREPANT, 1, "till", 2,
+    )  # fmt: skip
+    assert "after it was closed short" in found.detail
+    assert (early.type, early.transfer_id, early.quantity) == (pb.TRANSFER_DISCREPANT, "t-2", 4)
+    assert "before it was shipped" in early.detail
+    await ev.nothing_more(server)
+    await ev.close()

@@ -92,3 +92,41 @@ async def test_writing_the_same_entries_again_adds_nothing(
         assert ledger.count() == 2
     finally:
         store.close()
+
+
+async def test_transfer_discrepancies_reach_the_ledger_once(
+    make_server: MakeServer, clean_redis_url: str, sql_url: str
+) -> None:
+    """Each discrepancy a transfer record records is a TRANSFER row, once, across a restart;
+    GetKpis's lost in transit counts CLOSED_SHORT minus RECEIVED_AFTER_CLOSE at the
+    destination."""
+    from tests.server.test_transfers import into, out
+    from unistock.server.persistence.ledger import TRANSFER
+
+    srv = await make_server(clean_redis_url, database_url=sql_url, ledger_in_process=1)
+    async with UnistockClient(target(srv), TOKENS["admin"]) as c:
+        await send(c, batch("wms", mv(1, "RECEIPT", "BOOT-42", "dc-1", 20)))
+        await send(c, batch("dc", out(1, 5, "t-1", "s1")))
+        await send(c, batch("till", into(1, 3, "t-1", "s1")))
+        await c.close_transfer("t-1", "s1")  # 2 units lost in transit
+        await send(c, batch("till", into(2, 1, "t-1", "s1")))  # 1 of them turned up
+        await send(c, batch("till", into(3, 4, "t-2", "s1")))  # t-2 was never shipped
+    ledger = await settled(srv, 10)
+    await srv.stop()
+    srv = await make_server(clean_redis_url, database_url=sql_url, ledger_in_process=1)
+    await asyncio.sleep(0.5)
+    with ledger.engine.connect() as conn:
+        rows = list(conn.execute(sa.select(LEDGER).where(LEDGER.c.kind == TRANSFER)))
+    found = sorted((r.transfer_id, r.reason, r.sku, r.location_id, r.quantity) for r in rows)
+    assert found == [
+        ("t-1", "CLOSED_SHORT", "BOOT-42", "s1", 2),
+        ("t-1", "RECEIVED_AFTER_CLOSE", "BOOT-42", "s1", 1),
+        ("t-2", "RECEIVED_BEFORE_SHIPPED", "BOOT-42", "s1", 4),
+    ]
+    assert all(r.on_hand_delta is None for r in rows)  # invariant 9 unchanged
+    by_source = {r.reason: (r.source_id, r.seq) for r in rows}
+    assert by_source["RECEIVED_AFTER_CLOSE"] == ("till", 2)
+    async with UnistockClient(target(srv), TOKENS["admin"]) as c:
+        kpis = await c.get_kpis("LOCATION")
+    [s1] = [g for g in kpis.groups if g.key == "s1"]
+    assert s1.lost_in_transit == 1

@@ -416,9 +416,15 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     NEGATIVE_STOCK: _EventType.ValueType  # 12
     """A position's on_hand went below 0 (it was 0 or more before)."""
     TRANSFER_SHORT: _EventType.ValueType  # 13
-    """Not emitted yet."""
+    """A transfer was closed short at its destination (location_id): `quantity` units of `sku`
+    not received are recorded lost in transit (transfer_id; DiscrepancyKind CLOSED_SHORT).
+    """
     TRANSFER_DISCREPANT: _EventType.ValueType  # 14
-    """Not emitted yet."""
+    """A transfer's receipt or shipment did not fit its record (transfer_id, at the destination
+    location_id, `quantity` units of `sku`, the movement in source_id/seq): received before it
+    was shipped, received beyond what was shipped, shipped after it was closed, or received
+    after it was closed short (lost units that turned up); `detail` says which.
+    """
     STORE_OFFLINE: _EventType.ValueType  # 15
     """Not emitted yet."""
     STORE_ONLINE: _EventType.ValueType  # 16
@@ -477,9 +483,15 @@ a late movement made to that variance).
 NEGATIVE_STOCK: EventType.ValueType  # 12
 """A position's on_hand went below 0 (it was 0 or more before)."""
 TRANSFER_SHORT: EventType.ValueType  # 13
-"""Not emitted yet."""
+"""A transfer was closed short at its destination (location_id): `quantity` units of `sku`
+not received are recorded lost in transit (transfer_id; DiscrepancyKind CLOSED_SHORT).
+"""
 TRANSFER_DISCREPANT: EventType.ValueType  # 14
-"""Not emitted yet."""
+"""A transfer's receipt or shipment did not fit its record (transfer_id, at the destination
+location_id, `quantity` units of `sku`, the movement in source_id/seq): received before it
+was shipped, received beyond what was shipped, shipped after it was closed, or received
+after it was closed short (lost units that turned up); `detail` says which.
+"""
 STORE_OFFLINE: EventType.ValueType  # 15
 """Not emitted yet."""
 STORE_ONLINE: EventType.ValueType  # 16
@@ -2529,6 +2541,7 @@ class InventoryEvent(_message.Message):
     LINES_FIELD_NUMBER: _builtins.int
     SOURCE_ID_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique and ordered: resume WatchEvents after it with after_event_id. Opaque: compare two
     ids only through the order the stream gives them in.
@@ -2543,7 +2556,8 @@ class InventoryEvent(_message.Message):
     """A human-readable summary (for logs and store screens; not meant to be parsed)."""
     quantity: _builtins.int
     """COUNT_VARIANCE: the variance; RESERVATION_PICKUP_MISMATCH: the units sold not picked up from
-    the reservation; NEGATIVE_STOCK: the movement's quantity; otherwise 0.
+    the reservation; NEGATIVE_STOCK: the movement's quantity; TRANSFER_SHORT and
+    TRANSFER_DISCREPANT: the discrepancy's units; otherwise 0.
     """
     on_hand: _builtins.int
     """The position after the change (position events)."""
@@ -2553,6 +2567,8 @@ class InventoryEvent(_message.Message):
     source_id: _builtins.str
     """The movement behind a position event (empty for level changes made by reservations)."""
     seq: _builtins.int
+    transfer_id: _builtins.str
+    """TRANSFER_SHORT, TRANSFER_DISCREPANT: the transfer."""
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp:
         """When the change it comes from was made (server clock, millisecond precision)."""
@@ -2579,10 +2595,11 @@ class InventoryEvent(_message.Message):
         lines: _abc.Iterable[Global___ReservationLine] | None = ...,
         source_id: _builtins.str = ...,
         seq: _builtins.int = ...,
+        transfer_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "available", b"available", "count_id", b"count_id", "detail", b"detail", "event_id", b"event_id", "lines", b"lines", "location_id", b"location_id", "network", b"network", "on_hand", b"on_hand", "quantity", b"quantity", "reservation_id", b"reservation_id", "seq", b"seq", "sku", b"sku", "source_id", b"source_id", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "available", b"available", "count_id", b"count_id", "detail", b"detail", "event_id", b"event_id", "lines", b"lines", "location_id", b"location_id", "network", b"network", "on_hand", b"on_hand", "quantity", b"quantity", "reservation_id", b"reservation_id", "seq", b"seq", "sku", b"sku", "source_id", b"source_id", "transfer_id", b"transfer_id", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -475,3 +475,38 @@ class ReservationChange(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReservationChange: _TypeAlias = ReservationChange  # noqa: Y015
+
+@_typing.final
+class TransferChange(_message.Message):
+    """A transfer record's new discrepancies in the change feed (a group of kind 3 whose key is
+    "<destination>|<transfer_id>"), with the record after them. Each change starts with the
+    record's revision (8 bytes), like a reservation's.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AT_MS_FIELD_NUMBER: _builtins.int
+    DISCREPANCIES_FIELD_NUMBER: _builtins.int
+    TRANSFER_FIELD_NUMBER: _builtins.int
+    at_ms: _builtins.int
+    """When the turn made it: server wall clock, ms since the Unix epoch."""
+    @_builtins.property
+    def discrepancies(self) -> _containers.RepeatedCompositeFieldContainer[_inventory_pb2.TransferDiscrepancy]:
+        """The discrepancies this change recorded (the record keeps every one, oldest first)."""
+
+    @_builtins.property
+    def transfer(self) -> _inventory_pb2.Transfer: ...
+    def __init__(
+        self,
+        *,
+        at_ms: _builtins.int = ...,
+        discrepancies: _abc.Iterable[_inventory_pb2.TransferDiscrepancy] | None = ...,
+        transfer: _inventory_pb2.Transfer | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["transfer", b"transfer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_ms", b"at_ms", "discrepancies", b"discrepancies", "transfer", b"transfer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferChange: _TypeAlias = TransferChange  # noqa: Y015

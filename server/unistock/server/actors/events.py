@@ -21,7 +21,10 @@ What makes which event (the feed change it comes from):
   low_stock_threshold), RESERVATION_AT_RISK per reservation a movement left at risk;
 - a reservation's transitions: RESERVATION_MOVED, RESERVATION_HEALED, RESERVATION_EXPIRED,
   and READY_FOR_PICKUP for an ACTIVE CLICK_AND_COLLECT reservation per location holding its
-  lines, when created and again after each move (TransferReservation or self-healing).
+  lines, when created and again after each move (TransferReservation or self-healing);
+- a transfer record's new discrepancies (codec.transfer_change): TRANSFER_SHORT (closed short:
+  units lost in transit), TRANSFER_DISCREPANT (received before shipped, over-received,
+  shipped after close, received after close).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from collections.abc import Callable, Iterator
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from unistock.server.domain import MovementType, Transition
+from unistock.server.domain import DiscrepancyKind, MovementType, Transition
 from unistock.server.metrics import EventMetrics
 from unistock.server.persistence.codec import (
     LOW,
@@ -43,6 +46,7 @@ from unistock.server.persistence.codec import (
     AnyFeedRecord,
     FeedRecord,
     LevelFeedRecord,
+    TransferFeedRecord,
     decode_feed,
 )
 from unistock.server.persistence.events import (
@@ -80,6 +84,8 @@ def derive(record: AnyFeedRecord) -> Iterator[pb.InventoryEvent]:
         yield from _level_events(record)
     elif isinstance(record, FeedRecord):
         yield from _movement_events(record)
+    elif isinstance(record, TransferFeedRecord):
+        yield from _transfer_events(record)
     else:
         res = record.reservation
         for t in record.transitions:
@@ -93,6 +99,33 @@ def derive(record: AnyFeedRecord) -> Iterator[pb.InventoryEvent]:
                 yield _reservation_event(pb.RESERVATION_EXPIRED, record.at_ms, res, "expired")
             if t in _READY_AGAIN and res.kind == pb.CLICK_AND_COLLECT and res.state == pb.ACTIVE:
                 yield from _ready(record.at_ms, res)
+
+
+_DISCREPANCY = {
+    DiscrepancyKind.RECEIVED_BEFORE_SHIPPED: "received before it was shipped",
+    DiscrepancyKind.OVER_RECEIVED: "received beyond what was shipped",
+    DiscrepancyKind.CLOSED_SHORT: "closed short: lost in transit",
+    DiscrepancyKind.SHIPPED_AFTER_CLOSE: "shipped after it was closed",
+    DiscrepancyKind.RECEIVED_AFTER_CLOSE: "received after it was closed short (found)",
+}
+
+
+def _transfer_events(r: TransferFeedRecord) -> Iterator[pb.InventoryEvent]:
+    for d in r.discrepancies:
+        kind = DiscrepancyKind(d.kind)
+        short = kind is DiscrepancyKind.CLOSED_SHORT
+        yield pb.InventoryEvent(
+            type=pb.TRANSFER_SHORT if short else pb.TRANSFER_DISCREPANT,
+            at=_ts(r.at_ms),
+            sku=d.sku,
+            location_id=r.destination,
+            quantity=d.quantity,
+            transfer_id=r.transfer_id,
+            source_id=d.source_id,
+            seq=d.seq,
+            detail=f"transfer {r.transfer_id} to {r.destination}: {d.quantity} x {d.sku} "
+            f"{_DISCREPANCY[kind]}",
+        )
 
 
 def _position_event(

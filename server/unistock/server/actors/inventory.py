@@ -116,7 +116,7 @@ class Inventory:
             store, commit, metrics, max_cached=max_cached_reservations, clock=clock
         )
         self.positions.reconcile = self.reservations.reconcile
-        self.transfers = TransferBook(store, commit)
+        self.transfers = TransferBook(store, commit, clock=clock)
         #: Reservations by customer, channel and location (ListReservations).
         self.reservation_index = ReservationIndex(store)
         #: The safety stock each position must have (see set_safety_source).

@@ -3,11 +3,12 @@ commit together with the destination positions they change (see domain.transfer)
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
 from unistock.server.actors.loader import BatchLoader
 from unistock.server.domain import Position, Transfer, new_transfer
-from unistock.server.persistence.codec import decode_transfer
+from unistock.server.persistence.codec import decode_transfer, transfer_change
 from unistock.server.persistence.group_commit import GroupCommit
 from unistock.server.persistence.store import RedisStore
 
@@ -18,9 +19,17 @@ TransferKey = tuple[str, str]
 class TransferBook:
     """Transfer records by (destination, transfer_id); None marks a record known not to exist."""
 
-    def __init__(self, store: RedisStore, commit: GroupCommit, *, max_cached: int = 50_000) -> None:
+    def __init__(
+        self,
+        store: RedisStore,
+        commit: GroupCommit,
+        *,
+        max_cached: int = 50_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._store = store
         self._commit = commit
+        self._clock = clock
         self.max_cached = max_cached
         self._cache: dict[TransferKey, Transfer | None] = {}
         self._loader: BatchLoader[TransferKey] = BatchLoader(self._fetch)
@@ -40,9 +49,16 @@ class TransferBook:
 
     def put(self, transfer: Transfer, *positions: Position) -> None:
         """Store a new state of a record, atomically with the destination positions it changed
-        (durable after the group commit's barrier)."""
+        and, when it recorded discrepancies, with its change for the feed (durable after the
+        group commit's barrier)."""
+        before = self._cache.get(transfer.key)
+        known = len(before.discrepancies) if before is not None else 0
+        found = transfer.discrepancies[known:]  # discrepancies are only ever appended
         self._cache[transfer.key] = transfer
-        self._commit.transfer_changed(transfer, *positions)
+        change = None
+        if found:
+            change = transfer_change(int(self._clock() * 1000), found, transfer)
+        self._commit.transfer_changed(transfer, *positions, change=change)
 
     async def load(self, keys: Iterable[TransferKey]) -> None:
         """Make keys known (loading them from Redis); raises Unavailable. The caller must use

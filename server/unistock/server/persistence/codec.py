@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import struct
 import sys
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -418,17 +419,21 @@ def transfer_message(t: Transfer) -> pb.Transfer:
             )
             for ln in t.lines
         ],
-        discrepancies=[
-            pb.TransferDiscrepancy(
-                kind=int(d.kind),  # type: ignore[arg-type]
-                sku=d.sku,
-                quantity=d.quantity,
-                source_id=d.source_id,
-                seq=d.seq,
-            )
-            for d in t.discrepancies
-        ],
+        discrepancies=_discrepancies(t.discrepancies),
     )
+
+
+def _discrepancies(found: Iterable[Discrepancy]) -> list[pb.TransferDiscrepancy]:
+    return [
+        pb.TransferDiscrepancy(
+            kind=int(d.kind),  # type: ignore[arg-type]
+            sku=d.sku,
+            quantity=d.quantity,
+            source_id=d.source_id,
+            seq=d.seq,
+        )
+        for d in found
+    ]
 
 
 def encode_transfer(t: Transfer) -> bytes:
@@ -603,8 +608,31 @@ class ReservationFeedRecord(NamedTuple):
     reservation: pb.Reservation
 
 
-FEED_POSITION, FEED_RESERVATION = 1, 2
+class TransferFeedRecord(NamedTuple):
+    """A transfer record's new discrepancies, as read back from the change feed."""
+
+    destination: str
+    transfer_id: str
+    revision: int
+    at_ms: int
+    #: the discrepancies this change recorded (wire form)
+    discrepancies: tuple[pb.TransferDiscrepancy, ...]
+    #: the record after them (wire form)
+    transfer: pb.Transfer
+
+
+FEED_POSITION, FEED_RESERVATION, FEED_TRANSFER = 1, 2, 3
 _REVISION = struct.Struct(">Q")
+
+
+def transfer_change(at_ms: int, found: Sequence[Discrepancy], record: Transfer) -> bytes:
+    """The stored form of a transfer record's feed change: the discrepancies a change of it
+    recorded, with the record after it (a group of kind FEED_TRANSFER, key
+    "<destination>|<transfer_id>")."""
+    msg = spb.TransferChange(
+        at_ms=at_ms, discrepancies=_discrepancies(found), transfer=transfer_message(record)
+    ).SerializeToString()
+    return _REVISION.pack(record.revision) + varint(len(msg)) + msg
 
 
 def reservation_change(at_ms: int, kinds: list[Transition], record: Reservation) -> bytes:
@@ -695,7 +723,33 @@ def feed_change(
 
 
 #: A change read back from the feed.
-AnyFeedRecord = FeedRecord | LevelFeedRecord | ReservationFeedRecord
+AnyFeedRecord = FeedRecord | LevelFeedRecord | ReservationFeedRecord | TransferFeedRecord
+
+
+def _transfer_records(key: str, entry: bytes, pos: int, count: int) -> list[TransferFeedRecord]:
+    destination, _, transfer_id = key.partition("|")
+    out = []
+    for _ in range(count):
+        (revision,) = _REVISION.unpack_from(entry, pos)
+        n, pos = _read_varint(entry, pos + 8)
+        change = spb.TransferChange.FromString(entry[pos : pos + n])
+        pos += n
+        out.append(
+            TransferFeedRecord(
+                destination, transfer_id, revision, change.at_ms,
+                tuple(change.discrepancies), change.transfer,
+            )
+        )  # fmt: skip
+    return out
+
+
+def _skip_changes(entry: bytes, pos: int, count: int) -> int:
+    """Past `count` changes that each start with a revision and a length (reservation and
+    transfer groups)."""
+    for _ in range(count):
+        n, pos = _read_varint(entry, pos + 8)
+        pos += n
+    return pos
 
 
 def decode_feed(entry: bytes, *, notable: bool = False) -> list[AnyFeedRecord]:
@@ -724,6 +778,10 @@ def decode_feed(entry: bytes, *, notable: bool = False) -> list[AnyFeedRecord]:
                         key, revision, change.at_ms, tuple(change.transitions), change.reservation
                     )
                 )
+            continue
+        if kind == FEED_TRANSFER:
+            out += _transfer_records(raw.decode(), entry, pos, count)
+            pos = _skip_changes(entry, pos, count)
             continue
         sku = ""  # decoded with the group's first change kept
         for _ in range(count):

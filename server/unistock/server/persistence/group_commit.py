@@ -134,6 +134,8 @@ class GroupCommit:
         self._inflight_positions: dict[StockKey, Position] = {}
         self._inflight_reservations: set[str] = set()
         self._transfers: dict[tuple[str, str], Transfer] = {}
+        #: transfer key -> its feed changes not yet durable (codec.transfer_change)
+        self._xchanges: dict[tuple[str, str], list[bytes]] = {}
         self._inflight_transfers: set[tuple[str, str]] = set()
         #: field -> (origin location, stored Shipment): written with the origin position
         self._shipments: dict[str, tuple[str, bytes]] = {}
@@ -196,10 +198,15 @@ class GroupCommit:
             self._ending[rid] = reservation
         self._wake.set()
 
-    def transfer_changed(self, transfer: Transfer, *positions: Position) -> None:
+    def transfer_changed(
+        self, transfer: Transfer, *positions: Position, change: bytes | None = None
+    ) -> None:
         """Schedule a transfer record for writing, atomically with the destination positions
-        it changed in the same turn (pass them; they are scheduled too)."""
+        it changed in the same turn (pass them; they are scheduled too), and with its change
+        for the feed if it recorded discrepancies (codec.transfer_change)."""
         self._transfers[transfer.key] = transfer
+        if change is not None:
+            self._xchanges.setdefault(transfer.key, []).append(change)
         for p in positions:
             self._linked[p.key] = self._positions[p.key] = p
         self._wake.set()
@@ -336,8 +343,9 @@ class GroupCommit:
                 self._shipped,
                 self._transitions,
                 self._earlier,
+                self._xchanges,
             )
-            self._transitions, self._earlier = {}, {}
+            self._transitions, self._earlier, self._xchanges = {}, {}, {}
             self._window = asyncio.get_running_loop().create_future()
             self._positions, self._ending, self._other = {}, {}, {}
             self._sources, self._highs, self._transfers = {}, {}, {}
@@ -361,8 +369,10 @@ class GroupCommit:
                 rid: self._transitions.pop(rid) for rid in self._ending if rid in self._transitions
             },
             earlier={rid: self._earlier.pop(rid) for rid in self._ending if rid in self._earlier},
+            xchanges=self._xchanges,
         )
         self._ending, self._transfers, self._shipments, self._shipped = {}, {}, {}, {}
+        self._xchanges = {}
         self._linked = {}
         return batch, False
 
@@ -510,7 +520,12 @@ class GroupCommit:
                 (ks.transfer_index(transfer_id), destination)
             )
             middle[partition_of(destination)].transfers.append(
-                (ks.transfer(destination, transfer_id), encode_transfer(t))
+                (
+                    ks.transfer(destination, transfer_id),
+                    encode_transfer(t),
+                    f"{destination}|{transfer_id}",
+                    batch.xchanges.get((destination, transfer_id), []),
+                )
             )
         for name, (origin, value) in batch.shipments.items():
             middle[partition_of(origin)].shipments += (name, value)
@@ -549,6 +564,8 @@ class GroupCommit:
             self._earlier[rid] = earlier + self._earlier.get(rid, [])
         for key, t in batch.transfers.items():
             self._transfers.setdefault(key, t)
+        for key, changes in batch.xchanges.items():  # before any made since
+            self._xchanges[key] = changes + self._xchanges.get(key, [])
         for name, shipment in batch.shipments.items():
             self._shipments.setdefault(name, shipment)
         for name, origin in batch.shipped.items():
@@ -575,6 +592,8 @@ class _Batch:
     transitions: dict[str, list[bytes]] = field(default_factory=dict)
     #: reservation_id -> its earlier states whose index entries it may leave
     earlier: dict[str, list[Reservation]] = field(default_factory=dict)
+    #: transfer key -> its feed changes (written with its record)
+    xchanges: dict[tuple[str, str], list[bytes]] = field(default_factory=dict)
 
     def encodable(self) -> _Batch:
         """The changes that encode, each alone; the others are logged and dropped."""
@@ -589,6 +608,7 @@ class _Batch:
             self.shipped,
             self.transitions,
             self.earlier,
+            self.xchanges,
         )
 
 

@@ -2,7 +2,8 @@
 
 Rows come from feed entries (`ledger_rows`) and are inserted with ON CONFLICT DO NOTHING on
 their entry_key (a position change "p:<location>|<sku>:<version>", a reservation change
-"r:<id>:<revision>"): writing the same entries again, after a crash between the SQL commit and
+"r:<id>:<revision>", a transfer discrepancy "t:<destination>|<transfer_id>:<revision>:<n>"):
+writing the same entries again, after a crash between the SQL commit and
 the feed cursor's save, adds nothing. SQLite or PostgreSQL, the schema by Alembic (0003).
 """
 
@@ -15,9 +16,14 @@ import sqlalchemy as sa
 from google.protobuf import json_format
 from sqlalchemy.engine import Engine
 
-from unistock.server.domain import Transition
+from unistock.server.domain import DiscrepancyKind, Transition
 from unistock.server.persistence import codec
-from unistock.server.persistence.codec import AnyFeedRecord, FeedRecord, LevelFeedRecord
+from unistock.server.persistence.codec import (
+    AnyFeedRecord,
+    FeedRecord,
+    LevelFeedRecord,
+    TransferFeedRecord,
+)
 from unistock.server.persistence.sql import LEDGER
 from unistock.storage.v1 import storage_pb2 as spb
 
@@ -60,6 +66,24 @@ def ledger_rows(feed_id: str, records: Sequence[AnyFeedRecord]) -> list[dict[str
                     "reservation_id": x.reservation_id or None,
                 }
             )
+        elif isinstance(r, TransferFeedRecord):
+            rows += [
+                {
+                    "entry_key": f"t:{r.destination}|{r.transfer_id}:{r.revision}:{i}",
+                    "feed_id": feed_id,
+                    "kind": TRANSFER,
+                    "at_ms": r.at_ms,
+                    "sku": d.sku,
+                    "location_id": r.destination,
+                    "version": r.revision,
+                    "source_id": d.source_id or None,
+                    "seq": d.seq or None,
+                    "quantity": d.quantity,
+                    "transfer_id": r.transfer_id,
+                    "reason": DiscrepancyKind(d.kind).name,
+                }
+                for i, d in enumerate(r.discrepancies)
+            ]
         else:
             res = r.reservation
             rows.append(
@@ -94,8 +118,6 @@ _REST = (None,) * len(_REST_COLUMNS)
 #: Every column a row may set, in the order of a row's values.
 COLUMNS = POSITION_COLUMNS + _REST_COLUMNS
 assert set(COLUMNS) == {c.name for c in LEDGER.columns} - {"id"}, "ledger.COLUMNS is stale"
-#: codec.LEVEL: a level change (no quantity changed): not a ledger row
-_LEVEL = 255
 _FIXED = codec._FEED_FIXED  # the feed's binary form, read here at full speed
 _read_varint = codec._read_varint
 
@@ -117,8 +139,9 @@ def position_rows(feed_id: str, entry: bytes) -> tuple[list[tuple[Any, ...]], li
         pos += n
         count, pos = _read_varint(entry, pos)
         if kind != codec.FEED_POSITION:
-            others += codec.decode_feed(_group_only(entry, start, pos, count))
-            pos = _skip_group(entry, pos, count)
+            after = codec._skip_changes(entry, pos, count)
+            others += codec.decode_feed(entry[start:after])
+            pos = after
             continue
         location_id, _, sku = key.partition("|")
         prefix = f"p:{key}:"
@@ -133,7 +156,7 @@ def position_rows(feed_id: str, entry: bytes) -> tuple[list[tuple[Any, ...]], li
                 n, pos = _read_varint(entry, pos)
                 x = spb.FeedExtra.FromString(entry[pos : pos + n])
                 pos += n
-            if mtype == _LEVEL:
+            if mtype == codec.LEVEL:  # a level change (no quantity changed): not a row
                 continue
             shipped = mtype == codec.FULFILMENT
             rows.append(
@@ -148,19 +171,6 @@ def position_rows(feed_id: str, entry: bytes) -> tuple[list[tuple[Any, ...]], li
                 )
             )  # fmt: skip
     return rows, others
-
-
-def _skip_group(entry: bytes, pos: int, count: int) -> int:
-    """Past the `count` changes of a reservation group starting at pos."""
-    for _ in range(count):
-        n, pos = _read_varint(entry, pos + 8)
-        pos += n
-    return pos
-
-
-def _group_only(entry: bytes, start: int, pos: int, count: int) -> bytes:
-    """The bytes of the group starting at `start` (its changes from pos), alone."""
-    return entry[start : _skip_group(entry, pos, count)]
 
 
 _NAMES = ", ".join(COLUMNS)

@@ -75,7 +75,8 @@ FLUSH_SCRIPT = """
 --       #holds, (reservation_id, value or '')...), feed entry id, feed max entries, #positions
 --       with changes, per position: (position number, #changes, change...) (see
 --       codec.feed_change: each starts with its position version),
---       #transfers, value per transfer key...,
+--       #transfers, per transfer key: (value, "<destination>|<transfer_id>", #changes,
+--       change...) (see codec.transfer_change: each starts with its revision),
 --       #indexes, destination per index key..., #shipments, (field, value)..., #shipped,
 --       field..., #marks, (field, seq)..., #locations, location..., #sources,
 --       (source_id, seq)..., #highs, (source_id, seq)..., then per reservation key:
@@ -178,16 +179,20 @@ for _ = 1, nfeed do
   i = i + n
 end
 local k = 9 + nheld
--- Transfer records (a record never replaced by an older revision).
+-- Transfer records (a record never replaced by an older revision), each with its feed
+-- changes (the discrepancies it recorded).
 local nxfer = tonumber(ARGV[i]); i = i + 1
 for _ = 1, nxfer do
   k = k + 1
-  local v, old = ARGV[i], redis.call('GET', KEYS[k]); i = i + 1
+  local v, name, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]); i = i + 3
+  local old = redis.call('GET', KEYS[k])
   if old and string.sub(old, 2, 9) > string.sub(v, 2, 9) then
     stale = stale + 1
   else
     redis.call('SET', KEYS[k], v); written = written + 1
+    group('\3', name, old and string.sub(old, 2, 9), n)
   end
+  i = i + n
 end
 -- Transfer index: the destinations with a record of a transfer.
 local nidx = tonumber(ARGV[i]); i = i + 1
@@ -288,8 +293,9 @@ class PartitionWrite:
     #: feed changes of those positions: (position number from 1, [change, ...]) (see
     #: codec.feed_change)
     feed: list[tuple[int, list[bytes]]] = field(default_factory=list)
-    #: (transfer record key, stored record) of transfers to this partition's locations
-    transfers: list[tuple[str, bytes]] = field(default_factory=list)
+    #: (transfer record key, stored record, "<destination>|<transfer_id>", its feed changes)
+    #: of transfers to this partition's locations
+    transfers: list[tuple[str, bytes, str, list[bytes]]] = field(default_factory=list)
     #: (transfer index key, destination location) of transfers indexed in this partition
     indexes: list[tuple[str, str]] = field(default_factory=list)
     #: shipments of this partition's positions not yet applied: field, value, field, value...
@@ -564,14 +570,16 @@ class RedisStore:
                 for number, holds_key, changes in w.holds:
                     keys.append(holds_key)
                     args += (number, len(changes) // 2, *changes)
-                feeds = w.feed or any(r[4] for r in w.reservations)
+                feeds = (
+                    w.feed or any(r[4] for r in w.reservations) or any(t[3] for t in w.transfers)
+                )
                 args += (self.feed_id() if feeds else "", self.feed_max_entries, len(w.feed))
                 for number, staged in w.feed:
                     args += (number, len(staged), *staged)
                 args.append(len(w.transfers))
-                for key, value in w.transfers:
+                for key, value, name, xfed in w.transfers:
                     keys.append(key)
-                    args.append(value)
+                    args += (value, name, len(xfed), *xfed)
                 args.append(len(w.indexes))
                 for key, destination in w.indexes:
                     keys.append(key)
