@@ -312,6 +312,7 @@ def test_level_changes_and_the_notable_reading_of_an_entry() -> None:
         feed_change(2, mv(2, MovementType.SALE, 4), plain, -4, 0, 1, 0, 1, 2),
         level_change(2, 2, OK, LOW, 1, 1),
         feed_change(3, mv(3, MovementType.SALE, 3), plain, -3, 0, -2, 0, 0, 3),  # negative
+        feed_change(3, mv(5, MovementType.SALE, 1), plain, -1, 0, -3, 0, 0, 3),  # still: no news
         feed_change(4, mv(4, MovementType.COUNT, 2, count_id="C"), MovementResult(
             Outcome.APPLIED, variance=4), 4, 0, 2, 0, 2, 4),
         level_change(4, 4, OUT, OUT, 2, 0, {"cart-1": 3, "cart-2": 1}),
@@ -320,8 +321,8 @@ def test_level_changes_and_the_notable_reading_of_an_entry() -> None:
     entry = b"\x01" + varint(len(field)) + field + varint(len(changes)) + b"".join(changes)
     everything = decode_feed(entry)
     notable = decode_feed(entry, notable=True)
-    assert notable == [everything[i] for i in (1, 3, 4, 5, 6)]
-    assert everything[6] == LevelFeedRecord(
+    assert notable == [everything[i] for i in (1, 3, 4, 6, 7)]
+    assert everything[7] == LevelFeedRecord(
         "A", "s1", 4, 4, OUT, OUT, 2, 0, (("cart-1", 3), ("cart-2", 1))
     )
     assert everything[3][4:6] == (OK, LOW)

@@ -515,8 +515,9 @@ def decode_shipment(data: bytes) -> Movement:
 # protobuf message because every applied movement is one (bench B1/B11: ~0.5 us instead of
 # ~1.8 us a movement); decode_feed reads it back.
 _FEED_FIXED = struct.Struct(">QQQqqqqBB")
-#: on_hand after, type and flags of a change, skipping the rest (decode_feed(notable=True)).
-_FEED_PEEK = struct.Struct(">40xq8xBB")
+#: on_hand_delta, on_hand after, type and flags of a change, skipping the rest
+#: (decode_feed(notable=True)).
+_FEED_PEEK = struct.Struct(">32xqq8xBB")
 FEED_EXTRA = 1
 #: The type of a change that is a fulfilment's shipment, not a movement.
 FULFILMENT = 0
@@ -754,7 +755,7 @@ def _skip_changes(entry: bytes, pos: int, count: int) -> int:
 
 def decode_feed(entry: bytes, *, notable: bool = False) -> list[AnyFeedRecord]:
     """The changes of one feed stream entry, in order. notable: only those that can make an
-    event (actors.events): a plain movement (no FeedExtra) leaving on_hand at 0 or above is
+    event (actors.events): a plain movement (no FeedExtra) that did not take on_hand below 0 is
     skipped without being decoded, which is most of them."""
     out: list[AnyFeedRecord] = []
     pos, end = 0, len(entry)
@@ -786,8 +787,8 @@ def decode_feed(entry: bytes, *, notable: bool = False) -> list[AnyFeedRecord]:
         sku = ""  # decoded with the group's first change kept
         for _ in range(count):
             if notable:  # a look at on_hand, type and flags first: most changes stop here
-                on_hand, mtype, flags = peek(entry, pos)
-                if not flags and on_hand >= 0 and mtype != LEVEL:
+                delta, on_hand, mtype, flags = peek(entry, pos)
+                if not flags and mtype != LEVEL and not on_hand < 0 <= on_hand - delta:
                     pos += size + 1 + entry[pos + size]
                     continue
             version, at_ms, seq, qty, delta, on_hand, available, mtype, flags = unpack(entry, pos)
