@@ -14,6 +14,7 @@ from tests.server.test_api import batch, mv, send
 from tests.server.test_ledger_service import settled
 from unistock.client import UnistockClient
 from unistock.server.app.server import UnistockServer
+from unistock.server.persistence.ledger import TRANSFER, LedgerStore
 
 
 @pytest.fixture
@@ -80,6 +81,14 @@ async def test_history_of_a_location_a_sku_a_reservation_and_a_limit(
     rc, out, err = await cli(day, "history", "SHOE@s1", "--until", "2000-01-01T00:00:00Z")
     assert (rc, out) == (0, "")
     assert "note: no ledger entry matches" in err
+    # A transfer discrepancy (the transfer writer's row): no levels of the position shown.
+    row = {"entry_key": "t:s2|T1:3:0", "feed_id": "1-0", "kind": TRANSFER, "at_ms": 1,
+           "sku": "SHOE", "location_id": "s2", "version": 3, "quantity": 2, "transfer_id": "T1",
+           "reason": "CLOSED_SHORT"}  # fmt: skip
+    LedgerStore(day.master.store.engine).write([row])
+    rc, out, _ = await cli(day, "history", "--location", "s2")
+    [cells] = [ln.split("│")[2:-1] for ln in out.splitlines() if "TRANSFER_DISCREPANCY" in ln]
+    assert [c.strip() for c in cells[3:9]] == ["2", "", "", "", "", "transfer T1, CLOSED_SHORT"]
 
 
 async def test_kpis_by_location_store_and_channel(day: UnistockServer) -> None:

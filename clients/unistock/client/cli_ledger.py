@@ -233,15 +233,17 @@ def history_table(entries: list[lpb.LedgerEntry], what: str) -> Table:
     t.add_column("details")
     for e in entries:
         position = e.type != _E.RESERVATION
+        # A movement's or a shipment's: what it did to the position, and the levels after it.
+        levels = position and e.type != _E.TRANSFER_DISCREPANCY
         t.add_row(
             _at(e.at),
             _E.Type.Name(e.type),
             Text(e.sku),
             Text(e.location_id),
             f"{e.quantity:,}" if position else "",
-            f"{e.on_hand_delta:+,}" if position else "",
-            f"{e.on_hand:,}" if e.version else "",
-            f"{e.available:,}" if e.version else "",
+            f"{e.on_hand_delta:+,}" if levels else "",
+            f"{e.on_hand:,}" if levels else "",
+            f"{e.available:,}" if levels else "",
             Text(f"{e.source_id}:{e.seq}" if e.source_id else ""),
             Text(_details(e) or (e.reservation_id if not position else "")),
         )

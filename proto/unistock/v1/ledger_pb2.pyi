@@ -134,9 +134,14 @@ class LedgerEntry(_message.Message):
     """The position (empty on a RESERVATION entry)."""
     location_id: _builtins.str
     version: _builtins.int
-    """On a movement or a SHIPMENT: the position's version after it."""
+    """On a movement or a SHIPMENT: the position's version after it; on a TRANSFER_DISCREPANCY:
+    the revision of the transfer's record that recorded it.
+    """
     source_id: _builtins.str
-    """The movement's source and seq (empty and 0 when no movement: a SHIPMENT, a RESERVATION)."""
+    """The movement's source and seq; on a TRANSFER_DISCREPANCY, those of the movement that caused
+    it (empty and 0 for CLOSED_SHORT, which CloseTransfer causes); empty and 0 on a SHIPMENT
+    or a RESERVATION entry.
+    """
     seq: _builtins.int
     movement_type: _inventory_pb2.MovementType.ValueType
     """The movement's type (MOVEMENT_TYPE_UNSPECIFIED when the entry is no movement)."""
