@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 from tests.fixtures.ledger import LedgerProcess, rows_settle
 from tests.fixtures.server import TOKENS, MakeServer, target
@@ -163,7 +164,11 @@ async def test_a_gap_left_by_the_cap_is_reported(
     assert metrics.feed_lost.labels(CONSUMER)._value.get() == 2
 
 
-async def test_a_consumer_never_trims_past_another_ones_cursor(server: UnistockServer) -> None:
+async def test_a_consumer_never_trims_past_another_ones_cursor(
+    make_server: MakeServer, clean_redis_url: str
+) -> None:
+    # slow and fast only (no ledger registered, no events deriver)
+    server = await make_server(clean_redis_url, feed_consumers="", events=0)
     ks = server.store.keyspace
     feed = ks.feed(ks.location_partition("s1"))
     async with UnistockClient(target(server), TOKENS["admin"]) as c:
@@ -196,3 +201,28 @@ async def test_the_feed_fill_ratio(make_server: MakeServer, clean_redis_url: str
         await send(c, batch("wms", mv(6, "RECEIPT", "A", "s2", 1)))
     assert await srv.sample_feed() == 5 / 1000
     assert srv.metrics.feed_fill._value.get() == 5 / 1000
+
+
+async def test_the_server_keeps_the_feed_for_the_ledger_before_it_first_runs(
+    make_server: MakeServer, clean_redis_url: str
+) -> None:
+    """--feed-consumers (default "ledger"): registered at the server's start, so that another
+    consumer trimming behind itself (the events deriver) cannot pass a ledger writer that has
+    not run yet; with --feed-consumers "" nothing is kept for it."""
+    for consumers, kept in (("ledger", [1, 2]), ("", [])):
+        srv = await make_server(clean_redis_url, feed_consumers=consumers, events=0)
+        async with UnistockClient(target(srv), TOKENS["admin"]) as c:
+            for seq in (1, 2):
+                await send(c, batch(f"wms-{consumers}", mv(seq, "RECEIPT", "A", "s1", 1)))
+        fast = FeedReader(srv.store.client, srv.store.keyspace, "fast")
+        await fast.commit(await fast.read())  # trims behind the slowest registered consumer
+        metrics = LedgerMetrics()
+        w = await writer(srv, metrics)
+        await w.drain_once()
+        seqs = [r.seq for r in w._ledger.history("s1", "A") if r.source_id == f"wms-{consumers}"]
+        assert seqs == kept
+        assert metrics.feed_lost.labels(CONSUMER)._value.get() == 0
+        await srv.stop()
+        redis = Redis.from_url(clean_redis_url)
+        await redis.flushdb()
+        await redis.aclose()

@@ -47,6 +47,7 @@ class LedgerWriter:
         """One round: returns the feed entries consumed (0: caught up). Raises Unavailable or
         SQLAlchemyError (nothing consumed then)."""
         if not self._loaded:
+            await self._feed.register()  # (the server registers it too, at its start)
             await self._feed.load()
             self._loaded = True
         got = await self._feed.read(self.batch)

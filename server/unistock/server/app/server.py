@@ -266,6 +266,15 @@ class UnistockServer:
             LedgerStore(self.master.store.engine),
             self.metrics.ledger,
         )
+        # The durable consumers expected (the ledger): the feed is kept for them from now on,
+        # even before they first run (else another consumer's trim could pass them by).
+        for name in filter(None, (c.strip() for c in s.feed_consumers.split(","))):
+            try:
+                await FeedReader(
+                    self.store.client, self.store.keyspace, name, self.store.epochs
+                ).register()
+            except Unavailable as exc:
+                raise StartupError(f"--redis-url: {exc}") from None
         if s.ledger_in_process:
             self._spawn(self.ledger.run(), "ledger")
         self._spawn(self._sample_feed(), "feed-fill")

@@ -33,6 +33,7 @@ class Settings:
     idle_passivation_s: float = 900.0
     ledger_in_process: int = 0
     feed_max_entries: int = 100_000
+    feed_consumers: str = "ledger"
     expiry_interval_s: float = 1.0
     reservation_retention_s: float = 7 * 86400
     watch_max_pending: int = 100_000
@@ -95,6 +96,9 @@ _HELP = {
     "feed_max_entries": "cap of each partition's change feed stream (entries, approximate): a "
     "durable consumer (the ledger) further behind than this loses entries (alert on "
     "unistock_feed_fill_ratio)",
+    "feed_consumers": "durable consumers of the change feed the server registers at start, "
+    "comma-separated (the feed is kept for them, up to --feed-max-entries, from then on, even "
+    "before they first run); empty: none (a deployment without unistock-ledger)",
     "expiry_interval_s": "how often expired reservations are released",
     "reservation_retention_s": "how long ended reservations stay readable (idempotent replays)",
     "watch_max_pending": "positions a watcher may lag behind before it is cut",

@@ -73,6 +73,26 @@ return {added, redis.call('XLEN', KEYS[1]),
 """
 
 
+REGISTER_SCRIPT = """
+-- KEYS: cursors hash, feed stream.  ARGV: consumer
+-- Register a durable consumer that has no cursor here yet, at the stream's present end: the
+-- entries held now and every later one are kept for it (and a later gap is seen), what was
+-- trimmed before is not its loss. Returns 1 if it registered it, 0 if it had a cursor.
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 0 end
+local before = 0
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[2])
+  local added = 0
+  for i = 1, #info, 2 do
+    if info[i] == 'entries-added' then added = info[i + 1] end
+  end
+  before = added - redis.call('XLEN', KEYS[2])
+end
+redis.call('HSET', KEYS[1], ARGV[1], '0-0/' .. before)
+return 1
+"""
+
+
 def parse_feed_id(value: bytes | str) -> FeedId:
     """(ms, sequence) of a stream id such as b"1700000000000-3" (or a saved cursor
     "1700000000000-3/17", which carries the entry's ordinal)."""
@@ -129,6 +149,21 @@ class FeedReader:
         self.ordinals: dict[int, int | None] = {}
         self._script = client.register_script(CURSOR_SCRIPT)
         self._read = client.register_script(READ_SCRIPT)
+        self._register = client.register_script(REGISTER_SCRIPT)
+
+    async def register(self) -> int:
+        """Make this consumer a durable one in every partition where it is not yet (the feed is
+        kept for it from the entries held now on: a server registers the consumers it expects
+        at start, so that none loses what happens before it first runs). Returns in how many
+        partitions it was new."""
+        pipe = self.client.pipeline(transaction=False)
+        for p in self.partitions:
+            await self._register(
+                keys=[self.keyspace.feed_cursors(p), self.keyspace.feed(p)],
+                args=[self.consumer],
+                client=pipe,
+            )
+        return sum(int(n) for n in await self._execute(pipe))
 
     async def load(self) -> dict[int, FeedId]:
         """The consumer's saved cursors ((0, 0) where it has none: from the first entry)."""
