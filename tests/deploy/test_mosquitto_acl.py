@@ -520,6 +520,27 @@ async def test_store_cannot_read_another_stores_acks(broker: MosquittoBroker) ->
         assert s1.messages.empty()
 
 
+async def test_a_store_reads_only_its_own_events(broker: MosquittoBroker) -> None:
+    def events(store: str) -> str:
+        return f"unistock/v1/stores/{store}/events"
+
+    async with (
+        server_client(broker.port) as server,
+        agent(broker.port, "s1") as s1,
+        agent(broker.port, "s2") as s2,
+    ):
+        assert (await s1.subscribe("unistock/v1/stores/+/events"))[0] in (1, NOT_AUTHORIZED)
+        assert await s2.subscribe(events("s2")) == [1]
+        await server.publish(events("s2"), b"for-s2", qos=1)
+        await server.publish(events("s1"), b"sentinel", qos=1)
+        assert await s2.next_message() == (events("s2"), b"for-s2")  # it was published
+        assert await s1.next_message() == (events("s1"), b"sentinel")  # s2's withheld
+        assert s1.messages.empty()
+        # A store cannot publish events (for itself or another store).
+        for topic in (events("s1"), events("s2")):
+            assert await s1.publish(topic, b"forged") == NOT_AUTHORIZED, topic
+
+
 async def test_agent_reads_its_readers_tags_and_does_the_sync_round_trip(
     broker: MosquittoBroker,
 ) -> None:

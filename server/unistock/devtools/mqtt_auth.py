@@ -78,12 +78,14 @@ EMBEDDED_ACL = """\
 pattern write unistock/v1/stores/%u/movements
 pattern write unistock/v1/stores/%u/status
 pattern read unistock/v1/stores/%u/acks
+pattern read unistock/v1/stores/%u/events
 pattern read unistock/v1/stores/%u/readers/+/tags
 pattern readwrite unistock/v1/stores/%u/agent/reader-sync
 
 user unistock-server
 topic read unistock/v1/stores/+/movements
 topic write unistock/v1/stores/+/acks
+topic write unistock/v1/stores/+/events
 topic read unistock/v1/stores/+/status
 """
 

@@ -325,3 +325,15 @@ class EventMetrics:
             "(RESOURCE_EXHAUSTED; it resumes with after_event_id).",
             registry=r,
         )
+        self.mqtt_published = Counter(
+            "unistock_events_mqtt_published_total",
+            "Events published on stores' MQTT topics and acknowledged by the broker (an event "
+            "naming two stores counts twice; again after a reconnect: at least once).",
+            registry=r,
+        )
+        self.mqtt_errors = Counter(
+            "unistock_events_mqtt_errors_total",
+            "Event publishing interrupted (broker or Redis unavailable); resumed from the last "
+            "acknowledged event.",
+            registry=r,
+        )

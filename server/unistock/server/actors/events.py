@@ -300,6 +300,8 @@ class EventDeriver:
         self.watermark: EventId = (0, 0)
         self.listeners: list[Listener] = []
         self._wake = asyncio.Event()
+        #: Set once start() loaded the cursor (watermark is meaningful from then on).
+        self.started = asyncio.Event()
 
     async def start(self) -> None:
         """Load the cursor (registering the consumer, so that the feed waits for it, on its
@@ -309,6 +311,7 @@ class EventDeriver:
             await self._store.save_feed_cursor(CONSUMER, cursor)
         self._cursor = cursor
         self.watermark = last_event_id(cursor)
+        self.started.set()
 
     def wake(self, *_: object) -> None:
         """Something was flushed: derive now (a GroupCommit listener)."""

@@ -126,8 +126,7 @@ def encode_events(events: list[StoredEvent]) -> bytes:
     event_id (field 1, appended: protobuf fields may come in any order), without parsing."""
     out = []
     for ev in events:
-        eid = format_event_id(ev.id).encode()
-        inner = ev.body + b"\x0a" + varint(len(eid)) + eid
+        inner = ev.message()
         out.append(b"\x0a" + varint(len(inner)) + inner)
     return b"".join(out)
 

@@ -42,6 +42,7 @@ from unistock.server.app.settings import Settings
 from unistock.server.domain import Unavailable
 from unistock.server.metrics import EventMetrics, Metrics
 from unistock.server.mqtt import LocationDirectory, MqttIngestor
+from unistock.server.mqtt.events import EventPublisher
 from unistock.server.persistence.events import EventLog
 from unistock.server.persistence.feed import FeedReader
 from unistock.server.persistence.group_commit import GroupCommit
@@ -117,9 +118,10 @@ class UnistockServer:
         self._lost: list[str] = []
         #: What start() opened so far, to close again if it fails half way.
         self._opened: list[Callable[[], Awaitable[None]]] = []
-        #: Events (None: --events 0).
+        #: Events (None: --events 0), and their MQTT publisher (None: no --mqtt-url either).
         self.events: EventDeriver | None = None
         self.event_hub: EventHub | None = None
+        self.event_publisher: EventPublisher | None = None
 
     async def __aenter__(self) -> UnistockServer:
         await self.start()
@@ -383,6 +385,11 @@ class UnistockServer:
         self.service.events = EventStreams(self.events, self.event_hub, self.master)
         self.commit.listeners.append(self.events.wake)
         self._spawn(self.events.run(), "events")
+        if self.ingestor is not None:  # store apps read their events on MQTT
+            self.event_publisher = EventPublisher(
+                s.mqtt_url, self.events, self.ingestor.locations, self.store, metrics
+            )
+            self._spawn(self.event_publisher.run(), "mqtt-events")
 
     async def _run_commit(self) -> None:
         await self.commit.run()

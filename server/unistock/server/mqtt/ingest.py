@@ -71,6 +71,18 @@ MOVEMENTS_TOPIC = f"{TOPIC_ROOT}/+/movements"
 STATUS_TOPIC = f"{TOPIC_ROOT}/+/status"
 
 
+async def pause_before_reconnecting(backoff: float) -> float:
+    """Sleep about `backoff` s (jittered) after a lost connection; returns the next backoff
+    (doubled, at most 10 s). Raises CancelledError when the task is being cancelled: aiomqtt
+    (asyncio.wait_for on 3.11) can turn a cancellation into an MqttError, and a cancelled task
+    must stop, not reconnect."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+    await asyncio.sleep(backoff * (0.5 + random.random()))
+    return min(backoff * 2, 10.0)
+
+
 def status_store(topic: str) -> str | None:
     """The store id of a status topic, or None if the topic is not one."""
     parts = topic.split("/")
@@ -341,13 +353,7 @@ class MqttIngestor:
             finally:
                 self.metrics.mqtt_connected.set(0)
                 self.connected.clear()
-            # aiomqtt (asyncio.wait_for on 3.11) can turn our cancellation into an MqttError:
-            # a cancelled task must stop, not reconnect.
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise asyncio.CancelledError
-            await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, 10.0)
+            backoff = await pause_before_reconnecting(backoff)
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         acks: asyncio.Queue[StoreBatch] = asyncio.Queue(1000)

@@ -44,11 +44,14 @@ class LocationDirectory:
                 owners[location] = store
         return cls(owners)
 
-    def belongs(self, location_id: str, store_id: str) -> bool:
-        """Whether store_id may report movements at location_id."""
+    def store_of(self, location_id: str) -> str:
+        """The store a location belongs to (by the rules above: its own id when nothing
+        says)."""
         owner = self.lookup(location_id) if self.lookup is not None else None
         if owner is None:
             owner = self._owners.get(location_id)
-        if owner is None:
-            return location_id == store_id
-        return owner == store_id
+        return location_id if owner is None else owner
+
+    def belongs(self, location_id: str, store_id: str) -> bool:
+        """Whether store_id may report movements at location_id."""
+        return self.store_of(location_id) == store_id

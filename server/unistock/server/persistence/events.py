@@ -29,6 +29,7 @@ from typing import Any, NamedTuple, cast
 from redis.exceptions import RedisError, ResponseError
 
 from unistock.server.domain import Unavailable
+from unistock.server.persistence.codec import varint
 from unistock.server.persistence.store import RedisStore
 
 TRIM_SCRIPT = """
@@ -90,6 +91,12 @@ class StoredEvent(NamedTuple):
     location_id: str
     network: str
     body: bytes
+
+    def message(self) -> bytes:
+        """The serialised InventoryEvent with its event_id (field 1, appended: protobuf fields
+        may come in any order), without parsing the body."""
+        eid = format_event_id(self.id).encode()
+        return self.body + b"\x0a" + varint(len(eid)) + eid
 
 
 class EventLog:

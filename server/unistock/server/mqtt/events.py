@@ -1,0 +1,151 @@
+"""Events on MQTT for store apps: `unistock/v1/stores/{store_id}/events`.
+
+Each stored event (persistence.events) is published, QoS 1, on the topic of every store owning
+a location it names (its location_id, or its lines' locations; LocationDirectory.store_of), its
+payload the binary InventoryEvent with its event_id. The publisher is a durable consumer of the
+event streams: its cursor (the last event id published) is kept in Redis (the layout hash, field
+`events-mqtt`) and saved once the broker has acknowledged a page of events, so a restart or a
+lost connection publishes again from there: **at least once**, in event_id order per store; a
+store app drops an event whose event_id it already has (ids only grow, compare them as Redis
+stream ids: `<ms>-<n>`, numerically part by part). The broker's ACL lets a store read only its
+own topic (deploy/mosquitto/unistock.acl). On its first start it publishes the events from then
+on (not the retained history: WatchEvents serves that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+
+import aiomqtt
+from redis.exceptions import RedisError
+
+from unistock.client.mqtt import broker_args
+from unistock.server.actors.events import SEP, EventDeriver
+from unistock.server.domain import Unavailable
+from unistock.server.metrics import EventMetrics
+from unistock.server.mqtt.ingest import TOPIC_ROOT, pause_before_reconnecting
+from unistock.server.mqtt.locations import LocationDirectory
+from unistock.server.persistence.events import (
+    EventId,
+    StoredEvent,
+    format_event_id,
+    parse_event_id,
+)
+from unistock.server.persistence.store import RedisStore
+
+log = logging.getLogger(__name__)
+
+#: The publisher's cursor: a field of the keyspace's layout hash.
+CURSOR_FIELD = "events-mqtt"
+#: Events read (and published) per round.
+PAGE = 512
+
+
+def events_topic(store_id: str) -> str:
+    """The topic of a store's events."""
+    return f"{TOPIC_ROOT}/{store_id}/events"
+
+
+class EventPublisher:
+    """Publishes the stored events on their stores' MQTT topics (see the module docstring)."""
+
+    def __init__(
+        self,
+        url: str,
+        deriver: EventDeriver,
+        locations: LocationDirectory,
+        store: RedisStore,
+        metrics: EventMetrics,
+        *,
+        client_id: str = "unistock-server-events",
+    ) -> None:
+        self.url = url
+        self.deriver = deriver
+        self.locations = locations
+        self._store = store
+        self.metrics = metrics
+        self.client_id = client_id
+        self.connected = asyncio.Event()
+        #: Set once the cursor is loaded: every event stored from then on gets published.
+        self.ready = asyncio.Event()
+        #: The last event id published and acknowledged (None: not loaded yet).
+        self.cursor: EventId | None = None
+        self._wake = asyncio.Event()
+        deriver.listeners.append(self._stored)
+
+    def _stored(self, events: list[StoredEvent], watermark: EventId) -> None:
+        self._wake.set()
+
+    def stores_of(self, ev: StoredEvent) -> list[str]:
+        """The stores whose topic an event goes to, sorted (none: it names no location)."""
+        return sorted({self.locations.store_of(loc) for loc in ev.location_id.split(SEP) if loc})
+
+    async def run(self) -> None:
+        """Publish until cancelled, reconnecting with jittered backoff (Redis failures too)."""
+        backoff = 0.2
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    **broker_args(self.url), identifier=self.client_id
+                ) as client:
+                    self.connected.set()
+                    backoff = 0.2
+                    await self._serve(client)
+            except (aiomqtt.MqttError, Unavailable) as exc:
+                self.metrics.mqtt_errors.inc()
+                log.warning("mqtt events: %s; publishing again in %.1f s", exc, backoff)
+            finally:
+                self.connected.clear()
+            backoff = await pause_before_reconnecting(backoff)
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        if self.cursor is None:
+            await self.deriver.started.wait()
+            self.cursor = await self._load_cursor()
+            self.ready.set()
+        while True:
+            self._wake.clear()
+            upto = self.deriver.watermark
+            if self.cursor >= upto:
+                try:
+                    async with asyncio.timeout(1.0):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+                continue
+            page = await self.deriver.log.read(self.cursor, upto, PAGE)
+            sends: list[Awaitable[None]] = [
+                client.publish(events_topic(store), ev.message(), qos=1)
+                for ev in page
+                for store in self.stores_of(ev)
+            ]
+            await asyncio.gather(*sends)  # every PUBACK, then the cursor
+            done = page[-1].id if page else upto
+            await self._save_cursor(done)
+            self.cursor = done
+            self.metrics.mqtt_published.inc(len(sends))
+
+    async def _load_cursor(self) -> EventId:
+        """The saved cursor; the deriver's watermark (from now on), saved, when none is."""
+        client, key = self._store.client, self._store.keyspace.meta
+        try:
+            async with asyncio.timeout(self._store.command_timeout):
+                saved = await client.hget(key, CURSOR_FIELD)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise Unavailable(f"redis: {exc!r}") from exc
+        if saved is not None:
+            return parse_event_id(saved.decode() if isinstance(saved, bytes) else saved)
+        now = self.deriver.watermark
+        await self._save_cursor(now)
+        return now
+
+    async def _save_cursor(self, at: EventId) -> None:
+        try:
+            async with asyncio.timeout(self._store.command_timeout):
+                await self._store.client.hset(
+                    self._store.keyspace.meta, CURSOR_FIELD, format_event_id(at)
+                )
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise Unavailable(f"redis: {exc!r}") from exc
