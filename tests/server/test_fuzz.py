@@ -161,6 +161,31 @@ REQUESTS: dict[str, st.SearchStrategy[Any]] = {
         transfer_id=st.one_of(st.just("tr-1"), text),
         location_id=st.one_of(st.just(""), loc, text),
     ),
+    "ListReservations": st.builds(
+        pb.ListReservationsRequest,
+        customer_id=st.one_of(st.just(""), st.just("ann"), text),
+        channel=st.one_of(st.just(""), st.just("web"), text),
+        location_id=st.one_of(st.just(""), loc),
+        states=st.lists(st.integers(0, 6), max_size=3),
+        page_size=st.one_of(st.just(0), st.integers(0, 2**32 - 1)),
+        page_token=st.one_of(st.just(""), text),
+        newest_first=st.booleans(),
+    ),
+    "WatchReservations": st.builds(
+        pb.WatchReservationsRequest,
+        customer_id=st.one_of(st.just(""), st.just("ann"), text),
+        channel=st.one_of(st.just(""), st.just("web"), text),
+        location_id=st.one_of(st.just(""), loc),
+        states=st.lists(st.integers(0, 6), max_size=3),
+    ),
+    "WatchEvents": st.builds(
+        pb.WatchEventsRequest,
+        types=st.lists(st.integers(0, 25), max_size=3),
+        skus=st.lists(sku, max_size=2),
+        location_ids=st.lists(loc, max_size=2),
+        networks=st.lists(st.one_of(st.just("web"), text), max_size=2),
+        after_event_id=st.one_of(st.just(""), st.just("0-0"), text),
+    ),
 }
 assert set(REQUESTS) | {"ApplyMovements"} == set(METHODS)
 
@@ -175,10 +200,13 @@ call = st.one_of(
 )
 role = st.sampled_from(["admin", "admin", "admin", "channel", "backoffice"])
 BAD = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE}
-#: The server-streaming calls: read until their snapshot is complete.
+#: The server-streaming calls: read until their snapshot is complete (WatchEvents: its first
+#: message, which names where it starts).
 STREAMS: dict[str, Any] = {
     "WatchAvailability": pb.WatchAvailabilityResponse,
     "WatchNetworkAvailability": pb.WatchNetworkAvailabilityResponse,
+    "WatchReservations": pb.WatchReservationsResponse,
+    "WatchEvents": pb.WatchEventsResponse,
 }
 
 
@@ -202,7 +230,8 @@ def invoke(channel: grpc.Channel, name: str, request: Any, who: str) -> None:
         elif name in STREAMS:
             stream = channel.unary_stream(path, None, None)(raw(request), metadata=md, timeout=20)
             for message in stream:
-                if STREAMS[name].FromString(message).snapshot_complete:
+                got = STREAMS[name].FromString(message)
+                if name == "WatchEvents" or got.snapshot_complete:
                     stream.cancel()  # type: ignore[no-untyped-call]
                     break
         else:
