@@ -47,7 +47,8 @@ async def test_a_redis_failure_while_applying_a_shipment_is_retried(
         await eventually(arrived)
         assert failures == 1
         assert not srv.failed
-        assert all(not t.done() for t in srv._tasks), [t.get_name() for t in srv._tasks]
+        ended = [t.get_name() for t in srv._tasks if t.done() and (t.cancelled() or t.exception())]
+        assert not ended  # (a one-off task such as the index backfill may have returned)
         [t] = await c.get_transfer("T")
         assert t.lines[0].shipped == 3
         registry = srv.metrics.registry

@@ -183,6 +183,9 @@ async def test_undecodable_request_is_invalid_argument(
         path = f"/{SERVICE}/{method.name}"
         if method.client_streaming:
             continue  # ApplyMovements: see the stream test below
+        first = method.input_type.fields_by_number.get(1)
+        if payload == NOT_PROTOBUF[1] and (first is None or first.type != first.TYPE_STRING):
+            continue  # field 1 is no string (WatchEvents' types): those bytes decode fine
         if method.server_streaming:
             call: Any = channel.unary_stream(path, None, None)(payload, metadata=ADMIN)
             with pytest.raises(aio.AioRpcError) as err:
