@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.helpers import Key, Mv, levels, movement_batch
+from tests.faults.test_server_kill import KEYS, make_batches
 from tests.fixtures.ledger import LedgerProcess, rows_settle
 from tests.fixtures.server import TOKENS, ServerProcess
 from unistock.client import UnistockClient, UnistockClientError
@@ -30,24 +31,7 @@ from unistock.v1 import inventory_pb2 as pb
 
 pytestmark = pytest.mark.slow
 
-SOURCE = "wms-1"
-KEYS: list[Key] = [(f"SKU-{i % 8}", f"store-{i // 8}") for i in range(32)]
-PER_BATCH = 20
-
-
-def make_batches(rng: random.Random, first_seq: int, n: int) -> list[list[Mv]]:
-    out: list[list[Mv]] = []
-    seq = first_seq
-    for _ in range(n):
-        batch: list[Mv] = []
-        for _ in range(PER_BATCH):
-            sku, loc = rng.choice(KEYS)
-            batch.append(
-                (seq, "RECEIPT" if rng.random() < 0.7 else "SALE", sku, loc, rng.randint(1, 5))
-            )
-            seq += 1
-        out.append(batch)
-    return out
+SOURCE = "wms-1"  # test_server_kill's source, its positions and its batches
 
 
 async def send(target: str, batches: list[list[Mv]]) -> int:
