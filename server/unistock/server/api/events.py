@@ -27,10 +27,10 @@ from unistock.server.domain import (
     check_id,
 )
 from unistock.server.metrics import EventMetrics
-from unistock.server.persistence.codec import varint
 from unistock.server.persistence.events import (
     EventId,
     StoredEvent,
+    events_response,
     format_event_id,
     parse_event_id,
 )
@@ -119,16 +119,6 @@ def _meets(value: str, wanted: frozenset[str]) -> bool:
     if SEP in value:
         return any(v in wanted for v in value.split(SEP))
     return value in wanted
-
-
-def encode_events(events: list[StoredEvent]) -> bytes:
-    """A serialised WatchEventsResponse of stored events, each body completed with its
-    event_id (field 1, appended: protobuf fields may come in any order), without parsing."""
-    out = []
-    for ev in events:
-        inner = ev.message()
-        out.append(b"\x0a" + varint(len(inner)) + inner)
-    return b"".join(out)
 
 
 class EventSubscription:
@@ -250,7 +240,7 @@ class EventStreams:
             cursor = page[-1].id
             matched = [ev for ev in page if flt.matches(ev)]
             if matched:
-                await context.write(encode_events(matched))
+                await context.write(events_response(matched))
         sub = self.hub.subscribe(flt, cursor)
         try:
             while True:
@@ -268,6 +258,6 @@ class EventStreams:
                     )
                 events = sub.take(EVENTS_BATCH)
                 if events:
-                    await context.write(encode_events(events))
+                    await context.write(events_response(events))
         finally:
             self.hub.unsubscribe(sub)
