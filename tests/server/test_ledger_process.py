@@ -20,6 +20,7 @@ from tests.server.test_api import batch, mv, send
 from unistock.client import UnistockClient
 from unistock.server.actors.ledger import CONSUMER, LedgerWriter
 from unistock.server.app.server import UnistockServer
+from unistock.server.app.settings import Settings
 from unistock.server.metrics import LedgerMetrics
 from unistock.server.persistence.feed import FeedReader
 from unistock.server.persistence.ledger import MOVEMENT, RESERVATION, LedgerStore
@@ -121,6 +122,16 @@ def test_exit_codes(tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert "--ledger-batch: 1 to 10000, got 0" in bad.stderr
     assert run_ledger("--no-such-flag").returncode == 2
+    for flags, says in (
+        (("--log-level", "LOUD"), "--log-level: one of DEBUG"),
+        (("--redis-url", "notaurl"), "--redis-url: a redis://"),
+        (("--database-url", "nonsense://x"), "--database-url: Can't load plugin"),
+        (("--ledger-metrics-port", "99999"), "--ledger-metrics-port: 0 to 65535"),
+        (("--redis-timeout-s", "0"), "--redis-timeout-s: above 0"),
+    ):
+        bad = run_ledger(*flags)
+        assert bad.returncode == 2, flags
+        assert says in bad.stderr.splitlines()[-1], bad.stderr
     down = run_ledger("--redis-url", "redis://127.0.0.1:1/0", "--data-dir", str(tmp_path))
     assert down.returncode == 1
     assert "unistock-ledger: cannot start: --redis-url:" in down.stderr
@@ -226,3 +237,89 @@ async def test_the_server_keeps_the_feed_for_the_ledger_before_it_first_runs(
         redis = Redis.from_url(clean_redis_url)
         await redis.flushdb()
         await redis.aclose()
+
+
+async def test_a_second_writer_stands_by_until_the_first_stops(
+    make_server: MakeServer, clean_redis_url: str, tmp_path: Path
+) -> None:
+    """One writer at a time (a lease): a second one started by mistake stands by, reports no
+    false gap, and takes over when the first stops."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    srv = await make_server(clean_redis_url, database_url=url)
+    first = LedgerProcess(clean_redis_url, url, tmp_path / "a").start()
+    await asyncio.sleep(0.5)  # it holds the lease
+    second = LedgerProcess(clean_redis_url, url, tmp_path / "b").start()
+    try:
+        for _ in range(100):
+            if "standing by" in second.log_text():
+                break
+            await asyncio.sleep(0.05)
+        assert "another ledger writer holds the lease" in second.log_text()
+        async with UnistockClient(target(srv), TOKENS["admin"]) as c:
+            await send(c, batch("wms", *movements("wms", 1, 30)))
+            assert len(await rows_settle(url, 30)) == 30
+            assert first.stop() == 0  # it gives the lease up: the second writes
+            await send(c, batch("wms", *movements("wms", 31, 30)))
+            rows = await rows_settle(url, 60, wait=30)
+        assert sorted(r.seq for r in rows) == list(range(1, 61))
+        assert "lease taken: writing" in second.log_text()
+        for w in (first, second):
+            assert "trimmed by the feed's cap" not in w.log_text()
+    finally:
+        first.kill()
+        second.kill()
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (("--feed-consumers", "a b"), "--feed-consumers: 'a b' is not a consumer name"),
+        (("--feed-consumers", ","), "--feed-consumers: '' is not a consumer name"),
+        (("--watch-max-pending", "0"), "--watch-max-pending: at least 1"),
+        (("--events-max-pending", "0"), "--events-max-pending: at least 1"),
+        (("--log-level", "LOUD"), "--log-level: one of"),
+        (("--grpc-port", "70000"), "--grpc-port: 0 to 65535"),
+    ],
+)
+def test_server_flags_refused(
+    flags: tuple[str, str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        Settings.parse(list(flags), env={})
+    assert exit_.value.code == 2
+    assert says in capsys.readouterr().err
+    assert Settings.parse(["--feed-consumers", " ledger , audit-2 "], env={}).consumers == [
+        "ledger",
+        "audit-2",
+    ]
+
+
+async def test_the_lag_shows_while_sql_is_down(server: UnistockServer, tmp_path: Path) -> None:
+    """unistock_ledger_lag_seconds grows while rounds fail (a locked SQLite here), instead of
+    staying at its last value."""
+    import sqlite3
+
+    from unistock.server.persistence.sql import MasterDataStore
+
+    url = f"sqlite:///{tmp_path / 'locked.db'}"
+    sql = MasterDataStore(url)
+    sql.migrate()
+    metrics = LedgerMetrics()
+    feed = FeedReader(server.store.client, server.store.keyspace, "locked")
+    w = LedgerWriter(feed, LedgerStore(sql.engine), metrics)
+    await feed.register()
+    async with UnistockClient(target(server), TOKENS["admin"]) as c:
+        await send(c, batch("wms", mv(1, "RECEIPT", "A", "s1", 5)))
+    await asyncio.sleep(0.3)
+    lock = sqlite3.connect(tmp_path / "locked.db", timeout=0)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(Exception, match="locked"):
+            await w.drain_once()
+        assert metrics.ledger_lag._value.get() >= 0.3
+    finally:
+        lock.rollback()
+        lock.close()
+    assert await w.drain_once() == 1
+    assert metrics.ledger_lag._value.get() == 0
+    sql.close()

@@ -58,9 +58,9 @@ class LedgerMetrics:
 
 
 class Metrics:
-    """Every metric the server exports."""
+    """Every metric the server exports (the ledger writer's only with ledger=True)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, ledger: bool = False) -> None:
         r = self.registry = registry or CollectorRegistry()
         self.movements = Counter(
             "unistock_movements_total",
@@ -187,15 +187,9 @@ class Metrics:
             "reservation transitions), with the state they describe.",
             registry=r,
         )
-        ledger = LedgerMetrics(r)
-        self.ledger_entries = ledger.ledger_entries
-        self.ledger_lag = ledger.ledger_lag
-        self.ledger_delay = ledger.ledger_delay
-        self.ledger_errors = ledger.ledger_errors
-        self.feed_lost = ledger.feed_lost
-        self.feed_retained = ledger.feed_retained
-        #: the ledger writer's metrics, when it runs inside the server (--ledger-in-process 1)
-        self.ledger = ledger
+        #: the ledger writer's metrics, in this registry when it runs inside the server
+        #: (--ledger-in-process 1; else unistock-ledger exports them on its own port)
+        self.ledger = LedgerMetrics(r if ledger else CollectorRegistry())
         self.feed_fill = Gauge(
             "unistock_feed_fill_ratio",
             "The fullest partition's change feed over its cap (--feed-max-entries), sampled every "

@@ -17,11 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from typing import Any
 
+import redis.asyncio as aioredis
+
 from unistock.server.metrics import LedgerMetrics
-from unistock.server.persistence.feed import FeedId, FeedReader, format_feed_id
+from unistock.server.persistence.feed import FeedId, FeedReader, Lease, format_feed_id
+from unistock.server.persistence.keys import Keyspace
 from unistock.server.persistence.ledger import COLUMNS, LedgerStore, ledger_rows, position_rows
 
 log = logging.getLogger(__name__)
@@ -30,18 +35,37 @@ log = logging.getLogger(__name__)
 CONSUMER = "ledger"
 
 
+#: How long a writer's lease lasts without renewal (a killed writer's standby takes over then).
+LEASE_TTL = 15.0
+
+
+def writer_lease(client: aioredis.Redis, keyspace: Keyspace) -> Lease:
+    """The ledger writers' lease, held as "<host>:<pid>" (named in a standby's log)."""
+    return Lease(client, keyspace, CONSUMER, f"{socket.gethostname()}:{os.getpid()}", LEASE_TTL)
+
+
 class LedgerWriter:
     """Moves the change feed into the SQL ledger, at most `batch` feed entries per partition
     per round."""
 
     def __init__(
-        self, feed: FeedReader, ledger: LedgerStore, metrics: LedgerMetrics, *, batch: int = 200
+        self,
+        feed: FeedReader,
+        ledger: LedgerStore,
+        metrics: LedgerMetrics,
+        *,
+        batch: int = 200,
+        lease: Lease | None = None,
     ) -> None:
         self._feed = feed
         self._ledger = ledger
         self._metrics = metrics
         self.batch = batch
         self._loaded = False
+        #: One writer at a time (None: no lease, e.g. tests driving drain_once).
+        self.lease = lease
+        self._held_until = 0.0
+        self._standby = False
 
     async def drain_once(self) -> int:
         """One round: returns the feed entries consumed (0: caught up). Raises Unavailable or
@@ -62,8 +86,14 @@ class LedgerWriter:
             if others:
                 values += [tuple(r.get(c) for c in COLUMNS) for r in ledger_rows(feed_id, others)]
             last[p] = max(at, last.get(p, at))
-        new = await asyncio.to_thread(self._ledger.write_values, values)
-        await self._feed.commit(got)
+        try:
+            new = await asyncio.to_thread(self._ledger.write_values, values)
+            await self._feed.commit(got)
+        except Exception:
+            if got.entries:  # behind by the oldest change it could not write
+                oldest = min(at for _, at, _ in got.entries)[0]
+                self._metrics.ledger_lag.set(max(0.0, time.time() - oldest / 1000))
+            raise
         self._report_lost(got.lost)
         if not got.entries:
             self._metrics.ledger_lag.set(0)
@@ -93,10 +123,14 @@ class LedgerWriter:
 
     async def run(self, idle: float = 0.2, retry: float = 1.0) -> None:
         """Drain forever: at once while there is more, every `idle` s when caught up, every
-        `retry` s (doubling to 30 s) while SQL or Redis fail."""
+        `retry` s (doubling to 30 s) while SQL or Redis fail. With a lease, only while it
+        holds it: another writer on the same feed makes this one stand by."""
         backoff = retry
         while True:
             try:
+                if self.lease is not None and not await self._hold():
+                    await asyncio.sleep(self.lease.ttl_ms / 3000)
+                    continue
                 consumed = await self.drain_once()
                 backoff = retry
             except Exception as exc:  # an outage: nothing lost, retried
@@ -107,3 +141,25 @@ class LedgerWriter:
                 continue
             if not consumed:
                 await asyncio.sleep(idle)
+
+    async def _hold(self) -> bool:
+        """Whether this writer holds the lease (renewed every third of its TTL)."""
+        assert self.lease is not None
+        now = time.monotonic()
+        if self._held_until - now > self.lease.ttl_ms / 1500:
+            return True
+        other = await self.lease.acquire()
+        if other is None:
+            if self._standby:
+                log.info("ledger writer lease taken: writing")
+            self._standby = False
+            self._held_until = now + self.lease.ttl_ms / 1000
+            return True
+        if not self._standby:
+            log.warning(
+                "another ledger writer holds the lease (%s): standing by until it stops", other
+            )
+            self._loaded = False  # its cursors will have moved: read them again
+        self._standby = True
+        self._held_until = 0.0
+        return False

@@ -28,8 +28,9 @@ from prometheus_client import start_http_server
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
-from unistock.server.actors.ledger import CONSUMER, LedgerWriter
-from unistock.server.app.settings import build_parser, values_of
+from unistock.server.actors.ledger import CONSUMER, LedgerWriter, writer_lease
+from unistock.server.app.settings import build_parser, check_common, values_of
+from unistock.server.domain import Unavailable
 from unistock.server.metrics import LedgerMetrics
 from unistock.server.persistence.feed import FeedReader
 from unistock.server.persistence.keys import Keyspace
@@ -67,6 +68,7 @@ class LedgerSettings:
         s = cls(**values_of(cls, parser.parse_args(argv)))
         if not 1 <= s.ledger_batch <= 10_000:
             parser.error(f"--ledger-batch: 1 to 10000, got {s.ledger_batch}")
+        check_common(parser, s)
         return s
 
 
@@ -166,7 +168,10 @@ async def serve(settings: LedgerSettings) -> int:
         CONSUMER,
         command_timeout=settings.redis_timeout_s,
     )
-    writer = LedgerWriter(feed, LedgerStore(sql.engine), metrics, batch=settings.ledger_batch)
+    lease = writer_lease(client, feed.keyspace)
+    writer = LedgerWriter(
+        feed, LedgerStore(sql.engine), metrics, batch=settings.ledger_batch, lease=lease
+    )
     task = asyncio.create_task(writer.run(), name="ledger")
     sampler = asyncio.create_task(_sample(feed, metrics), name="feed-retained")
     print(
@@ -178,6 +183,8 @@ async def serve(settings: LedgerSettings) -> int:
     for t in (task, sampler):
         t.cancel()
     await asyncio.gather(task, sampler, return_exceptions=True)
+    with contextlib.suppress(Unavailable):
+        await lease.release()  # a standby writer takes over at once
     if http is not None:
         http.shutdown()
     await client.aclose()

@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from unistock.server.actors import Inventory
 from unistock.server.actors.events import EventDeriver
 from unistock.server.actors.ledger import CONSUMER as LEDGER_CONSUMER
-from unistock.server.actors.ledger import LedgerWriter
+from unistock.server.actors.ledger import LedgerWriter, writer_lease
 from unistock.server.actors.liveness import StoreLiveness
 from unistock.server.actors.masterdata import MasterData
 from unistock.server.actors.networks import NetworkIndex
@@ -104,7 +104,7 @@ class UnistockServer:
     ) -> None:
         self.settings = settings
         self.tokens = tokens
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or Metrics(ledger=bool(settings.ledger_in_process))
         self.state = State.NEW
         self.grpc_port = 0
         self.metrics_port = 0
@@ -267,10 +267,11 @@ class UnistockServer:
             ),
             LedgerStore(self.master.store.engine),
             self.metrics.ledger,
+            lease=writer_lease(self.store.client, self.store.keyspace),
         )
         # The durable consumers expected (the ledger): the feed is kept for them from now on,
         # even before they first run (else another consumer's trim could pass them by).
-        for name in filter(None, (c.strip() for c in s.feed_consumers.split(","))):
+        for name in s.consumers:
             try:
                 await FeedReader(
                     self.store.client, self.store.keyspace, name, self.store.epochs

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
+
+import sqlalchemy as sa
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +67,59 @@ class Settings:
             parser.error("--partitions must be >= 1")
         if s.feed_max_entries < 1000:
             parser.error(f"--feed-max-entries: at least 1000, got {s.feed_max_entries}")
+        for name in ("watch_max_pending", "events_max_pending", "max_resident"):
+            if getattr(s, name) < 1:
+                parser.error(f"--{name.replace('_', '-')}: at least 1, got {getattr(s, name)}")
+        try:
+            consumer_names(s.feed_consumers)
+        except ValueError as exc:
+            parser.error(f"--feed-consumers: {exc}")
+        check_common(parser, s)
         return s
+
+    @property
+    def consumers(self) -> list[str]:
+        """--feed-consumers as names."""
+        return consumer_names(self.feed_consumers)
+
+
+#: A durable feed consumer's name (it is a hash field in Redis and a metric label).
+_CONSUMER = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def consumer_names(text: str) -> list[str]:
+    """The names of a comma-separated list ("" is none). Raises ValueError naming a bad one."""
+    if not text.strip():
+        return []
+    names = [n.strip() for n in text.split(",")]
+    for n in names:
+        if not _CONSUMER.fullmatch(n):
+            raise ValueError(f"{n!r} is not a consumer name (1-64 of A-Z a-z 0-9 _ . -)")
+    return names
+
+
+def check_common(parser: argparse.ArgumentParser, s: Any) -> None:
+    """The checks every process's settings share (server, ledger writer): parser.error (exit
+    2) naming the flag."""
+    if s.log_level.upper() not in LOG_LEVELS:
+        parser.error(f"--log-level: one of {', '.join(LOG_LEVELS)}, got {s.log_level!r}")
+    scheme = s.redis_url.partition("://")[0]
+    if scheme not in ("redis", "rediss", "unix"):
+        parser.error(f"--redis-url: a redis://, rediss:// or unix:// URL, got {s.redis_url!r}")
+    if s.redis_timeout_s <= 0:
+        parser.error(f"--redis-timeout-s: above 0, got {s.redis_timeout_s}")
+    if s.database_url:
+        try:
+            sa.engine.make_url(s.database_url).get_dialect()
+        except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as exc:
+            parser.error(f"--database-url: {exc}")
+        except ImportError as exc:  # a known dialect whose driver is not installed
+            parser.error(f"--database-url: {exc}")
+    for name in ("metrics_port", "ledger_metrics_port", "grpc_port"):
+        port = getattr(s, name, 0)
+        if not 0 <= port <= 65535:
+            parser.error(f"--{name.replace('_', '-')}: 0 to 65535, got {port}")
 
 
 _HELP = {

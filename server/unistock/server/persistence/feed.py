@@ -248,3 +248,56 @@ class FeedReader:
                 return list(await pipe.execute())
         except (RedisError, OSError, TimeoutError) as exc:
             raise Unavailable(f"redis feed read failed: {exc!r}") from exc
+
+
+RENEW_SCRIPT = """
+-- KEYS: lease.  ARGV: holder, ttl ms.  Extend the lease if this holder has it: 1, else 0.
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+RELEASE_SCRIPT = """
+-- KEYS: lease.  ARGV: holder.  Give the lease up if this holder has it.
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class Lease:
+    """One holder at a time for a durable consumer (`<prefix>:lease:<consumer>`, a key with a
+    TTL): a second ledger writer started by mistake stands by instead of reading the same
+    cursors (which made each see the other's progress as a gap). Raises Unavailable."""
+
+    def __init__(
+        self, client: aioredis.Redis, keyspace: Keyspace, consumer: str, holder: str, ttl: float
+    ) -> None:
+        self.client = client
+        self.key = f"{keyspace.prefix}:lease:{consumer}"
+        self.holder = holder
+        self.ttl_ms = int(ttl * 1000)
+        self._renew = client.register_script(RENEW_SCRIPT)
+        self._release = client.register_script(RELEASE_SCRIPT)
+
+    async def acquire(self) -> str | None:
+        """Take or keep it: None when this holder has it, else who has it."""
+        try:
+            if await self._renew(keys=[self.key], args=[self.holder, self.ttl_ms]):
+                return None
+            if await self.client.set(self.key, self.holder, nx=True, px=self.ttl_ms):
+                return None
+            other = await self.client.get(self.key)
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"redis lease: {exc!r}") from exc
+        if other is None:
+            return "someone (it just expired)"
+        return other.decode(errors="replace") if isinstance(other, bytes) else str(other)
+
+    async def release(self) -> None:
+        """Give it up (if held), so that a standby takes over at once."""
+        try:
+            await self._release(keys=[self.key], args=[self.holder])
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"redis lease: {exc!r}") from exc
