@@ -1,6 +1,7 @@
 """`make run` (python -m unistock.devtools.run): private Redis and Mosquitto, the server and the
-ledger writer beside it; a movement reaches the SQLite ledger in ./var; SIGTERM stops all of
-them cleanly (exit 0)."""
+ledger writer beside it; a movement reaches the SQLite ledger in ./var; a writer killed -9 is
+started again (and the next movement reaches the ledger too); SIGTERM stops all of them cleanly
+(exit 0)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import psutil  # type: ignore[import-untyped,unused-ignore]
+
 from tests.fixtures.server import TOKENS
 from unistock.devtools.services import free_port
 
@@ -22,6 +25,29 @@ def wait_for(path: Path, text: str, proc: subprocess.Popen[bytes], timeout: floa
         assert proc.poll() is None, path.read_text()[-3000:]
         assert time.monotonic() < deadline, path.read_text()[-3000:]
         time.sleep(0.1)
+
+
+def send(grpc_port: int, seq: int, quantity: int) -> subprocess.CompletedProcess[str]:
+    """A receipt of quantity A at s1 (source wms, seq) through the API, from a child process."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import asyncio, sys\n"
+            "from unistock.client import UnistockClient\n"
+            "from unistock.v1 import inventory_pb2 as pb\n"
+            "async def main():\n"
+            f"    async with UnistockClient('127.0.0.1:{grpc_port}', sys.argv[1]) as c:\n"
+            f"        b = pb.MovementBatch(source_id='wms', movements=[pb.Movement(seq={seq},"
+            f" sku='A', location_id='s1', type=pb.RECEIPT, quantity={quantity})])\n"
+            "        [a async for a in c.apply_movements([b])]\n"
+            "asyncio.run(main())\n",
+            TOKENS["admin"],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_make_run_starts_the_server_and_the_ledger_writer(tmp_path: Path) -> None:
@@ -49,25 +75,7 @@ def test_make_run_starts_the_server_and_the_ledger_writer(tmp_path: Path) -> Non
     try:
         wait_for(out, "unistock-server ready", proc)
         wait_for(out, "unistock-ledger ready", proc)
-        sent = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "import asyncio, sys\n"
-                "from unistock.client import UnistockClient\n"
-                "from unistock.v1 import inventory_pb2 as pb\n"
-                "async def main():\n"
-                f"    async with UnistockClient('127.0.0.1:{grpc_port}', sys.argv[1]) as c:\n"
-                "        b = pb.MovementBatch(source_id='wms', movements=[pb.Movement(seq=1,"
-                " sku='A', location_id='s1', type=pb.RECEIPT, quantity=5)])\n"
-                "        [a async for a in c.apply_movements([b])]\n"
-                "asyncio.run(main())\n",
-                TOKENS["admin"],
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        sent = send(grpc_port, 1, 5)
         assert sent.returncode == 0, sent.stderr
         db = tmp_path / "var" / "unistock.db"
         rows: list[tuple[str, str, int]] = []
@@ -79,6 +87,23 @@ def test_make_run_starts_the_server_and_the_ledger_writer(tmp_path: Path) -> Non
                 ).fetchall()
             time.sleep(0.1)
         assert rows == [("A", "s1", 5)]
+        # The ledger writer killed: make run says so and starts it again; nothing is lost.
+        [writer] = [
+            c
+            for c in psutil.Process(proc.pid).children()
+            if "unistock.server.app.ledger" in " ".join(c.cmdline())
+        ]
+        writer.kill()
+        wait_for(out, "ledger writer exited with code -9: restarting it", proc)
+        assert send(grpc_port, 2, 7).returncode == 0
+        deadline = time.monotonic() + 30
+        while len(rows) < 2 and time.monotonic() < deadline:
+            with sqlite3.connect(db) as conn:
+                rows = conn.execute(
+                    "select sku, location_id, on_hand_delta from ledger_entries"
+                ).fetchall()
+            time.sleep(0.1)
+        assert rows == [("A", "s1", 5), ("A", "s1", 7)]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
         text = out.read_text()

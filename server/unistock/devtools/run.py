@@ -15,7 +15,9 @@ Usage: ``python -m unistock.devtools.run [server args...]`` (this is what ``make
 * Beside it, the ledger writer runs as ``python -m unistock.server.app.ledger`` (same
   environment; its metrics on ``UNISTOCK_LEDGER_METRICS_PORT``, default 9466 or a free
   port), unless ``UNISTOCK_LEDGER_IN_PROCESS=1`` (the server writes the ledger itself) or
-  ``UNISTOCK_DEV_LEDGER=0``. It gets the same signals and is stopped when the server exits.
+  ``UNISTOCK_DEV_LEDGER=0``. It gets the same signals and is stopped when the server exits;
+  if it dies on its own it is started again at once (at most 5 times a minute), with a line
+  saying so.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import FrameType
 
@@ -59,6 +62,14 @@ def _pick_port(env_name: str, default: int) -> int:
     port = free_port()
     _log(f"port {default} is taken; using free port {port} (set {env_name} to choose)")
     return port
+
+
+def _wait(proc: subprocess.Popen[bytes], seconds: float) -> int | None:
+    """proc's exit code, or None if it still runs after `seconds`."""
+    try:
+        return proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return None
 
 
 def _exit_code(returncode: int) -> int:
@@ -98,6 +109,7 @@ def main() -> int:
         # Own session: a terminal Ctrl-C reaches only this process, which forwards it once.
         child = subprocess.Popen(cmd, env=env, start_new_session=True)
         children = [child]
+        ledger_cmd: list[str] = []
         if (
             env.get("UNISTOCK_LEDGER_IN_PROCESS", "0") != "1"
             and env.get("UNISTOCK_DEV_LEDGER") != "0"
@@ -120,7 +132,21 @@ def main() -> int:
 
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, forward)
-        returncode = child.wait()
+        restarts: list[float] = []
+        while (returncode := _wait(child, 0.5)) is None:
+            ledger = children[1] if ledger_cmd else None
+            if ledger is None or signalled or ledger.poll() is None:
+                continue
+            # The ledger writer died on its own: say so now, and start it again (at most 5
+            # times a minute; it resumes after its cursors, nothing is lost meanwhile).
+            now = time.monotonic()
+            restarts = [t for t in restarts if now - t < 60] + [now]
+            if len(restarts) > 5:
+                _log(f"ledger writer exited with code {ledger.returncode} again: not restarted")
+                ledger_cmd = []
+                continue
+            _log(f"ledger writer exited with code {ledger.returncode}: restarting it")
+            children[1] = subprocess.Popen(ledger_cmd, env=env, start_new_session=True)
         _log(f"server exited with code {returncode}")
         for c in children[1:]:
             try:  # it got the signal the server got: let it finish on its own
