@@ -323,3 +323,24 @@ async def test_the_lag_shows_while_sql_is_down(server: UnistockServer, tmp_path:
     assert await w.drain_once() == 1
     assert metrics.ledger_lag._value.get() == 0
     sql.close()
+
+
+async def test_unregister_stops_keeping_the_feed_for_the_ledger(
+    make_server: MakeServer, clean_redis_url: str
+) -> None:
+    srv = await make_server(clean_redis_url, events=0)  # registers "ledger"
+    ks = srv.store.keyspace
+    feed = ks.feed(ks.location_partition("s1"))
+    async with UnistockClient(target(srv), TOKENS["admin"]) as c:
+        for seq in (1, 2, 3):
+            await send(c, batch("wms", mv(seq, "RECEIPT", "A", "s1", 1)))
+    fast = FeedReader(srv.store.client, ks, "fast")
+    await fast.commit(await fast.read())
+    assert await srv.store.client.xlen(feed) == 3  # kept for the ledger, which never ran
+    done = await asyncio.to_thread(run_ledger, "--redis-url", clean_redis_url, "--unregister")
+    assert done.returncode == 0, done.stderr
+    assert "'ledger' unregistered from 64 partitions" in done.stdout
+    assert await srv.store.client.xlen(feed) == 0  # trimmed behind fast, the one left
+    assert await srv.store.client.hget(ks.feed_cursors(0), "ledger") is None
+    again = await asyncio.to_thread(run_ledger, "--redis-url", clean_redis_url, "--unregister")
+    assert "unregistered from 0 partitions" in again.stdout

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import pathlib
+import re
 import signal
 import sys
 import time
@@ -54,6 +55,8 @@ class LedgerSettings:
     ledger_batch: int = 200
     redis_timeout_s: float = 5.0
     log_level: str = "INFO"
+    #: Not a setting: --unregister's action (see main).
+    unregister: bool = False
 
     @classmethod
     def parse(cls, argv: Sequence[str] | None = None) -> LedgerSettings:
@@ -65,6 +68,7 @@ class LedgerSettings:
             prog="unistock-ledger",
             description="Unistock ledger writer: the change feed into the SQL ledger.",
         )
+
         s = cls(**values_of(cls, parser.parse_args(argv)))
         if not 1 <= s.ledger_batch <= 10_000:
             parser.error(f"--ledger-batch: 1 to 10000, got {s.ledger_batch}")
@@ -83,14 +87,43 @@ _HELP = {
     "ledger_batch": "feed entries read per partition per round (one SQL transaction a round)",
     "redis_timeout_s": "deadline of one Redis round trip",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "unregister": "instead of writing: stop being one of the feed's durable consumers (the "
+    "feed is no longer kept for the ledger; see --feed-consumers of the server) and exit",
 }
+
+
+def _redact(url: str) -> str:
+    """A URL without its password."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 class StartupError(Exception):
     """The process cannot start (the message names the flag)."""
 
 
-async def _partitions(client: aioredis.Redis, prefix: str, stop: asyncio.Event) -> int:
+async def _unregister(client: aioredis.Redis, prefix: str) -> int:
+    """--unregister: the ledger is no longer a durable consumer of the feed; exit code."""
+    try:
+        raw = await client.hget(f"{prefix}:meta", "partitions")
+        if raw is None:
+            print(f"unistock-ledger: no keyspace {prefix!r} in that Redis: nothing to do")
+            return 0
+        feed = FeedReader(client, Keyspace(prefix, int(raw)), CONSUMER)
+        had = await feed.unregister()
+    except (RedisError, OSError, Unavailable) as exc:
+        print(f"unistock-ledger: cannot unregister: --redis-url: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await client.aclose()
+    print(
+        f"unistock-ledger: {CONSUMER!r} unregistered from {had} partitions: the change feed is "
+        "no longer kept for it (start servers with --feed-consumers without it, or the next "
+        "start registers it again)"
+    )
+    return 0
+
+
+async def _partitions(client: aioredis.Redis, prefix: str, stop: asyncio.Event, url: str) -> int:
     """The keyspace's partition count from us:meta, waiting for a server to create it."""
     warned = False
     while not stop.is_set():
@@ -101,7 +134,11 @@ async def _partitions(client: aioredis.Redis, prefix: str, stop: asyncio.Event) 
         if raw is not None:
             return int(raw)
         if not warned:
-            log.warning("no keyspace %r in Redis yet: waiting for the server to create it", prefix)
+            log.warning(
+                "no keyspace %r in Redis at %s yet: waiting for the server to create it",
+                prefix,
+                _redact(url),
+            )
             warned = True
         await asyncio.sleep(1.0)
     return 0
@@ -133,8 +170,10 @@ async def serve(settings: LedgerSettings) -> int:
     client = aioredis.Redis.from_url(
         settings.redis_url, socket_connect_timeout=settings.redis_timeout_s
     )
+    if settings.unregister:
+        return await _unregister(client, settings.key_prefix)
     try:
-        partitions = await _partitions(client, settings.key_prefix, stop)
+        partitions = await _partitions(client, settings.key_prefix, stop, settings.redis_url)
         if stop.is_set():
             return 0
         if not settings.database_url:

@@ -189,7 +189,8 @@ class UnistockServer:
         except RuntimeError as exc:
             raise StartupError(
                 f"--grpc-port: cannot listen on {address} ({exc}); is another "
-                "unistock-server running there?"
+                "unistock-server running there? (--grpc-port / UNISTOCK_GRPC_PORT chooses "
+                "another; clients then need --target / UNISTOCK_TARGET)"
             ) from None
         if s.metrics_port:
             try:

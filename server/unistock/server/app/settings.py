@@ -198,6 +198,9 @@ def build_parser(
         fallback: object = f.default
         default = env.get(envname, fallback)
         kind: Any = type(fallback) if fallback is not None else str
+        if kind is bool:  # an action, not a setting: no variable
+            parser.add_argument(flag, dest=f.name, action="store_true", help=helps[f.name])
+            continue
         if issubclass(kind, pathlib.PurePath):
             kind = str
         parser.add_argument(

@@ -93,6 +93,25 @@ return 1
 """
 
 
+UNREGISTER_SCRIPT = """
+-- KEYS: cursors hash, feed stream.  ARGV: consumer
+-- Forget a durable consumer here and trim the stream behind the slowest one left (if any).
+local gone = redis.call('HDEL', KEYS[1], ARGV[1])
+local low_ms, low_n
+for _, v in ipairs(redis.call('HVALS', KEYS[1])) do
+  local ms, n = string.match(v, '^(%d+)-(%d+)')
+  ms, n = tonumber(ms), tonumber(n)
+  if ms and (not low_ms or ms < low_ms or (ms == low_ms and n < low_n)) then
+    low_ms, low_n = ms, n
+  end
+end
+if low_ms then
+  redis.call('XTRIM', KEYS[2], 'MINID', string.format('%d-%d', low_ms, low_n + 1))
+end
+return gone
+"""
+
+
 def parse_feed_id(value: bytes | str) -> FeedId:
     """(ms, sequence) of a stream id such as b"1700000000000-3" (or a saved cursor
     "1700000000000-3/17", which carries the entry's ordinal)."""
@@ -150,6 +169,7 @@ class FeedReader:
         self._script = client.register_script(CURSOR_SCRIPT)
         self._read = client.register_script(READ_SCRIPT)
         self._register = client.register_script(REGISTER_SCRIPT)
+        self._unregister = client.register_script(UNREGISTER_SCRIPT)
 
     async def register(self) -> int:
         """Make this consumer a durable one in every partition where it is not yet (the feed is
@@ -159,6 +179,18 @@ class FeedReader:
         pipe = self.client.pipeline(transaction=False)
         for p in self.partitions:
             await self._register(
+                keys=[self.keyspace.feed_cursors(p), self.keyspace.feed(p)],
+                args=[self.consumer],
+                client=pipe,
+            )
+        return sum(int(n) for n in await self._execute(pipe))
+
+    async def unregister(self) -> int:
+        """Stop being a durable consumer: the feed is no longer kept for it (each partition
+        trimmed behind the consumers left). Returns in how many partitions it had a cursor."""
+        pipe = self.client.pipeline(transaction=False)
+        for p in self.partitions:
+            await self._unregister(
                 keys=[self.keyspace.feed_cursors(p), self.keyspace.feed(p)],
                 args=[self.consumer],
                 client=pipe,
