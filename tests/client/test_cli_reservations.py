@@ -117,10 +117,10 @@ async def test_the_readme_reservations_example_runs_as_written(server: UnistockS
         rc, out, err = await sh(command, server)
         assert rc == 0, (command, err)
         outputs.append(out)
-    assert "cc-1" in outputs[2]
+    assert "cc-2" in outputs[2]
     assert "ACTIVE" in outputs[2]
-    assert "cc-1" in outputs[3]
-    assert [r["reservationId"] for r in json.loads(outputs[4])] == ["cc-1"]
+    assert "cc-2" in outputs[3]
+    assert [r["reservationId"] for r in json.loads(outputs[4])] == ["cc-2"]
     assert commands[-1].endswith("--watch")
 
 

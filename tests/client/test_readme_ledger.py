@@ -44,7 +44,7 @@ async def test_the_readme_ledger_example_runs_as_written(
         rc, _, err = await sh(command, srv)
         assert rc == 0, (command, err)
     async with UnistockClient(target(srv), TOKENS["admin"]) as c:
-        await settled(c, 4, sku="SHOE-42", location_id="store-7")
+        await settled(c, 4, sku="SHOE-43", location_id="store-9")
         await settled(c, 2, reservation_id="web-1", types=["RESERVATION"])
     printed = ""
     for command in commands[5:]:
@@ -55,4 +55,4 @@ async def test_the_readme_ledger_example_runs_as_written(
     assert len(got) == len(shown) == 4 + 3
     assert [r[1:] for r in got[:4]] == [r[1:] for r in shown[:4]]  # history: all but the time
     assert got[4:] == shown[4:]  # kpis
-    assert printed.splitlines()[0].rstrip() == "SHOE-42@store-7: 4 entries"
+    assert printed.splitlines()[0].rstrip() == "SHOE-43@store-9: 4 entries"
