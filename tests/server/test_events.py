@@ -477,6 +477,12 @@ async def test_the_cli_prints_events_as_json_lines(
         ("COUNT_VARIANCE", "C1", "5"),
         ("COUNT_VARIANCE", "C2", "2"),
     ]
+    # Every field of the event, zeros too: a reader of "available" finds it on each line.
+    assert all({"available", "onHand", "network"} <= e.keys() for e in lines[1:])
+    bad = await spawn(*server_args(server), "events", "--after", "garbage")
+    _, err = await bad.communicate()
+    assert bad.returncode == 2
+    assert b"--after: not an event id: 'garbage'" in err
 
 
 async def test_transfer_short_and_discrepant(

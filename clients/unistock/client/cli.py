@@ -257,8 +257,23 @@ def _token(arg: str | None) -> str:
     )
 
 
-def _print(message: object) -> None:
-    print(json_format.MessageToJson(message, indent=None))  # type: ignore[arg-type]
+def _print(message: object, *, defaults: bool = False) -> None:
+    print(
+        json_format.MessageToJson(
+            message,  # type: ignore[arg-type]
+            indent=None,
+            always_print_fields_with_no_presence=defaults,
+        )
+    )
+
+
+def _event_id(text: str) -> str:
+    """--after: an event id as WatchEvents gives them ("<ms>-<sequence>")."""
+    if not re.fullmatch(r"\d{1,20}-\d{1,20}", text):
+        raise argparse.ArgumentTypeError(
+            f"not an event id: {text!r} (the eventId or startAfterEventId of a line printed)"
+        )
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -465,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--sku", action="append", default=[])
     ev.add_argument("--location", action="append", default=[])
     ev.add_argument("--network", action="append", default=[])
-    ev.add_argument("--after", default="", help="resume after this event id")
+    ev.add_argument("--after", default="", type=_event_id, help="resume after this event id")
     cli_ledger.add_commands(command)
     cli_reservations.add_commands(command)
     a = command(
@@ -652,8 +667,8 @@ async def _command(c: UnistockClient, args: argparse.Namespace) -> int:
         ):
             if part.start_after_event_id:
                 _print(part)
-            for event in part.events:
-                _print(event)
+            for event in part.events:  # every field its type carries, zeros too
+                _print(event, defaults=True)
     elif args.command == "transfer-reservation":
         _print(await c.transfer_reservation(args.reservation_id, args.request_id, args.moves))
     elif args.command == "find":
