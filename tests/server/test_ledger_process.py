@@ -6,6 +6,7 @@ reported; a consumer's trim never passes another consumer's cursor."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
 from collections import Counter
@@ -135,6 +136,13 @@ def test_exit_codes(tmp_path: Path) -> None:
     down = run_ledger("--redis-url", "redis://127.0.0.1:1/0", "--data-dir", str(tmp_path))
     assert down.returncode == 1
     assert "unistock-ledger: cannot start: --redis-url:" in down.stderr
+    with socket.socket() as taken:  # the port is checked first, before Redis and SQL
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        busy = run_ledger("--redis-url", "redis://127.0.0.1:1/0", "--ledger-metrics-port", port)
+    assert busy.returncode == 1
+    assert "cannot start: --ledger-metrics-port: cannot listen on" in busy.stderr
 
 
 async def writer(srv: UnistockServer, metrics: LedgerMetrics) -> LedgerWriter:

@@ -112,8 +112,8 @@ class LedgerWriter:
         for p, (first, last) in lost.items():
             self._metrics.feed_lost.labels(CONSUMER).inc(last - first + 1)
             log.error(
-                "feed partition %d: %d entries (the %d-th to the %d-th) were trimmed by the "
-                "feed's cap before the ledger read them (it was behind by more than "
+                "feed partition %d: %d entries (numbers %d to %d of its stream) were trimmed by "
+                "the feed's cap before the ledger read them (it was behind by more than "
                 "--feed-max-entries): their changes are missing from the ledger",
                 p,
                 last - first + 1,

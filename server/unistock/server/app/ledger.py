@@ -172,17 +172,7 @@ async def serve(settings: LedgerSettings) -> int:
     )
     if settings.unregister:
         return await _unregister(client, settings.key_prefix)
-    try:
-        partitions = await _partitions(client, settings.key_prefix, stop, settings.redis_url)
-        if stop.is_set():
-            return 0
-        if not settings.database_url:
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
-        sql = await asyncio.to_thread(_migrated, url)
-    except (StartupError, OSError) as exc:
-        print(f"unistock-ledger: cannot start: {exc}", file=sys.stderr)
-        await client.aclose()
-        return 1
+    # The port first, like the server: a port in use fails before anything else is done.
     metrics = LedgerMetrics()
     http = None
     if settings.ledger_metrics_port:
@@ -199,8 +189,20 @@ async def serve(settings: LedgerSettings) -> int:
                 file=sys.stderr,
             )
             await client.aclose()
-            sql.close()
             return 1
+    try:
+        partitions = await _partitions(client, settings.key_prefix, stop, settings.redis_url)
+        if stop.is_set():
+            return 0
+        if not settings.database_url:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        sql = await asyncio.to_thread(_migrated, url)
+    except (StartupError, OSError) as exc:
+        print(f"unistock-ledger: cannot start: {exc}", file=sys.stderr)
+        await client.aclose()
+        if http is not None:
+            http.shutdown()
+        return 1
     feed = FeedReader(
         client,
         Keyspace(settings.key_prefix, partitions),
