@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from unistock.server.app.server import StartupError, UnistockServer, load_tokens
-from unistock.server.app.settings import Settings
+from unistock.server.app.settings import Settings, run_console
 
 log = logging.getLogger("unistock.server")
 
@@ -76,11 +76,7 @@ async def serve(settings: Settings) -> int:
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point."""
     settings = Settings.parse(argv)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    sys.exit(asyncio.run(serve(settings)))
+    run_console(settings.log_level, serve(settings))
 
 
 if __name__ == "__main__":

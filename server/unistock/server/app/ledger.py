@@ -30,7 +30,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
 from unistock.server.actors.ledger import CONSUMER, LedgerWriter, writer_lease
-from unistock.server.app.settings import build_parser, check_common, values_of
+from unistock.server.app.settings import build_parser, check_common, run_console, values_of
 from unistock.server.domain import Unavailable
 from unistock.server.metrics import LedgerMetrics
 from unistock.server.persistence.feed import FeedReader
@@ -245,11 +245,7 @@ async def _sample(feed: FeedReader, metrics: LedgerMetrics, every: float = 5.0) 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point."""
     settings = LedgerSettings.parse(argv)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    sys.exit(asyncio.run(serve(settings)))
+    run_console(settings.log_level, serve(settings))
 
 
 if __name__ == "__main__":

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import os
 import pathlib
 import re
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -211,3 +214,12 @@ def build_parser(
             help=f"{helps[f.name]} [env {envname}]",
         )
     return parser
+
+
+def run_console(level: str, serve: Coroutine[Any, Any, int]) -> None:
+    """A console entry point's end: logging at `level` (one format for every process), then
+    exit with what `serve` returns."""
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    sys.exit(asyncio.run(serve))

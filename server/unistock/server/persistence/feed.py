@@ -176,21 +176,19 @@ class FeedReader:
         kept for it from the entries held now on: a server registers the consumers it expects
         at start, so that none loses what happens before it first runs). Returns in how many
         partitions it was new."""
-        pipe = self.client.pipeline(transaction=False)
-        for p in self.partitions:
-            await self._register(
-                keys=[self.keyspace.feed_cursors(p), self.keyspace.feed(p)],
-                args=[self.consumer],
-                client=pipe,
-            )
-        return sum(int(n) for n in await self._execute(pipe))
+        return await self._in_each_partition(self._register)
 
     async def unregister(self) -> int:
         """Stop being a durable consumer: the feed is no longer kept for it (each partition
         trimmed behind the consumers left). Returns in how many partitions it had a cursor."""
+        return await self._in_each_partition(self._unregister)
+
+    async def _in_each_partition(self, script: Any) -> int:
+        """Run a script (KEYS: cursors hash, feed; ARGV: consumer) in every partition, in one
+        pipeline; the sum of its replies."""
         pipe = self.client.pipeline(transaction=False)
         for p in self.partitions:
-            await self._unregister(
+            await script(
                 keys=[self.keyspace.feed_cursors(p), self.keyspace.feed(p)],
                 args=[self.consumer],
                 client=pipe,
