@@ -194,7 +194,11 @@ def test_reservation_round_trip() -> None:
     )
     r = reserve(req, positions, now=1_700_000_000.25)
     partial = r.fulfil([Line("A", "s1", 1)])
-    for value in (r, partial, partial.release()):
+    assert r.expires_at is not None
+    warned = partial.warn(r.expires_at - 60, 900)  # the expiry an "expiring soon" was for
+    assert warned is not None
+    assert warned.warned_expires_at == r.expires_at
+    for value in (r, partial, partial.release(), warned):
         back = decode_reservation(encode_reservation(value))
         assert back == value
 

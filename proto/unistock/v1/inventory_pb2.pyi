@@ -397,7 +397,11 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     RESERVATION_HEALED: _EventType.ValueType  # 6
     """Held units at risk moved by the server itself (self-healing; `lines` as for MOVED)."""
     RESERVATION_EXPIRING_SOON: _EventType.ValueType  # 7
-    """Not emitted yet."""
+    """An ACTIVE reservation's expiry came within the server's warning window (--expiring-soon-s,
+    default 15 min): once per expiry, an extension making it eligible again; `lines` its lines,
+    `detail` the expiry time. None when the reservation expires before the server's expiry
+    loop (every --expiry-interval-s) saw it inside the window, or when the window is 0.
+    """
     RESERVATION_EXPIRED: _EventType.ValueType  # 8
     """An ACTIVE reservation reached its expiry and released its units."""
     READY_FOR_PICKUP: _EventType.ValueType  # 9
@@ -464,7 +468,11 @@ lines after the move).
 RESERVATION_HEALED: EventType.ValueType  # 6
 """Held units at risk moved by the server itself (self-healing; `lines` as for MOVED)."""
 RESERVATION_EXPIRING_SOON: EventType.ValueType  # 7
-"""Not emitted yet."""
+"""An ACTIVE reservation's expiry came within the server's warning window (--expiring-soon-s,
+default 15 min): once per expiry, an extension making it eligible again; `lines` its lines,
+`detail` the expiry time. None when the reservation expires before the server's expiry
+loop (every --expiry-interval-s) saw it inside the window, or when the window is 0.
+"""
 RESERVATION_EXPIRED: EventType.ValueType  # 8
 """An ACTIVE reservation reached its expiry and released its units."""
 READY_FOR_PICKUP: EventType.ValueType  # 9
@@ -1547,6 +1555,11 @@ class ReservationUpdate(_message.Message):
         """Held units moved between locations (TransferReservation)."""
         HEALED: ReservationUpdate._Transition.ValueType  # 8
         """Held units at risk moved by the server itself (self-healing)."""
+        EXPIRING_SOON: ReservationUpdate._Transition.ValueType  # 9
+        """Its expiry came within the server's warning window (--expiring-soon-s): once per expiry
+        (an extension makes it eligible again); none when it expires before the expiry loop saw
+        it inside the window.
+        """
 
     class Transition(_Transition, metaclass=_TransitionEnumTypeWrapper):
         """What happened to it."""
@@ -1568,6 +1581,11 @@ class ReservationUpdate(_message.Message):
     """Held units moved between locations (TransferReservation)."""
     HEALED: ReservationUpdate.Transition.ValueType  # 8
     """Held units at risk moved by the server itself (self-healing)."""
+    EXPIRING_SOON: ReservationUpdate.Transition.ValueType  # 9
+    """Its expiry came within the server's warning window (--expiring-soon-s): once per expiry
+    (an extension makes it eligible again); none when it expires before the expiry loop saw
+    it inside the window.
+    """
 
     AT_MS_FIELD_NUMBER: _builtins.int
     TRANSITIONS_FIELD_NUMBER: _builtins.int

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from unistock.v1 import inventory_pb2 as unistock_dot_v1_dot_inventory__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!unistock/storage/v1/storage.proto\x12\x13unistock.storage.v1\x1a\x1bunistock/v1/inventory.proto\",\n\nSourceMark\x12\x11\n\tsource_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"A\n\x04Hold\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\x12\x0f\n\x07shipped\x18\x03 \x01(\x03\"\xcb\x01\n\x0fPositionPrivate\x12.\n\x05marks\x18\x01 \x03(\x0b\x32\x1f.unistock.storage.v1.SourceMark\x12(\n\x05holds\x18\x02 \x03(\x0b\x32\x19.unistock.storage.v1.Hold\x12\x18\n\x10recent_count_ids\x18\x03 \x03(\t\x12\x18\n\x10safety_stock_set\x18\x04 \x01(\x08\x12\x15\n\rmarks_spilled\x18\x05 \x01(\x08\x12\x13\n\x0bholds_apart\x18\x06 \x01(\x08\"\xb1\x02\n\x11ReservationRecord\x12-\n\x0breservation\x18\x01 \x01(\x0b\x32\x18.unistock.v1.Reservation\x12\x1b\n\x13request_fingerprint\x18\x02 \x01(\x0c\x12\x30\n\x07pickups\x18\x03 \x03(\x0b\x32\x1f.unistock.storage.v1.SourceMark\x12\x33\n\x0epickup_records\x18\x04 \x03(\x0b\x32\x1b.unistock.storage.v1.Pickup\x12\x33\n\x08progress\x18\x05 \x03(\x0b\x32!.unistock.storage.v1.LineProgress\x12\x34\n\x08requests\x18\x06 \x03(\x0b\x32\".unistock.storage.v1.FulfilRequest\"9\n\x06Pickup\x12\x11\n\tsource_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0f\n\x07\x63overed\x18\x03 \x01(\x03\"j\n\x0cLineProgress\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x13\n\x0blocation_id\x18\x02 \x01(\t\x12\x0f\n\x07shipped\x18\x03 \x01(\x03\x12\x14\n\x0cshipped_open\x18\x04 \x01(\x03\x12\x11\n\tsold_open\x18\x05 \x01(\x03\"8\n\rFulfilRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\x0c\"k\n\x0eTransferRecord\x12\'\n\x08transfer\x18\x01 \x01(\x0b\x32\x15.unistock.v1.Transfer\x12\x30\n\x07\x61pplied\x18\x02 \x03(\x0b\x32\x1f.unistock.storage.v1.SourceMark\"\x9b\x01\n\x08Shipment\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x03\x12\x1a\n\x12origin_location_id\x18\x04 \x01(\t\x12\x1f\n\x17\x64\x65stination_location_id\x18\x05 \x01(\t\x12\x11\n\tsource_id\x18\x06 \x01(\t\x12\x0b\n\x03seq\x18\x07 \x01(\x04\"\xfd\x02\n\tFeedExtra\x12-\n\tcondition\x18\x01 \x01(\x0e\x32\x1a.unistock.v1.ItemCondition\x12\x34\n\x0f\x61\x64justment_sign\x18\x02 \x01(\x0e\x32\x1b.unistock.v1.AdjustmentSign\x12\x16\n\x0ereservation_id\x18\x03 \x01(\t\x12\x10\n\x08\x63ount_id\x18\x04 \x01(\t\x12\x13\n\x0btransfer_id\x18\x05 \x01(\t\x12\x1f\n\x17\x63ounterpart_location_id\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x18\n\x10\x63ount_correction\x18\x08 \x01(\x08\x12\x1a\n\x12non_sellable_delta\x18\t \x01(\x12\x12\x14\n\x0cnon_sellable\x18\n \x01(\x03\x12\x10\n\x08variance\x18\x0b \x01(\x12\x12\x11\n\tpicked_up\x18\x0c \x01(\x03\x12*\n\x07\x61t_risk\x18\r \x03(\x0b\x32\x19.unistock.storage.v1.Hold\"\xb6\x02\n\x11ReservationChange\x12\r\n\x05\x61t_ms\x18\x01 \x01(\x03\x12\x46\n\x0btransitions\x18\x02 \x03(\x0e\x32\x31.unistock.storage.v1.ReservationChange.Transition\x12-\n\x0breservation\x18\x03 \x01(\x0b\x32\x18.unistock.v1.Reservation\"\x9a\x01\n\nTransition\x12\x1a\n\x16TRANSITION_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x43REATED\x10\x01\x12\x0c\n\x08\x45XTENDED\x10\x02\x12\x14\n\x10PARTLY_FULFILLED\x10\x03\x12\r\n\tFULFILLED\x10\x04\x12\x0c\n\x08RELEASED\x10\x05\x12\x0b\n\x07\x45XPIRED\x10\x06\x12\t\n\x05MOVED\x10\x07\x12\n\n\x06HEALED\x10\x08\"\x81\x01\n\x0eTransferChange\x12\r\n\x05\x61t_ms\x18\x01 \x01(\x03\x12\x37\n\rdiscrepancies\x18\x02 \x03(\x0b\x32 .unistock.v1.TransferDiscrepancy\x12\'\n\x08transfer\x18\x03 \x01(\x0b\x32\x15.unistock.v1.Transferb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!unistock/storage/v1/storage.proto\x12\x13unistock.storage.v1\x1a\x1bunistock/v1/inventory.proto\",\n\nSourceMark\x12\x11\n\tsource_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"A\n\x04Hold\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\x12\x0f\n\x07shipped\x18\x03 \x01(\x03\"\xcb\x01\n\x0fPositionPrivate\x12.\n\x05marks\x18\x01 \x03(\x0b\x32\x1f.unistock.storage.v1.SourceMark\x12(\n\x05holds\x18\x02 \x03(\x0b\x32\x19.unistock.storage.v1.Hold\x12\x18\n\x10recent_count_ids\x18\x03 \x03(\t\x12\x18\n\x10safety_stock_set\x18\x04 \x01(\x08\x12\x15\n\rmarks_spilled\x18\x05 \x01(\x08\x12\x13\n\x0bholds_apart\x18\x06 \x01(\x08\"\xcf\x02\n\x11ReservationRecord\x12-\n\x0breservation\x18\x01 \x01(\x0b\x32\x18.unistock.v1.Reservation\x12\x1b\n\x13request_fingerprint\x18\x02 \x01(\x0c\x12\x30\n\x07pickups\x18\x03 \x03(\x0b\x32\x1f.unistock.storage.v1.SourceMark\x12\x33\n\x0epickup_records\x18\x04 \x03(\x0b\x32\x1b.unistock.storage.v1.Pickup\x12\x33\n\x08progress\x18\x05 \x03(\x0b\x32!.unistock.storage.v1.LineProgress\x12\x34\n\x08requests\x18\x06 \x03(\x0b\x32\".unistock.storage.v1.FulfilRequest\x12\x1c\n\x14warned_expires_at_ms\x18\x07 \x01(\x03\"9\n\x06Pickup\x12\x11\n\tsource_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0f\n\x07\x63overed\x18\x03 \x01(\x03\"j\n\x0cLineProgress\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x13\n\x0blocation_id\x18\x02 \x01(\t\x12\x0f\n\x07shipped\x18\x03 \x01(\x03\x12\x14\n\x0cshipped_open\x18\x04 \x01(\x03\x12\x11\n\tsold_open\x18\x05 \x01(\x03\"8\n\rFulfilRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\x0c\"k\n\x0eTransferRecord\x12\'\n\x08transfer\x18\x01 \x01(\x0b\x32\x15.unistock.v1.Transfer\x12\x30\n\x07\x61pplied\x18\x02 \x03(\x0b\x32\x1f.unistock.storage.v1.SourceMark\"\x9b\x01\n\x08Shipment\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x03\x12\x1a\n\x12origin_location_id\x18\x04 \x01(\t\x12\x1f\n\x17\x64\x65stination_location_id\x18\x05 \x01(\t\x12\x11\n\tsource_id\x18\x06 \x01(\t\x12\x0b\n\x03seq\x18\x07 \x01(\x04\"\xfd\x02\n\tFeedExtra\x12-\n\tcondition\x18\x01 \x01(\x0e\x32\x1a.unistock.v1.ItemCondition\x12\x34\n\x0f\x61\x64justment_sign\x18\x02 \x01(\x0e\x32\x1b.unistock.v1.AdjustmentSign\x12\x16\n\x0ereservation_id\x18\x03 \x01(\t\x12\x10\n\x08\x63ount_id\x18\x04 \x01(\t\x12\x13\n\x0btransfer_id\x18\x05 \x01(\t\x12\x1f\n\x17\x63ounterpart_location_id\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x18\n\x10\x63ount_correction\x18\x08 \x01(\x08\x12\x1a\n\x12non_sellable_delta\x18\t \x01(\x12\x12\x14\n\x0cnon_sellable\x18\n \x01(\x03\x12\x10\n\x08variance\x18\x0b \x01(\x12\x12\x11\n\tpicked_up\x18\x0c \x01(\x03\x12*\n\x07\x61t_risk\x18\r \x03(\x0b\x32\x19.unistock.storage.v1.Hold\"\xc9\x02\n\x11ReservationChange\x12\r\n\x05\x61t_ms\x18\x01 \x01(\x03\x12\x46\n\x0btransitions\x18\x02 \x03(\x0e\x32\x31.unistock.storage.v1.ReservationChange.Transition\x12-\n\x0breservation\x18\x03 \x01(\x0b\x32\x18.unistock.v1.Reservation\"\xad\x01\n\nTransition\x12\x1a\n\x16TRANSITION_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x43REATED\x10\x01\x12\x0c\n\x08\x45XTENDED\x10\x02\x12\x14\n\x10PARTLY_FULFILLED\x10\x03\x12\r\n\tFULFILLED\x10\x04\x12\x0c\n\x08RELEASED\x10\x05\x12\x0b\n\x07\x45XPIRED\x10\x06\x12\t\n\x05MOVED\x10\x07\x12\n\n\x06HEALED\x10\x08\x12\x11\n\rEXPIRING_SOON\x10\t\"\x81\x01\n\x0eTransferChange\x12\r\n\x05\x61t_ms\x18\x01 \x01(\x03\x12\x37\n\rdiscrepancies\x18\x02 \x03(\x0b\x32 .unistock.v1.TransferDiscrepancy\x12\'\n\x08transfer\x18\x03 \x01(\x0b\x32\x15.unistock.v1.Transferb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,23 +39,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_POSITIONPRIVATE']._serialized_start=201
   _globals['_POSITIONPRIVATE']._serialized_end=404
   _globals['_RESERVATIONRECORD']._serialized_start=407
-  _globals['_RESERVATIONRECORD']._serialized_end=712
-  _globals['_PICKUP']._serialized_start=714
-  _globals['_PICKUP']._serialized_end=771
-  _globals['_LINEPROGRESS']._serialized_start=773
-  _globals['_LINEPROGRESS']._serialized_end=879
-  _globals['_FULFILREQUEST']._serialized_start=881
-  _globals['_FULFILREQUEST']._serialized_end=937
-  _globals['_TRANSFERRECORD']._serialized_start=939
-  _globals['_TRANSFERRECORD']._serialized_end=1046
-  _globals['_SHIPMENT']._serialized_start=1049
-  _globals['_SHIPMENT']._serialized_end=1204
-  _globals['_FEEDEXTRA']._serialized_start=1207
-  _globals['_FEEDEXTRA']._serialized_end=1588
-  _globals['_RESERVATIONCHANGE']._serialized_start=1591
-  _globals['_RESERVATIONCHANGE']._serialized_end=1901
-  _globals['_RESERVATIONCHANGE_TRANSITION']._serialized_start=1747
-  _globals['_RESERVATIONCHANGE_TRANSITION']._serialized_end=1901
-  _globals['_TRANSFERCHANGE']._serialized_start=1904
-  _globals['_TRANSFERCHANGE']._serialized_end=2033
+  _globals['_RESERVATIONRECORD']._serialized_end=742
+  _globals['_PICKUP']._serialized_start=744
+  _globals['_PICKUP']._serialized_end=801
+  _globals['_LINEPROGRESS']._serialized_start=803
+  _globals['_LINEPROGRESS']._serialized_end=909
+  _globals['_FULFILREQUEST']._serialized_start=911
+  _globals['_FULFILREQUEST']._serialized_end=967
+  _globals['_TRANSFERRECORD']._serialized_start=969
+  _globals['_TRANSFERRECORD']._serialized_end=1076
+  _globals['_SHIPMENT']._serialized_start=1079
+  _globals['_SHIPMENT']._serialized_end=1234
+  _globals['_FEEDEXTRA']._serialized_start=1237
+  _globals['_FEEDEXTRA']._serialized_end=1618
+  _globals['_RESERVATIONCHANGE']._serialized_start=1621
+  _globals['_RESERVATIONCHANGE']._serialized_end=1950
+  _globals['_RESERVATIONCHANGE_TRANSITION']._serialized_start=1777
+  _globals['_RESERVATIONCHANGE_TRANSITION']._serialized_end=1950
+  _globals['_TRANSFERCHANGE']._serialized_start=1953
+  _globals['_TRANSFERCHANGE']._serialized_end=2082
 # @@protoc_insertion_point(module_scope)

@@ -144,9 +144,14 @@ class ReservationRecord(_message.Message):
     PICKUP_RECORDS_FIELD_NUMBER: _builtins.int
     PROGRESS_FIELD_NUMBER: _builtins.int
     REQUESTS_FIELD_NUMBER: _builtins.int
+    WARNED_EXPIRES_AT_MS_FIELD_NUMBER: _builtins.int
     request_fingerprint: _builtins.bytes
     """Fingerprint of the original request's lines, to answer a repeated request (same lines) and
     refuse a reused id (other lines).
+    """
+    warned_expires_at_ms: _builtins.int
+    """The expiry (ms since the Unix epoch) its last EXPIRING_SOON warning was for; 0: never
+    warned. One warning per expiry, written with the record, so a restart warns nothing twice.
     """
     @_builtins.property
     def reservation(self) -> _inventory_pb2.Reservation: ...
@@ -177,10 +182,11 @@ class ReservationRecord(_message.Message):
         pickup_records: _abc.Iterable[Global___Pickup] | None = ...,
         progress: _abc.Iterable[Global___LineProgress] | None = ...,
         requests: _abc.Iterable[Global___FulfilRequest] | None = ...,
+        warned_expires_at_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["reservation", b"reservation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["pickup_records", b"pickup_records", "pickups", b"pickups", "progress", b"progress", "request_fingerprint", b"request_fingerprint", "requests", b"requests", "reservation", b"reservation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pickup_records", b"pickup_records", "pickups", b"pickups", "progress", b"progress", "request_fingerprint", b"request_fingerprint", "requests", b"requests", "reservation", b"reservation", "warned_expires_at_ms", b"warned_expires_at_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -440,6 +446,7 @@ class ReservationChange(_message.Message):
         EXPIRED: ReservationChange._Transition.ValueType  # 6
         MOVED: ReservationChange._Transition.ValueType  # 7
         HEALED: ReservationChange._Transition.ValueType  # 8
+        EXPIRING_SOON: ReservationChange._Transition.ValueType  # 9
 
     class Transition(_Transition, metaclass=_TransitionEnumTypeWrapper): ...
     TRANSITION_UNSPECIFIED: ReservationChange.Transition.ValueType  # 0
@@ -451,6 +458,7 @@ class ReservationChange(_message.Message):
     EXPIRED: ReservationChange.Transition.ValueType  # 6
     MOVED: ReservationChange.Transition.ValueType  # 7
     HEALED: ReservationChange.Transition.ValueType  # 8
+    EXPIRING_SOON: ReservationChange.Transition.ValueType  # 9
 
     AT_MS_FIELD_NUMBER: _builtins.int
     TRANSITIONS_FIELD_NUMBER: _builtins.int

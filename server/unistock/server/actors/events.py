@@ -20,6 +20,7 @@ What makes which event (the feed change it comes from):
   BACK_IN_STOCK when the position's available changed class (threshold: the location's
   low_stock_threshold), RESERVATION_AT_RISK per reservation a movement left at risk;
 - a reservation's transitions: RESERVATION_MOVED, RESERVATION_HEALED, RESERVATION_EXPIRED,
+  RESERVATION_EXPIRING_SOON (detail: the expiry time, UTC),
   and READY_FOR_PICKUP for an ACTIVE CLICK_AND_COLLECT reservation per location holding its
   lines, when created and again after each move (TransferReservation or self-healing);
 - a transfer record's new discrepancies (codec.transfer_change): TRANSFER_SHORT (closed short:
@@ -97,6 +98,13 @@ def derive(record: AnyFeedRecord) -> Iterator[pb.InventoryEvent]:
                 )
             elif t == Transition.EXPIRED:
                 yield _reservation_event(pb.RESERVATION_EXPIRED, record.at_ms, res, "expired")
+            elif t == Transition.EXPIRING_SOON:
+                yield _reservation_event(
+                    pb.RESERVATION_EXPIRING_SOON,
+                    record.at_ms,
+                    res,
+                    f"expires at {res.expires_at.ToJsonString()}",
+                )
             if t in _READY_AGAIN and res.kind == pb.CLICK_AND_COLLECT and res.state == pb.ACTIVE:
                 yield from _ready(record.at_ms, res)
 

@@ -119,6 +119,8 @@ class Inventory:
         self.transfers = TransferBook(store, commit, clock=clock)
         #: Reservations by customer, channel and location (ListReservations).
         self.reservation_index = ReservationIndex(store)
+        #: Where the expiry warnings' scan of the expiry zsets resumes (ms; 0: from now).
+        self._warn_from = 0
         #: The safety stock each position must have (see set_safety_source).
         self.safety_of: Callable[[StockKey], int] = _no_safety_stock
         #: (network, sku, units, kind) -> the network's locations that may serve a network line,
@@ -880,8 +882,61 @@ class Inventory:
         after = await self._end(reservation_id, "expire", _freeing(lambda r: r.expire(now) or r))
         return after.state is ReservationState.EXPIRED
 
-    async def run_expiry(self, interval: float = 1.0) -> None:
-        """Expire due reservations every interval seconds, and remove the index entries of
+    async def warn_expiring(self, within: float, limit: int = 1000) -> int:
+        """Warn the ACTIVE reservations expiring in the next `within` seconds that were not
+        warned for their current expiry yet (each one a turn through the actor path: its record
+        gets warned_expires_at = expires_at and transition EXPIRING_SOON, written with its feed
+        change, so a warning is given once per expiry, across restarts). Returns how many.
+
+        Bounded: reads at most `limit` ids per partition per call, resuming after the expiries
+        it already went through (a cursor in memory, lowered when a record with an unwarned
+        expiry is stored; a restart scans the window again, and the records say what was
+        warned). Raises Unavailable (the cursor stays, the next call retries).
+        """
+        low = self.reservations.take_unwarned()
+        if low != float("inf"):
+            self._warn_from = min(self._warn_from, round(low * 1000))
+            await self.commit.barrier()  # its record is in the zset before the scan
+        now = self.clock()
+        since = max(self._warn_from, int(now * 1000) + 1)  # expired ones are not warned
+        until = int((now + within) * 1000)
+        if until < since:
+            return 0
+        found = await self.store.expiring_reservations(since, until, limit)
+        done = await asyncio.gather(
+            *(self._warn_one(rid, within) for ids in found for rid, _ in ids),
+            return_exceptions=True,
+        )
+        for failure in done:
+            if isinstance(failure, BaseException):
+                raise failure
+        resume = until + 1
+        for ids in found:
+            if len(ids) >= limit:  # that partition was read up to its last expiry only
+                last = ids[-1][1]
+                # (more than `limit` ids with the expiry `since`: skipped, not re-read forever)
+                resume = min(resume, last if last > since else last + 1)
+        self._warn_from = max(self._warn_from, resume)
+        return sum(1 for d in done if d is True)
+
+    async def _warn_one(self, reservation_id: str, within: float) -> bool:
+        try:
+            record = await self._record(reservation_id, keys_of=False)
+        except ReservationNotFound:
+            return False
+        if record.warn(self.clock(), within) is None:
+            return False
+        after = await self._end(
+            reservation_id,
+            "expiring_soon",
+            lambda r, _: r.warn(self.clock(), within) or r,
+            holds=False,
+        )
+        return after.warned_expires_at != record.warned_expires_at
+
+    async def run_expiry(self, interval: float = 1.0, expiring_soon: float = 0.0) -> None:
+        """Expire due reservations every interval seconds, warn those expiring within
+        `expiring_soon` seconds (0: none; see warn_expiring), and remove the index entries of
         ended records whose retention ran out, until cancelled."""
         while True:
             try:
@@ -889,6 +944,12 @@ class Inventory:
             except Unavailable as exc:
                 self.metrics.redis_errors.labels("expiry").inc()
                 log.warning("reservation expiry sweep failed: %s", exc)
+            if expiring_soon > 0:
+                try:
+                    await self.warn_expiring(expiring_soon)
+                except Unavailable as exc:
+                    self.metrics.redis_errors.labels("expiry_warning").inc()
+                    log.warning("reservation expiry warnings failed: %s", exc)
             try:
                 swept = await self.reservation_index.sweep(round(time.time() * 1000))
                 if swept:

@@ -35,6 +35,9 @@ class ReservationBook:
         #: The clock of the records' times (seconds), also the feed changes' at_ms.
         self._clock = clock
         self._cache: dict[str, Reservation | None] = {}
+        #: The earliest expiry (seconds) of an ACTIVE record not warned for it that put() stored
+        #: since the expiry warnings last took it (take_unwarned); inf: none.
+        self._unwarned = float("inf")
         self._loader: BatchLoader[str] = BatchLoader(self._fetch)
 
     def loaded(self, reservation_id: str) -> bool:
@@ -57,7 +60,16 @@ class ReservationBook:
         at_ms = int(self._clock() * 1000)
         change = reservation_change(at_ms, kinds, reservation) if kinds else b""
         self._cache[rid] = reservation
+        exp = reservation.expires_at
+        if reservation.active and exp is not None and reservation.warned_expires_at != exp:
+            self._unwarned = min(self._unwarned, exp)
         self._commit.reservation_changed(reservation, created=created, change=change, before=before)
+
+    def take_unwarned(self) -> float:
+        """The earliest expiry (seconds; inf: none) of an ACTIVE, not yet warned record stored
+        since the last call: where the expiry warnings must look again."""
+        out, self._unwarned = self._unwarned, float("inf")
+        return out
 
     async def load(self, ids: Iterable[str]) -> None:
         """Make ids known (loading them from Redis); raises Unavailable.

@@ -285,7 +285,10 @@ class UnistockServer:
         self.hub = WatchHub(self.metrics, max_pending=s.watch_max_pending)
         self.commit.listeners.append(self.hub.publish)
         self._spawn(self._run_commit(), "group-commit")
-        self._spawn(self.inventory.run_expiry(s.expiry_interval_s), "reservation-expiry")
+        self._spawn(
+            self.inventory.run_expiry(s.expiry_interval_s, s.expiring_soon_s),
+            "reservation-expiry",
+        )
         self._spawn(self.inventory.run_shipments(), "transfer-shipments")
         self._spawn(self.inventory.run_index_backfill(), "reservation-index-backfill")
         if s.mqtt_url:

@@ -41,6 +41,7 @@ class Settings:
     feed_max_entries: int = 100_000
     feed_consumers: str = "ledger"
     expiry_interval_s: float = 1.0
+    expiring_soon_s: float = 900.0
     reservation_retention_s: float = 7 * 86400
     watch_max_pending: int = 100_000
     events: int = 1
@@ -68,6 +69,8 @@ class Settings:
             parser.error("--tls-cert and --tls-key go together")
         if s.partitions < 1:
             parser.error("--partitions must be >= 1")
+        if not s.expiring_soon_s >= 0:
+            parser.error(f"--expiring-soon-s: 0 or more, got {s.expiring_soon_s}")
         if s.feed_max_entries < 1000:
             parser.error(f"--feed-max-entries: at least 1000, got {s.feed_max_entries}")
         for name in ("watch_max_pending", "events_max_pending", "max_resident"):
@@ -158,6 +161,8 @@ _HELP = {
     "comma-separated (the feed is kept for them, up to --feed-max-entries, from then on, even "
     "before they first run); empty: none (a deployment without unistock-ledger)",
     "expiry_interval_s": "how often expired reservations are released",
+    "expiring_soon_s": "warn (RESERVATION_EXPIRING_SOON event, EXPIRING_SOON transition) when "
+    "an ACTIVE reservation's expiry is this close, once per expiry (0: never)",
     "reservation_retention_s": "how long ended reservations stay readable (idempotent replays)",
     "watch_max_pending": "positions a watcher may lag behind before it is cut",
     "events": "1: derive events from the change feed (WatchEvents); 0: off (WatchEvents is "

@@ -186,6 +186,9 @@ class Reservation:
     requests: tuple[tuple[str, bytes], ...] = field(default=())
     #: Moves the server made itself (self-healing), the latest MAX_RESOURCED.
     resourced: tuple[Move, ...] = field(default=())
+    #: The expiry the last "expiring soon" warning was for (None: never warned). A warning is
+    #: given once per expiry: an extension makes the reservation eligible again.
+    warned_expires_at: float | None = None
 
     def pickup_by(self, source_id: str, seq: int) -> Pickup | None:
         """The pickup made by the movement (source_id, seq), if it made one."""
@@ -248,6 +251,19 @@ class Reservation:
         """The expired reservation if its hold ran out by now, else None."""
         if self.active and self.expires_at is not None and self.expires_at <= now:
             return self.ended(ReservationState.EXPIRED)
+        return None
+
+    def warn(self, now: float, within: float) -> Reservation | None:
+        """This reservation warned as expiring soon (warned_expires_at = expires_at) if it is
+        ACTIVE, its expiry is after now and at most `within` seconds away, and no warning was
+        given for that expiry yet; else None."""
+        if (
+            self.active
+            and self.expires_at is not None
+            and now < self.expires_at <= now + within
+            and self.warned_expires_at != self.expires_at
+        ):
+            return self._next(warned_expires_at=self.expires_at)
         return None
 
     def transfer(self, moves: Sequence[Move], request_id: str) -> Reservation:
@@ -607,6 +623,8 @@ class Transition(enum.IntEnum):
     MOVED = 7
     #: Held units at risk moved by the server itself (self-healing).
     HEALED = 8
+    #: Its expiry came within the server's warning window (Reservation.warn), once per expiry.
+    EXPIRING_SOON = 9
 
 
 _ENDED = {
@@ -630,6 +648,12 @@ def transitions(before: Reservation | None, after: Reservation) -> list[Transiti
         out.append(Transition.MOVED)
     if after.expires_at != before.expires_at and after.active:
         out.append(Transition.EXTENDED)
+    if (
+        after.active
+        and after.warned_expires_at != before.warned_expires_at
+        and after.warned_expires_at == after.expires_at
+    ):
+        out.append(Transition.EXPIRING_SOON)
     if after.state is not before.state and not after.active:
         out.append(_ENDED[after.state])
     return out

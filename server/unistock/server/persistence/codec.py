@@ -347,6 +347,9 @@ def encode_reservation(r: Reservation) -> bytes:
             for lp in r.progress
         ],
         requests=[spb.FulfilRequest(request_id=rid, fingerprint=fp) for rid, fp in r.requests],
+        warned_expires_at_ms=(
+            0 if r.warned_expires_at is None else round(r.warned_expires_at * 1000)
+        ),
     )
     return _HEADER.pack(FORMAT, r.revision) + record.SerializeToString()
 
@@ -394,6 +397,9 @@ def decode_reservation(data: bytes) -> Reservation:
         resourced=tuple(
             Move(x.sku, x.from_location_id, x.to_location_id, x.quantity, keep_network=True)
             for x in m.resourced
+        ),
+        warned_expires_at=(
+            record.warned_expires_at_ms / 1000 if record.warned_expires_at_ms else None
         ),
     )
 

@@ -814,6 +814,23 @@ class RedisStore:
             pipe.zrangebyscore(ks.expiries(p), "-inf", int(now * 1000), start=0, num=limit)
         return [rid.decode() for ids in await self._execute(pipe) for rid in ids]
 
+    async def expiring_reservations(
+        self, since_ms: int, until_ms: int, limit: int = 1000
+    ) -> list[list[tuple[str, int]]]:
+        """Per owned partition, the first `limit` (reservation_id, expiry in ms) of ACTIVE
+        reservations whose expiry is in [since_ms, until_ms], earliest first (one pipelined
+        ZRANGEBYSCORE per partition on the expiry zset)."""
+        ks = self.keyspace
+        pipe = self.client.pipeline(transaction=False)
+        for p in self.epochs:
+            pipe.zrangebyscore(
+                ks.expiries(p), since_ms, until_ms, start=0, num=limit, withscores=True
+            )
+        return [
+            [(rid.decode(), int(score)) for rid, score in found]
+            for found in await self._execute(pipe)
+        ]
+
     async def locations(self) -> set[str]:
         """Every location id that has stored positions."""
         ks = self.keyspace
