@@ -162,4 +162,4 @@ def test_a_negative_window_is_refused(value: str, capsys: pytest.CaptureFixture[
     assert f"--expiring-soon-s: 0 or more, got {value}" in capsys.readouterr().err
     assert Settings.parse(["--expiring-soon-s", "0"], env={}).expiring_soon_s == 0
     assert Settings.parse([], env={"UNISTOCK_EXPIRING_SOON_S": "60"}).expiring_soon_s == 60
-    assert Settings.parse([], env={}).expiring_soon_s == 900
+    assert Settings.parse([], env={}).expiring_soon_s == 300

@@ -41,7 +41,7 @@ class Settings:
     feed_max_entries: int = 100_000
     feed_consumers: str = "ledger"
     expiry_interval_s: float = 1.0
-    expiring_soon_s: float = 900.0
+    expiring_soon_s: float = 300.0
     reservation_retention_s: float = 7 * 86400
     watch_max_pending: int = 100_000
     events: int = 1
