@@ -430,9 +430,14 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     after it was closed short (lost units that turned up); `detail` says which.
     """
     STORE_OFFLINE: _EventType.ValueType  # 15
-    """Not emitted yet."""
+    """A store (store_id) became stale: silent, or its agent reporting a backlog, beyond the
+    staleness limit of a network holding one of its locations (as that network's
+    stale_policy counts it). Once per change, also across server restarts; location_id empty.
+    """
     STORE_ONLINE: _EventType.ValueType  # 16
-    """Not emitted yet."""
+    """A store (store_id) that was STORE_OFFLINE is fresh again for every such network (heard
+    from, or a limit changed). Once per change, also across server restarts.
+    """
     NETWORK_LOW_STOCK: _EventType.ValueType  # 17
     """Not emitted yet (per network low / out / back in stock)."""
     NETWORK_OUT_OF_STOCK: _EventType.ValueType  # 18
@@ -501,9 +506,14 @@ was shipped, received beyond what was shipped, shipped after it was closed, or r
 after it was closed short (lost units that turned up); `detail` says which.
 """
 STORE_OFFLINE: EventType.ValueType  # 15
-"""Not emitted yet."""
+"""A store (store_id) became stale: silent, or its agent reporting a backlog, beyond the
+staleness limit of a network holding one of its locations (as that network's
+stale_policy counts it). Once per change, also across server restarts; location_id empty.
+"""
 STORE_ONLINE: EventType.ValueType  # 16
-"""Not emitted yet."""
+"""A store (store_id) that was STORE_OFFLINE is fresh again for every such network (heard
+from, or a limit changed). Once per change, also across server restarts.
+"""
 NETWORK_LOW_STOCK: EventType.ValueType  # 17
 """Not emitted yet (per network low / out / back in stock)."""
 NETWORK_OUT_OF_STOCK: EventType.ValueType  # 18
@@ -2560,6 +2570,7 @@ class InventoryEvent(_message.Message):
     SOURCE_ID_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
     TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    STORE_ID_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique and ordered: resume WatchEvents after it with after_event_id. Opaque: compare two
     ids only through the order the stream gives them in.
@@ -2587,6 +2598,8 @@ class InventoryEvent(_message.Message):
     seq: _builtins.int
     transfer_id: _builtins.str
     """TRANSFER_SHORT, TRANSFER_DISCREPANT: the transfer."""
+    store_id: _builtins.str
+    """STORE_OFFLINE, STORE_ONLINE: the store (`detail` says why)."""
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp:
         """When the change it comes from was made (server clock, millisecond precision)."""
@@ -2614,10 +2627,11 @@ class InventoryEvent(_message.Message):
         source_id: _builtins.str = ...,
         seq: _builtins.int = ...,
         transfer_id: _builtins.str = ...,
+        store_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "available", b"available", "count_id", b"count_id", "detail", b"detail", "event_id", b"event_id", "lines", b"lines", "location_id", b"location_id", "network", b"network", "on_hand", b"on_hand", "quantity", b"quantity", "reservation_id", b"reservation_id", "seq", b"seq", "sku", b"sku", "source_id", b"source_id", "transfer_id", b"transfer_id", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "available", b"available", "count_id", b"count_id", "detail", b"detail", "event_id", b"event_id", "lines", b"lines", "location_id", b"location_id", "network", b"network", "on_hand", b"on_hand", "quantity", b"quantity", "reservation_id", b"reservation_id", "seq", b"seq", "sku", b"sku", "source_id", b"source_id", "store_id", b"store_id", "transfer_id", b"transfer_id", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

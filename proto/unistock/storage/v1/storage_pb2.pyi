@@ -518,3 +518,46 @@ class TransferChange(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TransferChange: _TypeAlias = TransferChange  # noqa: Y015
+
+@_typing.final
+class StoreStatusChange(_message.Message):
+    """A store's status change in the change feed (a group of kind 4 whose key is the store id),
+    written with the store's last published status (us:{p}:storestat, partition of the store
+    id). The change starts with its revision (8 bytes), like a reservation's: the flush script
+    appends it only when the stored status is older and different (none stored: online).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AT_MS_FIELD_NUMBER: _builtins.int
+    STORE_ID_FIELD_NUMBER: _builtins.int
+    ONLINE_FIELD_NUMBER: _builtins.int
+    LAST_HEARD_MS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    at_ms: _builtins.int
+    """When the server decided it: server wall clock, ms since the Unix epoch."""
+    store_id: _builtins.str
+    online: _builtins.bool
+    """true: fresh again (STORE_ONLINE); false: stale (STORE_OFFLINE)."""
+    last_heard_ms: _builtins.int
+    """When the server last heard from the store's agent (ms since the Unix epoch; a store never
+    heard from: when the server first knew of it).
+    """
+    reason: _builtins.str
+    """Why, for people (e.g. "silent for 75 s, beyond network web's staleness limit of 60 s")."""
+    def __init__(
+        self,
+        *,
+        at_ms: _builtins.int = ...,
+        store_id: _builtins.str = ...,
+        online: _builtins.bool = ...,
+        last_heard_ms: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_ms", b"at_ms", "last_heard_ms", b"last_heard_ms", "online", b"online", "reason", b"reason", "store_id", b"store_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StoreStatusChange: _TypeAlias = StoreStatusChange  # noqa: Y015

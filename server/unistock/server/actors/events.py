@@ -25,7 +25,9 @@ What makes which event (the feed change it comes from):
   lines, when created and again after each move (TransferReservation or self-healing);
 - a transfer record's new discrepancies (codec.transfer_change): TRANSFER_SHORT (closed short:
   units lost in transit), TRANSFER_DISCREPANT (received before shipped, over-received,
-  shipped after close, received after close).
+  shipped after close, received after close);
+- a store's status change (codec.store_status_change, staged by the network index):
+  STORE_OFFLINE / STORE_ONLINE (store_id, no location; stored in the store's partition).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from unistock.server.persistence.codec import (
     AnyFeedRecord,
     FeedRecord,
     LevelFeedRecord,
+    StoreStatusFeedRecord,
     TransferFeedRecord,
     decode_feed,
 )
@@ -87,6 +90,8 @@ def derive(record: AnyFeedRecord) -> Iterator[pb.InventoryEvent]:
         yield from _movement_events(record)
     elif isinstance(record, TransferFeedRecord):
         yield from _transfer_events(record)
+    elif isinstance(record, StoreStatusFeedRecord):
+        yield _store_event(record)
     else:
         res = record.reservation
         for t in record.transitions:
@@ -134,6 +139,16 @@ def _transfer_events(r: TransferFeedRecord) -> Iterator[pb.InventoryEvent]:
             detail=f"transfer {r.transfer_id} to {r.destination}: {d.quantity} x {d.sku} "
             f"{_DISCREPANCY[kind]}",
         )
+
+
+def _store_event(r: StoreStatusFeedRecord) -> pb.InventoryEvent:
+    return pb.InventoryEvent(
+        type=pb.STORE_ONLINE if r.online else pb.STORE_OFFLINE,
+        at=_ts(r.at_ms),
+        store_id=r.store_id,
+        detail=f"store {r.store_id} {'online' if r.online else 'offline'}: {r.reason} "
+        f"(last heard from {_ts(r.last_heard_ms).ToJsonString()})",
+    )
 
 
 def _position_event(
@@ -268,9 +283,12 @@ def stored_event(at: EventId, ev: pb.InventoryEvent) -> StoredEvent:
 
 
 def partition_of(ks: Keyspace, ev: pb.InventoryEvent) -> int:
-    """The partition of an event's subject: its reservation's, else its location's."""
+    """The partition of an event's subject: its reservation's, its store's (store status), else
+    its location's."""
     if ev.reservation_id:
         return ks.reservation_partition(ev.reservation_id)
+    if ev.store_id:
+        return ks.store_partition(ev.store_id)
     return ks.location_partition(ev.location_id)
 
 

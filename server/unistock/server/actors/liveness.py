@@ -72,6 +72,15 @@ class StoreLiveness:
         """Seconds since the store was last heard of (see know)."""
         return self._clock() - self.know(store_id)
 
+    def heard_at(self, store_id: str) -> float:
+        """When the store was last heard of (Unix seconds; see know)."""
+        return self._wall() - self.silent_for(store_id)
+
+    def backlog(self, store_id: str) -> float:
+        """The age (seconds) of the oldest unacknowledged movement in the agent's last
+        status (0: none reported)."""
+        return self._backlog.get(store_id, 0.0)
+
     def stale(self, store_id: str, limit: float) -> bool:
         """Whether the store's stock is older news than limit seconds (0: never stale)."""
         if limit <= 0:

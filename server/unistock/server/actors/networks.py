@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 
@@ -30,7 +31,12 @@ from unistock.server.actors.liveness import StoreLiveness
 from unistock.server.actors.masterdata import MasterData
 from unistock.server.domain import StockKey
 from unistock.server.domain.masterdata import Location, Network, StalePolicy
-from unistock.server.persistence.codec import split_position, varint
+from unistock.server.persistence.codec import (
+    split_position,
+    store_status_change,
+    store_status_value,
+    varint,
+)
 from unistock.server.persistence.group_commit import DurableLevel, GroupCommit
 from unistock.server.persistence.keys import parse_position_field
 from unistock.server.persistence.store import RedisStore, stored_version
@@ -95,6 +101,13 @@ class NetworkIndex:
         self._eligible: dict[tuple[str, int], tuple[int, frozenset[str], dict[str, Location]]] = {}
         #: Set once the sums cover every member location (after the start-up sync).
         self.ready = asyncio.Event()
+        #: store -> online, as last staged for the feed (`_stage_statuses`); empty after a
+        #: start, so that the first sync stages every store's status
+        self._store_online: dict[str, bool] = {}
+        #: whether syncs stage store statuses: from the start-up sync on (liveness restored)
+        self._statuses_on = False
+        #: the revision of the last status staged (ms since the Unix epoch, or one above it)
+        self._status_rev = 0
         commit.listeners.append(self.on_durable)
 
     # -- reads ---------------------------------------------------------------------------------
@@ -230,6 +243,7 @@ class NetworkIndex:
             wanted: dict[str, dict[str, Weight]] = defaultdict(dict)
             stale = self._stale_members()
             self._log_staleness(stale)
+            self._stage_statuses(stale)
             for network in self._master.networks.values():
                 net_id = network.network_id
                 for loc in network.location_ids:
@@ -392,6 +406,7 @@ class NetworkIndex:
                 if self.liveness is not None and not self._restored:
                     self.liveness.restore(await self._store.load_heard())
                     self._restored = True
+                self._statuses_on = True
                 await self.sync()
                 break
             except Exception as exc:  # Unavailable mostly; never leave the index unready
@@ -416,6 +431,44 @@ class NetworkIndex:
         except Exception as exc:  # kept for the next round
             live.unsaved(changed)
             log.warning("store liveness not saved yet: %r", exc)
+
+    def _stage_statuses(self, stale: dict[str, set[str]]) -> None:
+        """Stage (GroupCommit.store_status_changed) the status of every store of master data
+        whose status is not the one last staged: offline when one of its locations is a stale
+        member of some network (stale: `_stale_members`), else online. The flush script makes a
+        feed change (STORE_OFFLINE / STORE_ONLINE) only when the stored status differs, so the
+        statuses staged at every start make no event unless a store changed meanwhile."""
+        live = self.liveness
+        if live is None or not self._statuses_on:
+            return
+        why: dict[str, str] = {}  # offline stores -> why (the first network by id)
+        for net_id in sorted(stale):
+            limit = self._master.networks[net_id].staleness_limit
+            for loc in sorted(stale[net_id]):
+                store = self._master.store_of(loc)
+                if store is None or store in why:
+                    continue
+                silent, backlog = live.silent_for(store), live.backlog(store)
+                why[store] = (
+                    f"silent for {silent:.0f} s"
+                    if silent > limit
+                    else f"its agent reports a backlog of {backlog:.0f} s"
+                ) + f", beyond network {net_id}'s staleness limit of {limit} s"
+        stores = {loc.store_id for loc in self._master.locations.values() if loc.store_id}
+        at_ms = int(time.time() * 1000)
+        for store in sorted(stores):
+            online = store not in why
+            if self._store_online.get(store) == online:
+                continue
+            self._store_online[store] = online
+            self._status_rev = revision = max(self._status_rev + 1, at_ms)
+            heard_ms = int(live.heard_at(store) * 1000)
+            reason = "heard from within every network's staleness limit" if online else why[store]
+            self._commit.store_status_changed(
+                store,
+                store_status_value(revision, online),
+                store_status_change(revision, at_ms, store, online, heard_ms, reason),
+            )
 
     def _log_staleness(self, stale: dict[str, set[str]]) -> None:
         """Log each member that became stale or fresh, and what a stale member's units count

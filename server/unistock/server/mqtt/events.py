@@ -1,8 +1,8 @@
 """Events on MQTT for store apps: `unistock/v1/stores/{store_id}/events`.
 
 Each stored event (persistence.events) is published, QoS 1, on the topic of every store owning
-a location it names (its location_id, or its lines' locations; LocationDirectory.store_of),
-several at a time: a message's payload is a binary WatchEventsResponse holding one or more
+a location it names (its location_id, or its lines' locations; LocationDirectory.store_of) -
+STORE_OFFLINE / STORE_ONLINE on the topic of their store_id -, several at a time: a message's payload is a binary WatchEventsResponse holding one or more
 events (with their event_id) in event_id order. The publisher is a durable consumer of the
 event streams: its cursor (the last event id published) is kept in Redis (the layout hash, field
 `events-mqtt`) after the broker has acknowledged what it covers (at most every 0.5 s), so a
@@ -38,6 +38,7 @@ from unistock.server.persistence.events import (
     parse_event_id,
 )
 from unistock.server.persistence.store import RedisStore
+from unistock.v1 import inventory_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,10 @@ PAGE = 512
 LIVE_ROUNDS = 64
 #: The cursor is saved at most this often (s): a restart publishes again what followed it.
 SAVE_EVERY = 0.5
+
+
+#: Events about a store as a whole (store_id, no location).
+_STORE_EVENTS = (pb.STORE_OFFLINE, pb.STORE_ONLINE)
 
 
 def events_topic(store_id: str) -> str:
@@ -99,6 +104,8 @@ class EventPublisher:
 
     def stores_of(self, ev: StoredEvent) -> list[str]:
         """The stores whose topic an event goes to, sorted (none: it names no location)."""
+        if ev.type in _STORE_EVENTS:  # rare: the body read for its store_id
+            return [pb.InventoryEvent.FromString(ev.body).store_id]
         return sorted({self.locations.store_of(loc) for loc in ev.location_id.split(SEP) if loc})
 
     async def run(self) -> None:

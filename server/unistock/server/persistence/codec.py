@@ -515,7 +515,9 @@ def decode_shipment(data: bytes) -> Movement:
 # flags: 1 = a FeedExtra follows. Type 0 (FULFILMENT): units shipped by a reservation's
 # fulfilment (source "", seq 0, quantity the units, the reservation in the FeedExtra).
 # Kind 2: a reservation record written, key its id, each change its revision (u64) then a
-# ReservationChange (varint length first). Every change starts with the version (revision) of
+# ReservationChange (varint length first); kinds 3 and 4 alike: a transfer record (key
+# "<destination>|<transfer_id>", TransferChange) and a store's status (key its id,
+# StoreStatusChange, see store_status_change). Every change starts with the version (revision) of
 # the state it leads to: the script skips those the stored state already has. The version comes first: the script compares it with the
 # stored position's to skip a change already in the feed. A fixed binary part instead of a
 # protobuf message because every applied movement is one (bench B1/B11: ~0.5 us instead of
@@ -628,8 +630,40 @@ class TransferFeedRecord(NamedTuple):
     transfer: pb.Transfer
 
 
-FEED_POSITION, FEED_RESERVATION, FEED_TRANSFER = 1, 2, 3
+class StoreStatusFeedRecord(NamedTuple):
+    """A store's status change (stale <-> fresh), as read back from the change feed."""
+
+    store_id: str
+    revision: int
+    at_ms: int
+    #: True: fresh again; False: stale
+    online: bool
+    #: when the server last heard from its agent (ms since the Unix epoch)
+    last_heard_ms: int
+    #: why, for people
+    reason: str
+
+
+FEED_POSITION, FEED_RESERVATION, FEED_TRANSFER, FEED_STORE = 1, 2, 3, 4
 _REVISION = struct.Struct(">Q")
+
+
+def store_status_change(
+    revision: int, at_ms: int, store_id: str, online: bool, last_heard_ms: int, reason: str
+) -> bytes:
+    """The stored form of a store's status change (a group of kind FEED_STORE, key the store
+    id): its revision (8 bytes; the flush script keeps it with the store's status) then a
+    StoreStatusChange (varint length first)."""
+    msg = spb.StoreStatusChange(
+        at_ms=at_ms, store_id=store_id, online=online, last_heard_ms=last_heard_ms, reason=reason
+    ).SerializeToString()
+    return _REVISION.pack(revision) + varint(len(msg)) + msg
+
+
+def store_status_value(revision: int, online: bool) -> bytes:
+    """A store's last published status as kept in us:{p}:storestat: revision (8 bytes,
+    big-endian) then b"1" (online) or b"0" (offline)."""
+    return _REVISION.pack(revision) + (b"1" if online else b"0")
 
 
 def transfer_change(at_ms: int, found: Sequence[Discrepancy], record: Transfer) -> bytes:
@@ -730,29 +764,54 @@ def feed_change(
 
 
 #: A change read back from the feed.
-AnyFeedRecord = FeedRecord | LevelFeedRecord | ReservationFeedRecord | TransferFeedRecord
+AnyFeedRecord = (
+    FeedRecord
+    | LevelFeedRecord
+    | ReservationFeedRecord
+    | TransferFeedRecord
+    | StoreStatusFeedRecord
+)
 
 
-def _transfer_records(key: str, entry: bytes, pos: int, count: int) -> list[TransferFeedRecord]:
-    destination, _, transfer_id = key.partition("|")
+_C = TypeVar("_C", spb.TransferChange, spb.StoreStatusChange)
+
+
+def _revised(entry: bytes, pos: int, count: int, message: type[_C]) -> list[tuple[int, _C]]:
+    """`count` changes from pos that each are a revision then a message (varint length first)."""
     out = []
     for _ in range(count):
         (revision,) = _REVISION.unpack_from(entry, pos)
         n, pos = _read_varint(entry, pos + 8)
-        change = spb.TransferChange.FromString(entry[pos : pos + n])
+        out.append((revision, message.FromString(entry[pos : pos + n])))
         pos += n
-        out.append(
-            TransferFeedRecord(
-                destination, transfer_id, revision, change.at_ms,
-                tuple(change.discrepancies), change.transfer,
-            )
-        )  # fmt: skip
     return out
 
 
+def _transfer_records(key: str, entry: bytes, pos: int, count: int) -> list[TransferFeedRecord]:
+    destination, _, transfer_id = key.partition("|")
+    return [
+        TransferFeedRecord(
+            destination,
+            transfer_id,
+            revision,
+            change.at_ms,
+            tuple(change.discrepancies),
+            change.transfer,
+        )
+        for revision, change in _revised(entry, pos, count, spb.TransferChange)
+    ]
+
+
+def _store_records(entry: bytes, pos: int, count: int) -> list[StoreStatusFeedRecord]:
+    return [
+        StoreStatusFeedRecord(m.store_id, revision, m.at_ms, m.online, m.last_heard_ms, m.reason)
+        for revision, m in _revised(entry, pos, count, spb.StoreStatusChange)
+    ]
+
+
 def _skip_changes(entry: bytes, pos: int, count: int) -> int:
-    """Past `count` changes that each start with a revision and a length (reservation and
-    transfer groups)."""
+    """Past `count` changes that each start with a revision and a length (reservation,
+    transfer and store status groups)."""
     for _ in range(count):
         n, pos = _read_varint(entry, pos + 8)
         pos += n
@@ -788,6 +847,10 @@ def decode_feed(entry: bytes, *, notable: bool = False) -> list[AnyFeedRecord]:
             continue
         if kind == FEED_TRANSFER:
             out += _transfer_records(raw.decode(), entry, pos, count)
+            pos = _skip_changes(entry, pos, count)
+            continue
+        if kind == FEED_STORE:
+            out += _store_records(entry, pos, count)
             pos = _skip_changes(entry, pos, count)
             continue
         sku = ""  # decoded with the group's first change kept

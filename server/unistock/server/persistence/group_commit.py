@@ -137,6 +137,9 @@ class GroupCommit:
         #: transfer key -> its feed changes not yet durable (codec.transfer_change)
         self._xchanges: dict[tuple[str, str], list[bytes]] = {}
         self._inflight_transfers: set[tuple[str, str]] = set()
+        #: (store_id, stored status, feed change) not yet durable, oldest first
+        #: (store_status_changed)
+        self._statuses: list[tuple[str, bytes, bytes]] = []
         #: field -> (origin location, stored Shipment): written with the origin position
         self._shipments: dict[str, tuple[str, bytes]] = {}
         #: field -> origin location: shipments applied, to delete
@@ -211,6 +214,14 @@ class GroupCommit:
             self._linked[p.key] = self._positions[p.key] = p
         self._wake.set()
 
+    def store_status_changed(self, store_id: str, value: bytes, change: bytes) -> None:
+        """Schedule a store's status (codec.store_status_value) for writing in the store's
+        partition, with its feed change (codec.store_status_change), which the flush script
+        appends only when the status differs from the stored one; kept for the next flush when
+        a flush fails."""
+        self._statuses.append((store_id, value, change))
+        self._wake.set()
+
     def shipment_recorded(self, origin: Position, field: str, value: bytes) -> None:
         """Schedule a TRANSFER_OUT's shipment for the outbox, atomically with its origin
         position (scheduled too)."""
@@ -256,6 +267,7 @@ class GroupCommit:
             or self._transfers
             or self._shipments
             or self._shipped
+            or self._statuses
         )
 
     def is_dirty(self, key: StockKey) -> bool:
@@ -344,8 +356,10 @@ class GroupCommit:
                 self._transitions,
                 self._earlier,
                 self._xchanges,
+                self._statuses,
             )
             self._transitions, self._earlier, self._xchanges = {}, {}, {}
+            self._statuses = []
             self._window = asyncio.get_running_loop().create_future()
             self._positions, self._ending, self._other = {}, {}, {}
             self._sources, self._highs, self._transfers = {}, {}, {}
@@ -370,9 +384,10 @@ class GroupCommit:
             },
             earlier={rid: self._earlier.pop(rid) for rid in self._ending if rid in self._earlier},
             xchanges=self._xchanges,
+            statuses=self._statuses,
         )
         self._ending, self._transfers, self._shipments, self._shipped = {}, {}, {}, {}
-        self._xchanges = {}
+        self._xchanges, self._statuses = {}, []
         self._linked = {}
         return batch, False
 
@@ -527,6 +542,8 @@ class GroupCommit:
                     batch.xchanges.get((destination, transfer_id), []),
                 )
             )
+        for store_id, value, change in batch.statuses:
+            middle[ks.store_partition(store_id)].statuses.append((store_id, value, change))
         for name, (origin, value) in batch.shipments.items():
             middle[partition_of(origin)].shipments += (name, value)
         for name, origin in batch.shipped.items():
@@ -566,6 +583,7 @@ class GroupCommit:
             self._transfers.setdefault(key, t)
         for key, changes in batch.xchanges.items():  # before any made since
             self._xchanges[key] = changes + self._xchanges.get(key, [])
+        self._statuses = batch.statuses + self._statuses  # before any made since
         for name, shipment in batch.shipments.items():
             self._shipments.setdefault(name, shipment)
         for name, origin in batch.shipped.items():
@@ -594,6 +612,8 @@ class _Batch:
     earlier: dict[str, list[Reservation]] = field(default_factory=dict)
     #: transfer key -> its feed changes (written with its record)
     xchanges: dict[tuple[str, str], list[bytes]] = field(default_factory=dict)
+    #: (store_id, stored status, feed change), oldest first
+    statuses: list[tuple[str, bytes, bytes]] = field(default_factory=list)
 
     def encodable(self) -> _Batch:
         """The changes that encode, each alone; the others are logged and dropped."""
@@ -609,6 +629,7 @@ class _Batch:
             self.transitions,
             self.earlier,
             self.xchanges,
+            self.statuses,
         )
 
 

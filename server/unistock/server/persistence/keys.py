@@ -44,6 +44,9 @@ set of partitions; each partition has an owner epoch that every write checks (th
                                   feed is trimmed behind the slowest)
     us:{p<n>}:heard               hash: store id -> when its agent was last heard from (Unix
                                   seconds; partition of the store id): store liveness
+    us:{p<n>}:storestat           hash: store id -> its last published status (codec.
+                                  store_status_value: revision, online or not), written with
+                                  its STORE_OFFLINE / STORE_ONLINE feed change
 """
 
 from __future__ import annotations
@@ -116,6 +119,10 @@ class Keyspace:
     def heard(self, partition: int) -> str:
         """Hash of the stores' last-heard times (store liveness)."""
         return f"{self._tag(partition)}:heard"
+
+    def store_status(self, partition: int) -> str:
+        """Hash of the stores' last published statuses (partition of the store id)."""
+        return f"{self._tag(partition)}:storestat"
 
     def source_partition(self, source_id: str) -> int:
         """The partition owning a movement source's progress."""

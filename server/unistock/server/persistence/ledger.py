@@ -22,6 +22,7 @@ from unistock.server.persistence.codec import (
     AnyFeedRecord,
     FeedRecord,
     LevelFeedRecord,
+    StoreStatusFeedRecord,
     TransferFeedRecord,
 )
 from unistock.server.persistence.sql import LEDGER
@@ -35,11 +36,11 @@ _NO_EXTRA = spb.FeedExtra()
 
 
 def ledger_rows(feed_id: str, records: Sequence[AnyFeedRecord]) -> list[dict[str, Any]]:
-    """The ledger rows of one feed entry's changes (level changes, which change no quantity,
-    have none: they are events' business)."""
+    """The ledger rows of one feed entry's changes (level changes and store status changes,
+    which change no quantity, have none: they are events' business)."""
     rows: list[dict[str, Any]] = []
     for r in records:
-        if isinstance(r, LevelFeedRecord):
+        if isinstance(r, LevelFeedRecord | StoreStatusFeedRecord):
             continue
         if isinstance(r, FeedRecord):
             x = r.extra or _NO_EXTRA  # its strings are "" (stored as NULL)

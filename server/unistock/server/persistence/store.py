@@ -77,7 +77,9 @@ FLUSH_SCRIPT = """
 --       codec.feed_change: each starts with its position version),
 --       #transfers, per transfer key: (value, "<destination>|<transfer_id>", #changes,
 --       change...) (see codec.transfer_change: each starts with its revision),
---       #indexes, destination per index key..., #shipments, (field, value)..., #shipped,
+--       #indexes, destination per index key..., #statuses, per status (store_id, value,
+--       change) (see codec.store_status_value / store_status_change; KEYS: the storestat hash
+--       once, when there are some), #shipments, (field, value)..., #shipped,
 --       field..., #marks, (field, seq)..., #locations, location..., #sources,
 --       (source_id, seq)..., #highs, (source_id, seq)..., then per reservation key:
 --       (reservation_id, value, expiry score or '', retention ms or '0', #changes,
@@ -197,6 +199,23 @@ end
 -- Transfer index: the destinations with a record of a transfer.
 local nidx = tonumber(ARGV[i]); i = i + 1
 for _ = 1, nidx do k = k + 1; redis.call('SADD', KEYS[k], ARGV[i]); i = i + 1 end
+-- Stores' statuses (value: revision, then '1' online or '0' offline), each with its feed
+-- change: stored when its revision is newer than the stored one, its change appended only when
+-- the status differs from the stored one (none stored: online). A retry or a second server
+-- start making the same change appends nothing.
+local nstat = tonumber(ARGV[i]); i = i + 1
+if nstat > 0 then k = k + 1 end
+for _ = 1, nstat do
+  local sid, v = ARGV[i], ARGV[i + 1]; i = i + 2
+  local old = redis.call('HGET', KEYS[k], sid)
+  if old and string.sub(old, 1, 8) >= string.sub(v, 1, 8) then
+    stale = stale + 1
+  else
+    redis.call('HSET', KEYS[k], sid, v); written = written + 1
+    if string.sub(old or '        1', 9) ~= string.sub(v, 9) then group('\4', sid, nil, 1) end
+  end
+  i = i + 1
+end
 -- Shipments not yet applied to their transfer record (written with their origin position),
 -- and those applied (deleted once their record is durable).
 local nship = tonumber(ARGV[i]); i = i + 1
@@ -298,6 +317,9 @@ class PartitionWrite:
     transfers: list[tuple[str, bytes, str, list[bytes]]] = field(default_factory=list)
     #: (transfer index key, destination location) of transfers indexed in this partition
     indexes: list[tuple[str, str]] = field(default_factory=list)
+    #: (store_id, codec.store_status_value, codec.store_status_change) of this partition's
+    #: stores, oldest first
+    statuses: list[tuple[str, bytes, bytes]] = field(default_factory=list)
     #: shipments of this partition's positions not yet applied: field, value, field, value...
     shipments: list[bytes | str] = field(default_factory=list)
     #: shipments applied to their (durable) transfer record: fields to delete
@@ -571,7 +593,10 @@ class RedisStore:
                     keys.append(holds_key)
                     args += (number, len(changes) // 2, *changes)
                 feeds = (
-                    w.feed or any(r[4] for r in w.reservations) or any(t[3] for t in w.transfers)
+                    w.feed
+                    or w.statuses
+                    or any(r[4] for r in w.reservations)
+                    or any(t[3] for t in w.transfers)
                 )
                 args += (self.feed_id() if feeds else "", self.feed_max_entries, len(w.feed))
                 for number, staged in w.feed:
@@ -584,6 +609,11 @@ class RedisStore:
                 for key, destination in w.indexes:
                     keys.append(key)
                     args.append(destination)
+                args.append(len(w.statuses))
+                if w.statuses:
+                    keys.append(ks.store_status(p))
+                    for store_id, value, change in w.statuses:
+                        args += (store_id, value, change)
                 args += (len(w.shipments) // 2, *w.shipments, len(w.shipped), *w.shipped)
                 args.append(len(w.marks) // 2)
                 args.extend(w.marks)
