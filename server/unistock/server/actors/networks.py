@@ -106,7 +106,8 @@ class NetworkIndex:
         self._store_online: dict[str, bool] = {}
         #: whether syncs stage store statuses: from the start-up sync on (liveness restored)
         self._statuses_on = False
-        #: the revision of the last status staged (ms since the Unix epoch, or one above it)
+        #: the revision of the last status staged: above `_base` (this start's generation), so
+        #: that revisions grow across restarts whatever the wall clock does
         self._status_rev = 0
         commit.listeners.append(self.on_durable)
 
@@ -461,9 +462,9 @@ class NetworkIndex:
             if self._store_online.get(store) == online:
                 continue
             self._store_online[store] = online
-            self._status_rev = revision = max(self._status_rev + 1, at_ms)
+            self._status_rev = revision = max(self._status_rev, self._base) + 1
             heard_ms = int(live.heard_at(store) * 1000)
-            reason = "heard from within every network's staleness limit" if online else why[store]
+            reason = "stale for none of its networks" if online else why[store]
             self._commit.store_status_changed(
                 store,
                 store_status_value(revision, online),
