@@ -7,8 +7,11 @@ STORE_ONLINE."""
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
 from pathlib import Path
 
+from tests.client.test_cli import server_args, spawn
 from tests.edge.harness import start_agent, stop_agent
 from tests.edge.test_network_staleness_e2e import LIMIT, web_with
 from tests.fixtures.server import TOKENS, MakeServer, start_mqtt_server, target
@@ -74,6 +77,20 @@ async def test_offline_and_online_once_each_across_a_restart(
         await everything.close()
     finally:
         await stop_agent(agent, task)
+    # The README's command prints them (the stream's start first).
+    proc = await spawn(
+        *server_args(srv), "events", "--type", "STORE_OFFLINE", "--type", "STORE_ONLINE",
+        "--after", "0-0",
+    )  # fmt: skip
+    assert proc.stdout is not None
+    async with asyncio.timeout(20):
+        lines = [json.loads(await proc.stdout.readline()) for _ in range(3)]
+    proc.send_signal(signal.SIGINT)
+    await proc.communicate()
+    assert [(e.get("type"), e.get("storeId")) for e in lines[1:]] == [
+        ("STORE_OFFLINE", "s1"),
+        ("STORE_ONLINE", "s1"),
+    ]
 
 
 async def test_a_store_gone_silent_while_the_server_was_down_is_offline_once_after_it(
