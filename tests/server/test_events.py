@@ -198,6 +198,8 @@ async def test_reservation_events(make_server: MakeServer, clean_redis_url: str)
             "cc-1", "s2", 1,
         )  # fmt: skip
         # A count leaves a cart at risk: which reservation, which line.
+        risks = Events(srv, role="channel", types=[pb.RESERVATION_AT_RISK])
+        await risks.started()
         await ch.reserve("cart-1", [("B", "s1", 4)], kind="CART")
         await move(bo, pb.COUNT, "B", "s1", 1, count_id="C-9")
         got = await ev.until(pb.RESERVATION_AT_RISK)
@@ -206,6 +208,12 @@ async def test_reservation_events(make_server: MakeServer, clean_redis_url: str)
             "cart-1", "B", "s1", 1,
         )  # fmt: skip
         assert [(ln.sku, ln.location_id, ln.quantity) for ln in risk.lines] == [("B", "s1", 4)]
+        # A further sale while it stays below reserved: no new one (taken below, not kept).
+        await move(bo, pb.SALE, "B", "s1", 1)
+        [only] = await risks.take(1)
+        assert only.reservation_id == "cart-1"
+        await risks.nothing_more(srv)
+        await risks.close()
         # A hold that runs out: expired.
         await ch.reserve("short", [("B", "s2", 1)], ttl_seconds=1)
         expired = (await ev.until(pb.RESERVATION_EXPIRED))[-1]

@@ -386,9 +386,10 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     first stock counts as back in stock too.
     """
     RESERVATION_AT_RISK: _EventType.ValueType  # 4
-    """A movement left a position's on_hand below its reserved units: one event per reservation
-    holding units there (reservation_id, the line in `lines`), in the same write as the
-    position. Self-healing may then move the hold (RESERVATION_HEALED).
+    """A movement took a position's on_hand below its reserved units (from at or above them: a
+    further movement while it stays below makes no new one): one event per reservation holding
+    units there (reservation_id, the line in `lines`), in the same write as the position.
+    Self-healing may then move the hold (RESERVATION_HEALED).
     """
     RESERVATION_MOVED: _EventType.ValueType  # 5
     """Held units moved between locations by TransferReservation (`lines`: the reservation's
@@ -462,9 +463,10 @@ BACK_IN_STOCK: EventType.ValueType  # 3
 first stock counts as back in stock too.
 """
 RESERVATION_AT_RISK: EventType.ValueType  # 4
-"""A movement left a position's on_hand below its reserved units: one event per reservation
-holding units there (reservation_id, the line in `lines`), in the same write as the
-position. Self-healing may then move the hold (RESERVATION_HEALED).
+"""A movement took a position's on_hand below its reserved units (from at or above them: a
+further movement while it stays below makes no new one): one event per reservation holding
+units there (reservation_id, the line in `lines`), in the same write as the position.
+Self-healing may then move the hold (RESERVATION_HEALED).
 """
 RESERVATION_MOVED: EventType.ValueType  # 5
 """Held units moved between locations by TransferReservation (`lines`: the reservation's
