@@ -51,6 +51,7 @@ async def test_your_order_is_ready(
         assert topic == "unistock/v1/stores/store-2/events"
         assert (ev.reservation_id, ev.location_id, ev.sku) == ("web-77", "store-2", "BOOT-42")
         assert [(ln.sku, ln.quantity) for ln in ev.lines] == [("BOOT-42", 1)]
+        assert ev.detail.endswith("ready for pickup at store-2 (1 unit)"), ev.detail
         # The customer's watch: her new reservation.
         async with asyncio.timeout(DEADLINE):
             created = await anext(watch)

@@ -266,7 +266,11 @@ def _ready(at_ms: int, res: pb.Reservation) -> Iterator[pb.InventoryEvent]:
         here = [ln for ln in res.lines if ln.location_id == loc]
         units = sum(ln.quantity for ln in here)
         yield _reservation_event(
-            pb.READY_FOR_PICKUP, at_ms, res, f"ready for pickup at {loc} ({units} units)", here
+            pb.READY_FOR_PICKUP,
+            at_ms,
+            res,
+            f"ready for pickup at {loc} ({units} unit{'' if units == 1 else 's'})",
+            here,
         )
 
 
