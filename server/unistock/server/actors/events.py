@@ -61,6 +61,7 @@ from unistock.server.persistence.events import (
     event_id,
     last_event_id,
 )
+from unistock.server.persistence.feed import rounds
 from unistock.server.persistence.keys import Keyspace
 from unistock.server.persistence.store import RedisStore
 from unistock.v1 import inventory_pb2 as pb
@@ -394,23 +395,20 @@ class EventDeriver:
             await self.log.trim(int(time.time() * 1000))
         return len(entries)
 
+    async def _round(self) -> int:
+        self._wake.clear()  # a flush from here on wakes the next wait
+        return await self.drain_once()
+
+    def _failed(self, exc: Exception, wait: float) -> None:
+        self._metrics.errors.inc()
+        log.warning("events not derived yet (will retry in %.1f s): %r", wait, exc)
+
     async def run(self, idle: float = 1.0, retry: float = 0.5, linger: float = 0.05) -> None:
         """Derive forever: at once while there is more; else `linger` s after a flush woke it
         (wake: several flushes make one round, whose Redis calls cost the same for one feed
         entry as for hundreds), and every `idle` s anyway; every `retry` s (doubling to 30 s)
         while Redis fails."""
-        backoff = retry
-        while True:
-            self._wake.clear()
-            try:
-                consumed = await self.drain_once()
-                backoff = retry
-            except Exception as exc:  # an outage: nothing lost, retried
-                self._metrics.errors.inc()
-                log.warning("events not derived yet (will retry in %.1f s): %r", backoff, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
-                continue
+        async for consumed in rounds(self._round, self._failed, retry):
             if consumed < self.batch:
                 try:
                     async with asyncio.timeout(idle):

@@ -25,7 +25,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from unistock.server.metrics import LedgerMetrics
-from unistock.server.persistence.feed import FeedId, FeedReader, Lease, format_feed_id
+from unistock.server.persistence.feed import FeedId, FeedReader, Lease, format_feed_id, rounds
 from unistock.server.persistence.keys import Keyspace
 from unistock.server.persistence.ledger import COLUMNS, LedgerStore, ledger_rows, position_rows
 
@@ -125,22 +125,22 @@ class LedgerWriter:
         """Drain forever: at once while there is more, every `idle` s when caught up, every
         `retry` s (doubling to 30 s) while SQL or Redis fail. With a lease, only while it
         holds it: another writer on the same feed makes this one stand by."""
-        backoff = retry
-        while True:
-            try:
-                if self.lease is not None and not await self._hold():
-                    await asyncio.sleep(self.lease.ttl_ms / 3000)
-                    continue
-                consumed = await self.drain_once()
-                backoff = retry
-            except Exception as exc:  # an outage: nothing lost, retried
-                self._metrics.ledger_errors.inc()
-                log.warning("ledger not written yet (will retry in %.0f s): %r", backoff, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
-                continue
-            if not consumed:
+        async for consumed in rounds(self._round, self._failed, retry):
+            if consumed is None:  # standing by
+                assert self.lease is not None
+                await asyncio.sleep(self.lease.ttl_ms / 3000)
+            elif not consumed:
                 await asyncio.sleep(idle)
+
+    async def _round(self) -> int | None:
+        """One round if this writer may write (None: another one holds the lease)."""
+        if self.lease is not None and not await self._hold():
+            return None
+        return await self.drain_once()
+
+    def _failed(self, exc: Exception, wait: float) -> None:
+        self._metrics.ledger_errors.inc()
+        log.warning("ledger not written yet (will retry in %.0f s): %r", wait, exc)
 
     async def _hold(self) -> bool:
         """Whether this writer holds the lease (renewed every third of its TTL)."""

@@ -22,15 +22,17 @@ entries-added, Redis >= 7.0): a reader whose unread entries the cap trimmed sees
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from unistock.server.domain import Unavailable
 from unistock.server.persistence.keys import Keyspace
+
+_T = TypeVar("_T")
 
 #: A feed entry id: (ms, sequence), as Redis orders them.
 FeedId = tuple[int, int]
@@ -123,6 +125,28 @@ def parse_feed_id(value: bytes | str) -> FeedId:
 def format_feed_id(at: FeedId) -> str:
     """The stream id text of (ms, sequence)."""
     return f"{at[0]}-{at[1]}"
+
+
+async def rounds(
+    one: Callable[[], Awaitable[_T]],
+    failed: Callable[[Exception, float], None],
+    retry: float,
+) -> AsyncIterator[_T]:
+    """A durable consumer's loop: run `one` round after another, yielding what each returns
+    (the caller waits between them as it sees fit); a round that raises is reported with
+    failed(exc, seconds before the next try) and tried again after `retry` s, doubling to 30 s
+    while they keep failing (an outage: nothing is lost, it is only later)."""
+    backoff = retry
+    while True:
+        try:
+            got = await one()
+        except Exception as exc:
+            failed(exc, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+            continue
+        backoff = retry
+        yield got
 
 
 @dataclass(slots=True)
