@@ -5,6 +5,7 @@ started again (and the next movement reaches the ledger too); SIGTERM stops all 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -109,7 +110,11 @@ def test_make_run_starts_the_server_and_the_ledger_writer(tmp_path: Path) -> Non
         text = out.read_text()
         assert "ledger writer exited with code 0" in text
         assert "stopped redis" in text
-    finally:
+    finally:  # on a failure, the whole tree: the server, the writer, Redis and Mosquitto
         if proc.poll() is None:
+            tree = psutil.Process(proc.pid).children(recursive=True)
             proc.kill()
             proc.wait()
+            for child in tree:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
