@@ -20,8 +20,7 @@ from unistock.server.domain import DiscrepancyKind, Transition
 from unistock.server.persistence import codec
 from unistock.server.persistence.codec import (
     AnyFeedRecord,
-    FeedRecord,
-    LevelFeedRecord,
+    ReservationFeedRecord,
     StoreStatusFeedRecord,
     TransferFeedRecord,
 )
@@ -32,42 +31,18 @@ from unistock.storage.v1 import storage_pb2 as spb
 #: transitions, a transfer discrepancy (transfer_id, sku, location_id the destination, quantity
 #: the units, reason the DiscrepancyKind's name, on_hand_delta NULL)
 MOVEMENT, SHIPMENT, RESERVATION, TRANSFER = 1, 2, 3, 4
-_NO_EXTRA = spb.FeedExtra()
 
 
 def ledger_rows(feed_id: str, records: Sequence[AnyFeedRecord]) -> list[dict[str, Any]]:
-    """The ledger rows of one feed entry's changes (level changes and store status changes,
-    which change no quantity, have none: they are events' business)."""
+    """The ledger rows of a feed entry's changes other than its positions' (`position_rows`
+    reads those straight from the entry's bytes): reservation transitions and transfer
+    discrepancies. Store status changes, which change no quantity, have none: they are events'
+    business."""
     rows: list[dict[str, Any]] = []
     for r in records:
-        if isinstance(r, LevelFeedRecord | StoreStatusFeedRecord):
+        if isinstance(r, StoreStatusFeedRecord):
             continue
-        if isinstance(r, FeedRecord):
-            x = r.extra or _NO_EXTRA  # its strings are "" (stored as NULL)
-            rows.append(
-                {
-                    "entry_key": f"p:{r.location_id}|{r.sku}:{r.version}",
-                    "feed_id": feed_id,
-                    "kind": SHIPMENT if r.type is None else MOVEMENT,
-                    "at_ms": r.at_ms,
-                    "sku": r.sku,
-                    "location_id": r.location_id,
-                    "version": r.version,
-                    "source_id": r.source_id or None,
-                    "seq": r.seq or None,
-                    "movement_type": None if r.type is None else int(r.type),
-                    "quantity": r.quantity,
-                    "on_hand_delta": r.on_hand_delta,
-                    "on_hand": r.on_hand,
-                    "available": r.available,
-                    "variance": x.variance if r.extra is not None else None,
-                    "count_id": x.count_id or None,
-                    "transfer_id": x.transfer_id or None,
-                    "reason": x.reason or None,
-                    "reservation_id": x.reservation_id or None,
-                }
-            )
-        elif isinstance(r, TransferFeedRecord):
+        if isinstance(r, TransferFeedRecord):
             rows += [
                 {
                     "entry_key": f"t:{r.destination}|{r.transfer_id}:{r.revision}:{i}",
@@ -85,7 +60,7 @@ def ledger_rows(feed_id: str, records: Sequence[AnyFeedRecord]) -> list[dict[str
                 }
                 for i, d in enumerate(r.discrepancies)
             ]
-        else:
+        elif isinstance(r, ReservationFeedRecord):
             res = r.reservation
             rows.append(
                 {
@@ -102,6 +77,8 @@ def ledger_rows(feed_id: str, records: Sequence[AnyFeedRecord]) -> list[dict[str
                     "detail": json_format.MessageToJson(res, indent=None),
                 }
             )
+        else:  # a position's change: position_rows reads those
+            raise ValueError(f"ledger_rows takes no {type(r).__name__} (see position_rows)")
     return rows
 
 
