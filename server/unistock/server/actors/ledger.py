@@ -25,7 +25,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from unistock.server.metrics import LedgerMetrics
-from unistock.server.persistence.feed import FeedId, FeedReader, Lease, format_feed_id, rounds
+from unistock.server.persistence.feed import FeedReader, Lease, format_feed_id, rounds
 from unistock.server.persistence.keys import Keyspace
 from unistock.server.persistence.ledger import COLUMNS, LedgerStore, ledger_rows, position_rows
 
@@ -76,16 +76,14 @@ class LedgerWriter:
             self._loaded = True
         got = await self._feed.read(self.batch)
         values: list[tuple[Any, ...]] = []
-        last: dict[int, FeedId] = {}
         # In the feed's order across partitions (ids are given in flush order): the ledger's
         # ids follow what happened.
-        for p, at, entry in sorted(got.entries, key=lambda e: e[1]):
+        for _, at, entry in sorted(got.entries, key=lambda e: e[1]):
             feed_id = format_feed_id(at)
             positions, others = position_rows(feed_id, entry)
             values += positions
             if others:
                 values += [tuple(r.get(c) for c in COLUMNS) for r in ledger_rows(feed_id, others)]
-            last[p] = max(at, last.get(p, at))
         try:
             new = await asyncio.to_thread(self._ledger.write_values, values)
             await self._feed.commit(got)
@@ -104,6 +102,7 @@ class LedgerWriter:
         self._metrics.ledger_entries.inc(new)
         # Behind: the oldest change still unread is younger than the last read of a partition
         # that had more; caught up everywhere else.
+        last = got.last()
         behind = [last[p][0] for p in got.more]
         self._metrics.ledger_lag.set(max(0.0, now - min(behind) / 1000) if behind else 0.0)
         return len(got.entries)

@@ -39,23 +39,29 @@ FeedId = tuple[int, int]
 
 CURSOR_SCRIPT = """
 -- KEYS: cursors hash, feed stream.  ARGV: consumer, its last id ("<ms>-<n>", or
--- "<ms>-<n>/<ordinal>")
--- Save the consumer's cursor, then trim the stream behind the slowest cursor of the partition
--- (every consumer with a cursor there counts: none is trimmed past).
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+-- "<ms>-<n>/<ordinal>"), or "" to forget the consumer (it unregisters)
+-- Save (or remove) the consumer's cursor, then trim the stream behind the slowest cursor of
+-- the partition (every consumer with a cursor there counts: none is trimmed past). Returns
+-- whether a removed cursor was there; else the entries trimmed.
+local gone
+if ARGV[2] == '' then
+  gone = redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
 local low_ms, low_n
-local all = redis.call('HVALS', KEYS[1])
-for _, v in ipairs(all) do
+for _, v in ipairs(redis.call('HVALS', KEYS[1])) do
   local ms, n = string.match(v, '^(%d+)-(%d+)')
   ms, n = tonumber(ms), tonumber(n)
   if ms and (not low_ms or ms < low_ms or (ms == low_ms and n < low_n)) then
     low_ms, low_n = ms, n
   end
 end
+local trimmed = 0
 if low_ms then
-  return redis.call('XTRIM', KEYS[2], 'MINID', string.format('%d-%d', low_ms, low_n + 1))
+  trimmed = redis.call('XTRIM', KEYS[2], 'MINID', string.format('%d-%d', low_ms, low_n + 1))
 end
-return 0
+return gone or trimmed
 """
 
 
@@ -92,25 +98,6 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
 end
 redis.call('HSET', KEYS[1], ARGV[1], '0-0/' .. before)
 return 1
-"""
-
-
-UNREGISTER_SCRIPT = """
--- KEYS: cursors hash, feed stream.  ARGV: consumer
--- Forget a durable consumer here and trim the stream behind the slowest one left (if any).
-local gone = redis.call('HDEL', KEYS[1], ARGV[1])
-local low_ms, low_n
-for _, v in ipairs(redis.call('HVALS', KEYS[1])) do
-  local ms, n = string.match(v, '^(%d+)-(%d+)')
-  ms, n = tonumber(ms), tonumber(n)
-  if ms and (not low_ms or ms < low_ms or (ms == low_ms and n < low_n)) then
-    low_ms, low_n = ms, n
-  end
-end
-if low_ms then
-  redis.call('XTRIM', KEYS[2], 'MINID', string.format('%d-%d', low_ms, low_n + 1))
-end
-return gone
 """
 
 
@@ -162,6 +149,11 @@ class FeedRound:
     #: (partition, id) -> the entry's ordinal in its stream (-1: not known)
     ordinals: dict[tuple[int, FeedId], int] = field(default_factory=dict)
 
+    def last(self) -> dict[int, FeedId]:
+        """Per partition read from, the id of the last entry read (entries are in order per
+        partition)."""
+        return {p: at for p, at, _ in self.entries}
+
 
 class FeedReader:
     """A durable consumer's view of the feed of some partitions (all by default).
@@ -193,28 +185,27 @@ class FeedReader:
         self._script = client.register_script(CURSOR_SCRIPT)
         self._read = client.register_script(READ_SCRIPT)
         self._register = client.register_script(REGISTER_SCRIPT)
-        self._unregister = client.register_script(UNREGISTER_SCRIPT)
 
     async def register(self) -> int:
         """Make this consumer a durable one in every partition where it is not yet (the feed is
         kept for it from the entries held now on: a server registers the consumers it expects
         at start, so that none loses what happens before it first runs). Returns in how many
         partitions it was new."""
-        return await self._in_each_partition(self._register)
+        return await self._in_each_partition(self._register, self.consumer)
 
     async def unregister(self) -> int:
         """Stop being a durable consumer: the feed is no longer kept for it (each partition
         trimmed behind the consumers left). Returns in how many partitions it had a cursor."""
-        return await self._in_each_partition(self._unregister)
+        return await self._in_each_partition(self._script, self.consumer, "")
 
-    async def _in_each_partition(self, script: Any) -> int:
-        """Run a script (KEYS: cursors hash, feed; ARGV: consumer) in every partition, in one
+    async def _in_each_partition(self, script: Any, *args: str) -> int:
+        """Run a script (KEYS: cursors hash, feed) with args in every partition, in one
         pipeline; the sum of its replies."""
         pipe = self.client.pipeline(transaction=False)
         for p in self.partitions:
             await script(
                 keys=[self.keyspace.feed_cursors(p), self.keyspace.feed(p)],
-                args=[self.consumer],
+                args=list(args),
                 client=pipe,
             )
         return sum(int(n) for n in await self._execute(pipe))
@@ -266,9 +257,7 @@ class FeedReader:
         """Save the consumer's new cursors (per partition the last entry of a round it has
         consumed) and trim those partitions' streams behind the slowest consumer there (one
         script call each)."""
-        last: dict[int, FeedId] = {}
-        for p, at, _ in got.entries:
-            last[p] = at
+        last = got.last()
         saved: dict[int, tuple[FeedId, int]] = {
             p: (self.cursors[p], gap[1]) for p, gap in got.lost.items()
         }  # a gap and nothing after it yet: the cursor stays, past the gap
