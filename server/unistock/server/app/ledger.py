@@ -17,7 +17,6 @@ import contextlib
 import logging
 import os
 import pathlib
-import re
 import signal
 import sys
 import time
@@ -30,7 +29,13 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
 from unistock.server.actors.ledger import CONSUMER, LedgerWriter, writer_lease
-from unistock.server.app.settings import build_parser, check_common, run_console, values_of
+from unistock.server.app.settings import (
+    build_parser,
+    check_common,
+    redact_url,
+    run_console,
+    values_of,
+)
 from unistock.server.domain import Unavailable
 from unistock.server.metrics import LedgerMetrics
 from unistock.server.persistence.feed import FeedReader
@@ -92,11 +97,6 @@ _HELP = {
 }
 
 
-def _redact(url: str) -> str:
-    """A URL without its password."""
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
-
-
 class StartupError(Exception):
     """The process cannot start (the message names the flag)."""
 
@@ -137,7 +137,7 @@ async def _partitions(client: aioredis.Redis, prefix: str, stop: asyncio.Event, 
             log.warning(
                 "no keyspace %r in Redis at %s yet: waiting for the server to create it",
                 prefix,
-                _redact(url),
+                redact_url(url),
             )
             warned = True
         await asyncio.sleep(1.0)

@@ -9,7 +9,6 @@ import functools
 import gc
 import logging
 import secrets
-import urllib.parse
 from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import Any
@@ -38,7 +37,7 @@ from unistock.server.api.ledger import LedgerService
 from unistock.server.api.service import SERVICE, InventoryService
 from unistock.server.api.sourcing import network_candidates
 from unistock.server.api.watch import WatchHub
-from unistock.server.app.settings import Settings
+from unistock.server.app.settings import Settings, redact_url
 from unistock.server.domain import Unavailable
 from unistock.server.metrics import EventMetrics, Metrics
 from unistock.server.mqtt import LocationDirectory, MqttIngestor
@@ -67,11 +66,6 @@ GC_THRESHOLDS = (700, 10, 1000)
 
 class StartupError(RuntimeError):
     """The server cannot start; the message names the setting and what is wrong."""
-
-
-def _redact(url: str) -> str:
-    u = urllib.parse.urlsplit(url)
-    return url.replace(f":{u.password}@", ":***@") if u.password else url
 
 
 class State(enum.Enum):
@@ -215,7 +209,9 @@ class UnistockServer:
         try:
             await self.store.open()
         except Unavailable as exc:
-            raise StartupError(f"--redis-url: cannot use {_redact(s.redis_url)}: {exc}") from None
+            raise StartupError(
+                f"--redis-url: cannot use {redact_url(s.redis_url)}: {exc}"
+            ) from None
         except ValueError as exc:
             raise StartupError(f"--partitions: {exc}") from None
         self.commit = GroupCommit(
@@ -232,7 +228,9 @@ class UnistockServer:
         try:
             await self.inventory.start()
         except Unavailable as exc:
-            raise StartupError(f"--redis-url: cannot use {_redact(s.redis_url)}: {exc}") from None
+            raise StartupError(
+                f"--redis-url: cannot use {redact_url(s.redis_url)}: {exc}"
+            ) from None
         if not s.database_url:
             try:
                 s.data_dir.mkdir(parents=True, exist_ok=True)
@@ -244,14 +242,14 @@ class UnistockServer:
         except (SQLAlchemyError, ImportError, ValueError) as exc:
             first = (str(exc).strip().splitlines() or [""])[0]
             raise StartupError(
-                f"--database-url: cannot use {_redact(database_url)}: {first}"
+                f"--database-url: cannot use {redact_url(database_url)}: {first}"
             ) from None
         self._opened.append(self.master.close)
         try:
             await self.master.start()
         except Unavailable as exc:
             raise StartupError(
-                f"--database-url: cannot use {_redact(database_url)}: {exc}"
+                f"--database-url: cannot use {redact_url(database_url)}: {exc}"
             ) from None
         self.inventory.set_safety_source(self.master.safety_stock)
         self.commit.low_stock_threshold = self.master.low_stock_threshold

@@ -9,6 +9,7 @@ import os
 import pathlib
 import re
 import sys
+import urllib.parse
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -219,6 +220,12 @@ def build_parser(
             help=f"{helps[f.name]} [env {envname}]",
         )
     return parser
+
+
+def redact_url(url: str) -> str:
+    """A URL as logs and error messages may show it: its password as ***."""
+    u = urllib.parse.urlsplit(url)
+    return url.replace(f":{u.password}@", ":***@") if u.password else url
 
 
 def run_console(level: str, serve: Coroutine[Any, Any, int]) -> None:
