@@ -50,6 +50,23 @@ Stub = Any
 # --------------------------------------------------------------------------- server process
 
 
+async def scrape_metrics(port: int) -> dict[str, float]:
+    """A /metrics endpoint on this host as {"name{labels}": value}, labels sorted by name
+    (histogram buckets, _sum and _count included)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+    await writer.drain()
+    raw = await reader.read()
+    writer.close()
+    text = raw.partition(b"\r\n\r\n")[2].decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return out
+
+
 class ServerProc:
     """``unistock-server`` as a child process on a free port, against ``redis_url``."""
 
@@ -116,18 +133,7 @@ class ServerProc:
 
     async def scrape(self) -> dict[str, float]:
         """The server's /metrics as {"name{labels}": value} (histogram _sum/_count included)."""
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.metrics_port)
-        writer.write(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        await writer.drain()
-        raw = await reader.read()
-        writer.close()
-        text = raw.partition(b"\r\n\r\n")[2].decode()
-        out: dict[str, float] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-                out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-        return out
+        return await scrape_metrics(self.metrics_port)
 
     @staticmethod
     def window(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:

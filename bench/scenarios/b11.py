@@ -30,16 +30,14 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import sqlalchemy as sa
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench._procs import RedisProc, free_port, stop_process
 from bench.baselines.pg import postgres_url
 from bench.harness import Config, Result, log, row, scenario, try_unistock
 from bench.scenarios import b1
-from bench.unistock_side import ServerProc
+from bench.unistock_side import ServerProc, scrape_metrics
 
 ID = "B11"
 NAME = "the ledger under B1's load (unistock-ledger process, SQLite and PostgreSQL)"
@@ -77,21 +75,12 @@ def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
     return lower
 
 
-async def scrape(port: int) -> dict[str, Any]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-    await writer.drain()
-    raw = await reader.read()
-    writer.close()
-    out: dict[str, Any] = {"buckets": []}
-    for family in text_string_to_metric_families(raw.partition(b"\r\n\r\n")[2].decode()):
-        for s in family.samples:
-            if s.name == "unistock_ledger_delay_seconds_bucket":
-                out["buckets"].append((float(s.labels["le"]), s.value))
-            else:
-                out[s.name] = s.value
-    out["buckets"].sort()
-    return out
+def delay_buckets(metrics: dict[str, float]) -> list[tuple[float, float]]:
+    """The writer's unistock_ledger_delay_seconds buckets: (le, cumulative count), ascending."""
+    prefix = "unistock_ledger_delay_seconds_bucket{le="
+    return sorted(
+        (float(k[len(prefix) : -1]), v) for k, v in metrics.items() if k.startswith(prefix)
+    )
 
 
 def count_rows(url: str) -> tuple[int, int]:
@@ -154,8 +143,8 @@ def ledger_beside(url: str | None, result: LedgerRun) -> b1.Beside:
             result.rows, distinct = await asyncio.to_thread(count_rows, database)
             result.missing = result.applied - distinct
             result.doubled = result.rows - distinct
-            stats = await scrape(metrics_port)
-            result.lag_p99_s = round(histogram_quantile(0.99, stats["buckets"]), 3)
+            buckets = delay_buckets(await scrape_metrics(metrics_port))
+            result.lag_p99_s = round(histogram_quantile(0.99, buckets), 3)
         finally:
             stop_process(proc, 15.0)
 
