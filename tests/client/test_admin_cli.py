@@ -34,6 +34,14 @@ NETWORKS = (
     "web,web-shop,300,s1; dc ;s2,discount,50\n"
     "stores,,,s1;s2;s2-back;,,\n"
 )
+#: Networks with a low-stock threshold (optional column): 4 units, and empty (0).
+THRESHOLDS = (
+    "network_id,channel,staleness_limit_seconds,location_ids,stale_policy,stale_discount_percent,"
+    "low_stock_threshold\n"
+    "stores,,,s1;s2,,,4\n"
+    "\n"
+    "dc-only,,,dc,,,\n"
+)
 PRODUCTS = "sku,gtin,model,size,colour\nSHOE-42,,SHOE,42,black\nBAG,4006381333931,BAG,,brown\n"
 CATALOGUE = "gtin,sku\n80614141123458,SHOE-42\n4006381333931,BAG\n96385074,HAT\n"
 SAFETY_STOCK = "sku,location_id,units\nSHOE-42,s1,3\nBAG,s1,\nHAT,dc,0\n"
@@ -163,6 +171,9 @@ async def test_import_of_all_five_files_is_what_the_server_then_holds_and_again_
         ("networks.csv", NETWORKS.replace(",50", ",150"), 2, "stale_discount_percent: "),
         ("networks.csv", NETWORKS.replace(",50", ","), 2, "stale_discount_percent: give 0 to 100 with stale_policy DISCOUNT"),
         ("networks.csv", NETWORKS.replace(",discount,50", ",EXCLUDE,10"), 2, "stale_discount_percent: applies only with"),
+        ("networks.csv", THRESHOLDS + "web,,,s1,,,-1\n", 5, "low_stock_threshold: must be 0 to 1,000,000,000, got -1"),
+        ("networks.csv", THRESHOLDS + "web,,,s1,,,1000000001\n", 5, "low_stock_threshold: must be 0 to 1,000,000,000, got 1000000001"),
+        ("networks.csv", THRESHOLDS.replace(",4\n", ",few\n"), 2, "low_stock_threshold: expected a whole number, got 'few'"),
         ("products.csv", PRODUCTS.replace("4006381333931", "4006381333932"), 3, "gtin: '4006381333932' is not"),
         ("catalogue.csv", CATALOGUE + "4006381333931,HAT\n", 5, "GTIN 04006381333931 names SKU 'BAG' on line 3"),
         ("catalogue.csv", CATALOGUE + "4012345000009,HAT\n", 5, "SKU 'HAT' has GTIN 00000096385074 on line 4"),
@@ -402,3 +413,52 @@ async def test_low_stock_thresholds_import_from_their_column(
         ("s2", 0),
     ]
     assert server.master.low_stock_threshold("s1") == 4
+
+
+async def test_network_low_stock_thresholds_import_from_their_column_and_show(
+    server: UnistockServer, tmp_path: Path
+) -> None:
+    locations = write(tmp_path, "locations.csv", LOCATIONS)
+    old = write(tmp_path, "old.csv", OLD_LOCATIONS)
+    rc, _, err = await cli(server, "admin", "import", "--locations", locations)
+    assert rc == 0, err
+    rc, _, err = await cli(server, "admin", "import", "--locations", old)
+    assert rc == 0, err
+    rc, _, err = await cli(
+        server, "admin", "import", "--networks", write(tmp_path, "thresholds.csv", THRESHOLDS)
+    )
+    assert rc == 0, err
+    _, networks = await lists(server)
+    assert [(n.network_id, n.low_stock_threshold) for n in networks] == [
+        ("dc-only", 0),
+        ("stores", 4),
+    ]
+    assert server.master.networks["stores"].low_stock_threshold == 4
+    rc, out, _ = await cli(server, "admin", "networks", "--json")
+    assert rc == 0
+    assert [(n["networkId"], n["lowStockThreshold"]) for n in json.loads(out)] == [
+        ("dc-only", "0"),  # an int64, a string in protobuf's JSON
+        ("stores", "4"),
+    ]
+    rc, out, _ = await cli(server, "admin", "networks")
+    assert rc == 0
+    assert "low stock" in out, out
+    rows = {
+        cells[1]: cells[2:]
+        for cells in ([c.strip() for c in line.split("│")] for line in out.splitlines())
+        if len(cells) > 2
+    }
+    assert "1 to 4" in rows["stores"], out
+    assert "off" in rows["dc-only"], out
+    # A file without the column: its networks are replaced whole, the threshold back to 0.
+    rc, _, err = await cli(
+        server, "admin", "import", "--networks", write(tmp_path, "networks.csv", NETWORKS)
+    )
+    assert rc == 0, err
+    _, networks = await lists(server)
+    assert [(n.network_id, n.low_stock_threshold) for n in networks] == [
+        ("dc-only", 0),
+        ("stores", 0),
+        ("web", 0),
+    ]
+    assert server.master.networks["stores"].low_stock_threshold == 0

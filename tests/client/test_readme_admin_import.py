@@ -43,6 +43,7 @@ async def test_the_readme_admin_import_runs_as_written(
     assert "Central DC" in outputs[1]
     assert json.loads(outputs[2])["safetyStock"] == "2"
     assert server.master.networks["web"].location_ids == ("dc-1", "store-7")
+    assert server.master.networks["web"].low_stock_threshold == 5
     assert server.master.products["SHOE-42"].gtin == "04006381333931"
 
 

@@ -56,7 +56,7 @@ def test_upserts_replace_by_id_and_move_a_gtin(sql_url: str) -> None:
         store.upsert_locations([Location("s1", LocationType.STORE, "Store One")])
         store.upsert_networks([Network("web", ("dc", "s1"), "web", 60)])
         store.upsert_networks([Network("web", ("s1",), "web", 0)])
-        store.upsert_networks([Network("app", ("dc",), "app", 60, StalePolicy.DISCOUNT, 40)])
+        store.upsert_networks([Network("app", ("dc",), "app", 60, StalePolicy.DISCOUNT, 40, 3)])
         store.upsert_products([Product("A", "04006381333931", "M", "42", "red")])
         store.upsert_products([Product("B", "04006381333931"), Product("A", "", "M", "43", "red")])
         store.set_safety_stock([("A", "s1", 3), ("B", "s1", 1)])
@@ -67,7 +67,7 @@ def test_upserts_replace_by_id_and_move_a_gtin(sql_url: str) -> None:
             Location("s1", LocationType.STORE, "Store One"),
         ]
         assert got.networks == [
-            Network("app", ("dc",), "app", 60, StalePolicy.DISCOUNT, 40),
+            Network("app", ("dc",), "app", 60, StalePolicy.DISCOUNT, 40, 3),
             Network("web", ("s1",), "web", 0),
         ]
         assert got.products == [Product("A", "", "M", "43", "red"), Product("B", "04006381333931")]
@@ -119,5 +119,52 @@ def test_a_database_before_low_stock_thresholds_upgrades_with_none(sql_url: str)
         assert (s1.default_safety_stock, s1.low_stock_threshold) == (2, 0)
         store.upsert_locations([Location("s1", LocationType.STORE, low_stock_threshold=5)])
         assert [loc.low_stock_threshold for loc in store.load().locations] == [5]
+    finally:
+        store.close()
+
+
+def test_a_database_before_network_thresholds_upgrades_with_none_and_downgrades(
+    sql_url: str,
+) -> None:
+    """A database of revision 0005 (before a network's low_stock_threshold) upgrades at
+    start-up: its networks get 0 (only network out of / back in stock events), a threshold set
+    later is stored and read back; downgrading to 0005 drops the column and keeps the networks
+    and their members."""
+    store = MasterDataStore(sql_url)
+    try:
+        with upgraded_to(store, "0005") as conn:
+            conn.execute(sa.text("INSERT INTO locations (location_id, type) VALUES ('s1', 1)"))
+            conn.execute(
+                sa.text(
+                    "INSERT INTO networks (network_id, channel, staleness_limit_s)"
+                    " VALUES ('web', 'web-shop', 300)"
+                )
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO network_members (network_id, location_id) VALUES ('web', 's1')"
+                )
+            )
+        store.migrate()
+        assert store.load().networks == [Network("web", ("s1",), "web-shop", 300)]
+        assert store.load().networks[0].low_stock_threshold == 0
+        store.upsert_networks([Network("web", ("s1",), "web-shop", 300, low_stock_threshold=7)])
+        assert [n.low_stock_threshold for n in store.load().networks] == [7]
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with store.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0005")
+        with store.engine.connect() as conn:
+            columns = {c["name"] for c in sa.inspect(conn).get_columns("networks")}
+            assert "low_stock_threshold" not in columns
+            assert "stale_discount_percent" in columns
+            assert conn.execute(
+                sa.text("SELECT network_id, channel, staleness_limit_s FROM networks")
+            ).all() == [("web", "web-shop", 300)]
+            assert conn.execute(
+                sa.text("SELECT network_id, location_id FROM network_members")
+            ).all() == [("web", "s1")]
     finally:
         store.close()

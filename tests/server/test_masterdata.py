@@ -15,6 +15,7 @@ from tests.fixtures.server import TOKENS, MakeServer, target
 from tests.server.test_api import batch, level, mv, send
 from unistock.client import UnistockClient, UnistockClientError
 from unistock.server.app.server import UnistockServer
+from unistock.server.domain.values import MAX_QUANTITY
 from unistock.v1 import admin_pb2 as apb
 from unistock.v1 import inventory_pb2 as pb
 
@@ -44,6 +45,7 @@ async def test_locations_networks_products_round_trip_and_survive_a_restart(
             channel="web-shop",
             location_ids=["dc", "s1"],
             staleness_limit_seconds=300,
+            low_stock_threshold=5,
         )
         assert await c.upsert_networks([web]) == 1
         shoe = apb.Product(
@@ -60,6 +62,8 @@ async def test_locations_networks_products_round_trip_and_survive_a_restart(
         [n] = await c.list_networks()
         web.stale_policy = apb.Network.EXCLUDE  # unset: listed as the policy applied
         assert n == web
+        assert n.low_stock_threshold == 5
+    assert srv.master.networks["web"].low_stock_threshold == 5
     assert srv.master.products["SHOE-42"].gtin == "04006381333931"  # stored as GTIN-14
     assert srv.master.sku_of_gtin["04006381333931"] == "SHOE-42"
 
@@ -140,6 +144,8 @@ def _fields(loc: apb.Location) -> dict[str, object]:
         ("upsert_locations", [apb.Location(location_id="x", type=apb.STORE, default_safety_stock=-1)], "locations[0].default_safety_stock"),
         ("upsert_locations", [], "locations"),
         ("upsert_networks", [apb.Network(network_id="web", location_ids=["nowhere"])], "networks[0].location_ids[0]"),
+        ("upsert_networks", [apb.Network(network_id="web", low_stock_threshold=-1)], "networks[0].low_stock_threshold"),
+        ("upsert_networks", [apb.Network(network_id="a"), apb.Network(network_id="web", low_stock_threshold=MAX_QUANTITY + 1)], "networks[1].low_stock_threshold"),
         ("upsert_products", [apb.Product(sku="A", gtin="4006381333932")], "products[0].gtin"),
         ("upsert_products", [apb.Product(sku="A", gtin="4006381333931"), apb.Product(sku="B", gtin="4006381333931")], "products[1].gtin"),
         ("set_safety_stock", [apb.SafetyStock(sku="A", location_id="s1", units=-2)], "positions[0].units"),
@@ -154,6 +160,7 @@ async def test_bad_master_data_is_refused_whole_naming_the_field(
     assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert field in str(err.value), err.value
     assert await admin.list_locations() == []  # nothing written, not even the good rows
+    assert await admin.list_networks() == []
 
 
 async def test_only_admin_may_change_master_data(

@@ -110,11 +110,14 @@ the columns (any order); blank lines are skipped and spaces around values ignore
       --locations-file, `location_id,store_id`, is accepted too: its locations are STOREs.
   --networks FILE
       network_id,channel,staleness_limit_seconds,location_ids[,stale_policy,
-      stale_discount_percent]
+      stale_discount_percent,low_stock_threshold]
       location_ids: the members, separated by ';' (each must be a location the server
       knows, e.g. from --locations). staleness_limit_seconds: empty or 0 is never stale.
       stale_policy: EXCLUDE (empty: a stale store's units are left out) or DISCOUNT (they
       count at stale_discount_percent, 0 to 100, required, and its stock is offered last).
+      low_stock_threshold: units (empty: 0): a SKU whose network available is 1 to that
+      many is low on stock there (WatchEvents NETWORK_LOW_STOCK; 0: only network out of
+      stock / back in stock).
   --products FILE
       sku,gtin,model,size,colour
       gtin: GTIN-8, -12, -13 or -14 with its check digit, or empty.
@@ -753,6 +756,7 @@ _NETWORK_COLUMNS = (
     "location_ids",
     "stale_policy",
     "stale_discount_percent",
+    "low_stock_threshold",
 )
 _PRODUCT_COLUMNS = ("sku", "gtin", "model", "size", "colour")
 _CATALOGUE_COLUMNS = ("gtin", "sku")
@@ -1023,11 +1027,12 @@ def _read_networks(path: str) -> _Upload:
             staleness_limit_seconds=_int(v, "staleness_limit_seconds", MAX_STALENESS_SECONDS),
             stale_policy=apb.Network.StalePolicy.Value(policy),
             stale_discount_percent=_int(v, "stale_discount_percent", 100),
+            low_stock_threshold=_int(v, "low_stock_threshold", MAX_QUANTITY),
         )
         try:  # the server's own rules (e.g. a discount only with DISCOUNT)
             Network(
                 network_id, tuple(members), n.channel, n.staleness_limit_seconds,
-                StalePolicy[policy], n.stale_discount_percent,
+                StalePolicy[policy], n.stale_discount_percent, n.low_stock_threshold,
             ).validate()  # fmt: skip
         except InvalidArgument as exc:
             raise _BadValue(str(exc)) from None
@@ -1260,6 +1265,7 @@ def _networks_table(networks: Sequence[apb.Network]) -> Table:
     t.add_column("channel")
     t.add_column("staleness limit", justify="right")
     t.add_column("stale stores")
+    t.add_column("low stock", justify="right")
     t.add_column("locations", justify="right")
     t.add_column("members")
     for n in networks:
@@ -1272,6 +1278,7 @@ def _networks_table(networks: Sequence[apb.Network]) -> Table:
                 if n.stale_policy == apb.Network.DISCOUNT
                 else "left out"
             ),
+            f"1 to {n.low_stock_threshold:,}" if n.low_stock_threshold else "off",
             f"{len(n.location_ids):,}",
             Text(", ".join(n.location_ids)),
         )

@@ -160,6 +160,7 @@ class Network(_message.Message):
     STALENESS_LIMIT_SECONDS_FIELD_NUMBER: _builtins.int
     STALE_POLICY_FIELD_NUMBER: _builtins.int
     STALE_DISCOUNT_PERCENT_FIELD_NUMBER: _builtins.int
+    LOW_STOCK_THRESHOLD_FIELD_NUMBER: _builtins.int
     network_id: _builtins.str
     """The network's id, e.g. "web". Same alphabet as location_id. Required."""
     channel: _builtins.str
@@ -175,6 +176,11 @@ class Network(_message.Message):
     """With DISCOUNT: 0 to 100 (0: a stale store adds nothing to available yet is still offered,
     last). Must be 0 with EXCLUDE (INVALID_ARGUMENT otherwise).
     """
+    low_stock_threshold: _builtins.int
+    """A SKU whose network available is 1 to this many units is low on stock in this network
+    (WatchEvents: NETWORK_LOW_STOCK); 0 (the default): only NETWORK_OUT_OF_STOCK and
+    NETWORK_BACK_IN_STOCK. >= 0.
+    """
     @_builtins.property
     def location_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Member locations (each must exist in master data; a set: listed sorted)."""
@@ -188,10 +194,11 @@ class Network(_message.Message):
         staleness_limit_seconds: _builtins.int = ...,
         stale_policy: Global___Network.StalePolicy.ValueType = ...,
         stale_discount_percent: _builtins.int = ...,
+        low_stock_threshold: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "location_ids", b"location_ids", "network_id", b"network_id", "stale_discount_percent", b"stale_discount_percent", "stale_policy", b"stale_policy", "staleness_limit_seconds", b"staleness_limit_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "location_ids", b"location_ids", "low_stock_threshold", b"low_stock_threshold", "network_id", b"network_id", "stale_discount_percent", b"stale_discount_percent", "stale_policy", b"stale_policy", "staleness_limit_seconds", b"staleness_limit_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

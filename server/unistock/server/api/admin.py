@@ -113,6 +113,7 @@ def network_to_wire(n: Network) -> apb.Network:
         staleness_limit_seconds=n.staleness_limit,
         stale_policy=int(n.stale_policy),  # type: ignore[arg-type]
         stale_discount_percent=n.stale_discount_percent,
+        low_stock_threshold=n.low_stock_threshold,
     )
 
 
@@ -202,6 +203,7 @@ class AdminService:
                     m.staleness_limit_seconds,
                     _stale_policy(m.stale_policy, f"networks[{i}].stale_policy"),
                     m.stale_discount_percent,
+                    m.low_stock_threshold,
                 ).validate(f"networks[{i}].")
                 for i, m in enumerate(request.networks)
             ],

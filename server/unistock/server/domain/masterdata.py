@@ -84,7 +84,10 @@ class Location:
 class Network:
     """The locations that serve a channel. staleness_limit in seconds (0: never stale);
     stale_policy: what a stale member's units count for; stale_discount_percent (0 to 100,
-    DISCOUNT only): the share of each stale position's available counted, rounded down."""
+    DISCOUNT only): the share of each stale position's available counted, rounded down;
+    low_stock_threshold in units (a network level, a SKU's network available, of 1 to
+    low_stock_threshold is low on stock: NETWORK_LOW_STOCK events; 0: only
+    NETWORK_OUT_OF_STOCK and NETWORK_BACK_IN_STOCK)."""
 
     network_id: str
     location_ids: tuple[str, ...] = ()
@@ -92,6 +95,7 @@ class Network:
     staleness_limit: int = 0
     stale_policy: StalePolicy = StalePolicy.EXCLUDE
     stale_discount_percent: int = 0
+    low_stock_threshold: int = 0
 
     def share(self, available: int, stale: bool) -> int:
         """What a member's available counts for in the network's available (units)."""
@@ -126,6 +130,7 @@ class Network:
                 prefix + "stale_discount_percent",
                 "applies only with stale_policy DISCOUNT (EXCLUDE counts nothing of a stale store)",
             )
+        check_units(prefix + "low_stock_threshold", self.low_stock_threshold)
         return self
 
 
@@ -170,7 +175,7 @@ def gtin14(value: str) -> str | None:
 
 
 def check_units(field_name: str, units: int) -> int:
-    """A safety stock: 0 to MAX_QUANTITY units."""
+    """A safety stock or a low-stock threshold: 0 to MAX_QUANTITY units."""
     if not 0 <= units <= MAX_QUANTITY:
         raise InvalidArgument(field_name, f"must be 0 to {MAX_QUANTITY:,} units, got {units}")
     return units

@@ -54,6 +54,8 @@ NETWORKS = sa.Table(
     sa.Column("staleness_limit_s", sa.Integer, nullable=False, server_default="0"),
     sa.Column("stale_policy", sa.SmallInteger, nullable=False, server_default="1"),
     sa.Column("stale_discount_percent", sa.SmallInteger, nullable=False, server_default="0"),
+    # 0006
+    sa.Column("low_stock_threshold", sa.BigInteger, nullable=False, server_default="0"),
 )
 MEMBERS = sa.Table(
     "network_members",
@@ -196,6 +198,7 @@ class MasterDataStore:
                         r.staleness_limit_s,
                         StalePolicy(r.stale_policy),
                         r.stale_discount_percent,
+                        r.low_stock_threshold,
                     )
                     for r in conn.execute(sa.select(NETWORKS).order_by(NETWORKS.c.network_id))
                 ],
@@ -244,6 +247,7 @@ class MasterDataStore:
                         "staleness_limit_s": n.staleness_limit,
                         "stale_policy": int(n.stale_policy),
                         "stale_discount_percent": n.stale_discount_percent,
+                        "low_stock_threshold": n.low_stock_threshold,
                     }
                     for n in networks
                 ],
