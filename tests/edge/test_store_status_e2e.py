@@ -2,7 +2,8 @@
 server and Redis: the agent stops, its store goes silent past its network's staleness limit ->
 exactly one STORE_OFFLINE (on WatchEvents and on the store's MQTT topic); the server restarts
 while the store is still silent -> nothing again; the agent comes back -> exactly one
-STORE_ONLINE."""
+STORE_ONLINE; a store gone silent while no server ran is offline once after the start, and so
+is a network level that had only its units (NETWORK_OUT_OF_STOCK)."""
 
 from __future__ import annotations
 
@@ -16,13 +17,14 @@ from tests.edge.harness import start_agent, stop_agent
 from tests.edge.test_network_staleness_e2e import LIMIT, web_with
 from tests.fixtures.server import TOKENS, MakeServer, start_mqtt_server, target
 from tests.mqtt.test_events_mqtt import published_from_now, store_app, take
-from tests.server.test_events import Events, caught_up
+from tests.server.test_events import Events, caught_up, move
 from unistock.client import UnistockClient
 from unistock.devtools.services import MosquittoBroker
 from unistock.server.app.server import UnistockServer
 from unistock.v1 import inventory_pb2 as pb
 
 STORE_TYPES = [pb.STORE_OFFLINE, pb.STORE_ONLINE]
+NET_TYPES = [pb.NETWORK_OUT_OF_STOCK, pb.NETWORK_BACK_IN_STOCK, pb.NETWORK_LOW_STOCK]
 
 
 async def server_with_s1(
@@ -99,10 +101,15 @@ async def test_a_store_gone_silent_while_the_server_was_down_is_offline_once_aft
     make_server: MakeServer,
     clean_redis_url: str,
 ) -> None:
+    """...and web, whose only stock of JACKET is at s1, is out of stock once after it too
+    (NETWORK_OUT_OF_STOCK: s1's units left web's level while no server ran)."""
     srv = await server_with_s1(make_server, clean_redis_url, mosquitto_broker)
     agent, task = await start_agent(tmp_path, mosquitto_broker, "s1")
     try:
+        async with UnistockClient(target(srv), TOKENS["backoffice"]) as bo:
+            await move(bo, pb.RECEIPT, "JACKET", "s1", 3, source="wms")
         await asyncio.sleep(1.5)  # heard from (and its last-heard time saved)
+        await caught_up(srv)
         await srv.stop()
     finally:
         await stop_agent(agent, task)
@@ -111,6 +118,15 @@ async def test_a_store_gone_silent_while_the_server_was_down_is_offline_once_aft
     everything = Events(srv, after_event_id="0-0", types=STORE_TYPES)
     [off] = await everything.take(1)
     assert (off.type, off.store_id) == (pb.STORE_OFFLINE, "s1")
+    web = Events(srv, after_event_id="0-0", types=NET_TYPES)
+    back, out = await web.take(2)
+    assert [(e.type, e.network, e.sku, e.available) for e in (back, out)] == [
+        (pb.NETWORK_BACK_IN_STOCK, "web", "JACKET", 3),
+        (pb.NETWORK_OUT_OF_STOCK, "web", "JACKET", 0),
+    ]
+    assert "1 stale" in out.detail, out.detail
     await asyncio.sleep(1.5)  # another round of the staleness loop: nothing more
     await everything.nothing_more(srv)
+    await web.nothing_more(srv)
     await everything.close()
+    await web.close()

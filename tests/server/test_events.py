@@ -248,7 +248,7 @@ async def test_filters(
     await move(backoffice, pb.COUNT, "Y", "s2", 3, count_id="C1")
     got = {name: [] for name in ("sku", "loc", "net", "both")}  # type: dict[str, list[Any]]
     for name, stream, n in (
-        (("sku", by_sku, 3)),
+        (("sku", by_sku, 4)),
         ("loc", by_loc, 2),
         ("net", by_net, 4),
         ("both", both, 2),
@@ -256,7 +256,15 @@ async def test_filters(
         got[name] = [(e.type, e.sku, e.location_id) for e in await stream.take(n)]
         await stream.nothing_more(server)
     B, V = pb.BACK_IN_STOCK, pb.COUNT_VARIANCE
-    assert got["sku"] == [(B, "X", "s1"), (B, "X", "s2"), (B, "X", "s3")]
+    # The SKU's network level in north too (its first stock), after s1's.
+    net_back = (pb.NETWORK_BACK_IN_STOCK, "X", "")
+    assert got["sku"][0] == (B, "X", "s1")
+    assert [e for e in got["sku"] if e != net_back] == [
+        (B, "X", "s1"),
+        (B, "X", "s2"),
+        (B, "X", "s3"),
+    ]
+    assert net_back in got["sku"]
     assert got["loc"] == [(B, "X", "s3"), (B, "Y", "s3")]
     assert got["net"] == [(B, "X", "s1"), (B, "X", "s2"), (B, "Y", "s1"), (B, "Y", "s2")]
     assert got["both"] == [(B, "Y", "s2"), (V, "Y", "s2")]

@@ -440,11 +440,21 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     from, or a limit changed). Once per change, also across server restarts.
     """
     NETWORK_LOW_STOCK: _EventType.ValueType  # 17
-    """Not emitted yet (per network low / out / back in stock)."""
+    """A network's available for a SKU (its NetworkLevel, as WatchNetworkAvailability shows it)
+    fell to the network's low_stock_threshold or below, but not to 0 (from above the
+    threshold, or from 0). network and sku, no location_id; available, detail (the level's
+    locations and stale locations, the threshold). For any reason: movements, reservations,
+    a member going stale or leaving, the threshold changed. Once per change, also across
+    server restarts (a change while the server was down comes once after its start).
+    """
     NETWORK_OUT_OF_STOCK: _EventType.ValueType  # 18
-    """Not emitted yet."""
+    """A network's available for a SKU fell to 0 (as for NETWORK_LOW_STOCK)."""
     NETWORK_BACK_IN_STOCK: _EventType.ValueType  # 19
-    """Not emitted yet."""
+    """A network's available for a SKU rose above its low_stock_threshold (from 0 or from low; a
+    level's first stock counts too, except at a server's first start after an upgrade to a
+    version with network events: levels never published before are taken as they are, without
+    an event).
+    """
 
 class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
     """What happened, for WatchEvents (see InventoryEvent). Events are derived from the server's
@@ -517,11 +527,21 @@ STORE_ONLINE: EventType.ValueType  # 16
 from, or a limit changed). Once per change, also across server restarts.
 """
 NETWORK_LOW_STOCK: EventType.ValueType  # 17
-"""Not emitted yet (per network low / out / back in stock)."""
+"""A network's available for a SKU (its NetworkLevel, as WatchNetworkAvailability shows it)
+fell to the network's low_stock_threshold or below, but not to 0 (from above the
+threshold, or from 0). network and sku, no location_id; available, detail (the level's
+locations and stale locations, the threshold). For any reason: movements, reservations,
+a member going stale or leaving, the threshold changed. Once per change, also across
+server restarts (a change while the server was down comes once after its start).
+"""
 NETWORK_OUT_OF_STOCK: EventType.ValueType  # 18
-"""Not emitted yet."""
+"""A network's available for a SKU fell to 0 (as for NETWORK_LOW_STOCK)."""
 NETWORK_BACK_IN_STOCK: EventType.ValueType  # 19
-"""Not emitted yet."""
+"""A network's available for a SKU rose above its low_stock_threshold (from 0 or from low; a
+level's first stock counts too, except at a server's first start after an upgrade to a
+version with network events: levels never published before are taken as they are, without
+an event).
+"""
 Global___EventType: _TypeAlias = EventType  # noqa: Y015
 
 @_typing.final
@@ -2581,7 +2601,9 @@ class InventoryEvent(_message.Message):
     sku: _builtins.str
     location_id: _builtins.str
     network: _builtins.str
-    """The network of a reservation line held "anywhere in a network" (empty otherwise)."""
+    """The network of a reservation line held "anywhere in a network", or of a NETWORK_* event
+    (empty otherwise).
+    """
     reservation_id: _builtins.str
     detail: _builtins.str
     """A human-readable summary (for logs and store screens; not meant to be parsed)."""
@@ -2591,7 +2613,9 @@ class InventoryEvent(_message.Message):
     TRANSFER_DISCREPANT: the discrepancy's units; otherwise 0.
     """
     on_hand: _builtins.int
-    """The position after the change (position events)."""
+    """The position after the change (position events); NETWORK_* events: available is the
+    network's, on_hand 0.
+    """
     available: _builtins.int
     count_id: _builtins.str
     """COUNT_VARIANCE: the count."""

@@ -561,3 +561,61 @@ class StoreStatusChange(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StoreStatusChange: _TypeAlias = StoreStatusChange  # noqa: Y015
+
+@_typing.final
+class NetworkLevelChange(_message.Message):
+    """A network level's stock class change in the change feed (a group of kind 5 whose key is
+    "<network>|<sku>"), written with the level's last published class (us:{p}:netstat, partition
+    of "<network>|<sku>"). The change starts with its revision (8 bytes): the flush script appends
+    it only when the stored class is older and different (none stored: out of stock, or, for the
+    classes staged by a server's start, the class itself: a server's first start after an upgrade
+    publishes nothing for levels it never published).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AT_MS_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
+    SKU_FIELD_NUMBER: _builtins.int
+    BEFORE_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    AVAILABLE_FIELD_NUMBER: _builtins.int
+    LOCATIONS_FIELD_NUMBER: _builtins.int
+    STALE_LOCATIONS_FIELD_NUMBER: _builtins.int
+    LOW_STOCK_THRESHOLD_FIELD_NUMBER: _builtins.int
+    at_ms: _builtins.int
+    """When the server saw it: server wall clock, ms since the Unix epoch."""
+    network: _builtins.str
+    sku: _builtins.str
+    before: _builtins.int
+    """The class before (as this server last published it) and after: 0 out of stock (available
+    0), 1 low (1 to low_stock_threshold units), 2 in stock (above it); see codec.level_class.
+    """
+    after: _builtins.int
+    available: _builtins.int
+    """The network level when it changed class (NetworkLevel available / locations /
+    stale_locations) and the network's low_stock_threshold then.
+    """
+    locations: _builtins.int
+    stale_locations: _builtins.int
+    low_stock_threshold: _builtins.int
+    def __init__(
+        self,
+        *,
+        at_ms: _builtins.int = ...,
+        network: _builtins.str = ...,
+        sku: _builtins.str = ...,
+        before: _builtins.int = ...,
+        after: _builtins.int = ...,
+        available: _builtins.int = ...,
+        locations: _builtins.int = ...,
+        stale_locations: _builtins.int = ...,
+        low_stock_threshold: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "at_ms", b"at_ms", "available", b"available", "before", b"before", "locations", b"locations", "low_stock_threshold", b"low_stock_threshold", "network", b"network", "sku", b"sku", "stale_locations", b"stale_locations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkLevelChange: _TypeAlias = NetworkLevelChange  # noqa: Y015

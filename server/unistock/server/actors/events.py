@@ -27,7 +27,10 @@ What makes which event (the feed change it comes from):
   units lost in transit), TRANSFER_DISCREPANT (received before shipped, over-received,
   shipped after close, received after close);
 - a store's status change (codec.store_status_change, staged by the network index):
-  STORE_OFFLINE / STORE_ONLINE (store_id, no location; stored in the store's partition).
+  STORE_OFFLINE / STORE_ONLINE (store_id, no location; stored in the store's partition);
+- a network level's class change (codec.network_level_change, staged by the network index):
+  NETWORK_LOW_STOCK, NETWORK_OUT_OF_STOCK, NETWORK_BACK_IN_STOCK (network and sku, no
+  location; stored in the partition of the network level).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from unistock.server.persistence.codec import (
     AnyFeedRecord,
     FeedRecord,
     LevelFeedRecord,
+    NetworkLevelFeedRecord,
     StoreStatusFeedRecord,
     TransferFeedRecord,
     decode_feed,
@@ -75,6 +79,11 @@ SEP = "\n"
 
 _LEVEL_EVENT = {OUT: pb.OUT_OF_STOCK, LOW: pb.LOW_STOCK, OK: pb.BACK_IN_STOCK}
 _CLASS_NAME = {OUT: "out of stock", LOW: "low", OK: "in stock"}
+_NETWORK_EVENT = {
+    OUT: pb.NETWORK_OUT_OF_STOCK,
+    LOW: pb.NETWORK_LOW_STOCK,
+    OK: pb.NETWORK_BACK_IN_STOCK,
+}
 
 
 def _ts(at_ms: int) -> Timestamp:
@@ -93,6 +102,8 @@ def derive(record: AnyFeedRecord) -> Iterator[pb.InventoryEvent]:
         yield from _transfer_events(record)
     elif isinstance(record, StoreStatusFeedRecord):
         yield _store_event(record)
+    elif isinstance(record, NetworkLevelFeedRecord):
+        yield _network_event(record)
     else:
         res = record.reservation
         for t in record.transitions:
@@ -149,6 +160,20 @@ def _store_event(r: StoreStatusFeedRecord) -> pb.InventoryEvent:
         store_id=r.store_id,
         detail=f"store {r.store_id} {'online' if r.online else 'offline'}: {r.reason} "
         f"(last heard from {_ts(r.last_heard_ms).ToJsonString()})",
+    )
+
+
+def _network_event(r: NetworkLevelFeedRecord) -> pb.InventoryEvent:
+    stale = f", {r.stale_locations} stale" if r.stale_locations else ""
+    return pb.InventoryEvent(
+        type=_NETWORK_EVENT[r.after],
+        at=_ts(r.at_ms),
+        sku=r.sku,
+        network=r.network,
+        available=r.available,
+        detail=f"network {r.network}: available {r.available} ({r.locations} locations"
+        f"{stale}; low stock threshold {r.low_stock_threshold}): {_CLASS_NAME[r.before]} -> "
+        f"{_CLASS_NAME[r.after]}",
     )
 
 
@@ -288,12 +313,14 @@ def stored_event(at: EventId, ev: pb.InventoryEvent) -> StoredEvent:
 
 
 def partition_of(ks: Keyspace, ev: pb.InventoryEvent) -> int:
-    """The partition of an event's subject: its reservation's, its store's (store status), else
-    its location's."""
+    """The partition of an event's subject: its reservation's, its store's (store status), its
+    network level's (NETWORK_*), else its location's."""
     if ev.reservation_id:
         return ks.reservation_partition(ev.reservation_id)
     if ev.store_id:
         return ks.store_partition(ev.store_id)
+    if ev.network and not ev.location_id:  # a network level's
+        return ks.network_level_partition(ev.network, ev.sku)
     return ks.location_partition(ev.location_id)
 
 

@@ -32,6 +32,10 @@ from unistock.server.actors.masterdata import MasterData
 from unistock.server.domain import StockKey
 from unistock.server.domain.masterdata import Location, Network, StalePolicy
 from unistock.server.persistence.codec import (
+    OUT,
+    level_class,
+    network_level_change,
+    network_level_value,
     split_position,
     store_status_change,
     store_status_value,
@@ -106,9 +110,18 @@ class NetworkIndex:
         self._store_online: dict[str, bool] = {}
         #: whether syncs stage store statuses: from the start-up sync on (liveness restored)
         self._statuses_on = False
-        #: the revision of the last status staged: above `_base` (this start's generation), so
-        #: that revisions grow across restarts whatever the wall clock does
+        #: the revision of the last status staged (store or network level): above `_base`
+        #: (this start's generation), so that revisions grow across restarts whatever the wall
+        #: clock does
         self._status_rev = 0
+        #: (network, sku) -> its stock class (codec.level_class) as last staged for the feed
+        #: (NETWORK_* events), only when not OUT (absent: out of stock)
+        self._class: dict[NetKey, int] = {}
+        #: whether level changes stage their class changes: from the end of the start-up sync
+        #: on, once the stored classes were compared with the sums (`_start_classes`)
+        self._classes_on = False
+        #: network -> the low_stock_threshold its classes were last computed with
+        self._thresholds: dict[str, int] = {}
         commit.listeners.append(self.on_durable)
 
     # -- reads ---------------------------------------------------------------------------------
@@ -180,6 +193,8 @@ class NetworkIndex:
         changed.add(key)
 
     def _published(self, changed: set[NetKey]) -> None:
+        if changed and self._classes_on:
+            self._classify(changed)
         if changed and self.publish is not None:
             self.publish(
                 [
@@ -278,6 +293,14 @@ class NetworkIndex:
                         loc, {n: new for n, (_, new) in pairs.items()}, found[loc], +1, changed
                     )
                 self._settle({n for pairs in reweights.values() for n in pairs}, changed)
+            if self._classes_on:  # a network's threshold changed: its levels' classes may
+                moved = set()
+                for net, network in self._master.networks.items():
+                    if self._thresholds.get(net) != network.low_stock_threshold:
+                        self._thresholds[net] = network.low_stock_threshold
+                        moved.add(net)
+                if moved:
+                    self._classify({k for k in self.versions if k[0] in moved})
             if joins or leaves or reweights:
                 log.info(
                     "network availability: %d location joins, %d leaves, %d re-weighted",
@@ -408,7 +431,9 @@ class NetworkIndex:
                     self.liveness.restore(await self._store.load_heard())
                     self._restored = True
                 self._statuses_on = True
+                stored = await self._store.load_network_levels()
                 await self.sync()
+                self._start_classes(stored)  # before any flush reports: no await since the sync
                 break
             except Exception as exc:  # Unavailable mostly; never leave the index unready
                 log.warning("network availability not built yet: %r; retrying", exc)
@@ -470,6 +495,74 @@ class NetworkIndex:
                 store_status_value(revision, online),
                 store_status_change(revision, at_ms, store, online, heard_ms, reason),
             )
+
+    # -- network stock classes (NETWORK_LOW_STOCK / OUT_OF_STOCK / BACK_IN_STOCK) -------------
+
+    def _stage_class(self, key: NetKey, before: int, after: int, *, baseline: bool = False) -> None:
+        """Stage a level's class change for the feed (GroupCommit.network_level_changed) and
+        remember it as the level's class."""
+        net, sku = key
+        self._status_rev = revision = max(self._status_rev, self._base) + 1
+        threshold = self._thresholds[net]
+        self._commit.network_level_changed(
+            net,
+            sku,
+            network_level_value(revision, after),
+            network_level_change(
+                revision,
+                int(time.time() * 1000),
+                self.message(net, sku),
+                before,
+                after,
+                threshold,
+            ),
+            baseline=baseline,
+        )
+        if after == OUT:
+            self._class.pop(key, None)
+        else:
+            self._class[key] = after
+
+    def _classify(self, keys: Iterable[NetKey]) -> None:
+        """Stage the class change of each level of keys whose class (its available against its
+        network's low_stock_threshold, as the last sync applied it) is not the one last staged.
+        Networks gone from master data are left alone."""
+        networks, thresholds, classes = self._master.networks, self._thresholds, self._class
+        for key in keys:
+            network = networks.get(key[0])
+            if network is None:
+                continue
+            threshold = thresholds.get(key[0])
+            if threshold is None:  # a network new to master data (sync keeps them current)
+                threshold = thresholds[key[0]] = network.low_stock_threshold
+            after = level_class(self.totals.get(key, 0), threshold)
+            before = classes.get(key, OUT)
+            if after != before:
+                self._stage_class(key, before, after)
+
+    def _start_classes(self, stored: dict[NetKey, tuple[int, int]]) -> None:
+        """After the start-up sync: compare every level's class with the one last published
+        (stored: RedisStore.load_network_levels) and stage those that changed while the server
+        was down (a store gone stale, a member or threshold changed); a level never published
+        is staged as a baseline (published without an event: a first start after an upgrade
+        floods no one). From then on every level change is classified."""
+        thresholds = self._thresholds
+        for net, network in self._master.networks.items():
+            thresholds[net] = network.low_stock_threshold
+        for key in set(self.totals).union(stored):
+            if key[0] not in thresholds:  # a network gone from master data
+                continue
+            after = level_class(self.totals.get(key, 0), thresholds[key[0]])
+            if key not in stored:
+                if after != OUT:
+                    self._stage_class(key, OUT, after, baseline=True)
+                continue
+            before = stored[key][1]
+            if before != OUT:
+                self._class[key] = before
+            if after != before:
+                self._stage_class(key, before, after)
+        self._classes_on = True
 
     def _log_staleness(self, stale: dict[str, set[str]]) -> None:
         """Log each member that became stale or fresh, and what a stale member's units count

@@ -2,8 +2,9 @@
 
 Each stored event (persistence.events) is published, QoS 1, on the topic of every store owning
 a location it names (its location_id, or its lines' locations; LocationDirectory.store_of) -
-STORE_OFFLINE / STORE_ONLINE on the topic of their store_id -, several at a time: a message's payload is a binary WatchEventsResponse holding one or more
-events (with their event_id) in event_id order. The publisher is a durable consumer of the
+STORE_OFFLINE / STORE_ONLINE on the topic of their store_id; NETWORK_* events, which name no
+location, nowhere -, several at a time: a message's payload is a binary WatchEventsResponse
+holding one or more events (with their event_id) in event_id order. The publisher is a durable consumer of the
 event streams: its cursor (the last event id published) is kept in Redis (the layout hash, field
 `events-mqtt`) after the broker has acknowledged what it covers (at most every 0.5 s), so a
 restart publishes again from there: **at least once**, in event_id order per store; a

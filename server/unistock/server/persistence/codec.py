@@ -516,8 +516,9 @@ def decode_shipment(data: bytes) -> Movement:
 # fulfilment (source "", seq 0, quantity the units, the reservation in the FeedExtra).
 # Kind 2: a reservation record written, key its id, each change its revision (u64) then a
 # ReservationChange (varint length first); kinds 3 and 4 alike: a transfer record (key
-# "<destination>|<transfer_id>", TransferChange) and a store's status (key its id,
-# StoreStatusChange, see store_status_change). Every change starts with the version (revision) of
+# "<destination>|<transfer_id>", TransferChange), a store's status (key its id,
+# StoreStatusChange, see store_status_change) and kind 5 a network level's stock class (key
+# "<network>|<sku>", NetworkLevelChange, see network_level_change). Every change starts with the version (revision) of
 # the state it leads to: the script skips those the stored state already has. The version comes first: the script compares it with the
 # stored position's to skip a change already in the feed. A fixed binary part instead of a
 # protobuf message because every applied movement is one (bench B1/B11: ~0.5 us instead of
@@ -644,8 +645,57 @@ class StoreStatusFeedRecord(NamedTuple):
     reason: str
 
 
-FEED_POSITION, FEED_RESERVATION, FEED_TRANSFER, FEED_STORE = 1, 2, 3, 4
+class NetworkLevelFeedRecord(NamedTuple):
+    """A network level's stock class change, as read back from the change feed."""
+
+    network: str
+    sku: str
+    revision: int
+    at_ms: int
+    #: stock classes (OUT, LOW, OK) before (as last published by this server) and after
+    before: int
+    after: int
+    #: the network level then (NetworkLevel's available, locations, stale_locations)
+    available: int
+    locations: int
+    stale_locations: int
+    #: the network's low_stock_threshold then (units)
+    low_stock_threshold: int
+
+
+FEED_POSITION, FEED_RESERVATION, FEED_TRANSFER, FEED_STORE, FEED_NETWORK = 1, 2, 3, 4, 5
 _REVISION = struct.Struct(">Q")
+
+
+def network_level_change(
+    revision: int, at_ms: int, level: pb.NetworkLevel, before: int, after: int, threshold: int
+) -> bytes:
+    """The stored form of a network level's stock class change (a group of kind FEED_NETWORK,
+    key "<network>|<sku>"): its revision (8 bytes; the flush script keeps it with the class)
+    then a NetworkLevelChange (varint length first)."""
+    msg = spb.NetworkLevelChange(
+        at_ms=at_ms,
+        network=level.network,
+        sku=level.sku,
+        before=before,
+        after=after,
+        available=level.available,
+        locations=level.locations,
+        stale_locations=level.stale_locations,
+        low_stock_threshold=threshold,
+    ).SerializeToString()
+    return _REVISION.pack(revision) + varint(len(msg)) + msg
+
+
+def network_level_value(revision: int, stock_class: int) -> bytes:
+    """A network level's last published stock class as kept in us:{p}:netstat: revision (8
+    bytes, big-endian) then b"0" (OUT), b"1" (LOW) or b"2" (OK)."""
+    return _REVISION.pack(revision) + str(stock_class).encode()
+
+
+def parse_network_level_value(value: bytes) -> tuple[int, int]:
+    """(revision, class) of a network_level_value."""
+    return _REVISION.unpack_from(value)[0], int(value[8:])
 
 
 def store_status_change(
@@ -770,10 +820,11 @@ AnyFeedRecord = (
     | ReservationFeedRecord
     | TransferFeedRecord
     | StoreStatusFeedRecord
+    | NetworkLevelFeedRecord
 )
 
 
-_C = TypeVar("_C", spb.TransferChange, spb.StoreStatusChange)
+_C = TypeVar("_C", spb.TransferChange, spb.StoreStatusChange, spb.NetworkLevelChange)
 
 
 def _revised(entry: bytes, pos: int, count: int, message: type[_C]) -> list[tuple[int, _C]]:
@@ -809,9 +860,27 @@ def _store_records(entry: bytes, pos: int, count: int) -> list[StoreStatusFeedRe
     ]
 
 
+def _network_records(entry: bytes, pos: int, count: int) -> list[NetworkLevelFeedRecord]:
+    return [
+        NetworkLevelFeedRecord(
+            m.network,
+            m.sku,
+            revision,
+            m.at_ms,
+            m.before,
+            m.after,
+            m.available,
+            m.locations,
+            m.stale_locations,
+            m.low_stock_threshold,
+        )
+        for revision, m in _revised(entry, pos, count, spb.NetworkLevelChange)
+    ]
+
+
 def _skip_changes(entry: bytes, pos: int, count: int) -> int:
     """Past `count` changes that each start with a revision and a length (reservation,
-    transfer and store status groups)."""
+    transfer, store status and network level groups)."""
     for _ in range(count):
         n, pos = _read_varint(entry, pos + 8)
         pos += n
@@ -851,6 +920,10 @@ def decode_feed(entry: bytes, *, notable: bool = False) -> list[AnyFeedRecord]:
             continue
         if kind == FEED_STORE:
             out += _store_records(entry, pos, count)
+            pos = _skip_changes(entry, pos, count)
+            continue
+        if kind == FEED_NETWORK:
+            out += _network_records(entry, pos, count)
             pos = _skip_changes(entry, pos, count)
             continue
         sku = ""  # decoded with the group's first change kept

@@ -50,6 +50,8 @@ from unistock.server.domain import (
 )
 from unistock.server.metrics import Metrics
 from unistock.server.persistence.codec import (
+    FEED_NETWORK,
+    FEED_STORE,
     encode_position_with_level,
     encode_reservation,
     encode_transfer,
@@ -59,7 +61,7 @@ from unistock.server.persistence.codec import (
 )
 from unistock.server.persistence.keys import Keyspace, mark_field, position_field
 from unistock.server.persistence.rindex import index_identity, index_write
-from unistock.server.persistence.store import PartitionWrite, Phase, RedisStore
+from unistock.server.persistence.store import PartitionWrite, Phase, RedisStore, StatusWrite
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -137,9 +139,9 @@ class GroupCommit:
         #: transfer key -> its feed changes not yet durable (codec.transfer_change)
         self._xchanges: dict[tuple[str, str], list[bytes]] = {}
         self._inflight_transfers: set[tuple[str, str]] = set()
-        #: (store_id, stored status, feed change) not yet durable, oldest first
-        #: (store_status_changed)
-        self._statuses: list[tuple[str, bytes, bytes]] = []
+        #: (partition, status) not yet durable, oldest first (store_status_changed,
+        #: network_level_changed)
+        self._statuses: list[tuple[int, StatusWrite]] = []
         #: field -> (origin location, stored Shipment): written with the origin position
         self._shipments: dict[str, tuple[str, bytes]] = {}
         #: field -> origin location: shipments applied, to delete
@@ -219,7 +221,22 @@ class GroupCommit:
         partition, with its feed change (codec.store_status_change), which the flush script
         appends only when the status differs from the stored one; kept for the next flush when
         a flush fails."""
-        self._statuses.append((store_id, value, change))
+        status = StatusWrite(FEED_STORE, store_id, value, change, b"1")  # none stored: online
+        self._statuses.append((self._store.keyspace.store_partition(store_id), status))
+        self._wake.set()
+
+    def network_level_changed(
+        self, network: str, sku: str, value: bytes, change: bytes, *, baseline: bool = False
+    ) -> None:
+        """Schedule a network level's stock class (codec.network_level_value) for writing in its
+        partition (Keyspace.network_level_partition), with its feed change
+        (codec.network_level_change), which the flush script appends only when the class
+        differs from the stored one. None stored counts as out of stock, or with baseline as
+        the class itself (the classes a server's start stages: nothing is published for a
+        level never published before). Kept for the next flush when a flush fails."""
+        default = value[8:] if baseline else b"0"
+        status = StatusWrite(FEED_NETWORK, f"{network}|{sku}", value, change, default)
+        self._statuses.append((self._store.keyspace.network_level_partition(network, sku), status))
         self._wake.set()
 
     def shipment_recorded(self, origin: Position, field: str, value: bytes) -> None:
@@ -542,8 +559,8 @@ class GroupCommit:
                     batch.xchanges.get((destination, transfer_id), []),
                 )
             )
-        for store_id, value, change in batch.statuses:
-            middle[ks.store_partition(store_id)].statuses.append((store_id, value, change))
+        for partition, status in batch.statuses:
+            middle[partition].statuses.append(status)
         for name, (origin, value) in batch.shipments.items():
             middle[partition_of(origin)].shipments += (name, value)
         for name, origin in batch.shipped.items():
@@ -612,8 +629,8 @@ class _Batch:
     earlier: dict[str, list[Reservation]] = field(default_factory=dict)
     #: transfer key -> its feed changes (written with its record)
     xchanges: dict[tuple[str, str], list[bytes]] = field(default_factory=dict)
-    #: (store_id, stored status, feed change), oldest first
-    statuses: list[tuple[str, bytes, bytes]] = field(default_factory=list)
+    #: (partition, status) of stores and network levels, oldest first
+    statuses: list[tuple[int, StatusWrite]] = field(default_factory=list)
 
     def encodable(self) -> _Batch:
         """The changes that encode, each alone; the others are logged and dropped."""

@@ -47,6 +47,10 @@ set of partitions; each partition has an owner epoch that every write checks (th
     us:{p<n>}:storestat           hash: store id -> its last published status (codec.
                                   store_status_value: revision, online or not), written with
                                   its STORE_OFFLINE / STORE_ONLINE feed change
+    us:{p<n>}:netstat             hash: "<network>|<sku>" -> the last published stock class of
+                                  that network level (codec.network_level_value: revision,
+                                  class), written with its NETWORK_* feed change (partition of
+                                  "<network>|<sku>": network_level_partition)
 """
 
 from __future__ import annotations
@@ -99,6 +103,15 @@ class Keyspace:
     def store_partition(self, store_id: str) -> int:
         """Partition of a store's liveness."""
         return zlib.crc32(store_id.encode()) % self.partitions
+
+    def network_level_partition(self, network: str, sku: str) -> int:
+        """Partition of a network level's published stock class (NETWORK_* events): spread by
+        (network, SKU), not by network, so that a busy network is not one hot partition."""
+        return zlib.crc32(f"{network}|{sku}".encode()) % self.partitions
+
+    def network_status(self, partition: int) -> str:
+        """Hash of the network levels' last published stock classes."""
+        return f"{self._tag(partition)}:netstat"
 
     def feed(self, partition: int) -> str:
         """Stream of the partition's durable changes (the change feed)."""

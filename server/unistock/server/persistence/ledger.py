@@ -20,6 +20,7 @@ from unistock.server.domain import DiscrepancyKind, Transition
 from unistock.server.persistence import codec
 from unistock.server.persistence.codec import (
     AnyFeedRecord,
+    NetworkLevelFeedRecord,
     ReservationFeedRecord,
     StoreStatusFeedRecord,
     TransferFeedRecord,
@@ -36,11 +37,11 @@ MOVEMENT, SHIPMENT, RESERVATION, TRANSFER = 1, 2, 3, 4
 def ledger_rows(feed_id: str, records: Sequence[AnyFeedRecord]) -> list[dict[str, Any]]:
     """The ledger rows of a feed entry's changes other than its positions' (`position_rows`
     reads those straight from the entry's bytes): reservation transitions and transfer
-    discrepancies. Store status changes, which change no quantity, have none: they are events'
-    business."""
+    discrepancies. Store status and network level class changes, which change no quantity, have
+    none: they are events' business."""
     rows: list[dict[str, Any]] = []
     for r in records:
-        if isinstance(r, StoreStatusFeedRecord):
+        if isinstance(r, StoreStatusFeedRecord | NetworkLevelFeedRecord):
             continue
         if isinstance(r, TransferFeedRecord):
             rows += [

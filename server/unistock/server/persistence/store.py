@@ -24,7 +24,13 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from unistock.server.domain import Fenced, Position, StockKey, Unavailable
-from unistock.server.persistence.codec import decode_stored, parse_hold
+from unistock.server.persistence.codec import (
+    FEED_NETWORK,
+    FEED_STORE,
+    decode_stored,
+    parse_hold,
+    parse_network_level_value,
+)
 from unistock.server.persistence.feed import parse_feed_id
 from unistock.server.persistence.keys import (
     LAYOUT_VERSION,
@@ -77,9 +83,9 @@ FLUSH_SCRIPT = """
 --       codec.feed_change: each starts with its position version),
 --       #transfers, per transfer key: (value, "<destination>|<transfer_id>", #changes,
 --       change...) (see codec.transfer_change: each starts with its revision),
---       #indexes, destination per index key..., #statuses, per status (store_id, value,
---       change) (see codec.store_status_value / store_status_change; KEYS: the storestat hash
---       once, when there are some), #shipments, (field, value)..., #shipped,
+--       #indexes, destination per index key..., #status groups, per group (feed kind,
+--       #statuses, per status (id, value, change, status when none stored)) (StatusWrite;
+--       KEYS: the group's hash: storestat, netstat), #shipments, (field, value)..., #shipped,
 --       field..., #marks, (field, seq)..., #locations, location..., #sources,
 --       (source_id, seq)..., #highs, (source_id, seq)..., then per reservation key:
 --       (reservation_id, value, expiry score or '', retention ms or '0', #changes,
@@ -199,22 +205,28 @@ end
 -- Transfer index: the destinations with a record of a transfer.
 local nidx = tonumber(ARGV[i]); i = i + 1
 for _ = 1, nidx do k = k + 1; redis.call('SADD', KEYS[k], ARGV[i]); i = i + 1 end
--- Stores' statuses (value: revision, then '1' online or '0' offline), each with its feed
--- change: stored when its revision is newer than the stored one, its change appended only when
--- the status differs from the stored one (none stored: online). A retry or a second server
--- start making the same change appends nothing.
-local nstat = tonumber(ARGV[i]); i = i + 1
-if nstat > 0 then k = k + 1 end
-for _ = 1, nstat do
-  local sid, v = ARGV[i], ARGV[i + 1]; i = i + 2
-  local old = redis.call('HGET', KEYS[k], sid)
-  if old and string.sub(old, 1, 8) >= string.sub(v, 1, 8) then
-    stale = stale + 1
-  else
-    redis.call('HSET', KEYS[k], sid, v); written = written + 1
-    if string.sub(old or '        1', 9) ~= string.sub(v, 9) then group('\4', sid, nil, 1) end
+-- Statuses (a store's online or offline, a network level's stock class), per group a hash and
+-- a feed kind; per status: its value (revision, then the status) stored when its revision is
+-- newer than the stored one, its change appended only when the status differs from the stored
+-- one (none stored: the default given). A retry or a second server start making the same
+-- change appends nothing.
+local ngroups = tonumber(ARGV[i]); i = i + 1
+for _ = 1, ngroups do
+  k = k + 1
+  local kind, nstat = ARGV[i], tonumber(ARGV[i + 1]); i = i + 2
+  for _ = 1, nstat do
+    local sid, v, default = ARGV[i], ARGV[i + 1], ARGV[i + 3]; i = i + 2
+    local old = redis.call('HGET', KEYS[k], sid)
+    if old and string.sub(old, 1, 8) >= string.sub(v, 1, 8) then
+      stale = stale + 1
+    else
+      redis.call('HSET', KEYS[k], sid, v); written = written + 1
+      local was = default
+      if old then was = string.sub(old, 9) end
+      if was ~= string.sub(v, 9) then group(kind, sid, nil, 1) end
+    end
+    i = i + 2
   end
-  i = i + 1
 end
 -- Shipments not yet applied to their transfer record (written with their origin position),
 -- and those applied (deleted once their record is durable).
@@ -301,6 +313,22 @@ class IndexWrite(NamedTuple):
     entries: str = ""
 
 
+class StatusWrite(NamedTuple):
+    """A status kept with the feed change of its changes: a store's online / offline
+    (FEED_STORE, codec.store_status_value / store_status_change, key the store id) or a network
+    level's stock class (FEED_NETWORK, codec.network_level_value / network_level_change, key
+    "<network>|<sku>")."""
+
+    kind: int
+    key: str
+    #: revision (8 bytes) then the status
+    value: bytes
+    #: the feed change, appended when the status differs from the stored one
+    change: bytes
+    #: the status assumed when none is stored
+    default: bytes
+
+
 @dataclass(slots=True)
 class PartitionWrite:
     """What one flush phase writes into one partition."""
@@ -317,9 +345,8 @@ class PartitionWrite:
     transfers: list[tuple[str, bytes, str, list[bytes]]] = field(default_factory=list)
     #: (transfer index key, destination location) of transfers indexed in this partition
     indexes: list[tuple[str, str]] = field(default_factory=list)
-    #: (store_id, codec.store_status_value, codec.store_status_change) of this partition's
-    #: stores, oldest first
-    statuses: list[tuple[str, bytes, bytes]] = field(default_factory=list)
+    #: statuses of this partition's stores and network levels, oldest first
+    statuses: list[StatusWrite] = field(default_factory=list)
     #: shipments of this partition's positions not yet applied: field, value, field, value...
     shipments: list[bytes | str] = field(default_factory=list)
     #: shipments applied to their (durable) transfer record: fields to delete
@@ -357,6 +384,11 @@ class RedisStore:
         self.epochs: dict[int, int] = {}
         #: Entries kept per partition's feed (approximately: MAXLEN ~); --feed-max-entries.
         self.feed_max_entries = 100_000
+        #: feed kind of a StatusWrite -> the hash of its statuses in a partition
+        self._status_hash = {
+            FEED_STORE: keyspace.store_status,
+            FEED_NETWORK: keyspace.network_status,
+        }
         #: Changes appended to the feed by this process (a counter, for the metrics).
         self.feed_changes = 0
         #: The last feed entry id given: (ms, sequence).
@@ -609,11 +641,14 @@ class RedisStore:
                 for key, destination in w.indexes:
                     keys.append(key)
                     args.append(destination)
-                args.append(len(w.statuses))
-                if w.statuses:
-                    keys.append(ks.store_status(p))
-                    for store_id, value, change in w.statuses:
-                        args += (store_id, value, change)
+                kinds = sorted({st.kind for st in w.statuses})
+                args.append(len(kinds))
+                for kind in kinds:
+                    mine = [st for st in w.statuses if st.kind == kind]
+                    keys.append(self._status_hash[kind](p))
+                    args += (bytes((kind,)), len(mine))
+                    for st in mine:
+                        args += (st.key, st.value, st.change, st.default)
                 args += (len(w.shipments) // 2, *w.shipments, len(w.shipped), *w.shipped)
                 args.append(len(w.marks) // 2)
                 args.extend(w.marks)
@@ -812,6 +847,19 @@ class RedisStore:
         for fields in await self._execute(pipe):
             for store_id, at in fields.items():
                 out[store_id.decode()] = float(at)
+        return out
+
+    async def load_network_levels(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(network, sku) -> (revision, stock class) of every network level's last published
+        class (us:{p}:netstat, codec.network_level_value); raises Unavailable."""
+        pipe = self.client.pipeline(transaction=False)
+        for partition in range(self.keyspace.partitions):
+            pipe.hgetall(self.keyspace.network_status(partition))
+        out: dict[tuple[str, str], tuple[int, int]] = {}
+        for fields in await self._execute(pipe):
+            for key, value in fields.items():
+                network, _, sku = key.decode().partition("|")
+                out[network, sku] = parse_network_level_value(value)
         return out
 
     async def load_transfers(self, keys: list[tuple[str, str]]) -> list[bytes | None]:
