@@ -168,3 +168,31 @@ def test_a_database_before_network_thresholds_upgrades_with_none_and_downgrades(
             ).all() == [("web", "s1")]
     finally:
         store.close()
+
+
+def test_downgrading_to_the_first_schema_keeps_the_master_data(sql_url: str) -> None:
+    """Every downgrade down to 0001 drops its columns in place: locations, networks and their
+    members stay (on SQLite, a downgrade that rebuilt networks or locations would delete the
+    members through their foreign keys)."""
+    store = MasterDataStore(sql_url)
+    try:
+        store.migrate()
+        store.upsert_locations([Location("s1", LocationType.STORE, low_stock_threshold=2)])
+        store.upsert_networks([Network("web", ("s1",), "web-shop", 300, low_stock_threshold=4)])
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with store.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0001")
+        with store.engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT location_id FROM locations")).all() == [("s1",)]
+            assert conn.execute(
+                sa.text("SELECT network_id, channel, staleness_limit_s FROM networks")
+            ).all() == [("web", "web-shop", 300)]
+            assert conn.execute(
+                sa.text("SELECT network_id, location_id FROM network_members")
+            ).all() == [("web", "s1")]
+        store.migrate()  # and up again
+        assert store.load().networks == [Network("web", ("s1",), "web-shop", 300)]
+    finally:
+        store.close()

@@ -28,6 +28,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("networks") as batch:
+    # In place (SQLite >= 3.35 drops a column), never by recreating the table: on SQLite that
+    # drops the old table, and with foreign keys on (the server's connections) the drop
+    # deletes its rows first, cascading to network_members (see 0006).
+    with op.batch_alter_table("networks", recreate="never") as batch:
         batch.drop_column("stale_discount_percent")
         batch.drop_column("stale_policy")

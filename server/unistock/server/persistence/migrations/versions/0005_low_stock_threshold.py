@@ -24,5 +24,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("locations") as batch:
+    # In place (SQLite >= 3.35 drops a column), never by recreating the table: on SQLite that
+    # drops the old table, and with foreign keys on (the server's connections) the drop
+    # deletes its rows first, cascading to network_members (see 0006).
+    with op.batch_alter_table("locations", recreate="never") as batch:
         batch.drop_column("low_stock_threshold")
