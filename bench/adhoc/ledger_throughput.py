@@ -111,7 +111,7 @@ async def main() -> None:
                 rows, secs, cpu_s = await drain(store, url, name.split()[0])
                 print(
                     f"{name}: {rows:,} rows in {secs:.2f} s = {rows / secs:,.0f} rows/s, "
-                    f"writer CPU {cpu_s / rows * 1000:.3f} s per 1,000 rows"
+                    f"writer CPU {cpu_s / rows * 1000:.4f} s per 1,000 rows"
                 )
         await store.close()
 

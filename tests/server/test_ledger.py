@@ -1,12 +1,13 @@
 """The SQL ledger (issue 11 item 4, first part) on a real server, Redis and SQLite / PostgreSQL:
 every applied movement, fulfilment shipment and reservation transition reaches the ledger once;
 a position's ledger deltas sum to its on_hand (invariant 9); a restart writes nothing twice;
-writing the same feed entries again adds nothing."""
+feed entries read again after a crash add nothing."""
 
 from __future__ import annotations
 
 import asyncio
 
+import pytest
 import sqlalchemy as sa
 
 from tests.fixtures.server import TOKENS, MakeServer, target
@@ -70,26 +71,48 @@ async def test_every_change_reaches_the_ledger_once(
     assert await asyncio.to_thread(srv.ledger._ledger.count) == len(rows)
 
 
-async def test_writing_the_same_entries_again_adds_nothing(
-    server: UnistockServer, sql_url: str
+async def test_entries_read_again_after_the_sql_commit_add_nothing(
+    make_server: MakeServer, clean_redis_url: str, sql_url: str
 ) -> None:
-    """A crash between the SQL commit and the cursor's save: the next round writes the same
-    rows again."""
+    """A writer that dies between its SQL commit and its cursors' save: the next one reads the
+    same feed entries again and skips them (ledger_feed), in whatever rounds it reads them; a
+    new entry after them is written."""
+    from unistock.server.actors.ledger import LedgerWriter
+    from unistock.server.domain import Unavailable
+    from unistock.server.metrics import LedgerMetrics
+    from unistock.server.persistence.feed import FeedReader, FeedRound
     from unistock.server.persistence.sql import MasterDataStore
 
+    class DiesBeforeItsCursors(FeedReader):
+        async def commit(self, got: FeedRound) -> None:
+            raise Unavailable("killed")
+
+    srv = await make_server(clean_redis_url, database_url=sql_url)
+    ks, client = srv.store.keyspace, srv.store.client
+    await FeedReader(client, ks, "crashy").register()
+    async with UnistockClient(target(srv), TOKENS["admin"]) as c:
+        for seq in range(1, 6):
+            await send(c, batch("wms", mv(seq, "RECEIPT", "A", f"s{seq % 2}", seq)))
+        await c.reserve("o-1", [("A", "s1", 2)], kind="ORDER", channel="web")
     store = MasterDataStore(sql_url)
     try:
         store.migrate()
         ledger = LedgerStore(store.engine)
-        rows = [
-            {"entry_key": "p:s1|A:1", "feed_id": "1-0", "kind": MOVEMENT, "at_ms": 1,
-             "sku": "A", "location_id": "s1", "version": 1, "on_hand_delta": 5},
-            {"entry_key": "r:o-1:1", "feed_id": "1-0", "kind": RESERVATION, "at_ms": 1,
-             "reservation_id": "o-1", "revision": 1, "transitions": "CREATED"},
-        ]  # fmt: skip
-        assert ledger.write(rows) == 2
-        assert ledger.write(rows) == 0
-        assert ledger.count() == 2
+        dying = LedgerWriter(DiesBeforeItsCursors(client, ks, "crashy"), ledger, LedgerMetrics())
+        with pytest.raises(Unavailable):
+            await dying.drain_once()
+        assert await asyncio.to_thread(ledger.count) == 6
+        again = LedgerWriter(FeedReader(client, ks, "crashy"), ledger, LedgerMetrics(), batch=1)
+        while await again.drain_once():  # one entry per partition per round
+            pass
+        assert await asyncio.to_thread(ledger.count) == 6
+        async with UnistockClient(target(srv), TOKENS["admin"]) as c:
+            await send(c, batch("wms", mv(6, "SALE", "A", "s1", 1)))
+        while await again.drain_once():
+            pass
+        with store.engine.connect() as conn:
+            keys = [r.entry_key for r in conn.execute(sa.select(LEDGER).order_by(LEDGER.c.id))]
+        assert len(keys) == len(set(keys)) == 7
     finally:
         store.close()
 

@@ -25,7 +25,7 @@ from unistock.client import UnistockClient, UnistockClientError
 from unistock.devtools.services import PostgresServer
 from unistock.server.app.server import UnistockServer
 from unistock.server.persistence.ledger import MOVEMENT, TRANSFER, LedgerStore
-from unistock.server.persistence.sql import MasterDataStore
+from unistock.server.persistence.sql import LEDGER, MIGRATIONS, MasterDataStore
 from unistock.v1 import admin_pb2 as apb
 from unistock.v1 import inventory_pb2 as pb
 from unistock.v1 import ledger_pb2 as lpb
@@ -427,15 +427,71 @@ async def test_database_down_is_unavailable_then_answers_again(
 def test_0004_upgrades_a_ledger_keeping_its_rows(sql_url: str) -> None:
     store = MasterDataStore(sql_url)
     try:
-        with upgraded_to(store, "0003"):
-            pass
         row = {"entry_key": "p:s1|A:1", "feed_id": "1-0", "kind": 1, "at_ms": 5, "sku": "A",
                "location_id": "s1", "movement_type": 3, "quantity": 2}  # fmt: skip
-        assert LedgerStore(store.engine).write([row]) == 1
+        with upgraded_to(store, "0003") as conn:
+            conn.execute(LEDGER.insert().values(row))
         store.migrate()
         indexes = {i["name"] for i in sa.inspect(store.engine).get_indexes("ledger_entries")}
         assert {"ix_ledger_sku_at", "ix_ledger_kind_at", "ix_ledger_reservation_kind"} <= indexes
         assert "ix_ledger_reservation" not in indexes
         assert LedgerStore(store.engine).count() == 1
+    finally:
+        store.close()
+
+
+def test_0007_writes_each_feed_entry_once_and_keeps_the_rows_before_it(sql_url: str) -> None:
+    """0007: a ledger of 0006 keeps its rows and ids; the feed entries they came from count as
+    written (a writer killed between its SQL commit and its cursor's save, then upgraded, reads
+    them again: skipped); entry_key is no longer unique, the reservation index is partial; the
+    downgrade restores both and keeps the rows."""
+    from alembic import command
+    from alembic.config import Config
+
+    store = MasterDataStore(sql_url)
+    old = {"entry_key": "p:s1|A:1", "feed_id": "7-0", "kind": 1, "at_ms": 5, "sku": "A",
+           "location_id": "s1", "movement_type": 3, "quantity": 2}  # fmt: skip
+    new = {**old, "entry_key": "p:s1|A:2", "feed_id": "8-0", "version": 2}
+    try:
+        with upgraded_to(store, "0006") as conn:
+            conn.execute(LEDGER.insert().values(old))
+            first = conn.execute(sa.select(LEDGER.c.id)).scalar_one()
+        store.migrate()
+        ledger = LedgerStore(store.engine)
+        assert ledger.write([old], partition=3) == 0  # read again after the upgrade
+        assert ledger.write([new], partition=3) == 1
+        assert ledger.write([new], partition=3) == 0
+        assert ledger.write([new], partition=4) == 1  # another partition's entry 8-0
+        with store.engine.connect() as conn:
+            assert conn.execute(
+                sa.text("SELECT id, entry_key, partition FROM ledger_entries JOIN ledger_feed"
+                        " USING (feed_id) ORDER BY id, partition")
+            ).all() == [(first, "p:s1|A:1", -1), (first + 1, "p:s1|A:2", 3),
+                        (first + 1, "p:s1|A:2", 4), (first + 2, "p:s1|A:2", 3),
+                        (first + 2, "p:s1|A:2", 4)]  # fmt: skip
+            indexes = {i["name"]: i for i in sa.inspect(conn).get_indexes("ledger_entries")}
+            assert not any(i["unique"] for i in indexes.values())
+            uniques = sa.inspect(conn).get_unique_constraints("ledger_entries")
+            assert uniques == []
+            where = "sqlite_where" if store.engine.dialect.name == "sqlite" else "postgresql_where"
+            assert "reservation_id IS NOT NULL" in str(
+                indexes["ix_ledger_reservation_kind"]["dialect_options"][where]
+            )
+        with store.engine.begin() as conn:  # (4's copy of 8-0 away: entry_keys unique again)
+            conn.execute(sa.delete(LEDGER).where(LEDGER.c.id == first + 2))
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with store.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0006")
+        with store.engine.connect() as conn:
+            assert "ledger_feed" not in sa.inspect(conn).get_table_names()
+            assert conn.execute(
+                sa.text("SELECT id, entry_key FROM ledger_entries ORDER BY id")
+            ).all() == [(first, "p:s1|A:1"), (first + 1, "p:s1|A:2")]
+        with pytest.raises(sa.exc.IntegrityError), store.engine.begin() as conn:  # unique again
+            conn.execute(LEDGER.insert().values({**new, "feed_id": "9-0"}))
+        store.migrate()  # and up again
+        assert LedgerStore(store.engine).count() == 2
     finally:
         store.close()

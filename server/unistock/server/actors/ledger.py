@@ -4,13 +4,14 @@ app/ledger.py; `make run` starts one) or, for small deployments and tests, insid
 (`--ledger-in-process 1`).
 
 Each round reads every partition's feed after the writer's cursor there (persistence.feed:
-FeedReader), writes the rows in one SQL transaction (idempotent on each row's entry_key), then
-saves the cursors in Redis and trims the feeds behind the slowest consumer. A crash between the
-SQL commit and the cursors' save only makes the next round write the same rows again, which
-adds nothing: every change is in the ledger exactly once. A SQL or Redis outage delays it; no
-reply ever waits for it. Entries the feed's cap trimmed before the writer read them are
-reported (log and `unistock_feed_entries_lost_total`): the one way the ledger can miss changes,
-when it stays behind for longer than the cap allows (see README, "The change feed").
+FeedReader), writes their rows in one SQL transaction with the entries' ids (partition, feed
+id: persistence.ledger), then saves the cursors in Redis and trims the feeds behind the slowest
+consumer. A crash between the SQL commit and the cursors' save only makes the next round read
+the same entries again, which it skips: every change (in exactly one feed entry) is in the
+ledger exactly once. A SQL or Redis outage delays it; no reply ever waits for it. Entries the
+feed's cap trimmed before the writer read them are reported (log and
+`unistock_feed_entries_lost_total`): the one way the ledger can miss changes, when it stays
+behind for longer than the cap allows (see README, "The change feed").
 """
 
 from __future__ import annotations
@@ -20,14 +21,19 @@ import logging
 import os
 import socket
 import time
-from typing import Any
 
 import redis.asyncio as aioredis
 
 from unistock.server.metrics import LedgerMetrics
 from unistock.server.persistence.feed import FeedReader, Lease, format_feed_id, rounds
 from unistock.server.persistence.keys import Keyspace
-from unistock.server.persistence.ledger import COLUMNS, LedgerStore, ledger_rows, position_rows
+from unistock.server.persistence.ledger import (
+    COLUMNS,
+    FeedEntry,
+    LedgerStore,
+    ledger_rows,
+    position_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,17 +81,17 @@ class LedgerWriter:
             await self._feed.load()
             self._loaded = True
         got = await self._feed.read(self.batch)
-        values: list[tuple[Any, ...]] = []
+        entries: list[FeedEntry] = []
         # In the feed's order across partitions (ids are given in flush order): the ledger's
         # ids follow what happened.
-        for _, at, entry in sorted(got.entries, key=lambda e: e[1]):
+        for p, at, entry in sorted(got.entries, key=lambda e: e[1]):
             feed_id = format_feed_id(at)
-            positions, others = position_rows(feed_id, entry)
-            values += positions
+            values, others = position_rows(feed_id, entry)
             if others:
                 values += [tuple(r.get(c) for c in COLUMNS) for r in ledger_rows(feed_id, others)]
+            entries.append((p, feed_id, values))
         try:
-            new = await asyncio.to_thread(self._ledger.write_values, values)
+            new = await asyncio.to_thread(self._ledger.write_entries, entries)
             await self._feed.commit(got)
         except Exception:
             if got.entries:  # behind by the oldest change it could not write

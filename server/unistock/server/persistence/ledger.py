@@ -1,10 +1,14 @@
 """The ledger in SQL (issue 11): every change of the change feed, written once.
 
-Rows come from feed entries (`ledger_rows`) and are inserted with ON CONFLICT DO NOTHING on
-their entry_key (a position change "p:<location>|<sku>:<version>", a reservation change
-"r:<id>:<revision>", a transfer discrepancy "t:<destination>|<transfer_id>:<revision>:<n>"):
-writing the same entries again, after a crash between the SQL commit and
-the feed cursor's save, adds nothing. SQLite or PostgreSQL, the schema by Alembic (0003).
+Rows come from feed entries (`position_rows`, `ledger_rows`), each named by its entry_key (a
+position change "p:<location>|<sku>:<version>", a reservation change "r:<id>:<revision>", a
+transfer discrepancy "t:<destination>|<transfer_id>:<revision>:<n>"). They are written a feed
+entry at a time, with the entry's row in ledger_feed, in one transaction: each change is in
+exactly one feed entry (the flush script appends a change only when the stored state is older,
+in the same call), so writing the same entries again, after a crash between the SQL commit and
+the feed cursor's save, adds nothing. (Until 0007 a unique index on entry_key did that, per
+row: a quarter of the SQLite writer's CPU.) SQLite or PostgreSQL, the schema by Alembic (0003,
+0004, 0007).
 """
 
 from __future__ import annotations
@@ -152,30 +156,50 @@ def position_rows(feed_id: str, entry: bytes) -> tuple[list[tuple[Any, ...]], li
     return rows, others
 
 
+#: A feed entry to write: (partition, feed id, its rows as values of COLUMNS).
+FeedEntry = tuple[int, str, Sequence[tuple[Any, ...]]]
+
 _NAMES = ", ".join(COLUMNS)
-_SQLITE_INSERT = (
-    f"INSERT INTO ledger_entries ({_NAMES}) VALUES ({', '.join('?' * len(COLUMNS))}) "
-    "ON CONFLICT (entry_key) DO NOTHING"
-)
+_SQLITE_INSERT = f"INSERT INTO ledger_entries ({_NAMES}) VALUES ({', '.join('?' * len(COLUMNS))})"
+#: Without ON CONFLICT: a second writer that wrote the same entry meanwhile fails the
+#: transaction (it is tried again, and skips the entry then).
+_SQLITE_FEED_INSERT = "INSERT INTO ledger_feed (feed_id, partition) VALUES (?, ?)"
+#: Feed ids looked up per statement (SQLite allows 32,766 parameters).
+_LOOKUP_CHUNK = 1000
 
 
-def _copy_postgres(raw: Any, values: Sequence[tuple[Any, ...]]) -> int:
-    """COPY values into a temporary table, then insert those not already in the ledger (in
-    the COPY's order); the rows inserted (psycopg 3, inside the caller's transaction)."""
+def _written(cursor: Any, entries: Sequence[FeedEntry], param: str) -> set[tuple[int, str]]:
+    """The (partition, feed id) of entries already in ledger_feed (one written before 0007,
+    partition -1, counts for every partition)."""
+    ids = sorted({feed_id for _, feed_id, _ in entries})
+    found: set[tuple[int, str]] = set()
+    for i in range(0, len(ids), _LOOKUP_CHUNK):
+        chunk = ids[i : i + _LOOKUP_CHUNK]
+        cursor.execute(
+            "SELECT partition, feed_id FROM ledger_feed "
+            f"WHERE feed_id IN ({', '.join([param] * len(chunk))})",
+            chunk,
+        )
+        found.update((int(p), f) for p, f in cursor.fetchall())
+    return {(p, f) for p, f, _ in entries if (p, f) in found or (-1, f) in found}
+
+
+def _copy_postgres(raw: Any, entries: Sequence[FeedEntry]) -> int:
+    """COPY the rows of the entries not already written into the ledger (in their order), and
+    the entries into ledger_feed; the rows inserted (psycopg 3, inside the caller's
+    transaction)."""
     with raw.cursor() as cursor:
-        cursor.execute(
-            "CREATE TEMPORARY TABLE IF NOT EXISTS ledger_in "
-            "(LIKE ledger_entries INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-        )
-        with cursor.copy(f"COPY ledger_in ({_NAMES}) FROM STDIN") as copy:
-            for v in values:
-                copy.write_row(v)
-        cursor.execute(
-            f"INSERT INTO ledger_entries ({_NAMES}) SELECT {_NAMES} FROM ledger_in "
-            "ORDER BY id ON CONFLICT (entry_key) DO NOTHING"
-        )
-        inserted = int(cursor.rowcount)
-        cursor.execute("TRUNCATE ledger_in")
+        done = _written(cursor, entries, "%s")
+        new = [e for e in entries if (e[0], e[1]) not in done]
+        inserted = 0
+        with cursor.copy(f"COPY ledger_entries ({_NAMES}) FROM STDIN") as copy:
+            for _, _, rows in new:
+                for v in rows:
+                    copy.write_row(v)
+                inserted += len(rows)
+        with cursor.copy("COPY ledger_feed (feed_id, partition) FROM STDIN") as copy:
+            for p, feed_id, _ in new:
+                copy.write_row((feed_id, p))
         return inserted
 
 
@@ -186,28 +210,37 @@ class LedgerStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def write(self, rows: Sequence[dict[str, Any]]) -> int:
-        """Insert rows not already there (by entry_key), in one transaction; returns how many
-        were new."""
-        return self.write_values([tuple(row.get(c) for c in COLUMNS) for row in rows])
+    def write(self, rows: Sequence[dict[str, Any]], partition: int = 0) -> int:
+        """Insert rows as the feed entries of a partition that their feed_id names (an entry's
+        rows together, in the order of its first), those entries not already written, in one
+        transaction; returns how many rows were new."""
+        entries: dict[str, list[tuple[Any, ...]]] = {}
+        for row in rows:
+            entries.setdefault(row["feed_id"], []).append(tuple(row.get(c) for c in COLUMNS))
+        return self.write_entries([(partition, f, vs) for f, vs in entries.items()])
 
-    def write_values(self, values: Sequence[tuple[Any, ...]]) -> int:
-        """Insert rows (values of COLUMNS, e.g. from `position_rows`) not already there (by
-        entry_key), in this order (ids follow it), in one transaction; returns how many were
-        new. At the driver's level, not row by row through SQLAlchemy (the ledger must keep up
-        with B1's load, README B11): SQLite an executemany of INSERT ... ON CONFLICT DO
-        NOTHING; PostgreSQL a COPY into a temporary table, then one INSERT ... SELECT ... ON
-        CONFLICT DO NOTHING."""
-        if not values:
+    def write_entries(self, entries: Sequence[FeedEntry]) -> int:
+        """Insert the rows of the feed entries (e.g. from `position_rows`) not already written
+        (by partition and feed id, in ledger_feed), in this order (ids follow it), and record
+        those entries, in one transaction; returns how many rows were new. At the driver's
+        level, not row by row through SQLAlchemy (the ledger must keep up with B1's load,
+        README B11): SQLite executemany; PostgreSQL COPY."""
+        if not entries:
             return 0
         with self.engine.begin() as conn:
             raw = conn.connection.driver_connection
             if self.engine.dialect.name == "postgresql":
-                return _copy_postgres(raw, values)
+                return _copy_postgres(raw, entries)
             cursor = raw.cursor()  # type: ignore[union-attr]
             try:
-                cursor.executemany(_SQLITE_INSERT, values)
-                return int(cursor.rowcount)
+                done = _written(cursor, entries, "?")
+                new = [e for e in entries if (e[0], e[1]) not in done]
+                values = [v for _, _, rows in new for v in rows]
+                if values:
+                    cursor.executemany(_SQLITE_INSERT, values)
+                if new:
+                    cursor.executemany(_SQLITE_FEED_INSERT, [(f, p) for p, f, _ in new])
+                return len(values)
             finally:
                 cursor.close()
 
