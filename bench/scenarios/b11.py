@@ -192,15 +192,21 @@ async def run(cfg: Config) -> list[Result]:
     without: list[float] = []
     sqlite: list[LedgerRun] = []
     pg: list[LedgerRun] = []
-    async with fresh_postgres() as (pg_url, how):
-        log(f"B11 PostgreSQL: {how}")
-        for _ in range(rounds):  # alternated, so that a noisy minute hits every side
-            base, _, note = await try_unistock(measure, cfg, None, False)
-            if base:
-                without.append(base.movements_per_s)
-            got, status, note = await try_unistock(measure, cfg, None, True)
-            if got:
-                sqlite.append(got)
+    pg_url: str | None = None
+    how = ""
+    for n in range(rounds):  # alternated, so that a noisy minute hits every side
+        base, _, note = await try_unistock(measure, cfg, None, False)
+        if base:
+            without.append(base.movements_per_s)
+        got, status, note = await try_unistock(measure, cfg, None, True)
+        if got:
+            sqlite.append(got)
+        # A fresh database per round, as SQLite's (in the server's data dir) is: a round's
+        # rows must not meet the last round's (each round's feed starts again).
+        async with fresh_postgres() as (url, why):
+            pg_url, how = url, why
+            if n == 0:
+                log(f"B11 PostgreSQL: {how}")
             if pg_url:
                 got, status, note = await try_unistock(measure, cfg, pg_url, False)
                 if got:
