@@ -169,14 +169,17 @@ async def unistock(
             unistock_server("--mqtt-url", broker.url, *server_args) as (srv, redis),
             contextlib.AsyncExitStack() as stack,
         ):
+            pids = {"server": srv.pid, "redis": redis.pid, "mosquitto": broker_pid(broker)}
             if beside is not None:
-                await stack.enter_async_context(beside(srv, redis))
+                started = await stack.enter_async_context(beside(srv, redis))
+                if isinstance(getattr(started, "pid", None), int):  # a process (B11's writer)
+                    pids["beside"] = started.pid
             agents = make_agents(broker.port)
             await agents_online(srv, agents, stack)
             tasks = [asyncio.create_task(a.closed_loop()) for a in agents]
             try:
                 await asyncio.sleep(warmup(cfg))
-                cpu = CpuMeter(server=srv.pid, redis=redis.pid, mosquitto=broker_pid(broker))
+                cpu = CpuMeter({"postgres": "postgres"}, **pids)  # client: the agents
                 with pyspy(srv.pid, min(5.0, duration(cfg))):
                     cpu.start()
                     t0 = time.perf_counter()

@@ -413,6 +413,16 @@ async def test_low_stock_thresholds_import_from_their_column(
         ("s2", 0),
     ]
     assert server.master.low_stock_threshold("s1") == 4
+    rc, out, _ = await cli(server, "admin", "locations")
+    assert rc == 0
+    assert "low stock" in out, out
+    rows = {
+        cells[1]: cells[2:]
+        for cells in ([c.strip() for c in line.split("│")] for line in out.splitlines())
+        if len(cells) > 2
+    }
+    assert rows["s1"][-2] == "1 to 4", out  # the last column (then the border)
+    assert rows["s2"][-2] == "off", out
 
 
 async def test_network_low_stock_thresholds_import_from_their_column_and_show(

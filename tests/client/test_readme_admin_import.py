@@ -67,3 +67,4 @@ async def test_the_readme_network_example_runs_as_written(
     level = json.loads(out)
     # store-7's default safety stock is 1 in locations.csv: 10 + (3 - 1)
     assert (level["network"], level["available"], level["locations"]) == ("web", "12", 2)
+    assert level["staleLocations"] == 0  # every number printed, zeros too

@@ -55,4 +55,7 @@ async def test_the_readme_ledger_example_runs_as_written(
     assert len(got) == len(shown) == 4 + 3
     assert [r[1:] for r in got[:4]] == [r[1:] for r in shown[:4]]  # history: all but the time
     assert got[4:] == shown[4:]  # kpis
-    assert printed.splitlines()[0].rstrip() == "SHOE-43@store-9: 4 entries"
+    # The title says how far the ledger is written: its newest entry, here the count.
+    count_at = got[3][0]
+    title = printed.splitlines()[0].rstrip()
+    assert title == f"SHOE-43@store-9: 4 entries (ledger written up to {count_at})", printed

@@ -1,17 +1,20 @@
 """`make run` (python -m unistock.devtools.run): private Redis and Mosquitto, the server and the
 ledger writer beside it; a movement reaches the SQLite ledger in ./var; a writer killed -9 is
 started again (and the next movement reaches the ledger too); SIGTERM stops all of them cleanly
-(exit 0)."""
+(exit 0); a metrics port taken by another `make run` falls back to a free one."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil  # type: ignore[import-untyped,unused-ignore]
@@ -76,6 +79,7 @@ def test_make_run_starts_the_server_and_the_ledger_writer(tmp_path: Path) -> Non
     try:
         wait_for(out, "unistock-server ready", proc)
         wait_for(out, "unistock-ledger ready", proc)
+        assert "server metrics: disabled (UNISTOCK_METRICS_PORT=0)" in out.read_text()
         sent = send(grpc_port, 1, 5)
         assert sent.returncode == 0, sent.stderr
         db = tmp_path / "var" / "unistock.db"
@@ -118,3 +122,49 @@ def test_make_run_starts_the_server_and_the_ledger_writer(tmp_path: Path) -> Non
             for child in tree:
                 with contextlib.suppress(psutil.NoSuchProcess):
                     child.kill()
+
+
+def test_a_taken_metrics_port_falls_back_to_a_free_one(tmp_path: Path) -> None:
+    """A second `make run` (9464 taken by the first one's server): the runner gives the server
+    a free metrics port instead of letting it fail on 9464, and says where it is."""
+    env = dict(os.environ)
+    for name in ("UNISTOCK_REDIS_URL", "UNISTOCK_MQTT_URL", "UNISTOCK_METRICS_PORT"):
+        env.pop(name, None)
+    env |= {
+        "UNISTOCK_GRPC_PORT": str(free_port()),
+        "UNISTOCK_DEV_REDIS_PORT": str(free_port()),
+        "UNISTOCK_DEV_MQTT_PORT": str(free_port()),
+        "UNISTOCK_DEV_LEDGER": "0",
+        "UNISTOCK_TOKENS": f"admin:{TOKENS['admin']}",
+    }
+    out = tmp_path / "run.out"
+    with socket.socket() as taken:
+        with contextlib.suppress(OSError):  # if it cannot be bound, something else holds it
+            taken.bind(("127.0.0.1", 9464))
+            taken.listen()
+        with out.open("wb") as f:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "unistock.devtools.run"],
+                cwd=tmp_path,
+                env=env,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_for(out, "unistock-server ready", proc)
+            text = out.read_text()
+            assert "port 9464 is taken; using free port" in text
+            [port] = re.findall(r"server metrics: http://127\.0\.0\.1:(\d+)/metrics", text)
+            assert port != "9464"
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                assert b"unistock_" in r.read()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(60) == 0
+        finally:
+            if proc.poll() is None:
+                tree = psutil.Process(proc.pid).children(recursive=True)
+                proc.kill()
+                proc.wait()
+                for child in tree:
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        child.kill()

@@ -25,6 +25,10 @@ from grpc import aio
 from tests.edge import harness
 from tests.edge.harness import drained, intake, on_hand, stop_agent
 from tests.edge.test_sender import wait_until
+from tests.fixtures.server import TOKENS, target
+from tests.mqtt.test_events_mqtt import published_from_now, store_app, take
+from tests.server.test_events import Events, caught_up
+from unistock.client import UnistockClient
 from unistock.client.mqtt import broker_args
 from unistock.devtools.services import MosquittoBroker
 from unistock.edge.agent import StoreAgent
@@ -680,3 +684,43 @@ def test_settled_through_never_covers_a_movement_appended_concurrently(tmp_path:
         sys.setswitchinterval(interval)
     assert seen == {1}
     ob.close()
+
+
+# -- 8. a count leaving a reservation at risk (issue 11) ---------------------------------------
+
+
+async def test_an_rfid_count_leaving_a_hold_at_risk_is_an_event_with_its_reservation(
+    server: UnistockServer,
+    agent: StoreAgent,
+    till: ipb_grpc.StoreIntakeStub,
+    mosquitto_broker: MosquittoBroker,
+) -> None:
+    """A cart holds 9 of the 10 A the store received; the readers then find 5: the count's
+    variance and RESERVATION_AT_RISK naming the cart and its line reach WatchEvents and the
+    store app's MQTT topic (the agent, the broker and the server all real)."""
+    await receipt(till, "A", 10)
+    await drained(agent)
+    async with UnistockClient(target(server), TOKENS["channel"]) as channel:
+        await channel.reserve("cart-9", [("A", "s1", 9)], kind="CART", customer_id="ann")
+    await caught_up(server)
+    await published_from_now(server)
+    watch = Events(server, types=[pb.COUNT_VARIANCE, pb.RESERVATION_AT_RISK])
+    await watch.started()
+    async with store_app(mosquitto_broker, "unistock/v1/stores/s1/events") as app:
+        await till.StartCount(ipb.StartCountRequest(count_id="c-risk", skus=["A"]))
+        await read_tags(till, "c-risk", [epc(ITEM_A, s) for s in range(1, 6)])
+        [count] = (await till.StopCount(ipb.StopCountRequest(count_id="c-risk"))).counts
+        assert count.quantity == 5
+        await drained(agent)
+        variance_ev, risk = await watch.take(2)
+        mqtt = [ev for _, ev in await take(app, 2)]
+    assert (variance_ev.type, variance_ev.count_id, variance_ev.quantity) == (
+        pb.COUNT_VARIANCE,
+        "c-risk",
+        -5,
+    )
+    assert (risk.type, risk.reservation_id, risk.on_hand) == (pb.RESERVATION_AT_RISK, "cart-9", 5)
+    assert [(ln.sku, ln.location_id, ln.quantity) for ln in risk.lines] == [("A", "s1", 9)]
+    assert [ev.event_id for ev in mqtt] == [variance_ev.event_id, risk.event_id]
+    await watch.nothing_more(server)
+    await watch.close()

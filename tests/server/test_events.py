@@ -501,6 +501,47 @@ async def test_the_cli_prints_events_as_json_lines(
     assert b"--after: not an event id: 'garbage'" in err
 
 
+async def test_the_cli_without_after_starts_now_and_resumes_across_a_restart(
+    make_server: MakeServer, clean_redis_url: str
+) -> None:
+    """`unistock events` as the README's first example runs it (no --after: from now); the
+    server stops and starts again on its port: the CLI resumes after the last event it printed,
+    with a note on stderr, and prints each event once. A server that cannot be reached at the
+    start is exit 1."""
+    port = free_port()
+    srv = await make_server(clean_redis_url, grpc_port=port)
+    async with UnistockClient(target(srv), TOKENS["backoffice"]) as bo:
+        await counts(bo, 1)  # before the stream: not printed
+        await caught_up(srv)
+        proc = await spawn(*server_args(srv), "events", "--type", "COUNT_VARIANCE")
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        async with asyncio.timeout(DEADLINE):
+            start = json.loads(await proc.stdout.readline())
+            await counts(bo, 1)  # C2
+            first = json.loads(await proc.stdout.readline())
+    assert set(start) == {"startAfterEventId"}
+    assert first["countId"] == "C2"
+    await srv.stop()
+    srv = await make_server(clean_redis_url, grpc_port=port)
+    async with UnistockClient(target(srv), TOKENS["backoffice"]) as bo:
+        await counts(bo, 1)  # C3, made after the restart
+        async with asyncio.timeout(DEADLINE):
+            again = json.loads(await proc.stdout.readline())
+            note = await proc.stderr.readline()
+    proc.send_signal(signal.SIGINT)
+    out, _ = await proc.communicate()
+    assert proc.returncode == 130
+    assert again["countId"] == "C3"
+    assert out == b""  # nothing printed twice (no second start line, no C2 again)
+    assert b"resuming after event " + first["eventId"].encode() in note, note
+    await srv.stop()
+    gone = await spawn("--target", f"127.0.0.1:{port}", "--token", "x", "events")
+    _, err = await gone.communicate()
+    assert gone.returncode == 1, err
+    assert b"UNAVAILABLE" in err
+
+
 async def test_transfer_short_and_discrepant(
     server: UnistockServer, backoffice: UnistockClient, admin: UnistockClient
 ) -> None:

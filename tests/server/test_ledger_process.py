@@ -250,27 +250,34 @@ async def test_the_server_keeps_the_feed_for_the_ledger_before_it_first_runs(
 async def test_a_second_writer_stands_by_until_the_first_stops(
     make_server: MakeServer, clean_redis_url: str, tmp_path: Path
 ) -> None:
-    """One writer at a time (a lease): a second one started by mistake stands by, reports no
-    false gap, and takes over when the first stops."""
+    """One writer at a time (a lease): a second one started by mistake stands by, says so
+    instead of "ready", reports no false gap, and takes over (then "ready") when the first
+    stops."""
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     srv = await make_server(clean_redis_url, database_url=url)
-    first = LedgerProcess(clean_redis_url, url, tmp_path / "a").start()
-    await asyncio.sleep(0.5)  # it holds the lease
-    second = LedgerProcess(clean_redis_url, url, tmp_path / "b").start()
+    first = LedgerProcess(clean_redis_url, url, tmp_path / "a").start()  # "ready": it holds it
+    second = LedgerProcess(clean_redis_url, url, tmp_path / "b")
+    second.spawn()
     try:
-        for _ in range(100):
-            if "standing by" in second.log_text():
+        for _ in range(400):
+            if "unistock-ledger standing by" in second.log_text():
                 break
             await asyncio.sleep(0.05)
+        assert first.proc is not None
+        holder = f"{socket.gethostname()}:{first.proc.pid}"
+        assert f"unistock-ledger standing by: {holder} holds the lease" in second.log_text()
         assert "another ledger writer holds the lease" in second.log_text()
         async with UnistockClient(target(srv), TOKENS["admin"]) as c:
             await send(c, batch("wms", *movements("wms", 1, 30)))
             assert len(await rows_settle(url, 30)) == 30
+            assert "unistock-ledger ready" not in second.log_text()
             assert first.stop() == 0  # it gives the lease up: the second writes
             await send(c, batch("wms", *movements("wms", 31, 30)))
             rows = await rows_settle(url, 60, wait=30)
         assert sorted(r.seq for r in rows) == list(range(1, 61))
         assert "lease taken: writing" in second.log_text()
+        assert "unistock-ledger ready: 64 partitions of 'us'" in second.log_text()
+        assert "standing by" not in first.log_text()
         for w in (first, second):
             assert "trimmed by the feed's cap" not in w.log_text()
     finally:

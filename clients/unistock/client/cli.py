@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
+import grpc
 from google.protobuf import json_format
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -470,7 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
         "stream events (low stock, ready for pickup, ...)",
         description="Events matching every filter given (each repeatable: any of its values),\n"
         'as JSON lines, until Ctrl-C. The first line is {"startAfterEventId": ...}: pass it,\n'
-        "or the last eventId printed, to --after to resume there.",
+        "or the last eventId printed, to --after to resume there. A connection lost once the\n"
+        "stream has started (a server restart) is resumed after the last event printed, with\n"
+        "a note on stderr; a server that cannot be reached at the start is exit 1.",
     )
     ev.add_argument(
         "--type",
@@ -483,7 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--sku", action="append", default=[])
     ev.add_argument("--location", action="append", default=[])
     ev.add_argument("--network", action="append", default=[])
-    ev.add_argument("--after", default="", type=_event_id, help="resume after this event id")
+    ev.add_argument(
+        "--after", default=None, type=_event_id, help="resume after this event id (default: now)"
+    )
     cli_ledger.add_commands(command)
     cli_reservations.add_commands(command)
     a = command(
@@ -600,12 +605,41 @@ async def run(args: argparse.Namespace) -> int:
             return 1
 
 
+#: Stream errors `unistock events` resumes after (a server restart; a reader cut for lagging).
+_RESUMABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+async def _events(c: UnistockClient, args: argparse.Namespace) -> None:
+    """Print events as JSON lines (the stream's start point first, once), resuming after the
+    last one printed when the stream breaks once started; raises UnistockClientError."""
+    last, started, delay = args.after or "", False, 0.5
+    while True:
+        try:
+            async for part in c.watch_events(
+                args.type, args.sku, args.location, args.network, last
+            ):
+                if part.start_after_event_id:
+                    last = part.start_after_event_id  # what was asked for, or "now"
+                    if not started:
+                        _print(part)
+                    started, delay = True, 0.5
+                for event in part.events:  # every field its type carries, zeros too
+                    _print(event, defaults=True)
+                    last = event.event_id
+        except UnistockClientError as exc:
+            if not started or exc.code not in _RESUMABLE:
+                raise
+            _note(f"{exc}; resuming after event {last} in {delay:g} s (Ctrl-C stops)")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 async def _command(c: UnistockClient, args: argparse.Namespace) -> int:
     if args.command == "get":
         keys = [(args.sku, args.location)] if args.location else []
         levels = await c.get_availability(keys=keys, sku="" if keys else args.sku)
-        for level in levels:
-            _print(level)
+        for level in levels:  # every number, zeros too (as events and watches)
+            _print(level, defaults=True)
         if not levels:
             _note(f"no position for sku {args.sku!r} at any location")
         elif keys and levels[0].version == 0:
@@ -663,15 +697,9 @@ async def _command(c: UnistockClient, args: argparse.Namespace) -> int:
         return code
     elif args.command == "watch":
         async for msg in c.watch(args.sku, args.location):
-            _print(msg)
+            _print(msg, defaults=True)
     elif args.command == "events":
-        async for part in c.watch_events(
-            args.type, args.sku, args.location, args.network, args.after
-        ):
-            if part.start_after_event_id:
-                _print(part)
-            for event in part.events:  # every field its type carries, zeros too
-                _print(event, defaults=True)
+        await _events(c, args)
     elif args.command == "transfer-reservation":
         _print(await c.transfer_reservation(args.reservation_id, args.request_id, args.moves))
     elif args.command == "find":
@@ -699,10 +727,10 @@ async def _command(c: UnistockClient, args: argparse.Namespace) -> int:
     elif args.command == "network":
         if args.watch:
             async for update in c.watch_networks([args.network], args.skus):
-                _print(update)
+                _print(update, defaults=True)
         else:
             for network_level in await c.get_network_availability(args.network, args.skus):
-                _print(network_level)
+                _print(network_level, defaults=True)
     elif args.command == "transfer":
         for t in await c.get_transfer(args.transfer_id, args.location):
             _print(t)
@@ -1237,6 +1265,7 @@ def _locations_table(locations: Sequence[apb.Location]) -> Table:
     t.add_column("store", no_wrap=True)
     t.add_column("offers")
     t.add_column("default safety stock", justify="right")
+    t.add_column("low stock", justify="right")
     for loc in locations:
         offers = [
             what
@@ -1255,6 +1284,7 @@ def _locations_table(locations: Sequence[apb.Location]) -> Table:
             Text(loc.store_id),
             ", ".join(offers),
             f"{loc.default_safety_stock:,}",
+            f"1 to {loc.low_stock_threshold:,}" if loc.low_stock_threshold else "off",
         )
     return t
 

@@ -171,9 +171,12 @@ async def _history(c: UnistockClient, args: argparse.Namespace) -> None:
     entries: list[lpb.LedgerEntry] = []
     token = ""
     more = False
+    newest = ""  # the ledger's newest entry as of the first page: how far it is written
     while True:
         left = args.limit - len(entries) if args.limit else 1_000
         page = await c.list_ledger_entries(page_size=min(left, 1_000), page_token=token, **where)
+        if not token and page.HasField("newest_entry_at"):
+            newest = _at(page.newest_entry_at)
         entries += page.entries
         token = page.next_page_token
         if not token:
@@ -184,9 +187,13 @@ async def _history(c: UnistockClient, args: argparse.Namespace) -> None:
     if args.json:
         print_json_array(entries)
     elif entries:
-        show(history_table(entries, args.what or args.location or args.reservation))
+        show(history_table(entries, args.what or args.location or args.reservation, newest))
     else:
-        note("no ledger entry matches (the ledger lags the live levels by its writer's lag)")
+        written = f"written up to {newest}" if newest else "empty"
+        note(
+            f"no ledger entry matches (the ledger, {written}, lags the live levels by its "
+            "writer's lag)"
+        )
     if more:
         note(f"only the oldest {args.limit:,} shown: more match (--limit N, or 0 for every one)")
 
@@ -217,10 +224,14 @@ def _details(e: lpb.LedgerEntry) -> str:
     return ", ".join(parts)
 
 
-def history_table(entries: list[lpb.LedgerEntry], what: str) -> Table:
-    """Ledger entries as a table, one row each."""
+def history_table(entries: list[lpb.LedgerEntry], what: str, newest: str = "") -> Table:
+    """Ledger entries as a table, one row each; newest: the time of the ledger's newest entry
+    (said in the title: later changes are not in it yet)."""
     n = len(entries)
-    t = Table(title=f"{what}: {n:,} {'entry' if n == 1 else 'entries'}", title_justify="left")
+    title = f"{what}: {n:,} {'entry' if n == 1 else 'entries'}"
+    if newest:
+        title += f" (ledger written up to {newest})"
+    t = Table(title=title, title_justify="left")
     t.add_column("at (UTC)", no_wrap=True)
     t.add_column("type", no_wrap=True)
     t.add_column("sku", no_wrap=True)

@@ -89,7 +89,8 @@ class Location(_message.Message):
     """Safety stock of its positions that have none of their own (SetSafetyStock), >= 0."""
     low_stock_threshold: _builtins.int
     """A position here whose available is 1 to this many units is low on stock (WatchEvents:
-    LOW_STOCK); 0 (the default): only OUT_OF_STOCK and BACK_IN_STOCK. >= 0.
+    LOW_STOCK); 0 (the default): only OUT_OF_STOCK and BACK_IN_STOCK. >= 0. A change applies
+    from each position's next change on (it makes no event by itself).
     """
     def __init__(
         self,

@@ -377,7 +377,10 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     EVENT_TYPE_UNSPECIFIED: _EventType.ValueType  # 0
     LOW_STOCK: _EventType.ValueType  # 1
     """A position's available fell to low_stock_threshold of its location or below, but not to 0
-    (from above the threshold, or from 0). Per position.
+    (from above the threshold, or from 0). Per position. A change of the location's threshold
+    makes no position event by itself: a position's next change is classified, before and
+    after, under the threshold then in force (unlike the NETWORK_* events, which a network's
+    threshold change re-classifies at once).
     """
     OUT_OF_STOCK: _EventType.ValueType  # 2
     """A position's available fell to 0 (for any reason: movements, reservations, safety stock)."""
@@ -464,7 +467,10 @@ class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
 EVENT_TYPE_UNSPECIFIED: EventType.ValueType  # 0
 LOW_STOCK: EventType.ValueType  # 1
 """A position's available fell to low_stock_threshold of its location or below, but not to 0
-(from above the threshold, or from 0). Per position.
+(from above the threshold, or from 0). Per position. A change of the location's threshold
+makes no position event by itself: a position's next change is classified, before and
+after, under the threshold then in force (unlike the NETWORK_* events, which a network's
+threshold change re-classifies at once).
 """
 OUT_OF_STOCK: EventType.ValueType  # 2
 """A position's available fell to 0 (for any reason: movements, reservations, safety stock)."""

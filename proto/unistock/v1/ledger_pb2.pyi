@@ -295,6 +295,7 @@ class ListLedgerEntriesResponse(_message.Message):
 
     ENTRIES_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    NEWEST_ENTRY_AT_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Empty when no entry matched after this page at the time of the call; otherwise pass it
     to get the next page (which may turn out empty).
@@ -305,15 +306,23 @@ class ListLedgerEntriesResponse(_message.Message):
         applied).
         """
 
+    @_builtins.property
+    def newest_entry_at(self) -> _timestamp_pb2.Timestamp:
+        """The time of the newest entry in the ledger, read just before the page (unset when the
+        ledger is empty): what the server applied after it may be missing from the history (the
+        ledger writer's lag).
+        """
+
     def __init__(
         self,
         *,
         entries: _abc.Iterable[Global___LedgerEntry] | None = ...,
         next_page_token: _builtins.str = ...,
+        newest_entry_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["newest_entry_at", b"newest_entry_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "next_page_token", b"next_page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "newest_entry_at", b"newest_entry_at", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -11,7 +11,8 @@ Usage: ``python -m unistock.devtools.run [server args...]`` (this is what ``make
   ``UNISTOCK_REDIS_URL``, ``UNISTOCK_MQTT_URL`` and ``UNISTOCK_DATA_DIR`` (default
   ``./var``) in its environment.  SIGINT/SIGTERM/SIGHUP are forwarded to it (SIGHUP as
   SIGTERM); once it exits, the services started here are stopped and this process exits
-  with the server's exit code.
+  with the server's exit code. Its metrics are on ``UNISTOCK_METRICS_PORT`` (default 9464, or
+  a free port if 9464 is taken, e.g. by another ``make run``; 0 disables them).
 * Beside it, the ledger writer runs as ``python -m unistock.server.app.ledger`` (same
   environment; its metrics on ``UNISTOCK_LEDGER_METRICS_PORT``, default 9466 or a free
   port), unless ``UNISTOCK_LEDGER_IN_PROCESS=1`` (the server writes the ledger itself) or
@@ -40,6 +41,7 @@ from unistock.devtools.services import (
 
 SERVER_MODULE = "unistock.server.app.cli"
 LEDGER_MODULE = "unistock.server.app.ledger"
+DEFAULT_METRICS_PORT = 9464
 DEFAULT_LEDGER_METRICS_PORT = 9466
 DEFAULT_REDIS_PORT = 6390
 DEFAULT_MQTT_PORT = 1890
@@ -62,6 +64,16 @@ def _pick_port(env_name: str, default: int) -> int:
     port = free_port()
     _log(f"port {default} is taken; using free port {port} (set {env_name} to choose)")
     return port
+
+
+def _metrics_at(env: dict[str, str], port_name: str, host_name: str) -> str:
+    """Where the /metrics endpoint with its port in env[port_name] is (host in env[host_name],
+    default 127.0.0.1), for the output."""
+    port = env[port_name]
+    if port == "0":
+        return f"disabled ({port_name}=0)"
+    host = env.get(host_name, "").strip() or "127.0.0.1"
+    return f"http://{host}:{port}/metrics"
 
 
 def _wait(proc: subprocess.Popen[bytes], seconds: float) -> int | None:
@@ -103,6 +115,14 @@ def main() -> int:
         print(f"UNISTOCK_REDIS_URL={env['UNISTOCK_REDIS_URL']}", flush=True)
         print(f"UNISTOCK_MQTT_URL={env['UNISTOCK_MQTT_URL']}", flush=True)
         print(f"UNISTOCK_DATA_DIR={env['UNISTOCK_DATA_DIR']}", flush=True)
+        # The server's metrics port too, so that a second `make run` does not fail on 9464
+        # (set explicitly, it is used as is; a --metrics-port argument wins over both).
+        if not any(a.split("=")[0] == "--metrics-port" for a in sys.argv[1:]):
+            env["UNISTOCK_METRICS_PORT"] = str(
+                _pick_port("UNISTOCK_METRICS_PORT", DEFAULT_METRICS_PORT)
+            )
+            at = _metrics_at(env, "UNISTOCK_METRICS_PORT", "UNISTOCK_GRPC_HOST")
+            print(f"server metrics: {at}", flush=True)
 
         cmd = [sys.executable, "-m", SERVER_MODULE, *sys.argv[1:]]
         _log("running: " + " ".join(cmd))
@@ -117,6 +137,8 @@ def main() -> int:
             env["UNISTOCK_LEDGER_METRICS_PORT"] = str(
                 _pick_port("UNISTOCK_LEDGER_METRICS_PORT", DEFAULT_LEDGER_METRICS_PORT)
             )
+            at = _metrics_at(env, "UNISTOCK_LEDGER_METRICS_PORT", "UNISTOCK_LEDGER_METRICS_HOST")
+            print(f"ledger writer metrics: {at}", flush=True)
             ledger_cmd = [sys.executable, "-m", LEDGER_MODULE]
             _log("running: " + " ".join(ledger_cmd))
             children.append(subprocess.Popen(ledger_cmd, env=env, start_new_session=True))

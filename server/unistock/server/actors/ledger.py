@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 
 import redis.asyncio as aioredis
 
@@ -62,6 +63,7 @@ class LedgerWriter:
         *,
         batch: int = 200,
         lease: Lease | None = None,
+        on_lease: Callable[[str | None], None] | None = None,
     ) -> None:
         self._feed = feed
         self._ledger = ledger
@@ -71,7 +73,12 @@ class LedgerWriter:
         #: One writer at a time (None: no lease, e.g. tests driving drain_once).
         self.lease = lease
         self._held_until = 0.0
-        self._standby = False
+        #: None until the lease was first tried; then whether another writer holds it.
+        self._standby: bool | None = None
+        #: Called when the writer starts writing (None) or standing by (the lease's holder),
+        #: the first time it tries the lease and whenever that changes (unistock-ledger's
+        #: "ready" / "standing by" lines).
+        self._on_lease = on_lease
 
     async def drain_once(self) -> int:
         """One round: returns the feed entries consumed (0: caught up). Raises Unavailable or
@@ -157,6 +164,8 @@ class LedgerWriter:
         if other is None:
             if self._standby:
                 log.info("ledger writer lease taken: writing")
+            if self._standby is not False and self._on_lease is not None:
+                self._on_lease(None)
             self._standby = False
             self._held_until = now + self.lease.ttl_ms / 1000
             return True
@@ -165,6 +174,8 @@ class LedgerWriter:
                 "another ledger writer holds the lease (%s): standing by until it stops", other
             )
             self._loaded = False  # its cursors will have moved: read them again
+            if self._on_lease is not None:
+                self._on_lease(other)
         self._standby = True
         self._held_until = 0.0
         return False

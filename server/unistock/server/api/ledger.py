@@ -208,6 +208,7 @@ class LedgerService:
                 "page_size", f"at most {MAX_PAGE_SIZE:,}, got {request.page_size:,}"
             )
         after = _after_id(request.page_token)
+        newest = await sql_in_thread("ledger", self.queries.newest_at_ms)
         rows, more = await sql_in_thread(
             "ledger",
             self.queries.entries,
@@ -215,10 +216,13 @@ class LedgerService:
             after,
             request.page_size or DEFAULT_PAGE_SIZE,
         )
-        return lpb.ListLedgerEntriesResponse(
+        response = lpb.ListLedgerEntriesResponse(
             entries=[entry_to_wire(r) for r in rows],
             next_page_token=page_token(rows[-1].id) if more else "",
         )
+        if newest is not None:
+            response.newest_entry_at.CopyFrom(_timestamp(newest))
+        return response
 
     @rpc
     async def GetKpis(self, request: lpb.GetKpisRequest, context: Context) -> lpb.GetKpisResponse:

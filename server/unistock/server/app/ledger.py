@@ -7,6 +7,10 @@ server but Redis and the database, so it never takes the server's CPU (README, B
 be stopped, killed or restarted at any time: it resumes after its cursors, and the feed keeps
 every entry it has not written (up to the feed's cap, --feed-max-entries of the server).
 
+One writer at a time writes (a lease in Redis): it prints `unistock-ledger ready: ...` once it
+holds the lease, or `unistock-ledger standing by: <host>:<pid> holds the lease ...` while
+another writer on the same feed does (and `ready` when it takes over, e.g. that one stopped).
+
 Exit codes: 0 stopped by a signal, 1 could not start (Redis or SQL unusable), 2 bad flags.
 """
 
@@ -210,16 +214,35 @@ async def serve(settings: LedgerSettings) -> int:
         command_timeout=settings.redis_timeout_s,
     )
     lease = writer_lease(client, feed.keyspace)
+    into = sql.engine.url.render_as_string(hide_password=True)
+
+    def lease_changed(holder: str | None) -> None:
+        # "ready" only while it writes: a second writer on the same feed says it stands by
+        # (and "ready" once it takes over).
+        if holder is None:
+            print(
+                f"unistock-ledger ready: {partitions} partitions of {settings.key_prefix!r} "
+                f"into {into}",
+                flush=True,
+            )
+        else:
+            print(
+                f"unistock-ledger standing by: {holder} holds the lease of "
+                f"{settings.key_prefix!r} (another ledger writer; this one writes once it "
+                "stops)",
+                flush=True,
+            )
+
     writer = LedgerWriter(
-        feed, LedgerStore(sql.engine), metrics, batch=settings.ledger_batch, lease=lease
+        feed,
+        LedgerStore(sql.engine),
+        metrics,
+        batch=settings.ledger_batch,
+        lease=lease,
+        on_lease=lease_changed,
     )
     task = asyncio.create_task(writer.run(), name="ledger")
     sampler = asyncio.create_task(_sample(feed, metrics), name="feed-retained")
-    print(
-        f"unistock-ledger ready: {partitions} partitions of {settings.key_prefix!r} into "
-        f"{sql.engine.url.render_as_string(hide_password=True)}",
-        flush=True,
-    )
     await stop.wait()
     for t in (task, sampler):
         t.cancel()
