@@ -17,6 +17,7 @@ from tests.client.test_cli import server_args, spawn
 from tests.fixtures.server import TOKENS, MakeServer, target
 from unistock.client import EventWatcher, UnistockClient
 from unistock.devtools.services import free_port
+from unistock.server.api.auth import TokenStore
 from unistock.server.app.server import UnistockServer
 from unistock.v1 import admin_pb2 as apb
 from unistock.v1 import inventory_pb2 as pb
@@ -535,6 +536,22 @@ async def test_the_cli_without_after_starts_now_and_resumes_across_a_restart(
     assert again["countId"] == "C3"
     assert out == b""  # nothing printed twice (no second start line, no C2 again)
     assert b"resuming after event " + first["eventId"].encode() in note, note
+    # Started again with other tokens (as `make run` makes a new dev token): not resumable;
+    # exit 1, saying where to resume.
+    proc = await spawn(*server_args(srv), "events", "--type", "COUNT_VARIANCE", "--after", "0-0")
+    assert proc.stdout is not None
+    async with asyncio.timeout(DEADLINE):
+        for _ in range(4):  # the start line, C1, C2, C3
+            last = json.loads(await proc.stdout.readline())
+    await srv.stop()
+    other = TokenStore()
+    other.add("another-admin-token-0123456789", "admin")
+    srv = await make_server(clean_redis_url, other, grpc_port=port)
+    async with asyncio.timeout(DEADLINE):
+        _, err = await proc.communicate()
+    assert proc.returncode == 1, err
+    assert b"UNAUTHENTICATED" in err
+    assert f"run again with --after {last['eventId']}".encode() in err, err
     await srv.stop()
     gone = await spawn("--target", f"127.0.0.1:{port}", "--token", "x", "events")
     _, err = await gone.communicate()

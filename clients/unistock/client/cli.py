@@ -627,7 +627,10 @@ async def _events(c: UnistockClient, args: argparse.Namespace) -> None:
                     _print(event, defaults=True)
                     last = event.event_id
         except UnistockClientError as exc:
-            if not started or exc.code not in _RESUMABLE:
+            if not started:
+                raise
+            if exc.code not in _RESUMABLE:  # e.g. a new token after a restart (make run)
+                _note(f"the last event printed is {last}: run again with --after {last}")
                 raise
             _note(f"{exc}; resuming after event {last} in {delay:g} s (Ctrl-C stops)")
             await asyncio.sleep(delay)
