@@ -153,3 +153,81 @@ async def test_transfer_discrepancies_reach_the_ledger_once(
         kpis = await c.get_kpis("LOCATION")
     [s1] = [g for g in kpis.groups if g.key == "s1"]
     assert s1.lost_in_transit == 1
+
+
+def test_pruning_forgets_only_written_entries_behind_each_cursor(sql_url: str) -> None:
+    """LedgerStore.prune_feed: per partition, the entries from before its cursor's millisecond;
+    entries recorded before 0007 (partition -1) from before the oldest cursor."""
+    from unistock.server.persistence.sql import LEDGER_FEED, MasterDataStore
+
+    store = MasterDataStore(sql_url)
+    try:
+        store.migrate()
+        rows = [
+            (3, "1796660000000-0"),
+            (3, "1796660000005-0"),
+            (3, "1796660000009-2"),  # the cursor's own millisecond: kept
+            (7, "1796660000001-0"),  # after partition 7's cursor: kept
+            (-1, "1796650000000-0"),
+            (-1, "1796670000000-0"),
+        ]
+        with store.engine.begin() as conn:
+            conn.execute(sa.insert(LEDGER_FEED), [{"partition": p, "feed_id": f} for p, f in rows])
+        ledger = LedgerStore(store.engine)
+        assert ledger.prune_feed({3: 1796660000009, 7: 1796660000000}) == 3
+        with store.engine.connect() as conn:
+            left = sorted(conn.execute(sa.select(LEDGER_FEED.c.partition, LEDGER_FEED.c.feed_id)))
+        assert left == [(-1, "1796670000000-0"), (3, "1796660000009-2"), (7, "1796660000001-0")]
+        assert ledger.prune_feed({}) == 0
+    finally:
+        store.close()
+
+
+async def test_a_writer_prunes_behind_its_cursors_and_still_skips_what_it_reads_again(
+    make_server: MakeServer, clean_redis_url: str, sql_url: str
+) -> None:
+    """The writer forgets ledger_feed rows behind its saved cursors (bounded table), and a
+    writer dying between its SQL commit and its cursors' save after that still has the rows it
+    needs: the next one skips those entries."""
+    from unistock.server.actors.ledger import LedgerWriter
+    from unistock.server.domain import Unavailable
+    from unistock.server.metrics import LedgerMetrics
+    from unistock.server.persistence.feed import FeedReader, FeedRound
+    from unistock.server.persistence.sql import LEDGER_FEED, MasterDataStore
+
+    class DiesBeforeItsCursors(FeedReader):
+        async def commit(self, got: FeedRound) -> None:
+            raise Unavailable("killed")
+
+    srv = await make_server(clean_redis_url, database_url=sql_url)
+    ks, client = srv.store.keyspace, srv.store.client
+    await FeedReader(client, ks, "pruner").register()
+    async with UnistockClient(target(srv), TOKENS["admin"]) as c:
+        for seq in range(1, 5):  # one location: one partition, entries in distinct ms
+            await send(c, batch("wms", mv(seq, "RECEIPT", "A", "s1", seq)))
+            await asyncio.sleep(0.01)
+    store = MasterDataStore(sql_url)
+    try:
+        store.migrate()
+        ledger = LedgerStore(store.engine)
+        writer = LedgerWriter(FeedReader(client, ks, "pruner"), ledger, LedgerMetrics())
+        writer.prune_every = 0
+        while await writer.drain_once():
+            pass
+        assert await asyncio.to_thread(ledger.count) == 4
+        with store.engine.connect() as conn:
+            kept = list(conn.execute(sa.select(LEDGER_FEED)))
+        assert len(kept) == 1  # the last entry (its cursor's millisecond); 3 forgotten
+        async with UnistockClient(target(srv), TOKENS["admin"]) as c:
+            await send(c, batch("wms", mv(5, "SALE", "A", "s1", 1)))
+        dying = LedgerWriter(DiesBeforeItsCursors(client, ks, "pruner"), ledger, LedgerMetrics())
+        with pytest.raises(Unavailable):
+            await dying.drain_once()
+        assert await asyncio.to_thread(ledger.count) == 5
+        again = LedgerWriter(FeedReader(client, ks, "pruner"), ledger, LedgerMetrics())
+        again.prune_every = 0
+        while await again.drain_once():
+            pass
+        assert await asyncio.to_thread(ledger.count) == 5  # read again, skipped
+    finally:
+        store.close()

@@ -79,6 +79,10 @@ class LedgerWriter:
         #: the first time it tries the lease and whenever that changes (unistock-ledger's
         #: "ready" / "standing by" lines).
         self._on_lease = on_lease
+        #: every prune_every s, the ledger_feed rows behind the saved cursors are forgotten
+        #: (see _prune)
+        self.prune_every = 60.0
+        self._pruned_at = time.monotonic()
 
     async def drain_once(self) -> int:
         """One round: returns the feed entries consumed (0: caught up). Raises Unavailable or
@@ -106,6 +110,7 @@ class LedgerWriter:
                 self._metrics.ledger_lag.set(max(0.0, time.time() - oldest / 1000))
             raise
         self._report_lost(got.lost)
+        await self._prune()
         if not got.entries:
             self._metrics.ledger_lag.set(0)
             return 0
@@ -119,6 +124,24 @@ class LedgerWriter:
         behind = [last[p][0] for p in got.more]
         self._metrics.ledger_lag.set(max(0.0, now - min(behind) / 1000) if behind else 0.0)
         return len(got.entries)
+
+    async def _prune(self) -> None:
+        """Every `prune_every` s: forget the ledger_feed rows of entries no writer reads again
+        (LedgerStore.prune_feed: before each partition's saved cursor; a restart, or a standby
+        taking over, resumes after those), so that the table stays bounded. A failure is only
+        logged (the next round tries again)."""
+        now = time.monotonic()
+        if now - self._pruned_at < self.prune_every:
+            return
+        self._pruned_at = now
+        cursors = {p: at[0] for p, at in self._feed.cursors.items() if at[0]}
+        try:
+            n = await asyncio.to_thread(self._ledger.prune_feed, cursors)
+        except Exception as exc:
+            log.warning("ledger_feed not pruned yet: %r", exc)
+            return
+        if n:
+            log.info("ledger_feed: %d written feed entries behind the cursors forgotten", n)
 
     def _report_lost(self, lost: dict[int, tuple[int, int]]) -> None:
         for p, (first, last) in lost.items():

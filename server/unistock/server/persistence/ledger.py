@@ -29,7 +29,7 @@ from unistock.server.persistence.codec import (
     StoreStatusFeedRecord,
     TransferFeedRecord,
 )
-from unistock.server.persistence.sql import LEDGER
+from unistock.server.persistence.sql import LEDGER, LEDGER_FEED
 from unistock.storage.v1 import storage_pb2 as spb
 
 #: ledger_entries.kind: an applied movement, a fulfilment's shipment, a reservation's
@@ -243,6 +243,26 @@ class LedgerStore:
                 return len(values)
             finally:
                 cursor.close()
+
+    def prune_feed(self, cursors: dict[int, int]) -> int:
+        """Forget the written feed entries of ledger_feed that no writer reads again: per
+        partition, those from before the millisecond of its saved cursor (cursors: partition ->
+        ms of its cursor's feed id; a writer reads again only what is after its cursors); the
+        entries recorded before 0007 (partition -1) from before the oldest cursor of a
+        partition read from. Returns how many. Feed ids compare as text: "<ms>-<n>" with
+        13-digit milliseconds (2001 to 2286) sort by ms."""
+        read = {p: ms for p, ms in cursors.items() if len(str(ms)) == 13}
+        if not read:
+            return 0
+        col = LEDGER_FEED.c
+        n = 0
+        with self.engine.begin() as conn:
+            for p, ms in sorted({**read, -1: min(read.values())}.items()):
+                result = conn.execute(
+                    sa.delete(LEDGER_FEED).where(col.partition == p, col.feed_id < f"{ms}-")
+                )
+                n += int(result.rowcount or 0)
+        return n
 
     def history(self, location_id: str, sku: str = "", limit: int = 1000) -> list[sa.Row[Any]]:
         """A position's (or a location's) entries, oldest first."""
