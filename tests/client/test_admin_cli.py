@@ -399,6 +399,15 @@ async def test_usage_errors_exit_2(server: UnistockServer) -> None:
         assert "usage: unistock admin" in err
 
 
+def table_rows(out: str) -> dict[str, list[str]]:
+    """A Rich table's body rows: first cell -> the other cells (stripped)."""
+    return {
+        cells[1]: cells[2:-1]
+        for cells in ([c.strip() for c in line.split("│")] for line in out.splitlines())
+        if len(cells) > 2
+    }
+
+
 async def test_low_stock_thresholds_import_from_their_column(
     server: UnistockServer, tmp_path: Path
 ) -> None:
@@ -416,13 +425,9 @@ async def test_low_stock_thresholds_import_from_their_column(
     rc, out, _ = await cli(server, "admin", "locations")
     assert rc == 0
     assert "low stock" in out, out
-    rows = {
-        cells[1]: cells[2:]
-        for cells in ([c.strip() for c in line.split("│")] for line in out.splitlines())
-        if len(cells) > 2
-    }
-    assert rows["s1"][-2] == "1 to 4", out  # the last column (then the border)
-    assert rows["s2"][-2] == "off", out
+    rows = table_rows(out)
+    assert rows["s1"][-1] == "1 to 4", out  # the last column
+    assert rows["s2"][-1] == "off", out
 
 
 async def test_network_low_stock_thresholds_import_from_their_column_and_show(
@@ -453,11 +458,7 @@ async def test_network_low_stock_thresholds_import_from_their_column_and_show(
     rc, out, _ = await cli(server, "admin", "networks")
     assert rc == 0
     assert "low stock" in out, out
-    rows = {
-        cells[1]: cells[2:]
-        for cells in ([c.strip() for c in line.split("│")] for line in out.splitlines())
-        if len(cells) > 2
-    }
+    rows = table_rows(out)
     assert "1 to 4" in rows["stores"], out
     assert "off" in rows["dc-only"], out
     # A file without the column: its networks are replaced whole, the threshold back to 0.
