@@ -287,10 +287,18 @@ class Metrics:
 
 
 class EventMetrics:
-    """The metrics of events (actors.events, api.events), in the server's registry."""
+    """The metrics of events (actors.events, api.events), in the server's registry; feed_lost:
+    the ledger's counter when the ledger writer runs in the server too (same name)."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, feed_lost: Counter | None = None) -> None:
         r = registry
+        self.feed_lost = feed_lost if feed_lost is not None else Counter(
+            "unistock_feed_entries_lost_total",
+            "Feed entries a durable consumer found trimmed by the feed's cap "
+            "(--feed-max-entries) before it read them. Any increase is an incident.",
+            ["consumer"],
+            registry=r,
+        )
         self.events = Counter(
             "unistock_events_total",
             "Events derived from the change feed and stored (each once), by type.",

@@ -349,6 +349,9 @@ class EventDeriver:
         self.save_every = save_every
         self._saved_at = 0.0
         self._cursor: tuple[int, int] | None = None
+        #: partition -> the ordinal in its stream of the last entry consumed (or of its end
+        #: when nothing was left), once known: to see a gap the feed's cap made (_numbered)
+        self._ordinals: dict[int, int] = {}
         #: When the deriver last trimmed (not at once after start: a consumer starting beside it,
         #: such as an in-process ledger writer, registers its cursor first).
         self._trimmed_at = time.monotonic()
@@ -381,7 +384,9 @@ class EventDeriver:
         if self._cursor is None:
             await self.start()
         assert self._cursor is not None
-        entries = await self._store.read_feed_from(self._cursor, self.batch)
+        streams: dict[int, tuple[int, int, int]] = {}
+        entries = await self._store.read_feed_from(self._cursor, self.batch, streams)
+        starts = self._numbered(streams)
         if not entries:
             self._metrics.lag.set(0)
             return 0
@@ -401,6 +406,13 @@ class EventDeriver:
         await self.log.append(out)
         last = entries[-1][0]
         self._cursor = last
+        taken = Counter(p for _, p, _ in entries)
+        for p, n in taken.items():  # the ordinal of the last entry consumed, where known
+            start = starts.get(p)
+            if start is None:
+                self._ordinals.pop(p, None)
+            else:
+                self._ordinals[p] = start + n - 1
         self.watermark = last_event_id(last)
         stored = [se for _, se in out]
         for kind, n in Counter(se.type for se in stored).items():
@@ -421,6 +433,37 @@ class EventDeriver:
             await self._store.trim_feed([CONSUMER])
             await self.log.trim(int(time.time() * 1000))
         return len(entries)
+
+    def _numbered(self, streams: dict[int, tuple[int, int, int]]) -> dict[int, int]:
+        """The ordinal (n-th entry ever added to its stream) of the first entry a read returned
+        per partition, where known; reports (log, unistock_feed_entries_lost_total{consumer=
+        "events"}) the entries the feed's cap trimmed before they were derived: events lost.
+        A partition's entries after the cursor come right after the last one consumed there
+        (ordinal known from an earlier round), unless the stream's first held entry is further
+        on (a gap); a partition read to its end numbers its entries from its last one."""
+        starts: dict[int, int] = {}
+        for p, (added, length, n) in streams.items():
+            head = added - length + 1  # the ordinal of the stream's first held entry
+            known = self._ordinals.get(p)
+            if known is not None and head > known + 1:
+                lost = head - 1 - known
+                self._metrics.feed_lost.labels(CONSUMER).inc(lost)
+                log.error(
+                    "feed partition %d: %d entries (numbers %d to %d of its stream) were trimmed "
+                    "by the feed's cap before their events were derived (the deriver was behind "
+                    "by more than --feed-max-entries): those events are missing",
+                    p,
+                    lost,
+                    known + 1,
+                    head - 1,
+                )
+            if known is not None:
+                starts[p] = max(head, known + 1)
+            elif n < self.batch:  # read to its end at that instant: its last held is `added`
+                starts[p] = added - n + 1
+            if n == 0 and p in starts:  # nothing after the cursor: numbered up to its end
+                self._ordinals[p] = max(self._ordinals.get(p, 0), added)
+        return starts
 
     async def _round(self) -> int:
         self._wake.clear()  # a flush from here on wakes the next wait

@@ -377,7 +377,8 @@ class UnistockServer:
         s = self.settings
         if not s.events:
             return
-        metrics = EventMetrics(self.metrics.registry)
+        ledger = self.metrics.ledger.feed_lost if s.ledger_in_process else None
+        metrics = EventMetrics(self.metrics.registry, feed_lost=ledger)
         events = EventLog(
             self.store,
             max_per_partition=s.events_max_per_partition,

@@ -31,7 +31,7 @@ from unistock.server.persistence.codec import (
     parse_hold,
     parse_network_level_value,
 )
-from unistock.server.persistence.feed import parse_feed_id
+from unistock.server.persistence.feed import READ_SCRIPT, parse_feed_id
 from unistock.server.persistence.keys import (
     LAYOUT_VERSION,
     Keyspace,
@@ -399,6 +399,7 @@ class RedisStore:
         self._feed_open: tuple[int, int] | None = None
         self._flush_sha = hashlib.sha1(FLUSH_SCRIPT.encode()).hexdigest()
         self._claim = client.register_script(CLAIM_SCRIPT)  # loads itself on NOSCRIPT
+        self._read_feed = client.register_script(READ_SCRIPT)
         #: Spilled marks this process wrote or read (field -> seq), the most recent last: this
         #: process alone writes its partitions (fenced), so a hit is what Redis holds, and a
         #: source sending again to a crowded position costs no round trip. Bounded.
@@ -507,27 +508,38 @@ class RedisStore:
         return (ms, n + 1)
 
     async def read_feed_from(
-        self, after: tuple[int, int], limit: int = 1000
+        self,
+        after: tuple[int, int],
+        limit: int = 1000,
+        streams: dict[int, tuple[int, int, int]] | None = None,
     ) -> list[tuple[tuple[int, int], int, bytes]]:
         """The feed entries of every owned partition after an id (exclusive), in the feed's
         global order, at most limit, only those below the watermark (settled): (id, partition,
-        entry). Raises Unavailable."""
+        entry). streams, when given, gets per owned partition (entries ever added to its
+        stream, entries it holds, entries after `after` read from it), all read at the same
+        instant as its entries (persistence.feed READ_SCRIPT): the entries a partition returns
+        are the first of those read from it, so a reader can number them and see a gap the
+        feed's cap made. Raises Unavailable."""
         watermark = self.feed_watermark()  # first: whatever is below it is already readable
         owned = sorted(self.epochs)
         pipe = self.client.pipeline(transaction=False)
         for p in owned:
-            pipe.xrange(self.keyspace.feed(p), min=f"({after[0]}-{after[1]}", count=limit)
+            await self._read_feed(
+                keys=[self.keyspace.feed(p)], args=[f"{after[0]}-{after[1]}", limit], client=pipe
+            )
         try:
             async with asyncio.timeout(self.command_timeout):
                 results = await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
             raise Unavailable(f"redis feed read failed: {exc!r}") from exc
         out: list[tuple[tuple[int, int], int, bytes]] = []
-        for p, entries in zip(owned, results, strict=True):
-            for entry_id, fields in cast(list[tuple[bytes, dict[bytes, bytes]]], entries):
+        for p, (added, length, entries) in zip(owned, results, strict=True):
+            if streams is not None:
+                streams[p] = (int(added), int(length), len(entries))
+            for entry_id, fields in cast(list[tuple[bytes, list[bytes]]], entries):
                 at = parse_feed_id(entry_id)
                 if at < watermark:
-                    out.append((at, p, fields[b"e"]))
+                    out.append((at, p, fields[fields.index(b"e") + 1]))
         out.sort(key=lambda e: e[0])
         return out[:limit]
 
