@@ -42,13 +42,7 @@ class LedgerMetrics:
             "Ledger rounds that failed (SQL or Redis unavailable); retried, nothing lost.",
             registry=r,
         )
-        self.feed_lost = Counter(
-            "unistock_feed_entries_lost_total",
-            "Feed entries a durable consumer found trimmed by the feed's cap "
-            "(--feed-max-entries) before it read them. Any increase is an incident.",
-            ["consumer"],
-            registry=r,
-        )
+        self.feed_lost = feed_lost_counter(r)
         self.feed_retained = Gauge(
             "unistock_feed_retained_entries",
             "Entries the change feed's streams hold (not yet trimmed behind every durable "
@@ -286,19 +280,25 @@ class Metrics:
         )
 
 
+def feed_lost_counter(registry: CollectorRegistry) -> Counter:
+    """unistock_feed_entries_lost_total{consumer}: one per registry, shared by the durable feed
+    consumers of a process (the ledger writer, the events deriver)."""
+    return Counter(
+        "unistock_feed_entries_lost_total",
+        "Feed entries a durable consumer found trimmed by the feed's cap "
+        "(--feed-max-entries) before it read them. Any increase is an incident.",
+        ["consumer"],
+        registry=registry,
+    )
+
+
 class EventMetrics:
     """The metrics of events (actors.events, api.events), in the server's registry; feed_lost:
     the ledger's counter when the ledger writer runs in the server too (same name)."""
 
     def __init__(self, registry: CollectorRegistry, feed_lost: Counter | None = None) -> None:
         r = registry
-        self.feed_lost = feed_lost if feed_lost is not None else Counter(
-            "unistock_feed_entries_lost_total",
-            "Feed entries a durable consumer found trimmed by the feed's cap "
-            "(--feed-max-entries) before it read them. Any increase is an incident.",
-            ["consumer"],
-            registry=r,
-        )
+        self.feed_lost = feed_lost if feed_lost is not None else feed_lost_counter(r)
         self.events = Counter(
             "unistock_events_total",
             "Events derived from the change feed and stored (each once), by type.",
