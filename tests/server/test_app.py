@@ -138,3 +138,24 @@ async def test_stop_is_safe_twice(make_server: MakeServer, clean_redis_url: str)
     await srv.stop()
     with pytest.raises(RuntimeError, match="stopped"):
         await srv.start()
+
+
+def test_the_dev_token_is_kept_across_starts_while_private(tmp_path: Path) -> None:
+    """No tokens configured: the token an earlier start wrote to <data dir>/dev-token is used
+    again (clients holding it go on working); not when others can read the file, nor a file
+    that is not one the server wrote."""
+    from unistock.server.app.cli import write_dev_token
+
+    settings = Settings(data_dir=tmp_path)
+    _, first = load_tokens(settings)
+    assert first is not None
+    path = write_dev_token(tmp_path, first)
+    _, again = load_tokens(settings)
+    assert again == first
+    path.chmod(0o644)
+    _, public = load_tokens(settings)
+    assert public not in (None, first)
+    path.write_text("not-a-token\n")
+    path.chmod(0o600)
+    _, odd = load_tokens(settings)
+    assert odd not in (None, first, "not-a-token")

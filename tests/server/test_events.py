@@ -536,7 +536,7 @@ async def test_the_cli_without_after_starts_now_and_resumes_across_a_restart(
     assert again["countId"] == "C3"
     assert out == b""  # nothing printed twice (no second start line, no C2 again)
     assert b"resuming after event " + first["eventId"].encode() in note, note
-    # Started again with other tokens (as `make run` makes a new dev token): not resumable;
+    # Started again with other tokens (e.g. configured since): not resumable;
     # exit 1, saying where to resume.
     proc = await spawn(*server_args(srv), "events", "--type", "COUNT_VARIANCE", "--after", "0-0")
     assert proc.stdout is not None

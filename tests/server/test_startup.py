@@ -99,3 +99,37 @@ async def test_a_failed_start_releases_the_grpc_port(
             )
     srv = await make_server(clean_redis_url, grpc_host="127.0.0.1", grpc_port=port)
     assert srv.grpc_port == port
+
+
+def started(redis_url: str, data_dir: Path) -> str:
+    """Start unistock-server without tokens until ready, stop it; its output."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("UNISTOCK_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "unistock.server.app.cli", "--redis-url", redis_url,
+         "--grpc-port", "0", "--metrics-port", "0", "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environ,
+    )  # fmt: skip
+    out = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.append(line)
+            if "unistock-server ready" in line:
+                break
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    return "".join(out)
+
+
+def test_the_dev_token_survives_a_restart(clean_redis_url: str, tmp_path: Path) -> None:
+    """Issue 12's first friction: a client holding the dev token goes on working after the
+    server (make run) starts again."""
+    first = started(clean_redis_url, tmp_path)
+    token = (tmp_path / "dev-token").read_text().strip()
+    assert f"Bearer {token}" in first
+    assert "generated a dev admin token" in first
+    second = started(clean_redis_url, tmp_path)
+    assert (tmp_path / "dev-token").read_text().strip() == token
+    assert f"Bearer {token}" in second
+    assert "since an earlier start (delete it for a new one)" in second, second

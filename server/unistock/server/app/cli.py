@@ -57,10 +57,16 @@ async def serve(settings: Settings) -> int:
         stale.unlink(missing_ok=True)
         log.info("removed %s: tokens are configured, the dev token is no more", stale)
     if dev_token:
+        path = settings.data_dir / "dev-token"
+        kept = path.exists() and path.read_text().strip() == dev_token
         path = write_dev_token(settings.data_dir, dev_token)
+        how = (
+            f"the dev admin token kept in {path} since an earlier start (delete it for a new one)"
+            if kept
+            else f"generated a dev admin token (also in {path}, kept across restarts)"
+        )
         print(
-            f"\nNo tokens configured: generated a dev admin token (also in {path}):\n"
-            f"  authorization: Bearer {dev_token}\n",
+            f"\nNo tokens configured: {how}:\n  authorization: Bearer {dev_token}\n",
             flush=True,
         )
     loop = asyncio.get_running_loop()

@@ -8,8 +8,10 @@ import enum
 import functools
 import gc
 import logging
+import re
 import secrets
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -76,8 +78,15 @@ class State(enum.Enum):
     STOPPED = "stopped"
 
 
+#: A dev token as the server writes it (secrets.token_urlsafe(24): 32 URL-safe characters).
+_DEV_TOKEN = re.compile(r"[A-Za-z0-9_-]{32}")
+
+
 def load_tokens(settings: Settings, env_tokens: str = "") -> tuple[TokenStore, str | None]:
-    """Configured tokens; with none configured, a generated admin token (returned) for dev."""
+    """Configured tokens; with none configured, an admin token for dev (returned): the one in
+    `<data dir>/dev-token` when an earlier start left it there (readable by its owner only, as
+    the server writes it), so that clients holding it go on working across restarts; else a
+    new one."""
     tokens = TokenStore()
     if settings.tokens_file is not None:
         tokens.load_file(settings.tokens_file)
@@ -85,9 +94,20 @@ def load_tokens(settings: Settings, env_tokens: str = "") -> tuple[TokenStore, s
         tokens.load_env(env_tokens)
     if len(tokens):
         return tokens, None
-    dev = secrets.token_urlsafe(24)
+    dev = _kept_dev_token(settings.data_dir / "dev-token") or secrets.token_urlsafe(24)
     tokens.add(dev, "admin", "dev")
     return tokens, dev
+
+
+def _kept_dev_token(path: Path) -> str | None:
+    """The dev token an earlier start wrote at path, if it is still private and well-formed."""
+    try:
+        if path.stat().st_mode & 0o077:  # readable by others: not kept, a new one replaces it
+            return None
+        token = path.read_text().strip()
+    except OSError:
+        return None
+    return token if _DEV_TOKEN.fullmatch(token) else None
 
 
 class UnistockServer:
