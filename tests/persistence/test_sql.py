@@ -22,15 +22,41 @@ from unistock.server.domain.masterdata import (
 from unistock.server.persistence.sql import METADATA, MIGRATIONS, MasterDataStore
 
 
+def _alembic(conn: sa.Connection) -> Config:
+    """Alembic's configuration for the project's migrations, on conn."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = conn
+    return cfg
+
+
 @contextlib.contextmanager
 def upgraded_to(store: MasterDataStore, revision: str) -> Iterator[sa.Connection]:
     """A transaction on store's database, its schema upgraded to Alembic revision first."""
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
     with store.engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+        command.upgrade(_alembic(conn), revision)
         yield conn
+
+
+def downgraded_to(store: MasterDataStore, revision: str) -> None:
+    """store's database downgraded to Alembic revision, in one transaction."""
+    with store.engine.begin() as conn:
+        command.downgrade(_alembic(conn), revision)
+
+
+def insert_web_network(conn: sa.Connection) -> None:
+    """Location s1 in network web (channel web-shop, staleness limit 300 s), in plain SQL: the
+    columns every revision has."""
+    conn.execute(sa.text("INSERT INTO locations (location_id, type) VALUES ('s1', 1)"))
+    conn.execute(
+        sa.text(
+            "INSERT INTO networks (network_id, channel, staleness_limit_s)"
+            " VALUES ('web', 'web-shop', 300)"
+        )
+    )
+    conn.execute(
+        sa.text("INSERT INTO network_members (network_id, location_id) VALUES ('web', 's1')")
+    )
 
 
 def test_the_migrations_build_the_schema_the_code_uses(sql_url: str) -> None:
@@ -82,18 +108,7 @@ def test_a_database_of_the_first_schema_upgrades_keeping_its_networks(sql_url: s
     store = MasterDataStore(sql_url)
     try:
         with upgraded_to(store, "0001") as conn:
-            conn.execute(sa.text("INSERT INTO locations (location_id, type) VALUES ('s1', 1)"))
-            conn.execute(
-                sa.text(
-                    "INSERT INTO networks (network_id, channel, staleness_limit_s)"
-                    " VALUES ('web', 'web-shop', 300)"
-                )
-            )
-            conn.execute(
-                sa.text(
-                    "INSERT INTO network_members (network_id, location_id) VALUES ('web', 's1')"
-                )
-            )
+            insert_web_network(conn)
         store.migrate()
         assert store.load().networks == [
             Network("web", ("s1",), "web-shop", 300, StalePolicy.EXCLUDE, 0)
@@ -133,29 +148,14 @@ def test_a_database_before_network_thresholds_upgrades_with_none_and_downgrades(
     store = MasterDataStore(sql_url)
     try:
         with upgraded_to(store, "0005") as conn:
-            conn.execute(sa.text("INSERT INTO locations (location_id, type) VALUES ('s1', 1)"))
-            conn.execute(
-                sa.text(
-                    "INSERT INTO networks (network_id, channel, staleness_limit_s)"
-                    " VALUES ('web', 'web-shop', 300)"
-                )
-            )
-            conn.execute(
-                sa.text(
-                    "INSERT INTO network_members (network_id, location_id) VALUES ('web', 's1')"
-                )
-            )
+            insert_web_network(conn)
         store.migrate()
         assert store.load().networks == [Network("web", ("s1",), "web-shop", 300)]
         assert store.load().networks[0].low_stock_threshold == 0
         store.upsert_networks([Network("web", ("s1",), "web-shop", 300, low_stock_threshold=7)])
         assert [n.low_stock_threshold for n in store.load().networks] == [7]
 
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS))
-        with store.engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.downgrade(cfg, "0005")
+        downgraded_to(store, "0005")
         with store.engine.connect() as conn:
             columns = {c["name"] for c in sa.inspect(conn).get_columns("networks")}
             assert "low_stock_threshold" not in columns
@@ -179,11 +179,7 @@ def test_downgrading_to_the_first_schema_keeps_the_master_data(sql_url: str) -> 
         store.migrate()
         store.upsert_locations([Location("s1", LocationType.STORE, low_stock_threshold=2)])
         store.upsert_networks([Network("web", ("s1",), "web-shop", 300, low_stock_threshold=4)])
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS))
-        with store.engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.downgrade(cfg, "0001")
+        downgraded_to(store, "0001")
         with store.engine.connect() as conn:
             assert conn.execute(sa.text("SELECT location_id FROM locations")).all() == [("s1",)]
             assert conn.execute(

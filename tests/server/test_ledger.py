@@ -13,9 +13,20 @@ import sqlalchemy as sa
 from tests.fixtures.server import TOKENS, MakeServer, target
 from tests.server.test_api import batch, mv, send
 from unistock.client import UnistockClient
+from unistock.server.actors.ledger import LedgerWriter
 from unistock.server.app.server import UnistockServer
+from unistock.server.domain import Unavailable
+from unistock.server.metrics import LedgerMetrics
+from unistock.server.persistence.feed import FeedReader, FeedRound
 from unistock.server.persistence.ledger import MOVEMENT, RESERVATION, SHIPMENT, LedgerStore
-from unistock.server.persistence.sql import LEDGER
+from unistock.server.persistence.sql import LEDGER, LEDGER_FEED, MasterDataStore
+
+
+class DiesBeforeItsCursors(FeedReader):
+    """A writer's feed reader killed between its SQL commit and its cursors' save."""
+
+    async def commit(self, got: FeedRound) -> None:
+        raise Unavailable("killed")
 
 
 async def settled(srv: UnistockServer, rows: int) -> LedgerStore:
@@ -77,15 +88,6 @@ async def test_entries_read_again_after_the_sql_commit_add_nothing(
     """A writer that dies between its SQL commit and its cursors' save: the next one reads the
     same feed entries again and skips them (ledger_feed), in whatever rounds it reads them; a
     new entry after them is written."""
-    from unistock.server.actors.ledger import LedgerWriter
-    from unistock.server.domain import Unavailable
-    from unistock.server.metrics import LedgerMetrics
-    from unistock.server.persistence.feed import FeedReader, FeedRound
-    from unistock.server.persistence.sql import MasterDataStore
-
-    class DiesBeforeItsCursors(FeedReader):
-        async def commit(self, got: FeedRound) -> None:
-            raise Unavailable("killed")
 
     srv = await make_server(clean_redis_url, database_url=sql_url)
     ks, client = srv.store.keyspace, srv.store.client
@@ -158,8 +160,6 @@ async def test_transfer_discrepancies_reach_the_ledger_once(
 def test_pruning_forgets_only_written_entries_behind_each_cursor(sql_url: str) -> None:
     """LedgerStore.prune_feed: per partition, the entries from before its cursor's millisecond;
     entries recorded before 0007 (partition -1) from before the oldest cursor."""
-    from unistock.server.persistence.sql import LEDGER_FEED, MasterDataStore
-
     store = MasterDataStore(sql_url)
     try:
         store.migrate()
@@ -189,15 +189,6 @@ async def test_a_writer_prunes_behind_its_cursors_and_still_skips_what_it_reads_
     """The writer forgets ledger_feed rows behind its saved cursors (bounded table), and a
     writer dying between its SQL commit and its cursors' save after that still has the rows it
     needs: the next one skips those entries."""
-    from unistock.server.actors.ledger import LedgerWriter
-    from unistock.server.domain import Unavailable
-    from unistock.server.metrics import LedgerMetrics
-    from unistock.server.persistence.feed import FeedReader, FeedRound
-    from unistock.server.persistence.sql import LEDGER_FEED, MasterDataStore
-
-    class DiesBeforeItsCursors(FeedReader):
-        async def commit(self, got: FeedRound) -> None:
-            raise Unavailable("killed")
 
     srv = await make_server(clean_redis_url, database_url=sql_url)
     ks, client = srv.store.keyspace, srv.store.client

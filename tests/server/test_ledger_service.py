@@ -19,13 +19,13 @@ import sqlalchemy as sa
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tests.fixtures.server import TOKENS, MakeServer, target
-from tests.persistence.test_sql import upgraded_to
+from tests.persistence.test_sql import downgraded_to, upgraded_to
 from tests.server.test_api import batch, mv, send
 from unistock.client import UnistockClient, UnistockClientError
 from unistock.devtools.services import PostgresServer
 from unistock.server.app.server import UnistockServer
 from unistock.server.persistence.ledger import MOVEMENT, TRANSFER, LedgerStore
-from unistock.server.persistence.sql import LEDGER, MIGRATIONS, MasterDataStore
+from unistock.server.persistence.sql import LEDGER, MasterDataStore
 from unistock.v1 import admin_pb2 as apb
 from unistock.v1 import inventory_pb2 as pb
 from unistock.v1 import ledger_pb2 as lpb
@@ -445,9 +445,6 @@ def test_0007_writes_each_feed_entry_once_and_keeps_the_rows_before_it(sql_url: 
     written (a writer killed between its SQL commit and its cursor's save, then upgraded, reads
     them again: skipped); entry_key is no longer unique, the reservation index is partial; the
     downgrade restores both and keeps the rows."""
-    from alembic import command
-    from alembic.config import Config
-
     store = MasterDataStore(sql_url)
     old = {"entry_key": "p:s1|A:1", "feed_id": "7-0", "kind": 1, "at_ms": 5, "sku": "A",
            "location_id": "s1", "movement_type": 3, "quantity": 2}  # fmt: skip
@@ -479,11 +476,7 @@ def test_0007_writes_each_feed_entry_once_and_keeps_the_rows_before_it(sql_url: 
             )
         with store.engine.begin() as conn:  # (4's copy of 8-0 away: entry_keys unique again)
             conn.execute(sa.delete(LEDGER).where(LEDGER.c.id == first + 2))
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS))
-        with store.engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.downgrade(cfg, "0006")
+        downgraded_to(store, "0006")
         with store.engine.connect() as conn:
             assert "ledger_feed" not in sa.inspect(conn).get_table_names()
             assert conn.execute(
