@@ -549,19 +549,15 @@ class NetworkIndex:
         thresholds = self._thresholds
         for net, network in self._master.networks.items():
             thresholds[net] = network.low_stock_threshold
-        for key in set(self.totals).union(stored):
-            if key[0] not in thresholds:  # a network gone from master data
-                continue
-            after = level_class(self.totals.get(key, 0), thresholds[key[0]])
-            if key not in stored:
+        for key, (_, published) in stored.items():  # networks gone from master data left alone
+            if published != OUT and key[0] in thresholds:
+                self._class[key] = published
+        for key in self.totals.keys() - stored.keys():
+            if key[0] in thresholds:
+                after = level_class(self.totals[key], thresholds[key[0]])
                 if after != OUT:
                     self._stage_class(key, OUT, after, baseline=True)
-                continue
-            before = stored[key][1]
-            if before != OUT:
-                self._class[key] = before
-            if after != before:
-                self._stage_class(key, before, after)
+        self._classify(stored)
         self._classes_on = True
 
     def _log_staleness(self, stale: dict[str, set[str]]) -> None:
