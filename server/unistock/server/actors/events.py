@@ -65,7 +65,7 @@ from unistock.server.persistence.events import (
     event_id,
     last_event_id,
 )
-from unistock.server.persistence.feed import rounds
+from unistock.server.persistence.feed import after_known, rounds
 from unistock.server.persistence.keys import Keyspace
 from unistock.server.persistence.store import RedisStore
 from unistock.v1 import inventory_pb2 as pb
@@ -443,10 +443,10 @@ class EventDeriver:
         on (a gap); a partition read to its end numbers its entries from its last one."""
         starts: dict[int, int] = {}
         for p, (added, length, n) in streams.items():
-            head = added - length + 1  # the ordinal of the stream's first held entry
             known = self._ordinals.get(p)
-            if known is not None and head > known + 1:
-                lost = head - 1 - known
+            gap, first = after_known(added, length, known)
+            if gap is not None:
+                lost = gap[1] - gap[0] + 1
                 self._metrics.feed_lost.labels(CONSUMER).inc(lost)
                 log.error(
                     "feed partition %d: %d entries (numbers %d to %d of its stream) were trimmed "
@@ -454,11 +454,10 @@ class EventDeriver:
                     "by more than --feed-max-entries): those events are missing",
                     p,
                     lost,
-                    known + 1,
-                    head - 1,
+                    *gap,
                 )
             if known is not None:
-                starts[p] = max(head, known + 1)
+                starts[p] = first
             elif n < self.batch:  # read to its end at that instant: its last held is `added`
                 starts[p] = added - n + 1
             if n == 0 and p in starts:  # nothing after the cursor: numbered up to its end

@@ -109,6 +109,18 @@ def parse_feed_id(value: bytes | str) -> FeedId:
     return (int(ms), int(n))
 
 
+def after_known(added: int, length: int, known: int | None) -> tuple[tuple[int, int] | None, int]:
+    """For a stream that was ever added `added` entries and holds `length` (READ_SCRIPT: read
+    at one instant; it is only ever trimmed from its head), and a reader that has its entries
+    up to the `known`-th (None: not known): (the ordinals (first, last) of the entries after
+    it that are gone unread, a gap the cap made, or None; the ordinal of the first entry held
+    after it, or the stream's first held entry when nothing is known)."""
+    head = added - length + 1  # the ordinal of the stream's first held entry
+    if known is None:
+        return None, head
+    return ((known + 1, head - 1) if head > known + 1 else None), max(head, known + 1)
+
+
 def format_feed_id(at: FeedId) -> str:
     """The stream id text of (ms, sequence)."""
     return f"{at[0]}-{at[1]}"
@@ -238,12 +250,10 @@ class FeedReader:
         for p, (added, length, entries) in zip(
             self.partitions, await self._execute(pipe), strict=True
         ):
-            head = int(added) - int(length) + 1  # the ordinal of the stream's first entry
-            known = self.ordinals.get(p)
-            if known is not None and head > known + 1:  # unread entries are gone: a gap
-                out.lost[p] = (known + 1, head - 1)
-            first = head if known is None or head > known + 1 else known + 1
-            if known is None and self.cursors[p] != (0, 0) and entries:
+            gap, first = after_known(int(added), int(length), self.ordinals.get(p))
+            if gap is not None:  # unread entries are gone
+                out.lost[p] = gap
+            if p not in self.ordinals and self.cursors[p] != (0, 0) and entries:
                 first = -1  # a cursor saved without its ordinal: unknown until the next gap
             for i, (entry_id, fields) in enumerate(entries):
                 value = fields[fields.index(b"e") + 1]
