@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, TypeVar
@@ -547,7 +547,14 @@ class UnistockClient:
 class EventWatcher:
     """Events matching a filter, one by one, forever: after a disconnect (the server stopped,
     or this reader fell behind) it resumes after the last event it yielded, so none is missed
-    or repeated. `last_event_id` is where it is: keep it to resume in another process."""
+    or repeated. `last_event_id` is where it is: keep it to resume in another process.
+
+    It waits `retry_delay` s before reconnecting, doubling after each failed attempt up to
+    `max_retry_delay` (default: retry_delay, a fixed delay). on_start is called once, with the
+    first stream's start point (its start_after_event_id), and on_retry before each wait
+    (the error, the seconds it waits). With retry_before_start False, a server that cannot
+    be reached before the first stream started raises at once (as any error other than
+    UNAVAILABLE and RESOURCE_EXHAUSTED always does)."""
 
     def __init__(
         self,
@@ -559,6 +566,10 @@ class EventWatcher:
         networks: Sequence[str] = (),
         after_event_id: str = "",
         retry_delay: float = 0.5,
+        max_retry_delay: float | None = None,
+        on_start: Callable[[str], None] | None = None,
+        on_retry: Callable[[UnistockClientError, float], None] | None = None,
+        retry_before_start: bool = True,
     ) -> None:
         self.client = client
         self.types, self.skus, self.location_ids, self.networks = (
@@ -569,10 +580,16 @@ class EventWatcher:
         )
         self.last_event_id = after_event_id
         self.retry_delay = retry_delay
+        self.max_retry_delay = retry_delay if max_retry_delay is None else max_retry_delay
+        self.on_start, self.on_retry = on_start, on_retry
+        self.retry_before_start = retry_before_start
+        #: Whether a stream has started (its start point came).
+        self.started = False
 
     async def __aiter__(self) -> AsyncIterator[pb.InventoryEvent]:
         """Yields every event, reconnecting on UNAVAILABLE/RESOURCE_EXHAUSTED."""
         retry = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+        delay = self.retry_delay
         while True:
             try:
                 async for msg in self.client.watch_events(
@@ -580,13 +597,19 @@ class EventWatcher:
                 ):
                     if msg.start_after_event_id:
                         self.last_event_id = msg.start_after_event_id
+                        if not self.started and self.on_start is not None:
+                            self.on_start(msg.start_after_event_id)
+                        self.started, delay = True, self.retry_delay
                     for ev in msg.events:
                         self.last_event_id = ev.event_id
                         yield ev
             except UnistockClientError as exc:
-                if exc.code not in retry:
+                if exc.code not in retry or not (self.started or self.retry_before_start):
                     raise
-            await asyncio.sleep(self.retry_delay)
+                if self.on_retry is not None:
+                    self.on_retry(exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.max_retry_delay)
 
 
 async def _stream(call: Any) -> AsyncIterator[Any]:

@@ -52,7 +52,6 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-import grpc
 from google.protobuf import json_format
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -60,7 +59,7 @@ from rich.table import Table
 from rich.text import Text
 
 from unistock.client import cli_ledger, cli_reservations
-from unistock.client._client import UnistockClient, UnistockClientError
+from unistock.client._client import EventWatcher, UnistockClient, UnistockClientError
 from unistock.client.cli_ledger import rfc3339 as _rfc3339
 from unistock.client.output import count as _count
 from unistock.client.output import note as _note
@@ -605,36 +604,34 @@ async def run(args: argparse.Namespace) -> int:
             return 1
 
 
-#: Stream errors `unistock events` resumes after (a server restart; a reader cut for lagging).
-_RESUMABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
-
-
 async def _events(c: UnistockClient, args: argparse.Namespace) -> None:
     """Print events as JSON lines (the stream's start point first, once), resuming after the
-    last one printed when the stream breaks once started; raises UnistockClientError."""
-    last, started, delay = args.after or "", False, 0.5
-    while True:
-        try:
-            async for part in c.watch_events(
-                args.type, args.sku, args.location, args.network, last
-            ):
-                if part.start_after_event_id:
-                    last = part.start_after_event_id  # what was asked for, or "now"
-                    if not started:
-                        _print(part)
-                    started, delay = True, 0.5
-                for event in part.events:  # every field its type carries, zeros too
-                    _print(event, defaults=True)
-                    last = event.event_id
-        except UnistockClientError as exc:
-            if not started:
-                raise
-            if exc.code not in _RESUMABLE:  # e.g. a new token after a restart (make run)
-                _note(f"the last event printed is {last}: run again with --after {last}")
-                raise
-            _note(f"{exc}; resuming after event {last} in {delay:g} s (Ctrl-C stops)")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+    last one printed when the stream breaks once started (EventWatcher); raises
+    UnistockClientError."""
+
+    def retrying(exc: UnistockClientError, delay: float) -> None:
+        _note(f"{exc}; resuming after event {watcher.last_event_id} in {delay:g} s (Ctrl-C stops)")
+
+    watcher = EventWatcher(
+        c,
+        types=args.type,
+        skus=args.sku,
+        location_ids=args.location,
+        networks=args.network,
+        after_event_id=args.after or "",
+        max_retry_delay=5.0,
+        on_start=lambda at: _print(pb.WatchEventsResponse(start_after_event_id=at)),
+        on_retry=retrying,
+        retry_before_start=False,  # a server unreachable at the start: exit 1
+    )
+    try:
+        async for event in watcher:  # every field its type carries, zeros too
+            _print(event, defaults=True)
+    except UnistockClientError:
+        if watcher.started:  # e.g. a new token after a restart
+            last = watcher.last_event_id
+            _note(f"the last event printed is {last}: run again with --after {last}")
+        raise
 
 
 async def _command(c: UnistockClient, args: argparse.Namespace) -> int:
