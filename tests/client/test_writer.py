@@ -108,7 +108,8 @@ async def test_rejected_movement_is_kept_with_its_reason(
         (rej,) = result.rejected
         assert (rej.seq, rej.reason_name) == (2, "BAD_QUANTITY")
         assert "quantity" in rej.detail
-        assert rej.movement is not None and rej.movement.type == pb.SALE
+        assert rej.movement is not None
+        assert rej.movement.type == pb.SALE
         assert await on_hand(c, "A") == (5, 2)
     async with (
         UnistockClient(target(server), TOKENS["backoffice"]) as c,

@@ -15,7 +15,7 @@ async with MovementWriter(client, "wms-1", "wms-1.outbox") as writer:
 The guide is docs/client-library.md.
 """
 
-from unistock.client._client import EventWatcher, UnistockClient, Watcher
+from unistock.client._client import UnistockClient
 from unistock.client._errors import (
     AlreadyExistsError,
     AuthenticationError,
@@ -28,6 +28,7 @@ from unistock.client._errors import (
     UnistockClientError,
 )
 from unistock.client._retry import RetryPolicy
+from unistock.client._watchers import EventWatcher, NetworkWatcher, Watcher
 from unistock.client._writer import (
     FlushResult,
     FlushTimeout,
@@ -50,6 +51,7 @@ __all__ = [
     "InsufficientStockError",
     "InvalidArgumentError",
     "MovementWriter",
+    "NetworkWatcher",
     "NotFoundError",
     "PermissionDeniedError",
     "Recorded",

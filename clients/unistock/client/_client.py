@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
-    Callable,
     Iterable,
     Sequence,
 )
@@ -23,6 +21,8 @@ from unistock.client._errors import InsufficientStockError as InsufficientStockE
 from unistock.client._errors import UnistockClientError as UnistockClientError  # old home
 from unistock.client._errors import from_rpc
 from unistock.client._retry import RetryPolicy
+from unistock.client._watchers import EventWatcher as EventWatcher  # old home
+from unistock.client._watchers import Watcher as Watcher
 from unistock.v1 import admin_pb2 as apb
 from unistock.v1 import admin_pb2_grpc as apb_grpc
 from unistock.v1 import inventory_pb2 as pb
@@ -554,74 +554,6 @@ class UnistockClient:
             yield msg
 
 
-class EventWatcher:
-    """Events matching a filter, one by one, forever: after a disconnect (the server stopped,
-    or this reader fell behind) it resumes after the last event it yielded, so none is missed
-    or repeated. `last_event_id` is where it is: keep it to resume in another process.
-
-    It waits `retry_delay` s before reconnecting, doubling after each failed attempt up to
-    `max_retry_delay` (default: retry_delay, a fixed delay). on_start is called once, with the
-    first stream's start point (its start_after_event_id), and on_retry before each wait
-    (the error, the seconds it waits). With retry_before_start False, a server that cannot
-    be reached before the first stream started raises at once (as any error other than
-    UNAVAILABLE and RESOURCE_EXHAUSTED always does)."""
-
-    def __init__(
-        self,
-        client: UnistockClient,
-        *,
-        types: Sequence[str | int] = (),
-        skus: Sequence[str] = (),
-        location_ids: Sequence[str] = (),
-        networks: Sequence[str] = (),
-        after_event_id: str = "",
-        retry_delay: float = 0.5,
-        max_retry_delay: float | None = None,
-        on_start: Callable[[str], None] | None = None,
-        on_retry: Callable[[UnistockClientError, float], None] | None = None,
-        retry_before_start: bool = True,
-    ) -> None:
-        self.client = client
-        self.types, self.skus, self.location_ids, self.networks = (
-            types,
-            skus,
-            location_ids,
-            networks,
-        )
-        self.last_event_id = after_event_id
-        self.retry_delay = retry_delay
-        self.max_retry_delay = retry_delay if max_retry_delay is None else max_retry_delay
-        self.on_start, self.on_retry = on_start, on_retry
-        self.retry_before_start = retry_before_start
-        #: Whether a stream has started (its start point came).
-        self.started = False
-
-    async def __aiter__(self) -> AsyncIterator[pb.InventoryEvent]:
-        """Yields every event, reconnecting on UNAVAILABLE/RESOURCE_EXHAUSTED."""
-        retry = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
-        delay = self.retry_delay
-        while True:
-            try:
-                async for msg in self.client.watch_events(
-                    self.types, self.skus, self.location_ids, self.networks, self.last_event_id
-                ):
-                    if msg.start_after_event_id:
-                        self.last_event_id = msg.start_after_event_id
-                        if not self.started and self.on_start is not None:
-                            self.on_start(msg.start_after_event_id)
-                        self.started, delay = True, self.retry_delay
-                    for ev in msg.events:
-                        self.last_event_id = ev.event_id
-                        yield ev
-            except UnistockClientError as exc:
-                if exc.code not in retry or not (self.started or self.retry_before_start):
-                    raise
-                if self.on_retry is not None:
-                    self.on_retry(exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.max_retry_delay)
-
-
 async def _stream(call: Any) -> AsyncIterator[Any]:
     """A server stream's messages; its errors as UnistockClientError; cancelled when left."""
     try:
@@ -631,43 +563,3 @@ async def _stream(call: Any) -> AsyncIterator[Any]:
         raise from_rpc(exc) from None
     finally:
         call.cancel()
-
-
-class Watcher:
-    """A watch that keeps the latest level per position and resumes after disconnects.
-
-    Levels older than or equal to what it has are ignored, so consumers see each position's
-    versions in increasing order, across reconnects.
-    """
-
-    def __init__(
-        self,
-        client: UnistockClient,
-        skus: Sequence[str] = (),
-        location_ids: Sequence[str] = (),
-        *,
-        retry_delay: float = 0.5,
-    ) -> None:
-        self.client = client
-        self.skus = skus
-        self.location_ids = location_ids
-        self.retry_delay = retry_delay
-        self.levels: dict[tuple[str, str], pb.StockLevel] = {}
-
-    async def __aiter__(self) -> AsyncIterator[pb.StockLevel]:
-        """Yields every new level, forever, reconnecting on UNAVAILABLE/RESOURCE_EXHAUSTED."""
-        retry = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
-        while True:
-            known = {k: lvl.version for k, lvl in self.levels.items()}
-            try:
-                async for msg in self.client.watch(self.skus, self.location_ids, known):
-                    for lvl in msg.levels:
-                        key = (lvl.sku, lvl.location_id)
-                        have = self.levels.get(key)
-                        if have is None or lvl.version > have.version:
-                            self.levels[key] = lvl
-                            yield lvl
-            except UnistockClientError as exc:
-                if exc.code not in retry:
-                    raise
-            await asyncio.sleep(self.retry_delay)
