@@ -7,10 +7,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
+import signal
 from pathlib import Path
 
 from tests.docs import ROOT, commands, example
 from tests.fixtures.server import TOKENS, target
+from unistock.edge import cli as edge_cli
+from unistock.edge import sim as edge_sim
 from unistock.server.app.server import UnistockServer
 
 
@@ -56,3 +60,33 @@ async def test_the_readme_quick_start_commands_run_as_written(server: UnistockSe
         rc, out, err = await sh(command, server)
         assert rc == 0, (command, err)
     assert json.loads(out)["state"] == "FULFILLED"
+
+
+async def test_the_quick_start_watch_ends_with_130_on_ctrl_c(server: UnistockServer) -> None:
+    """The Quick start's watch line: the snapshot, then live changes, until Ctrl-C (exit 130)."""
+    [watch] = [c for c in commands(example("quick-start"), ".venv/bin/") if " watch " in c]
+    rc, _, err = await sh(".venv/bin/unistock move backoffice 1 RECEIPT SHOE-42@store-7:3", server)
+    assert rc == 0, err
+    env = dict(os.environ, UNISTOCK_TARGET=target(server), UNISTOCK_TOKEN=TOKENS["admin"])
+    proc = await asyncio.create_subprocess_shell(
+        "exec " + watch, cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    async with asyncio.timeout(30):
+        first = await proc.stdout.readline()
+        assert b"SHOE-42" in first
+        proc.send_signal(signal.SIGINT)
+        await proc.communicate()
+    assert proc.returncode == 130
+
+
+def test_the_quick_start_store_lines_take_their_flags() -> None:
+    """The agent and simulator lines of the Quick start: every flag exists and takes its value
+    (they run against `make run`'s broker; the agent and simulator run in tests/edge)."""
+    lines = commands(example("quick-start"))
+    [agent] = [c for c in lines if c.startswith(".venv/bin/unistock-edge-agent ")]
+    [sim] = [c for c in lines if c.startswith(".venv/bin/unistock-sim ")]
+    settings = edge_cli.parse(shlex.split(agent.removesuffix("&"))[1:])
+    assert (settings.store_id, settings.mqtt_url) == ("store-7", "mqtt://127.0.0.1:1890")
+    args = edge_sim._parser().parse_args(shlex.split(sim)[1:])
+    assert (args.stores, args.tills, args.mqtt_url) == (3, 2, "mqtt://127.0.0.1:1890")
