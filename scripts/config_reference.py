@@ -30,12 +30,14 @@ class _Captured(Exception):
 
 def captured(start: Callable[[], object]) -> argparse.ArgumentParser:
     """The parser a program's start-up builds: start() runs with no UNISTOCK_* variable set and
-    stops at its parse_args (nothing starts), so defaults are the programs' own."""
+    no user config file, and stops at its parse_args (nothing starts), so defaults are the
+    programs' own."""
 
     def grab(self: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
         raise _Captured(self)
 
     clean = {k: v for k, v in os.environ.items() if not k.startswith("UNISTOCK_")}
+    clean["UNISTOCK_CONFIG"] = str(ROOT / "no-such-dir" / "config.toml")
     with (
         mock.patch.dict(os.environ, clean, clear=True),
         mock.patch.object(argparse.ArgumentParser, "parse_args", grab),
