@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from tests.client.test_cli import cli, server_args, spawn
-from tests.client.test_readme_cli_examples import sh
+from tests.client.test_readme_cli_examples import in_a_checkout, sh
 from tests.docs import commands, example
 from tests.fixtures.server import TOKENS, target
 from unistock.client import UnistockClient
@@ -123,17 +123,12 @@ async def test_the_reservations_example_runs_as_written(server: UnistockServer) 
 
 
 async def test_the_reservations_python_example_runs(server: UnistockServer, tmp_path: Path) -> None:
-    code = example("reservations-python").text
-    here = tmp_path / "example"  # a checkout's layout: var/dev-token
-    (here / "var").mkdir(parents=True)
-    (here / "var" / "dev-token").write_text(TOKENS["channel"] + "\n")
-    script = here / "example.py"
-    script.write_text(code.replace("localhost:50051", target(server)))
+    script = in_a_checkout(example("reservations-python").text, server, tmp_path)
     c = await seeded(server)  # ann: cc-1 ACTIVE at store-2
     await c.reserve("done-1", [("SHOE", "store-2", 1)], customer_id="ann")
     await c.fulfil("done-1")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(script), cwd=here, stdout=asyncio.subprocess.PIPE
+        sys.executable, str(script), cwd=script.parent, stdout=asyncio.subprocess.PIPE
     )
     try:
         assert proc.stdout is not None

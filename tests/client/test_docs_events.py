@@ -13,7 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
-from tests.client.test_readme_cli_examples import sh
+from tests.client.test_readme_cli_examples import in_a_checkout, sh
 from tests.docs import ROOT, commands, example
 from tests.fixtures.server import TOKENS, target
 from unistock.client import UnistockClient
@@ -95,15 +95,9 @@ async def test_the_events_cli_example_runs_as_written(server: UnistockServer) ->
 
 
 async def test_the_event_watcher_example_runs(server: UnistockServer, tmp_path: Path) -> None:
-    code = example("event-watcher").text
-    here = tmp_path / "example"  # a checkout's layout: var/dev-token
-    (here / "var").mkdir(parents=True)
-    (here / "var" / "dev-token").write_text(TOKENS["channel"] + "\n")
-    script = here / "example.py"
-    assert "localhost:50051" in code
-    script.write_text(code.replace("localhost:50051", target(server)))
+    script = in_a_checkout(example("event-watcher").text, server, tmp_path)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(script), cwd=here, stdout=asyncio.subprocess.PIPE,
+        sys.executable, str(script), cwd=script.parent, stdout=asyncio.subprocess.PIPE,
         env=dict(os.environ, PYTHONUNBUFFERED="1"),
     )  # fmt: skip
     assert proc.stdout is not None

@@ -18,6 +18,18 @@ from unistock.edge import sim as edge_sim
 from unistock.server.app.server import UnistockServer
 
 
+def in_a_checkout(code: str, srv: UnistockServer, tmp_path: Path, role: str = "channel") -> Path:
+    """A docs program saved as example.py in a directory laid out as a checkout after `make
+    run` (var/dev-token holding role's token), talking to srv instead of localhost:50051."""
+    assert "localhost:50051" in code
+    here = tmp_path / "example"
+    (here / "var").mkdir(parents=True)
+    (here / "var" / "dev-token").write_text(TOKENS[role] + "\n")
+    script = here / "example.py"
+    script.write_text(code.replace("localhost:50051", target(srv)))
+    return script
+
+
 async def sh(command: str, srv: UnistockServer, cwd: Path = ROOT) -> tuple[int, str, str]:
     """Run command in a shell in cwd, as a user who set UNISTOCK_TARGET and UNISTOCK_TOKEN."""
     env = dict(os.environ, UNISTOCK_TARGET=target(srv), UNISTOCK_TOKEN=TOKENS["admin"])
