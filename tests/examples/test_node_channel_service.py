@@ -169,6 +169,16 @@ async def test_a_missing_token_exits_1_saying_so(installed: None) -> None:
     assert err.startswith("error: UNISTOCK_TOKEN is not set"), err
 
 
+async def test_help_lists_every_setting_of_the_readme(installed: None) -> None:
+    rc, out, err = await sh("node cart.js --help", EXAMPLE)
+    assert (rc, err) == (0, "")
+    table = README.read_text().split("## Settings")[1].split("##")[0]
+    settings = re.findall(r"`((?:UNISTOCK_|--?)[\w-]+)", table)
+    assert len(settings) == 8, settings
+    for setting in settings:
+        assert setting in out, setting
+
+
 async def test_errors_exit_1_naming_the_call_and_the_grpc_code(
     installed: None, server: UnistockServer
 ) -> None:
