@@ -69,7 +69,9 @@ def installed(pytestconfig: pytest.Config) -> None:
     ensure_binary("npm", "npm")
     [npm] = [c for c in readme_commands() if c.startswith("npm ")]
     assert npm == "npm ci"
-    cache = pytestconfig.cache.mkdir("npm") if pytestconfig.cache else Path.home() / ".npm"
+    # pytest's cache directory, or npm's own (~/.npm) when pytest runs with -p no:cacheprovider.
+    pytest_cache = getattr(pytestconfig, "cache", None)
+    cache = pytest_cache.mkdir("npm") if pytest_cache is not None else Path.home() / ".npm"
     done = subprocess.run(
         npm,
         shell=True,
