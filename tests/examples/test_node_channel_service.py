@@ -23,7 +23,7 @@ from unistock.v1 import inventory_pb2 as pb
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "node-channel-service"
 README = EXAMPLE / "README.md"
-#: Where the README's commands start (a user at the repository root).
+#: Put first on PATH: the README's `.venv/bin/unistock` is the CLI of the Python running the tests.
 VENV_BIN = Path(sys.executable).parent
 
 
