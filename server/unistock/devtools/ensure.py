@@ -2,8 +2,14 @@
 
 Usage: ``python -m unistock.devtools.ensure [--no-postgres]`` (``make services``, for the tests,
 checks everything; ``make run`` passes ``--no-postgres``: the server's master data is an SQLite
-file unless a PostgreSQL URL is configured). On Debian as root, missing packages are installed
-with ``apt-get``; otherwise a clear error explains which package to install.
+file unless a PostgreSQL URL is configured, and it needs no Prometheus either). On Debian as
+root, missing packages are installed with ``apt-get``; otherwise a clear error explains which
+package to install.
+
+Prometheus (Debian package ``prometheus``: ``prometheus`` and ``promtool``) is for the tests of
+``deploy/prometheus`` and ``deploy/grafana`` only; they run their own ``prometheus`` process on
+a free loopback port with its own data directory, so a system service the package may start
+(on port 9090, where the machine's init allows it) is neither needed nor disturbed.
 """
 
 from __future__ import annotations
@@ -24,6 +30,12 @@ REQUIRED: tuple[tuple[str, str, str], ...] = (
     ("mosquitto", "mosquitto", "-h"),
 )
 
+#: Required by the tests only (not by ``make run``): the alert rules and dashboard tests.
+TEST_ONLY: tuple[tuple[str, str, str], ...] = (
+    ("prometheus", "prometheus", "--version"),
+    ("promtool", "prometheus", "--version"),
+)
+
 
 def _version(path: str, flag: str) -> str:
     try:
@@ -38,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     """Check / install every required binary; return a process exit code."""
     args = sys.argv[1:] if argv is None else argv
     failed = False
-    for binary, package, version_flag in REQUIRED:
+    for_tests = "--no-postgres" not in args
+    for binary, package, version_flag in REQUIRED + (TEST_ONLY if for_tests else ()):
         try:
             path = ensure_binary(binary, package)
         except ServiceNotFoundError as exc:
@@ -46,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             failed = True
             continue
         print(f"{binary}: {path} ({_version(path, version_flag)})")
-    if "--no-postgres" in args:
+    if not for_tests:
         return 1 if failed else 0
     # PostgreSQL (package postgresql): Debian keeps initdb/postgres off PATH.
     try:
