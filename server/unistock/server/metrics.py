@@ -43,7 +43,7 @@ class StoreLivenessCollector(Collector):
         silent = GaugeMetricFamily(
             "unistock_store_silent_seconds",
             "Seconds since the server last heard from the store's edge agent: an accepted "
-            "movement batch or an ONLINE status (agents send one every 10 s by default). It "
+            "movement batch or an ONLINE status (agents publish one every 10 s). It "
             "grows while the agent is stopped (OFFLINE), dead or cut off; a store of master "
             "data never heard from counts from when the server first knew of it. Kept across "
             "server restarts.",
