@@ -60,9 +60,7 @@ def dashboard_targets(path: Path = DASHBOARD) -> list[tuple[str, str]]:
             yield from panels(p.get("panels", []))
 
     doc = json.loads(path.read_text())
-    return [
-        (p["title"], t["expr"]) for p in panels(doc["panels"]) for t in p.get("targets", [])
-    ]
+    return [(p["title"], t["expr"]) for p in panels(doc["panels"]) for t in p.get("targets", [])]
 
 
 def substitute(expr: str, variables: Mapping[str, str] = DASHBOARD_VARIABLES) -> str:
