@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.deploy.prometheus import DASHBOARD, dashboard_targets, metric_names
+from tests.deploy.prometheus import DASHBOARD, alerting_rules, dashboard_targets, metric_names
 
 DS = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
 
@@ -100,3 +100,9 @@ def test_it_shows_what_sres_need() -> None:
     read = set().union(*(metric_names(e) for _, e in dashboard_targets()))
     missing = {what: m for what, m in COVERED.items() if m not in read}
     assert not missing, missing
+
+
+def test_every_alert_has_a_panel_that_names_it() -> None:
+    described = " ".join(p["description"] for p in _panels())
+    for rule in alerting_rules():
+        assert f"alert {rule['alert']}" in described, rule["alert"]

@@ -8,7 +8,10 @@ in test_prometheus_e2e.py.
 
 from __future__ import annotations
 
+import re
+import shlex
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ import yaml
 
 from tests.deploy.prometheus import (
     EXAMPLE_CONFIG,
+    ROOT,
     RULE_TESTS,
     RULES,
     alerting_rules,
@@ -121,3 +125,22 @@ def test_the_unit_tests_catch_an_alert_that_never_fires_or_always_fires(
     no_threshold = " and ".join(f"({s})" for s in signals(rule["expr"]))
     always = _promtool_with(tmp_path, rule["alert"], no_threshold)
     assert f"alertname: {rule['alert']}" in always, "its not-firing case must fail"
+
+
+def test_the_readmes_runbook_link_rewrite_gives_valid_rules_with_absolute_links(
+    tmp_path: Path,
+) -> None:
+    readme = (RULES.parent / "README.md").read_text()
+    [command] = re.findall(
+        r"^(sed .*?)\\\n\s*(deploy/prometheus/unistock-rules\.yml) >", readme, re.M
+    )
+    out = tmp_path / "unistock-rules.yml"
+    with out.open("w") as f:
+        subprocess.run(
+            [*shlex.split(command[0]), str(ROOT / command[1])], stdout=f, check=True, timeout=30
+        )
+    checked = run_promtool("check", "rules", out)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    for rule in alerting_rules(out):
+        url = rule["annotations"]["runbook_url"]
+        assert url == f"https://wiki.example.internal/unistock/runbook.md#{rule['alert'].lower()}"
