@@ -176,7 +176,6 @@ class PrometheusProcess:
                         f"--config.file={self.config}",
                         f"--storage.tsdb.path={self.dir / 'data'}",
                         f"--web.listen-address=127.0.0.1:{self.port}",
-                        "--web.enable-lifecycle",
                         "--log.level=warn",
                     ],
                     stdout=log,
