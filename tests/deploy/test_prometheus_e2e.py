@@ -1,15 +1,15 @@
 """The dashboard and the alert rules against what Unistock really exports.
 
 A real Prometheus (its own process, config and data directory, a free loopback port, scraping
-every second, the rules loaded) scrapes a running server (MQTT ingestion, the ledger writer in
-process) and a real `unistock-edge-agent` process connected through a real mosquitto. A small
-scenario goes through them: movements from a till through the agent (one for a location of
-another store, rejected; a sale of stock never received, negative), reservations (one held, one
-refused for lack of stock, one that expires, one about to), a sale leaving a reservation at risk, and a watch
-stream kept open. Then every expression of the dashboard and of the rules is evaluated through
-Prometheus's HTTP API: each must evaluate, the ones the scenario feeds must return data, and every
-metric they name must be one Prometheus scraped (so a renamed metric fails here, not at 3 a.m.).
-"""
+every second, the rules loaded) scrapes a running server (with MQTT ingestion), the ledger writer
+in its own process (`unistock-ledger`) and a real `unistock-edge-agent` process connected through
+a real mosquitto, as deploy/prometheus/prometheus.yml does. A small scenario goes through them:
+movements from a till through the agent (one for a location of another store, rejected; a sale of
+stock never received, negative), reservations (one held, one refused for lack of stock, one that
+expires, one about to), a sale leaving a reservation at risk, and a watch stream kept open. Then
+every expression of the dashboard and of the rules is evaluated through Prometheus's HTTP API:
+each must evaluate, the ones the scenario feeds must return data, and every metric they name must
+be one Prometheus scraped (so a renamed metric fails here, not at 3 a.m.)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from tests.deploy.prometheus import (
     substitute,
 )
 from tests.edge.harness import agent_process
+from tests.fixtures.ledger import LedgerProcess
 from tests.fixtures.server import TOKENS, MakeServer, start_mqtt_server, target
 from unistock.devtools.services import MosquittoBroker, free_port
 from unistock.intake.v1 import intake_pb2 as ipb
@@ -77,32 +78,44 @@ async def stack(
     make_server: MakeServer,
     clean_redis_url: str,
 ) -> AsyncIterator[tuple[UnistockServer, int, PrometheusProcess]]:
-    """(server, the agent's intake port, Prometheus scraping both with the rules loaded)."""
-    server_metrics, agent_metrics, intake_port = free_port(), free_port(), free_port()
+    """(server, the agent's intake port, Prometheus scraping the server, the ledger writer and
+    the agent, with the rules loaded)."""
+    server_metrics, ledger_metrics = free_port(), free_port()
+    agent_metrics, intake_port = free_port(), free_port()
     srv = await start_mqtt_server(
         make_server,
         clean_redis_url,
         mosquitto_broker,
         metrics_port=server_metrics,
-        ledger_in_process=1,
-        database_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
         expiry_interval_s=0.2,
     )
+    ledger = LedgerProcess(
+        clean_redis_url,
+        f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
+        tmp_path / "ledger",
+        "--ledger-metrics-port",
+        str(ledger_metrics),
+    )
+    await asyncio.to_thread(ledger.start)
     flags = ("--metrics-port", str(agent_metrics), "--intake-port", str(intake_port))
-    async with agent_process(tmp_path / "agent", mosquitto_broker.url, *flags, store=STORE):
-        prom = PrometheusProcess(
-            tmp_path / "prometheus",
-            {
-                "unistock-server": [(f"127.0.0.1:{server_metrics}", {})],
-                "unistock-agent": [(f"127.0.0.1:{agent_metrics}", {"store": STORE})],
-            },
-            rule_files=[RULES],
-        )
-        await asyncio.to_thread(prom.start)
-        try:
-            yield srv, intake_port, prom
-        finally:
-            await asyncio.to_thread(prom.stop)
+    try:
+        async with agent_process(tmp_path / "agent", mosquitto_broker.url, *flags, store=STORE):
+            prom = PrometheusProcess(
+                tmp_path / "prometheus",
+                {
+                    "unistock-server": [(f"127.0.0.1:{server_metrics}", {})],
+                    "unistock-ledger": [(f"127.0.0.1:{ledger_metrics}", {})],
+                    "unistock-agent": [(f"127.0.0.1:{agent_metrics}", {"store": STORE})],
+                },
+                rule_files=[RULES],
+            )
+            await asyncio.to_thread(prom.start)
+            try:
+                yield srv, intake_port, prom
+            finally:
+                await asyncio.to_thread(prom.stop)
+    finally:
+        await asyncio.to_thread(ledger.stop)
 
 
 async def scenario(srv: UnistockServer, intake_port: int) -> None:
