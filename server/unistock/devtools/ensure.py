@@ -3,9 +3,14 @@
 Usage: ``python -m unistock.devtools.ensure [--no-postgres]`` (``make services``, for the tests,
 checks everything; ``make run`` passes ``--no-postgres`` and gets only what the server needs,
 redis-server and mosquitto: the server's master data is an SQLite file unless a PostgreSQL URL
-is configured, and Node.js with npm only runs the example of tests/examples). On Debian as
-root, missing packages are installed with ``apt-get``; otherwise a clear error explains which
-package to install.
+is configured, Node.js with npm only runs the example of tests/examples, and Prometheus only
+tests deploy/). On Debian as root, missing packages are installed with ``apt-get``; otherwise a
+clear error explains which package to install.
+
+Prometheus (Debian package ``prometheus``: ``prometheus`` and ``promtool``) is for the tests of
+``deploy/prometheus`` and ``deploy/grafana`` only; they run their own ``prometheus`` process on
+a free loopback port with its own data directory, so a system service the package may start
+(on port 9090, where the machine's init allows it) is neither needed nor disturbed.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ REQUIRED: tuple[tuple[str, str, str], ...] = (
 TESTS_ONLY: tuple[tuple[str, str, str], ...] = (
     ("node", "nodejs", "--version"),
     ("npm", "npm", "--version"),
+    # the alert rules and dashboard tests (deploy/)
+    ("prometheus", "prometheus", "--version"),
+    ("promtool", "prometheus", "--version"),
 )
 
 

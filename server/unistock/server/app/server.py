@@ -324,6 +324,7 @@ class UnistockServer:
             )
             self.liveness: StoreLiveness | None = StoreLiveness()
             self.ingestor.liveness = self.liveness
+            self.metrics.stores.liveness = self.liveness
             self._spawn(self.ingestor.run(), "mqtt-ingest")
         else:
             self.ingestor = None
