@@ -16,11 +16,8 @@ from tests.docs import MARKER, ROOT, all_blocks, blocks, commands, doc_files, ex
 #: Files other branches add (runbook, client library, unistock status, dashboards, alert
 #: rules): a link to one resolves once it exists; until then it is accepted without an anchor.
 PENDING = {
-    "docs/runbook.md",
     "docs/client-library.md",
     "docs/unistock-status.md",
-    "deploy/grafana",
-    "deploy/prometheus",
 }
 
 
