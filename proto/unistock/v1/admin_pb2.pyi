@@ -14,8 +14,10 @@ the row and field, e.g. "locations[3].latitude").
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from unistock.v1 import inventory_pb2 as _inventory_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -482,3 +484,359 @@ class ListNetworksResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListNetworksResponse: _TypeAlias = ListNetworksResponse  # noqa: Y015
+
+@_typing.final
+class GetServerStatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServerStatusRequest: _TypeAlias = GetServerStatusRequest  # noqa: Y015
+
+@_typing.final
+class ServerStatus(_message.Message):
+    """What one server process sees of itself and of the stores, read when the call is made
+    (`unistock status`). Every number is this process's: a second server (another partition
+    owner) answers for itself.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    UPTIME_SECONDS_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    HEALTH_FIELD_NUMBER: _builtins.int
+    PARTITIONS_FIELD_NUMBER: _builtins.int
+    POSITIONS_FIELD_NUMBER: _builtins.int
+    STORES_FIELD_NUMBER: _builtins.int
+    FEED_CONSUMERS_FIELD_NUMBER: _builtins.int
+    WATCH_SUBSCRIBERS_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    """The server's package version, e.g. "0.1.0"."""
+    uptime_seconds: _builtins.float
+    """Seconds since then."""
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp:
+        """When this process started serving."""
+
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """The time the server made this answer (the ages below are relative to it)."""
+
+    @_builtins.property
+    def health(self) -> Global___Health: ...
+    @_builtins.property
+    def partitions(self) -> Global___Partitions: ...
+    @_builtins.property
+    def positions(self) -> Global___Positions: ...
+    @_builtins.property
+    def stores(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoreAgent]:
+        """Every store the server knows of (a location's store_id in master data, a status or a
+        movement batch heard over MQTT), sorted by store_id. Empty without MQTT ingestion
+        (--mqtt-url) and without stores in master data.
+        """
+
+    @_builtins.property
+    def feed_consumers(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeedConsumer]:
+        """Every durable consumer of the change feed with a cursor in Redis (the ledger writer, the
+        events deriver, any named by --feed-consumers), sorted by name.
+        """
+
+    @_builtins.property
+    def watch_subscribers(self) -> Global___WatchSubscribers: ...
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        uptime_seconds: _builtins.float = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        health: Global___Health | None = ...,
+        partitions: Global___Partitions | None = ...,
+        positions: Global___Positions | None = ...,
+        stores: _abc.Iterable[Global___StoreAgent] | None = ...,
+        feed_consumers: _abc.Iterable[Global___FeedConsumer] | None = ...,
+        watch_subscribers: Global___WatchSubscribers | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "health", b"health", "partitions", b"partitions", "positions", b"positions", "started_at", b"started_at", "watch_subscribers", b"watch_subscribers"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "feed_consumers", b"feed_consumers", "health", b"health", "partitions", b"partitions", "positions", b"positions", "started_at", b"started_at", "stores", b"stores", "uptime_seconds", b"uptime_seconds", "version", b"version", "watch_subscribers", b"watch_subscribers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServerStatus: _TypeAlias = ServerStatus  # noqa: Y015
+
+@_typing.final
+class Health(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVING_FIELD_NUMBER: _builtins.int
+    REDIS_REACHABLE_FIELD_NUMBER: _builtins.int
+    REDIS_ERROR_FIELD_NUMBER: _builtins.int
+    LAST_FLUSH_AGE_SECONDS_FIELD_NUMBER: _builtins.int
+    MQTT_ENABLED_FIELD_NUMBER: _builtins.int
+    MQTT_CONNECTED_FIELD_NUMBER: _builtins.int
+    serving: _builtins.bool
+    """Overall: the process is serving (not shutting down), Redis is reachable and, with
+    --mqtt-url, the MQTT ingestion is connected. (The gRPC health service says SERVING from
+    start to shutdown; this is stricter.)
+    """
+    redis_reachable: _builtins.bool
+    """Redis answered a PING within the server's Redis timeout (--redis-timeout) just now."""
+    redis_error: _builtins.str
+    """Why not, when not (the error, e.g. "Timeout connecting to server")."""
+    last_flush_age_seconds: _builtins.float
+    """Seconds since the last flush to Redis that succeeded (a flush writes only changes: an
+    idle server's age grows without anything being wrong); -1: none since the start.
+    """
+    mqtt_enabled: _builtins.bool
+    """Whether the server ingests movements over MQTT (--mqtt-url given)."""
+    mqtt_connected: _builtins.bool
+    """With mqtt_enabled: whether the ingestion is connected and subscribed to the broker."""
+    def __init__(
+        self,
+        *,
+        serving: _builtins.bool = ...,
+        redis_reachable: _builtins.bool = ...,
+        redis_error: _builtins.str = ...,
+        last_flush_age_seconds: _builtins.float = ...,
+        mqtt_enabled: _builtins.bool = ...,
+        mqtt_connected: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_flush_age_seconds", b"last_flush_age_seconds", "mqtt_connected", b"mqtt_connected", "mqtt_enabled", b"mqtt_enabled", "redis_error", b"redis_error", "redis_reachable", b"redis_reachable", "serving", b"serving"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Health: _TypeAlias = Health  # noqa: Y015
+
+@_typing.final
+class Partitions(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNT_FIELD_NUMBER: _builtins.int
+    OWNED_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    """Partitions of the Redis keyspace (--partitions; fixed once the keyspace exists)."""
+    @_builtins.property
+    def owned(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The partitions this process owns (it holds their owner epoch), ascending: all of them
+        for a server started alone.
+        """
+
+    def __init__(
+        self,
+        *,
+        count: _builtins.int = ...,
+        owned: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "owned", b"owned"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Partitions: _TypeAlias = Partitions  # noqa: Y015
+
+@_typing.final
+class Positions(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESIDENT_FIELD_NUMBER: _builtins.int
+    MAX_RESIDENT_FIELD_NUMBER: _builtins.int
+    PASSIVATED_FIELD_NUMBER: _builtins.int
+    ACTIVATED_FIELD_NUMBER: _builtins.int
+    resident: _builtins.int
+    """Stock positions resident in memory (actors) now."""
+    max_resident: _builtins.int
+    """The resident cap (--max-resident; soft: positions with unwritten changes stay)."""
+    passivated: _builtins.int
+    """Positions dropped from memory since the start (idle, or over the cap)."""
+    activated: _builtins.int
+    """Positions loaded from Redis into memory since the start."""
+    def __init__(
+        self,
+        *,
+        resident: _builtins.int = ...,
+        max_resident: _builtins.int = ...,
+        passivated: _builtins.int = ...,
+        activated: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activated", b"activated", "max_resident", b"max_resident", "passivated", b"passivated", "resident", b"resident"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Positions: _TypeAlias = Positions  # noqa: Y015
+
+@_typing.final
+class StoreAgent(_message.Message):
+    """One store's edge agent as the server knows it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORE_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    SOURCE_ID_FIELD_NUMBER: _builtins.int
+    OUTBOX_DEPTH_FIELD_NUMBER: _builtins.int
+    LAST_ACKED_SEQ_FIELD_NUMBER: _builtins.int
+    OLDEST_UNACKED_AGE_SECONDS_FIELD_NUMBER: _builtins.int
+    STATUS_AT_FIELD_NUMBER: _builtins.int
+    LAST_HEARD_FIELD_NUMBER: _builtins.int
+    HAS_BEEN_HEARD_FIELD_NUMBER: _builtins.int
+    SILENT_SECONDS_FIELD_NUMBER: _builtins.int
+    STALE_NETWORKS_FIELD_NUMBER: _builtins.int
+    STALE_FIELD_NUMBER: _builtins.int
+    store_id: _builtins.str
+    state: _inventory_pb2.AgentStatus.State.ValueType
+    """From the agent's last status (retained on the broker, so known again after a restart):
+    ONLINE or OFFLINE; STATE_UNSPECIFIED: no status heard from it since this process started
+    (never heard, or its status was not retained).
+    """
+    source_id: _builtins.str
+    """The agent's movement source id (empty: no status heard)."""
+    outbox_depth: _builtins.int
+    """Movements in the agent's outbox not yet acknowledged by the server, as of its status."""
+    last_acked_seq: _builtins.int
+    """The highest seq the server acknowledged, as of its status."""
+    oldest_unacked_age_seconds: _builtins.float
+    """Age of the agent's oldest unacknowledged movement (seconds) when it made its status."""
+    has_been_heard: _builtins.bool
+    """Whether the agent was ever heard from (else last_heard is when the server first knew of
+    the store).
+    """
+    silent_seconds: _builtins.float
+    """Seconds since last_heard."""
+    stale: _builtins.bool
+    """stale_networks is not empty."""
+    @_builtins.property
+    def status_at(self) -> _timestamp_pb2.Timestamp:
+        """When the agent made its last status (unset: none heard)."""
+
+    @_builtins.property
+    def last_heard(self) -> _timestamp_pb2.Timestamp:
+        """When the server last heard from the agent (a movement batch, or an ONLINE status as of
+        its `at`); kept across restarts. A store never heard from counts from when the server
+        first knew of it (has_been_heard false). Unset without MQTT ingestion.
+        """
+
+    @_builtins.property
+    def stale_networks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The networks for which the store is stale now (silent, or its reported backlog older,
+        than the network's staleness_limit_seconds), sorted: the network availability leaves out
+        or discounts its units. Empty: fresh everywhere (or in no network with a limit).
+        """
+
+    def __init__(
+        self,
+        *,
+        store_id: _builtins.str = ...,
+        state: _inventory_pb2.AgentStatus.State.ValueType = ...,
+        source_id: _builtins.str = ...,
+        outbox_depth: _builtins.int = ...,
+        last_acked_seq: _builtins.int = ...,
+        oldest_unacked_age_seconds: _builtins.float = ...,
+        status_at: _timestamp_pb2.Timestamp | None = ...,
+        last_heard: _timestamp_pb2.Timestamp | None = ...,
+        has_been_heard: _builtins.bool = ...,
+        silent_seconds: _builtins.float = ...,
+        stale_networks: _abc.Iterable[_builtins.str] | None = ...,
+        stale: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_heard", b"last_heard", "status_at", b"status_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["has_been_heard", b"has_been_heard", "last_acked_seq", b"last_acked_seq", "last_heard", b"last_heard", "oldest_unacked_age_seconds", b"oldest_unacked_age_seconds", "outbox_depth", b"outbox_depth", "silent_seconds", b"silent_seconds", "source_id", b"source_id", "stale", b"stale", "stale_networks", b"stale_networks", "state", b"state", "status_at", b"status_at", "store_id", b"store_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StoreAgent: _TypeAlias = StoreAgent  # noqa: Y015
+
+@_typing.final
+class FeedConsumer(_message.Message):
+    """A durable consumer of the change feed (Redis `{p}:feedcur` cursors), computed by the
+    server from Redis: the consumer may run in another process (unistock-ledger).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    LAG_SECONDS_FIELD_NUMBER: _builtins.int
+    ENTRIES_BEHIND_FIELD_NUMBER: _builtins.int
+    ENTRIES_BEHIND_AT_LEAST_FIELD_NUMBER: _builtins.int
+    PARTITIONS_WITHOUT_CURSOR_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Its name, e.g. "ledger" or "events"."""
+    lag_seconds: _builtins.float
+    """Seconds since the oldest change it has not read yet was written to the feed (0: caught
+    up in every partition), as unistock_ledger_lag_seconds measures it for the ledger.
+    """
+    entries_behind: _builtins.int
+    """Feed entries (one per flush and partition) written after its cursor, over the partitions
+    this process owns; includes entries the feed's cap trimmed before it read them.
+    """
+    entries_behind_at_least: _builtins.bool
+    """True when entries_behind is a lower bound: a partition whose cursor carries no entry
+    number (the events deriver's) was counted up to 10,000 entries only.
+    """
+    partitions_without_cursor: _builtins.int
+    """Partitions (of those owned) where it has no cursor."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        lag_seconds: _builtins.float = ...,
+        entries_behind: _builtins.int = ...,
+        entries_behind_at_least: _builtins.bool = ...,
+        partitions_without_cursor: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries_behind", b"entries_behind", "entries_behind_at_least", b"entries_behind_at_least", "lag_seconds", b"lag_seconds", "name", b"name", "partitions_without_cursor", b"partitions_without_cursor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeedConsumer: _TypeAlias = FeedConsumer  # noqa: Y015
+
+@_typing.final
+class WatchSubscribers(_message.Message):
+    """Open streams, now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AVAILABILITY_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
+    RESERVATIONS_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    availability: _builtins.int
+    """WatchAvailability streams."""
+    network: _builtins.int
+    """WatchNetworkAvailability streams."""
+    reservations: _builtins.int
+    """WatchReservations streams."""
+    events: _builtins.int
+    """WatchEvents streams (0 with --events 0)."""
+    def __init__(
+        self,
+        *,
+        availability: _builtins.int = ...,
+        network: _builtins.int = ...,
+        reservations: _builtins.int = ...,
+        events: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["availability", b"availability", "events", b"events", "network", b"network", "reservations", b"reservations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchSubscribers: _TypeAlias = WatchSubscribers  # noqa: Y015

@@ -45,6 +45,11 @@ class AdminServiceStub:
     SetSafetyStock: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetSafetyStockRequest, _admin_pb2.UpsertResponse]
     ListLocations: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListLocationsRequest, _admin_pb2.ListLocationsResponse]
     ListNetworks: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListNetworksRequest, _admin_pb2.ListNetworksResponse]
+    GetServerStatus: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetServerStatusRequest, _admin_pb2.ServerStatus]
+    """The server's health, partitions, resident positions, store agents, feed consumers' lag
+    and watch subscribers (`unistock status`). Reads Redis (a PING, the feed cursors): with
+    Redis down it still answers, health.redis_reachable false and no feed_consumers.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -55,6 +60,11 @@ class AdminServiceAsyncStub(AdminServiceStub):
     SetSafetyStock: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetSafetyStockRequest, _admin_pb2.UpsertResponse]  # type: ignore[assignment]
     ListLocations: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListLocationsRequest, _admin_pb2.ListLocationsResponse]  # type: ignore[assignment]
     ListNetworks: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListNetworksRequest, _admin_pb2.ListNetworksResponse]  # type: ignore[assignment]
+    GetServerStatus: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetServerStatusRequest, _admin_pb2.ServerStatus]  # type: ignore[assignment]
+    """The server's health, partitions, resident positions, store agents, feed consumers' lag
+    and watch subscribers (`unistock status`). Reads Redis (a PING, the feed cursors): with
+    Redis down it still answers, health.redis_reachable false and no feed_consumers.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -98,5 +108,16 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ListNetworksRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListNetworksResponse, _abc.Awaitable[_admin_pb2.ListNetworksResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetServerStatus(
+        self,
+        request: _admin_pb2.GetServerStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ServerStatus, _abc.Awaitable[_admin_pb2.ServerStatus]]:
+        """The server's health, partitions, resident positions, store agents, feed consumers' lag
+        and watch subscribers (`unistock status`). Reads Redis (a PING, the feed cursors): with
+        Redis down it still answers, health.redis_reachable false and no feed_consumers.
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

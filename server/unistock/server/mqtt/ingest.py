@@ -96,6 +96,9 @@ JSON = "application/json"
 MAX_ACKS_IN_FLIGHT = 256
 #: Larger payloads are refused unparsed (the broker should refuse them first: see deploy/).
 MAX_PAYLOAD = 1024 * 1024
+#: Stores whose last AgentStatus is kept (`statuses`; ~150 bytes each): past it, the store
+#: heard from least recently is forgotten.
+MAX_STATUSES = 100_000
 
 
 @dataclass(slots=True)
@@ -149,6 +152,10 @@ class MqttIngestor:
         self.connected = asyncio.Event()
         #: Told of every store heard from (batches, statuses); see actors.liveness.
         self.liveness: StoreLiveness | None = None
+        #: store id -> the last AgentStatus its agent published (retained on the broker, so
+        #: back after a restart), least recently received first; at most `max_statuses`.
+        self.statuses: dict[str, pb.AgentStatus] = {}
+        self.max_statuses = MAX_STATUSES
 
     # -- one message -----------------------------------------------------------------------------
 
@@ -421,12 +428,15 @@ class MqttIngestor:
         """An agent's status (binary AgentStatus; anything else is ignored): its liveness. A
         retained one (sent by the broker as we subscribe) may be old: it counts from its `at`,
         while a live one counts from now (the agent's clock may be off)."""
-        if self.liveness is None or not isinstance(payload, bytes) or not id_ok(store_id):
+        if not isinstance(payload, bytes) or not id_ok(store_id):
             return
         try:
             status = pb.AgentStatus.FromString(payload)
         except DecodeError:
             log.warning("store %s: unreadable status message ignored", store_id)
+            return
+        self._keep(store_id, status)
+        if self.liveness is None:
             return
         self.liveness.status(
             store_id,
@@ -434,6 +444,22 @@ class MqttIngestor:
             status.oldest_unacked_age_seconds,
             at=status.at.ToNanoseconds() / 1e9 if retained and status.HasField("at") else None,
         )
+
+    def _keep(self, store_id: str, status: pb.AgentStatus) -> None:
+        """Keep a store's last status (one slot per store, the least recent dropped first). A
+        retained status older than the one kept (by `at`) does not replace it."""
+        statuses = self.statuses
+        kept = statuses.pop(store_id, None)
+        if (
+            kept is not None
+            and kept.HasField("at")
+            and status.HasField("at")
+            and status.at.ToNanoseconds() < kept.at.ToNanoseconds()
+        ):
+            status = kept
+        statuses[store_id] = status
+        while len(statuses) > self.max_statuses:
+            del statuses[next(iter(statuses))]
 
 
 def _redact(url: str) -> str:
