@@ -19,6 +19,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from redis.exceptions import RedisError
 
 from unistock.server.domain import Unavailable
+from unistock.server.mqtt.bounded import AgentStatuses
 from unistock.server.persistence.feed import parse_feed_id
 from unistock.v1 import admin_pb2 as apb
 
@@ -190,7 +191,7 @@ class ServerStatusReport:
         srv = self.server
         master = srv.master
         ingestor, liveness = srv.ingestor, srv.liveness
-        statuses = ingestor.statuses if ingestor is not None else {}
+        statuses = ingestor.statuses if ingestor is not None else AgentStatuses()
         ids = {loc.store_id for loc in master.locations.values() if loc.store_id}
         ids.update(statuses)
         if liveness is not None:

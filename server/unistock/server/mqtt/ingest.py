@@ -55,6 +55,7 @@ from unistock.server.metrics import Metrics
 from unistock.server.mqtt.bounded import (
     MAX_SOURCES,
     MAX_STORE_SERIES,
+    AgentStatuses,
     SourceState,
     SourceTable,
     StoreSeries,
@@ -96,9 +97,6 @@ JSON = "application/json"
 MAX_ACKS_IN_FLIGHT = 256
 #: Larger payloads are refused unparsed (the broker should refuse them first: see deploy/).
 MAX_PAYLOAD = 1024 * 1024
-#: Stores whose last AgentStatus is kept (`statuses`; ~150 bytes each): past it, the store
-#: heard from least recently is forgotten.
-MAX_STATUSES = 100_000
 
 
 @dataclass(slots=True)
@@ -152,10 +150,8 @@ class MqttIngestor:
         self.connected = asyncio.Event()
         #: Told of every store heard from (batches, statuses); see actors.liveness.
         self.liveness: StoreLiveness | None = None
-        #: store id -> the last AgentStatus its agent published (retained on the broker, so
-        #: back after a restart), least recently received first; at most `max_statuses`.
-        self.statuses: dict[str, pb.AgentStatus] = {}
-        self.max_statuses = MAX_STATUSES
+        #: Each store's last AgentStatus (retained on the broker, so back after a restart).
+        self.statuses = AgentStatuses()
 
     # -- one message -----------------------------------------------------------------------------
 
@@ -435,7 +431,7 @@ class MqttIngestor:
         except DecodeError:
             log.warning("store %s: unreadable status message ignored", store_id)
             return
-        self._keep(store_id, status)
+        self.statuses.keep(store_id, status)
         if self.liveness is None:
             return
         self.liveness.status(
@@ -444,22 +440,6 @@ class MqttIngestor:
             status.oldest_unacked_age_seconds,
             at=status.at.ToNanoseconds() / 1e9 if retained and status.HasField("at") else None,
         )
-
-    def _keep(self, store_id: str, status: pb.AgentStatus) -> None:
-        """Keep a store's last status (one slot per store, the least recent dropped first). A
-        retained status older than the one kept (by `at`) does not replace it."""
-        statuses = self.statuses
-        kept = statuses.pop(store_id, None)
-        if (
-            kept is not None
-            and kept.HasField("at")
-            and status.HasField("at")
-            and status.at.ToNanoseconds() < kept.at.ToNanoseconds()
-        ):
-            status = kept
-        statuses[store_id] = status
-        while len(statuses) > self.max_statuses:
-            del statuses[next(iter(statuses))]
 
 
 def _redact(url: str) -> str:
