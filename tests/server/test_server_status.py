@@ -193,8 +193,9 @@ async def test_status_shows_stores_backlog_staleness_ledger_lag_and_watchers(
         assert abs(s1.last_heard.ToNanoseconds() - backlog.at.ToNanoseconds()) < 50_000_000
         heard = s1.last_heard.ToNanoseconds() / 1e9
         assert abs(s1.silent_seconds - (got.at.ToNanoseconds() / 1e9 - heard)) < 0.01
-        # Stale for web: its agent's backlog (the movement never acked) is older than the limit.
-        assert s1.oldest_unacked_age_seconds > LIMIT
+        # Stale for web: silent (frozen), or its agent's backlog (the movement never acked)
+        # older than the limit, whichever came first.
+        assert max(s1.silent_seconds, s1.oldest_unacked_age_seconds) > LIMIT
         assert list(s1.stale_networks) == ["web"]
 
         s2 = store(got, "s2")  # in master data, no agent ever heard
@@ -251,6 +252,44 @@ async def test_status_shows_stores_backlog_staleness_ledger_lag_and_watchers(
         after = await until(c, lambda s: s.watch_subscribers.events == 0)
         w = after.watch_subscribers
         assert (w.availability, w.network, w.reservations, w.events) == (0, 0, 0, 0)
+
+    # A restart: the broker sends the agent's retained status again (the agent is still frozen).
+    await srv.stop()
+    srv = await start_mqtt_server(
+        make_server, clean_redis_url, mosquitto_broker, partitions=PARTITIONS
+    )
+    async with UnistockClient(target(srv), TOKENS["admin"]) as c:
+        again = await until(c, lambda s: store(s, "s1").state == pb.AgentStatus.ONLINE)
+    s1 = store(again, "s1")
+    assert (s1.outbox_depth, s1.status_at) == (1, backlog.at)
+    assert s1.has_been_heard
+
+
+async def test_a_consumer_without_entry_numbers_is_counted_up_to_the_cap(
+    make_server: MakeServer, clean_redis_url: str
+) -> None:
+    """The events deriver's cursors carry no entry number: a server run with --events 0 leaves
+    the cursor an earlier one saved behind; what follows it is counted (up to the cap)."""
+    srv = await make_server(clean_redis_url, partitions=PARTITIONS)
+    async with UnistockClient(target(srv), TOKENS["admin"]) as c:
+        await send(c, batch("wms", mv(1, "RECEIPT", "JACKET", "dc", 10)))
+        await until(c, lambda s: consumer(s, "events").entries_behind == 0)
+    await srv.stop()
+    srv = await make_server(clean_redis_url, partitions=PARTITIONS, events=0)
+    async with UnistockClient(target(srv), TOKENS["admin"]) as c:
+        before = time.time()
+        for seq in range(2, 5):  # 3 flushes: 3 feed entries (partition of dc), none read
+            await send(c, batch("wms", mv(seq, "RECEIPT", "JACKET", "dc", 1)))
+        sent = time.time()
+        got = await c.get_server_status()
+        events = consumer(got, "events")
+        assert (events.entries_behind, events.entries_behind_at_least) == (3, False)
+        at = got.at.ToNanoseconds() / 1e9
+        assert at - sent - 0.001 <= events.lag_seconds <= at - before + 0.001
+        assert srv.admin.status is not None
+        srv.admin.status.count_cap = 2
+        capped = consumer(await c.get_server_status(), "events")
+        assert (capped.entries_behind, capped.entries_behind_at_least) == (2, True)
 
 
 @pytest.mark.parametrize("role", ["channel", "backoffice"])

@@ -98,6 +98,8 @@ class ServerStatusReport:
         self.server = server
         self.version = _version()
         self._script = server.store.client.register_script(FEED_SCRIPT)
+        #: A cursor without its entry's number is counted up to this many entries behind.
+        self.count_cap = COUNT_CAP
 
     async def build(self) -> apb.ServerStatus:
         """The status as of now; never raises for Redis being down (it says so)."""
@@ -171,7 +173,9 @@ class ServerStatusReport:
         owned = sorted(store.epochs)
         pipe = store.client.pipeline(transaction=False)
         for p in owned:
-            await self._script(keys=[ks.feed_cursors(p), ks.feed(p)], args=[COUNT_CAP], client=pipe)
+            await self._script(
+                keys=[ks.feed_cursors(p), ks.feed(p)], args=[self.count_cap], client=pipe
+            )
         found: dict[str, _Consumer] = {}
         for p, reply in zip(owned, await pipe.execute(), strict=True):
             values: list[Any] = list(reply)
