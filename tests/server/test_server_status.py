@@ -54,15 +54,24 @@ async def frozen_agent_with_backlog(
     """A real unistock-edge-agent process for store s1 that recorded one movement nobody
     acked, published its status saying so and was then stopped (SIGSTOP); yields that status.
     """
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "unistock.edge.cli", "--store-id", "s1", "--mqtt-url", broker.url,
-        "--data-dir", str(tmp_path / "agent"), "--intake-port", "0", "--metrics-port", "0",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-        env={k: v for k, v in os.environ.items() if not k.startswith("UNISTOCK_")},
-    )  # fmt: skip
+    log = tmp_path / "agent.log"
+    with log.open("wb") as err:  # the child keeps its own descriptor
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "unistock.edge.cli", "--store-id", "s1",
+            "--mqtt-url", broker.url, "--data-dir", str(tmp_path / "agent"),
+            "--intake-port", "0", "--metrics-port", "0",
+            stdout=asyncio.subprocess.PIPE, stderr=err,
+            # The test's own settings only (the suite's UNISTOCK_CONFIG: no user config file).
+            env={
+                k: v for k, v in os.environ.items()
+                if not k.startswith("UNISTOCK_") or k == "UNISTOCK_CONFIG"
+            },
+        )  # fmt: skip
     try:
         assert proc.stdout is not None
         line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+        if "intake on port" not in line:
+            raise AssertionError(f"the agent did not start: {log.read_text()}")
         port = int(line.rsplit("port", 1)[1])
         async with aiomqtt.Client("127.0.0.1", broker.port, identifier="status-spy") as spy:
             await spy.subscribe("unistock/v1/stores/s1/status", qos=1)
