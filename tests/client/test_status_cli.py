@@ -8,6 +8,7 @@ import io
 import json
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -170,6 +171,17 @@ async def test_main_status_as_a_command(server: UnistockServer) -> None:
     assert code == NOT_SERVING
     assert b"PERMISSION_DENIED" in err
     assert out == b""
+
+
+async def test_main_status_finds_the_server_in_the_user_config_file(
+    server: UnistockServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'target = "{target(server)}"\ntoken = "{TOKENS["admin"]}"\n')
+    monkeypatch.setenv("UNISTOCK_CONFIG", str(config))
+    code, out, err = await command("--json")
+    assert code == HEALTHY, err
+    assert json.loads(out)["partitions"]["count"] == 64
 
 
 @pytest.mark.parametrize(

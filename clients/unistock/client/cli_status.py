@@ -2,7 +2,10 @@
 state, outbox depth and oldest unacked age, the change feed consumers' lag (the ledger) and the
 watch subscribers, from AdminService.GetServerStatus (role admin).
 
-    unistock status [--json] [--max-lag SECONDS]
+    unistock status [--target HOST:PORT] [--token TOKEN] [--json] [--max-lag SECONDS]
+
+The server and token are found as by every client program (unistock.client.config): flags,
+UNISTOCK_TARGET / UNISTOCK_TOKEN, the user config file `make run` writes, the dev token.
 
 Output: Rich panels and tables for a person; with --json one JSON object on stdout, the
 protobuf JSON mapping of ServerStatus with every field, zero-valued ones included (e.g.
@@ -25,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from collections.abc import Sequence
 
@@ -36,6 +38,7 @@ from rich.table import Table
 from rich.text import Text
 
 from unistock.client._client import UnistockClient, UnistockClientError
+from unistock.client.config import ClientConfig, ConfigError
 from unistock.v1 import admin_pb2 as apb
 from unistock.v1 import inventory_pb2 as pb
 
@@ -255,13 +258,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--target",
-        default=os.environ.get("UNISTOCK_TARGET", "localhost:50051"),
-        help="server host:port [env UNISTOCK_TARGET; default localhost:50051]",
+        help="server host:port (else UNISTOCK_TARGET, the user config file, localhost:50051)",
     )
     p.add_argument(
         "--token",
-        default=os.environ.get("UNISTOCK_TOKEN"),
-        help="an admin token [env UNISTOCK_TOKEN]",
+        help="an admin token (else UNISTOCK_TOKEN, the user config file, the dev token)",
     )
     p.add_argument("--json", action="store_true", help="one JSON object, zero fields included")
     p.add_argument(
@@ -281,14 +282,15 @@ def main_status(argv: Sequence[str] | None = None) -> int:
         args = p.parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0)
-    if not args.token:
-        print(
-            "error: no token: pass --token or set UNISTOCK_TOKEN (an admin token)", file=sys.stderr
-        )
+    try:  # flags, UNISTOCK_* variables, the user config file, as every client program
+        config = ClientConfig.load()
+        where, token = config.target(args.target).value, config.token(args.token).value
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return NOT_SERVING
 
     async def ask() -> int:
-        async with UnistockClient(args.target, args.token) as client:
+        async with UnistockClient(where, token) as client:
             console = Console(highlight=False, soft_wrap=False)
             if not console.is_terminal:  # no wrapped cells in a file or a pipe
                 console = Console(highlight=False, width=200)
