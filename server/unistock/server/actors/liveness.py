@@ -80,6 +80,14 @@ class StoreLiveness:
         """When the store was last heard of (Unix seconds; see know)."""
         return self._wall() - self.silent_for(store_id)
 
+    def last_heard(self, store_id: str) -> tuple[float, bool] | None:
+        """(When the store was last heard of, Unix seconds; whether that is the server's
+        assumption, see know), or None for a store not known yet. Changes nothing."""
+        heard = self._heard.get(store_id)
+        if heard is None:
+            return None
+        return self._wall() - (self._clock() - heard), store_id in self._assumed
+
     def backlog(self, store_id: str) -> float:
         """The age (seconds) of the oldest unacknowledged movement in the agent's last
         status (0: none reported)."""
