@@ -553,6 +553,18 @@ class UnistockClient:
         async for msg in _stream(self.stub.WatchEvents(req, metadata=self.metadata)):
             yield msg
 
+    # -- server status (issue 12: `unistock status`) ------------------------------------------
+
+    async def get_server_status(self) -> apb.ServerStatus:
+        """The server's health, partitions, resident positions, store agents (state, outbox
+        depth, oldest unacked age, staleness), feed consumers' lag and watch subscribers
+        (AdminService.GetServerStatus, role admin). Raises UnistockClientError
+        (PERMISSION_DENIED for another role; UNAVAILABLE when the server cannot be reached)."""
+        status: apb.ServerStatus = await self._unary(
+            self.admin.GetServerStatus, apb.GetServerStatusRequest()
+        )
+        return status
+
 
 async def _stream(call: Any) -> AsyncIterator[Any]:
     """A server stream's messages; its errors as UnistockClientError; cancelled when left."""
