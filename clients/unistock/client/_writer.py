@@ -163,6 +163,7 @@ class MovementWriter:
         self._applied = 0
         self._duplicates = 0
         self._rejected: list[RejectedMovement] = []
+        self._delivered = False  # whether the current stream got an ack
         #: The server's last transient error, while it lasts (None once a stream works).
         self.last_error: UnistockClientError | None = None
 
@@ -257,11 +258,11 @@ class MovementWriter:
     async def _run(self) -> None:
         delay = self.retry_delay
         while True:
+            self._delivered = False
             try:
                 await self._stream()
-            except _Restart:
+            except _Restart:  # after a pause: a server refusing a batch whole is not spun on
                 delay = self.retry_delay
-                continue
             except UnistockClientError as exc:
                 if exc.code not in _TRANSIENT:
                     self._failed = WriterFailed(exc)
@@ -270,6 +271,8 @@ class MovementWriter:
                         self._progress.notify_all()
                     return
                 self.last_error = exc
+                if self._delivered:  # the stream worked: a new outage starts short
+                    delay = self.retry_delay
                 _log.warning(
                     "movement stream of %s broke (%s); again in %.1fs", self.source_id, exc, delay
                 )
@@ -313,7 +316,7 @@ class MovementWriter:
         room: asyncio.Semaphore,
     ) -> None:
         async for ack in acks:
-            self.last_error = None
+            self.last_error, self._delivered = None, True
             seqs = in_flight.pop(0)
             room.release()
             if any(r.reason == pb.BATCH_TOO_LARGE for r in ack.rejections):
