@@ -24,9 +24,10 @@ class RetryPolicy:
     DEADLINE_EXCEEDED) is sent again after a pause drawn uniformly from ``[0, b]`` ("full
     jitter"), where ``b`` is ``initial_backoff`` seconds, multiplied by ``multiplier`` after
     each attempt up to ``max_backoff``, for at most ``attempts`` attempts in all (``None``:
-    no count limit) and never past ``deadline`` seconds after the first attempt began: the
-    last error is raised then. ``attempts=1`` disables retries. Calls that are not
-    idempotent (ApplyMovements, a partial fulfilment without request_id) are never retried.
+    no count limit); no attempt starts later than ``deadline`` seconds after the first one
+    began (each attempt may then take up to the client's ``timeout``): the last error is
+    raised instead. ``attempts=1`` disables retries. Calls that are not idempotent
+    (ApplyMovements, a partial fulfilment without request_id) are never retried.
     """
 
     deadline: float = 30.0
