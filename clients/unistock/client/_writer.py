@@ -124,7 +124,8 @@ class MovementWriter:
             duplicates).
         path: the SQLite file, created if missing. Another writer on it (in any process)
             is refused with WriterLocked; a file of another source with WriterFileError.
-        batch_size: most movements per batch (1 to 10,000).
+        batch_size: most movements per batch (1 to 10,000); halved when the server refuses a
+            batch for its size (BATCH_TOO_LARGE, or a message over the channel limit).
         max_in_flight: batches sent and not yet acknowledged, at most.
         request_retention: seconds a record() request_id is remembered (default 7 days).
         retry_delay, max_retry_delay: pause before reopening a broken stream (seconds,
@@ -271,6 +272,8 @@ class MovementWriter:
                         self._progress.notify_all()
                     return
                 self.last_error = exc
+                if exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED:  # a batch over the message
+                    self.batch_size = max(1, self.batch_size // 2)  # size limit: send smaller
                 if self._delivered:  # the stream worked: a new outage starts short
                     delay = self.retry_delay
                 _log.warning(
@@ -320,7 +323,8 @@ class MovementWriter:
             seqs = in_flight.pop(0)
             room.release()
             if any(r.reason == pb.BATCH_TOO_LARGE for r in ack.rejections):
-                self.batch_size = max(1, min(self.batch_size, len(seqs)) // 2)
+                limit = ack.limits.max_movements or len(seqs) // 2
+                self.batch_size = max(1, min(self.batch_size, len(seqs) // 2, limit))
                 raise _Restart
             acked = max((s.seq for s in ack.sources if s.source_id == self.source_id), default=0)
             rejected = await asyncio.to_thread(store.settle, seqs, acked, list(ack.rejections))
