@@ -43,8 +43,8 @@ from unistock.edge.counting import (
 )
 from unistock.edge.countstore import CountStore
 from unistock.edge.datalock import StoreLock, lock_path
-from unistock.edge.intake import Intake, now_timestamp
-from unistock.edge.outbox import Outbox, OutboxError
+from unistock.edge.intake import Intake, now_timestamp, timestamp_at
+from unistock.edge.outbox import Outbox, OutboxError, RejectedMovement
 from unistock.edge.readers import (
     DEFAULT_READER_TOPIC,
     PayloadError,
@@ -190,6 +190,12 @@ class AgentMetrics:
             "unistock_agent_device_clock_offset_seconds",
             "Agent clock minus a till's (device's) clock, seen on its last request with sent_at.",
             ["device"],
+            registry=r,
+        )
+        self.rejections_unresolved = Gauge(
+            "unistock_agent_rejections_unresolved",
+            "Movements the server rejected (after the till got its receipt) that store staff "
+            "have not resolved yet (StoreIntake.ResolveRejectedMovement).",
             registry=r,
         )
         self.tag_reads = Counter(
@@ -375,6 +381,9 @@ class StoreAgent:
         # Read at scrape time: values set on record/ack froze while nothing was acked.
         self.metrics.depth.set_function(self.outbox.depth)
         self.metrics.oldest.set_function(lambda: self.outbox.oldest_unacked_age() or 0.0)
+        self.metrics.rejections_unresolved.set_function(lambda: self.outbox.unresolved()[0])
+        # Set (then replaced by a fresh one) whenever a rejection is recorded or resolved.
+        self._rejections_event = asyncio.Event()
         try:
             self.catalogue = (
                 Catalogue.from_csv(settings.catalogue) if settings.catalogue else Catalogue({})
@@ -477,24 +486,36 @@ class StoreAgent:
     # -- intake ------------------------------------------------------------------------------
 
     async def record(
-        self, movements: list[pb.Movement], before: Callable[[], object] | None = None
+        self,
+        movements: list[pb.Movement],
+        before: Callable[[], object] | None = None,
+        *,
+        device_id: str = "",
     ) -> list[int]:
         """Store movements durably in the outbox (in order) and wake the sender.
 
         ``before`` (blocking, run in a thread) is done first, in the same turn of the appends'
         lock: what it writes is durable before the movements, and before anything appended after.
+        ``device_id`` (the till or device that sent them) is kept with them for their rejection.
         """
         for m in movements:
             self._complete(m)
         async with self._lock:
             if before is not None:
                 await asyncio.to_thread(before)
-            seqs = await asyncio.to_thread(self.outbox.append, movements)
+            seqs = await asyncio.to_thread(
+                functools.partial(self.outbox.append, movements, device_id=device_id)
+            )
         self._recorded(movements)
         return seqs
 
     async def record_once(
-        self, m: pb.Movement, request_id: str, before: Callable[[], object] | None = None
+        self,
+        m: pb.Movement,
+        request_id: str,
+        before: Callable[[], object] | None = None,
+        *,
+        device_id: str = "",
     ) -> tuple[int, bool]:
         """:meth:`record` one movement under a till's idempotency key (``Outbox.append_once``).
 
@@ -509,7 +530,9 @@ class StoreAgent:
         async with self._lock:
             if before is not None:
                 await asyncio.to_thread(before)
-            seq, appended = await asyncio.to_thread(self.outbox.append_once, m, request_id)
+            seq, appended = await asyncio.to_thread(
+                functools.partial(self.outbox.append_once, m, request_id, device_id=device_id)
+            )
         if appended:
             self._recorded([m])
         return seq, appended
@@ -576,7 +599,8 @@ class StoreAgent:
 
     def status(self, state: int) -> pb.AgentStatus:
         """The status message to publish."""
-        return pb.AgentStatus(
+        unresolved, last_rejected_at = self.outbox.unresolved()
+        status = pb.AgentStatus(
             store_id=self.settings.store_id,
             source_id=self.outbox.source_id,
             state=state,  # type: ignore[arg-type]
@@ -584,7 +608,38 @@ class StoreAgent:
             last_acked_seq=self.outbox.last_acked,
             oldest_unacked_age_seconds=self.outbox.oldest_unacked_age() or 0.0,
             at=now_timestamp(),
+            rejected_unresolved=unresolved,
         )
+        if last_rejected_at is not None:
+            status.last_rejected_at.CopyFrom(timestamp_at(last_rejected_at))
+        return status
+
+    # -- rejections --------------------------------------------------------------------------
+
+    def rejections_changed(self) -> asyncio.Event:
+        """An event set the next time a rejection is recorded or resolved.
+
+        Take it *before* reading the outbox: what changes after the read then sets it.
+        """
+        return self._rejections_event
+
+    def _rejections_recorded(self) -> None:
+        """Wake the watches and the status publisher: the rejected table changed."""
+        event, self._rejections_event = self._rejections_event, asyncio.Event()
+        event.set()
+
+    async def resolve(self, seq: int, by: str, note: str) -> RejectedMovement | None:
+        """Mark the rejection of ``seq`` handled (``Outbox.resolve``; idempotent).
+
+        The status is published again at once (``rejected_unresolved``).
+
+        Returns:
+            The rejection as resolved, or ``None`` if ``seq`` is not a rejected movement.
+        """
+        rejection = await asyncio.to_thread(self.outbox.resolve, seq, by, note)
+        if rejection is not None:
+            self._rejections_recorded()
+        return rejection
 
     # -- uplink ------------------------------------------------------------------------------
 
@@ -628,6 +683,7 @@ class StoreAgent:
                     max_payload_bytes=s.max_payload_bytes,
                     broker_limits=limits,
                     server_limits=self.server_limits,
+                    on_rejected=self._rejections_recorded,
                 )
                 self.sender = sender
                 self.connected.set()
@@ -693,7 +749,10 @@ class StoreAgent:
     async def _publish_status(
         self, client: aiomqtt.Client, topic: str, refusals: PublishRefusals
     ) -> None:
+        """Publish the status every ``status_interval``, and at once when a rejection is
+        recorded or resolved (so that ``rejected_unresolved`` is current)."""
         while True:
+            changed = self.rejections_changed()
             await client.publish(
                 topic, self.status(pb.AgentStatus.ONLINE).SerializeToString(), qos=1, retain=True
             )
@@ -706,7 +765,9 @@ class StoreAgent:
                     reason.value,
                     reason.getName(),
                 )
-            await asyncio.sleep(self.settings.status_interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.status_interval):
+                    await changed.wait()
 
     # -- counts ------------------------------------------------------------------------------
 

@@ -2,8 +2,9 @@
 
 Each call is turned into the agent's own operations (:class:`unistock.edge.agent.StoreAgent`):
 a movement is checked as the server would check it, put on the agent's clock and recorded in
-the outbox (idempotently under the till's ``request_id``); count sessions start, take tag reads
-and stop.
+the outbox (idempotently under the till's ``request_id``, with the till's id); count sessions
+start, take tag reads and stop; the movements the server rejected after their receipt are
+listed, watched and resolved by store staff.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import functools
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -19,7 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 
 from unistock.edge.counting import CountCover, ReadOutcome
-from unistock.edge.outbox import RequestConflict
+from unistock.edge.outbox import RejectedMovement, RequestConflict
 from unistock.intake.v1 import intake_pb2 as ipb
 from unistock.intake.v1 import intake_pb2_grpc as ipb_grpc
 from unistock.server.api.convert import movement_from_wire, timestamp_from_wire
@@ -29,7 +30,18 @@ from unistock.v1 import inventory_pb2 as pb
 if TYPE_CHECKING:
     from unistock.edge.agent import StoreAgent
 
-__all__ = ["Intake", "now_timestamp"]
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "MAX_PAGE_SIZE",
+    "Intake",
+    "now_timestamp",
+    "rejection_to_wire",
+    "timestamp_at",
+]
+
+#: ListRejectedMovements page size when the request says 0, and the largest one allowed.
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
 
 
 def now_timestamp() -> Timestamp:
@@ -37,6 +49,36 @@ def now_timestamp() -> Timestamp:
     ts = Timestamp()
     ts.GetCurrentTime()
     return ts
+
+
+def timestamp_at(seconds: float) -> Timestamp:
+    """A protobuf Timestamp of ``seconds`` since the epoch (microsecond precision)."""
+    ts = Timestamp()
+    ts.FromMicroseconds(round(seconds * 1_000_000))
+    return ts
+
+
+def rejection_to_wire(source_id: str, r: RejectedMovement) -> ipb.RejectedMovement:
+    """An outbox rejection as the StoreIntake ``RejectedMovement`` message."""
+    wire = ipb.RejectedMovement(
+        source_id=source_id,
+        seq=r.seq,
+        device_id=r.device_id,
+        request_id=r.request_id,
+        reason=r.reason,  # type: ignore[arg-type]
+        detail=r.detail,
+        rejected_at=timestamp_at(r.rejected_at),
+        resolved=r.resolved_at is not None,
+        resolved_by=r.resolved_by,
+        resolve_note=r.resolve_note,
+    )
+    if r.movement is not None:
+        wire.movement.CopyFrom(r.movement)
+    if r.recorded_at is not None:
+        wire.recorded_at.CopyFrom(timestamp_at(r.recorded_at))
+    if r.resolved_at is not None:
+        wire.resolved_at.CopyFrom(timestamp_at(r.resolved_at))
+    return wire
 
 
 class Intake(ipb_grpc.StoreIntakeServicer):
@@ -74,11 +116,13 @@ class Intake(ipb_grpc.StoreIntakeServicer):
             if m.type == pb.COUNT and m.count_id:
                 before = self._count_seen(m)
             if request.request_id:
-                seq, appended = await agent.record_once(m, request.request_id, before)
+                seq, appended = await agent.record_once(
+                    m, request.request_id, before, device_id=device
+                )
                 return self._receipt_for(seq, replayed=not appended)
         except RequestConflict as e:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(e))
-        [seq] = await agent.record([m], before)
+        [seq] = await agent.record([m], before, device_id=device)
         return self._receipt_for(seq, replayed=False)
 
     def _check(self, m: pb.Movement, prefix: str) -> None:
@@ -215,3 +259,94 @@ class Intake(ipb_grpc.StoreIntakeServicer):
         except KeyError:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no running count {request.count_id!r}")
         return ipb.StopCountResponse(counts=counts)
+
+    # -- rejections --------------------------------------------------------------------------
+
+    def _wire(self, r: RejectedMovement) -> ipb.RejectedMovement:
+        return rejection_to_wire(self.agent.outbox.source_id, r)
+
+    async def ListRejectedMovements(
+        self, request: ipb.ListRejectedMovementsRequest, context: Any
+    ) -> ipb.ListRejectedMovementsResponse:
+        size = request.page_size or DEFAULT_PAGE_SIZE
+        if size > MAX_PAGE_SIZE:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"page_size: at most {MAX_PAGE_SIZE}"
+            )
+        before: int | None = None
+        if request.page_token:
+            if not request.page_token.isdigit():
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"page_token: {request.page_token!r} is not a token this agent gave",
+                )
+            before = int(request.page_token)
+        since = None
+        if request.HasField("since"):
+            since = request.since.ToMicroseconds() / 1_000_000
+        rows = await asyncio.to_thread(
+            functools.partial(
+                self.agent.outbox.rejections,
+                unresolved_only=not request.include_resolved,
+                device_id=request.device_id,
+                since=since,
+                before_number=before,
+                limit=size + 1,
+            )
+        )
+        response = ipb.ListRejectedMovementsResponse(
+            rejections=[self._wire(r) for r in rows[:size]]
+        )
+        if len(rows) > size:
+            response.next_page_token = str(rows[size - 1].number)
+        return response
+
+    async def WatchRejectedMovements(
+        self, request: ipb.WatchRejectedMovementsRequest, context: Any
+    ) -> AsyncIterator[ipb.WatchRejectedMovementsResponse]:
+        outbox = self.agent.outbox
+        changed = self.agent.rejections_changed()  # before the reads: later changes set it
+        last = await asyncio.to_thread(outbox.last_rejection_number)
+        current = await asyncio.to_thread(
+            functools.partial(
+                outbox.rejections,
+                unresolved_only=True,
+                device_id=request.device_id,
+                before_number=last + 1,
+                newest_first=False,
+            )
+        )
+        for r in current:
+            yield ipb.WatchRejectedMovementsResponse(rejection=self._wire(r))
+        yield ipb.WatchRejectedMovementsResponse(caught_up=True)
+        while True:
+            await changed.wait()
+            changed = self.agent.rejections_changed()
+            new = await asyncio.to_thread(
+                functools.partial(
+                    outbox.rejections,
+                    device_id=request.device_id,
+                    after_number=last,
+                    newest_first=False,
+                )
+            )
+            for r in new:
+                last = max(last, r.number)
+                yield ipb.WatchRejectedMovementsResponse(rejection=self._wire(r))
+
+    async def ResolveRejectedMovement(
+        self,
+        request: ipb.ResolveRejectedMovementRequest,
+        context: aio.ServicerContext[Any, Any],
+    ) -> ipb.RejectedMovement:
+        if request.seq == 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "seq: must be >= 1")
+        if not request.resolved_by.strip():
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "resolved_by: say who handled it")
+        rejection = await self.agent.resolve(request.seq, request.resolved_by, request.note)
+        if rejection is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"seq {request.seq}: not a rejected movement of {self.agent.outbox.source_id}",
+            )
+        return self._wire(rejection)
