@@ -506,7 +506,8 @@ def test_a_rejection_keeps_the_till_and_request_id_it_came_with(outbox: Outbox) 
     assert (by_seq[3].device_id, by_seq[3].request_id) == ("", "")
     assert [by_seq[s].number for s in (1, 2, 3)] == [1, 2, 3]
     recorded = by_seq[2].recorded_at
-    assert recorded is not None and before <= recorded <= by_seq[2].rejected_at
+    assert recorded is not None
+    assert before <= recorded <= by_seq[2].rejected_at
     assert by_seq[2].resolved_at is None
 
 
@@ -598,7 +599,8 @@ def test_an_outbox_file_of_the_old_schema_opens_migrated_and_keeps_working(
             "till-1/r1/1",
             "",
         )
-        assert first.recorded_at is None and first.resolved_at is None
+        assert first.recorded_at is None
+        assert first.resolved_at is None
         # Pending movements go on; their rejection carries the recovered request_id too.
         assert [m.seq for m in outbox.pending()] == [2, 3]
         outbox.settle(3, [(2, pb.WRONG_STORE, "location s2")])
