@@ -94,7 +94,7 @@ async def test_a_rejected_sale_is_shown_to_the_till_and_store_staff_until_resolv
         assert (rejected.source_id, rejected.seq) == (receipt.source_id, receipt.seq)
         assert (rejected.device_id, rejected.request_id) == ("till-3", "till-3/4711/1")
         assert rejected.reason == pb.WRONG_STORE
-        assert "location 's2' does not belong to store 's1'" in rejected.detail
+        assert rejected.detail == "location_id: location 's2' does not belong to store 's1'"
         assert (rejected.movement.sku, rejected.movement.location_id) == ("SHOE", "s2")
         assert rejected.movement.type == pb.SALE
         assert rejected.movement.seq == receipt.seq
@@ -204,6 +204,12 @@ async def test_rejections_survive_an_agent_restart_and_page_newest_first(
             )
             assert [r.seq for r in rest.rejections] == seqs[:1]
             assert rest.next_page_token == ""
+            newest = at_start[2].rejection.rejected_at
+            since = await till.ListRejectedMovements(ipb.ListRejectedMovementsRequest(since=newest))
+            assert seqs[2] in [r.seq for r in since.rejections]
+            later = ipb.ListRejectedMovementsRequest()
+            later.since.FromMicroseconds(newest.ToMicroseconds() + 1000)
+            assert list((await till.ListRejectedMovements(later)).rejections) == []
             status = await status_where(mosquitto_broker, lambda s: s.rejected_unresolved > 0)
             assert status.rejected_unresolved == 3
             await till.ResolveRejectedMovement(

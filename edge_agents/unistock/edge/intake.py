@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import functools
+import math
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -52,9 +53,13 @@ def now_timestamp() -> Timestamp:
 
 
 def timestamp_at(seconds: float) -> Timestamp:
-    """A protobuf Timestamp of ``seconds`` since the epoch (microsecond precision)."""
+    """A protobuf Timestamp of ``seconds`` since the epoch, cut to the microsecond.
+
+    Cut, never rounded up: a time shown to a client is never after the stored one, so that
+    passing it back as ``ListRejectedMovementsRequest.since`` includes that rejection.
+    """
     ts = Timestamp()
-    ts.FromMicroseconds(round(seconds * 1_000_000))
+    ts.FromMicroseconds(math.floor(seconds * 1_000_000))
     return ts
 
 

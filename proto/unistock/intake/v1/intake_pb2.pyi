@@ -446,8 +446,8 @@ class RejectedMovement(_message.Message):
     publish, set aside by the agent), BAD_QUANTITY... (unistock.v1.RejectReason).
     """
     detail: _builtins.str
-    """The server's human-readable detail, naming the field, e.g. "movements[0].location_id:
-    ... belongs to store s2, not s1".
+    """The server's human-readable detail, naming the field, e.g. "location_id: location 's2'
+    does not belong to store 's1'".
     """
     resolved: _builtins.bool
     """Whether store staff marked it handled (ResolveRejectedMovement)."""
@@ -465,7 +465,7 @@ class RejectedMovement(_message.Message):
     @_builtins.property
     def recorded_at(self) -> _timestamp_pb2.Timestamp:
         """When the movement entered the agent's outbox (agent clock). Unset for one recorded by an
-        agent version that did not keep it.
+        agent version that did not keep it, and when movement is unset.
         """
 
     @_builtins.property

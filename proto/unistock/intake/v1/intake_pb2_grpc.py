@@ -150,7 +150,7 @@ class StoreIntakeServicer:
         (AgentStatus.rejected_unresolved) and metrics (unistock_agent_rejections_unresolved).
         Idempotent: resolving a resolved one changes nothing and returns it as first resolved.
         NOT_FOUND when seq is not a rejected movement of this agent; INVALID_ARGUMENT when seq is 0
-        or resolved_by is empty.
+        or resolved_by is empty (or only whitespace).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -70,7 +70,7 @@ class StoreIntakeStub:
     (AgentStatus.rejected_unresolved) and metrics (unistock_agent_rejections_unresolved).
     Idempotent: resolving a resolved one changes nothing and returns it as first resolved.
     NOT_FOUND when seq is not a rejected movement of this agent; INVALID_ARGUMENT when seq is 0
-    or resolved_by is empty.
+    or resolved_by is empty (or only whitespace).
     """
 
 @_typing.type_check_only
@@ -104,7 +104,7 @@ class StoreIntakeAsyncStub(StoreIntakeStub):
     (AgentStatus.rejected_unresolved) and metrics (unistock_agent_rejections_unresolved).
     Idempotent: resolving a resolved one changes nothing and returns it as first resolved.
     NOT_FOUND when seq is not a rejected movement of this agent; INVALID_ARGUMENT when seq is 0
-    or resolved_by is empty.
+    or resolved_by is empty (or only whitespace).
     """
 
 class StoreIntakeServicer(metaclass=_abc_1.ABCMeta):
@@ -189,7 +189,7 @@ class StoreIntakeServicer(metaclass=_abc_1.ABCMeta):
         (AgentStatus.rejected_unresolved) and metrics (unistock_agent_rejections_unresolved).
         Idempotent: resolving a resolved one changes nothing and returns it as first resolved.
         NOT_FOUND when seq is not a rejected movement of this agent; INVALID_ARGUMENT when seq is 0
-        or resolved_by is empty.
+        or resolved_by is empty (or only whitespace).
         """
 
 def add_StoreIntakeServicer_to_server(servicer: StoreIntakeServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
