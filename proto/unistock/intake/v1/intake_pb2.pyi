@@ -470,7 +470,9 @@ class RejectedMovement(_message.Message):
 
     @_builtins.property
     def rejected_at(self) -> _timestamp_pb2.Timestamp:
-        """When the agent recorded the rejection (agent clock): when the server's ack arrived."""
+        """When the agent recorded the rejection (agent clock): when the server's ack arrived, or when
+        the agent set the movement aside as too large to publish.
+        """
 
     @_builtins.property
     def resolved_at(self) -> _timestamp_pb2.Timestamp:
