@@ -616,3 +616,22 @@ def test_an_outbox_file_of_the_old_schema_opens_migrated_and_keeps_working(
     with Outbox(path, SOURCE) as reopened:  # opening a migrated file again changes nothing
         assert [r.number for r in reopened.rejections()] == [2, 1]
         assert reopened.rejections()[1].resolved_by == "ana"
+
+
+def test_rejections_an_older_agent_wrote_are_numbered_after_the_others(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite"
+    with Outbox(path, SOURCE) as outbox:
+        outbox.append([sale("A"), sale("B"), sale("C")])
+        outbox.settle(1, [(1, pb.WRONG_STORE, "")])
+    # An older agent (downgrade) rejects seqs 3 then 2 without numbering them.
+    with sqlite3.connect(path) as conn:
+        for seq in (3, 2):
+            conn.execute("DELETE FROM movement WHERE seq = ?", (seq,))
+            conn.execute(
+                "INSERT INTO rejected (seq, payload, reason, detail, rejected_at) "
+                "VALUES (?, NULL, ?, '', ?)",
+                (seq, pb.WRONG_STORE, time.time()),
+            )
+    with Outbox(path, SOURCE) as upgraded:
+        assert [(r.seq, r.number) for r in upgraded.rejections()] == [(3, 3), (2, 2), (1, 1)]
+        assert [r.seq for r in upgraded.rejections(after_number=1, newest_first=False)] == [2, 3]

@@ -35,7 +35,9 @@ Schema versions (``PRAGMA user_version``): 0 is a file written before versioning
 ``device_id``/``request_id`` on movements, no ``number``/``recorded_at``/resolution on
 rejections); :data:`SCHEMA_VERSION` is today's. Opening an older file adds the missing columns
 (all nullable) in one transaction and fills what can be recovered: the ``request_id`` of
-pending and rejected movements from the ``request`` table, and rejection numbers in seq order.
+pending and rejected movements from the ``request`` table, and rejection numbers in seq order
+(rejections without a number, e.g. written by an older agent after a downgrade, are numbered
+after the others whenever the file is opened).
 An old file thus opens and keeps working; nothing is ever dropped.
 
 Every connection runs ``PRAGMA journal_mode=WAL`` (readers never block the writer) and
@@ -334,11 +336,20 @@ def _migrate(conn: Connection) -> None:
             f"UPDATE {name} SET request_id = (SELECT request.request_id FROM request "
             f"WHERE request.seq = {name}.seq) WHERE request_id IS NULL"
         )
-    conn.exec_driver_sql(
-        "UPDATE rejected SET number = (SELECT count(*) FROM rejected AS r WHERE r.seq <= "
-        "rejected.seq) WHERE number IS NULL"
-    )
     conn.exec_driver_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _number_rejections(conn: Connection) -> None:
+    """Number the rejections without a number (an older file's, or ones an older agent wrote
+    into a newer file), after the others, in seq order."""
+    t = rejected_table
+    unnumbered = conn.execute(select(t.c.seq).where(t.c.number.is_(None)).order_by(t.c.seq))
+    seqs = list(unnumbered.scalars())
+    if not seqs:
+        return
+    top = int(conn.execute(select(func.max(t.c.number))).scalar_one() or 0)
+    for n, seq in enumerate(seqs, start=top + 1):
+        conn.execute(update(t).where(t.c.seq == seq).values(number=n))
 
 
 def _rejected_movement(row: Row[Any]) -> RejectedMovement:
@@ -426,6 +437,7 @@ class Outbox:
         """Create or check the meta row; the last acked seq."""
         with self._write_lock, self._writer() as conn, conn.begin():
             _migrate(conn)
+            _number_rejections(conn)
             row = conn.execute(
                 select(meta_table.c.source_id, meta_table.c.next_seq, meta_table.c.last_acked)
             ).one_or_none()
