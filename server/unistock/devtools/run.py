@@ -28,6 +28,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -88,6 +89,42 @@ def _exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+def server_command(args: Sequence[str] = ()) -> list[str]:
+    """The command running the server (``python -m unistock.server.app.cli [args...]``) with
+    this interpreter."""
+    return [sys.executable, "-m", SERVER_MODULE, *args]
+
+
+def start_services(
+    var_dir: Path,
+    env: dict[str, str],
+    started: list[RedisServer | MosquittoBroker],
+    pick_port: Callable[[str, int], int],
+    log: Callable[[str], None],
+) -> None:
+    """Start a private redis-server (data in var_dir/redis) unless env has UNISTOCK_REDIS_URL,
+    and a private mosquitto (var_dir/mosquitto) unless env has UNISTOCK_MQTT_URL; set their
+    URLs in env. Each one started is appended to `started` (stop them, newest first, even
+    when this raises: one that failed to start stopped itself). pick_port(variable, default) gives each one's port; log(line) is
+    told what was started. Raises ServiceError when one cannot start."""
+    if not env.get("UNISTOCK_REDIS_URL"):
+        redis = RedisServer(
+            var_dir / "redis", pick_port("UNISTOCK_DEV_REDIS_PORT", DEFAULT_REDIS_PORT)
+        )
+        redis.start()
+        started.append(redis)
+        env["UNISTOCK_REDIS_URL"] = redis.url
+        log(f"started redis-server pid {redis.pid} (log: {redis.log_path})")
+    if not env.get("UNISTOCK_MQTT_URL"):
+        mqtt = MosquittoBroker(
+            var_dir / "mosquitto", pick_port("UNISTOCK_DEV_MQTT_PORT", DEFAULT_MQTT_PORT)
+        )
+        mqtt.start()
+        started.append(mqtt)
+        env["UNISTOCK_MQTT_URL"] = mqtt.url
+        log(f"started mosquitto pid {mqtt.pid} (log: {mqtt.log_path})")
+
+
 def main() -> int:
     """Start the services that are not configured, run the server, clean up; return its code."""
     var_dir = Path("var").resolve()
@@ -95,22 +132,7 @@ def main() -> int:
     env.setdefault("UNISTOCK_DATA_DIR", str(var_dir))
     started: list[RedisServer | MosquittoBroker] = []
     try:
-        if not env.get("UNISTOCK_REDIS_URL"):
-            redis = RedisServer(
-                var_dir / "redis", _pick_port("UNISTOCK_DEV_REDIS_PORT", DEFAULT_REDIS_PORT)
-            )
-            redis.start()
-            started.append(redis)
-            env["UNISTOCK_REDIS_URL"] = redis.url
-            _log(f"started redis-server pid {redis.pid} (log: {redis.log_path})")
-        if not env.get("UNISTOCK_MQTT_URL"):
-            mqtt = MosquittoBroker(
-                var_dir / "mosquitto", _pick_port("UNISTOCK_DEV_MQTT_PORT", DEFAULT_MQTT_PORT)
-            )
-            mqtt.start()
-            started.append(mqtt)
-            env["UNISTOCK_MQTT_URL"] = mqtt.url
-            _log(f"started mosquitto pid {mqtt.pid} (log: {mqtt.log_path})")
+        start_services(var_dir, env, started, _pick_port, _log)
 
         print(f"UNISTOCK_REDIS_URL={env['UNISTOCK_REDIS_URL']}", flush=True)
         print(f"UNISTOCK_MQTT_URL={env['UNISTOCK_MQTT_URL']}", flush=True)
@@ -124,7 +146,7 @@ def main() -> int:
             at = _metrics_at(env, "UNISTOCK_METRICS_PORT", "UNISTOCK_GRPC_HOST")
             print(f"server metrics: {at}", flush=True)
 
-        cmd = [sys.executable, "-m", SERVER_MODULE, *sys.argv[1:]]
+        cmd = server_command(sys.argv[1:])
         _log("running: " + " ".join(cmd))
         # Own session: a terminal Ctrl-C reaches only this process, which forwards it once.
         child = subprocess.Popen(cmd, env=env, start_new_session=True)
