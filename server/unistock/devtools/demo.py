@@ -49,6 +49,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
+import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 from rich.console import Console, Group, RenderableType
@@ -103,6 +104,16 @@ COUNT_TAGS_READ = 4
 
 class DemoError(RuntimeError):
     """A step of the demo failed; the message says which and why."""
+
+
+async def until(probe: Callable[[], Awaitable[bool]], failure: Callable[[], str]) -> None:
+    """Poll probe() every 50 ms until it is true; DemoError with failure() (which may tell
+    what probe saw last) after TIMEOUT seconds."""
+    deadline = time.monotonic() + TIMEOUT
+    while not await probe():
+        if time.monotonic() > deadline:
+            raise DemoError(f"{failure()} within {TIMEOUT:.0f} s")
+        await asyncio.sleep(0.05)
 
 
 def epc(sku: str, serial: int) -> str:
@@ -365,61 +376,58 @@ class Demo:
     async def web(self) -> int:
         """The web network's available of SKU once it agrees with its members' levels (it
         follows them asynchronously)."""
-        deadline = time.monotonic() + TIMEOUT
-        while True:
+        net = pb.NetworkLevel()
+
+        async def agrees() -> bool:
+            nonlocal net
             members = await self.shop.get_availability(keys=[(SKU, loc) for loc in LOCATIONS])
             [net] = await self.shop.get_network_availability(WEB, [SKU])
-            if net.available == sum(max(lv.available, 0) for lv in members):
-                return net.available
-            if time.monotonic() > deadline:
-                raise DemoError(
-                    f"the web network's {SKU} available ({net.available}) did not "
-                    f"follow its members' levels within {TIMEOUT:.0f} s"
-                )
-            await asyncio.sleep(0.05)
+            return net.available == sum(max(lv.available, 0) for lv in members)
+
+        await until(
+            agrees,
+            lambda: (
+                f"the web network's {SKU} available ({net.available}) did "
+                "not follow its members' levels"
+            ),
+        )
+        return net.available
 
     async def step_done(self) -> None:
         """Once the watches show what the server has now (versions of every location's level,
         the web level), the pause between steps (the board printed first, without a
         terminal)."""
-        deadline = time.monotonic() + TIMEOUT
         board = self.n.board
-        while True:
+
+        async def shown() -> bool:
             levels = await self.shop.get_availability(keys=[(SKU, loc) for loc in LOCATIONS])
             [net] = await self.shop.get_network_availability(WEB, [SKU])
-            if (
+            seen = {loc: lv.version for loc, lv in board.levels.items()}
+            return (
                 board.web is not None
                 and board.web.version >= net.version
-                and all(
-                    lv.version == 0
-                    or (
-                        lv.location_id in board.levels
-                        and board.levels[lv.location_id].version >= lv.version
-                    )
-                    for lv in levels
-                )
-            ):
-                break
-            if time.monotonic() > deadline:
-                raise DemoError(
-                    f"the watches did not show the server's levels within {TIMEOUT:.0f} s"
-                )
-            await asyncio.sleep(0.05)
+                and all(seen.get(lv.location_id, 0) >= lv.version for lv in levels)
+            )
+
+        await until(shown, lambda: "the watches did not show the server's levels")
         await self.n.pause()
 
     async def events_seen(self, *types: int) -> None:
         """Until WatchEvents delivered an event of each type; DemoError naming a missing one."""
-        deadline = time.monotonic() + TIMEOUT
-        while missing := [t for t in types if t not in self.n.board.seen]:
-            if time.monotonic() > deadline:
-                names = ", ".join(pb.EventType.Name(t) for t in missing)  # type: ignore[arg-type]
-                raise DemoError(f"WatchEvents did not deliver {names} within {TIMEOUT:.0f} s")
-            await asyncio.sleep(0.05)
+
+        def missing() -> list[str]:
+            return [pb.EventType.Name(t) for t in types if t not in self.n.board.seen]  # type: ignore[arg-type]
+
+        async def seen() -> bool:
+            return not missing()
+
+        await until(seen, lambda: f"WatchEvents did not deliver {', '.join(missing())}")
 
     async def drained(self, store: str) -> None:
         """Until the store's agent has had every movement it took acknowledged by the server
         (its outbox depth, read from its /metrics)."""
         url = f"http://127.0.0.1:{self.stack.agents[store][1]}/metrics"
+        left = 0.0
 
         def depth() -> float:
             with urllib.request.urlopen(url, timeout=10) as r:
@@ -428,14 +436,32 @@ class Demo:
                         return float(line.split()[1])
             raise DemoError(f"{url} has no unistock_agent_outbox_depth")
 
-        deadline = time.monotonic() + TIMEOUT
-        while (left := await asyncio.to_thread(depth)) > 0:
-            if time.monotonic() > deadline:
-                raise DemoError(
-                    f"{store}'s agent still has {left:.0f} movements the server has "
-                    f"not acknowledged after {TIMEOUT:.0f} s"
-                )
-            await asyncio.sleep(0.05)
+        async def empty() -> bool:
+            nonlocal left
+            left = await asyncio.to_thread(depth)
+            return left == 0
+
+        await until(
+            empty,
+            lambda: (
+                f"{store}'s agent still has {left:.0f} movements the server has not acknowledged"
+            ),
+        )
+
+    async def shipped(self, store: str) -> None:
+        """Until the destination's record of TRANSFER counts what was shipped (the server
+        writes it just after applying the TRANSFER_OUT at the origin)."""
+
+        async def recorded() -> bool:
+            try:
+                transfers = await self.admin.get_transfer(TRANSFER, store)
+            except UnistockClientError as exc:
+                if exc.code != grpc.StatusCode.NOT_FOUND:
+                    raise
+                return False
+            return any(ln.shipped for t in transfers for ln in t.lines)
+
+        await until(recorded, lambda: f"{store} did not see transfer {TRANSFER} shipped")
 
     async def wms_send(self, *movements: pb.Movement) -> None:
         """The warehouse system's movements (source wms-dc-east, its own seqs) through
@@ -684,6 +710,7 @@ class Demo:
                 counterpart_location_id=store,
             )
         )
+        await self.shipped(store)
         shipped = await self.level(store)
         self.n.effect(
             f"{wh}: on hand {wh_before.on_hand} -> {(await self.level(wh)).on_hand}; "
