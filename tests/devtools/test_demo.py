@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import psutil  # type: ignore[import-untyped,unused-ignore]
+import pytest
 
 
 def demo(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
@@ -126,12 +127,18 @@ def test_the_demo_plays_every_journey_with_the_servers_numbers(tmp_path: Path) -
     assert_nothing_left(text)
 
 
-def test_sigint_mid_run_stops_everything_and_exits_130(tmp_path: Path) -> None:
-    # A long pace: the interrupt lands in the pause after the master data.
+@pytest.mark.parametrize(
+    "when",
+    [
+        "started agent store-west pid",  # while the agents start
+        "4 locations, network web",  # in the pause after the master data (a long pace)
+    ],
+)
+def test_sigint_mid_run_stops_everything_and_exits_130(tmp_path: Path, when: str) -> None:
     proc, out = demo(tmp_path, "--pace", "30")
     try:
         deadline = time.monotonic() + 120
-        while "4 locations, network web" not in out.read_text():
+        while when not in out.read_text():
             assert proc.poll() is None, out.read_text()
             assert time.monotonic() < deadline, out.read_text()
             time.sleep(0.1)

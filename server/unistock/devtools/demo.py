@@ -213,6 +213,7 @@ class Stack:
                 start_new_session=True,
             )
         self.procs.append((name, proc, log))
+        self.log(f"started {name} pid {proc.pid}")
         return proc, log
 
     def _ready(
@@ -224,7 +225,6 @@ class Stack:
         while True:
             text = log.read_text(errors="replace")
             if m := re.search(pattern, text):
-                self.log(f"started {name} pid {proc.pid}")
                 return m.groups()
             if proc.poll() is not None or time.monotonic() > deadline:
                 why = (
@@ -297,7 +297,7 @@ class Board:
         return t
 
     def render(self) -> RenderableType:
-        events = Text("\n".join(self.events) or "(none yet)")
+        events = Text("\n".join(self.events) or "(none yet)", no_wrap=True, overflow="ellipsis")
         return Group(self.table(), Text("Events (WatchEvents):", style="bold"), events)
 
 
