@@ -64,6 +64,18 @@ def assert_nothing_left(text: str, expected: int = 6) -> None:
     assert not root.exists(), f"{root} is left"
 
 
+DOC = Path(__file__).parents[2] / "docs" / "demo.md"
+
+
+def effects(text: str) -> list[str]:
+    """The effect lines of a narration ("  -> ..."), an outbox's incarnation masked."""
+    return [
+        re.sub(r"\.[0-9a-f]{8}\b", ".<incarnation>", line)
+        for line in text.splitlines()
+        if line.startswith("  -> ")
+    ]
+
+
 def test_the_demo_plays_every_journey_with_the_servers_numbers(tmp_path: Path) -> None:
     proc, out = demo(tmp_path, "--fast")
     try:
