@@ -136,6 +136,9 @@ def test_the_demo_plays_every_journey_with_the_servers_numbers(tmp_path: Path) -
     last_board = text.rsplit("JKT-RAIN-M: availability", 1)[1]
     assert re.search(r"store-centre\s*│\s*4 │\s*0 │\s*4 │", last_board), last_board
     assert re.search(r"web \(network\)\s*│.*│\s*23 │", last_board), last_board
+    # docs/demo.md's sample says what a run says, in the same order.
+    sample = DOC.read_text().split("```text\n", 1)[1].split("```", 1)[0]
+    assert effects(sample) == effects(text)
     assert_nothing_left(text)
 
 
