@@ -416,7 +416,8 @@ class Demo:
         """Until WatchEvents delivered an event of each type; DemoError naming a missing one."""
 
         def missing() -> list[str]:
-            return [pb.EventType.Name(t) for t in types if t not in self.n.board.seen]  # type: ignore[arg-type]
+            seen = self.n.board.seen
+            return [pb.EventType.Name(t) for t in types if t not in seen]  # type: ignore[arg-type]
 
         async def seen() -> bool:
             return not missing()
@@ -578,57 +579,65 @@ class Demo:
         return best
 
     async def reserve(self, store: str) -> None:
-        self.n.heading(
+        async with self.journey(
             "E-reservation",
             f"She asks {store} to hold one for her this afternoon (Reserve, kind E_RESERVATION).",
-        )
-        before, web_before = await self.level(store), await self.web()
-        held = await self.shop.reserve(
-            RESERVATION,
-            [(SKU, store, 1)],
-            kind="E_RESERVATION",
-            channel="store-centre",
-            customer_id="cust-4711",
-        )
-        after = await self.level(store)
-        self.n.effect(
-            f"reservation {RESERVATION} {pb.ReservationState.Name(held.reservation.state)}"
-        )
-        self.n.effect(
-            f"{store}: available {before.available} -> {after.available}, reserved "
-            f"{before.reserved} -> {after.reserved}"
-        )
-        self.n.effect(f"web: available {web_before} -> {await self.web()}")
+        ):
+            before = await self.level(store)
+            held = await self.shop.reserve(
+                RESERVATION,
+                [(SKU, store, 1)],
+                kind="E_RESERVATION",
+                channel="store-centre",
+                customer_id="cust-4711",
+            )
+            after = await self.level(store)
+            self.n.effect(
+                f"reservation {RESERVATION} {pb.ReservationState.Name(held.reservation.state)}"
+            )
+            self.n.effect(
+                f"{store}: available {before.available} -> {after.available}, reserved "
+                f"{before.reserved} -> {after.reserved}"
+            )
 
     async def pickup(self, store: str) -> None:
-        self.n.heading(
+        async with self.journey(
             "Pickup at the till",
             f"She collects it at {store}; the till rings it "
             f"up naming the reservation (RecordSale with reservation_id).",
-        )
-        before = await self.level(store)
-        receipt = await self.tills[store].RecordSale(
-            ipb.SaleRequest(
-                till_id=f"{store}/till-1",
-                sku=SKU,
-                quantity=1,
-                reservation_id=RESERVATION,
-                request_id=f"{store}/receipt-0815/1",
-                sent_at=now(),
+        ):
+            before = await self.level(store)
+            receipt = await self.tills[store].RecordSale(
+                ipb.SaleRequest(
+                    till_id=f"{store}/till-1",
+                    sku=SKU,
+                    quantity=1,
+                    reservation_id=RESERVATION,
+                    request_id=f"{store}/receipt-0815/1",
+                    sent_at=now(),
+                )
             )
-        )
-        self.n.effect(
-            f"till receipt: seq {receipt.seq} of {receipt.source_id}, durable in the store's outbox"
-        )
-        await self.drained(store)
-        res, after = await self.shop.get_reservation(RESERVATION), await self.level(store)
-        self.n.effect(f"reservation {RESERVATION} {pb.ReservationState.Name(res.state)}")
-        self.n.effect(
-            f"{store}: on hand {before.on_hand} -> {after.on_hand}, reserved "
-            f"{before.reserved} -> {after.reserved}, available {before.available} -> "
-            f"{after.available}"
-        )
-        self.n.effect(f"web: available {await self.web()}")
+            self.n.effect(
+                f"till receipt: seq {receipt.seq} of {receipt.source_id}, durable in the "
+                "store's outbox"
+            )
+            await self.drained(store)
+            res, after = await self.shop.get_reservation(RESERVATION), await self.level(store)
+            self.n.effect(f"reservation {RESERVATION} {pb.ReservationState.Name(res.state)}")
+            self.n.effect(
+                f"{store}: on hand {before.on_hand} -> {after.on_hand}, reserved "
+                f"{before.reserved} -> {after.reserved}, available {before.available} -> "
+                f"{after.available}"
+            )
+
+    @contextlib.asynccontextmanager
+    async def journey(self, title: str, what: str) -> AsyncIterator[None]:
+        """A journey's heading and sentence, then (after the block) how the web network's
+        available of SKU moved."""
+        self.n.heading(title, what)
+        before = await self.web()
+        yield
+        self.n.effect(f"web: available {before} -> {await self.web()}")
 
     async def till(
         self, store: str, action: Callable[[], Awaitable[object]]
@@ -639,155 +648,147 @@ class Demo:
         await self.drained(store)
         return before, await self.level(store)
 
+    async def returned(
+        self,
+        store: str,
+        receipt: str,
+        condition: pb.ItemCondition.ValueType = pb.ITEM_CONDITION_UNSPECIFIED,
+    ) -> tuple[pb.StockLevel, pb.StockLevel]:
+        """A return of one SKU at store's returns desk (RecordReturn): (level before, after)."""
+        return await self.till(
+            store,
+            lambda: self.tills[store].RecordReturn(
+                ipb.ReturnRequest(
+                    till_id=f"{store}/returns-desk",
+                    sku=SKU,
+                    quantity=1,
+                    condition=condition,
+                    request_id=f"{store}/{receipt}/1",
+                    sent_at=now(),
+                )
+            ),
+        )
+
     async def return_elsewhere(self) -> None:
         store = "store-centre"
-        self.n.heading(
+        async with self.journey(
             "A return in another store",
             "A week later she returns the jacket at "
             f"{store}, not where she bought it (RecordReturn).",
-        )
-        web_before = await self.web()
-        before, after = await self.till(
-            store,
-            lambda: self.tills[store].RecordReturn(
-                ipb.ReturnRequest(
-                    till_id=f"{store}/till-2",
-                    sku=SKU,
-                    quantity=1,
-                    request_id=f"{store}/return-0042/1",
-                    sent_at=now(),
-                )
-            ),
-        )
-        self.n.effect(
-            f"{store}: on hand {before.on_hand} -> {after.on_hand}, available "
-            f"{before.available} -> {after.available} (sellable again)"
-        )
-        self.n.effect(f"web: available {web_before} -> {await self.web()}")
+        ):
+            before, after = await self.returned(store, "return-0042")
+            self.n.effect(
+                f"{store}: on hand {before.on_hand} -> {after.on_hand}, available "
+                f"{before.available} -> {after.available} (sellable again)"
+            )
 
     async def damaged_return(self) -> None:
         store = "store-west"
-        self.n.heading(
+        async with self.journey(
             "A damaged return",
             f"At {store} a customer brings one back with a torn "
             "seam: it goes to the back room, not the shelf (condition NON_SELLABLE).",
-        )
-        web_before = await self.web()
-        before, after = await self.till(
-            store,
-            lambda: self.tills[store].RecordReturn(
-                ipb.ReturnRequest(
-                    till_id=f"{store}/till-1",
-                    sku=SKU,
-                    quantity=1,
-                    condition=pb.NON_SELLABLE,
-                    request_id=f"{store}/return-0007/1",
-                    sent_at=now(),
-                )
-            ),
-        )
-        self.n.effect(
-            f"{store}: non-sellable {before.non_sellable} -> {after.non_sellable}, "
-            f"available {before.available} -> {after.available} (not for sale)"
-        )
-        self.n.effect(f"web: available {web_before} -> {await self.web()}")
+        ):
+            before, after = await self.returned(store, "return-0007", pb.NON_SELLABLE)
+            self.n.effect(
+                f"{store}: non-sellable {before.non_sellable} -> {after.non_sellable}, "
+                f"available {before.available} -> {after.available} (not for sale)"
+            )
 
     async def transfer_short(self) -> None:
         store, wh = "store-centre", WAREHOUSE[0]
-        self.n.heading(
+        async with self.journey(
             "A transfer received short",
             f"The warehouse ships {TRANSFER_SHIPPED} to "
             f"{store} (TRANSFER_OUT); the store unpacks only {TRANSFER_RECEIVED} "
             "(TRANSFER_IN).",
-        )
-        wh_before, st_before = await self.level(wh), await self.level(store)
-        await self.wms_send(
-            pb.Movement(
-                sku=SKU,
-                type=pb.TRANSFER_OUT,
-                quantity=TRANSFER_SHIPPED,
-                transfer_id=TRANSFER,
-                counterpart_location_id=store,
-            )
-        )
-        await self.shipped(store)
-        shipped = await self.level(store)
-        self.n.effect(
-            f"{wh}: on hand {wh_before.on_hand} -> {(await self.level(wh)).on_hand}; "
-            f"{store}: in transit {st_before.in_transit} -> {shipped.in_transit}"
-        )
-        before, after = await self.till(
-            store,
-            lambda: self.tills[store].RecordMovement(
-                ipb.RecordMovementRequest(
-                    device_id=f"{store}/handheld-1",
-                    request_id=f"{TRANSFER}/in",
-                    sent_at=now(),
-                    movement=pb.Movement(
-                        sku=SKU,
-                        type=pb.TRANSFER_IN,
-                        quantity=TRANSFER_RECEIVED,
-                        transfer_id=TRANSFER,
-                        counterpart_location_id=wh,
-                    ),
+        ):
+            wh_before, st_before = await self.level(wh), await self.level(store)
+            await self.wms_send(
+                pb.Movement(
+                    sku=SKU,
+                    type=pb.TRANSFER_OUT,
+                    quantity=TRANSFER_SHIPPED,
+                    transfer_id=TRANSFER,
+                    counterpart_location_id=store,
                 )
-            ),
-        )
-        self.n.effect(
-            f"{store}: on hand {before.on_hand} -> {after.on_hand}, in transit "
-            f"{before.in_transit} -> {after.in_transit}"
-        )
-        [t] = await self.admin.get_transfer(TRANSFER, store)
-        [ln] = t.lines
-        self.n.effect(
-            f"transfer {TRANSFER} {pb.TransferState.Name(t.state)}: shipped "
-            f"{ln.shipped}, received {ln.received}, in transit {ln.in_transit}"
-        )
-        self.n.say(
-            "  The store closes the transfer: the missing unit is written off as lost "
-            "in transit (CloseTransfer)."
-        )
-        t = await self.admin.close_transfer(TRANSFER, store)
-        [ln] = t.lines
-        self.n.effect(
-            f"transfer {TRANSFER} {pb.TransferState.Name(t.state)}: units lost in transit {ln.lost}"
-        )
-        self.n.effect(f"web: available {await self.web()}")
+            )
+            await self.shipped(store)
+            shipped = await self.level(store)
+            self.n.effect(
+                f"{wh}: on hand {wh_before.on_hand} -> {(await self.level(wh)).on_hand}; "
+                f"{store}: in transit {st_before.in_transit} -> {shipped.in_transit}"
+            )
+            before, after = await self.till(
+                store,
+                lambda: self.tills[store].RecordMovement(
+                    ipb.RecordMovementRequest(
+                        device_id=f"{store}/handheld-1",
+                        request_id=f"{TRANSFER}/in",
+                        sent_at=now(),
+                        movement=pb.Movement(
+                            sku=SKU,
+                            type=pb.TRANSFER_IN,
+                            quantity=TRANSFER_RECEIVED,
+                            transfer_id=TRANSFER,
+                            counterpart_location_id=wh,
+                        ),
+                    )
+                ),
+            )
+            self.n.effect(
+                f"{store}: on hand {before.on_hand} -> {after.on_hand}, in transit "
+                f"{before.in_transit} -> {after.in_transit}"
+            )
+            [t] = await self.admin.get_transfer(TRANSFER, store)
+            [ln] = t.lines
+            self.n.effect(
+                f"transfer {TRANSFER} {pb.TransferState.Name(t.state)}: shipped "
+                f"{ln.shipped}, received {ln.received}, in transit {ln.in_transit}"
+            )
+            self.n.say(
+                "  The store closes the transfer: the missing unit is written off as lost "
+                "in transit (CloseTransfer)."
+            )
+            t = await self.admin.close_transfer(TRANSFER, store)
+            [ln] = t.lines
+            self.n.effect(
+                f"transfer {TRANSFER} {pb.TransferState.Name(t.state)}: units lost in transit "
+                f"{ln.lost}"
+            )
 
     async def count(self) -> None:
         store = "store-centre"
-        self.n.heading(
+        async with self.journey(
             "An RFID count finds shrinkage",
             f"Staff at {store} walk the floor with a "
             f"reader (StartCount, tag reads of SGTIN-96 EPCs, StopCount).",
-        )
-        till = self.tills[store]
-        before = await self.level(store)
-        web_before = await self.web()
-        await till.StartCount(ipb.StartCountRequest(count_id=COUNT_ID, skus=[SKU]))
-        read_at = now()
-        reads = [  # every tag seen three times, on two antennas
-            ipb.TagRead(
-                count_id=COUNT_ID,
-                epc=epc(SKU, serial),
-                reader_id="hh-1",
-                antenna=1 + k % 2,
-                read_at=read_at,
+        ):
+            till = self.tills[store]
+            before = await self.level(store)
+            await till.StartCount(ipb.StartCountRequest(count_id=COUNT_ID, skus=[SKU]))
+            read_at = now()
+            reads = [  # every tag seen three times, on two antennas
+                ipb.TagRead(
+                    count_id=COUNT_ID,
+                    epc=epc(SKU, serial),
+                    reader_id="hh-1",
+                    antenna=1 + k % 2,
+                    read_at=read_at,
+                )
+                for k in range(3)
+                for serial in range(1, COUNT_TAGS_READ + 1)
+            ]
+            summary = await till.RecordTagReads(iter(reads))
+            stop = await till.StopCount(ipb.StopCountRequest(count_id=COUNT_ID))
+            [counted] = stop.counts
+            self.n.effect(f"{summary.reads} tag reads, {counted.quantity} distinct units of {SKU}")
+            await self.drained(store)
+            after = await self.level(store)
+            self.n.effect(
+                f"{store}: on hand {before.on_hand} -> {after.on_hand}: shrinkage "
+                f"{before.on_hand - after.on_hand} units"
             )
-            for k in range(3)
-            for serial in range(1, COUNT_TAGS_READ + 1)
-        ]
-        summary = await till.RecordTagReads(iter(reads))
-        stop = await till.StopCount(ipb.StopCountRequest(count_id=COUNT_ID))
-        [counted] = stop.counts
-        self.n.effect(f"{summary.reads} tag reads, {counted.quantity} distinct units of {SKU}")
-        await self.drained(store)
-        after = await self.level(store)
-        self.n.effect(
-            f"{store}: on hand {before.on_hand} -> {after.on_hand}: shrinkage "
-            f"{before.on_hand - after.on_hand} units"
-        )
-        self.n.effect(f"web: available {web_before} -> {await self.web()}")
 
     async def play(self) -> None:
         """Every step after the master data (which the watches need)."""
