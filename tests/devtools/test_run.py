@@ -18,8 +18,11 @@ import urllib.request
 from pathlib import Path
 
 import psutil  # type: ignore[import-untyped,unused-ignore]
+import pytest
 
 from tests.fixtures.server import TOKENS
+from unistock.client import config
+from unistock.devtools import run
 from unistock.devtools.services import free_port
 
 
@@ -29,6 +32,17 @@ def wait_for(path: Path, text: str, proc: subprocess.Popen[bytes], timeout: floa
         assert proc.poll() is None, path.read_text()[-3000:]
         assert time.monotonic() < deadline, path.read_text()[-3000:]
         time.sleep(0.1)
+
+
+def kill_tree(proc: subprocess.Popen[bytes]) -> None:
+    """After a failure, the runner's whole tree: the server, the writer, Redis and Mosquitto."""
+    if proc.poll() is None:
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        proc.kill()
+        proc.wait()
+        for child in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
 
 
 def send(grpc_port: int, seq: int, quantity: int) -> subprocess.CompletedProcess[str]:
@@ -114,14 +128,8 @@ def test_make_run_starts_the_server_and_the_ledger_writer(tmp_path: Path) -> Non
         text = out.read_text()
         assert "ledger writer exited with code 0" in text
         assert "stopped redis" in text
-    finally:  # on a failure, the whole tree: the server, the writer, Redis and Mosquitto
-        if proc.poll() is None:
-            tree = psutil.Process(proc.pid).children(recursive=True)
-            proc.kill()
-            proc.wait()
-            for child in tree:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    child.kill()
+    finally:
+        kill_tree(proc)
 
 
 def test_a_taken_metrics_port_falls_back_to_a_free_one(tmp_path: Path) -> None:
@@ -161,10 +169,108 @@ def test_a_taken_metrics_port_falls_back_to_a_free_one(tmp_path: Path) -> None:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(60) == 0
         finally:
-            if proc.poll() is None:
-                tree = psutil.Process(proc.pid).children(recursive=True)
-                proc.kill()
-                proc.wait()
-                for child in tree:
-                    with contextlib.suppress(psutil.NoSuchProcess):
-                        child.kill()
+            kill_tree(proc)
+
+
+def test_make_run_tells_the_user_config_where_it_is(tmp_path: Path) -> None:
+    """The runner writes the user config file (server address, dev token file, broker URL):
+    the CLI run from another directory, with no flag or variable, reaches the server with the
+    dev token, and an agent's default broker is the one `make run` started."""
+    grpc_port, mqtt_port = free_port(), free_port()
+    config_file = tmp_path / "home" / "config.toml"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("UNISTOCK_") or k == "UNISTOCK_CONFIG"
+    }
+    env |= {
+        "UNISTOCK_CONFIG": str(config_file),
+        "UNISTOCK_GRPC_PORT": str(grpc_port),
+        "UNISTOCK_METRICS_PORT": "0",
+        "UNISTOCK_DEV_REDIS_PORT": str(free_port()),
+        "UNISTOCK_DEV_MQTT_PORT": str(mqtt_port),
+        "UNISTOCK_DEV_LEDGER": "0",
+    }
+    (tmp_path / "checkout").mkdir()
+    out = tmp_path / "run.out"
+    with out.open("wb") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "unistock.devtools.run"],
+            cwd=tmp_path / "checkout",
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(out, "unistock-server ready", proc)
+        assert f"client config: {config_file}" in out.read_text()
+        assert config.read_config(config_file) == {
+            "target": f"localhost:{grpc_port}",
+            "mqtt_url": f"mqtt://127.0.0.1:{mqtt_port}",
+            "token_file": str(tmp_path / "checkout" / "var" / "dev-token"),
+        }
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        cli = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "unistock.client.cli",
+                "move",
+                "backoffice",
+                "1",
+                "RECEIPT",
+                "SHOE-42@store-7:2",
+            ],
+            cwd=elsewhere,
+            env={k: v for k, v in env.items() if not k.startswith("UNISTOCK_GRPC")},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert cli.returncode == 0, cli.stderr
+        assert '"applied": 1' in cli.stdout.replace('"applied":1', '"applied": 1')
+        agent = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from unistock.edge.cli import parse; "
+                "print(parse(['--store-id', 'store-7']).mqtt_url)",
+            ],
+            cwd=elsewhere,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert agent.stdout.strip() == f"mqtt://127.0.0.1:{mqtt_port}", agent.stderr
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        kill_tree(proc)
+
+
+def test_a_restart_keeps_the_ports_the_last_run_wrote_when_the_defaults_are_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "config.toml"
+    monkeypatch.setenv("UNISTOCK_CONFIG", str(path))
+    monkeypatch.delenv("UNISTOCK_GRPC_PORT", raising=False)
+    previous = free_port()
+    config.write_managed(
+        path, {"target": f"localhost:{previous}", "mqtt_url": "mqtt://127.0.0.1:1"}, origin="t"
+    )
+    assert run._previous_ports() == {"target": previous, "mqtt_url": 1}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        default = taken.getsockname()[1]
+        assert run._pick_port("UNISTOCK_GRPC_PORT", default, previous) == previous
+        with socket.socket() as also:
+            also.bind(("127.0.0.1", previous))
+            also.listen()
+            port = run._pick_port("UNISTOCK_GRPC_PORT", default, previous)
+            assert port not in (default, previous)
+    # A file the user took over (no marker line) says nothing about earlier runs.
+    path.write_text(path.read_text().split("\n", 1)[1])
+    assert run._previous_ports() == {}

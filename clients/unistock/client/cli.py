@@ -27,9 +27,10 @@
                           [--safety-stock F] [--batch N] [--dry-run]   master data from CSV
     unistock admin locations | networks [--json]                        master data as tables
 
-Target and token: --target / UNISTOCK_TARGET (default localhost:50051), --token /
-UNISTOCK_TOKEN, else the dev token `make run` wrote: $UNISTOCK_DATA_DIR/dev-token when
-UNISTOCK_DATA_DIR is set, otherwise var/dev-token in the current directory or the nearest
+Target and token: --target / UNISTOCK_TARGET, --token / UNISTOCK_TOKEN, else the user config
+file `make run` writes ($UNISTOCK_CONFIG, else ~/.config/unistock/config.toml: target, token or
+token_file), else localhost:50051 and the dev token `make run` wrote: $UNISTOCK_DATA_DIR/dev-token
+when UNISTOCK_DATA_DIR is set, otherwise var/dev-token in the current directory or the nearest
 parent directory that has one, or in the checkout this CLI runs from.
 """
 
@@ -61,6 +62,7 @@ from rich.text import Text
 from unistock.client import cli_ledger, cli_reservations
 from unistock.client._client import EventWatcher, UnistockClient, UnistockClientError
 from unistock.client.cli_ledger import rfc3339 as _rfc3339
+from unistock.client.config import ClientConfig, ConfigError
 from unistock.client.output import count as _count
 from unistock.client.output import note as _note
 from unistock.client.output import print_json_array as _print_json_array
@@ -232,32 +234,12 @@ def _km(text: str) -> float:
     return km
 
 
-def _token_paths() -> list[pathlib.Path]:
-    """Where the dev token may be, in the order they are tried."""
-    if os.environ.get("UNISTOCK_DATA_DIR"):
-        return [pathlib.Path(os.environ["UNISTOCK_DATA_DIR"]) / "dev-token"]
-    cwd = pathlib.Path.cwd()
-    paths = [d / "var" / "dev-token" for d in (cwd, *cwd.parents)]
-    checkout = pathlib.Path(__file__).resolve().parents[3]  # clients/unistock/client/cli.py
-    if (checkout / "pyproject.toml").exists():
-        paths.append(checkout / "var" / "dev-token")
-    return list(dict.fromkeys(paths))
-
-
 def _token(arg: str | None) -> str:
-    if arg:
-        return arg
-    if os.environ.get("UNISTOCK_TOKEN"):
-        return os.environ["UNISTOCK_TOKEN"]
-    paths = _token_paths()
-    for path in paths:
-        if path.is_file():
-            return path.read_text().strip()
-    raise CliError(
-        "no token: pass --token or set UNISTOCK_TOKEN; the dev token `make run` writes was not "
-        f"found at {', '.join(map(str, paths))} (set UNISTOCK_DATA_DIR to the server's data "
-        "directory to look there)"
-    )
+    """The token (see unistock.client.config for the order); CliError naming what was tried."""
+    try:
+        return ClientConfig.load().token(arg).value
+    except ConfigError as e:
+        raise CliError(str(e)) from None
 
 
 def _print(message: object, *, defaults: bool = False) -> None:
@@ -287,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--target", default=os.environ.get("UNISTOCK_TARGET", "localhost:50051"))
+    p.add_argument("--target", default=None)
     p.add_argument("--token", default=None)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -593,7 +575,11 @@ async def run(args: argparse.Namespace) -> int:
             print("dry run: nothing sent")
             return 0
         timeout = 120
-    async with UnistockClient(args.target, _token(args.token), timeout=timeout) as c:
+    try:
+        target = ClientConfig.load().target(args.target).value
+    except ConfigError as e:
+        raise CliError(str(e)) from None
+    async with UnistockClient(target, _token(args.token), timeout=timeout) as c:
         try:
             if uploads:
                 await _import(c, uploads, args.batch)

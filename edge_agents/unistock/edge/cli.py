@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from unistock.client.config import DEFAULT_MQTT_URL, ClientConfig, ConfigError
 from unistock.client.mqtt import broker_args
 from unistock.edge.agent import AgentSettings, AgentStartError, StoreAgent
 from unistock.edge.datalock import AgentAlreadyRunning
@@ -97,8 +98,13 @@ def parse(argv: Sequence[str] | None = None) -> AgentSettings:
         )
 
     flag("--store-id", "UNISTOCK_AGENT_STORE_ID", _REQUIRED, "this store's id")
-    flag("--mqtt-url", "UNISTOCK_MQTT_URL", "mqtt://127.0.0.1:1883",
-         "broker, mqtt[s]://user:pass@host:port")  # fmt: skip
+    try:  # the broker `make run` started, when the user config file says it
+        mqtt_default = ClientConfig.load(env).mqtt_url().value
+    except ConfigError as e:
+        p.error(str(e))
+    flag("--mqtt-url", "UNISTOCK_MQTT_URL", mqtt_default,
+         "broker, mqtt[s]://user:pass@host:port (default: mqtt_url of the user config file "
+         f"`make run` writes, else {DEFAULT_MQTT_URL})")  # fmt: skip
     flag("--source-id", "UNISTOCK_AGENT_SOURCE_ID", "",
          "movement source id (default: agent-<store id>; the outbox adds its incarnation)")  # fmt: skip
     flag("--data-dir", "UNISTOCK_AGENT_DATA_DIR", "var/agent", "outbox directory")

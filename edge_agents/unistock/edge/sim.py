@@ -32,6 +32,7 @@ from pathlib import Path
 
 from grpc import aio
 
+from unistock.client.config import DEFAULT_MQTT_URL, ClientConfig, ConfigError
 from unistock.edge.agent import AgentSettings, StoreAgent
 from unistock.edge.epc import decode_sgtin96, encode_sgtin96
 from unistock.intake.v1 import intake_pb2 as ipb
@@ -253,7 +254,7 @@ async def simulate(
     *,
     stores: int = 1,
     tills: int = 2,
-    mqtt_url: str = "mqtt://localhost:1883",
+    mqtt_url: str = DEFAULT_MQTT_URL,
     duration: float = 10.0,
     rate: float = 1.0,
     skus: int = 20,
@@ -329,7 +330,11 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unistock-sim", description=__doc__.splitlines()[0])
     p.add_argument("--stores", type=int, default=1, help="stores (agents) to run")
     p.add_argument("--tills", type=int, default=2, help="tills per store")
-    p.add_argument("--mqtt-url", default="mqtt://localhost:1883")
+    p.add_argument(
+        "--mqtt-url",
+        help="broker, mqtt[s]://user:pass@host:port (default: UNISTOCK_MQTT_URL, else mqtt_url of "
+        f"the user config file `make run` writes, else {DEFAULT_MQTT_URL})",
+    )
     p.add_argument("--duration", type=float, default=10.0, help="seconds of trading")
     p.add_argument("--rate", type=float, default=1.0, help="sales per second per till")
     p.add_argument("--skus", type=int, default=20)
@@ -346,7 +351,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``unistock-sim``."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        mqtt_url = ClientConfig.load().mqtt_url(args.mqtt_url).value
+    except ConfigError as e:
+        parser.error(str(e))
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -356,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             simulate(
                 stores=args.stores,
                 tills=args.tills,
-                mqtt_url=args.mqtt_url,
+                mqtt_url=mqtt_url,
                 duration=args.duration,
                 rate=args.rate,
                 skus=args.skus,

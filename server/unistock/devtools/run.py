@@ -6,7 +6,16 @@ Usage: ``python -m unistock.devtools.run [server args...]`` (this is what ``make
   (AOF) in ``./var/redis`` on port ``UNISTOCK_DEV_REDIS_PORT`` (default 6390, or a free
   port if 6390 is taken).
 * If ``UNISTOCK_MQTT_URL`` is unset, a private ``mosquitto`` is started from
-  ``./var/mosquitto`` on port ``UNISTOCK_DEV_MQTT_PORT`` (default 1890, or a free port).
+  ``./var/mosquitto`` on port ``UNISTOCK_DEV_MQTT_PORT`` (default 1883, MQTT's standard port
+  and the agents' default; if it is taken, the port the last run used, else a free port).
+* The server's gRPC port is ``UNISTOCK_GRPC_PORT`` (or a ``--grpc-port`` argument), else
+  50051, the port the last run used or a free port, whichever is free first.
+* The user config file (``unistock.client.config``: ``$UNISTOCK_CONFIG``, else
+  ``~/.config/unistock/config.toml``) is written with the server's address, the dev token's
+  file and the broker's URL, so that ``unistock``, ``unistock-edge-agent`` and
+  ``unistock-sim`` find them from any directory. It is written only while ``make run`` manages
+  it (it does not exist, or its first line is the marker), and never with
+  ``UNISTOCK_DEV_CONFIG=0``.
 * The server runs as ``python -m unistock.server.app.cli [args...]`` with
   ``UNISTOCK_REDIS_URL``, ``UNISTOCK_MQTT_URL`` and ``UNISTOCK_DATA_DIR`` (default
   ``./var``) in its environment.  SIGINT/SIGTERM/SIGHUP are forwarded to it (SIGHUP as
@@ -28,10 +37,12 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
+from unistock.client import config
 from unistock.devtools.services import (
     MosquittoBroker,
     RedisServer,
@@ -45,26 +56,85 @@ LEDGER_MODULE = "unistock.server.app.ledger"
 DEFAULT_METRICS_PORT = 9464
 DEFAULT_LEDGER_METRICS_PORT = 9466
 DEFAULT_REDIS_PORT = 6390
-DEFAULT_MQTT_PORT = 1890
+DEFAULT_MQTT_PORT = urllib.parse.urlsplit(config.DEFAULT_MQTT_URL).port or 1883
+DEFAULT_GRPC_PORT = int(config.DEFAULT_TARGET.rpartition(":")[2])
 
 
 def _log(msg: str) -> None:
     print(f"[unistock.devtools.run] {msg}", file=sys.stderr, flush=True)
 
 
-def _pick_port(env_name: str, default: int) -> int:
-    """Port from ``env_name`` if set (used as is), else ``default`` or a free port if taken."""
+def _pick_port(env_name: str, default: int, previous: int | None = None) -> int:
+    """Port from ``env_name`` if set (used as is), else the first free of ``default`` and
+    ``previous`` (the port the last run used), else a free port."""
     raw = os.environ.get(env_name, "").strip()
     if raw:
         try:
             return int(raw)
         except ValueError:
             raise SystemExit(f"{env_name}={raw!r} is not a port number") from None
-    if port_is_free(default):
-        return default
+    for port in dict.fromkeys(p for p in (default, previous) if p):
+        if port_is_free(port):
+            if port != default:
+                _log(f"port {default} is taken; using port {port}, as the last run did")
+            return port
     port = free_port()
     _log(f"port {default} is taken; using free port {port} (set {env_name} to choose)")
     return port
+
+
+def _previous_ports() -> dict[str, int]:
+    """The gRPC and MQTT ports the last ``make run`` wrote to the user config file (none when
+    it is not ours or unreadable), so that a restart keeps its addresses when it can."""
+    path = config.config_path()
+    if not config.is_managed(path):
+        return {}
+    try:
+        stored = config.read_config(path)
+    except config.ConfigError:
+        return {}
+    ports: dict[str, int] = {}
+    for key, url in (
+        ("target", f"//{stored.get('target', '')}"),
+        ("mqtt_url", stored.get("mqtt_url", "")),
+    ):
+        try:
+            port = urllib.parse.urlsplit(url).port
+        except ValueError:
+            continue
+        if port:
+            ports[key] = port
+    return ports
+
+
+def _write_config(env: dict[str, str], grpc_port: int, tokens_configured: bool) -> None:
+    """Tell the user config file where this run is (see the module docstring)."""
+    if env.get("UNISTOCK_DEV_CONFIG") == "0":
+        return
+    path = config.config_path(env)
+    host = env.get("UNISTOCK_GRPC_HOST", "").strip() or "127.0.0.1"
+    settings = {"mqtt_url": env["UNISTOCK_MQTT_URL"]}
+    if grpc_port:  # 0: any free port, which only the server's log says
+        settings["target"] = (
+            f"{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{grpc_port}"
+        )
+    if not tokens_configured:
+        settings["token_file"] = str(Path(env["UNISTOCK_DATA_DIR"]).resolve() / "dev-token")
+    if env.get("UNISTOCK_METRICS_PORT", "0") != "0":
+        settings["metrics_url"] = _metrics_at(env, "UNISTOCK_METRICS_PORT", "UNISTOCK_GRPC_HOST")
+    try:
+        written = config.write_managed(path, settings, origin=f"`make run` in {Path.cwd()}")
+    except OSError as e:
+        _log(f"could not write the client config {path}: {e}")
+        return
+    if written:
+        print(f"client config: {path} (unistock, agents and unistock-sim use it)", flush=True)
+    else:
+        _log(
+            f"client config {path} is your own (no `make run` marker line): left alone; "
+            f"point it at this server ({', '.join(f'{k} = {v}' for k, v in settings.items())}) "
+            "to use this server"
+        )
 
 
 def _metrics_at(env: dict[str, str], port_name: str, host_name: str) -> str:
@@ -131,8 +201,16 @@ def main() -> int:
     env = dict(os.environ)
     env.setdefault("UNISTOCK_DATA_DIR", str(var_dir))
     started: list[RedisServer | MosquittoBroker] = []
+    previous = _previous_ports()
+
+    def pick_port(var: str, default: int) -> int:
+        # mosquitto takes the port the last run used when its default is taken (the agents
+        # and the config file have that URL)
+        last = previous.get("mqtt_url") if var == "UNISTOCK_DEV_MQTT_PORT" else None
+        return _pick_port(var, default, last)
+
     try:
-        start_services(var_dir, env, started, _pick_port, _log)
+        start_services(var_dir, env, started, pick_port, _log)
 
         print(f"UNISTOCK_REDIS_URL={env['UNISTOCK_REDIS_URL']}", flush=True)
         print(f"UNISTOCK_MQTT_URL={env['UNISTOCK_MQTT_URL']}", flush=True)
@@ -145,6 +223,19 @@ def main() -> int:
             )
             at = _metrics_at(env, "UNISTOCK_METRICS_PORT", "UNISTOCK_GRPC_HOST")
             print(f"server metrics: {at}", flush=True)
+        args = sys.argv[1:]
+        grpc_flag = [a for a in args if a.split("=")[0] == "--grpc-port"]
+        if grpc_flag:
+            value = grpc_flag[-1].partition("=")[2] or args[args.index(grpc_flag[-1]) + 1]
+            grpc_port = int(value)
+        else:
+            grpc_port = _pick_port("UNISTOCK_GRPC_PORT", DEFAULT_GRPC_PORT, previous.get("target"))
+            env["UNISTOCK_GRPC_PORT"] = str(grpc_port)
+        print(f"UNISTOCK_TARGET=localhost:{grpc_port}", flush=True)
+        tokens = any(a.split("=")[0] == "--tokens-file" for a in args) or bool(
+            env.get("UNISTOCK_TOKENS_FILE") or env.get("UNISTOCK_TOKENS")
+        )
+        _write_config(env, grpc_port, tokens)
 
         cmd = server_command(sys.argv[1:])
         _log("running: " + " ".join(cmd))
