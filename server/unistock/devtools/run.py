@@ -177,22 +177,18 @@ def start_services(
     URLs in env. Each one started is appended to `started` (stop them, newest first, even
     when this raises: one that failed to start stopped itself). pick_port(variable, default) gives each one's port; log(line) is
     told what was started. Raises ServiceError when one cannot start."""
-    if not env.get("UNISTOCK_REDIS_URL"):
-        redis = RedisServer(
-            var_dir / "redis", pick_port("UNISTOCK_DEV_REDIS_PORT", DEFAULT_REDIS_PORT)
-        )
-        redis.start()
-        started.append(redis)
-        env["UNISTOCK_REDIS_URL"] = redis.url
-        log(f"started redis-server pid {redis.pid} (log: {redis.log_path})")
-    if not env.get("UNISTOCK_MQTT_URL"):
-        mqtt = MosquittoBroker(
-            var_dir / "mosquitto", pick_port("UNISTOCK_DEV_MQTT_PORT", DEFAULT_MQTT_PORT)
-        )
-        mqtt.start()
-        started.append(mqtt)
-        env["UNISTOCK_MQTT_URL"] = mqtt.url
-        log(f"started mosquitto pid {mqtt.pid} (log: {mqtt.log_path})")
+    kinds: tuple[tuple[str, type[RedisServer | MosquittoBroker], str, int], ...] = (
+        ("UNISTOCK_REDIS_URL", RedisServer, "UNISTOCK_DEV_REDIS_PORT", DEFAULT_REDIS_PORT),
+        ("UNISTOCK_MQTT_URL", MosquittoBroker, "UNISTOCK_DEV_MQTT_PORT", DEFAULT_MQTT_PORT),
+    )
+    for url_var, kind, port_var, default in kinds:
+        if env.get(url_var):
+            continue
+        svc = kind(var_dir / kind.service_name, pick_port(port_var, default))
+        svc.start()
+        started.append(svc)
+        env[url_var] = svc.url
+        log(f"started {svc.binary_name} pid {svc.pid} (log: {svc.log_path})")
 
 
 def main() -> int:
