@@ -171,3 +171,28 @@ def test_sigint_mid_run_stops_everything_and_exits_130(tmp_path: Path, when: str
     assert "Interrupted: stopping everything." in text
     assert "Demo finished" not in text
     assert_nothing_left(text)
+
+
+def test_a_process_dying_mid_run_fails_the_demo_saying_so_and_still_cleans_up(
+    tmp_path: Path,
+) -> None:
+    proc, out = demo(tmp_path, "--pace", "30")
+    try:
+        deadline = time.monotonic() + 120
+        while "4 locations, network web" not in out.read_text():
+            assert proc.poll() is None, out.read_text()
+            assert time.monotonic() < deadline, out.read_text()
+            time.sleep(0.1)
+        server = started(out.read_text())["unistock-server"]
+        os.kill(server, signal.SIGKILL)
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = out.read_text()
+    assert code == 1, text[-4000:]
+    assert re.search(r"Demo failed: UNAVAILABLE", text), text[-4000:]
+    assert f"unistock-server pid {server} exited with code -9" in text, text[-4000:]
+    assert "Traceback" not in text
+    assert_nothing_left(text)

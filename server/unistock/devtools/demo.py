@@ -242,6 +242,19 @@ class Stack:
         proc, log = self._spawn(name, cmd, env)
         return self._ready(name, proc, log, ready)
 
+    def exited(self) -> list[str]:
+        """The server or agents that exited on their own ("unistock-server pid 12 exited
+        with code -9"), the usual cause of a failed step. Waits up to a second for one: a
+        killed process's connections can break a moment before it can be reaped."""
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline and all(p.poll() is None for _, p, _ in self.procs):
+            time.sleep(0.02)
+        return [
+            f"{name} pid {proc.pid} exited with code {proc.returncode} (its output: {log})"
+            for name, proc, log in self.procs
+            if proc.poll() is not None
+        ]
+
     def stop(self) -> list[str]:
         """Stop the agents, then the server (SIGTERM, SIGKILL after 10 s), then mosquitto and
         redis-server; remove root. Returns what was stopped ("agent store-north pid 123")."""
@@ -403,10 +416,8 @@ class Demo:
             levels = await self.shop.get_availability(keys=[(SKU, loc) for loc in LOCATIONS])
             [net] = await self.shop.get_network_availability(WEB, [SKU])
             seen = {loc: lv.version for loc, lv in board.levels.items()}
-            return (
-                board.web is not None
-                and board.web.version >= net.version
-                and all(seen.get(lv.location_id, 0) >= lv.version for lv in levels)
+            return (board.web.version if board.web is not None else 0) >= net.version and all(
+                seen.get(lv.location_id, 0) >= lv.version for lv in levels
             )
 
         await until(shown, lambda: "the watches did not show the server's levels")
@@ -792,6 +803,7 @@ class Demo:
 
     async def play(self) -> None:
         """Every step after the master data (which the watches need)."""
+        await self.step_done()
         await self.goods_in()
         await self.step_done()
         await self.out_of_size()
@@ -865,7 +877,6 @@ async def play(stack: Stack, narrator: Narrator) -> None:
         demo = Demo(stack, narrator, channels, admin, shop, wms)
         await es.enter_async_context(live(narrator))
         await demo.master_data()
-        await narrator.pause()
         async with asyncio.TaskGroup() as tg:  # a watch that fails stops the story
             watcher = tg.create_task(watch(narrator.board, narrator, shop))
             await demo.play()
@@ -937,6 +948,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         known = (DemoError, ServiceError, UnistockClientError)
         why = str(err) if isinstance(err, known) else f"{type(err).__name__}: {err}"
         narrator.say(f"\nDemo failed: {why}", "bold red")
+        for what in stack.exited():
+            narrator.say(f"  {what}", "red")
     finally:
         # A second Ctrl-C must not leave half of it running.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
