@@ -928,7 +928,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         no_color=plain, force_terminal=False if plain else None, highlight=False, soft_wrap=plain
     )
     narrator = Narrator(console, args.pace)
-    root = Path(tempfile.mkdtemp(prefix="unistock-demo-"))
+    try:
+        root = Path(tempfile.mkdtemp(prefix="unistock-demo-"))
+    except OSError as exc:
+        narrator.say(f"Demo failed: cannot create its temporary directory: {exc}", "bold red")
+        return EXIT_FAILED
     stack = Stack(root, lambda line: narrator.say(f"  {line}", "dim"))
     signal.signal(signal.SIGTERM, _terminated)
     code = EXIT_FAILED
