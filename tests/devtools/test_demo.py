@@ -34,6 +34,15 @@ def demo(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
     return proc, out
 
 
+def wait_for(proc: subprocess.Popen[bytes], out: Path, marker: str) -> None:
+    """Until the demo's output has marker (it must not exit before, nor take 2 minutes)."""
+    deadline = time.monotonic() + 120
+    while marker not in out.read_text():
+        assert proc.poll() is None, out.read_text()
+        assert time.monotonic() < deadline, out.read_text()
+        time.sleep(0.1)
+
+
 def started(text: str) -> dict[str, int]:
     """What the narration says it started: name -> pid."""
     return {m[1]: int(m[2]) for m in re.finditer(r"started (.+?) pid (\d+)", text)}
@@ -155,11 +164,7 @@ def test_the_demo_plays_every_journey_with_the_servers_numbers(tmp_path: Path) -
 def test_sigint_mid_run_stops_everything_and_exits_130(tmp_path: Path, when: str) -> None:
     proc, out = demo(tmp_path, "--pace", "30")
     try:
-        deadline = time.monotonic() + 120
-        while when not in out.read_text():
-            assert proc.poll() is None, out.read_text()
-            assert time.monotonic() < deadline, out.read_text()
-            time.sleep(0.1)
+        wait_for(proc, out, when)
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=60)
     finally:
@@ -178,11 +183,7 @@ def test_a_process_dying_mid_run_fails_the_demo_saying_so_and_still_cleans_up(
 ) -> None:
     proc, out = demo(tmp_path, "--pace", "30")
     try:
-        deadline = time.monotonic() + 120
-        while "4 locations, network web" not in out.read_text():
-            assert proc.poll() is None, out.read_text()
-            assert time.monotonic() < deadline, out.read_text()
-            time.sleep(0.1)
+        wait_for(proc, out, "4 locations, network web")
         server = started(out.read_text())["unistock-server"]
         os.kill(server, signal.SIGKILL)
         code = proc.wait(timeout=120)
