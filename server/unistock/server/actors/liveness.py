@@ -68,6 +68,10 @@ class StoreLiveness:
             self._dirty.add(store_id)
         return heard
 
+    def stores(self) -> list[str]:
+        """Every store heard from or known (see know), in no particular order."""
+        return list(self._heard)
+
     def silent_for(self, store_id: str) -> float:
         """Seconds since the store was last heard of (see know)."""
         return self._clock() - self.know(store_id)

@@ -275,7 +275,7 @@ class UnistockServer:
         self.commit.low_stock_threshold = self.master.low_stock_threshold
         self.commit.clock = self.inventory.clock
         # The change feed into the SQL ledger (same database as master data), off the hot path
-        # but in this process when asked (it shares its CPU: README B11).
+        # but in this process when asked (it shares its CPU: docs/performance.md, B11).
         self.ledger = LedgerWriter(
             FeedReader(
                 self.store.client,
@@ -324,6 +324,7 @@ class UnistockServer:
             )
             self.liveness: StoreLiveness | None = StoreLiveness()
             self.ingestor.liveness = self.liveness
+            self.metrics.stores.liveness = self.liveness
             self._spawn(self.ingestor.run(), "mqtt-ingest")
         else:
             self.ingestor = None

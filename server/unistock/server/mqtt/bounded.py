@@ -13,12 +13,21 @@ from typing import NamedTuple
 
 from prometheus_client import Gauge
 
+# Stores with their own unistock_mqtt_store_last_seen (and unistock_store_*) series; the label
+# of the series shared by the stores beyond them.
+from unistock.server.metrics import MAX_STORE_SERIES, OTHER_STORES
+
+__all__ = [
+    "MAX_SOURCES",
+    "MAX_STORE_SERIES",
+    "OTHER_STORES",
+    "SourceState",
+    "SourceTable",
+    "StoreSeries",
+]
+
 #: Sources whose state is kept in memory (a store's agent uses one per outbox file).
 MAX_SOURCES = 65_536
-#: Stores with their own unistock_mqtt_store_last_seen series.
-MAX_STORE_SERIES = 10_000
-#: The label of the series shared by stores beyond MAX_STORE_SERIES ('|' is never in an id).
-OTHER_STORES = "|other"
 
 
 class SourceState(NamedTuple):
