@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -15,6 +16,9 @@ from pathlib import Path
 
 import psutil  # type: ignore[import-untyped,unused-ignore]
 import pytest
+
+from tests.docs import ROOT, commands, example
+from unistock.devtools import demo as demo_module
 
 
 def demo(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
@@ -71,9 +75,6 @@ def assert_nothing_left(text: str, expected: int = 6) -> None:
     for proc in psutil.process_iter(["cmdline"]):
         assert str(root) not in " ".join(proc.info["cmdline"] or []), proc
     assert not root.exists(), f"{root} is left"
-
-
-DOC = Path(__file__).parents[2] / "docs" / "demo.md"
 
 
 def effects(text: str) -> list[str]:
@@ -149,8 +150,7 @@ def test_the_demo_plays_every_journey_with_the_servers_numbers(tmp_path: Path) -
     assert re.search(r"store-centre\s*│\s*4 │\s*0 │\s*4 │", last_board), last_board
     assert re.search(r"web \(network\)\s*│.*│\s*23 │", last_board), last_board
     # docs/demo.md's sample says what a run says, in the same order.
-    sample = DOC.read_text().split("```text\n", 1)[1].split("```", 1)[0]
-    assert effects(sample) == effects(text)
+    assert effects(example("demo-sample").text) == effects(text)
     assert_nothing_left(text)
 
 
@@ -197,3 +197,25 @@ def test_a_process_dying_mid_run_fails_the_demo_saying_so_and_still_cleans_up(
     assert f"unistock-server pid {server} exited with code -9" in text, text[-4000:]
     assert "Traceback" not in text
     assert_nothing_left(text)
+
+
+def test_the_documented_make_commands_run_the_demo_with_their_arguments() -> None:
+    # docs/demo.md's commands: make runs the module with ARGS (a dry run: the --fast one runs
+    # for real above, as python -m), and the demo accepts every ARGS shown.
+    lines = commands(example("demo-make"))
+    assert len(lines) == 4, lines
+    for line in lines:
+        words = shlex.split(line)
+        assert words[:2] == ["make", "demo"], line
+        make_args = [w for w in words[2:] if w.startswith("ARGS=")]
+        args = shlex.split(make_args[0].partition("=")[2]) if make_args else []
+        dry = subprocess.run(
+            ["make", "-n", "-C", str(ROOT), *words[1:]],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        assert f"-m unistock.devtools.demo {' '.join(args)}".rstrip() in dry, dry
+        assert "unistock.devtools.ensure --no-postgres" in dry, dry
+        demo_module.parse(args)  # exits 2 on an unknown flag or a bad pace
