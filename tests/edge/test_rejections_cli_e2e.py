@@ -11,14 +11,13 @@ import re
 import shlex
 import signal
 import sys
-from pathlib import Path
 
+from tests.docs import example
 from tests.edge.harness import drained, intake
 from tests.edge.test_rejections_e2e import agent, mistyped_sale, server, status_where
 from unistock.devtools.services import MosquittoBroker, free_port
 from unistock.edge.agent import StoreAgent
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "store-rejections.md"
 DOC_INTAKE = "127.0.0.1:50061"
 DEADLINE = 60
 
@@ -26,8 +25,17 @@ __all__ = ["agent", "server"]  # the fixtures, imported for their use below
 
 
 def doc_commands() -> list[list[str]]:
-    """Every `$ unistock-edge-agent rejections ...` line of the doc, in order, as argv."""
-    lines = re.findall(r"^\$ (unistock-edge-agent rejections .*)$", DOC.read_text(), flags=re.M)
+    """Every `$ unistock-edge-agent rejections ...` line of the doc's worked example (its
+    console blocks, store-rejections-1 to 5), in order, as argv."""
+    blocks = (
+        example("store-rejections-1"),
+        example("store-rejections-2"),
+        example("store-rejections-3"),
+        example("store-rejections-4"),
+        example("store-rejections-5"),
+    )
+    text = "".join(b.text for b in blocks)
+    lines = re.findall(r"^\$ (unistock-edge-agent rejections .*)$", text, flags=re.M)
     return [shlex.split(line)[1:] for line in lines]
 
 
