@@ -6,6 +6,7 @@ status and /metrics follow."""
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable
@@ -14,14 +15,19 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc import aio
+from rich.console import Console
 
 from tests.edge.harness import drained, intake, metric, on_hand, start_agent, stop_agent
 from tests.edge.test_sender import as_bytes, mqtt_client
+from tests.fixtures.server import TOKENS, target
+from unistock.client import UnistockClient
+from unistock.client.cli_status import render
 from unistock.devtools.services import MosquittoBroker, free_port
 from unistock.edge.agent import StoreAgent
 from unistock.edge.sender import status_topic
 from unistock.intake.v1 import intake_pb2 as ipb
 from unistock.server.app.server import UnistockServer
+from unistock.v1 import admin_pb2 as apb
 from unistock.v1 import inventory_pb2 as pb
 
 DEADLINE = 60
@@ -44,6 +50,21 @@ async def status_where(
                 if ok(status):
                     return status
     raise AssertionError("unreachable")
+
+
+async def server_sees(server: UnistockServer, unresolved: int) -> apb.ServerStatus:
+    """The server's status (`unistock status`) once it shows store s1 with that many
+    unresolved rejections, from the agent's status (polled)."""
+    async with UnistockClient(target(server), TOKENS["admin"]) as c:
+        async with asyncio.timeout(DEADLINE):
+            while True:
+                status = await c.get_server_status()
+                if any(
+                    s.store_id == "s1" and s.rejected_unresolved == unresolved
+                    for s in status.stores
+                ):
+                    return status
+                await asyncio.sleep(0.1)
 
 
 async def gauge(agent: StoreAgent) -> float:
@@ -120,6 +141,13 @@ async def test_a_rejected_sale_is_shown_to_the_till_and_store_staff_until_resolv
         assert status.rejected_unresolved == 1
         assert status.last_rejected_at == rejected.rejected_at
         assert await gauge(agent) == 1
+        # So does the server's status, centrally (`unistock status`).
+        central = await server_sees(server, 1)
+        [s1] = [s for s in central.stores if s.store_id == "s1"]
+        assert s1.last_rejected_at == rejected.rejected_at
+        console = Console(width=200, record=True, file=io.StringIO())
+        render(central, console)
+        assert "1 unresolved" in console.export_text()
 
         # Store staff resolve it (twice: the first resolution stands).
         resolved = await till.ResolveRejectedMovement(
@@ -146,6 +174,8 @@ async def test_a_rejected_sale_is_shown_to_the_till_and_store_staff_until_resolv
         status = await status_where(mosquitto_broker, lambda s: s.rejected_unresolved == 0)
         assert not status.HasField("last_rejected_at")
         assert await gauge(agent) == 0
+        [s1] = [s for s in (await server_sees(server, 0)).stores if s.store_id == "s1"]
+        assert not s1.HasField("last_rejected_at")
         assert not other_till.done()  # till-1's watch saw nothing of till-3's rejection
         watch.cancel()
         other_till.cancel()
