@@ -53,8 +53,7 @@ def programs() -> list[tuple[str, argparse.ArgumentParser]]:
     """Each program's name and parser, in the order the reference lists them."""
     from unistock.client.cli import build_parser
     from unistock.edge import cli as agent
-    from unistock.edge import rejections_cli
-    from unistock.edge import sim
+    from unistock.edge import rejections_cli, sim
     from unistock.server.app.ledger import LedgerSettings
     from unistock.server.app.settings import Settings
 
