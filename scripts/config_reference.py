@@ -53,7 +53,7 @@ def programs() -> list[tuple[str, argparse.ArgumentParser]]:
     """Each program's name and parser, in the order the reference lists them."""
     from unistock.client.cli import build_parser
     from unistock.edge import cli as agent
-    from unistock.edge import sim
+    from unistock.edge import rejections_cli, sim
     from unistock.server.app.ledger import LedgerSettings
     from unistock.server.app.settings import Settings
 
@@ -61,6 +61,7 @@ def programs() -> list[tuple[str, argparse.ArgumentParser]]:
         ("unistock-server", captured(lambda: Settings.parse([]))),
         ("unistock-ledger", captured(lambda: LedgerSettings.parse([]))),
         ("unistock-edge-agent", captured(lambda: agent.parse([]))),
+        ("unistock-edge-agent rejections", captured(lambda: rejections_cli.main([]))),
         ("unistock-sim", captured(lambda: sim.main([]))),
         ("unistock", captured(lambda: build_parser().parse_args([]))),
     ]

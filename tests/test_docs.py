@@ -17,7 +17,6 @@ from tests.docs import MARKER, ROOT, all_blocks, blocks, commands, doc_files, ex
 #: rules): a link to one resolves once it exists; until then it is accepted without an anchor.
 PENDING = {
     "docs/client-library.md",
-    "docs/unistock-status.md",
 }
 
 

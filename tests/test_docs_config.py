@@ -39,7 +39,8 @@ def test_the_reference_has_every_flag_of_every_program() -> None:
     """The generator itself: each program's parser is found, with its flags and variables."""
     gen = generator()
     names = [name for name, _ in gen.programs()]
-    assert names == ["unistock-server", "unistock-ledger", "unistock-edge-agent", "unistock-sim",
+    assert names == ["unistock-server", "unistock-ledger", "unistock-edge-agent",
+                     "unistock-edge-agent rejections", "unistock-sim",
                      "unistock"]  # fmt: skip
     text = gen.configuration()
     for row in ("| `--grpc-port` | `UNISTOCK_GRPC_PORT` | `50051` |",

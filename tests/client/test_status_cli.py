@@ -95,9 +95,9 @@ async def test_stale_and_never_heard_stores_are_degraded_and_json_has_zero_field
     assert "DEGRADED" in text
     assert "store s1 is stale for web" in text
     cells = row(text, "s1")
-    assert cells[1:6] == ["never heard", "—", "0", "—", "0"]
-    assert cells[6].startswith("never (")
-    assert cells[7] == "STALE: web"
+    assert cells[1:7] == ["never heard", "—", "0", "—", "0", "0"]
+    assert cells[7].startswith("never (")
+    assert cells[8] == "STALE: web"
 
     code, text = await status(mqtt_server, as_json=True)
     assert code == DEGRADED
@@ -107,6 +107,7 @@ async def test_stale_and_never_heard_stores_are_degraded_and_json_has_zero_field
     assert s1["state"] == "STATE_UNSPECIFIED"
     assert (s1["outboxDepth"], s1["lastAckedSeq"], s1["oldestUnackedAgeSeconds"]) == ("0", "0", 0)
     assert (s1["hasBeenHeard"], s1["stale"], s1["staleNetworks"]) == (False, True, ["web"])
+    assert s1["rejectedUnresolved"] == "0"
     assert got["positions"]["passivated"] == "0"
     assert got["watchSubscribers"] == {
         "availability": 0, "network": 0, "reservations": 0, "events": 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import sys
 import time
@@ -25,6 +24,7 @@ import pytest
 import redis.asyncio as aioredis
 from grpc import aio
 
+from tests.docs import example
 from tests.edge.test_network_staleness_e2e import LIMIT, web_with
 from tests.fixtures.server import TOKENS, MakeServer, start_mqtt_server, target
 from tests.server.test_api import batch, mv, send
@@ -42,9 +42,8 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "unistock-status.md"
 
 def doc_example() -> Any:
     """The `waiting_stores` function of the Python example in docs/unistock-status.md."""
-    [code] = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
     namespace: dict[str, Any] = {}
-    exec(compile(code, str(DOC), "exec"), namespace)
+    exec(compile(example("status-waiting-stores").text, str(DOC), "exec"), namespace)
     return namespace["waiting_stores"]
 
 

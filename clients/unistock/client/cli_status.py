@@ -182,6 +182,7 @@ def _stores(status: apb.ServerStatus) -> Table:
         ("outbox", "right"),
         ("oldest unacked", "right"),
         ("last acked seq", "right"),
+        ("rejected", "right"),
         ("last heard", "right"),
         ("stale", "left"),
     ):
@@ -208,6 +209,9 @@ def _stores(status: apb.ServerStatus) -> Table:
             outbox,
             age(s.oldest_unacked_age_seconds) if s.outbox_depth else "—",
             f"{s.last_acked_seq:,}",
+            Text(f"{s.rejected_unresolved:,} unresolved", style="bold red")
+            if s.rejected_unresolved
+            else "0",
             heard,
             stale,
         )

@@ -698,6 +698,8 @@ class StoreAgent(_message.Message):
     SILENT_SECONDS_FIELD_NUMBER: _builtins.int
     STALE_NETWORKS_FIELD_NUMBER: _builtins.int
     STALE_FIELD_NUMBER: _builtins.int
+    REJECTED_UNRESOLVED_FIELD_NUMBER: _builtins.int
+    LAST_REJECTED_AT_FIELD_NUMBER: _builtins.int
     store_id: _builtins.str
     state: _inventory_pb2.AgentStatus.State.ValueType
     """From the agent's last status (retained on the broker, so known again after a restart):
@@ -721,6 +723,11 @@ class StoreAgent(_message.Message):
     """Seconds since last_heard."""
     stale: _builtins.bool
     """stale_networks is not empty."""
+    rejected_unresolved: _builtins.int
+    """Movements of the store that the server rejected after the till's receipt and that store
+    staff have not resolved yet, as of the agent's last status (see StoreIntake's
+    ListRejectedMovements; docs/store-rejections.md).
+    """
     @_builtins.property
     def status_at(self) -> _timestamp_pb2.Timestamp:
         """When the agent made its last status (unset: none heard)."""
@@ -739,6 +746,10 @@ class StoreAgent(_message.Message):
         or discounts its units. Empty: fresh everywhere (or in no network with a limit).
         """
 
+    @_builtins.property
+    def last_rejected_at(self) -> _timestamp_pb2.Timestamp:
+        """When the newest of those was rejected, as of the agent's last status (unset: none)."""
+
     def __init__(
         self,
         *,
@@ -754,10 +765,12 @@ class StoreAgent(_message.Message):
         silent_seconds: _builtins.float = ...,
         stale_networks: _abc.Iterable[_builtins.str] | None = ...,
         stale: _builtins.bool = ...,
+        rejected_unresolved: _builtins.int = ...,
+        last_rejected_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_heard", b"last_heard", "status_at", b"status_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_heard", b"last_heard", "last_rejected_at", b"last_rejected_at", "status_at", b"status_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["has_been_heard", b"has_been_heard", "last_acked_seq", b"last_acked_seq", "last_heard", b"last_heard", "oldest_unacked_age_seconds", b"oldest_unacked_age_seconds", "outbox_depth", b"outbox_depth", "silent_seconds", b"silent_seconds", "source_id", b"source_id", "stale", b"stale", "stale_networks", b"stale_networks", "state", b"state", "status_at", b"status_at", "store_id", b"store_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["has_been_heard", b"has_been_heard", "last_acked_seq", b"last_acked_seq", "last_heard", b"last_heard", "last_rejected_at", b"last_rejected_at", "oldest_unacked_age_seconds", b"oldest_unacked_age_seconds", "outbox_depth", b"outbox_depth", "rejected_unresolved", b"rejected_unresolved", "silent_seconds", b"silent_seconds", "source_id", b"source_id", "stale", b"stale", "stale_networks", b"stale_networks", "state", b"state", "status_at", b"status_at", "store_id", b"store_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -211,6 +211,9 @@ class ServerStatusReport:
                 a.outbox_depth = status.outbox_depth
                 a.last_acked_seq = status.last_acked_seq
                 a.oldest_unacked_age_seconds = status.oldest_unacked_age_seconds
+                a.rejected_unresolved = status.rejected_unresolved
+                if status.HasField("last_rejected_at"):
+                    a.last_rejected_at.CopyFrom(status.last_rejected_at)
                 if status.HasField("at"):
                     a.status_at.CopyFrom(status.at)
             heard = liveness.last_heard(store_id) if liveness is not None else None
