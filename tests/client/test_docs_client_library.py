@@ -27,10 +27,10 @@ async def stock(srv: UnistockServer, seq: int, kind: int, units: int) -> None:
 
 
 async def spawn(
-    name: str, srv: UnistockServer, tmp_path: Path, script: Path | None = None
+    code: str, srv: UnistockServer, tmp_path: Path, script: Path | None = None
 ) -> asyncio.subprocess.Process:
-    """The example as a program (script: one saved before, to run it again)."""
-    script = script or in_a_checkout(example(name).text, srv, tmp_path, role="admin")
+    """The example's code as a program (script: one saved before, to run it again)."""
+    script = script or in_a_checkout(code, srv, tmp_path, role="admin")
     return await asyncio.create_subprocess_exec(
         sys.executable, str(script), cwd=script.parent,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -39,10 +39,10 @@ async def spawn(
 
 
 async def run(
-    name: str, srv: UnistockServer, tmp_path: Path, script: Path | None = None
+    code: str, srv: UnistockServer, tmp_path: Path, script: Path | None = None
 ) -> list[str]:
     """The example's output lines; it must exit 0."""
-    proc = await spawn(name, srv, tmp_path, script)
+    proc = await spawn(code, srv, tmp_path, script)
     async with asyncio.timeout(DEADLINE):
         out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
@@ -51,7 +51,7 @@ async def run(
 
 async def test_connect_example(server: UnistockServer, tmp_path: Path) -> None:
     await stock(server, 1, pb.RECEIPT, 5)
-    out = await run("client-connect", server, tmp_path)
+    out = await run(example("client-connect").text, server, tmp_path)
     assert out[:3] == ["available 5", "held cart-123", "short SHOE-42 store-7 996"]
     assert out[3].startswith("not found: "), out
     assert "no-such-cart" in out[3], out
@@ -60,7 +60,7 @@ async def test_connect_example(server: UnistockServer, tmp_path: Path) -> None:
 
 async def test_retry_example(server: UnistockServer, tmp_path: Path) -> None:
     await stock(server, 1, pb.RECEIPT, 5)
-    assert await run("client-retry", server, tmp_path) == [
+    assert await run(example("client-retry").text, server, tmp_path) == [
         "locations 1",
         "unavailable, retryable: True",
     ]
@@ -68,7 +68,7 @@ async def test_retry_example(server: UnistockServer, tmp_path: Path) -> None:
 
 async def test_watch_example(server: UnistockServer, tmp_path: Path) -> None:
     await stock(server, 1, pb.RECEIPT, 1)
-    proc = await spawn("client-watch", server, tmp_path)
+    proc = await spawn(example("client-watch").text, server, tmp_path)
     assert proc.stdout is not None
     async with asyncio.timeout(DEADLINE):
         first = (await proc.stdout.readline()).decode().split()
@@ -80,7 +80,7 @@ async def test_watch_example(server: UnistockServer, tmp_path: Path) -> None:
 
 
 async def test_writer_example(server: UnistockServer, tmp_path: Path) -> None:
-    out = await run("client-writer", server, tmp_path)
+    out = await run(example("client-writer").text, server, tmp_path)
     assert out[:2] == ["recorded seq 1 new True", "applied 2 duplicates 0"]
     assert out[2].startswith("rejected seq 3 BAD_QUANTITY "), out
     assert "quantity" in out[2]
@@ -89,7 +89,9 @@ async def test_writer_example(server: UnistockServer, tmp_path: Path) -> None:
         (level,) = await c.get_availability(keys=[("SHOE-42", "dc-1")])
     assert (level.on_hand, level.version) == (38, 2)
     # Run again (same file, the caller retrying): the receipt is not recorded twice.
-    again = await run("client-writer", server, tmp_path, tmp_path / "example" / "example.py")
+    again = await run(
+        example("client-writer").text, server, tmp_path, tmp_path / "example" / "example.py"
+    )
     assert again[0] == "recorded seq 1 new False"
     assert again[1] == "applied 0 duplicates 0"
     async with UnistockClient(target(server), TOKENS["admin"]) as c:

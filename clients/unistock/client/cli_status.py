@@ -294,7 +294,8 @@ def main_status(argv: Sequence[str] | None = None) -> int:
         return NOT_SERVING
 
     async def ask() -> int:
-        async with UnistockClient(where, token) as client:
+        # No retries: a server that cannot be reached now is what the status is about.
+        async with UnistockClient(where, token, retry=None) as client:
             console = Console(highlight=False, soft_wrap=False)
             if not console.is_terminal:  # no wrapped cells in a file or a pipe
                 console = Console(highlight=False, width=200)
