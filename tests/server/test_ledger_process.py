@@ -21,6 +21,7 @@ from tests.fixtures.ledger import LedgerProcess, rows_settle
 from tests.fixtures.server import TOKENS, MakeServer, target
 from tests.server.test_api import batch, mv, send
 from unistock.client import UnistockClient
+from unistock.devtools.services import free_port
 from unistock.server.actors.ledger import CONSUMER, LedgerWriter
 from unistock.server.app.ledger import LedgerSettings
 from unistock.server.app.server import UnistockServer
@@ -136,7 +137,10 @@ def test_exit_codes(tmp_path: Path) -> None:
         bad = run_ledger(*flags)
         assert bad.returncode == 2, flags
         assert says in bad.stderr.splitlines()[-1], bad.stderr
-    down = run_ledger("--redis-url", "redis://127.0.0.1:1/0", "--data-dir", str(tmp_path))
+    down = run_ledger(  # its metrics on a free port: 9466 may be a running `make run`'s
+        "--redis-url", "redis://127.0.0.1:1/0", "--data-dir", str(tmp_path),
+        "--ledger-metrics-port", str(free_port()),
+    )  # fmt: skip
     assert down.returncode == 1
     assert "unistock-ledger: cannot start: --redis-url:" in down.stderr
     with socket.socket() as taken:  # the port is checked first, before Redis and SQL
