@@ -23,7 +23,7 @@ DOCS_DIR = ROOT / "docs"
 MARKER = re.compile(
     r"<!-- (?:example: (?P<name>[a-z0-9][a-z0-9-]*)|not run: (?P<reason>\S.*?)) -->"
 )
-_FENCE = re.compile(r"^(```+)(\S*)\s*$")
+_FENCE = re.compile(r"^( *)(```+)(\S*)\s*$")  # indented too (a block inside a list item)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,16 +65,16 @@ def blocks(path: Path) -> list[Block]:
         if not m:
             i += 1
             continue
-        start, fence = i, m[1]
+        start, indent, fence = i, m[1], m[2]
         i += 1
-        while i < len(lines) and lines[i].rstrip() != fence:
+        while i < len(lines) and lines[i].rstrip() != indent + fence:
             i += 1
         if i == len(lines):
             raise ValueError(f"{path.relative_to(ROOT)}:{start + 1}: the fence is never closed")
-        text = "".join(line + "\n" for line in lines[start + 1 : i])
+        text = "".join(line.removeprefix(indent) + "\n" for line in lines[start + 1 : i])
         marker = lines[start - 1].strip() if start > 0 else ""
         found.append(
-            Block(path, start + 1, m[2], text, marker if marker.startswith("<!--") else "")
+            Block(path, start + 1, m[3], text, marker if marker.startswith("<!--") else "")
         )
         i += 1
     return found

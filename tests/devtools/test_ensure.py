@@ -1,4 +1,4 @@
-"""`python -m unistock.devtools.ensure`: what `make test` (everything: Node.js for the Node.js example, Prometheus for deploy/) and `make run`
+"""`python -m unistock.devtools.ensure`: what `make test` (everything: Node.js for the Node.js example, mosquitto_sub for the runbook, Prometheus for deploy/) and `make run`
 (--no-postgres: the server's services only) check and install."""
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ def test_make_test_gets_node_npm_and_prometheus_for_the_tests() -> None:
     done = ensure()
     assert done.returncode == 0, done.stderr
     tools = [line.split(":")[0] for line in done.stdout.splitlines()]
-    assert tools[:6] == ["redis-server", "mosquitto", "node", "npm", "prometheus", "promtool"]
-    assert tools[6].startswith("postgres")
+    assert tools[:7] == [
+        "redis-server", "mosquitto", "node", "npm", "mosquitto_sub", "prometheus", "promtool"
+    ]  # fmt: skip
+    assert tools[7].startswith("postgres")
 
 
 def test_make_run_gets_the_servers_services_only() -> None:

@@ -35,6 +35,8 @@ REQUIRED: tuple[tuple[str, str, str], ...] = (
 TESTS_ONLY: tuple[tuple[str, str, str], ...] = (
     ("node", "nodejs", "--version"),
     ("npm", "npm", "--version"),
+    # the runbook's commands (tests/deploy/test_runbook_commands.py)
+    ("mosquitto_sub", "mosquitto-clients", "--help"),
     # the alert rules and dashboard tests (deploy/)
     ("prometheus", "prometheus", "--version"),
     ("promtool", "prometheus", "--version"),
