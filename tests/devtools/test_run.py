@@ -211,6 +211,12 @@ def test_make_run_tells_the_user_config_where_it_is(tmp_path: Path) -> None:
             "mqtt_url": f"mqtt://127.0.0.1:{mqtt_port}",
             "token_file": str(tmp_path / "checkout" / "var" / "dev-token"),
         }
+        # ...and the checkout's data dir the ports, for the next run (the config may not be
+        # its own by then)
+        assert run._previous_ports(tmp_path / "checkout" / "var") == {
+            "target": grpc_port,
+            "mqtt_url": mqtt_port,
+        }
         elsewhere = tmp_path / "elsewhere"
         elsewhere.mkdir()
         cli = subprocess.run(
@@ -252,17 +258,14 @@ def test_make_run_tells_the_user_config_where_it_is(tmp_path: Path) -> None:
         kill_tree(proc)
 
 
-def test_a_restart_keeps_the_ports_the_last_run_wrote_when_the_defaults_are_taken(
+def test_a_restart_keeps_the_ports_the_last_run_used_when_the_defaults_are_taken(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "config.toml"
-    monkeypatch.setenv("UNISTOCK_CONFIG", str(path))
     monkeypatch.delenv("UNISTOCK_GRPC_PORT", raising=False)
+    assert run._previous_ports(tmp_path) == {}
     previous = free_port()
-    config.write_managed(
-        path, {"target": f"localhost:{previous}", "mqtt_url": "mqtt://127.0.0.1:1"}, origin="t"
-    )
-    assert run._previous_ports() == {"target": previous, "mqtt_url": 1}
+    run._save_ports(tmp_path / "var", {"target": previous, "mqtt_url": 1})
+    assert run._previous_ports(tmp_path / "var") == {"target": previous, "mqtt_url": 1}
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -273,6 +276,5 @@ def test_a_restart_keeps_the_ports_the_last_run_wrote_when_the_defaults_are_take
             also.listen()
             port = run._pick_port("UNISTOCK_GRPC_PORT", default, previous)
             assert port not in (default, previous)
-    # A file the user took over (no marker line) says nothing about earlier runs.
-    path.write_text(path.read_text().split("\n", 1)[1])
-    assert run._previous_ports() == {}
+    (tmp_path / "var" / run.PORTS_FILE).write_text("not json")
+    assert run._previous_ports(tmp_path / "var") == {}

@@ -7,9 +7,10 @@ Usage: ``python -m unistock.devtools.run [server args...]`` (this is what ``make
   port if 6390 is taken).
 * If ``UNISTOCK_MQTT_URL`` is unset, a private ``mosquitto`` is started from
   ``./var/mosquitto`` on port ``UNISTOCK_DEV_MQTT_PORT`` (default 1883, MQTT's standard port
-  and the agents' default; if it is taken, the port the last run used, else a free port).
+  and the agents' default; if it is taken, the port this checkout's last run used, kept in
+  ``var/dev-ports.json``, else a free port).
 * The server's gRPC port is ``UNISTOCK_GRPC_PORT`` (or a ``--grpc-port`` argument), else
-  50051, the port the last run used or a free port, whichever is free first.
+  50051, the port this checkout's last run used or a free port, whichever is free first.
 * The user config file (``unistock.client.config``: ``$UNISTOCK_CONFIG``, else
   ``~/.config/unistock/config.toml``) is written with the server's address, the dev token's
   file and the broker's URL, so that ``unistock``, ``unistock-edge-agent`` and
@@ -32,6 +33,7 @@ Usage: ``python -m unistock.devtools.run [server args...]`` (this is what ``make
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -66,7 +68,7 @@ def _log(msg: str) -> None:
 
 def _pick_port(env_name: str, default: int, previous: int | None = None) -> int:
     """Port from ``env_name`` if set (used as is), else the first free of ``default`` and
-    ``previous`` (the port the last run used), else a free port."""
+    ``previous`` (the port this checkout's last run used (`var/dev-ports.json`)), else a free port."""
     raw = os.environ.get(env_name, "").strip()
     if raw:
         try:
@@ -83,28 +85,30 @@ def _pick_port(env_name: str, default: int, previous: int | None = None) -> int:
     return port
 
 
-def _previous_ports() -> dict[str, int]:
-    """The gRPC and MQTT ports the last ``make run`` wrote to the user config file (none when
-    it is not ours or unreadable), so that a restart keeps its addresses when it can."""
-    path = config.config_path()
-    if not config.is_managed(path):
-        return {}
+PORTS_FILE = "dev-ports.json"
+"""In the data dir: the gRPC and MQTT ports this checkout's last run used."""
+
+
+def _previous_ports(var_dir: Path) -> dict[str, int]:
+    """The ports this checkout's last run used ({} if none or unreadable), so that a restart
+    keeps its addresses when its defaults are taken: running agents and the user config file
+    (even one the user took over) still name them."""
     try:
-        stored = config.read_config(path)
-    except config.ConfigError:
+        stored = json.loads((var_dir / PORTS_FILE).read_text())
+    except (OSError, ValueError):
         return {}
-    ports: dict[str, int] = {}
-    for key, url in (
-        ("target", f"//{stored.get('target', '')}"),
-        ("mqtt_url", stored.get("mqtt_url", "")),
-    ):
-        try:
-            port = urllib.parse.urlsplit(url).port
-        except ValueError:
-            continue
-        if port:
-            ports[key] = port
-    return ports
+    if not isinstance(stored, dict):
+        return {}
+    return {k: v for k, v in stored.items() if k in ("target", "mqtt_url") and isinstance(v, int)}
+
+
+def _save_ports(var_dir: Path, ports: dict[str, int]) -> None:
+    """Remember the ports this run uses (see _previous_ports); a failure only loses that."""
+    try:
+        var_dir.mkdir(parents=True, exist_ok=True)
+        (var_dir / PORTS_FILE).write_text(json.dumps(ports) + "\n")
+    except OSError as e:
+        _log(f"could not remember the ports in {var_dir / PORTS_FILE}: {e}")
 
 
 def _write_config(env: dict[str, str], grpc_port: int, tokens_configured: bool) -> None:
@@ -197,10 +201,10 @@ def main() -> int:
     env = dict(os.environ)
     env.setdefault("UNISTOCK_DATA_DIR", str(var_dir))
     started: list[RedisServer | MosquittoBroker] = []
-    previous = _previous_ports()
+    previous = _previous_ports(var_dir)
 
     def pick_port(var: str, default: int) -> int:
-        # mosquitto takes the port the last run used when its default is taken (the agents
+        # mosquitto takes the port this checkout's last run used (`var/dev-ports.json`) when its default is taken (the agents
         # and the config file have that URL)
         last = previous.get("mqtt_url") if var == "UNISTOCK_DEV_MQTT_PORT" else None
         return _pick_port(var, default, last)
@@ -232,6 +236,11 @@ def main() -> int:
             env.get("UNISTOCK_TOKENS_FILE") or env.get("UNISTOCK_TOKENS")
         )
         _write_config(env, grpc_port, tokens)
+        mqtt_port = urllib.parse.urlsplit(env["UNISTOCK_MQTT_URL"]).port
+        _save_ports(
+            var_dir,
+            {"target": grpc_port, **({"mqtt_url": mqtt_port} if mqtt_port else {})},
+        )
 
         cmd = server_command(sys.argv[1:])
         _log("running: " + " ".join(cmd))
