@@ -90,19 +90,29 @@ async def agent_process(
 ) -> AsyncIterator[asyncio.subprocess.Process]:
     """A real ``unistock-edge-agent`` process (the CLI), killed at the end if still running.
 
-    With ``ready`` (default), waits for its "intake on port" line first.
+    With ``ready`` (default), waits for its start line ("intake on port", broker, outbox) first.
     """
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "unistock.edge.cli", "--store-id", store, "--mqtt-url", mqtt_url,
         "--data-dir", str(data_dir), "--intake-port", "0", "--metrics-port", "0", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={k: v for k, v in os.environ.items() if not k.startswith("UNISTOCK_")},
+        env={
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("UNISTOCK_") or k == "UNISTOCK_CONFIG"  # the test's own
+        },
     )  # fmt: skip
     try:
         if ready:
             assert proc.stdout is not None
-            line = await asyncio.wait_for(proc.stdout.readline(), 60)
-            assert b"intake on port" in line, line
+            line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+            # The start line says where it sends and where its outbox is (a newcomer who
+            # started it from another directory had a second outbox and did not know it).
+            assert "intake on port" in line, line
+            assert (
+                f"broker {mqtt_url}, outbox {(data_dir / f'outbox-{store}.sqlite').resolve()} (source agent-{store}."
+                in line
+            ), line
         yield proc
     finally:
         if proc.returncode is None:

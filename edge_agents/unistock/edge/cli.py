@@ -19,7 +19,10 @@ from unistock.edge.agent import AgentSettings, AgentStartError, StoreAgent
 from unistock.edge.datalock import AgentAlreadyRunning
 from unistock.edge.readers import DEFAULT_READER_TOPIC
 from unistock.edge.sender import DEFAULT_MAX_PAYLOAD
+from unistock.server.app.settings import redact_url
 from unistock.server.domain import InvalidArgument, check_id
+
+log = logging.getLogger("unistock.edge.cli")
 
 _REQUIRED = object()  # a flag's default when it (or its variable) must be given
 
@@ -75,6 +78,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
     def _get_help_string(self, action: argparse.Action) -> str | None:
         if action.default in (None, "", []) or action.default is argparse.SUPPRESS:
             return action.help
+        if "(default:" in (action.help or ""):  # the help says where its default comes from
+            return action.help
         return super()._get_help_string(action)
 
 
@@ -103,12 +108,13 @@ def parse(argv: Sequence[str] | None = None) -> AgentSettings:
 
     flag("--store-id", "UNISTOCK_AGENT_STORE_ID", _REQUIRED, "this store's id")
     try:  # the broker `make run` started, when the user config file says it
-        mqtt_default = ClientConfig.load(env).mqtt_url().value
+        mqtt_default = ClientConfig.load(env).mqtt_url()
     except ConfigError as e:
         p.error(str(e))
-    flag("--mqtt-url", "UNISTOCK_MQTT_URL", mqtt_default,
+    flag("--mqtt-url", "UNISTOCK_MQTT_URL", mqtt_default.value,
          "broker, mqtt[s]://user:pass@host:port (default: mqtt_url of the user config file "
-         f"`make run` writes, else {DEFAULT_MQTT_URL})")  # fmt: skip
+         f"`make run` writes, else {DEFAULT_MQTT_URL}; now: {redact_url(mqtt_default.value)} "
+         f"from {mqtt_default.source})")  # fmt: skip
     flag("--source-id", "UNISTOCK_AGENT_SOURCE_ID", "",
          "movement source id (default: agent-<store id>; the outbox adds its incarnation)")  # fmt: skip
     flag("--data-dir", "UNISTOCK_AGENT_DATA_DIR", "var/agent", "outbox directory")
@@ -189,6 +195,13 @@ def parse(argv: Sequence[str] | None = None) -> AgentSettings:
     logging.basicConfig(
         level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    words = sys.argv[1:] if argv is None else argv
+    given = any(w == "--mqtt-url" or w.startswith("--mqtt-url=") for w in words)
+    log.info(
+        "broker %s (from %s)",
+        redact_url(a.mqtt_url),
+        "--mqtt-url" if given else mqtt_default.source,
+    )
     return AgentSettings(
         store_id=a.store_id,
         mqtt_url=a.mqtt_url,
@@ -215,7 +228,9 @@ async def _main(settings: AgentSettings) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
         print(
-            f"unistock-edge-agent {settings.store_id}: intake on port {agent.intake_port}",
+            f"unistock-edge-agent {settings.store_id}: intake on port {agent.intake_port}, "
+            f"broker {redact_url(settings.mqtt_url)}, outbox {agent.outbox.path.resolve()} "
+            f"(source {agent.outbox.source_id}, {agent.outbox.depth()} unacknowledged)",
             flush=True,
         )
         with contextlib.suppress(asyncio.CancelledError):
