@@ -120,7 +120,7 @@ async def test_the_readme_runs_as_written_and_prints_what_it_shows(
 ) -> None:
     commands = readme_commands()
     assert commands == [
-        ".venv/bin/unistock move backoffice 1 RECEIPT SHOE-42@store-7:3",
+        ".venv/bin/unistock move node-example 1 RECEIPT SHOE-42@store-7:3",
         "cd examples/node-channel-service",
         "npm ci",
         'export UNISTOCK_TOKEN="$(cat ../../var/dev-token)"',
