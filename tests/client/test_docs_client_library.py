@@ -97,3 +97,39 @@ async def test_writer_example(server: UnistockServer, tmp_path: Path) -> None:
     async with UnistockClient(target(server), TOKENS["admin"]) as c:
         (level,) = await c.get_availability(keys=[("SHOE-42", "dc-1")])
     assert (level.on_hand, level.version) == (38, 2)
+
+
+async def test_from_config_finds_the_server_from_any_directory(
+    server: UnistockServer, tmp_path: Path
+) -> None:
+    """As the user config file `make run` writes says: no flag, no variable, no var/ here."""
+    await stock(server, 1, pb.RECEIPT, 4)
+    token_file = tmp_path / "checkout" / "var" / "dev-token"
+    token_file.parent.mkdir(parents=True)
+    token_file.write_text(TOKENS["admin"] + "\n")
+    config_file = tmp_path / "config.toml"
+    config_file.write_text(f'target = "{target(server)}"\ntoken_file = "{token_file}"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "example.py").write_text(example("client-from-config").text)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UNISTOCK_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "example.py", cwd=elsewhere,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env=env | {"UNISTOCK_CONFIG": str(config_file)},
+    )  # fmt: skip
+    async with asyncio.timeout(DEADLINE):
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().splitlines() == ["on hand 4"]
+    config_file.write_text(f'target = "{target(server)}"\n')  # no token anywhere: said so
+    no_dev_token = {"UNISTOCK_DATA_DIR": str(tmp_path / "empty")}  # not this checkout's var/
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "example.py", cwd=elsewhere,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env=env | {"UNISTOCK_CONFIG": str(config_file)} | no_dev_token,
+    )  # fmt: skip
+    async with asyncio.timeout(DEADLINE):
+        out, err = await proc.communicate()
+    assert proc.returncode == 1
+    assert "ConfigError: no token: pass --token, set UNISTOCK_TOKEN" in err.decode()

@@ -23,6 +23,7 @@ from unistock.client._errors import from_rpc
 from unistock.client._retry import RetryPolicy
 from unistock.client._watchers import EventWatcher as EventWatcher  # old home
 from unistock.client._watchers import Watcher as Watcher
+from unistock.client.config import ClientConfig
 from unistock.v1 import admin_pb2 as apb
 from unistock.v1 import admin_pb2_grpc as apb_grpc
 from unistock.v1 import inventory_pb2 as pb
@@ -115,6 +116,34 @@ class UnistockClient:
         self.ledger = lpb_grpc.LedgerServiceStub(self.channel)
         self.metadata = (("authorization", f"Bearer {token}"),)
         self.timeout = timeout
+
+    @classmethod
+    def from_config(
+        cls,
+        target: str | None = None,
+        token: str | None = None,
+        *,
+        root_certificates: bytes | None = None,
+        tls: bool = False,
+        timeout: float | None = 10.0,
+        retry: RetryPolicy | None = RetryPolicy(),  # noqa: B008 (frozen: shared safely)
+    ) -> UnistockClient:
+        """A client for the server and token found as the `unistock` CLI finds them: the
+        arguments, then `UNISTOCK_TARGET` / `UNISTOCK_TOKEN`, then the user config file that
+        `make run` writes, then localhost:50051 and the dev token (see
+        `unistock.client.config`). For scripts and tools; a service passes its own.
+
+        Raises `unistock.client.config.ConfigError` (naming the file and key, or every place
+        tried) when the config file is bad or no token is found."""
+        cfg = ClientConfig.load()
+        return cls(
+            cfg.target(target).value,
+            cfg.token(token).value,
+            root_certificates=root_certificates,
+            tls=tls,
+            timeout=timeout,
+            retry=retry,
+        )
 
     async def __aenter__(self) -> UnistockClient:
         return self
