@@ -15,7 +15,6 @@ import pytest
 
 from tests.fixtures.server import TOKENS, target
 from unistock.client import UnistockClient
-from unistock.client.cli import build_parser
 from unistock.server.app.server import UnistockServer
 from unistock.v1 import admin_pb2 as apb
 from unistock.v1 import inventory_pb2 as pb
@@ -123,8 +122,11 @@ async def test_a_duplicate_movement_exits_4_and_says_nothing_changed(
     assert (rc, json.loads(out)["onHand"]) == (0, "3"), err
 
 
-def test_help_documents_the_exit_codes() -> None:
-    text = build_parser().format_help()
+@pytest.mark.parametrize("command", [(), ("get",), ("move",), ("admin", "import")])
+async def test_help_documents_the_exit_codes(command: tuple[str, ...]) -> None:
+    """The same exit codes in `unistock --help` and in each command's help (Typer on Click)."""
+    rc, text, err = await run_cli(*command, "--help")
+    assert rc == 0, err
     assert "exit codes" in text.lower()
     for code in ("0", "1", "2", "3", "4", "130"):
         assert re.search(rf"^\s*{code}\s", text, re.MULTILINE), code
@@ -142,9 +144,9 @@ def test_help_documents_the_exit_codes() -> None:
         (("reserve", "r", "SHOE-42@store-7:99999999999999999999"), "SKU@LOC:QTY"),
         (("reserve", "r", "SHOE-42@store-7:0"), "SKU@LOC:QTY"),
         (("reserve", "r", "SHOE-42@store-7:1000000001"), "SKU@LOC:QTY"),
-        (("move", "backoffice", "--", "-1", "SALE", "SHOE-42@store-7:1"), "seq"),
-        (("move", "backoffice", "0", "SALE", "SHOE-42@store-7:1"), "seq"),
-        (("move", "backoffice", "99999999999999999999999", "SALE", "SHOE-42@store-7:1"), "seq"),
+        (("move", "backoffice", "--", "-1", "SALE", "SHOE-42@store-7:1"), "SEQ"),
+        (("move", "backoffice", "0", "SALE", "SHOE-42@store-7:1"), "SEQ"),
+        (("move", "backoffice", "99999999999999999999999", "SALE", "SHOE-42@store-7:1"), "SEQ"),
         (("move", "backoffice", "1", "SALE", "SHOE-42@store-7:-1"), "SKU@LOC:QTY"),
         (("move", "backoffice", "1", "SALE", "SHOE-42@store-7:0"), "SKU@LOC:QTY"),
         (("move", "backoffice", "1", "COUNT", "SHOE-42@store-7:1000000001"), "SKU@LOC:QTY"),
@@ -307,9 +309,10 @@ async def test_extend_needs_exactly_one_valid_expiry(
     assert "Traceback" not in err
 
 
-def test_extend_help_says_what_seconds_means() -> None:
-    sub = build_parser().parse_args(["extend", "hold-1", "60"]).command_parser
-    assert "from now" in sub.format_help()
+async def test_extend_help_says_what_seconds_means() -> None:
+    rc, text, _ = await run_cli("extend", "--help")
+    assert rc == 0
+    assert "from now" in text
 
 
 async def test_client_extend_by_ttl_positionally_or_to_an_absolute_time(

@@ -19,14 +19,17 @@ import re
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
 from unistock.client._client import UnistockClient, UnistockClientError
+from unistock.client.cli_app import JsonOpt, admin_app, command, schedule, state, usage
+from unistock.client.cli_args import int_in
 from unistock.client.output import CliError, note, print_json_array, show
 from unistock.client.output import count as _count
 from unistock.server.domain.errors import InvalidArgument
@@ -661,3 +664,93 @@ def networks_table(networks: Sequence[apb.Network]) -> Table:
             Text(", ".join(n.location_ids)),
         )
     return t
+
+
+@command(
+    admin_app,
+    short_help="import master data from CSV files",
+    as_written=True,
+    name="import",
+    help=IMPORT_DESCRIPTION,
+)
+def import_(
+    ctx: typer.Context,
+    locations: Annotated[
+        str | None,
+        typer.Option(metavar="FILE", help="locations CSV (or the old location_id,store_id form)"),
+    ] = None,
+    networks: Annotated[str | None, typer.Option(metavar="FILE", help="networks CSV")] = None,
+    products: Annotated[str | None, typer.Option(metavar="FILE", help="products CSV")] = None,
+    catalogue: Annotated[
+        str | None, typer.Option(metavar="FILE", help="the edge agent's gtin,sku catalogue")
+    ] = None,
+    safety_stock: Annotated[
+        str | None, typer.Option(metavar="FILE", help="safety stock CSV")
+    ] = None,
+    batch: Annotated[
+        int,
+        typer.Option(
+            parser=int_in(1, MAX_ADMIN_ROWS),
+            metavar="N",
+            help="rows per call (default 1,000; at most 10,000)",
+        ),
+    ] = 1_000,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="read and check the files, say what would be imported, send nothing"
+        ),
+    ] = False,
+) -> None:
+    args = argparse.Namespace(
+        locations=locations,
+        networks=networks,
+        products=products,
+        catalogue=catalogue,
+        safety_stock=safety_stock,
+    )
+    if not import_files(args):
+        raise usage(
+            "give at least one file: --locations, --networks, --products, --catalogue or "
+            "--safety-stock"
+        )
+    s = state(ctx)
+
+    def check() -> int | None:
+        uploads = read_import(args)  # every file checked before anything is sent
+        if dry_run:
+            for u in uploads:
+                print(f"{u.path}: {u.summary(len(u.rows), dry_run=True)}")
+            print("dry run: nothing sent")
+            return 0
+        schedule(ctx, lambda c: upload(c, uploads, batch), timeout=120)
+        return None  # go on: connect and send
+
+    s.local = check
+
+
+def _listing_command(
+    name: str,
+    what: str,
+    fetch: Callable[[UnistockClient], Awaitable[Sequence[Any]]],
+    table: Callable[[Any], Table],
+) -> None:
+    """`unistock admin NAME [--json]`: the rows fetch(client) answers, as listing prints them."""
+
+    @command(
+        admin_app,
+        name=name,
+        short_help=f"list the {what}",
+        help=f"List the {what} (a table; --json: one JSON array).",
+    )
+    def _(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+        async def job(c: UnistockClient) -> None:
+            listing(await fetch(c), table, name, as_json)
+
+        schedule(ctx, job)
+
+
+_listing_command("locations", "locations", lambda c: c.list_locations(), locations_table)
+_listing_command(
+    "networks", "networks and their members", lambda c: c.list_networks(), networks_table
+)

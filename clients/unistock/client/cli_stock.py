@@ -130,7 +130,8 @@ def find_table(found: pb.FindStockResponse, *, split: bool, variants: bool) -> T
 
 async def get(c: UnistockClient, sku: str, location: str | None, *, as_json: bool) -> None:
     """Print the levels of sku (everywhere, or at location); CliError NOT_FOUND (exit 3) when
-    the server has no level for it (the position form still prints its zeros first)."""
+    the server has no level for it: no location holds sku, or the position was never seen and
+    is all zeros (printed first: version 0)."""
     keys = [(sku, location)] if location else []
     levels = await c.get_availability(keys=keys, sku="" if keys else sku)
     if as_json or not terminal():
@@ -140,10 +141,18 @@ async def get(c: UnistockClient, sku: str, location: str | None, *, as_json: boo
         show(levels_table(levels))
     if not levels:
         raise CliError(f"no position for sku {sku!r} at any location", NOT_FOUND)
-    if keys and levels[0].version == 0:
+    if keys and _unknown(levels[0]):
         raise CliError(
             f"no position for sku {sku!r} at {location!r} (never seen: zeros)", NOT_FOUND
         )
+
+
+def _unknown(level: pb.StockLevel) -> bool:
+    """A position the server knows nothing of: never seen (version 0) and every number zero
+    (a safety stock set by master data, or units in transit, are something known)."""
+    return level.version == 0 and level == pb.StockLevel(
+        sku=level.sku, location_id=level.location_id
+    )
 
 
 async def watch_table(
