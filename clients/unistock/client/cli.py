@@ -149,7 +149,7 @@ def _join_in(argv: list[str]) -> list[str]:
     while i < len(argv):
         if argv[i] == "--":
             return out + argv[i:]
-        if argv[i] == "--in" and i + 2 < len(argv) + 0 and not argv[i + 2].startswith("-"):
+        if argv[i] == "--in" and i + 2 < len(argv) and not argv[i + 2].startswith("-"):
             out += ["--in", argv[i + 1] + _IN_JOIN + argv[i + 2]]
             i += 3
             continue
