@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.client.test_cli import cli, run_cli
 from tests.client.test_ledger_cli import day  # noqa: F401 (a fixture: a server whose ledger is written)
 from tests.fixtures.server import TOKENS, target
@@ -175,35 +177,54 @@ def _read_until(fd: int, wanted: list[str], deadline: float) -> str:
     return seen.decode(errors="replace")
 
 
-async def test_watch_on_a_terminal_is_a_live_table(server: UnistockServer) -> None:
-    """`unistock watch` in a real pseudo-terminal: one table redrawn in place (Rich Live) that
-    shows a change as it happens; Ctrl-C ends it with exit 130."""
-    rc, _, err = await cli(server, "move", "bo", "1", "RECEIPT", "SHOE@s1:5")
-    assert rc == 0, err
+@pytest.mark.parametrize(
+    ("command", "before", "change", "after"),
+    [
+        (("watch", "--sku", "SHOE"), " 5 │", ("move", "bo", "2", "SALE", "SHOE@s1:2"), " 3 │"),
+        (("network", "web", "--watch"), " 4 │", ("move", "bo", "2", "SALE", "SHOE@s1:2"), " 2 │"),
+        (
+            ("reservations", "--location", "s1", "--watch"),
+            "r-1",
+            ("reserve", "r-2", "SHOE@s1:1"),
+            "r-2",
+        ),
+    ],
+)
+async def test_watching_on_a_terminal_is_a_live_table(
+    server: UnistockServer, command: tuple[str, ...], before: str, change: tuple[str, ...],
+    after: str,
+) -> None:  # fmt: skip
+    """`unistock watch`, `network --watch`, `reservations --watch` in a real pseudo-terminal:
+    one table redrawn in place (Rich Live) that shows a change as it happens; Ctrl-C ends it
+    with exit 130."""
+    async with UnistockClient(target(server), TOKENS["admin"]) as c:
+        await c.upsert_locations([apb.Location(location_id="s1", type=apb.STORE)])
+        await c.upsert_networks([apb.Network(network_id="web", location_ids=["s1"])])
+    for setup in (("move", "bo", "1", "RECEIPT", "SHOE@s1:5"), ("reserve", "r-1", "SHOE@s1:1")):
+        rc, _, err = await cli(server, *setup)
+        assert rc == 0, err
     master, slave = pty.openpty()
     env = dict(os.environ, COLUMNS="160", LINES="40", TERM="xterm")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "unistock.client.cli", "--target", target(server),
-        "--token", TOKENS["admin"], "watch", "--sku", "SHOE",
+        "--token", TOKENS["admin"], *command,
         stdout=slave, stderr=asyncio.subprocess.PIPE, env=env,
     )  # fmt: skip
     os.close(slave)
     loop = asyncio.get_running_loop()
+    live = "live: changes as they happen"
     try:
         first = await loop.run_in_executor(
-            None,
-            _read_until,
-            master,
-            ["live: changes as they happen", " 5 │"],
-            time.monotonic() + 30,
+            None, _read_until, master, [live, before], time.monotonic() + 30
         )
-        assert "live: changes as they happen" in first, first
-        rc, _, err = await cli(server, "move", "bo", "2", "SALE", "SHOE@s1:2")
+        assert live in first, first
+        assert before in first, first
+        rc, _, err = await cli(server, *change)
         assert rc == 0, err
         later = await loop.run_in_executor(
-            None, _read_until, master, [" 3 │"], time.monotonic() + 30
+            None, _read_until, master, [after], time.monotonic() + 30
         )
-        assert " 3 │" in later, later
+        assert after in later, later
         assert "\x1b[" in later  # redrawn in place (cursor movements), not lines appended
         assert "{" not in first + later  # no JSON on a terminal
         proc.send_signal(signal.SIGINT)
