@@ -1,6 +1,7 @@
 # Unistock developer entry points.  Everything runs inside $(VENV); `make test` works on a
-# fresh clone as long as python3 >= 3.11 is installed (redis-server, mosquitto and postgresql
-# are installed with apt-get when running as root on Debian, see `make services`).
+# fresh clone as long as python3 >= 3.11 is installed (redis-server, mosquitto, postgresql, and
+# for the tests nodejs with npm (the Node.js example) and prometheus (deploy/), are installed with
+# apt-get when running as root on Debian, see `make services`).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,12 +13,13 @@ ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: help venv services run test lint proto bench clean
+.PHONY: help venv services run demo test lint proto bench clean
 
 help:
 	@echo "make venv      create $(VENV) and install unistock[dev] (editable)"
-	@echo "make services  check/install redis-server, mosquitto and postgresql"
+	@echo "make services  check/install redis-server, mosquitto, postgresql, nodejs, npm, prometheus"
 	@echo "make run       run the server with private redis/mosquitto in ./var (ARGS=...)"
+	@echo "make demo      play the store/web journeys on private services, narrated (ARGS=--fast)"
 	@echo "make test      run the test suite (PYTEST_ARGS=...)"
 	@echo "make lint      ruff check, ruff format --check, mypy --strict"
 	@echo "make proto     regenerate protobuf/gRPC code"
@@ -55,6 +57,10 @@ services: venv
 run: venv
 	$(PY) -m unistock.devtools.ensure --no-postgres
 	$(PY) -m unistock.devtools.run $(ARGS)
+
+demo: venv
+	$(PY) -m unistock.devtools.ensure --no-postgres
+	$(PY) -m unistock.devtools.demo $(ARGS)
 
 test: venv services
 	$(PY) -m pytest -q $(PYTEST_ARGS)

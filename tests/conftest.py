@@ -1,6 +1,8 @@
 import os
 import tempfile
 
+import pytest
+
 pytest_plugins = ["tests.fixtures.services", "tests.fixtures.server"]
 
 
@@ -11,3 +13,13 @@ def pytest_configure() -> None:
     os.environ["UNISTOCK_CONFIG"] = os.path.join(
         tempfile.mkdtemp(prefix="unistock-test-config-"), "config.toml"
     )
+
+
+@pytest.fixture(autouse=True)
+def _own_client_config(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each test its own client config path (not existing): a `make run` started by one test
+    writes the file it names, and no other test may read that."""
+    path = tmp_path_factory.mktemp("client-config") / "config.toml"
+    monkeypatch.setenv("UNISTOCK_CONFIG", str(path))

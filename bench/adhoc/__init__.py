@@ -1,1 +1,1 @@
-"""One-off measurements behind figures quoted in the README (not scenarios of the table)."""
+"""One-off measurements behind figures quoted in the README and docs/performance.md (not scenarios of the table)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from unistock.server.actors.liveness import StoreLiveness
+from unistock.server.metrics import OTHER_STORES, StoreLivenessCollector
 
 
 class Clock:
@@ -77,3 +78,45 @@ def test_a_retained_status_counts_from_when_the_agent_made_it() -> None:
     failed = live.changed()
     live.unsaved(failed)  # could not be stored: given again
     assert live.changed() == failed
+
+
+def _samples(collector: StoreLivenessCollector) -> dict[str, dict[str, float]]:
+    """metric -> store -> value, as scraped."""
+    return {
+        family.name: {s.labels["store"]: s.value for s in family.samples}
+        for family in collector.collect()
+    }
+
+
+def test_the_store_metrics_say_how_long_each_store_has_been_silent_and_its_backlog() -> None:
+    clock = Clock()
+    collector = StoreLivenessCollector()
+    assert _samples(collector) == {  # no MQTT ingestion: the families, no series
+        "unistock_store_silent_seconds": {},
+        "unistock_store_reported_backlog_seconds": {},
+    }
+    live = collector.liveness = StoreLiveness(clock)
+    live.heard("s1")
+    live.know("s2")  # a store of master data never heard from: counts from now
+    clock.now += 30
+    live.status("s2", online=True, backlog_age=400)
+    assert _samples(collector) == {
+        "unistock_store_silent_seconds": {"s1": 30.0, "s2": 0.0},
+        "unistock_store_reported_backlog_seconds": {"s1": 0.0, "s2": 400.0},
+    }
+    live.status("s2", online=False, backlog_age=0)  # stopped: OFFLINE does not refresh
+    clock.now += 20
+    assert _samples(collector)["unistock_store_silent_seconds"] == {"s1": 50.0, "s2": 20.0}
+
+
+def test_stores_beyond_the_series_limit_share_one_series_with_the_largest_values() -> None:
+    clock = Clock()
+    collector = StoreLivenessCollector(limit=2)
+    live = collector.liveness = StoreLiveness(clock)
+    for store in ("a", "b", "c", "d"):
+        live.status(store, online=True, backlog_age={"c": 7.0}.get(store, 1.0))
+        clock.now += 10
+    assert _samples(collector) == {
+        "unistock_store_silent_seconds": {"a": 40.0, "b": 30.0, OTHER_STORES: 20.0},
+        "unistock_store_reported_backlog_seconds": {"a": 1.0, "b": 1.0, OTHER_STORES: 7.0},
+    }

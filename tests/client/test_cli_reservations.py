@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import signal
 import sys
 from pathlib import Path
 
 from tests.client.test_cli import cli, server_args, spawn
-from tests.client.test_readme_cli_examples import ROOT, sh
+from tests.client.test_readme_cli_examples import in_a_checkout, sh
+from tests.docs import commands, example
 from tests.fixtures.server import TOKENS, target
 from unistock.client import UnistockClient
 from unistock.server.app.server import UnistockServer
@@ -107,13 +107,11 @@ async def test_watch_prints_the_table_then_each_change(server: UnistockServer) -
     assert rc == 130
 
 
-async def test_the_readme_reservations_example_runs_as_written(server: UnistockServer) -> None:
-    blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
-    [block] = [b for b in blocks if "reservations --customer ann" in b]
-    commands = [ln.split("  #")[0].strip() for ln in block.splitlines() if ln.strip()]
-    assert len(commands) == 6, commands
+async def test_the_reservations_example_runs_as_written(server: UnistockServer) -> None:
+    lines = commands(example("reservations-cli"))
+    assert len(lines) == 6, lines
     outputs = []
-    for command in commands[:-1]:  # the last one watches until Ctrl-C (tested above)
+    for command in lines[:-1]:  # the last one watches until Ctrl-C (tested above)
         rc, out, err = await sh(command, server)
         assert rc == 0, (command, err)
         outputs.append(out)
@@ -121,22 +119,16 @@ async def test_the_readme_reservations_example_runs_as_written(server: UnistockS
     assert "ACTIVE" in outputs[2]
     assert "cc-2" in outputs[3]
     assert [r["reservationId"] for r in json.loads(outputs[4])] == ["cc-2"]
-    assert commands[-1].endswith("--watch")
+    assert lines[-1].endswith("--watch")
 
 
-async def test_the_readme_python_example_runs(server: UnistockServer, tmp_path: Path) -> None:
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
-    [code] = [b for b in blocks if "watch_reservations(" in b]
-    here = tmp_path / "example"  # a checkout's layout: var/dev-token
-    (here / "var").mkdir(parents=True)
-    (here / "var" / "dev-token").write_text(TOKENS["channel"] + "\n")
-    script = here / "example.py"
-    script.write_text(code.replace("localhost:50051", target(server)))
+async def test_the_reservations_python_example_runs(server: UnistockServer, tmp_path: Path) -> None:
+    script = in_a_checkout(example("reservations-python").text, server, tmp_path)
     c = await seeded(server)  # ann: cc-1 ACTIVE at store-2
     await c.reserve("done-1", [("SHOE", "store-2", 1)], customer_id="ann")
     await c.fulfil("done-1")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(script), cwd=here, stdout=asyncio.subprocess.PIPE
+        sys.executable, str(script), cwd=script.parent, stdout=asyncio.subprocess.PIPE
     )
     try:
         assert proc.stdout is not None

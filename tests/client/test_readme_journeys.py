@@ -1,28 +1,23 @@
-"""The README's journeys for channel engineers run as written: its Python block saved as
+"""The journeys for channel engineers (docs/integration-channels.md) run as written: its Python block saved as
 journeys.py and run with the checkout's interpreter against a real server (its address and
 token given as a user would: UNISTOCK_TARGET and UNISTOCK_TOKEN), printing exactly what the
-README says it prints; a second run applies nothing twice and stops where the README says."""
+docs say it prints; a second run applies nothing twice and stops where the docs say."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import re
 import sys
 from pathlib import Path
 
-from tests.client.test_readme_cli_examples import ROOT
+from tests.docs import example
 from tests.fixtures.server import TOKENS, target
 from unistock.client import UnistockClient
 from unistock.server.app.server import UnistockServer
 
 
 def journeys() -> tuple[str, list[str]]:
-    text = (ROOT / "README.md").read_text()
-    [section] = re.findall(r"### The journeys, in code.*?\n## ", text, flags=re.S)
-    [program] = re.findall(r"```python\n(.*?)```", section, flags=re.S)
-    [printed] = re.findall(r"It prints:\n\n```text\n(.*?)```", section, flags=re.S)
-    return program, printed.splitlines()
+    return example("journeys").text, example("journeys-output").text.splitlines()
 
 
 async def run(srv: UnistockServer, script: Path) -> tuple[int, str, str]:
@@ -36,7 +31,7 @@ async def run(srv: UnistockServer, script: Path) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
-async def test_the_readme_journeys_run_as_written(server: UnistockServer, tmp_path: Path) -> None:
+async def test_the_journeys_run_as_written(server: UnistockServer, tmp_path: Path) -> None:
     program, printed = journeys()
     script = tmp_path / "journeys.py"
     script.write_text(program)

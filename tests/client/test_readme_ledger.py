@@ -1,27 +1,14 @@
-"""The README's History and KPIs example runs as written: each `.venv/bin/unistock` line of
+"""The docs' History and KPIs example runs as written: each `.venv/bin/unistock` line of
 its block, in a shell from the checkout, against a real server whose ledger writer runs in
-process; the tables printed are the README's (every cell but the times)."""
+process; the tables printed are the docs' (every cell but the times)."""
 
 from __future__ import annotations
 
-import re
-
-from tests.client.test_readme_cli_examples import ROOT, sh
+from tests.client.test_readme_cli_examples import sh
+from tests.docs import commands, example
 from tests.fixtures.server import TOKENS, MakeServer, target
 from tests.server.test_ledger_service import settled
 from unistock.client import UnistockClient
-
-
-def example() -> tuple[list[str], str]:
-    """The commands of the README's block that runs `unistock kpis`, and the output shown."""
-    readme = (ROOT / "README.md").read_text()
-    [(block, output)] = re.findall(
-        r"```sh\n([^`]*unistock kpis[^`]*)```\n\nprints \(times will differ\):\n\n```text\n(.*?)```",
-        readme,
-        flags=re.S,
-    )
-    commands = [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
-    return commands, output
 
 
 def rows(table: str) -> list[list[str]]:
@@ -33,21 +20,21 @@ def rows(table: str) -> list[list[str]]:
     ]
 
 
-async def test_the_readme_ledger_example_runs_as_written(
+async def test_the_ledger_example_runs_as_written(
     make_server: MakeServer, clean_redis_url: str
 ) -> None:
-    commands, output = example()
-    assert [c.split()[1] for c in commands] == ["move", "move", "reserve", "fulfil", "move",
+    lines, output = commands(example("history-kpis")), example("history-kpis-output").text
+    assert [c.split()[1] for c in lines] == ["move", "move", "reserve", "fulfil", "move",
                                                 "history", "kpis"]  # fmt: skip
     srv = await make_server(clean_redis_url, ledger_in_process=1)
-    for command in commands[:5]:
+    for command in lines[:5]:
         rc, _, err = await sh(command, srv)
         assert rc == 0, (command, err)
     async with UnistockClient(target(srv), TOKENS["admin"]) as c:
         await settled(c, 4, sku="SHOE-43", location_id="store-9")
         await settled(c, 2, reservation_id="web-1", types=["RESERVATION"])
     printed = ""
-    for command in commands[5:]:
+    for command in lines[5:]:
         rc, out, err = await sh(command, srv)
         assert rc == 0, (command, err)
         printed += out

@@ -80,6 +80,7 @@ def test_make_run_starts_the_server_and_the_ledger_writer(tmp_path: Path) -> Non
         "UNISTOCK_DEV_MQTT_PORT": str(free_port()),
         "UNISTOCK_LEDGER_METRICS_PORT": str(free_port()),
         "UNISTOCK_TOKENS": f"admin:{TOKENS['admin']}",
+        "UNISTOCK_CONFIG": str(tmp_path / "config.toml"),  # not the suite's shared path
     }
     out = tmp_path / "run.out"
     with out.open("wb") as f:
@@ -144,6 +145,7 @@ def test_a_taken_metrics_port_falls_back_to_a_free_one(tmp_path: Path) -> None:
         "UNISTOCK_DEV_MQTT_PORT": str(free_port()),
         "UNISTOCK_DEV_LEDGER": "0",
         "UNISTOCK_TOKENS": f"admin:{TOKENS['admin']}",
+        "UNISTOCK_CONFIG": str(tmp_path / "config.toml"),  # not the suite's shared path
     }
     out = tmp_path / "run.out"
     with socket.socket() as taken:

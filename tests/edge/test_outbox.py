@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from unistock.edge.outbox import Outbox, OutboxError, RequestConflict, _fingerprint
+from unistock.edge.outbox import (
+    SCHEMA_VERSION,
+    Outbox,
+    OutboxError,
+    RequestConflict,
+    _fingerprint,
+)
 from unistock.v1 import inventory_pb2 as pb
 
 SOURCE = "edge-store-042"
@@ -480,3 +487,151 @@ def test_concurrent_appends_from_two_outbox_objects_never_share_a_seq(tmp_path: 
     every = seqs[0] + seqs[1]
     assert len(every) == 120
     assert sorted(every) == list(range(1, 121)), "each seq handed out exactly once"
+
+
+# ---- rejections: who sent them, resolution, listing, schema migration -----------------------
+
+
+def test_a_rejection_keeps_the_till_and_request_id_it_came_with(outbox: Outbox) -> None:
+    before = time.time()
+    outbox.append([sale("A")], device_id="till-1")
+    seq, _ = outbox.append_once(sale("B"), "till-2/r7/1", device_id="till-2")
+    outbox.append([sale("C")])  # e.g. a COUNT the agent made itself: no device
+    outbox.settle(
+        3, [(1, pb.WRONG_STORE, "a"), (seq, pb.WRONG_STORE, "b"), (3, pb.BAD_QUANTITY, "")]
+    )
+    by_seq = {r.seq: r for r in outbox.rejected()}
+    assert (by_seq[1].device_id, by_seq[1].request_id) == ("till-1", "")
+    assert (by_seq[2].device_id, by_seq[2].request_id) == ("till-2", "till-2/r7/1")
+    assert (by_seq[3].device_id, by_seq[3].request_id) == ("", "")
+    assert [by_seq[s].number for s in (1, 2, 3)] == [1, 2, 3]
+    recorded = by_seq[2].recorded_at
+    assert recorded is not None
+    assert before <= recorded <= by_seq[2].rejected_at
+    assert by_seq[2].resolved_at is None
+
+
+def test_resolve_is_once_and_idempotent(outbox: Outbox) -> None:
+    outbox.append([sale("A"), sale("B")], device_id="till-1")
+    outbox.settle(2, [(1, pb.WRONG_STORE, "x"), (2, pb.WRONG_STORE, "y")])
+    assert outbox.unresolved()[0] == 2
+    first = outbox.resolve(1, "ana", "entered again at s1", now=1000.0)
+    assert first is not None
+    assert (first.resolved_at, first.resolved_by, first.resolve_note) == (
+        1000.0,
+        "ana",
+        "entered again at s1",
+    )
+    again = outbox.resolve(1, "bob", "other", now=2000.0)
+    assert again == first  # the first resolution stands
+    assert outbox.resolve(99, "ana") is None  # not a rejection
+    count, latest = outbox.unresolved()
+    assert count == 1
+    assert latest == outbox.rejected()[1].rejected_at
+    outbox.resolve(2, "ana")
+    assert outbox.unresolved() == (0, None)
+
+
+def test_rejections_are_listed_newest_first_filtered_and_paged(outbox: Outbox) -> None:
+    outbox.append([sale(f"S{i}") for i in range(6)], device_id="till-1")
+    outbox.append([sale("T")], device_id="till-2")
+    outbox.settle(7, [(s, pb.WRONG_STORE, "") for s in (2, 4, 5, 6, 7)])
+    outbox.resolve(4, "ana")
+    assert [r.seq for r in outbox.rejections()] == [7, 6, 5, 4, 2]
+    assert [r.seq for r in outbox.rejections(unresolved_only=True)] == [7, 6, 5, 2]
+    assert [r.seq for r in outbox.rejections(device_id="till-1")] == [6, 5, 4, 2]
+    page = outbox.rejections(limit=2)
+    assert [r.seq for r in page] == [7, 6]
+    assert [r.seq for r in outbox.rejections(limit=2, before_number=page[-1].number)] == [5, 4]
+    assert [r.seq for r in outbox.rejections(after_number=3, newest_first=False)] == [6, 7]
+    assert outbox.rejections(since=time.time() + 60) == []
+    assert outbox.last_rejection_number() == 5
+
+
+#: The tables of an outbox file written before schema versioning (user_version 0), verbatim.
+OLD_SCHEMA = """
+CREATE TABLE movement (seq INTEGER NOT NULL, payload BLOB NOT NULL, occurred_at BIGINT,
+    appended_at FLOAT NOT NULL, state VARCHAR(16) NOT NULL, PRIMARY KEY (seq));
+CREATE TABLE meta (id INTEGER NOT NULL, source_id VARCHAR NOT NULL, next_seq INTEGER NOT NULL,
+    last_acked INTEGER NOT NULL, PRIMARY KEY (id));
+CREATE TABLE rejected (seq INTEGER NOT NULL, payload BLOB, reason INTEGER NOT NULL,
+    detail VARCHAR NOT NULL, rejected_at FLOAT NOT NULL, PRIMARY KEY (seq));
+CREATE TABLE request (request_id VARCHAR NOT NULL, seq INTEGER NOT NULL,
+    fingerprint VARCHAR NOT NULL, recorded_at FLOAT NOT NULL, PRIMARY KEY (request_id));
+CREATE INDEX ix_request_recorded_at ON request (recorded_at);
+CREATE INDEX ix_request_seq ON request (seq);
+"""
+
+
+def test_an_outbox_file_of_the_old_schema_opens_migrated_and_keeps_working(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript(OLD_SCHEMA)
+    now = time.time()
+    a, b, c = sale("A"), sale("B"), sale("C")
+    for seq, m in ((1, a), (2, b), (3, c)):
+        m.source_id, m.seq = SOURCE, seq
+    old.executemany(
+        "INSERT INTO movement (seq, payload, occurred_at, appended_at, state) "
+        "VALUES (?, ?, NULL, ?, 'pending')",
+        [(2, b.SerializeToString(), now), (3, c.SerializeToString(), now)],
+    )
+    old.execute("INSERT INTO meta VALUES (1, ?, 4, 0)", (SOURCE,))
+    old.execute(
+        "INSERT INTO rejected VALUES (1, ?, ?, 'location s2', ?)",
+        (a.SerializeToString(), pb.WRONG_STORE, now - 60),
+    )
+    old.executemany(
+        "INSERT INTO request VALUES (?, ?, ?, ?)",
+        [("till-1/r1/1", 1, _fingerprint(a), now), ("till-1/r2/1", 2, _fingerprint(b), now)],
+    )
+    old.commit()
+    old.close()
+
+    with Outbox(path, SOURCE) as outbox:
+        # The old rejection is listed, numbered, its request_id recovered from the request table.
+        [first] = outbox.rejections()
+        assert (first.seq, first.number, first.request_id, first.device_id) == (
+            1,
+            1,
+            "till-1/r1/1",
+            "",
+        )
+        assert first.recorded_at is None
+        assert first.resolved_at is None
+        # Pending movements go on; their rejection carries the recovered request_id too.
+        assert [m.seq for m in outbox.pending()] == [2, 3]
+        outbox.settle(3, [(2, pb.WRONG_STORE, "location s2")])
+        assert [(r.seq, r.number, r.request_id) for r in outbox.rejections()] == [
+            (2, 2, "till-1/r2/1"),
+            (1, 1, "till-1/r1/1"),
+        ]
+        assert outbox.append([sale("D")], device_id="till-9") == [4]
+        assert outbox.resolve(1, "ana") is not None
+        assert outbox.unresolved()[0] == 1
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    with Outbox(path, SOURCE) as reopened:  # opening a migrated file again changes nothing
+        assert [r.number for r in reopened.rejections()] == [2, 1]
+        assert reopened.rejections()[1].resolved_by == "ana"
+
+
+def test_rejections_an_older_agent_wrote_are_numbered_after_the_others(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite"
+    with Outbox(path, SOURCE) as outbox:
+        outbox.append([sale("A"), sale("B"), sale("C")])
+        outbox.settle(1, [(1, pb.WRONG_STORE, "")])
+    # An older agent (downgrade) rejects seqs 3 then 2 without numbering them.
+    with sqlite3.connect(path) as conn:
+        for seq in (3, 2):
+            conn.execute("DELETE FROM movement WHERE seq = ?", (seq,))
+            conn.execute(
+                "INSERT INTO rejected (seq, payload, reason, detail, rejected_at) "
+                "VALUES (?, NULL, ?, '', ?)",
+                (seq, pb.WRONG_STORE, time.time()),
+            )
+    with Outbox(path, SOURCE) as upgraded:
+        assert [(r.seq, r.number) for r in upgraded.rejections()] == [(3, 3), (2, 2), (1, 1)]
+        assert [r.seq for r in upgraded.rejections(after_number=1, newest_first=False)] == [2, 3]

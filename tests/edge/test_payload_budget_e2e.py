@@ -53,6 +53,9 @@ async def test_oversized_movements_are_slimmed_or_set_aside_and_the_rest_applies
         assert (record.seq, record.reason) == (3, pb.INVALID_FIELD)
         assert record.movement is not None
         assert record.movement.reason.startswith("damaged")
+        # Store staff see it like a server rejection (the agent's own record, not the stand-in's).
+        assert "too large to publish" in record.detail
+        assert agent.status(pb.AgentStatus.ONLINE).rejected_unresolved == 1
 
 
 async def test_batches_over_the_servers_limit_are_resent_within_it_and_nothing_stalls(

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from tests.docs import example
 from unistock.edge.readers import (
     DEFAULT_READER_TOPIC,
     PayloadError,
@@ -111,3 +112,16 @@ def test_cli_reader_flags() -> None:
     assert parse_cli(["--store-id", "s1"]).reader_topics == (DEFAULT_READER_TOPIC,)
     with pytest.raises(SystemExit):
         parse_cli(["--store-id", "s1", "--reader-location", "fx-back"])
+
+
+def test_the_docs_zebra_payload_is_a_read() -> None:
+    """The Zebra IoT Connector event docs/integration-stores.md shows, as a reader sends it."""
+    payload = example("zebra-tag-read").text.encode()
+    [read], bad = parse_tag_reads(payload, "fx-backroom", NOW)
+    assert bad == 0
+    assert read == TagReadEvent(
+        EPC,
+        "fx-backroom",
+        1,
+        datetime.datetime(2021, 3, 24, 16, 22, 35, 342000, tzinfo=datetime.UTC),
+    )

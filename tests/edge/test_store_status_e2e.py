@@ -79,7 +79,7 @@ async def test_offline_and_online_once_each_across_a_restart(
         await everything.close()
     finally:
         await stop_agent(agent, task)
-    # The README's command prints them (the stream's start first).
+    # The docs' command prints them (the stream's start first).
     proc = await spawn(
         *server_args(srv), "events", "--type", "STORE_OFFLINE", "--type", "STORE_ONLINE",
         "--after", "0-0",

@@ -40,7 +40,7 @@ async def test_answers_wait_for_the_change_they_reveal(
     make_server: MakeServer, redis_server: RedisServer
 ) -> None:
     srv = await make_server(redis_server.url, redis_timeout_s=30.0)
-    async with UnistockClient(target(srv), TOKENS["admin"], timeout=30) as c:
+    async with UnistockClient(target(srv), TOKENS["admin"], timeout=30, retry=None) as c:
         seed = movement_batch(
             "wms-1", [(1, "RECEIPT", *HELD, 1), (2, "RECEIPT", *LAST, 1), (3, "RECEIPT", *QUIET, 5)]
         )
@@ -58,7 +58,7 @@ async def test_answers_wait_for_the_change_they_reveal(
         assert not release.done()
         assert not reserve.done()
 
-        async with UnistockClient(target(srv), TOKENS["admin"], timeout=0.5) as short:
+        async with UnistockClient(target(srv), TOKENS["admin"], timeout=0.5, retry=None) as short:
             # A fulfil of the reservation being released: not "it is RELEASED" yet.
             await refused_transiently(short.fulfil("r-held"))
             await refused_transiently(short.get_reservation("r-held"))
@@ -82,7 +82,7 @@ async def test_answers_wait_for_the_change_they_reveal(
     redis_server.start()
 
     srv2 = await make_server(redis_server.url)
-    async with UnistockClient(target(srv2), TOKENS["admin"], timeout=10) as c:
+    async with UnistockClient(target(srv2), TOKENS["admin"], timeout=10, retry=None) as c:
         after = await levels(c, [HELD, LAST, QUIET])
         # Nothing was answered about the lost changes, and what was answered is still true.
         for key in (HELD, LAST, QUIET):

@@ -41,7 +41,7 @@ async def test_takeover_fences_the_first_server(
 ) -> None:
     first = await make_server(redis_server.url)
     before = await epochs(redis_server.url)
-    async with UnistockClient(target(first), TOKENS["admin"], timeout=5) as c1:
+    async with UnistockClient(target(first), TOKENS["admin"], timeout=5, retry=None) as c1:
         seed = movement_batch("wms-1", [(1, "RECEIPT", *A, 10), (2, "RECEIPT", *B, 10)])
         assert [a.applied async for a in c1.apply_movements([seed])] == [2]
         await c1.reserve("r-1", [(*A, 2)], kind="ORDER")
@@ -59,7 +59,7 @@ async def test_takeover_fences_the_first_server(
         assert first.failed
         assert first.commit.fenced is not None
 
-    async with UnistockClient(target(second), TOKENS["admin"]) as c2:
+    async with UnistockClient(target(second), TOKENS["admin"], retry=None) as c2:
         got = await levels(c2, [A, B])
         assert (got[A].on_hand, got[A].reserved) == (10, 2)
         assert (got[B].on_hand, got[B].reserved) == (10, 0)
@@ -79,7 +79,7 @@ async def test_takeover_fences_the_first_server(
 
     # What the first tried after the takeover is nowhere in Redis.
     third = await make_server(redis_server.url)
-    async with UnistockClient(target(third), TOKENS["admin"]) as c3:
+    async with UnistockClient(target(third), TOKENS["admin"], retry=None) as c3:
         got = await levels(c3, [A, B])
         assert (got[A].on_hand, got[A].reserved, got[B].on_hand) == (10, 10, 11)
         with pytest.raises(UnistockClientError) as err:
@@ -91,7 +91,7 @@ async def test_writes_after_fencing_fail_fast(
     make_server: MakeServer, redis_server: RedisServer
 ) -> None:
     first = await make_server(redis_server.url)
-    async with UnistockClient(target(first), TOKENS["admin"], timeout=2) as c1:
+    async with UnistockClient(target(first), TOKENS["admin"], timeout=2, retry=None) as c1:
         seed = movement_batch("wms-1", [(1, "RECEIPT", *A, 10)])
         assert [a.applied async for a in c1.apply_movements([seed])] == [1]
         await make_server(redis_server.url)

@@ -85,7 +85,7 @@ async def test_postgres_down_at_start_fails_naming_the_flag_without_the_password
     # Nothing was left taken (gRPC port, Redis partitions): the same settings start now.
     postgres_server.start()
     srv = await make_server(clean_redis_url, database_url=url)
-    async with UnistockClient(target(srv), TOKENS["admin"]) as c:
+    async with UnistockClient(target(srv), TOKENS["admin"], retry=None) as c:
         assert await c.upsert_locations([S1]) == 1
         assert (await send(c, movement_batch("wms", [(1, "RECEIPT", *SHOE, 3)]))).applied == 1
 
@@ -109,7 +109,7 @@ async def test_postgres_stopped_admin_writes_unavailable_nothing_half_applied_in
     url = postgres_server.create_database("unistock")
     # max_resident=1: positions are passivated and activated again while PostgreSQL is down.
     srv = await make_server(clean_redis_url, database_url=url, max_resident=1)
-    async with UnistockClient(target(srv), TOKENS["admin"]) as c:
+    async with UnistockClient(target(srv), TOKENS["admin"], retry=None) as c:
         assert await c.upsert_locations([S1]) == 1
         assert await c.set_safety_stock([apb.SafetyStock(sku="SHOE", location_id="s1", units=2)])
         ack = await send(
@@ -196,7 +196,7 @@ async def test_first_admin_write_after_a_postgres_restart_is_unavailable_at_wors
         apb.Location(location_id=f"loc-{i:05d}", type=apb.STORE, name="Store", store_id=f"st-{i}")
         for i in range(2_000)
     ]
-    async with UnistockClient(target(srv), TOKENS["admin"]) as c:
+    async with UnistockClient(target(srv), TOKENS["admin"], retry=None) as c:
         assert await c.upsert_locations([S1]) == 1
         postgres_server.restart()  # no admin call while it was down
         first: UnistockClientError | None = None
@@ -228,7 +228,7 @@ async def test_postgres_paused_admin_writes_fail_and_inventory_keeps_working(
 ) -> None:
     url = postgres_server.create_database("unistock")
     srv = await make_server(clean_redis_url, database_url=url, max_resident=1)
-    async with UnistockClient(target(srv), TOKENS["admin"], timeout=2) as c:
+    async with UnistockClient(target(srv), TOKENS["admin"], timeout=2, retry=None) as c:
         await c.upsert_locations([S1])
         assert (await send(c, movement_batch("wms", [(1, "RECEIPT", *SHOE, 10)]))).applied == 1
         postgres_server.pause()
@@ -268,7 +268,7 @@ async def test_postgres_paused_an_admin_write_is_never_half_applied(
 ) -> None:
     url = postgres_server.create_database("unistock")
     srv = await make_server(clean_redis_url, database_url=url)
-    async with UnistockClient(target(srv), TOKENS["admin"], timeout=2) as c:
+    async with UnistockClient(target(srv), TOKENS["admin"], timeout=2, retry=None) as c:
         await c.upsert_locations([S1])
         assert (await send(c, movement_batch("wms", [(1, "RECEIPT", *SHOE, 10)]))).applied == 1
         postgres_server.pause()
@@ -300,7 +300,7 @@ async def test_safety_stock_written_to_sql_only_is_corrected_when_the_position_a
 ) -> None:
     url = postgres_server.create_database("unistock")
     srv = await make_server(clean_redis_url, database_url=url)
-    async with UnistockClient(target(srv), TOKENS["admin"]) as c:
+    async with UnistockClient(target(srv), TOKENS["admin"], retry=None) as c:
         await c.upsert_locations([S1])
         await c.set_safety_stock([apb.SafetyStock(sku="BAG", location_id="s1", units=3)])
         ack = await send(
@@ -320,7 +320,7 @@ async def test_safety_stock_written_to_sql_only_is_corrected_when_the_position_a
         store.close()
 
     srv = await make_server(clean_redis_url, database_url=url)
-    async with UnistockClient(target(srv), TOKENS["admin"]) as c:
+    async with UnistockClient(target(srv), TOKENS["admin"], retry=None) as c:
         got = await levels(c, [SHOE, BAG])
         assert (got[SHOE].on_hand, got[SHOE].safety_stock, got[SHOE].available) == (10, 4, 6)
         assert (got[BAG].on_hand, got[BAG].safety_stock, got[BAG].available) == (5, 1, 4)
@@ -341,7 +341,7 @@ async def test_safety_stock_written_to_sql_only_is_corrected_when_the_position_a
         assert seen == {SHOE: 4, BAG: 1}
     await srv.stop()
     srv = await make_server(clean_redis_url, database_url=url)
-    async with UnistockClient(target(srv), TOKENS["admin"]) as c:
+    async with UnistockClient(target(srv), TOKENS["admin"], retry=None) as c:
         got = await levels(c, [SHOE, BAG])
         assert (got[SHOE].reserved, got[SHOE].safety_stock, got[SHOE].available) == (6, 4, 0)
         assert (got[BAG].safety_stock, got[BAG].available) == (1, 4)

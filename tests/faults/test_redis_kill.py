@@ -119,8 +119,8 @@ async def test_redis_kill_during_burst(make_server: MakeServer, redis_server: Re
         requests[f"r-{n}"] = [(sku, loc, rng.randint(1, 3)) for sku, loc in picked]
 
     async with (
-        UnistockClient(target(srv), TOKENS["channel"], timeout=5) as chan,
-        UnistockClient(target(srv), TOKENS["backoffice"], timeout=5) as bo,
+        UnistockClient(target(srv), TOKENS["channel"], timeout=5, retry=None) as chan,
+        UnistockClient(target(srv), TOKENS["backoffice"], timeout=5, retry=None) as bo,
     ):
         assert [a.applied async for a in bo.apply_movements([movement_batch("wms-1", seed[0])])]
         ok: dict[str, ResLines] = {}
@@ -181,8 +181,8 @@ async def test_redis_kill_during_burst(make_server: MakeServer, redis_server: Re
     await srv.stop()
     srv2 = await make_server(redis_server.url)
     async with (
-        UnistockClient(target(srv2), TOKENS["channel"]) as chan,
-        UnistockClient(target(srv2), TOKENS["backoffice"]) as bo,
+        UnistockClient(target(srv2), TOKENS["channel"], retry=None) as chan,
+        UnistockClient(target(srv2), TOKENS["backoffice"], retry=None) as bo,
     ):
         await check_state(bo, ok, seed + batches)
         for rid in list(ok)[:20]:

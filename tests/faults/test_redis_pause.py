@@ -36,7 +36,7 @@ async def test_call_cancelled_while_waiting_for_flush_keeps_flusher_alive(
     make_server: MakeServer, redis_server: RedisServer
 ) -> None:
     srv = await make_server(redis_server.url)
-    async with UnistockClient(target(srv), TOKENS["admin"], timeout=2) as c:
+    async with UnistockClient(target(srv), TOKENS["admin"], timeout=2, retry=None) as c:
         seed = movement_batch("wms-1", [(1, "RECEIPT", *A, 10)])
         assert [a.applied async for a in c.apply_movements([seed])] == [1]
         await c.reserve("r-1", [(*A, 1)], kind="ORDER")
@@ -44,7 +44,7 @@ async def test_call_cancelled_while_waiting_for_flush_keeps_flusher_alive(
         # the flush cannot finish while Redis is frozen; the call's deadline passes first.
         redis_server.pause()
         try:
-            short = UnistockClient(target(srv), TOKENS["admin"], timeout=0.3)
+            short = UnistockClient(target(srv), TOKENS["admin"], timeout=0.3, retry=None)
             async with short:
                 with pytest.raises(UnistockClientError) as err:
                     await short.extend("r-1", 3600)
@@ -63,8 +63,8 @@ async def test_redis_paused_then_retries_hold_once(
 ) -> None:
     srv = await make_server(redis_server.url)
     async with (
-        UnistockClient(target(srv), TOKENS["channel"], timeout=2) as chan,
-        UnistockClient(target(srv), TOKENS["backoffice"], timeout=10) as bo,
+        UnistockClient(target(srv), TOKENS["channel"], timeout=2, retry=None) as chan,
+        UnistockClient(target(srv), TOKENS["backoffice"], timeout=10, retry=None) as bo,
     ):
         seed = movement_batch("wms-1", [(1, "RECEIPT", *A, 10_000), (2, "RECEIPT", *B, 10_000)])
         assert [a.applied async for a in bo.apply_movements([seed])] == [2]
@@ -132,7 +132,7 @@ async def test_redis_paused_then_retries_hold_once(
     # Durable: a new server on the same Redis sees exactly the same holds.
     await srv.stop()
     srv2 = await make_server(redis_server.url)
-    async with UnistockClient(target(srv2), TOKENS["backoffice"]) as bo:
+    async with UnistockClient(target(srv2), TOKENS["backoffice"], retry=None) as bo:
         got = await levels(bo, [A, B])
         assert (got[A].reserved, got[B].reserved) == (len(every), 2 * len(every))
         for rid in every:
@@ -149,7 +149,7 @@ async def test_client_leaving_a_movement_stream_keeps_flusher_alive(
     """The same through ApplyMovements: a back-office client that goes away while its batch
     waits for a flush (the ack writer is cancelled while awaiting the window)."""
     srv = await make_server(redis_server.url)
-    async with UnistockClient(target(srv), TOKENS["admin"], timeout=2) as c:
+    async with UnistockClient(target(srv), TOKENS["admin"], timeout=2, retry=None) as c:
         seed = movement_batch("wms-1", [(1, "RECEIPT", *A, 10)])
         assert [a.applied async for a in c.apply_movements([seed])] == [1]
 

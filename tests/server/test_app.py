@@ -62,7 +62,9 @@ async def test_tls(make_server: MakeServer, clean_redis_url: str, tmp_path: Path
         f"localhost:{srv.grpc_port}", TOKENS["channel"], root_certificates=cert.read_bytes()
     ) as c:
         assert await c.get_availability(keys=[("SKU", "store-1")])
-    async with UnistockClient(f"localhost:{srv.grpc_port}", TOKENS["channel"], timeout=2) as plain:
+    async with UnistockClient(
+        f"localhost:{srv.grpc_port}", TOKENS["channel"], timeout=2, retry=None
+    ) as plain:
         with pytest.raises(Exception, match="UNAVAILABLE"):
             await plain.get_availability(keys=[("SKU", "store-1")])
 

@@ -477,7 +477,7 @@ async def test_the_cli_prints_events_as_json_lines(
     server: UnistockServer, backoffice: UnistockClient
 ) -> None:
     """`unistock events`: the resume point first, then each event, until interrupted; the
-    README's example."""
+    example in docs/integration-channels.md."""
     await counts(backoffice, 2)
     await caught_up(server)
     proc = await spawn(*server_args(server), "events", "--type", "COUNT_VARIANCE", "--after", "0-0")
@@ -505,7 +505,7 @@ async def test_the_cli_prints_events_as_json_lines(
 async def test_the_cli_without_after_starts_now_and_resumes_across_a_restart(
     make_server: MakeServer, clean_redis_url: str
 ) -> None:
-    """`unistock events` as the README's first example runs it (no --after: from now); the
+    """`unistock events` as the first example of docs/integration-channels.md runs it (no --after: from now); the
     server stops and starts again on its port: the CLI resumes after the last event it printed,
     with a note on stderr, and prints each event once. A server that cannot be reached at the
     start is exit 1."""

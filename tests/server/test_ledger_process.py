@@ -6,6 +6,7 @@ reported; a consumer's trim never passes another consumer's cursor."""
 from __future__ import annotations
 
 import asyncio
+import shlex
 import socket
 import subprocess
 import sys
@@ -15,11 +16,14 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from tests.docs import commands, example
 from tests.fixtures.ledger import LedgerProcess, rows_settle
 from tests.fixtures.server import TOKENS, MakeServer, target
 from tests.server.test_api import batch, mv, send
 from unistock.client import UnistockClient
+from unistock.devtools.services import free_port
 from unistock.server.actors.ledger import CONSUMER, LedgerWriter
+from unistock.server.app.ledger import LedgerSettings
 from unistock.server.app.server import UnistockServer
 from unistock.server.app.settings import Settings
 from unistock.server.metrics import LedgerMetrics
@@ -133,7 +137,10 @@ def test_exit_codes(tmp_path: Path) -> None:
         bad = run_ledger(*flags)
         assert bad.returncode == 2, flags
         assert says in bad.stderr.splitlines()[-1], bad.stderr
-    down = run_ledger("--redis-url", "redis://127.0.0.1:1/0", "--data-dir", str(tmp_path))
+    down = run_ledger(  # its metrics on a free port: 9466 may be a running `make run`'s
+        "--redis-url", "redis://127.0.0.1:1/0", "--data-dir", str(tmp_path),
+        "--ledger-metrics-port", str(free_port()),
+    )  # fmt: skip
     assert down.returncode == 1
     assert "unistock-ledger: cannot start: --redis-url:" in down.stderr
     with socket.socket() as taken:  # the port is checked first, before Redis and SQL
@@ -359,3 +366,16 @@ async def test_unregister_stops_keeping_the_feed_for_the_ledger(
     assert await srv.store.client.hget(ks.feed_cursors(0), "ledger") is None
     again = await asyncio.to_thread(run_ledger, "--redis-url", clean_redis_url, "--unregister")
     assert "unregistered from 0 partitions" in again.stdout
+
+
+def test_the_docs_ledger_command_line_is_accepted() -> None:
+    """The `unistock-ledger` command line of docs/design.md: every flag exists and takes its
+    value (the writer itself runs in the tests above)."""
+    [line] = commands(example("ledger-command"))
+    program, *argv = shlex.split(line)
+    assert program == "unistock-ledger"
+    s = LedgerSettings.parse(argv)
+    assert (s.redis_url, s.database_url) == (
+        "redis://127.0.0.1:6379/0",
+        "postgresql+psycopg://unistock@db/unistock",
+    )

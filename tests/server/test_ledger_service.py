@@ -410,7 +410,7 @@ async def test_database_down_is_unavailable_then_answers_again(
 ) -> None:
     url = postgres_server.create_database("unistock")
     srv = await make_server(clean_redis_url, database_url=url)
-    async with UnistockClient(target(srv), TOKENS["backoffice"]) as c:
+    async with UnistockClient(target(srv), TOKENS["backoffice"], retry=None) as c:
         assert list((await c.list_ledger_entries(sku="A")).entries) == []
         postgres_server.stop()
         try:

@@ -7,20 +7,62 @@ async with UnistockClient("localhost:50051", token) as client:
         ...
     async for event in EventWatcher(client, types=["READY_FOR_PICKUP"], location_ids=["store-7"]):
         ...
+
+async with MovementWriter(client, "wms-1", "wms-1.outbox") as writer:
+    await writer.record(movement)   # durable locally once it returns; seq assigned
+    result = await writer.flush(30)  # applied / duplicates / rejected
+
+The guide is docs/client-library.md.
 """
 
-from unistock.client._client import (
-    EventWatcher,
+from unistock.client._client import UnistockClient
+from unistock.client._errors import (
+    AlreadyExistsError,
+    AuthenticationError,
+    FailedPreconditionError,
     InsufficientStockError,
-    UnistockClient,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnavailableError,
     UnistockClientError,
-    Watcher,
+)
+from unistock.client._retry import RetryPolicy
+from unistock.client._watchers import EventWatcher, NetworkWatcher, Watcher
+from unistock.client._writer import (
+    FlushResult,
+    FlushTimeout,
+    MovementWriter,
+    Recorded,
+    RejectedMovement,
+    RequestConflict,
+    WriterFailed,
+    WriterFileError,
+    WriterLocked,
 )
 
 __all__ = [
+    "AlreadyExistsError",
+    "AuthenticationError",
     "EventWatcher",
+    "FailedPreconditionError",
+    "FlushResult",
+    "FlushTimeout",
     "InsufficientStockError",
+    "InvalidArgumentError",
+    "MovementWriter",
+    "NetworkWatcher",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "Recorded",
+    "RejectedMovement",
+    "RequestConflict",
+    "RetryPolicy",
+    "UnavailableError",
     "UnistockClient",
     "UnistockClientError",
     "Watcher",
+    "WriterFailed",
+    "WriterFileError",
+    "WriterLocked",
 ]

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Iterable,
+    Sequence,
+)
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, TypeVar
@@ -11,8 +16,13 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
-from grpc_status import rpc_status
 
+from unistock.client._errors import InsufficientStockError as InsufficientStockError
+from unistock.client._errors import UnistockClientError as UnistockClientError  # old home
+from unistock.client._errors import from_rpc
+from unistock.client._retry import RetryPolicy
+from unistock.client._watchers import EventWatcher as EventWatcher  # old home
+from unistock.client._watchers import Watcher as Watcher
 from unistock.v1 import admin_pb2 as apb
 from unistock.v1 import admin_pb2_grpc as apb_grpc
 from unistock.v1 import inventory_pb2 as pb
@@ -24,35 +34,6 @@ Line = tuple[str, str, int]
 """(sku, location_id, quantity)"""
 Time = datetime | Timestamp
 """An aware datetime (with a UTC offset) or a protobuf Timestamp."""
-
-
-class UnistockClientError(Exception):
-    """A call failed; `code` is the gRPC status code, `details` the server's message."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        self.code = code
-        self.details = details
-        super().__init__(f"{code.name}: {details}")
-
-
-class InsufficientStockError(UnistockClientError):
-    """Reserve refused: `short_lines` says which lines fell short and by how much."""
-
-    def __init__(self, code: grpc.StatusCode, details: str, short: list[pb.ShortLine]) -> None:
-        super().__init__(code, details)
-        self.short_lines = short
-
-
-def _error(exc: aio.AioRpcError) -> UnistockClientError:
-    code = exc.code()
-    status = rpc_status.from_call(exc)  # type: ignore[arg-type]
-    if status is not None:
-        for detail in status.details:
-            if detail.Is(pb.InsufficientStock.DESCRIPTOR):
-                info = pb.InsufficientStock()
-                detail.Unpack(info)
-                return InsufficientStockError(code, exc.details() or "", list(info.lines))
-    return UnistockClientError(code, exc.details() or "")
 
 
 def _set_time(field: Timestamp, name: str, value: Time) -> None:
@@ -94,8 +75,22 @@ def _lines(lines: Iterable[Line]) -> list[pb.ReservationLine]:
     return [pb.ReservationLine(sku=s, location_id=loc, quantity=q) for s, loc, q in lines]
 
 
+#: A lost server is dialled again after 0.1 s, then at most every 2 s (gRPC's own defaults, 1 s
+#: up to 120 s, would keep a restarted server unreachable long after it is back).
+_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+
 class UnistockClient:
-    """A channel to a Unistock server with a bearer token."""
+    """A channel to a Unistock server with a bearer token (``target``: ``host:port``).
+
+    ``timeout`` bounds each attempt of a unary call (seconds; ``None``: none). ``retry`` says
+    how calls that are idempotent on the wire are retried on UNAVAILABLE / DEADLINE_EXCEEDED
+    (``None``: never; see RetryPolicy). Every method raises the typed errors of
+    ``unistock.client`` (UnistockClientError and its subclasses)."""
 
     def __init__(
         self,
@@ -105,12 +100,14 @@ class UnistockClient:
         root_certificates: bytes | None = None,
         tls: bool = False,
         timeout: float | None = 10.0,
+        retry: RetryPolicy | None = RetryPolicy(),  # noqa: B008 (frozen: shared safely)
     ) -> None:
         if tls or root_certificates is not None:
             creds = grpc.ssl_channel_credentials(root_certificates)
-            self.channel = aio.secure_channel(target, creds)
+            self.channel = aio.secure_channel(target, creds, options=_CHANNEL_OPTIONS)
         else:
-            self.channel = aio.insecure_channel(target)
+            self.channel = aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        self.retry = retry
         self.stub = pb_grpc.InventoryServiceStub(self.channel)
         #: unistock.v1.AdminService (role admin): master data.
         self.admin = apb_grpc.AdminServiceStub(self.channel)
@@ -131,11 +128,18 @@ class UnistockClient:
         """Close the channel."""
         await self.channel.close(None)
 
-    async def _unary(self, method: Any, request: Any) -> Any:
-        try:
-            return await method(request, metadata=self.metadata, timeout=self.timeout)
-        except aio.AioRpcError as exc:
-            raise _error(exc) from None
+    async def _unary(self, method: Any, request: Any, *, idempotent: bool = True) -> Any:
+        """One unary call; retried per self.retry when idempotent (see RetryPolicy)."""
+
+        async def attempt() -> Any:
+            try:
+                return await method(request, metadata=self.metadata, timeout=self.timeout)
+            except aio.AioRpcError as exc:
+                raise from_rpc(exc) from None
+
+        if not idempotent or self.retry is None:
+            return await attempt()
+        return await self.retry.call(attempt)
 
     async def get_availability(
         self, keys: Sequence[tuple[str, str]] = (), sku: str = ""
@@ -173,7 +177,9 @@ class UnistockClient:
             channel=channel,
             customer_id=customer_id,
         )
-        resp: pb.ReserveResponse = await self._unary(self.stub.Reserve, req)
+        resp: pb.ReserveResponse = await self._unary(
+            self.stub.Reserve, req, idempotent=bool(reservation_id)
+        )
         return resp
 
     async def release(self, reservation_id: str) -> pb.Reservation:
@@ -190,7 +196,10 @@ class UnistockClient:
         req = pb.FulfilReservationRequest(
             reservation_id=reservation_id, lines=_lines(lines), request_id=request_id
         )
-        resp: pb.Reservation = await self._unary(self.stub.FulfilReservation, req)
+        # Without request_id only a full fulfilment is idempotent: a partial one is sent once.
+        resp: pb.Reservation = await self._unary(
+            self.stub.FulfilReservation, req, idempotent=bool(request_id) or not req.lines
+        )
         return resp
 
     async def extend(
@@ -322,7 +331,9 @@ class UnistockClient:
                 for s, f, t, q in moves
             ],
         )
-        resp: pb.Reservation = await self._unary(self.stub.TransferReservation, req)
+        resp: pb.Reservation = await self._unary(
+            self.stub.TransferReservation, req, idempotent=bool(request_id)
+        )
         return resp
 
     async def find_stock(
@@ -494,14 +505,13 @@ class UnistockClient:
 
     async def apply_movements(
         self, batches: AsyncIterable[pb.MovementBatch] | Iterable[pb.MovementBatch]
-    ) -> AsyncIterator[pb.MovementAck]:
-        """Send batches on one stream; yields one ack per batch once it is durable."""
+    ) -> AsyncGenerator[pb.MovementAck, None]:
+        """Send batches on one stream; yields one ack per batch once it is durable. Never
+        retried (see MovementWriter for a durable sender that resends until acknowledged);
+        the stream is cancelled when the iteration is left."""
         call = self.stub.ApplyMovements(batches, metadata=self.metadata)  # type: ignore[arg-type]
-        try:
-            async for ack in call:
-                yield ack
-        except aio.AioRpcError as exc:
-            raise _error(exc) from None
+        async for ack in _stream(call):
+            yield ack
 
     async def watch(
         self,
@@ -543,73 +553,17 @@ class UnistockClient:
         async for msg in _stream(self.stub.WatchEvents(req, metadata=self.metadata)):
             yield msg
 
+    # -- server status (issue 12: `unistock status`) ------------------------------------------
 
-class EventWatcher:
-    """Events matching a filter, one by one, forever: after a disconnect (the server stopped,
-    or this reader fell behind) it resumes after the last event it yielded, so none is missed
-    or repeated. `last_event_id` is where it is: keep it to resume in another process.
-
-    It waits `retry_delay` s before reconnecting, doubling after each failed attempt up to
-    `max_retry_delay` (default: retry_delay, a fixed delay). on_start is called once, with the
-    first stream's start point (its start_after_event_id), and on_retry before each wait
-    (the error, the seconds it waits). With retry_before_start False, a server that cannot
-    be reached before the first stream started raises at once (as any error other than
-    UNAVAILABLE and RESOURCE_EXHAUSTED always does)."""
-
-    def __init__(
-        self,
-        client: UnistockClient,
-        *,
-        types: Sequence[str | int] = (),
-        skus: Sequence[str] = (),
-        location_ids: Sequence[str] = (),
-        networks: Sequence[str] = (),
-        after_event_id: str = "",
-        retry_delay: float = 0.5,
-        max_retry_delay: float | None = None,
-        on_start: Callable[[str], None] | None = None,
-        on_retry: Callable[[UnistockClientError, float], None] | None = None,
-        retry_before_start: bool = True,
-    ) -> None:
-        self.client = client
-        self.types, self.skus, self.location_ids, self.networks = (
-            types,
-            skus,
-            location_ids,
-            networks,
+    async def get_server_status(self) -> apb.ServerStatus:
+        """The server's health, partitions, resident positions, store agents (state, outbox
+        depth, oldest unacked age, staleness), feed consumers' lag and watch subscribers
+        (AdminService.GetServerStatus, role admin). Raises UnistockClientError
+        (PERMISSION_DENIED for another role; UNAVAILABLE when the server cannot be reached)."""
+        status: apb.ServerStatus = await self._unary(
+            self.admin.GetServerStatus, apb.GetServerStatusRequest()
         )
-        self.last_event_id = after_event_id
-        self.retry_delay = retry_delay
-        self.max_retry_delay = retry_delay if max_retry_delay is None else max_retry_delay
-        self.on_start, self.on_retry = on_start, on_retry
-        self.retry_before_start = retry_before_start
-        #: Whether a stream has started (its start point came).
-        self.started = False
-
-    async def __aiter__(self) -> AsyncIterator[pb.InventoryEvent]:
-        """Yields every event, reconnecting on UNAVAILABLE/RESOURCE_EXHAUSTED."""
-        retry = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
-        delay = self.retry_delay
-        while True:
-            try:
-                async for msg in self.client.watch_events(
-                    self.types, self.skus, self.location_ids, self.networks, self.last_event_id
-                ):
-                    if msg.start_after_event_id:
-                        self.last_event_id = msg.start_after_event_id
-                        if not self.started and self.on_start is not None:
-                            self.on_start(msg.start_after_event_id)
-                        self.started, delay = True, self.retry_delay
-                    for ev in msg.events:
-                        self.last_event_id = ev.event_id
-                        yield ev
-            except UnistockClientError as exc:
-                if exc.code not in retry or not (self.started or self.retry_before_start):
-                    raise
-                if self.on_retry is not None:
-                    self.on_retry(exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.max_retry_delay)
+        return status
 
 
 async def _stream(call: Any) -> AsyncIterator[Any]:
@@ -618,46 +572,6 @@ async def _stream(call: Any) -> AsyncIterator[Any]:
         async for msg in call:
             yield msg
     except aio.AioRpcError as exc:
-        raise _error(exc) from None
+        raise from_rpc(exc) from None
     finally:
         call.cancel()
-
-
-class Watcher:
-    """A watch that keeps the latest level per position and resumes after disconnects.
-
-    Levels older than or equal to what it has are ignored, so consumers see each position's
-    versions in increasing order, across reconnects.
-    """
-
-    def __init__(
-        self,
-        client: UnistockClient,
-        skus: Sequence[str] = (),
-        location_ids: Sequence[str] = (),
-        *,
-        retry_delay: float = 0.5,
-    ) -> None:
-        self.client = client
-        self.skus = skus
-        self.location_ids = location_ids
-        self.retry_delay = retry_delay
-        self.levels: dict[tuple[str, str], pb.StockLevel] = {}
-
-    async def __aiter__(self) -> AsyncIterator[pb.StockLevel]:
-        """Yields every new level, forever, reconnecting on UNAVAILABLE/RESOURCE_EXHAUSTED."""
-        retry = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
-        while True:
-            known = {k: lvl.version for k, lvl in self.levels.items()}
-            try:
-                async for msg in self.client.watch(self.skus, self.location_ids, known):
-                    for lvl in msg.levels:
-                        key = (lvl.sku, lvl.location_id)
-                        have = self.levels.get(key)
-                        if have is None or lvl.version > have.version:
-                            self.levels[key] = lvl
-                            yield lvl
-            except UnistockClientError as exc:
-                if exc.code not in retry:
-                    raise
-            await asyncio.sleep(self.retry_delay)

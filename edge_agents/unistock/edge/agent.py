@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
-import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 from paho.mqtt.reasoncodes import ReasonCode
@@ -37,7 +36,6 @@ from sqlalchemy.exc import DBAPIError
 from unistock.client.mqtt import broker_args
 from unistock.edge.catalogue import Catalogue, CatalogueError
 from unistock.edge.counting import (
-    CountCover,
     CountMarks,
     CountSession,
     ReadOutcome,
@@ -45,7 +43,8 @@ from unistock.edge.counting import (
 )
 from unistock.edge.countstore import CountStore
 from unistock.edge.datalock import StoreLock, lock_path
-from unistock.edge.outbox import Outbox, OutboxError, RequestConflict
+from unistock.edge.intake import Intake, now_timestamp, timestamp_at
+from unistock.edge.outbox import Outbox, OutboxError, RejectedMovement
 from unistock.edge.readers import (
     DEFAULT_READER_TOPIC,
     PayloadError,
@@ -66,8 +65,6 @@ from unistock.edge.sender import (
 )
 from unistock.intake.v1 import intake_pb2 as ipb
 from unistock.intake.v1 import intake_pb2_grpc as ipb_grpc
-from unistock.server.api.convert import movement_from_wire, timestamp_from_wire
-from unistock.server.domain import InvalidArgument, check_id
 from unistock.v1 import inventory_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -195,6 +192,12 @@ class AgentMetrics:
             ["device"],
             registry=r,
         )
+        self.rejections_unresolved = Gauge(
+            "unistock_agent_rejections_unresolved",
+            "Movements the server rejected (after the till got its receipt) that store staff "
+            "have not resolved yet (StoreIntake.ResolveRejectedMovement).",
+            registry=r,
+        )
         self.tag_reads = Counter(
             "unistock_agent_tag_reads_total",
             "RFID tag reads received (gRPC or MQTT), by outcome; a read fed to two running "
@@ -283,12 +286,6 @@ class _SendCollector(Collector):
                 "Largest batch payload the server takes, learnt from its BATCH_TOO_LARGE refusal.",
                 value=limits.max_payload_bytes,
             )
-
-
-def _now_ts() -> Timestamp:
-    ts = Timestamp()
-    ts.GetCurrentTime()
-    return ts
 
 
 def _mqtt_client(settings: AgentSettings, will: aiomqtt.Will) -> aiomqtt.Client:
@@ -384,6 +381,9 @@ class StoreAgent:
         # Read at scrape time: values set on record/ack froze while nothing was acked.
         self.metrics.depth.set_function(self.outbox.depth)
         self.metrics.oldest.set_function(lambda: self.outbox.oldest_unacked_age() or 0.0)
+        self.metrics.rejections_unresolved.set_function(lambda: self.outbox.unresolved()[0])
+        # Set (then replaced by a fresh one) whenever a rejection is recorded or resolved.
+        self._rejections_event = asyncio.Event()
         try:
             self.catalogue = (
                 Catalogue.from_csv(settings.catalogue) if settings.catalogue else Catalogue({})
@@ -432,7 +432,7 @@ class StoreAgent:
         # grpc sets SO_REUSEPORT by default: a second process would bind the same port and
         # take half of the tills' calls without a word.
         self._grpc = aio.server(options=[("grpc.so_reuseport", 0)])
-        ipb_grpc.add_StoreIntakeServicer_to_server(_Intake(self), self._grpc)
+        ipb_grpc.add_StoreIntakeServicer_to_server(Intake(self), self._grpc)
         intake = _host_port(s.intake_host, s.intake_port)
         problem = _cannot_bind(s.intake_host, s.intake_port) if s.intake_port else None
         try:
@@ -486,24 +486,36 @@ class StoreAgent:
     # -- intake ------------------------------------------------------------------------------
 
     async def record(
-        self, movements: list[pb.Movement], before: Callable[[], object] | None = None
+        self,
+        movements: list[pb.Movement],
+        before: Callable[[], object] | None = None,
+        *,
+        device_id: str = "",
     ) -> list[int]:
         """Store movements durably in the outbox (in order) and wake the sender.
 
         ``before`` (blocking, run in a thread) is done first, in the same turn of the appends'
         lock: what it writes is durable before the movements, and before anything appended after.
+        ``device_id`` (the till or device that sent them) is kept with them for their rejection.
         """
         for m in movements:
             self._complete(m)
         async with self._lock:
             if before is not None:
                 await asyncio.to_thread(before)
-            seqs = await asyncio.to_thread(self.outbox.append, movements)
+            seqs = await asyncio.to_thread(
+                functools.partial(self.outbox.append, movements, device_id=device_id)
+            )
         self._recorded(movements)
         return seqs
 
     async def record_once(
-        self, m: pb.Movement, request_id: str, before: Callable[[], object] | None = None
+        self,
+        m: pb.Movement,
+        request_id: str,
+        before: Callable[[], object] | None = None,
+        *,
+        device_id: str = "",
     ) -> tuple[int, bool]:
         """:meth:`record` one movement under a till's idempotency key (``Outbox.append_once``).
 
@@ -518,7 +530,9 @@ class StoreAgent:
         async with self._lock:
             if before is not None:
                 await asyncio.to_thread(before)
-            seq, appended = await asyncio.to_thread(self.outbox.append_once, m, request_id)
+            seq, appended = await asyncio.to_thread(
+                functools.partial(self.outbox.append_once, m, request_id, device_id=device_id)
+            )
         if appended:
             self._recorded([m])
         return seq, appended
@@ -526,7 +540,7 @@ class StoreAgent:
     def _complete(self, m: pb.Movement) -> None:
         """Fill in what the agent decides: occurred_at, location, the count it precedes."""
         if not m.HasField("occurred_at"):
-            m.occurred_at.CopyFrom(_now_ts())
+            m.occurred_at.CopyFrom(now_timestamp())
         if not m.location_id:
             m.location_id = self.settings.location
         if m.type != pb.COUNT:
@@ -585,15 +599,47 @@ class StoreAgent:
 
     def status(self, state: int) -> pb.AgentStatus:
         """The status message to publish."""
-        return pb.AgentStatus(
+        unresolved, last_rejected_at = self.outbox.unresolved()
+        status = pb.AgentStatus(
             store_id=self.settings.store_id,
             source_id=self.outbox.source_id,
             state=state,  # type: ignore[arg-type]
             outbox_depth=self.outbox.depth(),
             last_acked_seq=self.outbox.last_acked,
             oldest_unacked_age_seconds=self.outbox.oldest_unacked_age() or 0.0,
-            at=_now_ts(),
+            at=now_timestamp(),
+            rejected_unresolved=unresolved,
         )
+        if last_rejected_at is not None:
+            status.last_rejected_at.CopyFrom(timestamp_at(last_rejected_at))
+        return status
+
+    # -- rejections --------------------------------------------------------------------------
+
+    def rejections_changed(self) -> asyncio.Event:
+        """An event set the next time a rejection is recorded or resolved.
+
+        Take it *before* reading the outbox: what changes after the read then sets it.
+        """
+        return self._rejections_event
+
+    def _rejections_recorded(self) -> None:
+        """Wake the watches and the status publisher: the rejected table changed."""
+        event, self._rejections_event = self._rejections_event, asyncio.Event()
+        event.set()
+
+    async def resolve(self, seq: int, by: str, note: str) -> RejectedMovement | None:
+        """Mark the rejection of ``seq`` handled (``Outbox.resolve``; idempotent).
+
+        The status is published again at once (``rejected_unresolved``).
+
+        Returns:
+            The rejection as resolved, or ``None`` if ``seq`` is not a rejected movement.
+        """
+        rejection = await asyncio.to_thread(self.outbox.resolve, seq, by, note)
+        if rejection is not None:
+            self._rejections_recorded()
+        return rejection
 
     # -- uplink ------------------------------------------------------------------------------
 
@@ -637,6 +683,7 @@ class StoreAgent:
                     max_payload_bytes=s.max_payload_bytes,
                     broker_limits=limits,
                     server_limits=self.server_limits,
+                    on_rejected=self._rejections_recorded,
                 )
                 self.sender = sender
                 self.connected.set()
@@ -702,7 +749,10 @@ class StoreAgent:
     async def _publish_status(
         self, client: aiomqtt.Client, topic: str, refusals: PublishRefusals
     ) -> None:
+        """Publish the status every ``status_interval``, and at once when a rejection is
+        recorded or resolved (so that ``rejected_unresolved`` is current)."""
         while True:
+            changed = self.rejections_changed()
             await client.publish(
                 topic, self.status(pb.AgentStatus.ONLINE).SerializeToString(), qos=1, retain=True
             )
@@ -715,7 +765,9 @@ class StoreAgent:
                     reason.value,
                     reason.getName(),
                 )
-            await asyncio.sleep(self.settings.status_interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.status_interval):
+                    await changed.wait()
 
     # -- counts ------------------------------------------------------------------------------
 
@@ -898,184 +950,6 @@ class StoreAgent:
             log.warning("ignoring a reader message on %s: %s (more at debug)", topic, error)
         else:
             log.debug("ignoring a reader message on %s: %s", topic, error)
-
-
-class _Intake(ipb_grpc.StoreIntakeServicer):
-    """gRPC StoreIntake on top of a StoreAgent."""
-
-    def __init__(self, agent: StoreAgent) -> None:
-        self.agent = agent
-
-    async def _receipt(
-        self,
-        m: pb.Movement,
-        context: aio.ServicerContext[Any, Any],
-        request: ipb.SaleRequest | ipb.ReturnRequest | ipb.RecordMovementRequest,
-        device: str,
-        prefix: str = "",
-    ) -> ipb.IntakeReceipt:
-        agent = self.agent
-        if not m.location_id:
-            m.location_id = agent.settings.location
-        try:
-            self._check(m, prefix)
-            if request.HasField("sent_at"):
-                timestamp_from_wire("sent_at", request.sent_at)
-        except InvalidArgument as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        sent_at = request.sent_at if request.HasField("sent_at") else None
-        agent.to_agent_clock(m, sent_at, device)
-        try:
-            if request.request_id:
-                # A retry of a recorded call: its receipt again, and no count sees it twice.
-                seq = await asyncio.to_thread(agent.outbox.request_seq, request.request_id, m)
-                if seq is not None:
-                    return self._receipt_for(seq, replayed=True)
-            before = self._sale_seen(m) if m.type == pb.SALE else None  # RecordMovement too
-            if m.type == pb.COUNT and m.count_id:
-                before = self._count_seen(m)
-            if request.request_id:
-                seq, appended = await agent.record_once(m, request.request_id, before)
-                return self._receipt_for(seq, replayed=not appended)
-        except RequestConflict as e:
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(e))
-        [seq] = await agent.record([m], before)
-        return self._receipt_for(seq, replayed=False)
-
-    def _check(self, m: pb.Movement, prefix: str) -> None:
-        """Refuse (InvalidArgument naming the field) a movement the server would reject for a
-        fault of its own: checked with the server's own validation, so that a receipt is only
-        given for a movement the server will apply (the agent assigns source_id, seq and, on
-        anything but a COUNT, count_id)."""
-        probe = pb.Movement()
-        probe.CopyFrom(m)
-        probe.seq = 1
-        if probe.type != pb.COUNT:
-            probe.count_id = ""
-        movement_from_wire(probe, prefix, self.agent.outbox.source_id)
-
-    def _receipt_for(self, seq: int, *, replayed: bool) -> ipb.IntakeReceipt:
-        return ipb.IntakeReceipt(
-            source_id=self.agent.outbox.source_id,
-            seq=seq,
-            outbox_depth=self.agent.outbox.depth(),
-            replayed=replayed,
-        )
-
-    def _count_seen(self, m: pb.Movement) -> Callable[[], None] | None:
-        """A COUNT a device sent itself (a handheld that counts on its own): from its
-        ``occurred_at`` on, it covers its SKU at its location like a session's COUNT. Noted now
-        (late sales are marked with it from here on); returns the count store write of it, to
-        run just before its append. ``None`` for a count already in the stream: sent again, it
-        stands from when it was first counted, as on the server.
-        """
-        if not m.HasField("occurred_at"):
-            m.occurred_at.CopyFrom(_now_ts())
-        cover = CountCover(
-            m.location_id, m.sku, m.count_id, m.occurred_at.ToDatetime(tzinfo=datetime.UTC)
-        )
-        new = self.agent._counts.marks.add([cover])
-        if not new:
-            return None
-        return functools.partial(self.agent.count_store.cover, new)
-
-    def _sale_seen(self, m: pb.Movement) -> Callable[[], None] | None:
-        """The sale into the running sessions of its location, now (before its append, which
-        puts it before their COUNTs in the stream); returns the count store write of it, to run
-        just before the append.
-
-        Both happen even if the append then fails: the till gets an error and retries the
-        sale, and the sessions, in memory and on disk, agree in the meantime.
-        """
-        counts = self.agent._counts
-        keys = []
-        for count_id, session in counts.running.items():
-            if session.location_id == m.location_id:
-                session.sale_recorded(m.sku, list(m.epc))
-                keys.append(counts.keys[count_id])
-        if not keys:
-            return None
-        epcs = list(m.epc)
-        return lambda: self.agent.count_store.sale(keys, epcs)
-
-    async def RecordSale(self, request: ipb.SaleRequest, context: Any) -> ipb.IntakeReceipt:
-        m = pb.Movement(
-            sku=request.sku,
-            type=pb.SALE,
-            quantity=request.quantity,
-            reservation_id=request.reservation_id,
-            epc=request.epc,
-            location_id=request.location_id or self.agent.settings.location,
-        )
-        if request.HasField("occurred_at"):
-            m.occurred_at.CopyFrom(request.occurred_at)
-        return await self._receipt(m, context, request, request.till_id)
-
-    async def RecordReturn(self, request: ipb.ReturnRequest, context: Any) -> ipb.IntakeReceipt:
-        m = pb.Movement(
-            sku=request.sku,
-            type=pb.RETURN,
-            quantity=request.quantity,
-            epc=request.epc,
-            location_id=request.location_id,
-            condition=request.condition,
-        )
-        if request.HasField("occurred_at"):
-            m.occurred_at.CopyFrom(request.occurred_at)
-        return await self._receipt(m, context, request, request.till_id)
-
-    async def RecordMovement(
-        self, request: ipb.RecordMovementRequest, context: Any
-    ) -> ipb.IntakeReceipt:
-        m = pb.Movement()
-        m.CopyFrom(request.movement)
-        if m.source_id or m.seq:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "movement.source_id/seq: assigned by the agent, leave them empty",
-            )
-        return await self._receipt(m, context, request, request.device_id, "movement.")
-
-    async def StartCount(
-        self, request: ipb.StartCountRequest, context: Any
-    ) -> ipb.StartCountRequest:
-        try:  # the ids go into COUNT movements: the server's rules, checked before they do
-            check_id("count_id", request.count_id)
-            for i, sku in enumerate(request.skus):
-                check_id(f"skus[{i}]", sku)
-            if request.location_id:
-                check_id("location_id", request.location_id)
-        except InvalidArgument as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        await self.agent.start_count(request)
-        return request
-
-    async def RecordTagReads(self, request_iterator: Any, context: Any) -> ipb.TagReadSummary:
-        summary = ipb.TagReadSummary()
-        async for read in request_iterator:
-            session = self.agent._counts.running.get(read.count_id)
-            summary.reads += 1
-            if session is None:
-                self.agent.metrics.tag_reads.labels("no_session").inc()
-                summary.bad_reads += 1
-                continue
-            outcome = self.agent.feed_read(
-                session,
-                read.epc,
-                read.reader_id,
-                read.antenna,
-                read.read_at.ToDatetime(tzinfo=datetime.UTC),
-            )
-            summary.bad_reads += outcome is ReadOutcome.BAD
-            summary.unknown_reads += outcome is ReadOutcome.UNKNOWN
-        return summary
-
-    async def StopCount(self, request: ipb.StopCountRequest, context: Any) -> ipb.StopCountResponse:
-        try:
-            counts = await self.agent.stop_count(request.count_id)
-        except KeyError:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no running count {request.count_id!r}")
-        return ipb.StopCountResponse(counts=counts)
 
 
 async def serve(settings: AgentSettings) -> None:

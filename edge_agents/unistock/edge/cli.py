@@ -14,6 +14,7 @@ from pathlib import Path
 
 from unistock.client.config import DEFAULT_MQTT_URL, ClientConfig, ConfigError
 from unistock.client.mqtt import broker_args
+from unistock.edge import rejections_cli
 from unistock.edge.agent import AgentSettings, AgentStartError, StoreAgent
 from unistock.edge.datalock import AgentAlreadyRunning
 from unistock.edge.readers import DEFAULT_READER_TOPIC
@@ -32,6 +33,9 @@ EXIT_BAD_USAGE = 2
 EXIT_ALREADY_RUNNING = 75
 
 _EPILOG = f"""\
+store staff: `unistock-edge-agent rejections --help` lists, watches and resolves the movements
+the server rejected after the till got its receipt.
+
 exit status:
   0   stopped by SIGTERM or SIGINT
   {EXIT_START_FAILED}   could not start: a port taken, an unreadable --catalogue or --data-dir, an
@@ -219,9 +223,16 @@ async def _main(settings: AgentSettings) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point; exit statuses in ``--help`` (EXIT_*)."""
+    """Console entry point; exit statuses in ``--help`` (EXIT_*).
+
+    ``unistock-edge-agent rejections ...`` (``rejections`` first) is the store staff's command
+    (:mod:`unistock.edge.rejections_cli`); anything else runs the agent with its flags.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["rejections"]:
+        sys.exit(rejections_cli.main(args[1:]))
     try:
-        asyncio.run(_main(parse(argv)))
+        asyncio.run(_main(parse(args)))
     except AgentAlreadyRunning as e:
         print(f"unistock-edge-agent: refusing to start: {e}", file=sys.stderr, flush=True)
         sys.exit(EXIT_ALREADY_RUNNING)

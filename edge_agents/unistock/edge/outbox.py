@@ -16,7 +16,10 @@ Schema (one file per source):
   seq. ``next_seq`` is what keeps seqs from ever being reused: rows are deleted on ack, so
   ``max(seq)`` alone would hand out an acknowledged seq again after the outbox drained, and the
   server would drop the new movement as a duplicate.
-* ``rejected``: movements the server refused, with its reason, kept for the back office.
+* ``rejected``: movements the server refused, with its reason, kept for the back office: the
+  till or device and the ``request_id`` the movement came with, when it entered the outbox and
+  when it was rejected, a ``number`` giving the order rejections were recorded in, and, once
+  store staff marked it handled (:meth:`Outbox.resolve`), who did, when and why.
 * ``request``: the idempotency keys of intake calls (``request_id``, chosen by the till) with
   the seq they got and a fingerprint of the movement, written in the same transaction as the
   movement (:meth:`Outbox.append_once`): a till's retry of a call whose answer it lost gets the
@@ -24,6 +27,18 @@ Schema (one file per source):
   is bounded: keys older than ``request_retention`` (7 days) or more than ``max_requests``
   (200,000) seqs behind the newest are pruned on every append, so a till may retry a call for a
   week (or for the store's last 200,000 movements, whichever ends first).
+
+The movement rows also keep the ``device_id`` (till, handheld) and the ``request_id`` of the
+intake call, so that a rejection says which till to go to and which receipt it was.
+
+Schema versions (``PRAGMA user_version``): 0 is a file written before versioning (no
+``device_id``/``request_id`` on movements, no ``number``/``recorded_at``/resolution on
+rejections); :data:`SCHEMA_VERSION` is today's. Opening an older file adds the missing columns
+(all nullable) in one transaction and fills what can be recovered: the ``request_id`` of
+pending and rejected movements from the ``request`` table, and rejection numbers in seq order
+(rejections without a number, e.g. written by an older agent after a downgrade, are numbered
+after the others whenever the file is opened).
+An old file thus opens and keeps working; nothing is ever dropped.
 
 Every connection runs ``PRAGMA journal_mode=WAL`` (readers never block the writer) and
 ``PRAGMA synchronous=FULL`` (in WAL mode ``NORMAL`` may lose the last commits on power loss).
@@ -54,6 +69,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    Row,
     String,
     Table,
     create_engine,
@@ -92,6 +108,10 @@ movement_table = Table(
     # outbox's lag is measured with it, since a till's occurred_at may be hours old or skewed.
     Column("appended_at", Float, nullable=False),
     Column("state", String(16), nullable=False, default=STATE_PENDING),
+    # The till or device that sent it, and the intake call's idempotency key ('' or NULL: none;
+    # NULL in rows written before schema version 1).
+    Column("device_id", String, nullable=True),
+    Column("request_id", String, nullable=True),
 )
 
 meta_table = Table(
@@ -112,6 +132,17 @@ rejected_table = Table(
     Column("reason", Integer, nullable=False),
     Column("detail", String, nullable=False, default=""),
     Column("rejected_at", Float, nullable=False),
+    # Order in which rejections were recorded (1, 2, ...): watches and pages follow it.
+    Column("number", Integer, nullable=True, index=True),
+    # From the movement row (NULL when it was no longer in the outbox, or older than version 1).
+    Column("device_id", String, nullable=True),
+    Column("request_id", String, nullable=True),
+    # Seconds since the epoch (agent clock) when the movement entered the outbox.
+    Column("recorded_at", Float, nullable=True),
+    # Set once, by the first Outbox.resolve: seconds since the epoch, who, why.
+    Column("resolved_at", Float, nullable=True),
+    Column("resolved_by", String, nullable=True),
+    Column("resolve_note", String, nullable=True),
 )
 
 request_table = Table(
@@ -126,6 +157,8 @@ request_table = Table(
 )
 
 _META_ID = 1
+#: ``PRAGMA user_version`` of a file with today's tables (see the module docstring).
+SCHEMA_VERSION = 1
 #: Hex digits of an outbox incarnation (see Outbox: ``incarnation``).
 _INCARNATION_HEX = 8
 
@@ -185,11 +218,24 @@ class RejectedMovement:
 
     seq: int
     movement: pb.Movement | None
+    """As recorded (``None`` when the rejection named a seq no longer in the outbox)."""
     reason: int
     """A ``pb.RejectReason`` value."""
     detail: str
     rejected_at: float
     """Seconds since the epoch (agent clock) when the rejection was recorded."""
+    number: int = 0
+    """Order of the rejection among the outbox's rejections (1, 2, ...)."""
+    device_id: str = ""
+    """The till or device that sent the movement ('' when unknown)."""
+    request_id: str = ""
+    """The intake call's idempotency key ('' when none or unknown)."""
+    recorded_at: float | None = None
+    """Seconds since the epoch (agent clock) when the movement entered the outbox."""
+    resolved_at: float | None = None
+    """Seconds since the epoch when store staff marked it handled; ``None``: unresolved."""
+    resolved_by: str = ""
+    resolve_note: str = ""
 
     @property
     def reason_name(self) -> str:
@@ -236,21 +282,90 @@ def _read_meta(conn: Connection) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-def _pending_payload(conn: Connection, seq: int) -> bytes | None:
-    """The stored payload of the pending movement ``seq``, or ``None``."""
-    payload: bytes | None = conn.execute(
-        select(movement_table.c.payload).where(movement_table.c.seq == seq)
-    ).scalar_one_or_none()
-    return payload
+def _pending_row(conn: Connection, seq: int) -> Row[Any, Any, Any, Any] | None:
+    """The stored row (payload, device_id, request_id, appended_at) of pending ``seq``."""
+    return conn.execute(
+        select(
+            movement_table.c.payload,
+            movement_table.c.device_id,
+            movement_table.c.request_id,
+            movement_table.c.appended_at,
+        ).where(movement_table.c.seq == seq)
+    ).one_or_none()
 
 
 def _insert_rejection(
-    conn: Connection, seq: int, payload: bytes | None, reason: int, detail: str, now: float
+    conn: Connection,
+    seq: int,
+    pending: Row[Any, Any, Any, Any] | None,
+    reason: int,
+    detail: str,
+    now: float,
 ) -> None:
+    """Record the rejection of ``seq``, with what its pending row (if any) knew."""
+    number = conn.execute(select(func.max(rejected_table.c.number))).scalar_one() or 0
     conn.execute(
         insert(rejected_table).values(
-            seq=seq, payload=payload, reason=int(reason), detail=detail, rejected_at=now
+            seq=seq,
+            payload=None if pending is None else pending.payload,
+            reason=int(reason),
+            detail=detail,
+            rejected_at=now,
+            number=int(number) + 1,
+            device_id=None if pending is None else pending.device_id,
+            request_id=None if pending is None else pending.request_id,
+            recorded_at=None if pending is None else pending.appended_at,
         )
+    )
+
+
+def _migrate(conn: Connection) -> None:
+    """Bring a file of an older schema version to :data:`SCHEMA_VERSION` (same transaction)."""
+    version = int(conn.exec_driver_sql("PRAGMA user_version").scalar_one())
+    if version >= SCHEMA_VERSION:
+        return
+    for table in (movement_table, rejected_table):
+        have = {row[1] for row in conn.exec_driver_sql(f"PRAGMA table_info({table.name})")}
+        for column in table.columns:
+            if column.name not in have:
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}")
+    conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_rejected_number ON rejected (number)")
+    for name in ("movement", "rejected"):  # the keys the request table still remembers
+        conn.exec_driver_sql(
+            f"UPDATE {name} SET request_id = (SELECT request.request_id FROM request "
+            f"WHERE request.seq = {name}.seq) WHERE request_id IS NULL"
+        )
+    conn.exec_driver_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _number_rejections(conn: Connection) -> None:
+    """Number the rejections without a number (an older file's, or ones an older agent wrote
+    into a newer file), after the others, in seq order."""
+    t = rejected_table
+    unnumbered = conn.execute(select(t.c.seq).where(t.c.number.is_(None)).order_by(t.c.seq))
+    seqs = list(unnumbered.scalars())
+    if not seqs:
+        return
+    top = int(conn.execute(select(func.max(t.c.number))).scalar_one() or 0)
+    for n, seq in enumerate(seqs, start=top + 1):
+        conn.execute(update(t).where(t.c.seq == seq).values(number=n))
+
+
+def _rejected_movement(row: Row[Any]) -> RejectedMovement:
+    return RejectedMovement(
+        seq=int(row.seq),
+        movement=None if row.payload is None else pb.Movement.FromString(row.payload),
+        reason=int(row.reason),
+        detail=str(row.detail),
+        rejected_at=float(row.rejected_at),
+        number=int(row.number or 0),
+        device_id=row.device_id or "",
+        request_id=row.request_id or "",
+        recorded_at=None if row.recorded_at is None else float(row.recorded_at),
+        resolved_at=None if row.resolved_at is None else float(row.resolved_at),
+        resolved_by=row.resolved_by or "",
+        resolve_note=row.resolve_note or "",
     )
 
 
@@ -321,6 +436,8 @@ class Outbox:
     def _load_meta(self) -> int:
         """Create or check the meta row; the last acked seq."""
         with self._write_lock, self._writer() as conn, conn.begin():
+            _migrate(conn)
+            _number_rejections(conn)
             row = conn.execute(
                 select(meta_table.c.source_id, meta_table.c.next_seq, meta_table.c.last_acked)
             ).one_or_none()
@@ -368,12 +485,13 @@ class Outbox:
 
     # ---- writes ----------------------------------------------------------------------------
 
-    def append(self, movements: Sequence[pb.Movement]) -> list[int]:
+    def append(self, movements: Sequence[pb.Movement], *, device_id: str = "") -> list[int]:
         """Assign the next seqs to ``movements`` and store them durably, in one transaction.
 
         Each movement is updated in place (``source_id`` and ``seq`` set) so that the caller
         sees its seq. When this returns the movements are on disk (fsynced): a sale recorded
-        at a till is safe from then on.
+        at a till is safe from then on. ``device_id`` (the till or device that sent them) is
+        kept with them, for their rejection if the server refuses one.
 
         Returns:
             The seqs assigned, in the order of ``movements`` (strictly increasing).
@@ -381,11 +499,15 @@ class Outbox:
         if not movements:
             return []
         with self._write_lock, self._writer() as conn, conn.begin():
-            first, next_seq = self._insert(conn, movements, time.time())
+            first, next_seq = self._insert(conn, movements, time.time(), device_id)
         return list(range(first, next_seq))
 
-    def append_once(self, movement: pb.Movement, request_id: str) -> tuple[int, bool]:
+    def append_once(
+        self, movement: pb.Movement, request_id: str, *, device_id: str = ""
+    ) -> tuple[int, bool]:
         """Append ``movement`` unless ``request_id`` was already recorded: an idempotent intake.
+
+        ``device_id`` and ``request_id`` are kept with the movement (see :meth:`append`).
 
         The key and the movement are written in one transaction, so a crash either keeps both
         or neither: there is no moment where a retry could append the movement twice.
@@ -406,7 +528,7 @@ class Outbox:
             seq = self._recorded_seq(conn, request_id, fingerprint)
             if seq is not None:
                 return seq, False
-            first, next_seq = self._insert(conn, [movement], now)
+            first, next_seq = self._insert(conn, [movement], now, device_id, request_id)
             conn.execute(
                 insert(request_table).values(
                     request_id=request_id, seq=first, fingerprint=fingerprint, recorded_at=now
@@ -444,7 +566,12 @@ class Outbox:
         return int(row.seq)
 
     def _insert(
-        self, conn: Connection, movements: Sequence[pb.Movement], now: float
+        self,
+        conn: Connection,
+        movements: Sequence[pb.Movement],
+        now: float,
+        device_id: str = "",
+        request_id: str = "",
     ) -> tuple[int, int]:
         """Insert ``movements`` from ``next_seq`` on, in ``conn``'s (IMMEDIATE) transaction.
 
@@ -468,6 +595,8 @@ class Outbox:
                     "occurred_at": _to_micros(movement),
                     "appended_at": now,
                     "state": STATE_PENDING,
+                    "device_id": device_id,
+                    "request_id": request_id,
                 }
             )
         next_seq = first + len(rows)
@@ -512,11 +641,11 @@ class Outbox:
         stand_in.source_id = self.source_id
         stand_in.seq = seq
         with self._write_lock, self._writer() as conn, conn.begin():
-            payload = _pending_payload(conn, seq)
-            if payload is None:
+            pending = _pending_row(conn, seq)
+            if pending is None:
                 return False
             conn.execute(delete(rejected_table).where(rejected_table.c.seq == seq))
-            _insert_rejection(conn, seq, payload, reason, detail, time.time())
+            _insert_rejection(conn, seq, pending, reason, detail, time.time())
             conn.execute(
                 update(movement_table)
                 .where(movement_table.c.seq == seq)
@@ -549,14 +678,14 @@ class Outbox:
                 # The file's values, not the cached ones: another writer may have moved them.
                 last_acked, next_seq = _read_meta(conn)
                 for seq, reason, detail in rejections:
-                    payload = _pending_payload(conn, seq)
+                    pending = _pending_row(conn, seq)
                     already = conn.execute(
                         select(rejected_table.c.seq).where(rejected_table.c.seq == seq)
                     ).scalar_one_or_none()
-                    if payload is None and (already is not None or seq <= last_acked):
+                    if pending is None and (already is not None or seq <= last_acked):
                         continue  # repeated rejection, or of a movement already acknowledged
                     if already is None:
-                        _insert_rejection(conn, seq, payload, reason, detail, now)
+                        _insert_rejection(conn, seq, pending, reason, detail, now)
                     removed += conn.execute(
                         delete(movement_table).where(movement_table.c.seq == seq)
                     ).rowcount
@@ -642,16 +771,92 @@ class Outbox:
         """Return the movements the server rejected, in seq order (for the back office)."""
         with self._engine.connect() as conn:
             rows = conn.execute(select(rejected_table).order_by(rejected_table.c.seq)).all()
-        return [
-            RejectedMovement(
-                seq=int(row.seq),
-                movement=None if row.payload is None else pb.Movement.FromString(row.payload),
-                reason=int(row.reason),
-                detail=str(row.detail),
-                rejected_at=float(row.rejected_at),
+        return [_rejected_movement(row) for row in rows]
+
+    def rejections(
+        self,
+        *,
+        unresolved_only: bool = False,
+        device_id: str = "",
+        since: float | None = None,
+        before_number: int | None = None,
+        after_number: int | None = None,
+        limit: int | None = None,
+        newest_first: bool = True,
+    ) -> list[RejectedMovement]:
+        """Return rejections in the order they were recorded (newest first by default).
+
+        Args:
+            unresolved_only: only those no one has resolved (:meth:`resolve`).
+            device_id: only those of this till or device ('' = all).
+            since: only those rejected at or after this time (seconds since the epoch).
+            before_number: only those with a smaller :attr:`RejectedMovement.number` (paging).
+            after_number: only those with a larger number (a watch's new ones).
+            limit: at most this many.
+            newest_first: order by number descending (else ascending).
+        """
+        t = rejected_table
+        query = select(t)
+        if unresolved_only:
+            query = query.where(t.c.resolved_at.is_(None))
+        if device_id:
+            query = query.where(t.c.device_id == device_id)
+        if since is not None:
+            query = query.where(t.c.rejected_at >= since)
+        if before_number is not None:
+            query = query.where(t.c.number < before_number)
+        if after_number is not None:
+            query = query.where(t.c.number > after_number)
+        query = query.order_by(t.c.number.desc() if newest_first else t.c.number)
+        if limit is not None:
+            query = query.limit(limit)
+        with self._engine.connect() as conn:
+            return [_rejected_movement(row) for row in conn.execute(query).all()]
+
+    def last_rejection_number(self) -> int:
+        """The :attr:`RejectedMovement.number` of the latest rejection (0 if none)."""
+        with self._engine.connect() as conn:
+            return int(conn.execute(select(func.max(rejected_table.c.number))).scalar_one() or 0)
+
+    def unresolved(self) -> tuple[int, float | None]:
+        """``(count, rejected_at of the latest)`` of the rejections no one has resolved.
+
+        The time is seconds since the epoch, ``None`` when none is unresolved.
+        """
+        t = rejected_table
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(func.count(), func.max(t.c.rejected_at)).where(t.c.resolved_at.is_(None))
+            ).one()
+        return int(row[0]), None if row[1] is None else float(row[1])
+
+    def resolve(
+        self, seq: int, by: str, note: str = "", *, now: float | None = None
+    ) -> RejectedMovement | None:
+        """Mark the rejection of ``seq`` handled by store staff (``by``, with a ``note``).
+
+        Idempotent: the first resolution is kept; resolving again changes nothing and returns
+        the rejection as first resolved.
+
+        Args:
+            now: seconds since the epoch (default: ``time.time()``).
+
+        Returns:
+            The rejection after the call, or ``None`` if ``seq`` is not a rejected movement.
+        """
+        t = rejected_table
+        with self._write_lock, self._writer() as conn, conn.begin():
+            conn.execute(
+                update(t)
+                .where((t.c.seq == seq) & t.c.resolved_at.is_(None))
+                .values(
+                    resolved_at=time.time() if now is None else now,
+                    resolved_by=by,
+                    resolve_note=note,
+                )
             )
-            for row in rows
-        ]
+            row = conn.execute(select(t).where(t.c.seq == seq)).one_or_none()
+        return None if row is None else _rejected_movement(row)
 
     def _meta(self) -> tuple[int, int]:
         with self._engine.connect() as conn:

@@ -230,6 +230,8 @@ class Sender:
         server_limits: the server's limits as learnt so far (:class:`ServerLimits`; the
             agent passes one instance to the sender of every connection). Batches also stay
             within them: at most 10,000 movements until the server says otherwise.
+        on_rejected: called (in the event loop) after rejections were recorded in the
+            outbox: the server's, or a movement set aside as too large.
 
     Payload budget. A payload over the broker's ``message_size_limit`` gets PUBACK reason 149,
     which paho takes for a protocol error: it drops the connection and the same batch would be
@@ -279,6 +281,7 @@ class Sender:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD,
         broker_limits: ConnackLimits | None = None,
         server_limits: ServerLimits | None = None,
+        on_rejected: Callable[[], None] | None = None,
     ) -> None:
         if batch_size < 1 or window < 1:
             raise ValueError("batch_size and window must be at least 1")
@@ -311,6 +314,7 @@ class Sender:
         self.server_limits = server_limits if server_limits is not None else ServerLimits()
         self._resplit = False  # the server refused a batch as too large: resend re-split
         self._refused_alone: int | None = None  # seq refused alone within the limits
+        self.on_rejected = on_rejected
 
     @property
     def payload_budget(self) -> int:
@@ -411,6 +415,8 @@ class Sender:
             _log.warning(
                 "movement rejected by the server: %s %s", reject_reason_name(reason), detail
             )
+        if rejections and self.on_rejected is not None:
+            self.on_rejected()
         self._wake.set()
         return ack
 
@@ -639,6 +645,8 @@ class Sender:
         await asyncio.to_thread(
             self.outbox.set_aside, movement.seq, stand_in, pb.INVALID_FIELD, detail
         )
+        if self.on_rejected is not None:
+            self.on_rejected()
 
     async def _wait_for_progress(self, deadline: float) -> None:
         """Wait for the wake event until the loop time ``deadline`` (leaving it set if it fires)."""

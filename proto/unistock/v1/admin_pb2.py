@@ -22,45 +22,63 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from unistock.v1 import inventory_pb2 as unistock_dot_v1_dot_inventory__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17unistock/v1/admin.proto\x12\x0bunistock.v1\"\xa9\x02\n\x08Location\x12\x13\n\x0blocation_id\x18\x01 \x01(\t\x12\'\n\x04type\x18\x02 \x01(\x0e\x32\x19.unistock.v1.LocationType\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x10\n\x08latitude\x18\x04 \x01(\x01\x12\x11\n\tlongitude\x18\x05 \x01(\x01\x12\x14\n\x0chas_position\x18\x06 \x01(\x08\x12\x10\n\x08store_id\x18\x07 \x01(\t\x12\x19\n\x11\x63lick_and_collect\x18\x08 \x01(\x08\x12\x17\n\x0fship_from_store\x18\t \x01(\x08\x12\x15\n\re_reservation\x18\n \x01(\x08\x12\x1c\n\x14\x64\x65\x66\x61ult_safety_stock\x18\x0b \x01(\x03\x12\x1b\n\x13low_stock_threshold\x18\x0c \x01(\x03\"\xa2\x02\n\x07Network\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x14\n\x0clocation_ids\x18\x03 \x03(\t\x12\x1f\n\x17staleness_limit_seconds\x18\x04 \x01(\r\x12\x36\n\x0cstale_policy\x18\x05 \x01(\x0e\x32 .unistock.v1.Network.StalePolicy\x12\x1e\n\x16stale_discount_percent\x18\x06 \x01(\r\x12\x1b\n\x13low_stock_threshold\x18\x07 \x01(\x03\"F\n\x0bStalePolicy\x12\x1c\n\x18STALE_POLICY_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x45XCLUDE\x10\x01\x12\x0c\n\x08\x44ISCOUNT\x10\x02\"Q\n\x07Product\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0c\n\x04gtin\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\t\x12\x0e\n\x06\x63olour\x18\x05 \x01(\t\"M\n\x0bSafetyStock\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x13\n\x0blocation_id\x18\x02 \x01(\t\x12\r\n\x05units\x18\x03 \x01(\x03\x12\r\n\x05\x63lear\x18\x04 \x01(\x08\"B\n\x16UpsertLocationsRequest\x12(\n\tlocations\x18\x01 \x03(\x0b\x32\x15.unistock.v1.Location\"?\n\x15UpsertNetworksRequest\x12&\n\x08networks\x18\x01 \x03(\x0b\x32\x14.unistock.v1.Network\"?\n\x15UpsertProductsRequest\x12&\n\x08products\x18\x01 \x03(\x0b\x32\x14.unistock.v1.Product\"D\n\x15SetSafetyStockRequest\x12+\n\tpositions\x18\x01 \x03(\x0b\x32\x18.unistock.v1.SafetyStock\"\"\n\x0eUpsertResponse\x12\x10\n\x08upserted\x18\x01 \x01(\r\"=\n\x14ListLocationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"Z\n\x15ListLocationsResponse\x12(\n\tlocations\x18\x01 \x03(\x0b\x32\x15.unistock.v1.Location\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"<\n\x13ListNetworksRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"W\n\x14ListNetworksResponse\x12&\n\x08networks\x18\x01 \x03(\x0b\x32\x14.unistock.v1.Network\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*T\n\x0cLocationType\x12\x1d\n\x19LOCATION_TYPE_UNSPECIFIED\x10\x00\x12\t\n\x05STORE\x10\x01\x12\r\n\tWAREHOUSE\x10\x02\x12\x0b\n\x07VIRTUAL\x10\x03\x32\x89\x04\n\x0c\x41\x64minService\x12S\n\x0fUpsertLocations\x12#.unistock.v1.UpsertLocationsRequest\x1a\x1b.unistock.v1.UpsertResponse\x12Q\n\x0eUpsertNetworks\x12\".unistock.v1.UpsertNetworksRequest\x1a\x1b.unistock.v1.UpsertResponse\x12Q\n\x0eUpsertProducts\x12\".unistock.v1.UpsertProductsRequest\x1a\x1b.unistock.v1.UpsertResponse\x12Q\n\x0eSetSafetyStock\x12\".unistock.v1.SetSafetyStockRequest\x1a\x1b.unistock.v1.UpsertResponse\x12V\n\rListLocations\x12!.unistock.v1.ListLocationsRequest\x1a\".unistock.v1.ListLocationsResponse\x12S\n\x0cListNetworks\x12 .unistock.v1.ListNetworksRequest\x1a!.unistock.v1.ListNetworksResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17unistock/v1/admin.proto\x12\x0bunistock.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bunistock/v1/inventory.proto\"\xa9\x02\n\x08Location\x12\x13\n\x0blocation_id\x18\x01 \x01(\t\x12\'\n\x04type\x18\x02 \x01(\x0e\x32\x19.unistock.v1.LocationType\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x10\n\x08latitude\x18\x04 \x01(\x01\x12\x11\n\tlongitude\x18\x05 \x01(\x01\x12\x14\n\x0chas_position\x18\x06 \x01(\x08\x12\x10\n\x08store_id\x18\x07 \x01(\t\x12\x19\n\x11\x63lick_and_collect\x18\x08 \x01(\x08\x12\x17\n\x0fship_from_store\x18\t \x01(\x08\x12\x15\n\re_reservation\x18\n \x01(\x08\x12\x1c\n\x14\x64\x65\x66\x61ult_safety_stock\x18\x0b \x01(\x03\x12\x1b\n\x13low_stock_threshold\x18\x0c \x01(\x03\"\xa2\x02\n\x07Network\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x14\n\x0clocation_ids\x18\x03 \x03(\t\x12\x1f\n\x17staleness_limit_seconds\x18\x04 \x01(\r\x12\x36\n\x0cstale_policy\x18\x05 \x01(\x0e\x32 .unistock.v1.Network.StalePolicy\x12\x1e\n\x16stale_discount_percent\x18\x06 \x01(\r\x12\x1b\n\x13low_stock_threshold\x18\x07 \x01(\x03\"F\n\x0bStalePolicy\x12\x1c\n\x18STALE_POLICY_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x45XCLUDE\x10\x01\x12\x0c\n\x08\x44ISCOUNT\x10\x02\"Q\n\x07Product\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0c\n\x04gtin\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\t\x12\x0e\n\x06\x63olour\x18\x05 \x01(\t\"M\n\x0bSafetyStock\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x13\n\x0blocation_id\x18\x02 \x01(\t\x12\r\n\x05units\x18\x03 \x01(\x03\x12\r\n\x05\x63lear\x18\x04 \x01(\x08\"B\n\x16UpsertLocationsRequest\x12(\n\tlocations\x18\x01 \x03(\x0b\x32\x15.unistock.v1.Location\"?\n\x15UpsertNetworksRequest\x12&\n\x08networks\x18\x01 \x03(\x0b\x32\x14.unistock.v1.Network\"?\n\x15UpsertProductsRequest\x12&\n\x08products\x18\x01 \x03(\x0b\x32\x14.unistock.v1.Product\"D\n\x15SetSafetyStockRequest\x12+\n\tpositions\x18\x01 \x03(\x0b\x32\x18.unistock.v1.SafetyStock\"\"\n\x0eUpsertResponse\x12\x10\n\x08upserted\x18\x01 \x01(\r\"=\n\x14ListLocationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"Z\n\x15ListLocationsResponse\x12(\n\tlocations\x18\x01 \x03(\x0b\x32\x15.unistock.v1.Location\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"<\n\x13ListNetworksRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"W\n\x14ListNetworksResponse\x12&\n\x08networks\x18\x01 \x03(\x0b\x32\x14.unistock.v1.Network\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x18\n\x16GetServerStatusRequest\"\xa2\x03\n\x0cServerStatus\x12\x0f\n\x07version\x18\x01 \x01(\t\x12.\n\nstarted_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0euptime_seconds\x18\x03 \x01(\x01\x12&\n\x02\x61t\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x06health\x18\x05 \x01(\x0b\x32\x13.unistock.v1.Health\x12+\n\npartitions\x18\x06 \x01(\x0b\x32\x17.unistock.v1.Partitions\x12)\n\tpositions\x18\x07 \x01(\x0b\x32\x16.unistock.v1.Positions\x12\'\n\x06stores\x18\x08 \x03(\x0b\x32\x17.unistock.v1.StoreAgent\x12\x31\n\x0e\x66\x65\x65\x64_consumers\x18\t \x03(\x0b\x32\x19.unistock.v1.FeedConsumer\x12\x38\n\x11watch_subscribers\x18\n \x01(\x0b\x32\x1d.unistock.v1.WatchSubscribers\"\x95\x01\n\x06Health\x12\x0f\n\x07serving\x18\x01 \x01(\x08\x12\x17\n\x0fredis_reachable\x18\x02 \x01(\x08\x12\x13\n\x0bredis_error\x18\x03 \x01(\t\x12\x1e\n\x16last_flush_age_seconds\x18\x04 \x01(\x01\x12\x14\n\x0cmqtt_enabled\x18\x05 \x01(\x08\x12\x16\n\x0emqtt_connected\x18\x06 \x01(\x08\"*\n\nPartitions\x12\r\n\x05\x63ount\x18\x01 \x01(\r\x12\r\n\x05owned\x18\x02 \x03(\r\"Z\n\tPositions\x12\x10\n\x08resident\x18\x01 \x01(\x04\x12\x14\n\x0cmax_resident\x18\x02 \x01(\x04\x12\x12\n\npassivated\x18\x03 \x01(\x04\x12\x11\n\tactivated\x18\x04 \x01(\x04\"\xbb\x03\n\nStoreAgent\x12\x10\n\x08store_id\x18\x01 \x01(\t\x12-\n\x05state\x18\x02 \x01(\x0e\x32\x1e.unistock.v1.AgentStatus.State\x12\x11\n\tsource_id\x18\x03 \x01(\t\x12\x14\n\x0coutbox_depth\x18\x04 \x01(\x04\x12\x16\n\x0elast_acked_seq\x18\x05 \x01(\x04\x12\"\n\x1aoldest_unacked_age_seconds\x18\x06 \x01(\x01\x12-\n\tstatus_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nlast_heard\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0ehas_been_heard\x18\t \x01(\x08\x12\x16\n\x0esilent_seconds\x18\n \x01(\x01\x12\x16\n\x0estale_networks\x18\x0b \x03(\t\x12\r\n\x05stale\x18\x0c \x01(\x08\x12\x1b\n\x13rejected_unresolved\x18\r \x01(\x04\x12\x34\n\x10last_rejected_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8d\x01\n\x0c\x46\x65\x65\x64\x43onsumer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0blag_seconds\x18\x02 \x01(\x01\x12\x16\n\x0e\x65ntries_behind\x18\x03 \x01(\x04\x12\x1f\n\x17\x65ntries_behind_at_least\x18\x04 \x01(\x08\x12!\n\x19partitions_without_cursor\x18\x05 \x01(\r\"_\n\x10WatchSubscribers\x12\x14\n\x0c\x61vailability\x18\x01 \x01(\r\x12\x0f\n\x07network\x18\x02 \x01(\r\x12\x14\n\x0creservations\x18\x03 \x01(\r\x12\x0e\n\x06\x65vents\x18\x04 \x01(\r*T\n\x0cLocationType\x12\x1d\n\x19LOCATION_TYPE_UNSPECIFIED\x10\x00\x12\t\n\x05STORE\x10\x01\x12\r\n\tWAREHOUSE\x10\x02\x12\x0b\n\x07VIRTUAL\x10\x03\x32\xdc\x04\n\x0c\x41\x64minService\x12S\n\x0fUpsertLocations\x12#.unistock.v1.UpsertLocationsRequest\x1a\x1b.unistock.v1.UpsertResponse\x12Q\n\x0eUpsertNetworks\x12\".unistock.v1.UpsertNetworksRequest\x1a\x1b.unistock.v1.UpsertResponse\x12Q\n\x0eUpsertProducts\x12\".unistock.v1.UpsertProductsRequest\x1a\x1b.unistock.v1.UpsertResponse\x12Q\n\x0eSetSafetyStock\x12\".unistock.v1.SetSafetyStockRequest\x1a\x1b.unistock.v1.UpsertResponse\x12V\n\rListLocations\x12!.unistock.v1.ListLocationsRequest\x1a\".unistock.v1.ListLocationsResponse\x12S\n\x0cListNetworks\x12 .unistock.v1.ListNetworksRequest\x1a!.unistock.v1.ListNetworksResponse\x12Q\n\x0fGetServerStatus\x12#.unistock.v1.GetServerStatusRequest\x1a\x19.unistock.v1.ServerStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'unistock.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LOCATIONTYPE']._serialized_start=1405
-  _globals['_LOCATIONTYPE']._serialized_end=1489
-  _globals['_LOCATION']._serialized_start=41
-  _globals['_LOCATION']._serialized_end=338
-  _globals['_NETWORK']._serialized_start=341
-  _globals['_NETWORK']._serialized_end=631
-  _globals['_NETWORK_STALEPOLICY']._serialized_start=561
-  _globals['_NETWORK_STALEPOLICY']._serialized_end=631
-  _globals['_PRODUCT']._serialized_start=633
-  _globals['_PRODUCT']._serialized_end=714
-  _globals['_SAFETYSTOCK']._serialized_start=716
-  _globals['_SAFETYSTOCK']._serialized_end=793
-  _globals['_UPSERTLOCATIONSREQUEST']._serialized_start=795
-  _globals['_UPSERTLOCATIONSREQUEST']._serialized_end=861
-  _globals['_UPSERTNETWORKSREQUEST']._serialized_start=863
-  _globals['_UPSERTNETWORKSREQUEST']._serialized_end=926
-  _globals['_UPSERTPRODUCTSREQUEST']._serialized_start=928
-  _globals['_UPSERTPRODUCTSREQUEST']._serialized_end=991
-  _globals['_SETSAFETYSTOCKREQUEST']._serialized_start=993
-  _globals['_SETSAFETYSTOCKREQUEST']._serialized_end=1061
-  _globals['_UPSERTRESPONSE']._serialized_start=1063
-  _globals['_UPSERTRESPONSE']._serialized_end=1097
-  _globals['_LISTLOCATIONSREQUEST']._serialized_start=1099
-  _globals['_LISTLOCATIONSREQUEST']._serialized_end=1160
-  _globals['_LISTLOCATIONSRESPONSE']._serialized_start=1162
-  _globals['_LISTLOCATIONSRESPONSE']._serialized_end=1252
-  _globals['_LISTNETWORKSREQUEST']._serialized_start=1254
-  _globals['_LISTNETWORKSREQUEST']._serialized_end=1314
-  _globals['_LISTNETWORKSRESPONSE']._serialized_start=1316
-  _globals['_LISTNETWORKSRESPONSE']._serialized_end=1403
-  _globals['_ADMINSERVICE']._serialized_start=1492
-  _globals['_ADMINSERVICE']._serialized_end=2013
+  _globals['_LOCATIONTYPE']._serialized_start=2889
+  _globals['_LOCATIONTYPE']._serialized_end=2973
+  _globals['_LOCATION']._serialized_start=103
+  _globals['_LOCATION']._serialized_end=400
+  _globals['_NETWORK']._serialized_start=403
+  _globals['_NETWORK']._serialized_end=693
+  _globals['_NETWORK_STALEPOLICY']._serialized_start=623
+  _globals['_NETWORK_STALEPOLICY']._serialized_end=693
+  _globals['_PRODUCT']._serialized_start=695
+  _globals['_PRODUCT']._serialized_end=776
+  _globals['_SAFETYSTOCK']._serialized_start=778
+  _globals['_SAFETYSTOCK']._serialized_end=855
+  _globals['_UPSERTLOCATIONSREQUEST']._serialized_start=857
+  _globals['_UPSERTLOCATIONSREQUEST']._serialized_end=923
+  _globals['_UPSERTNETWORKSREQUEST']._serialized_start=925
+  _globals['_UPSERTNETWORKSREQUEST']._serialized_end=988
+  _globals['_UPSERTPRODUCTSREQUEST']._serialized_start=990
+  _globals['_UPSERTPRODUCTSREQUEST']._serialized_end=1053
+  _globals['_SETSAFETYSTOCKREQUEST']._serialized_start=1055
+  _globals['_SETSAFETYSTOCKREQUEST']._serialized_end=1123
+  _globals['_UPSERTRESPONSE']._serialized_start=1125
+  _globals['_UPSERTRESPONSE']._serialized_end=1159
+  _globals['_LISTLOCATIONSREQUEST']._serialized_start=1161
+  _globals['_LISTLOCATIONSREQUEST']._serialized_end=1222
+  _globals['_LISTLOCATIONSRESPONSE']._serialized_start=1224
+  _globals['_LISTLOCATIONSRESPONSE']._serialized_end=1314
+  _globals['_LISTNETWORKSREQUEST']._serialized_start=1316
+  _globals['_LISTNETWORKSREQUEST']._serialized_end=1376
+  _globals['_LISTNETWORKSRESPONSE']._serialized_start=1378
+  _globals['_LISTNETWORKSRESPONSE']._serialized_end=1465
+  _globals['_GETSERVERSTATUSREQUEST']._serialized_start=1467
+  _globals['_GETSERVERSTATUSREQUEST']._serialized_end=1491
+  _globals['_SERVERSTATUS']._serialized_start=1494
+  _globals['_SERVERSTATUS']._serialized_end=1912
+  _globals['_HEALTH']._serialized_start=1915
+  _globals['_HEALTH']._serialized_end=2064
+  _globals['_PARTITIONS']._serialized_start=2066
+  _globals['_PARTITIONS']._serialized_end=2108
+  _globals['_POSITIONS']._serialized_start=2110
+  _globals['_POSITIONS']._serialized_end=2200
+  _globals['_STOREAGENT']._serialized_start=2203
+  _globals['_STOREAGENT']._serialized_end=2646
+  _globals['_FEEDCONSUMER']._serialized_start=2649
+  _globals['_FEEDCONSUMER']._serialized_end=2790
+  _globals['_WATCHSUBSCRIBERS']._serialized_start=2792
+  _globals['_WATCHSUBSCRIBERS']._serialized_end=2887
+  _globals['_ADMINSERVICE']._serialized_start=2976
+  _globals['_ADMINSERVICE']._serialized_end=3580
 # @@protoc_insertion_point(module_scope)

@@ -64,6 +64,11 @@ class AdminServiceStub:
                 request_serializer=unistock_dot_v1_dot_admin__pb2.ListNetworksRequest.SerializeToString,
                 response_deserializer=unistock_dot_v1_dot_admin__pb2.ListNetworksResponse.FromString,
                 _registered_method=True)
+        self.GetServerStatus = channel.unary_unary(
+                '/unistock.v1.AdminService/GetServerStatus',
+                request_serializer=unistock_dot_v1_dot_admin__pb2.GetServerStatusRequest.SerializeToString,
+                response_deserializer=unistock_dot_v1_dot_admin__pb2.ServerStatus.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -105,6 +110,15 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetServerStatus(self, request, context):
+        """The server's health, partitions, resident positions, store agents, feed consumers' lag
+        and watch subscribers (`unistock status`). Reads Redis (a PING, the feed cursors): with
+        Redis down it still answers, health.redis_reachable false and no feed_consumers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -137,6 +151,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListNetworks,
                     request_deserializer=unistock_dot_v1_dot_admin__pb2.ListNetworksRequest.FromString,
                     response_serializer=unistock_dot_v1_dot_admin__pb2.ListNetworksResponse.SerializeToString,
+            ),
+            'GetServerStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServerStatus,
+                    request_deserializer=unistock_dot_v1_dot_admin__pb2.GetServerStatusRequest.FromString,
+                    response_serializer=unistock_dot_v1_dot_admin__pb2.ServerStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -301,6 +320,33 @@ class AdminService:
             '/unistock.v1.AdminService/ListNetworks',
             unistock_dot_v1_dot_admin__pb2.ListNetworksRequest.SerializeToString,
             unistock_dot_v1_dot_admin__pb2.ListNetworksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServerStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/unistock.v1.AdminService/GetServerStatus',
+            unistock_dot_v1_dot_admin__pb2.GetServerStatusRequest.SerializeToString,
+            unistock_dot_v1_dot_admin__pb2.ServerStatus.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1022,6 +1022,8 @@ class AgentStatus(_message.Message):
     LAST_ACKED_SEQ_FIELD_NUMBER: _builtins.int
     OLDEST_UNACKED_AGE_SECONDS_FIELD_NUMBER: _builtins.int
     AT_FIELD_NUMBER: _builtins.int
+    REJECTED_UNRESOLVED_FIELD_NUMBER: _builtins.int
+    LAST_REJECTED_AT_FIELD_NUMBER: _builtins.int
     store_id: _builtins.str
     """The store."""
     source_id: _builtins.str
@@ -1034,11 +1036,22 @@ class AgentStatus(_message.Message):
     """Highest seq the server acknowledged."""
     oldest_unacked_age_seconds: _builtins.float
     """Age of the oldest unacknowledged movement, seconds (0 when none)."""
+    rejected_unresolved: _builtins.int
+    """Movements the server rejected (after the agent gave the till a receipt) that store staff
+    have not yet resolved (StoreIntake.ResolveRejectedMovement). 0 from agents older than this
+    field.
+    """
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp:
         """When the agent made this status. The last will is handed to the broker when the agent
         connects: an OFFLINE status published by the broker carries that time, and outbox_depth,
         last_acked_seq and oldest_unacked_age_seconds as they were then.
+        """
+
+    @_builtins.property
+    def last_rejected_at(self) -> _timestamp_pb2.Timestamp:
+        """When the agent recorded the newest of those unresolved rejections (agent clock); unset when
+        rejected_unresolved is 0. In the last will: as of connect, like outbox_depth.
         """
 
     def __init__(
@@ -1051,10 +1064,12 @@ class AgentStatus(_message.Message):
         last_acked_seq: _builtins.int = ...,
         oldest_unacked_age_seconds: _builtins.float = ...,
         at: _timestamp_pb2.Timestamp | None = ...,
+        rejected_unresolved: _builtins.int = ...,
+        last_rejected_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "last_rejected_at", b"last_rejected_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "last_acked_seq", b"last_acked_seq", "oldest_unacked_age_seconds", b"oldest_unacked_age_seconds", "outbox_depth", b"outbox_depth", "source_id", b"source_id", "state", b"state", "store_id", b"store_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "last_acked_seq", b"last_acked_seq", "last_rejected_at", b"last_rejected_at", "oldest_unacked_age_seconds", b"oldest_unacked_age_seconds", "outbox_depth", b"outbox_depth", "rejected_unresolved", b"rejected_unresolved", "source_id", b"source_id", "state", b"state", "store_id", b"store_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

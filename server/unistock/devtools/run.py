@@ -38,6 +38,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -158,6 +159,38 @@ def _exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+def server_command(args: Sequence[str] = ()) -> list[str]:
+    """The command running the server (``python -m unistock.server.app.cli [args...]``) with
+    this interpreter."""
+    return [sys.executable, "-m", SERVER_MODULE, *args]
+
+
+def start_services(
+    var_dir: Path,
+    env: dict[str, str],
+    started: list[RedisServer | MosquittoBroker],
+    pick_port: Callable[[str, int], int],
+    log: Callable[[str], None],
+) -> None:
+    """Start a private redis-server (data in var_dir/redis) unless env has UNISTOCK_REDIS_URL,
+    and a private mosquitto (var_dir/mosquitto) unless env has UNISTOCK_MQTT_URL; set their
+    URLs in env. Each one started is appended to `started` (stop them, newest first, even
+    when this raises: one that failed to start stopped itself). pick_port(variable, default) gives each one's port; log(line) is
+    told what was started. Raises ServiceError when one cannot start."""
+    kinds: tuple[tuple[str, type[RedisServer | MosquittoBroker], str, int], ...] = (
+        ("UNISTOCK_REDIS_URL", RedisServer, "UNISTOCK_DEV_REDIS_PORT", DEFAULT_REDIS_PORT),
+        ("UNISTOCK_MQTT_URL", MosquittoBroker, "UNISTOCK_DEV_MQTT_PORT", DEFAULT_MQTT_PORT),
+    )
+    for url_var, kind, port_var, default in kinds:
+        if env.get(url_var):
+            continue
+        svc = kind(var_dir / kind.service_name, pick_port(port_var, default))
+        svc.start()
+        started.append(svc)
+        env[url_var] = svc.url
+        log(f"started {svc.binary_name} pid {svc.pid} (log: {svc.log_path})")
+
+
 def main() -> int:
     """Start the services that are not configured, run the server, clean up; return its code."""
     var_dir = Path("var").resolve()
@@ -165,24 +198,15 @@ def main() -> int:
     env.setdefault("UNISTOCK_DATA_DIR", str(var_dir))
     started: list[RedisServer | MosquittoBroker] = []
     previous = _previous_ports()
+
+    def pick_port(var: str, default: int) -> int:
+        # mosquitto takes the port the last run used when its default is taken (the agents
+        # and the config file have that URL)
+        last = previous.get("mqtt_url") if var == "UNISTOCK_DEV_MQTT_PORT" else None
+        return _pick_port(var, default, last)
+
     try:
-        if not env.get("UNISTOCK_REDIS_URL"):
-            redis = RedisServer(
-                var_dir / "redis", _pick_port("UNISTOCK_DEV_REDIS_PORT", DEFAULT_REDIS_PORT)
-            )
-            redis.start()
-            started.append(redis)
-            env["UNISTOCK_REDIS_URL"] = redis.url
-            _log(f"started redis-server pid {redis.pid} (log: {redis.log_path})")
-        if not env.get("UNISTOCK_MQTT_URL"):
-            mqtt = MosquittoBroker(
-                var_dir / "mosquitto",
-                _pick_port("UNISTOCK_DEV_MQTT_PORT", DEFAULT_MQTT_PORT, previous.get("mqtt_url")),
-            )
-            mqtt.start()
-            started.append(mqtt)
-            env["UNISTOCK_MQTT_URL"] = mqtt.url
-            _log(f"started mosquitto pid {mqtt.pid} (log: {mqtt.log_path})")
+        start_services(var_dir, env, started, pick_port, _log)
 
         print(f"UNISTOCK_REDIS_URL={env['UNISTOCK_REDIS_URL']}", flush=True)
         print(f"UNISTOCK_MQTT_URL={env['UNISTOCK_MQTT_URL']}", flush=True)
@@ -209,7 +233,7 @@ def main() -> int:
         )
         _write_config(env, grpc_port, tokens)
 
-        cmd = [sys.executable, "-m", SERVER_MODULE, *sys.argv[1:]]
+        cmd = server_command(sys.argv[1:])
         _log("running: " + " ".join(cmd))
         # Own session: a terminal Ctrl-C reaches only this process, which forwards it once.
         child = subprocess.Popen(cmd, env=env, start_new_session=True)

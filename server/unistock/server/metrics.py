@@ -6,13 +6,73 @@ process do not collide on the global default registry.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from unistock.server.actors.liveness import StoreLiveness
 
 _LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 _LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+#: Stores with their own unistock_store_* series (as unistock_mqtt_store_last_seen's).
+MAX_STORE_SERIES = 10_000
+#: The label of the series shared by stores beyond MAX_STORE_SERIES ('|' is never in an id).
+OTHER_STORES = "|other"
+
+
+class StoreLivenessCollector(Collector):
+    """unistock_store_silent_seconds{store} and unistock_store_reported_backlog_seconds{store},
+    computed when scraped from the server's store liveness (`liveness`; None: no MQTT
+    ingestion, no series). The first `limit` stores by id have their own series; the others
+    share store="|other", with the largest value among them."""
+
+    def __init__(self, limit: int = MAX_STORE_SERIES) -> None:
+        self.limit = limit
+        #: set by the server when it ingests MQTT
+        self.liveness: StoreLiveness | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        silent = GaugeMetricFamily(
+            "unistock_store_silent_seconds",
+            "Seconds since the server last heard from the store's edge agent: an accepted "
+            "movement batch or an ONLINE status (agents publish one every 10 s). It "
+            "grows while the agent is stopped (OFFLINE), dead or cut off; a store of master "
+            "data never heard from counts from when the server first knew of it. Kept across "
+            "server restarts.",
+            labels=["store"],
+        )
+        backlog = GaugeMetricFamily(
+            "unistock_store_reported_backlog_seconds",
+            "Age of the oldest movement not yet acknowledged, as the store's agent reported "
+            "in its last status (0: none, or no status yet). Above a network's staleness "
+            "limit the store's units leave the network's availability, as when it is silent.",
+            labels=["store"],
+        )
+        live = self.liveness
+        if live is not None:
+            other: tuple[float, float] | None = None
+            for i, store in enumerate(sorted(live.stores())):
+                values = (live.silent_for(store), live.backlog(store))
+                if i < self.limit:
+                    silent.add_metric([store], values[0])
+                    backlog.add_metric([store], values[1])
+                elif other is None:
+                    other = values
+                else:
+                    other = (max(other[0], values[0]), max(other[1], values[1]))
+            if other is not None:
+                silent.add_metric([OTHER_STORES], other[0])
+                backlog.add_metric([OTHER_STORES], other[1])
+        yield silent
+        yield backlog
 
 
 class LedgerMetrics:
@@ -271,6 +331,9 @@ class Metrics:
             "1 while the server is connected and subscribed to the broker.",
             registry=r,
         )
+        #: unistock_store_silent_seconds / unistock_store_reported_backlog_seconds{store}
+        self.stores = StoreLivenessCollector()
+        r.register(self.stores)
         self.grpc_latency = Histogram(
             "unistock_grpc_request_duration_seconds",
             "gRPC request latency by method and status code (streams: until the stream ends).",

@@ -9,7 +9,9 @@ A till that got an IntakeReceipt may forget the sale: it will reach the server e
 Before storing anything the agent checks a movement as the server does (ids, quantity, the
 fields each type needs) and refuses one the server would reject with INVALID_ARGUMENT naming
 the field; it cannot check that a location_id belongs to this store (the server rejects a
-movement for another store's location: WRONG_STORE).
+movement for another store's location: WRONG_STORE). Such a rejection comes after the receipt:
+the agent keeps it, and ListRejectedMovements / WatchRejectedMovements show it to the till and
+store staff until ResolveRejectedMovement marks it handled.
 """
 
 from collections import abc as _abc
@@ -401,3 +403,259 @@ class StopCountResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StopCountResponse: _TypeAlias = StopCountResponse  # noqa: Y015
+
+@_typing.final
+class RejectedMovement(_message.Message):
+    """A movement the server refused for good (or the agent set aside as too large to publish), as the
+    agent keeps it until store staff resolve it. The till got a receipt for it: this is how the
+    till and the store learn that it was never applied, and why.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    MOVEMENT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    RECORDED_AT_FIELD_NUMBER: _builtins.int
+    REJECTED_AT_FIELD_NUMBER: _builtins.int
+    RESOLVED_FIELD_NUMBER: _builtins.int
+    RESOLVED_BY_FIELD_NUMBER: _builtins.int
+    RESOLVED_AT_FIELD_NUMBER: _builtins.int
+    RESOLVE_NOTE_FIELD_NUMBER: _builtins.int
+    source_id: _builtins.str
+    """The agent's source id (as in the IntakeReceipt)."""
+    seq: _builtins.int
+    """The seq the agent assigned (as in the IntakeReceipt): with source_id, the rejection's key."""
+    device_id: _builtins.str
+    """The till or device that sent it: SaleRequest.till_id, ReturnRequest.till_id or
+    RecordMovementRequest.device_id. Empty for a movement the agent made itself (a count
+    session's COUNT), for one sent without an id, and for one recorded by an agent version
+    that did not keep it.
+    """
+    request_id: _builtins.str
+    """The request_id of the intake call that recorded it; empty when the call had none (or an
+    agent version that did not keep it recorded it and no longer remembers the key).
+    """
+    reason: _inventory_pb2.RejectReason.ValueType
+    """Why: WRONG_STORE (its location_id is not one of this store's locations: the usual cause,
+    a mistyped location), INVALID_FIELD (detail names the field; also a movement too large to
+    publish, set aside by the agent), BAD_QUANTITY... (unistock.v1.RejectReason).
+    """
+    detail: _builtins.str
+    """The server's human-readable detail, naming the field, e.g. "location_id: location 's2'
+    does not belong to store 's1'".
+    """
+    resolved: _builtins.bool
+    """Whether store staff marked it handled (ResolveRejectedMovement)."""
+    resolved_by: _builtins.str
+    """Who resolved it (ResolveRejectedMovementRequest.resolved_by); empty while unresolved."""
+    resolve_note: _builtins.str
+    """Why, or what was done (ResolveRejectedMovementRequest.note); may be empty."""
+    @_builtins.property
+    def movement(self) -> _inventory_pb2.Movement:
+        """The movement as the agent recorded it (source_id and seq set, location_id and
+        occurred_at filled in). Unset when the server rejected a seq that was no longer in the
+        outbox (never expected; kept so that the rejection is still shown).
+        """
+
+    @_builtins.property
+    def recorded_at(self) -> _timestamp_pb2.Timestamp:
+        """When the movement entered the agent's outbox (agent clock). Unset for one recorded by an
+        agent version that did not keep it, and when movement is unset.
+        """
+
+    @_builtins.property
+    def rejected_at(self) -> _timestamp_pb2.Timestamp:
+        """When the agent recorded the rejection (agent clock): when the server's ack arrived, or when
+        the agent set the movement aside as too large to publish.
+        """
+
+    @_builtins.property
+    def resolved_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was resolved (agent clock); unset while unresolved."""
+
+    def __init__(
+        self,
+        *,
+        source_id: _builtins.str = ...,
+        seq: _builtins.int = ...,
+        device_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        movement: _inventory_pb2.Movement | None = ...,
+        reason: _inventory_pb2.RejectReason.ValueType = ...,
+        detail: _builtins.str = ...,
+        recorded_at: _timestamp_pb2.Timestamp | None = ...,
+        rejected_at: _timestamp_pb2.Timestamp | None = ...,
+        resolved: _builtins.bool = ...,
+        resolved_by: _builtins.str = ...,
+        resolved_at: _timestamp_pb2.Timestamp | None = ...,
+        resolve_note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["movement", b"movement", "recorded_at", b"recorded_at", "rejected_at", b"rejected_at", "resolved_at", b"resolved_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "device_id", b"device_id", "movement", b"movement", "reason", b"reason", "recorded_at", b"recorded_at", "rejected_at", b"rejected_at", "request_id", b"request_id", "resolve_note", b"resolve_note", "resolved", b"resolved", "resolved_at", b"resolved_at", "resolved_by", b"resolved_by", "seq", b"seq", "source_id", b"source_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RejectedMovement: _TypeAlias = RejectedMovement  # noqa: Y015
+
+@_typing.final
+class ListRejectedMovementsRequest(_message.Message):
+    """Which rejections to list."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    INCLUDE_RESOLVED_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    """Only the rejections of this till or device (RejectedMovement.device_id); empty: all."""
+    include_resolved: _builtins.bool
+    """False (default): only the unresolved ones. True: resolved ones too."""
+    page_size: _builtins.int
+    """Most rejections in one answer: 1 to 1,000; 0 means 100 (above 1,000 is INVALID_ARGUMENT)."""
+    page_token: _builtins.str
+    """next_page_token of the previous answer, to get the next page (with the same filters);
+    empty: the first page. A token this agent did not give is INVALID_ARGUMENT.
+    """
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Only the rejections recorded at or after this time (RejectedMovement.rejected_at); unset:
+        all.
+        """
+
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+        include_resolved: _builtins.bool = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "include_resolved", b"include_resolved", "page_size", b"page_size", "page_token", b"page_token", "since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRejectedMovementsRequest: _TypeAlias = ListRejectedMovementsRequest  # noqa: Y015
+
+@_typing.final
+class ListRejectedMovementsResponse(_message.Message):
+    """A page of rejections."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REJECTIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass it as page_token for the next (older) rejections; empty on the last page. A
+    rejection recorded after the first page was read is not in the later pages (it is newer).
+    """
+    @_builtins.property
+    def rejections(self) -> _containers.RepeatedCompositeFieldContainer[Global___RejectedMovement]:
+        """Newest first: in the reverse order in which the agent recorded the rejections."""
+
+    def __init__(
+        self,
+        *,
+        rejections: _abc.Iterable[Global___RejectedMovement] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "rejections", b"rejections"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRejectedMovementsResponse: _TypeAlias = ListRejectedMovementsResponse  # noqa: Y015
+
+@_typing.final
+class WatchRejectedMovementsRequest(_message.Message):
+    """Which rejections to watch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    """Only the rejections of this till or device (RejectedMovement.device_id); empty: all."""
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRejectedMovementsRequest: _TypeAlias = WatchRejectedMovementsRequest  # noqa: Y015
+
+@_typing.final
+class WatchRejectedMovementsResponse(_message.Message):
+    """One message of a WatchRejectedMovements stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REJECTION_FIELD_NUMBER: _builtins.int
+    CAUGHT_UP_FIELD_NUMBER: _builtins.int
+    caught_up: _builtins.bool
+    """True on exactly one message, sent after the unresolved rejections of when the watch
+    started and before any new one, without a rejection: what the till had to fix when it
+    asked is complete (also when it was none).
+    """
+    @_builtins.property
+    def rejection(self) -> Global___RejectedMovement:
+        """A rejection: an unresolved one of when the watch started, or a new one."""
+
+    def __init__(
+        self,
+        *,
+        rejection: Global___RejectedMovement | None = ...,
+        caught_up: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rejection", b"rejection"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "rejection", b"rejection"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRejectedMovementsResponse: _TypeAlias = WatchRejectedMovementsResponse  # noqa: Y015
+
+@_typing.final
+class ResolveRejectedMovementRequest(_message.Message):
+    """Store staff mark a rejection handled (e.g. the sale was entered again at the right location)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    RESOLVED_BY_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """The seq of the rejected movement (RejectedMovement.seq)."""
+    resolved_by: _builtins.str
+    """Who handled it (a name or staff id); required."""
+    note: _builtins.str
+    """What was done or why, free text; may be empty."""
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        resolved_by: _builtins.str = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["note", b"note", "resolved_by", b"resolved_by", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveRejectedMovementRequest: _TypeAlias = ResolveRejectedMovementRequest  # noqa: Y015

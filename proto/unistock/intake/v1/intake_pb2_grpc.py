@@ -5,7 +5,7 @@ import warnings
 
 from unistock.intake.v1 import intake_pb2 as unistock_dot_intake_dot_v1_dot_intake__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -65,6 +65,21 @@ class StoreIntakeStub:
                 request_serializer=unistock_dot_intake_dot_v1_dot_intake__pb2.StopCountRequest.SerializeToString,
                 response_deserializer=unistock_dot_intake_dot_v1_dot_intake__pb2.StopCountResponse.FromString,
                 _registered_method=True)
+        self.ListRejectedMovements = channel.unary_unary(
+                '/unistock.intake.v1.StoreIntake/ListRejectedMovements',
+                request_serializer=unistock_dot_intake_dot_v1_dot_intake__pb2.ListRejectedMovementsRequest.SerializeToString,
+                response_deserializer=unistock_dot_intake_dot_v1_dot_intake__pb2.ListRejectedMovementsResponse.FromString,
+                _registered_method=True)
+        self.WatchRejectedMovements = channel.unary_stream(
+                '/unistock.intake.v1.StoreIntake/WatchRejectedMovements',
+                request_serializer=unistock_dot_intake_dot_v1_dot_intake__pb2.WatchRejectedMovementsRequest.SerializeToString,
+                response_deserializer=unistock_dot_intake_dot_v1_dot_intake__pb2.WatchRejectedMovementsResponse.FromString,
+                _registered_method=True)
+        self.ResolveRejectedMovement = channel.unary_unary(
+                '/unistock.intake.v1.StoreIntake/ResolveRejectedMovement',
+                request_serializer=unistock_dot_intake_dot_v1_dot_intake__pb2.ResolveRejectedMovementRequest.SerializeToString,
+                response_deserializer=unistock_dot_intake_dot_v1_dot_intake__pb2.RejectedMovement.FromString,
+                _registered_method=True)
 
 
 class StoreIntakeServicer:
@@ -113,6 +128,34 @@ class StoreIntakeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRejectedMovements(self, request, context):
+        """The movements the server rejected after the agent gave a receipt for them, newest first,
+        paged; by default the unresolved ones only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchRejectedMovements(self, request, context):
+        """The unresolved rejections of now (oldest first), then one caught_up message, then each new
+        rejection as the server's ack arrives, until the caller cancels or the agent stops. A
+        rejection resolved later is not sent again (List shows resolutions).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResolveRejectedMovement(self, request, context):
+        """Mark one rejection handled: it no longer counts in the agent's status
+        (AgentStatus.rejected_unresolved) and metrics (unistock_agent_rejections_unresolved).
+        Idempotent: resolving a resolved one changes nothing and returns it as first resolved.
+        NOT_FOUND when seq is not a rejected movement of this agent; INVALID_ARGUMENT when seq is 0
+        or resolved_by is empty (or only whitespace).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StoreIntakeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +188,21 @@ def add_StoreIntakeServicer_to_server(servicer, server):
                     servicer.StopCount,
                     request_deserializer=unistock_dot_intake_dot_v1_dot_intake__pb2.StopCountRequest.FromString,
                     response_serializer=unistock_dot_intake_dot_v1_dot_intake__pb2.StopCountResponse.SerializeToString,
+            ),
+            'ListRejectedMovements': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRejectedMovements,
+                    request_deserializer=unistock_dot_intake_dot_v1_dot_intake__pb2.ListRejectedMovementsRequest.FromString,
+                    response_serializer=unistock_dot_intake_dot_v1_dot_intake__pb2.ListRejectedMovementsResponse.SerializeToString,
+            ),
+            'WatchRejectedMovements': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRejectedMovements,
+                    request_deserializer=unistock_dot_intake_dot_v1_dot_intake__pb2.WatchRejectedMovementsRequest.FromString,
+                    response_serializer=unistock_dot_intake_dot_v1_dot_intake__pb2.WatchRejectedMovementsResponse.SerializeToString,
+            ),
+            'ResolveRejectedMovement': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveRejectedMovement,
+                    request_deserializer=unistock_dot_intake_dot_v1_dot_intake__pb2.ResolveRejectedMovementRequest.FromString,
+                    response_serializer=unistock_dot_intake_dot_v1_dot_intake__pb2.RejectedMovement.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +368,87 @@ class StoreIntake:
             '/unistock.intake.v1.StoreIntake/StopCount',
             unistock_dot_intake_dot_v1_dot_intake__pb2.StopCountRequest.SerializeToString,
             unistock_dot_intake_dot_v1_dot_intake__pb2.StopCountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRejectedMovements(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/unistock.intake.v1.StoreIntake/ListRejectedMovements',
+            unistock_dot_intake_dot_v1_dot_intake__pb2.ListRejectedMovementsRequest.SerializeToString,
+            unistock_dot_intake_dot_v1_dot_intake__pb2.ListRejectedMovementsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRejectedMovements(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/unistock.intake.v1.StoreIntake/WatchRejectedMovements',
+            unistock_dot_intake_dot_v1_dot_intake__pb2.WatchRejectedMovementsRequest.SerializeToString,
+            unistock_dot_intake_dot_v1_dot_intake__pb2.WatchRejectedMovementsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveRejectedMovement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/unistock.intake.v1.StoreIntake/ResolveRejectedMovement',
+            unistock_dot_intake_dot_v1_dot_intake__pb2.ResolveRejectedMovementRequest.SerializeToString,
+            unistock_dot_intake_dot_v1_dot_intake__pb2.RejectedMovement.FromString,
             options,
             channel_credentials,
             insecure,

@@ -9,7 +9,9 @@ A till that got an IntakeReceipt may forget the sale: it will reach the server e
 Before storing anything the agent checks a movement as the server does (ids, quantity, the
 fields each type needs) and refuses one the server would reject with INVALID_ARGUMENT naming
 the field; it cannot check that a location_id belongs to this store (the server rejects a
-movement for another store's location: WRONG_STORE).
+movement for another store's location: WRONG_STORE). Such a rejection comes after the receipt:
+the agent keeps it, and ListRejectedMovements / WatchRejectedMovements show it to the till and
+store staff until ResolveRejectedMovement marks it handled.
 """
 
 from collections import abc as _abc
@@ -54,6 +56,22 @@ class StoreIntakeStub:
     """Stream tag reads of a running count session."""
     StopCount: _grpc.UnaryUnaryMultiCallable[_intake_pb2.StopCountRequest, _intake_pb2.StopCountResponse]
     """Stop a count session; its counts go to the outbox."""
+    ListRejectedMovements: _grpc.UnaryUnaryMultiCallable[_intake_pb2.ListRejectedMovementsRequest, _intake_pb2.ListRejectedMovementsResponse]
+    """The movements the server rejected after the agent gave a receipt for them, newest first,
+    paged; by default the unresolved ones only.
+    """
+    WatchRejectedMovements: _grpc.UnaryStreamMultiCallable[_intake_pb2.WatchRejectedMovementsRequest, _intake_pb2.WatchRejectedMovementsResponse]
+    """The unresolved rejections of now (oldest first), then one caught_up message, then each new
+    rejection as the server's ack arrives, until the caller cancels or the agent stops. A
+    rejection resolved later is not sent again (List shows resolutions).
+    """
+    ResolveRejectedMovement: _grpc.UnaryUnaryMultiCallable[_intake_pb2.ResolveRejectedMovementRequest, _intake_pb2.RejectedMovement]
+    """Mark one rejection handled: it no longer counts in the agent's status
+    (AgentStatus.rejected_unresolved) and metrics (unistock_agent_rejections_unresolved).
+    Idempotent: resolving a resolved one changes nothing and returns it as first resolved.
+    NOT_FOUND when seq is not a rejected movement of this agent; INVALID_ARGUMENT when seq is 0
+    or resolved_by is empty (or only whitespace).
+    """
 
 @_typing.type_check_only
 class StoreIntakeAsyncStub(StoreIntakeStub):
@@ -72,6 +90,22 @@ class StoreIntakeAsyncStub(StoreIntakeStub):
     """Stream tag reads of a running count session."""
     StopCount: _aio.UnaryUnaryMultiCallable[_intake_pb2.StopCountRequest, _intake_pb2.StopCountResponse]  # type: ignore[assignment]
     """Stop a count session; its counts go to the outbox."""
+    ListRejectedMovements: _aio.UnaryUnaryMultiCallable[_intake_pb2.ListRejectedMovementsRequest, _intake_pb2.ListRejectedMovementsResponse]  # type: ignore[assignment]
+    """The movements the server rejected after the agent gave a receipt for them, newest first,
+    paged; by default the unresolved ones only.
+    """
+    WatchRejectedMovements: _aio.UnaryStreamMultiCallable[_intake_pb2.WatchRejectedMovementsRequest, _intake_pb2.WatchRejectedMovementsResponse]  # type: ignore[assignment]
+    """The unresolved rejections of now (oldest first), then one caught_up message, then each new
+    rejection as the server's ack arrives, until the caller cancels or the agent stops. A
+    rejection resolved later is not sent again (List shows resolutions).
+    """
+    ResolveRejectedMovement: _aio.UnaryUnaryMultiCallable[_intake_pb2.ResolveRejectedMovementRequest, _intake_pb2.RejectedMovement]  # type: ignore[assignment]
+    """Mark one rejection handled: it no longer counts in the agent's status
+    (AgentStatus.rejected_unresolved) and metrics (unistock_agent_rejections_unresolved).
+    Idempotent: resolving a resolved one changes nothing and returns it as first resolved.
+    NOT_FOUND when seq is not a rejected movement of this agent; INVALID_ARGUMENT when seq is 0
+    or resolved_by is empty (or only whitespace).
+    """
 
 class StoreIntakeServicer(metaclass=_abc_1.ABCMeta):
     """The store's local intake service (plaintext on the store LAN by default, TLS when configured)."""
@@ -123,5 +157,39 @@ class StoreIntakeServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_intake_pb2.StopCountResponse, _abc.Awaitable[_intake_pb2.StopCountResponse]]:
         """Stop a count session; its counts go to the outbox."""
+
+    @_abc_1.abstractmethod
+    def ListRejectedMovements(
+        self,
+        request: _intake_pb2.ListRejectedMovementsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_intake_pb2.ListRejectedMovementsResponse, _abc.Awaitable[_intake_pb2.ListRejectedMovementsResponse]]:
+        """The movements the server rejected after the agent gave a receipt for them, newest first,
+        paged; by default the unresolved ones only.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchRejectedMovements(
+        self,
+        request: _intake_pb2.WatchRejectedMovementsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_intake_pb2.WatchRejectedMovementsResponse], _abc.AsyncIterator[_intake_pb2.WatchRejectedMovementsResponse]]:
+        """The unresolved rejections of now (oldest first), then one caught_up message, then each new
+        rejection as the server's ack arrives, until the caller cancels or the agent stops. A
+        rejection resolved later is not sent again (List shows resolutions).
+        """
+
+    @_abc_1.abstractmethod
+    def ResolveRejectedMovement(
+        self,
+        request: _intake_pb2.ResolveRejectedMovementRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_intake_pb2.RejectedMovement, _abc.Awaitable[_intake_pb2.RejectedMovement]]:
+        """Mark one rejection handled: it no longer counts in the agent's status
+        (AgentStatus.rejected_unresolved) and metrics (unistock_agent_rejections_unresolved).
+        Idempotent: resolving a resolved one changes nothing and returns it as first resolved.
+        NOT_FOUND when seq is not a rejected movement of this agent; INVALID_ARGUMENT when seq is 0
+        or resolved_by is empty (or only whitespace).
+        """
 
 def add_StoreIntakeServicer_to_server(servicer: StoreIntakeServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -52,6 +52,9 @@ class Directory:
         #: another (its location's default changed while it was not resident, or a crash came
         #: between the master-data write and the position's) is corrected as it is activated.
         self.safety: Callable[[StockKey], int] | None = None
+        #: Positions loaded into memory and dropped from it since the start (for status).
+        self.activated = 0
+        self.passivated = 0
 
     def __len__(self) -> int:
         return len(self._resident) - self._has_sentinel
@@ -119,6 +122,7 @@ class Directory:
         for p in loaded:
             if self._resident.setdefault(p.key, p) is p and p in corrected:
                 self._commit.position_changed(p)
+        self.activated += len(loaded)
         self._metrics.activations.inc(len(loaded))
         self.enforce_cap()
         self._metrics.resident_actors.set(len(self))
@@ -180,6 +184,7 @@ class Directory:
         for key in keys:
             del self._resident[key]
         if keys:
+            self.passivated += len(keys)
             self._metrics.passivations.inc(len(keys))
             self._metrics.resident_actors.set(len(self))
         return len(keys)

@@ -11,7 +11,7 @@ the same entries again, which it skips: every change (in exactly one feed entry)
 ledger exactly once. A SQL or Redis outage delays it; no reply ever waits for it. Entries the
 feed's cap trimmed before the writer read them are reported (log and
 `unistock_feed_entries_lost_total`): the one way the ledger can miss changes, when it stays
-behind for longer than the cap allows (see README, "The change feed").
+behind for longer than the cap allows (see docs/design.md, "The change feed").
 """
 
 from __future__ import annotations

@@ -68,6 +68,10 @@ class StoreLiveness:
             self._dirty.add(store_id)
         return heard
 
+    def stores(self) -> list[str]:
+        """Every store heard from or known (see know), in no particular order."""
+        return list(self._heard)
+
     def silent_for(self, store_id: str) -> float:
         """Seconds since the store was last heard of (see know)."""
         return self._clock() - self.know(store_id)
@@ -75,6 +79,14 @@ class StoreLiveness:
     def heard_at(self, store_id: str) -> float:
         """When the store was last heard of (Unix seconds; see know)."""
         return self._wall() - self.silent_for(store_id)
+
+    def last_heard(self, store_id: str) -> tuple[float, bool] | None:
+        """(When the store was last heard of, Unix seconds; whether that is the server's
+        assumption, see know), or None for a store not known yet. Changes nothing."""
+        heard = self._heard.get(store_id)
+        if heard is None:
+            return None
+        return self._wall() - (self._clock() - heard), store_id in self._assumed
 
     def backlog(self, store_id: str) -> float:
         """The age (seconds) of the oldest unacknowledged movement in the agent's last

@@ -18,6 +18,7 @@ from unistock.server.actors import Inventory
 from unistock.server.actors.masterdata import MasterData
 from unistock.server.actors.networks import NetworkIndex
 from unistock.server.api.service import Context, generic_handler, rpc
+from unistock.server.api.status import ServerStatusReport
 from unistock.server.domain import (
     InvalidArgument,
     StockKey,
@@ -141,6 +142,8 @@ class AdminService:
         self._metrics = metrics
         self.timeout = timeout
         self._running: set[asyncio.Task[Any]] = set()
+        #: Answers GetServerStatus (set by the server once everything it reads exists).
+        self.status: ServerStatusReport | None = None
 
     async def _complete(self, work: Coroutine[Any, Any, _T]) -> _T:
         task = asyncio.ensure_future(work)
@@ -288,6 +291,14 @@ class AdminService:
         return apb.ListNetworksResponse(
             networks=[network_to_wire(n) for n in page], next_page_token=token
         )
+
+    @rpc
+    async def GetServerStatus(
+        self, request: apb.GetServerStatusRequest, context: Context
+    ) -> apb.ServerStatus:
+        if self.status is None:
+            raise Unavailable("the server is starting")
+        return await self.status.build()
 
     def handler(self) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
         """The generic handler serving every method of the service."""

@@ -184,6 +184,11 @@ class EventHub:
         self.metrics.subscribers.set(len(self._subs))
         return sub
 
+    @property
+    def subscribers(self) -> int:
+        """Open WatchEvents streams."""
+        return len(self._subs)
+
     def unsubscribe(self, sub: EventSubscription) -> None:
         """Remove a subscription (idempotent)."""
         self._subs.discard(sub)

@@ -142,6 +142,11 @@ class ReservationHub:
         self.metrics.reservation_watchers.inc()
         return sub
 
+    @property
+    def subscribers(self) -> int:
+        """Open watchers."""
+        return sum(len(subs) for subs in self._by.values())
+
     def unsubscribe(self, sub: ReservationSubscription) -> None:
         """Remove a watcher (idempotent)."""
         key = sub.query.driving()

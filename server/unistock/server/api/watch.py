@@ -155,6 +155,11 @@ class WatchHub:
             return [(self._by_location, sub.locations)]
         return []
 
+    @property
+    def subscribers(self) -> int:
+        """Open subscriptions."""
+        return self._count
+
     def unsubscribe(self, sub: Subscription) -> None:
         """Remove a subscription (idempotent)."""
         found = sub in self._all

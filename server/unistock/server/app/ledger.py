@@ -3,7 +3,7 @@
 It moves the change feed (Redis streams `us:{p}:feed`, written by the server's group commit)
 into the SQL ledger (`ledger_entries`, the server's database: SQLite in the data directory by
 default, PostgreSQL by URL), exactly once, until SIGTERM/SIGINT. It shares nothing with the
-server but Redis and the database, so it never takes the server's CPU (README, B11), and it can
+server but Redis and the database, so it never takes the server's CPU (docs/performance.md, B11), and it can
 be stopped, killed or restarted at any time: it resumes after its cursors, and the feed keeps
 every entry it has not written (up to the feed's cap, --feed-max-entries of the server).
 

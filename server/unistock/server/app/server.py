@@ -10,6 +10,7 @@ import gc
 import logging
 import re
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from types import TracebackType
@@ -38,6 +39,7 @@ from unistock.server.api.ledger import SERVICE as LEDGER_SERVICE
 from unistock.server.api.ledger import LedgerService
 from unistock.server.api.service import SERVICE, InventoryService
 from unistock.server.api.sourcing import network_candidates
+from unistock.server.api.status import ServerStatusReport
 from unistock.server.api.watch import WatchHub
 from unistock.server.app.settings import Settings, redact_url
 from unistock.server.domain import Unavailable
@@ -136,6 +138,8 @@ class UnistockServer:
         self.events: EventDeriver | None = None
         self.event_hub: EventHub | None = None
         self.event_publisher: EventPublisher | None = None
+        #: When this process was created (time.monotonic(); start() resets it): its uptime.
+        self.started_monotonic = time.monotonic()
 
     async def __aenter__(self) -> UnistockServer:
         await self.start()
@@ -178,6 +182,7 @@ class UnistockServer:
         for name in ("", SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.state = State.RUNNING
+        self.started_monotonic = time.monotonic()
         log.info(
             "serving gRPC on %s:%d (%s), metrics on :%d, redis %s",
             s.grpc_host,
@@ -275,7 +280,7 @@ class UnistockServer:
         self.commit.low_stock_threshold = self.master.low_stock_threshold
         self.commit.clock = self.inventory.clock
         # The change feed into the SQL ledger (same database as master data), off the hot path
-        # but in this process when asked (it shares its CPU: README B11).
+        # but in this process when asked (it shares its CPU: docs/performance.md, B11).
         self.ledger = LedgerWriter(
             FeedReader(
                 self.store.client,
@@ -324,6 +329,7 @@ class UnistockServer:
             )
             self.liveness: StoreLiveness | None = StoreLiveness()
             self.ingestor.liveness = self.liveness
+            self.metrics.stores.liveness = self.liveness
             self._spawn(self.ingestor.run(), "mqtt-ingest")
         else:
             self.ingestor = None
@@ -344,6 +350,7 @@ class UnistockServer:
         self._start_events()
         assert self._grpc is not None
         self.admin = AdminService(self.master, self.inventory, self.metrics, self.networks)
+        self.admin.status = ServerStatusReport(self)
         # Histories and KPIs, read from the ledger's tables in the master data's database.
         self.ledger_service = LedgerService(LedgerQueries(self.master.store.engine), self.metrics)
         self._grpc.add_generic_rpc_handlers(
@@ -434,6 +441,11 @@ class UnistockServer:
     async def wait(self) -> None:
         """Until a background task fails (e.g. the partitions were taken over) or stop()."""
         await self._done.wait()
+
+    @property
+    def serving(self) -> bool:
+        """Running and not stopping, with no background task lost."""
+        return self.state is State.RUNNING and not self._stopping and not self.failed
 
     @property
     def failed(self) -> bool:

@@ -154,7 +154,7 @@ _HELP = {
     "max_resident": "most positions kept in memory (LRU passivation beyond)",
     "idle_passivation_s": "passivate positions unused for this long (0: never)",
     "ledger_in_process": "1: write the change feed to the SQL ledger inside this server (small "
-    "deployments and tests: it shares the server's CPU, see README B11); 0: off",
+    "deployments and tests: it shares the server's CPU, see docs/performance.md, B11); 0: off",
     "feed_max_entries": "cap of each partition's change feed stream (entries, approximate): a "
     "durable consumer (the ledger) further behind than this loses entries (alert on "
     "unistock_feed_fill_ratio)",

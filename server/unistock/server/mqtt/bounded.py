@@ -3,22 +3,38 @@
 A store id comes from a topic and a source id from a payload: neither is under the server's
 control, so nothing kept per store or per source may grow with them. `SourceTable` keeps the
 most recently used sources (the others are read again from Redis when they come back);
-`StoreSeries` gives the first stores their own metric series and the rest one shared series.
+`StoreSeries` gives the first stores their own metric series and the rest one shared series;
+`AgentStatuses` keeps each store's last AgentStatus, for the most recently heard stores.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import NamedTuple
 
 from prometheus_client import Gauge
 
+# Stores with their own unistock_mqtt_store_last_seen (and unistock_store_*) series; the label
+# of the series shared by the stores beyond them.
+from unistock.server.metrics import MAX_STORE_SERIES, OTHER_STORES
+from unistock.v1 import inventory_pb2 as pb
+
+__all__ = [
+    "MAX_SOURCES",
+    "MAX_STATUSES",
+    "MAX_STORE_SERIES",
+    "OTHER_STORES",
+    "AgentStatuses",
+    "SourceState",
+    "SourceTable",
+    "StoreSeries",
+]
+
 #: Sources whose state is kept in memory (a store's agent uses one per outbox file).
 MAX_SOURCES = 65_536
-#: Stores with their own unistock_mqtt_store_last_seen series.
-MAX_STORE_SERIES = 10_000
-#: The label of the series shared by stores beyond MAX_STORE_SERIES ('|' is never in an id).
-OTHER_STORES = "|other"
+#: Stores whose last AgentStatus is kept (~150 bytes each).
+MAX_STATUSES = 100_000
 
 
 class SourceState(NamedTuple):
@@ -86,3 +102,38 @@ class StoreSeries:
             if label == store_id:
                 self._series[store_id] = series
         series.set(when)
+
+
+class AgentStatuses:
+    """store id -> the last AgentStatus its agent published, for at most `limit` stores (past
+    it, the store heard from least recently is forgotten). A status older than the one kept
+    (both with an `at`: a retained one the broker sends again) does not replace it."""
+
+    def __init__(self, limit: int = MAX_STATUSES) -> None:
+        self.limit = limit
+        self._by_store: dict[str, pb.AgentStatus] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_store)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_store)
+
+    def get(self, store_id: str) -> pb.AgentStatus | None:
+        """The store's last status, or None."""
+        return self._by_store.get(store_id)
+
+    def keep(self, store_id: str, status: pb.AgentStatus) -> None:
+        """Record a status just received from the store's agent."""
+        by_store = self._by_store
+        kept = by_store.pop(store_id, None)
+        if (
+            kept is not None
+            and kept.HasField("at")
+            and status.HasField("at")
+            and status.at.ToNanoseconds() < kept.at.ToNanoseconds()
+        ):
+            status = kept
+        by_store[store_id] = status
+        while len(by_store) > self.limit:
+            del by_store[next(iter(by_store))]

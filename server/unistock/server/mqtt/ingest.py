@@ -55,6 +55,7 @@ from unistock.server.metrics import Metrics
 from unistock.server.mqtt.bounded import (
     MAX_SOURCES,
     MAX_STORE_SERIES,
+    AgentStatuses,
     SourceState,
     SourceTable,
     StoreSeries,
@@ -149,6 +150,8 @@ class MqttIngestor:
         self.connected = asyncio.Event()
         #: Told of every store heard from (batches, statuses); see actors.liveness.
         self.liveness: StoreLiveness | None = None
+        #: Each store's last AgentStatus (retained on the broker, so back after a restart).
+        self.statuses = AgentStatuses()
 
     # -- one message -----------------------------------------------------------------------------
 
@@ -421,12 +424,15 @@ class MqttIngestor:
         """An agent's status (binary AgentStatus; anything else is ignored): its liveness. A
         retained one (sent by the broker as we subscribe) may be old: it counts from its `at`,
         while a live one counts from now (the agent's clock may be off)."""
-        if self.liveness is None or not isinstance(payload, bytes) or not id_ok(store_id):
+        if not isinstance(payload, bytes) or not id_ok(store_id):
             return
         try:
             status = pb.AgentStatus.FromString(payload)
         except DecodeError:
             log.warning("store %s: unreadable status message ignored", store_id)
+            return
+        self.statuses.keep(store_id, status)
+        if self.liveness is None:
             return
         self.liveness.status(
             store_id,

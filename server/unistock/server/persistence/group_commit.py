@@ -152,6 +152,8 @@ class GroupCommit:
         self._window: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._inflight: asyncio.Future[None] | None = None
         self._wake = asyncio.Event()
+        #: When the last flush succeeded (time.monotonic()); None: none yet.
+        self.last_flushed: float | None = None
         self._closing = False
         self._give_up_at = 0.0
         self._known_locations: set[str] = set()
@@ -452,6 +454,7 @@ class GroupCommit:
             self._inflight_highs = {}
             self._inflight = None
         self._backoff = 0.05
+        self.last_flushed = time.monotonic()
         self._known_locations |= new_locations
         for p, marks, holds, changes in written:
             if marks is not None:

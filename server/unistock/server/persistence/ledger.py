@@ -224,7 +224,7 @@ class LedgerStore:
         (by partition and feed id, in ledger_feed), in this order (ids follow it), and record
         those entries, in one transaction; returns how many rows were new. At the driver's
         level, not row by row through SQLAlchemy (the ledger must keep up with B1's load,
-        README B11): SQLite executemany; PostgreSQL COPY."""
+        docs/performance.md, B11): SQLite executemany; PostgreSQL COPY."""
         if not entries:
             return 0
         with self.engine.begin() as conn:

@@ -378,6 +378,6 @@ def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
     cursor.execute("PRAGMA busy_timeout=5000")
     # A page cache of up to 32 MiB per connection (SQLite's default: 2 MiB), taken as used:
     # the ledger's indexes take each row at one place per position or SKU, and with the pages
-    # of those places cached the writer reads fewer back (README B11). Durability unchanged.
+    # of those places cached the writer reads fewer back (docs/performance.md, B11). Durability unchanged.
     cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
     cursor.close()

@@ -6,7 +6,7 @@ stored state is older than it, in the same call as that state), so a table of th
 written, inserted in the same transaction as their rows, makes the ledger exactly once as the
 unique entry_key did: a feed entry read again after a crash between the SQL commit and the
 cursor's save is skipped. entry_key stays (it names the change) without its unique index, which
-was about a quarter of the SQLite writer's CPU per row (README, B11).
+was about a quarter of the SQLite writer's CPU per row (docs/performance.md, B11).
 
 The entries of the rows already written are recorded with partition -1 (the ledger does not
 know their partition): one of them read again, e.g. after a writer was killed between its SQL
