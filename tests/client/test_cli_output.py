@@ -283,3 +283,16 @@ async def test_config_shows_each_setting_and_its_source(tmp_path: Path) -> None:
         err.strip()
         == f"error: config file {path}: unknown key 'targt' (known: target, token, token_file, mqtt_url, metrics_url)"
     )
+
+
+async def test_status_is_a_command_of_unistock(server: UnistockServer) -> None:
+    """`unistock status` (cli_status) runs from `unistock`, --target/--token before or after
+    `status`, with cli_status's own output and exit codes."""
+    where = ("--target", target(server), "--token", TOKENS["admin"])
+    for args in ((*where, "status", "--json"), ("status", "--json", *where)):
+        rc, out, err = await run_cli(*args)
+        assert rc == 0, (args, err)
+        assert isinstance(json.loads(out), dict)
+    rc, _, err = await run_cli("status", "--target", target(server), "--token", "wrong")
+    assert rc == 1
+    assert err.startswith("error: cannot get the server's status: UNAUTHENTICATED")

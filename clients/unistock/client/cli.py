@@ -26,6 +26,7 @@
     unistock admin import [--locations F] [--networks F] [--products F] [--catalogue F]
                           [--safety-stock F] [--batch N] [--dry-run]   master data from CSV
     unistock admin locations | networks [--json]                        master data as tables
+    unistock status [--json] [--max-lag SECONDS]   the server and every store (cli_status)
     unistock config                           the settings in force and where each comes from
 
 Every command that prints data takes --json; output and exit codes: unistock.client.output.
@@ -65,10 +66,21 @@ from unistock.client import (
     cli_ledger,  # noqa: F401 (registers `history`, `kpis`)
     cli_movements,
     cli_reservations,
+    cli_status,
     cli_stock,
 )
 from unistock.client._client import EventWatcher, UnistockClient, UnistockClientError
-from unistock.client.cli_app import JsonOpt, State, app, command, schedule, state, usage
+from unistock.client.cli_app import (
+    CONTEXT,
+    JsonOpt,
+    State,
+    app,
+    command,
+    schedule,
+    state,
+    usage,
+    verbatim,
+)
 from unistock.client.cli_ledger import rfc3339
 from unistock.client.config import ClientConfig, ConfigError
 from unistock.client.output import (
@@ -661,6 +673,39 @@ def config_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     s.local = lambda: _config(s, as_json)
 
 
+@app.command(
+    name="status",
+    short_help="the server, its partitions, every store agent, the ledger's lag",
+    help=verbatim(cli_status.__doc__ or ""),
+    context_settings=CONTEXT,
+)
+def status(
+    ctx: typer.Context,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="one JSON object, zero fields included")
+    ] = False,
+    max_lag: Annotated[
+        float,
+        typer.Option(
+            metavar="SECONDS",
+            help=f"a feed consumer further behind is degraded (default "
+            f"{cli_status.DEFAULT_MAX_LAG:g})",
+        ),
+    ] = cli_status.DEFAULT_MAX_LAG,
+    target: Annotated[
+        str | None, typer.Option(metavar="HOST:PORT", help="as unistock --target")
+    ] = None,
+    token: Annotated[str | None, typer.Option(metavar="TOKEN", help="as unistock --token")] = None,
+) -> None:
+    """`unistock status` is cli_status's (its own exit codes: 3 is degraded there); --target
+    and --token may come before `status` or after it, as its synopsis shows them."""
+    s = state(ctx)
+    argv = ["--max-lag", repr(max_lag)] + (["--json"] if as_json else [])
+    for flag, value in (("--target", target or s.target), ("--token", token or s.token)):
+        argv += [flag, value] if value else []
+    s.local = lambda: cli_status.main_status(argv)
+
+
 def _mask(token: str) -> str:
     return token[:4] + "..." if len(token) > 4 else "..."
 
@@ -714,7 +759,7 @@ def _config(s: State, as_json: bool) -> int:
 _ORDER = [
     "get", "reserve", "release", "show", "fulfil", "extend", "move", "network",
     "transfer-reservation", "find", "transfer", "close-transfer", "watch", "events",
-    "reservations", "history", "kpis", "config",
+    "reservations", "history", "kpis", "status", "config",
 ]  # fmt: skip
 
 
