@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.client.test_cli import cli, run_cli
+from tests.client.test_cli import cli, run_cli, spawn
 from tests.client.test_ledger_cli import day  # noqa: F401 (a fixture: a server whose ledger is written)
 from tests.fixtures.server import TOKENS, target
 from unistock.client import UnistockClient
@@ -296,3 +296,28 @@ async def test_status_is_a_command_of_unistock(server: UnistockServer) -> None:
     rc, _, err = await run_cli("status", "--target", target(server), "--token", "wrong")
     assert rc == 1
     assert err.startswith("error: cannot get the server's status: UNAUTHENTICATED")
+
+
+async def test_reservations_watch_json_is_json_lines(server: UnistockServer) -> None:
+    """`reservations --watch --json`: every WatchReservations message as a JSON line (zeros
+    included), the snapshot first; Ctrl-C ends it (130)."""
+    for setup in (("move", "bo", "1", "RECEIPT", "SHOE@s1:5"), ("reserve", "r-1", "SHOE@s1:1")):
+        rc, _, err = await cli(server, *setup)
+        assert rc == 0, err
+    proc = await spawn(
+        "--target", target(server), "--token", TOKENS["admin"],
+        "reservations", "--location", "s1", "--watch", "--json",
+    )  # fmt: skip
+    assert proc.stdout is not None
+    messages = []
+    while not messages or not messages[-1]["snapshotComplete"]:
+        messages.append(json.loads(await proc.stdout.readline()))
+    [reservation] = [u["reservation"] for m in messages for u in m["updates"]]
+    assert (reservation["reservationId"], reservation["customerId"]) == ("r-1", "")
+    rc, _, err = await cli(server, "reserve", "r-2", "SHOE@s1:1")
+    assert rc == 0, err
+    change = json.loads(await proc.stdout.readline())
+    assert [u["reservation"]["reservationId"] for u in change["updates"]] == ["r-2"]
+    proc.send_signal(signal.SIGINT)
+    await proc.communicate()
+    assert proc.returncode == 130
