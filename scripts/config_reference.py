@@ -15,6 +15,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,9 +50,12 @@ def captured(start: Callable[[], object]) -> argparse.ArgumentParser:
     raise RuntimeError(f"{start} parsed no arguments")
 
 
-def programs() -> list[tuple[str, argparse.ArgumentParser]]:
-    """Each program's name and parser, in the order the reference lists them."""
-    from unistock.client.cli import build_parser
+def programs() -> list[tuple[str, Any]]:
+    """Each program's name and parser (argparse; `unistock`: its Typer app's Click command),
+    in the order the reference lists them."""
+    from typer.main import get_command
+
+    from unistock.client.cli import app
     from unistock.edge import cli as agent
     from unistock.edge import rejections_cli, sim
     from unistock.server.app.ledger import LedgerSettings
@@ -63,7 +67,7 @@ def programs() -> list[tuple[str, argparse.ArgumentParser]]:
         ("unistock-edge-agent", captured(lambda: agent.parse([]))),
         ("unistock-edge-agent rejections", captured(lambda: rejections_cli.main([]))),
         ("unistock-sim", captured(lambda: sim.main([]))),
-        ("unistock", captured(lambda: build_parser().parse_args([]))),
+        ("unistock", get_command(app)),
     ]
 
 
@@ -112,21 +116,47 @@ def commands(parser: argparse.ArgumentParser, prefix: str = "unistock") -> Itera
                 yield f"| `{name}` | {_cell(choice.help or '')} |"
 
 
+#: Typer's own options, not the program's.
+_TYPER_OPTIONS = ("install_completion", "show_completion", "help")
+
+
+def click_rows(command: Any) -> Iterator[str]:
+    """One Markdown table row per option of a Click (Typer) command: flag, -, default, meaning."""
+    for param in command.params:
+        if param.name in _TYPER_OPTIONS:
+            continue
+        default = param.default if param.default not in (None, "", False, [], ()) else ""
+        flags = ", ".join(f"`{o}`" for o in param.opts)
+        yield f"| {flags} |  | {_cell(f'`{default}`' if default != '' else '')} | {_cell(param.help or '')} |"
+
+
+def click_commands(group: Any, prefix: str = "unistock") -> Iterator[str]:
+    """One Markdown table row per command (and subcommand) of a Click (Typer) group."""
+    for name, sub in group.commands.items():
+        if hasattr(sub, "commands"):
+            yield from click_commands(sub, f"{prefix} {name}")
+        else:
+            yield f"| `{prefix} {name}` | {_cell(sub.short_help or '')} |"
+
+
 def configuration() -> str:
     """The generated part of docs/configuration.md."""
     out = []
     for name, parser in programs():
         out += [f"### `{name}`", ""]
-        if parser.description:
-            out += [_cell(parser.description.strip().splitlines()[0]), ""]
-        out += ["| flag | variable | default | meaning |", "|---|---|---|---|", *rows(parser), ""]
+        argparse_ = isinstance(parser, argparse.ArgumentParser)
+        description = parser.description if argparse_ else parser.help
+        if description:
+            out += [_cell(description.strip().splitlines()[0]), ""]
+        table = rows(parser) if argparse_ else click_rows(parser)
+        out += ["| flag | variable | default | meaning |", "|---|---|---|---|", *table, ""]
     return "\n".join(out)
 
 
 def cli_commands() -> str:
     """The generated part of docs/cli.md."""
-    parser = dict(programs())["unistock"]
-    return "\n".join(["| command | what it does |", "|---|---|", *commands(parser), ""])
+    group = dict(programs())["unistock"]
+    return "\n".join(["| command | what it does |", "|---|---|", *click_commands(group), ""])
 
 
 TARGETS = {"docs/configuration.md": configuration, "docs/cli.md": cli_commands}

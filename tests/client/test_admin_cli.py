@@ -396,7 +396,7 @@ async def test_usage_errors_exit_2(server: UnistockServer) -> None:
     for args in (("import",), ("import", "--products", "p.csv", "--batch", "10001"), ()):
         rc, out, err = await cli(server, "admin", *args)
         assert (rc, out) == (2, ""), err
-        assert "usage: unistock admin" in err
+        assert "Usage: unistock admin" in err  # Click (Typer) says Usage
 
 
 def table_rows(out: str) -> dict[str, list[str]]:

@@ -15,7 +15,6 @@ import pytest
 
 from tests.fixtures.server import TOKENS, target
 from unistock.client import UnistockClient
-from unistock.client.cli import build_parser
 from unistock.server.app.server import UnistockServer
 from unistock.v1 import admin_pb2 as apb
 from unistock.v1 import inventory_pb2 as pb
@@ -104,19 +103,32 @@ async def test_a_rejected_movement_exits_1_with_the_reason(
     assert ack["rejections"][0]["detail"] in lines[0]
 
 
-async def test_a_duplicate_movement_exits_0(server: UnistockServer) -> None:
-    for expected in ({"applied": 1}, {"duplicates": 1}):
-        rc, out, err = await cli(server, "move", "backoffice", "1", "RECEIPT", "SHOE-42@store-7:3")
-        assert rc == 0, err
-        ack = json.loads(out)
-        assert {k: ack.get(k) for k in expected} == expected
-        assert "rejections" not in ack
+async def test_a_duplicate_movement_exits_4_and_says_nothing_changed(
+    server: UnistockServer,
+) -> None:
+    """Issue 12: a (source, seq) the server already applied is exit 4 with one `duplicate:`
+    line (it was exit 0, silent); the ack is still printed; the level is unchanged."""
+    move = ("move", "backoffice", "1", "RECEIPT", "SHOE-42@store-7:3")
+    rc, out, err = await cli(server, *move)
+    assert (rc, json.loads(out)["applied"]) == (0, 1), err
+    rc, out, err = await cli(server, *move)
+    assert rc == 4, err
+    ack = json.loads(out)
+    assert (ack.get("applied", 0), ack["duplicates"]) == (0, 1)
+    assert "rejections" not in ack
+    [line] = err.strip().splitlines()
+    assert line.startswith("duplicate: movement backoffice:1 was already applied")
+    rc, out, err = await cli(server, "get", "SHOE-42", "store-7")
+    assert (rc, json.loads(out)["onHand"]) == (0, "3"), err
 
 
-def test_help_documents_the_exit_codes() -> None:
-    text = build_parser().format_help()
+@pytest.mark.parametrize("command", [(), ("get",), ("move",), ("admin", "import")])
+async def test_help_documents_the_exit_codes(command: tuple[str, ...]) -> None:
+    """The same exit codes in `unistock --help` and in each command's help (Typer on Click)."""
+    rc, text, err = await run_cli(*command, "--help")
+    assert rc == 0, err
     assert "exit codes" in text.lower()
-    for code in ("0", "1", "2", "130"):
+    for code in ("0", "1", "2", "3", "4", "130"):
         assert re.search(rf"^\s*{code}\s", text, re.MULTILINE), code
 
 
@@ -132,9 +144,9 @@ def test_help_documents_the_exit_codes() -> None:
         (("reserve", "r", "SHOE-42@store-7:99999999999999999999"), "SKU@LOC:QTY"),
         (("reserve", "r", "SHOE-42@store-7:0"), "SKU@LOC:QTY"),
         (("reserve", "r", "SHOE-42@store-7:1000000001"), "SKU@LOC:QTY"),
-        (("move", "backoffice", "--", "-1", "SALE", "SHOE-42@store-7:1"), "seq"),
-        (("move", "backoffice", "0", "SALE", "SHOE-42@store-7:1"), "seq"),
-        (("move", "backoffice", "99999999999999999999999", "SALE", "SHOE-42@store-7:1"), "seq"),
+        (("move", "backoffice", "--", "-1", "SALE", "SHOE-42@store-7:1"), "SEQ"),
+        (("move", "backoffice", "0", "SALE", "SHOE-42@store-7:1"), "SEQ"),
+        (("move", "backoffice", "99999999999999999999999", "SALE", "SHOE-42@store-7:1"), "SEQ"),
         (("move", "backoffice", "1", "SALE", "SHOE-42@store-7:-1"), "SKU@LOC:QTY"),
         (("move", "backoffice", "1", "SALE", "SHOE-42@store-7:0"), "SKU@LOC:QTY"),
         (("move", "backoffice", "1", "COUNT", "SHOE-42@store-7:1000000001"), "SKU@LOC:QTY"),
@@ -170,15 +182,25 @@ async def test_an_unexpected_failure_is_one_error_line_not_a_traceback(
     assert len(err.strip().splitlines()) == 1
 
 
-async def test_get_of_an_unknown_sku_says_so_and_exits_0(server: UnistockServer) -> None:
+async def test_get_of_an_unknown_sku_or_position_is_not_found_exit_3(
+    server: UnistockServer,
+) -> None:
+    """Issue 12: `get UNKNOWN` printed nothing and exited 0; now exit 3 with a `not found:`
+    line. The position form still prints the never-seen position's zeros (version 0)."""
     rc, out, err = await cli(server, "get", "NOPE")
-    assert (rc, out) == (0, "")
-    assert "no position for sku 'NOPE' at any location" in err
+    assert (rc, out) == (3, "")
+    assert err.strip() == "not found: no position for sku 'NOPE' at any location"
     rc, out, err = await cli(server, "get", "NOPE", "store-7")
-    assert rc == 0
+    assert rc == 3
     level = json.loads(out)
-    assert level.get("version", "0") == "0"
-    assert "no position for sku 'NOPE' at 'store-7'" in err
+    assert level["version"] == "0"
+    assert err.startswith("not found: no position for sku 'NOPE' at 'store-7'")
+    rc, _, err = await cli(server, "move", "backoffice", "1", "RECEIPT", "NOPE@store-7:1")
+    assert rc == 0, err
+    for args in (("get", "NOPE"), ("get", "NOPE", "store-7")):
+        rc, out, err = await cli(server, *args)
+        assert (rc, err) == (0, ""), args
+        assert json.loads(out)["onHand"] == "1"
 
 
 def _env_without_token(**extra: str) -> dict[str, str]:
@@ -287,9 +309,10 @@ async def test_extend_needs_exactly_one_valid_expiry(
     assert "Traceback" not in err
 
 
-def test_extend_help_says_what_seconds_means() -> None:
-    sub = build_parser().parse_args(["extend", "hold-1", "60"]).command_parser
-    assert "from now" in sub.format_help()
+async def test_extend_help_says_what_seconds_means() -> None:
+    rc, text, _ = await run_cli("extend", "--help")
+    assert rc == 0
+    assert "from now" in text
 
 
 async def test_client_extend_by_ttl_positionally_or_to_an_absolute_time(
@@ -392,9 +415,10 @@ async def test_a_transfer_from_the_command_line(server: UnistockServer) -> None:
         assert [d["kind"] for d in closed["discrepancies"]] == ["CLOSED_SHORT"]
     rc, out, _ = await cli(server, "get", "SHOE-42", "store-7")
     assert json.loads(out)["inTransit"] == "0"  # every number printed, zeros too
-    rc, _, err = await cli(server, "transfer", "TR-none")
-    assert rc == 1
-    assert "NOT_FOUND" in err
+    rc, out, err = await cli(server, "transfer", "TR-none")
+    assert (rc, out) == (3, "")
+    assert err.startswith("not found: ")
+    assert "TR-none" in err
 
 
 async def test_a_damaged_return_and_its_write_off_from_the_command_line(
@@ -455,8 +479,9 @@ async def test_find_from_the_command_line(server: UnistockServer) -> None:
         assert rc == 2, (args, err)
         assert words in err, (args, err)
     rc, _, err = await cli(server, "find", "SHOE-42", "--network", "nope")
-    assert rc == 1
-    assert "NOT_FOUND" in err
+    assert rc == 3
+    assert err.startswith("not found: ")
+    assert "nope" in err
 
 
 async def test_reserve_a_line_anywhere_in_a_network(server: UnistockServer) -> None:

@@ -14,21 +14,23 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from enum import Enum, StrEnum
+from typing import Annotated, Any
 
+import typer
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 from rich.table import Table
 from rich.text import Text
+from typer import BadParameter
 
 from unistock.client._client import UnistockClient
+from unistock.client.cli_app import JsonOpt, command, schedule, usage
 from unistock.client.output import note, print_json_array, show
 from unistock.v1 import inventory_pb2 as pb
 from unistock.v1 import ledger_pb2 as lpb
 
-COMMANDS = ("history", "kpis")
 _E = lpb.LedgerEntry
 _TYPES = [t for t in _E.Type.keys() if t != "TYPE_UNSPECIFIED"]  # noqa: SIM118 (an enum wrapper)
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -40,95 +42,39 @@ WHEN_HELP = "a duration back from now (30m, 12h, 1d, 7d, 2w) or an RFC 3339 time
 
 
 def rfc3339(text: str) -> datetime:
-    """An argparse type: a time with a UTC offset, e.g. 2030-01-31T18:00:00Z."""
+    """A parser: a time with a UTC offset, e.g. 2030-01-31T18:00:00Z."""
     try:
         at = datetime.fromisoformat(text)
     except ValueError:
         at = None
     if at is None or at.utcoffset() is None:
-        raise argparse.ArgumentTypeError(
+        raise BadParameter(
             f"expected an RFC 3339 time with a UTC offset, e.g. 2030-01-31T18:00:00Z, got {text!r}"
         )
     return at
 
 
 def when(text: str) -> datetime:
-    """An argparse type: a duration back from now, or an RFC 3339 time with a UTC offset."""
+    """A parser: a duration back from now, or an RFC 3339 time with a UTC offset."""
     m = _DURATION.fullmatch(text)
     if m:
         return datetime.now(UTC) - timedelta(**{_UNITS[m[2]]: int(m[1])})
     try:
         return rfc3339(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(
+    except BadParameter:
+        raise BadParameter(
             f"expected a duration (30m, 12h, 1d, 7d, 2w) or an RFC 3339 time with a UTC "
             f"offset (2030-01-31T18:00:00Z), got {text!r}"
         ) from None
-
-
-def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
-    """Register `history` and `kpis` with the CLI's command(name, help, description=...)."""
-    h = command(
-        "history",
-        "what happened to a position, SKU, location or reservation (the ledger)",
-        description="The ledger's entries, oldest first: every movement applied, shipment,\n"
-        "transfer discrepancy of a position (SKU@LOC), of a SKU everywhere (SKU) or of a\n"
-        "location (--location LOC); or a reservation's transitions and the sales and\n"
-        "shipments naming it (--reservation ID). Roles backoffice and admin.",
-    )
-    h.add_argument("what", nargs="?", default="", metavar="SKU@LOC|SKU")
-    h.add_argument("--location", default="", metavar="LOC", help="every position of LOC")
-    h.add_argument("--reservation", default="", metavar="ID", help="a reservation's history")
-    _time_range(h)
-    h.add_argument(
-        "--type",
-        dest="types",
-        action="append",
-        default=[],
-        choices=_TYPES,
-        metavar="TYPE",
-        help=f"only entries of this type (repeatable): {', '.join(_TYPES)}",
-    )
-    h.add_argument(
-        "--limit",
-        type=_limit,
-        default=DEFAULT_LIMIT,
-        metavar="N",
-        help=f"at most N entries, the oldest (default {DEFAULT_LIMIT:,}; 0: every one)",
-    )
-    h.add_argument("--json", action="store_true", help="one JSON array instead of a table")
-    k = command(
-        "kpis",
-        "units sold, returned, shrinkage, lost in transit, reservations (the ledger)",
-        description="Per store, location or channel over a time range: units sold, returned,\n"
-        "shrinkage (units counts found missing), lost in transit, reservations made,\n"
-        "fulfilled, expired and released (ledger.proto KpiGroup says exactly how each is\n"
-        "counted). Roles backoffice and admin.",
-    )
-    k.add_argument(
-        "--by",
-        default="location",
-        choices=["store", "location", "channel"],
-        help="the grouping (default location; store: master data's store_id of a location)",
-    )
-    _time_range(k)
-    k.add_argument("--location", dest="locations", action="append", default=[], metavar="LOC")
-    k.add_argument("--channel", dest="channels", action="append", default=[], metavar="C")
-    k.add_argument("--json", action="store_true", help="the response as JSON instead of a table")
-
-
-def _time_range(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--since", type=when, metavar="WHEN", help="from then on: " + WHEN_HELP)
-    p.add_argument("--until", type=when, metavar="WHEN", help="before then: " + WHEN_HELP)
 
 
 def _limit(text: str) -> int:
     try:
         n = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        raise BadParameter(f"expected an integer, got {text!r}") from None
     if n < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 (every entry) or more, got {text}")
+        raise BadParameter(f"must be 0 (every entry) or more, got {text}")
     return n
 
 
@@ -150,12 +96,89 @@ def usage_error(args: argparse.Namespace) -> str | None:
     return None
 
 
-async def run(c: UnistockClient, args: argparse.Namespace) -> None:
-    """Execute `history` or `kpis` (raises UnistockClientError when the server refuses)."""
-    if args.command == "history":
-        await _history(c, args)
-    else:
-        await _kpis(c, args)
+class By(StrEnum):
+    """KPI grouping."""
+
+    store = "store"
+    location = "location"
+    channel = "channel"
+
+
+LedgerType = Enum("LedgerType", {t: t for t in _TYPES})  # type: ignore[misc]
+Since = Annotated[
+    datetime | None, typer.Option(parser=when, metavar="WHEN", help="from then on: " + WHEN_HELP)
+]
+Until = Annotated[
+    datetime | None, typer.Option(parser=when, metavar="WHEN", help="before then: " + WHEN_HELP)
+]
+
+
+@command(
+    short_help="what happened to a position, SKU, location or reservation (the ledger)",
+    help="The ledger's entries, oldest first: every movement applied, shipment, transfer "
+    "discrepancy of a position (SKU@LOC), of a SKU everywhere (SKU) or of a location "
+    "(--location LOC); or a reservation's transitions and the sales and shipments naming it "
+    "(--reservation ID). Roles backoffice and admin.",
+)
+def history(
+    ctx: typer.Context,
+    what: Annotated[str, typer.Argument(metavar="SKU@LOC|SKU")] = "",
+    location: Annotated[str, typer.Option(metavar="LOC", help="every position of LOC")] = "",
+    reservation: Annotated[str, typer.Option(metavar="ID", help="a reservation's history")] = "",
+    since: Since = None,
+    until: Until = None,
+    types: Annotated[
+        list[LedgerType],
+        typer.Option("--type", metavar="TYPE", help="only entries of this type (repeatable)"),
+    ] = [],  # noqa: B006 (Typer reads the default, never mutates it)
+    limit: Annotated[
+        int,
+        typer.Option(
+            parser=_limit,
+            metavar="N",
+            help=f"at most N entries, the oldest (default {DEFAULT_LIMIT:,}; 0: every one)",
+        ),
+    ] = DEFAULT_LIMIT,
+    as_json: JsonOpt = False,
+) -> None:
+    args = argparse.Namespace(
+        command="history", what=what, location=location, reservation=reservation,
+        since=since, until=until, types=[t.value for t in types], limit=limit, json=as_json,
+    )  # fmt: skip
+    if problem := usage_error(args):
+        raise usage(problem)
+    schedule(ctx, lambda c: _history(c, args))
+
+
+@command(
+    short_help="units sold, returned, shrinkage, lost in transit, reservations (the ledger)",
+    help="Per store, location or channel over a time range: units sold, returned, shrinkage "
+    "(units counts found missing), lost in transit, reservations made, fulfilled, expired and "
+    "released (ledger.proto KpiGroup says exactly how each is counted). Roles backoffice and "
+    "admin.",
+)
+def kpis(
+    ctx: typer.Context,
+    by: Annotated[
+        By, typer.Option(help="the grouping (store: master data's store_id of a location)")
+    ] = By.location,
+    since: Since = None,
+    until: Until = None,
+    locations: Annotated[
+        list[str], typer.Option("--location", metavar="LOC", help="only this location")
+    ] = [],  # noqa: B006
+    channels: Annotated[
+        list[str], typer.Option("--channel", metavar="C", help="only this channel")
+    ] = [],  # noqa: B006
+    as_json: JsonOpt = False,
+) -> None:
+    args = argparse.Namespace(
+        command="kpis", by=by.value, since=since, until=until, locations=locations,
+        channels=channels, json=as_json,
+    )  # fmt: skip
+    if problem := usage_error(args):
+        raise usage(problem)
+    schedule(ctx, lambda c: _kpis(c, args))
 
 
 async def _history(c: UnistockClient, args: argparse.Namespace) -> None:

@@ -11,59 +11,73 @@ prints the same table for the snapshot, then one line per change as it happens
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from enum import Enum
+from typing import Annotated
 
+import typer
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
+from rich.live import Live
 from rich.table import Table
 
 from unistock.client._client import UnistockClient
-from unistock.client.output import count, note, print_json_array, show
+from unistock.client.cli_app import JsonOpt, command, schedule, usage
+from unistock.client.output import (
+    console,
+    count,
+    note,
+    print_json,
+    print_json_array,
+    show,
+    terminal,
+)
 from unistock.v1 import inventory_pb2 as pb
 
-COMMANDS = ("reservations",)
 _STATES = [s for s in pb.ReservationState.keys() if s != "RESERVATION_STATE_UNSPECIFIED"]  # noqa: SIM118 (an enum wrapper)
 #: Reservations listed unless --limit says otherwise.
 DEFAULT_LIMIT = 1_000
 
 
-def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
-    """Register `reservations` with the CLI's command(name, help, description=...)."""
-    r = command(
-        "reservations",
-        "reservations of a customer, a channel or a location (table; --watch: live)",
-        description="Reservations by customer, channel and/or location (all given must\n"
-        "match), oldest first. A location lists the reservations holding units there or\n"
-        "fulfilled from there. Ended reservations stay listed for the server's retention\n"
-        "(7 days by default). Roles channel, backoffice and admin.",
-    )
-    r.add_argument("--customer", default="", metavar="C", help="the customer_id")
-    r.add_argument("--channel", default="", metavar="CH", help="the channel (web, app...)")
-    r.add_argument("--location", default="", metavar="LOC", help="a location of its lines")
-    r.add_argument(
-        "--state",
-        dest="states",
-        action="append",
-        default=[],
-        choices=_STATES,
-        metavar="STATE",
-        help=f"only this state (repeatable): {', '.join(_STATES)}",
-    )
-    r.add_argument("--newest-first", action="store_true", help="newest first")
-    r.add_argument(
-        "--limit",
-        type=int,
-        default=DEFAULT_LIMIT,
-        metavar="N",
-        help=f"at most N reservations (default {DEFAULT_LIMIT:,})",
-    )
-    r.add_argument("--json", action="store_true", help="one JSON array instead of a table")
-    r.add_argument(
-        "--watch",
-        action="store_true",
-        help="the reservations, then every change as it happens (one line each), until Ctrl-C",
-    )
+State = Enum("State", {st: st for st in _STATES})  # type: ignore[misc]
+
+
+@command(
+    short_help="reservations of a customer, a channel or a location (table; --watch: live)",
+    help="Reservations by customer, channel and/or location (all given must match), oldest "
+    "first. A location lists the reservations holding units there or fulfilled from there. "
+    "Ended reservations stay listed for the server's retention (7 days by default). Roles "
+    "channel, backoffice and admin. --watch: the reservations, then every change as it "
+    "happens, until Ctrl-C: a live table on a terminal; in a pipe the table, then one line "
+    "per change; with --json, JSON lines (every WatchReservations message).",
+)
+def reservations(
+    ctx: typer.Context,
+    customer: Annotated[str, typer.Option(metavar="C", help="the customer_id")] = "",
+    channel: Annotated[str, typer.Option(metavar="CH", help="the channel (web, app...)")] = "",
+    location: Annotated[str, typer.Option(metavar="LOC", help="a location of its lines")] = "",
+    states: Annotated[
+        list[State],
+        typer.Option("--state", metavar="STATE", help="only this state (repeatable)"),
+    ] = [],  # noqa: B006 (Typer reads the default, never mutates it)
+    newest_first: Annotated[bool, typer.Option("--newest-first", help="newest first")] = False,
+    limit: Annotated[
+        int, typer.Option(metavar="N", help=f"at most N reservations (default {DEFAULT_LIMIT:,})")
+    ] = DEFAULT_LIMIT,
+    as_json: JsonOpt = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="the reservations, then every change, until Ctrl-C")
+    ] = False,
+) -> None:
+    args = argparse.Namespace(
+        customer=customer, channel=channel, location=location,
+        states=[st.value for st in states], newest_first=newest_first, limit=limit,
+        json=as_json, watch=watch,
+    )  # fmt: skip
+    if problem := usage_error(args):
+        raise usage(problem)
+    schedule(ctx, lambda c: run(c, args), timeout=None if watch else 10)
 
 
 def usage_error(args: argparse.Namespace) -> str | None:
@@ -72,8 +86,8 @@ def usage_error(args: argparse.Namespace) -> str | None:
         return "give --customer, --channel or --location (or several)"
     if args.limit < 1:
         return "argument --limit: at least 1"
-    if args.watch and (args.json or args.newest_first):
-        return "argument --watch: not with --json or --newest-first"
+    if args.watch and args.newest_first:
+        return "argument --watch: not with --newest-first (changes come as they happen)"
     return None
 
 
@@ -86,7 +100,7 @@ async def run(c: UnistockClient, args: argparse.Namespace) -> None:
         "states": args.states,
     }
     if args.watch:
-        await _watch(c, where)
+        await _watch(c, where, args.json)
         return
     found = [
         r
@@ -105,14 +119,31 @@ async def run(c: UnistockClient, args: argparse.Namespace) -> None:
         note(f"showing the first {args.limit:,} (--limit)")
 
 
-async def _watch(c: UnistockClient, where: dict[str, object]) -> None:
-    snapshot: list[pb.Reservation] = []
+async def _watch(c: UnistockClient, where: dict[str, object], as_json: bool) -> None:
+    """--watch: JSON lines (--json); a live table (a terminal); else the snapshot's table,
+    then one line per change (change_line)."""
+    updates = c.watch_reservations(**where)  # type: ignore[arg-type]
+    if as_json:
+        async for msg in updates:
+            print_json(msg)
+        return
+    latest: dict[str, pb.Reservation] = {}
     live = False
-    async for msg in c.watch_reservations(**where):  # type: ignore[arg-type]
+    if terminal():
+        with Live(table([]), console=console(), auto_refresh=False) as screen:
+            async for msg in updates:
+                latest.update((u.reservation.reservation_id, u.reservation) for u in msg.updates)
+                live = live or msg.snapshot_complete
+                t = table(list(latest.values()))
+                if live:
+                    t.title = f"{t.title}, live: changes as they happen (Ctrl-C stops)"
+                screen.update(t, refresh=True)
+        return
+    async for msg in updates:
         if not live:
-            snapshot += [u.reservation for u in msg.updates]
+            latest.update((u.reservation.reservation_id, u.reservation) for u in msg.updates)
             if msg.snapshot_complete:
-                show(table(snapshot))
+                show(table(list(latest.values())))
                 note("watching: one line per change (Ctrl-C to stop)")
                 live = True
             continue
