@@ -23,3 +23,5 @@ def _own_client_config(
     writes the file it names, and no other test may read that."""
     path = tmp_path_factory.mktemp("client-config") / "config.toml"
     monkeypatch.setenv("UNISTOCK_CONFIG", str(path))
+    # ...and its own outbox directory for `unistock move SOURCE next`
+    monkeypatch.setenv("UNISTOCK_OUTBOX_DIR", str(path.parent / "outbox"))

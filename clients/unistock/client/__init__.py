@@ -15,6 +15,8 @@ async with MovementWriter(client, "wms-1", "wms-1.outbox") as writer:
 The guide is docs/client-library.md.
 """
 
+import logging
+
 from unistock.client._client import UnistockClient
 from unistock.client._errors import (
     AlreadyExistsError,
@@ -66,3 +68,7 @@ __all__ = [
     "WriterFileError",
     "WriterLocked",
 ]
+
+# A library logs, the application decides where to: nothing reaches stderr unless it
+# configures logging (the writer's warnings on rejected movements, the watchers' reconnects).
+logging.getLogger("unistock.client").addHandler(logging.NullHandler())

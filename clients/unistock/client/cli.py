@@ -52,6 +52,7 @@ from enum import Enum, StrEnum
 from types import FrameType
 from typing import Annotated, Any
 
+import grpc
 import typer
 from typer._click.exceptions import (  # Typer bundles its Click
     BadParameter,
@@ -70,6 +71,7 @@ from unistock.client import (
     cli_stock,
 )
 from unistock.client._client import EventWatcher, UnistockClient, UnistockClientError
+from unistock.client._retry import RetryPolicy
 from unistock.client.cli_app import (
     CONTEXT,
     JsonOpt,
@@ -382,9 +384,10 @@ def move(
     seq: Annotated[
         int,
         typer.Argument(
-            parser=cli_args.int_in(1, cli_args.MAX_UINT64),
-            metavar="SEQ",
-            help="the source's sequence number (>= 1)",
+            parser=cli_args.seq_or_next,
+            metavar="SEQ|next",
+            help="the source's sequence number (>= 1), or next: the CLI's durable outbox of the "
+            "source numbers it and keeps it until the server acknowledges it",
         ),
     ],
     type_: Annotated[MovementType, typer.Argument(metavar="TYPE", help="the movement's type")],
@@ -420,9 +423,27 @@ def move(
         Condition | None,
         typer.Option(help="RETURN or ADJUSTMENT: which units (NON_SELLABLE: damaged, to inspect)"),
     ] = None,
+    request_id: Annotated[
+        str,
+        typer.Option(
+            help="with next: an idempotency key (e.g. the document's line): the same command "
+            "run again records nothing twice"
+        ),
+    ] = "",
+    wait: Annotated[
+        float,
+        typer.Option(
+            parser=cli_args.seconds,
+            metavar="SECONDS",
+            help="with next: how long to wait for the server's ack (the movement is kept and "
+            "sent later if it does not come)",
+        ),
+    ] = 10.0,
     as_json: JsonOpt = False,
 ) -> None:
     sku, loc, qty = line
+    if request_id and seq:
+        raise usage("argument --request-id: only with next (a SEQ is its own idempotency key)")
     if qty == 0 and type_.value != "COUNT":
         raise usage("argument SKU@LOC:QTY: quantity must be at least 1 (0 only for a COUNT)")
     movement = pb.Movement(
@@ -442,7 +463,17 @@ def move(
             condition.value if condition else "ITEM_CONDITION_UNSPECIFIED"
         ),
     )
-    schedule(ctx, lambda c: cli_movements.move(c, movement, as_json=as_json))
+    if seq:
+        schedule(ctx, lambda c: cli_movements.move(c, movement, as_json=as_json))
+        return
+    s = state(ctx)
+    schedule(
+        ctx,
+        lambda c: cli_movements.record(
+            c, s.resolved_target, movement, request_id=request_id, wait=wait, as_json=as_json
+        ),
+        timeout=wait,
+    )
 
 
 @command(
@@ -809,20 +840,37 @@ class _Interrupt:
             raise
 
 
+#: The CLI's retries of idempotent calls: a few seconds (a `make run` restarting), not the
+#: library's 30 s, so that a server that is down is said at once.
+CLI_RETRY = RetryPolicy(deadline=3.0)
+
+
 async def run(s: State) -> int:
     """Connect and run the chosen command's job; 0, or CliError (1, 3, 4)."""
     assert s.job is not None
     try:
         cfg = ClientConfig.load()
-        target = cfg.target(s.target).value
-        token = cfg.token(s.token).value
+        target = cfg.target(s.target)
+        token = cfg.token(s.token)
     except ConfigError as e:
         raise CliError(str(e)) from None
-    async with UnistockClient(target, token, timeout=s.timeout) as c:
+    s.resolved_target = target.value
+    async with UnistockClient(target.value, token.value, timeout=s.timeout, retry=CLI_RETRY) as c:
         try:
             await s.job(c)
         except UnistockClientError as exc:
-            raise refused(exc) from None
+            problem = refused(exc)
+            # Say which server and token it was, and where they came from: the user config
+            # file may name another checkout's `make run`.
+            if exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                problem = CliError(
+                    f"{problem} (server {target.value}, from {target.source}: is it running? "
+                    "`make run` starts one)",
+                    problem.code,
+                )
+            elif exc.code == grpc.StatusCode.UNAUTHENTICATED:
+                problem = CliError(f"{problem} (token from {token.source})", problem.code)
+            raise problem from None
     return DONE
 
 

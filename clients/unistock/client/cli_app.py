@@ -39,6 +39,8 @@ class State:
     #: Run first, without a server (e.g. `config`, `admin import` reading its files): the exit
     #: code, or None to go on with the job.
     local: Callable[[], int | None] | None = None
+    #: The server the job talks to, as resolved (flag, variable, config file or default).
+    resolved_target: str = ""
 
 
 def state(ctx: typer.Context) -> State:

@@ -29,6 +29,27 @@ def int_in(lo: int, hi: int) -> Callable[[str], int]:
     return parse
 
 
+def seq_or_next(text: str) -> int:
+    """A parser: SEQ, 1 to 2**64-1, or `next` (0: the CLI's durable outbox assigns it)."""
+    if text == "next":
+        return 0
+    try:
+        return int_in(1, MAX_UINT64)(text)
+    except BadParameter as e:
+        raise BadParameter(f"{e.message}, or next (the source's next seq)") from None
+
+
+def seconds(text: str) -> float:
+    """A parser: a number of seconds, above 0 and at most a day."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise BadParameter(f"expected seconds, got {text!r}") from None
+    if not 0 < value <= 86400:  # also NaN
+        raise BadParameter(f"must be above 0 and at most 86400, got {text}")
+    return value
+
+
 def line_of(min_quantity: int) -> Callable[[str], tuple[str, str, int]]:
     """A parser: SKU@LOCATION:QTY with min_quantity <= QTY <= 1,000,000,000."""
     quantity = int_in(min_quantity, MAX_QUANTITY)
