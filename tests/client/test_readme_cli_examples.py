@@ -67,11 +67,16 @@ async def test_the_readme_quick_start_commands_run_as_written(server: UnistockSe
     """The Quick start's unistock lines, in order (a newcomer runs them so): each exits 0."""
     cli = commands(example("quick-start"), ".venv/bin/unistock ")
     lines = [c for c in cli if " watch " not in c]  # watch runs until Ctrl-C
-    assert [c.split()[1] for c in lines] == ["move", "reserve", "get", "extend", "fulfil"]
+    assert [c.split()[1] for c in lines] == [
+        "move", "move", "reserve", "get", "extend", "fulfil", "status"
+    ]  # fmt: skip
+    outs = {}
     for command in lines:
         rc, out, err = await sh(command, server)
         assert rc == 0, (command, err)
-    assert json.loads(out)["state"] == "FULFILLED"
+        outs[command.split()[1]] = out
+    assert json.loads(outs["fulfil"])["state"] == "FULFILLED"
+    assert "Unistock server" in outs["status"]
 
 
 async def test_the_quick_start_watch_ends_with_130_on_ctrl_c(server: UnistockServer) -> None:
