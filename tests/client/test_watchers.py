@@ -1,4 +1,5 @@
-"""Watcher, NetworkWatcher and EventWatcher stay open across a server kill -9 and restart:
+"""Watcher, NetworkWatcher, EventWatcher and ReservationWatcher stay open across a server
+kill -9 and restart:
 each change is seen once, in version order, and nothing is missed (the server runs as a child
 process on a private Redis)."""
 
@@ -17,6 +18,7 @@ from tests.fixtures.server import TOKENS, ServerProcess
 from unistock.client import (
     EventWatcher,
     NetworkWatcher,
+    ReservationWatcher,
     UnavailableError,
     UnistockClient,
     UnistockClientError,
@@ -246,3 +248,73 @@ async def test_event_watcher_across_kill_9(tmp_path: Path, redis_server: RedisSe
 async def _events(consumer: Consumer, n: int) -> bool:
     assert len(consumer.items) <= n, "more events than changes"
     return len(consumer.items) == n
+
+
+class _GatedClient:
+    """The real client, except that every WatchReservations after the first waits for `gate`:
+    the test decides when the watcher may reconnect, so changes happen while it is away."""
+
+    def __init__(self, client: UnistockClient) -> None:
+        self.client = client
+        self.gate = asyncio.Event()
+        self.opened = 0
+
+    async def watch_reservations(self, **kw: Any) -> AsyncIterator[pb.WatchReservationsResponse]:
+        self.opened += 1
+        if self.opened > 1:
+            await self.gate.wait()
+        async for msg in self.client.watch_reservations(**kw):
+            yield msg
+
+    async def get_reservation(self, reservation_id: str) -> pb.Reservation:
+        return await self.client.get_reservation(reservation_id)
+
+
+async def test_reservation_watcher_across_kill_9(tmp_path: Path, redis_server: RedisServer) -> None:
+    async with server(tmp_path, redis_server) as proc:
+        await receive(proc.target, range(1, 10))  # W at s-1 (10 units), s-2, s-0
+        async with UnistockClient(proc.target, TOKENS["channel"]) as ch:
+            gated = _GatedClient(ch)
+            seen = Consumer(
+                lambda on_retry: ReservationWatcher(
+                    gated,  # type: ignore[arg-type]
+                    customer_id="ann",
+                    states=["ACTIVE"],
+                    retry_delay=0.05,
+                    on_retry=on_retry,
+                )
+            )
+            for rid in ("r1", "r2", "r3"):
+                await ch.reserve(rid, [("W", "s-1", 1)], kind="CART", customer_id="ann")
+            await eventually(lambda: _states(seen, 3))
+            await kill_and_restart(proc)
+            await eventually(lambda: _retried(seen))
+            # While the watcher is away: r1 released (it leaves the ACTIVE filter), r2 extended.
+            async with UnistockClient(proc.target, TOKENS["channel"]) as again:
+                await again.release("r1")
+                await again.extend("r2", 3600)
+            gated.gate.set()
+            await eventually(lambda: _states(seen, 5))
+            await ch.release("r3")  # on the new stream: a live change with its transition
+            await eventually(lambda: _states(seen, 6))
+            await asyncio.sleep(0.5)  # nothing else may come
+            await seen.stop()
+    names = pb.ReservationState.Name
+    got = {
+        rid: [(names(u.reservation.state), list(u.transitions)) for u in updates]
+        for rid, updates in by_key(seen.items, lambda u: u.reservation.reservation_id)
+    }
+    created = [pb.ReservationUpdate.CREATED]
+    assert got["r1"] == [("ACTIVE", created), ("RELEASED", [])]  # caught up, coalesced
+    assert got["r2"] == [("ACTIVE", created), ("ACTIVE", [])]  # its new expiry, caught up
+    assert got["r3"] == [("ACTIVE", created), ("RELEASED", [pb.ReservationUpdate.RELEASED])]
+    r2 = [u.reservation for u in seen.items if u.reservation.reservation_id == "r2"]
+    assert r2[1].expires_at.seconds > r2[0].expires_at.seconds
+
+
+async def _states(consumer: Consumer, n: int) -> bool:
+    return len(consumer.items) >= n
+
+
+async def _retried(consumer: Consumer) -> bool:
+    return consumer.retries >= 1

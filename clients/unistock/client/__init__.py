@@ -30,7 +30,7 @@ from unistock.client._errors import (
     UnistockClientError,
 )
 from unistock.client._retry import RetryPolicy
-from unistock.client._watchers import EventWatcher, NetworkWatcher, Watcher
+from unistock.client._watchers import EventWatcher, NetworkWatcher, ReservationWatcher, Watcher
 from unistock.client._writer import (
     FlushResult,
     FlushTimeout,
@@ -59,6 +59,7 @@ __all__ = [
     "Recorded",
     "RejectedMovement",
     "RequestConflict",
+    "ReservationWatcher",
     "RetryPolicy",
     "UnavailableError",
     "UnistockClient",

@@ -3,9 +3,10 @@
 * :class:`Watcher`: WatchAvailability, resumed with the version it has of each position.
 * :class:`NetworkWatcher`: WatchNetworkAvailability, resumed with its (sku, network) versions.
 * :class:`EventWatcher`: WatchEvents, resumed after the last event it yielded.
-
-WatchReservations has no resume point on the wire (a new stream starts with a new snapshot), so
-it has no watcher here: call ``UnistockClient.watch_reservations`` again after an error.
+* :class:`ReservationWatcher`: WatchReservations. It has no resume point on the wire (a new
+  stream starts with a new snapshot), so the watcher compares that snapshot with what it has
+  yielded: what changed while it was away arrives once, at its latest state (coalesced, as a
+  position's levels are), and nothing unchanged is repeated.
 
 Each reconnects after UNAVAILABLE (server stopped or restarting), DEADLINE_EXCEEDED and
 RESOURCE_EXHAUSTED (this reader fell too far behind and was cut), waiting ``retry_delay``
@@ -27,7 +28,7 @@ from unistock.v1 import inventory_pb2 as pb
 if TYPE_CHECKING:
     from unistock.client._client import UnistockClient
 
-__all__ = ["EventWatcher", "NetworkWatcher", "Watcher"]
+__all__ = ["EventWatcher", "NetworkWatcher", "ReservationWatcher", "Watcher"]
 
 #: Errors after which a watcher opens its stream again.
 RECONNECT = frozenset(
@@ -235,3 +236,82 @@ class EventWatcher:
                 await backoff.wait(exc)
             else:
                 await asyncio.sleep(backoff.delay)
+
+
+class ReservationWatcher:
+    """Reservations matching a filter (as ``UnistockClient.watch_reservations``), as
+    ``ReservationUpdate``s: first one per matching reservation (the snapshot: ``at_ms`` 0, no
+    transitions), then every change with its transitions, for ever, across reconnects.
+
+    After a reconnect the server sends a new snapshot. The watcher yields, from it, only the
+    reservations that are new or differ from the last state it yielded (a catch-up update:
+    ``at_ms`` 0, no transitions: what happened meanwhile is coalesced into the latest state),
+    and, for each one it had that is no longer in the snapshot (it left the filter, e.g. an
+    ACTIVE-only watch and a reservation fulfilled meanwhile), its current state from
+    GetReservation (one the server no longer keeps, past its retention, is dropped). So no
+    reservation's latest state is missed and none is repeated.
+    ``reservations`` maps reservation_id to the latest Reservation yielded.
+
+    Reconnects and pauses as the other watchers (``retry_delay``, ``max_retry_delay``,
+    ``on_retry``); any error other than UNAVAILABLE, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED
+    is raised."""
+
+    def __init__(
+        self,
+        client: UnistockClient,
+        *,
+        customer_id: str = "",
+        channel: str = "",
+        location_id: str = "",
+        states: Sequence[str | int] = (),
+        retry_delay: float = 0.5,
+        max_retry_delay: float | None = 5.0,
+        on_retry: OnRetry | None = None,
+    ) -> None:
+        self.client = client
+        self.filter = {
+            "customer_id": customer_id,
+            "channel": channel,
+            "location_id": location_id,
+            "states": states,
+        }
+        self._backoff = _Backoff(retry_delay, max_retry_delay, on_retry)
+        self.reservations: dict[str, pb.Reservation] = {}
+
+    def _fresh(self, update: pb.ReservationUpdate) -> bool:
+        """Whether update says something not yielded yet (and remember it)."""
+        r = update.reservation
+        if self.reservations.get(r.reservation_id) == r:
+            return False
+        self.reservations[r.reservation_id] = r
+        return True
+
+    async def __aiter__(self) -> AsyncIterator[pb.ReservationUpdate]:
+        """Every new state, for ever."""
+        while True:
+            seen: set[str] = set()
+            try:
+                async for msg in self.client.watch_reservations(**self.filter):  # type: ignore[arg-type]
+                    self._backoff.reset()
+                    for update in msg.updates:
+                        seen.add(update.reservation.reservation_id)
+                        if self._fresh(update):
+                            yield update
+                    if msg.snapshot_complete:  # what left the filter while we were away
+                        for rid in [r for r in self.reservations if r not in seen]:
+                            try:
+                                now = await self.client.get_reservation(rid)
+                            except UnistockClientError as exc:
+                                if exc.code != grpc.StatusCode.NOT_FOUND:
+                                    raise
+                                del self.reservations[rid]  # gone past its retention
+                                continue
+                            catch_up = pb.ReservationUpdate(reservation=now)
+                            if self._fresh(catch_up):
+                                yield catch_up
+            except UnistockClientError as exc:
+                if exc.code not in RECONNECT:
+                    raise
+                await self._backoff.wait(exc)
+            else:  # the server ended the stream (it should not): open it again
+                await asyncio.sleep(self._backoff.delay)
