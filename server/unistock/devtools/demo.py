@@ -629,8 +629,8 @@ class Demo:
                 )
             )
             self.n.effect(
-                f"till receipt: seq {receipt.seq} of {receipt.source_id}, durable in the "
-                "store's outbox"
+                f"the till has its receipt at once (seq {receipt.seq} of {receipt.source_id}): "
+                "the sale is kept in the store's outbox until the server confirms it"
             )
             await self.drained(store)
             res, after = await self.shop.get_reservation(RESERVATION), await self.level(store)
@@ -639,6 +639,11 @@ class Demo:
                 f"{store}: on hand {before.on_hand} -> {after.on_hand}, reserved "
                 f"{before.reserved} -> {after.reserved}, available {before.available} -> "
                 f"{after.available}"
+                + (
+                    " (the unit sold was the one held for her: nothing else changes)"
+                    if before.available == after.available
+                    else ""
+                )
             )
 
     @contextlib.asynccontextmanager
@@ -648,7 +653,11 @@ class Demo:
         self.n.heading(title, what)
         before = await self.web()
         yield
-        self.n.effect(f"web: available {before} -> {await self.web()}")
+        after = await self.web()
+        self.n.effect(
+            f"web: available {before} -> {after}"
+            + (" (unchanged: what the web may promise is the same)" if before == after else "")
+        )
 
     async def till(
         self, store: str, action: Callable[[], Awaitable[object]]
