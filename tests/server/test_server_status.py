@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
 import time
@@ -69,9 +70,10 @@ async def frozen_agent_with_backlog(
     try:
         assert proc.stdout is not None
         line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
-        if "intake on port" not in line:
+        started = re.search(r"intake on port (\d+)", line)
+        if started is None:
             raise AssertionError(f"the agent did not start: {log.read_text()}")
-        port = int(line.rsplit("port", 1)[1])
+        port = int(started[1])
         async with aiomqtt.Client("127.0.0.1", broker.port, identifier="status-spy") as spy:
             await spy.subscribe("unistock/v1/stores/s1/status", qos=1)
             async with aio.insecure_channel(f"127.0.0.1:{port}") as ch:
