@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,6 +172,12 @@ class ClientConfig:
             f"{', '.join(map(str, paths))} either (set UNISTOCK_DATA_DIR to the server's data "
             "directory to look there)"
         )
+
+
+def redact_url(url: str) -> str:
+    """A URL as logs and error messages may show it: its password as ***."""
+    u = urllib.parse.urlsplit(url)
+    return url.replace(f":{u.password}@", ":***@") if u.password else url
 
 
 def dev_token_paths(env: Mapping[str, str] | None = None) -> list[Path]:

@@ -12,14 +12,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from unistock.client.config import DEFAULT_MQTT_URL, ClientConfig, ConfigError
+from unistock.client.config import DEFAULT_MQTT_URL, ClientConfig, ConfigError, redact_url
 from unistock.client.mqtt import broker_args
 from unistock.edge import rejections_cli
 from unistock.edge.agent import AgentSettings, AgentStartError, StoreAgent
 from unistock.edge.datalock import AgentAlreadyRunning
 from unistock.edge.readers import DEFAULT_READER_TOPIC
 from unistock.edge.sender import DEFAULT_MAX_PAYLOAD
-from unistock.server.app.settings import redact_url
 from unistock.server.domain import InvalidArgument, check_id
 
 log = logging.getLogger("unistock.edge.cli")

@@ -9,12 +9,13 @@ import os
 import pathlib
 import re
 import sys
-import urllib.parse
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
 import sqlalchemy as sa
+
+from unistock.client.config import redact_url as redact_url  # its users import it from here
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,12 +221,6 @@ def build_parser(
             help=f"{helps[f.name]} [env {envname}]",
         )
     return parser
-
-
-def redact_url(url: str) -> str:
-    """A URL as logs and error messages may show it: its password as ***."""
-    u = urllib.parse.urlsplit(url)
-    return url.replace(f":{u.password}@", ":***@") if u.password else url
 
 
 def run_console(level: str, serve: Coroutine[Any, Any, int]) -> None:

@@ -30,7 +30,6 @@ import asyncio
 import logging
 import random
 import time
-import urllib.parse
 from dataclasses import dataclass, field
 
 import aiomqtt
@@ -39,6 +38,7 @@ from google.protobuf.message import DecodeError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from unistock.client.config import redact_url
 from unistock.client.mqtt import broker_args
 from unistock.server.actors import Inventory
 from unistock.server.actors.liveness import StoreLiveness
@@ -345,7 +345,7 @@ class MqttIngestor:
                     self.metrics.mqtt_connected.set(1)
                     self.connected.set()
                     backoff = 0.2
-                    log.info("mqtt: subscribed to %s on %s", MOVEMENTS_TOPIC, _redact(self.url))
+                    log.info("mqtt: subscribed to %s on %s", MOVEMENTS_TOPIC, redact_url(self.url))
                     await self._serve(client)
             except* aiomqtt.MqttError as group:  # from the subscribe, or the TaskGroup of _serve
                 log.warning(
@@ -440,13 +440,6 @@ class MqttIngestor:
             status.oldest_unacked_age_seconds,
             at=status.at.ToNanoseconds() / 1e9 if retained and status.HasField("at") else None,
         )
-
-
-def _redact(url: str) -> str:
-    u = urllib.parse.urlsplit(url)
-    if u.password:
-        return url.replace(f":{u.password}@", ":***@")
-    return url
 
 
 def _whole(reason: pb.RejectReason.ValueType, detail: str, source_id: str = "") -> pb.Rejection:
