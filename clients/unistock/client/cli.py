@@ -731,10 +731,9 @@ def status(
     """`unistock status` is cli_status's (its own exit codes: 3 is degraded there); --target
     and --token may come before `status` or after it, as its synopsis shows them."""
     s = state(ctx)
-    argv = ["--max-lag", repr(max_lag)] + (["--json"] if as_json else [])
-    for flag, value in (("--target", target or s.target), ("--token", token or s.token)):
-        argv += [flag, value] if value else []
-    s.local = lambda: cli_status.main_status(argv)
+    s.local = lambda: cli_status.show_status(
+        target or s.target, token or s.token, as_json=as_json, max_lag=max_lag
+    )
 
 
 def _mask(token: str) -> str:

@@ -279,28 +279,33 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main_status(argv: Sequence[str] | None = None) -> int:
-    """`unistock status` as a function: parses argv, prints, returns the exit code."""
-    p = parser()
-    try:
-        args = p.parse_args(argv)
-    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
-        return int(exc.code or 0)
+def show_status(
+    target: str | None, token: str | None, *, as_json: bool, max_lag: float = DEFAULT_MAX_LAG
+) -> int:
+    """`unistock status`: find the server and token (target/token, else as every client
+    program does), ask, print; returns the exit code."""
     try:  # flags, UNISTOCK_* variables, the user config file, as every client program
         config = ClientConfig.load()
-        where, token = config.target(args.target).value, config.token(args.token).value
+        where, secret = config.target(target).value, config.token(token).value
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return NOT_SERVING
 
     async def ask() -> int:
         # No retries: a server that cannot be reached now is what the status is about.
-        async with UnistockClient(where, token, retry=None) as client:
+        async with UnistockClient(where, secret, retry=None) as client:
             console = Console(highlight=False, soft_wrap=False)
             if not console.is_terminal:  # no wrapped cells in a file or a pipe
                 console = Console(highlight=False, width=200)
-            return await run_status(
-                client, as_json=args.json, console=console, max_lag=args.max_lag
-            )
+            return await run_status(client, as_json=as_json, console=console, max_lag=max_lag)
 
     return asyncio.run(ask())
+
+
+def main_status(argv: Sequence[str] | None = None) -> int:
+    """`unistock status` from an argument list (its argparse flags): the exit code."""
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return int(exc.code or 0)
+    return show_status(args.target, args.token, as_json=args.json, max_lag=args.max_lag)
