@@ -278,3 +278,11 @@ def test_a_restart_keeps_the_ports_the_last_run_used_when_the_defaults_are_taken
             assert port not in (default, previous)
     (tmp_path / "var" / run.PORTS_FILE).write_text("not json")
     assert run._previous_ports(tmp_path / "var") == {}
+
+
+def test_the_runner_reads_the_server_flags_it_cares_about_as_argparse_would() -> None:
+    args = ["--grpc-port", "50071", "--metrics-port=0", "--log-level", "DEBUG", "--grpc-port=1"]
+    assert run._flag_value(args, "--grpc-port") == "1"  # the last one wins
+    assert run._flag_value(args, "--metrics-port") == "0"
+    assert run._flag_value(args, "--tokens-file") is None
+    assert run._flag_value(["--grpc-port"], "--grpc-port") is None  # no value given

@@ -151,6 +151,18 @@ def _metrics_at(env: dict[str, str], port_name: str, host_name: str) -> str:
     return f"http://{host}:{port}/metrics"
 
 
+def _flag_value(args: Sequence[str], name: str) -> str | None:
+    """The value the server's command line gives flag `name` (`name VALUE` or `name=VALUE`;
+    the last one wins), or None when it does not give it."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg.partition("=")[2]
+    return value
+
+
 def _wait(proc: subprocess.Popen[bytes], seconds: float) -> int | None:
     """proc's exit code, or None if it still runs after `seconds`."""
     try:
@@ -204,8 +216,8 @@ def main() -> int:
     previous = _previous_ports(var_dir)
 
     def pick_port(var: str, default: int) -> int:
-        # mosquitto takes the port this checkout's last run used (`var/dev-ports.json`) when its default is taken (the agents
-        # and the config file have that URL)
+        # mosquitto takes the port this checkout's last run used (var/dev-ports.json) when its
+        # default is taken (the agents and the config file have that URL)
         last = previous.get("mqtt_url") if var == "UNISTOCK_DEV_MQTT_PORT" else None
         return _pick_port(var, default, last)
 
@@ -217,22 +229,20 @@ def main() -> int:
         print(f"UNISTOCK_DATA_DIR={env['UNISTOCK_DATA_DIR']}", flush=True)
         # The server's metrics port too, so that a second `make run` does not fail on 9464
         # (set explicitly, it is used as is; a --metrics-port argument wins over both).
-        if not any(a.split("=")[0] == "--metrics-port" for a in sys.argv[1:]):
+        args = sys.argv[1:]
+        if _flag_value(args, "--metrics-port") is None:
             env["UNISTOCK_METRICS_PORT"] = str(
                 _pick_port("UNISTOCK_METRICS_PORT", DEFAULT_METRICS_PORT)
             )
             at = _metrics_at(env, "UNISTOCK_METRICS_PORT", "UNISTOCK_GRPC_HOST")
             print(f"server metrics: {at}", flush=True)
-        args = sys.argv[1:]
-        grpc_flag = [a for a in args if a.split("=")[0] == "--grpc-port"]
-        if grpc_flag:
-            value = grpc_flag[-1].partition("=")[2] or args[args.index(grpc_flag[-1]) + 1]
-            grpc_port = int(value)
+        if (given := _flag_value(args, "--grpc-port")) is not None:
+            grpc_port = int(given)
         else:
             grpc_port = _pick_port("UNISTOCK_GRPC_PORT", DEFAULT_GRPC_PORT, previous.get("target"))
             env["UNISTOCK_GRPC_PORT"] = str(grpc_port)
         print(f"UNISTOCK_TARGET=localhost:{grpc_port}", flush=True)
-        tokens = any(a.split("=")[0] == "--tokens-file" for a in args) or bool(
+        tokens = _flag_value(args, "--tokens-file") is not None or bool(
             env.get("UNISTOCK_TOKENS_FILE") or env.get("UNISTOCK_TOKENS")
         )
         _write_config(env, grpc_port, tokens)
@@ -242,7 +252,7 @@ def main() -> int:
             {"target": grpc_port, **({"mqtt_url": mqtt_port} if mqtt_port else {})},
         )
 
-        cmd = server_command(sys.argv[1:])
+        cmd = server_command(args)
         _log("running: " + " ".join(cmd))
         # Own session: a terminal Ctrl-C reaches only this process, which forwards it once.
         child = subprocess.Popen(cmd, env=env, start_new_session=True)
