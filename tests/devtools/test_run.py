@@ -34,6 +34,18 @@ def wait_for(path: Path, text: str, proc: subprocess.Popen[bytes], timeout: floa
         time.sleep(0.1)
 
 
+def start_runner(cwd: Path, env: dict[str, str], out: Path) -> subprocess.Popen[bytes]:
+    """`make run` (python -m unistock.devtools.run) in cwd, its output going to the file out."""
+    with out.open("wb") as f:
+        return subprocess.Popen(
+            [sys.executable, "-m", "unistock.devtools.run"],
+            cwd=cwd,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
+
+
 def kill_tree(proc: subprocess.Popen[bytes]) -> None:
     """After a failure, the runner's whole tree: the server, the writer, Redis and Mosquitto."""
     if proc.poll() is None:
@@ -83,14 +95,7 @@ def test_make_run_starts_the_server_and_the_ledger_writer(tmp_path: Path) -> Non
         "UNISTOCK_CONFIG": str(tmp_path / "config.toml"),  # not the suite's shared path
     }
     out = tmp_path / "run.out"
-    with out.open("wb") as f:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "unistock.devtools.run"],
-            cwd=tmp_path,
-            env=env,
-            stdout=f,
-            stderr=subprocess.STDOUT,
-        )
+    proc = start_runner(tmp_path, env, out)
     try:
         wait_for(out, "unistock-server ready", proc)
         wait_for(out, "unistock-ledger ready", proc)
@@ -152,14 +157,7 @@ def test_a_taken_metrics_port_falls_back_to_a_free_one(tmp_path: Path) -> None:
         with contextlib.suppress(OSError):  # if it cannot be bound, something else holds it
             taken.bind(("127.0.0.1", 9464))
             taken.listen()
-        with out.open("wb") as f:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "unistock.devtools.run"],
-                cwd=tmp_path,
-                env=env,
-                stdout=f,
-                stderr=subprocess.STDOUT,
-            )
+        proc = start_runner(tmp_path, env, out)
         try:
             wait_for(out, "unistock-server ready", proc)
             text = out.read_text()
@@ -195,14 +193,7 @@ def test_make_run_tells_the_user_config_where_it_is(tmp_path: Path) -> None:
     }
     (tmp_path / "checkout").mkdir()
     out = tmp_path / "run.out"
-    with out.open("wb") as f:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "unistock.devtools.run"],
-            cwd=tmp_path / "checkout",
-            env=env,
-            stdout=f,
-            stderr=subprocess.STDOUT,
-        )
+    proc = start_runner(tmp_path / "checkout", env, out)
     try:
         wait_for(out, "unistock-server ready", proc)
         assert f"client config: {config_file}" in out.read_text()
